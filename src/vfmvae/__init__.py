@@ -1,0 +1,30 @@
+"""vfmvae: VFM-VAE tokenizers and latent diffusion, installable and tested.
+
+The pipeline, one subpackage per stage (see docs/architecture.md):
+data -> frozen VFM -> tokenizer -> latent cache -> diffusion -> sampling -> evaluation and analysis.
+"""
+
+__version__ = "0.1.0.dev0"
+
+from vfmvae.checkpoint import CheckpointManager, PretrainedMixin, load_pretrained
+from vfmvae.config import ConfigError, load_config
+from vfmvae.data import DataConfig, DataStream, ImageFolderDataset, SyntheticConfig, TarShardDataset
+from vfmvae.registry import Registry
+from vfmvae.training import EMA, optimizer_step
+
+__all__ = [
+    "__version__",
+    "CheckpointManager",
+    "ConfigError",
+    "DataConfig",
+    "DataStream",
+    "EMA",
+    "ImageFolderDataset",
+    "PretrainedMixin",
+    "Registry",
+    "SyntheticConfig",
+    "TarShardDataset",
+    "load_config",
+    "load_pretrained",
+    "optimizer_step",
+]

@@ -1,0 +1,182 @@
+"""`save_pretrained` / `from_pretrained` for every model, after the diffusers convention.
+
+A model folder is self-describing: `config.json` (architecture name, format version, package version
+and the constructor config) plus `model.safetensors`. Models take one frozen dataclass config; the
+mixin rebuilds the model from it and loads the weights strictly, listing every missing, unexpected or
+mis-shaped key when they do not match.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from torch import nn
+
+from vfmvae.checkpoint.atomic import atomic_directory, atomic_write_text
+from vfmvae.checkpoint.serialize import CheckpointFormatError, load_tensors, save_tensors
+from vfmvae.config import ConfigError, config_from_dict, config_to_dict
+
+__all__ = [
+    "PretrainedMixin",
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "FORMAT_VERSION",
+    "resolve_model_dir",
+    "load_state_dict_strict",
+    "read_model_config",
+    "load_pretrained",
+]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_VERSION = 1
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+M = TypeVar("M", bound="PretrainedMixin")
+
+# architecture name -> class, filled by PretrainedMixin.__init_subclass__ so `load_pretrained` can dispatch.
+_ARCHITECTURES: dict[str, type[PretrainedMixin]] = {}
+
+
+def resolve_model_dir(path_or_id: str | Path, *, what: str = "model") -> Path:
+    """A local folder as is; a hub id (owner/name) downloaded when online; otherwise a clear error."""
+    path = Path(path_or_id)
+    if path.exists():
+        if not path.is_dir():
+            raise FileNotFoundError(f"{what} path {path} is a file; expected a folder with {CONFIG_NAME}")
+        return path
+    text = str(path_or_id)
+    if _HUB_ID.match(text):
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(text, allow_patterns=[CONFIG_NAME, "*.safetensors", "*.json"]))
+        except Exception as err:  # offline, unknown repo, no permission, ...
+            raise FileNotFoundError(
+                f"{what} {text!r} is not a local folder and could not be downloaded from the hub ({type(err).__name__}). "
+                f"On a machine with internet run `huggingface-cli download {text} --local-dir DIR`, copy DIR here and pass its path."
+            ) from None
+    raise FileNotFoundError(f"{what} folder not found: {path} (pass a folder containing {CONFIG_NAME} and {WEIGHTS_NAME})")
+
+
+def read_model_config(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointFormatError(f"{path} not found: {Path(directory)} is not a vfmvae model folder")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointFormatError(f"{path}: corrupt JSON ({err})") from None
+    for key in ("architecture", "config"):
+        if key not in meta:
+            raise CheckpointFormatError(f"{path}: missing key {key!r}")
+    if meta.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+        raise CheckpointFormatError(
+            f"{path}: format_version {meta['format_version']} is newer than this vfmvae supports ({FORMAT_VERSION}); upgrade vfmvae"
+        )
+    return meta
+
+
+def load_state_dict_strict(module: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
+    """`load_state_dict(strict=True)` with one readable error listing every mismatch."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in sorted(set(state) & set(expected))
+        if state[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or shapes:
+        lines = [f"{source} does not match {type(module).__name__}:"]
+        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+            if items:
+                shown = ", ".join(items[:10]) + (f", ... ({len(items)} in all)" if len(items) > 10 else "")
+                lines.append(f"  {title}: {shown}")
+        raise CheckpointFormatError("\n".join(lines))
+    module.load_state_dict(state, strict=True)
+
+
+class PretrainedMixin:
+    """Mix into an `nn.Module` whose constructor takes a single frozen dataclass `config`.
+
+    Subclasses set `config_class`; `architecture` defaults to the class name and is what `config.json`
+    records and `from_pretrained` checks.
+    """
+
+    config_class: ClassVar[type]
+    architecture: ClassVar[str]
+    config: Any
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "architecture" not in cls.__dict__:
+            cls.architecture = cls.__name__
+        _ARCHITECTURES[cls.architecture] = cls
+
+    # Hooks a model can override, e.g. to leave frozen, separately loaded weights out of its file.
+    def pretrained_state_dict(self) -> dict[str, torch.Tensor]:
+        return self.state_dict()  # type: ignore[attr-defined]
+
+    def load_pretrained_state_dict(self, state: dict[str, torch.Tensor], *, source: str) -> None:
+        load_state_dict_strict(self, state, source=source)  # type: ignore[arg-type]
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write `config.json` + `model.safetensors` into `directory`, replacing it atomically."""
+        from vfmvae import __version__
+
+        directory = Path(directory)
+        meta = {
+            "architecture": self.architecture,
+            "format_version": FORMAT_VERSION,
+            "vfmvae_version": __version__,
+            "config": config_to_dict(self.config),
+        }
+        with atomic_directory(directory) as tmp:
+            save_tensors(tmp / WEIGHTS_NAME, self.pretrained_state_dict(), metadata={"format": "pt"})
+            atomic_write_text(tmp / CONFIG_NAME, json.dumps(meta, indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls: type[M],
+        path_or_id: str | Path,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        **config_overrides: Any,
+    ) -> M:
+        """Rebuild the model from `config.json` and load `model.safetensors` strictly."""
+        directory = resolve_model_dir(path_or_id, what=cls.__name__)
+        meta = read_model_config(directory)
+        if meta["architecture"] != cls.architecture:
+            raise CheckpointFormatError(
+                f"{directory / CONFIG_NAME}: this is a {meta['architecture']!r} checkpoint, not {cls.architecture!r}"
+            )
+        raw = dict(meta["config"], **config_overrides)
+        try:
+            config = config_from_dict(cls.config_class, raw, source=str(directory / CONFIG_NAME))
+        except ConfigError as err:
+            raise CheckpointFormatError(str(err)) from None
+        model = cls(config)  # type: ignore[call-arg]
+        state = load_tensors(directory / WEIGHTS_NAME)
+        model.load_pretrained_state_dict(state, source=str(directory / WEIGHTS_NAME))
+        model.to(device=device)  # type: ignore[attr-defined]
+        if dtype is not None:
+            model.to(dtype=dtype)  # type: ignore[attr-defined]
+        model.eval()  # type: ignore[attr-defined]
+        return model
+
+
+def load_pretrained(path_or_id: str | Path, **kwargs: Any) -> PretrainedMixin:
+    """Load any vfmvae model folder, dispatching on the architecture recorded in its `config.json`."""
+    directory = resolve_model_dir(path_or_id)
+    arch = read_model_config(directory)["architecture"]
+    if arch not in _ARCHITECTURES:
+        known = ", ".join(sorted(_ARCHITECTURES)) or "none imported"
+        raise CheckpointFormatError(f"{directory}: unknown architecture {arch!r} (known: {known})")
+    return _ARCHITECTURES[arch].from_pretrained(directory, **kwargs)

@@ -1,0 +1,186 @@
+"""Resumable training checkpoints: model, EMA, optimizer, step, images seen, RNG and data position.
+
+Layout of one checkpoint (`run_dir/checkpoints/step-00001000/`):
+
+    model.safetensors        trained weights
+    ema.safetensors          EMA weights (if any)
+    state.safetensors/json   optimizer, grad scaler and any other shared state (pickle-free, see serialize.py)
+    rank-000.safetensors/json  per-rank state: RNG states and data-loader position
+    meta.json                step, images seen, world size, config, versions; written last
+
+The whole folder is built under a temporary name and renamed into place, so a kill or a full disk at
+any moment leaves the previous checkpoint untouched and never a half-written "latest". `latest()`
+only considers folders whose `meta.json` exists and whose listed files all have their recorded sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vfmvae import distributed as dist_utils
+from vfmvae.checkpoint.atomic import atomic_directory, atomic_write_text
+from vfmvae.checkpoint.serialize import CheckpointFormatError, load_state, load_tensors, save_state, save_tensors
+
+__all__ = ["CheckpointManager", "TrainingCheckpoint", "capture_rng_state", "restore_rng_state"]
+
+_STEP_DIR = re.compile(r"^step-(\d{8,})$")
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """The state of every random generator this process uses (python, numpy, torch CPU and CUDA)."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class TrainingCheckpoint:
+    """What `CheckpointManager.load` returns."""
+
+    path: Path
+    step: int
+    images_seen: int
+    model: dict[str, torch.Tensor]
+    ema: dict[str, torch.Tensor] | None
+    state: dict[str, Any]          # shared state (optimizer, scaler, ...), as passed to save()
+    rank_state: dict[str, Any]     # this rank's state (rng, data position, ...)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _file_sizes(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file() and p.name != "meta.json"}
+
+
+class CheckpointManager:
+    """Save, find and load training checkpoints under `run_dir/checkpoints`, keeping the newest `keep`."""
+
+    def __init__(self, run_dir: str | Path, keep: int = 2) -> None:
+        if keep < 1:
+            raise ValueError("keep must be >= 1: the last good checkpoint is never deleted")
+        self.root = Path(run_dir) / "checkpoints"
+        self.keep = keep
+
+    # ---------------------------------------------------------------------------------------------------
+    def save(
+        self,
+        step: int,
+        *,
+        images_seen: int,
+        model: dict[str, torch.Tensor],
+        ema: dict[str, torch.Tensor] | None = None,
+        state: dict[str, Any] | None = None,
+        rank_state: dict[str, Any] | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> Path:
+        """Collective under torchrun: every rank calls it (each writes its own rank file).
+
+        `model`, `ema` and `state` are taken from rank 0, which is the one that must hold them.
+        """
+        final = self.root / f"step-{step:08d}"
+        rank, world = dist_utils.rank(), dist_utils.world_size()
+        staging = self.root / f".staging-step-{step:08d}"
+        if rank == 0:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        dist_utils.barrier()
+        save_state(staging / f"rank-{rank:03d}", rank_state or {})
+        dist_utils.barrier()
+        if rank == 0:
+            try:
+                with atomic_directory(final) as tmp:
+                    for p in staging.iterdir():
+                        shutil.move(str(p), tmp / p.name)
+                    save_tensors(tmp / "model.safetensors", model)
+                    if ema is not None:
+                        save_tensors(tmp / "ema.safetensors", ema)
+                    save_state(tmp / "state", state or {})
+                    info = {
+                        "step": step,
+                        "images_seen": images_seen,
+                        "world_size": world,
+                        "files": _file_sizes(tmp),
+                        **(meta or {}),
+                    }
+                    # meta.json is written last: its presence marks a complete checkpoint.
+                    atomic_write_text(tmp / "meta.json", json.dumps(info, indent=2, default=str))
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+            self._prune()
+        dist_utils.barrier()
+        return final
+
+    def _prune(self) -> None:
+        complete = self.list()
+        for old in complete[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    # ---------------------------------------------------------------------------------------------------
+    def is_complete(self, path: Path) -> bool:
+        try:
+            meta = json.loads((path / "meta.json").read_text())
+            return all((path / name).stat().st_size == size for name, size in meta["files"].items())
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+
+    def list(self) -> list[Path]:
+        """Complete checkpoints, oldest first."""
+        if not self.root.is_dir():
+            return []
+        found = sorted(
+            (int(m.group(1)), p) for p in self.root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()
+        )
+        return [p for _, p in found if self.is_complete(p)]
+
+    def latest(self) -> Path | None:
+        complete = self.list()
+        return complete[-1] if complete else None
+
+    def load(self, path: str | Path | None = None, *, device: str | torch.device = "cpu") -> TrainingCheckpoint:
+        """Load `path`, or the latest complete checkpoint when `path` is None."""
+        if path is None:
+            path = self.latest()
+            if path is None:
+                raise FileNotFoundError(f"no complete checkpoint under {self.root}")
+        path = Path(path)
+        if not self.is_complete(path):
+            raise CheckpointFormatError(f"{path} is not a complete checkpoint (meta.json missing or file sizes differ)")
+        meta = json.loads((path / "meta.json").read_text())
+        rank, world = dist_utils.rank(), dist_utils.world_size()
+        if meta["world_size"] != world:
+            raise CheckpointFormatError(
+                f"{path} was written by {meta['world_size']} processes, this run has {world}; "
+                "resume with the same number of processes (data position and RNG are per rank)"
+            )
+        ema_path = path / "ema.safetensors"
+        return TrainingCheckpoint(
+            path=path,
+            step=int(meta["step"]),
+            images_seen=int(meta["images_seen"]),
+            model=load_tensors(path / "model.safetensors", device),
+            ema=load_tensors(ema_path, device) if ema_path.exists() else None,
+            state=load_state(path / "state"),
+            rank_state=load_state(path / f"rank-{rank:03d}"),
+            meta=meta,
+        )

@@ -1,0 +1,52 @@
+"""The `vfmvae` command: one parser, one module per command group, each a thin call into the library."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from vfmvae.cli import data as data_cmd
+from vfmvae.cli import info as info_cmd
+from vfmvae.config import ConfigError
+
+__all__ = ["main", "build_parser"]
+
+# Order of appearance in `vfmvae --help`. Only commands that work are listed.
+COMMAND_GROUPS = (data_cmd, info_cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from vfmvae import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="vfmvae",
+        description="VFM-VAE tokenizers and latent diffusion: data, training, sampling, evaluation, analysis.",
+        epilog="Run `vfmvae COMMAND --help` for each command's options. Under torchrun: "
+        "`torchrun --nproc-per-node=N -m vfmvae COMMAND ...`.",
+    )
+    parser.add_argument("--version", action="version", version=f"vfmvae {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for group in COMMAND_GROUPS:
+        group.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        # Expected user errors: one clear line, no traceback (use -v for one).
+        if args.verbose:
+            raise
+        print(f"vfmvae {args.command}: error: {err}", file=sys.stderr)
+        return 2

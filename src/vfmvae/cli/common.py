@@ -1,0 +1,38 @@
+"""Helpers shared by the command modules: recipe + `--set` options, JSON output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+from vfmvae.config import load_config
+
+T = TypeVar("T")
+
+
+def add_recipe_args(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--recipe", type=Path, help=f"YAML recipe for the {what} (keys as in the config dataclass)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override one recipe key, dotted for nested keys (repeatable), e.g. --set num=1024",
+    )
+
+
+def resolve_config(cls: type[T], args: argparse.Namespace, flag_keys: dict[str, str]) -> T:
+    """Recipe, then `--set`, then explicit flags (`flag_keys` maps argparse dest -> config key)."""
+    overrides = list(args.overrides)
+    for dest, key in flag_keys.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            overrides.append(f"{key}={json.dumps(str(value)) if isinstance(value, Path) else json.dumps(value)}")
+    return load_config(cls, args.recipe, overrides)
+
+
+def write_json(path: Path | None, payload: dict[str, Any]) -> None:
+    if path is None:
+        return
+    from vfmvae.checkpoint.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps(payload, indent=2, default=str) + "\n")

@@ -1,0 +1,87 @@
+"""Image folders: `root/<class>/*.png` gives labels by sorted class-folder name; a flat folder is unlabeled (-1)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from vfmvae.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, BadImage, decode_image
+from vfmvae.data.transforms import center_crop_adm, flip_decision, to_uint8_tensor
+
+__all__ = ["ImageFolderDataset", "list_image_folder"]
+
+
+def list_image_folder(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
+    """Files, labels and class names of an image folder. Files are sorted, so the order is reproducible.
+
+    Every regular file in a class folder is listed, whatever its extension, except hidden files; files
+    that are not images are skipped and counted when read, instead of silently vanishing here.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if subdirs:
+        classes = [p.name for p in subdirs]
+        files, labels = [], []
+        for label, d in enumerate(subdirs):
+            for f in sorted(d.rglob("*")):
+                if f.is_file() and not f.name.startswith("."):
+                    files.append(f)
+                    labels.append(label)
+    else:
+        classes = []
+        files = sorted(f for f in root.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+        labels = [-1] * len(files)
+    if not files:
+        raise FileNotFoundError(f"no images found in {root} (expected class folders of images, or images)")
+    return files, labels, classes
+
+
+class ImageFolderDataset(Dataset):
+    """Map-style dataset of ADM-centre-cropped uint8 images.
+
+    `__getitem__` takes an index or an `(epoch, index)` pair (what `ResumableSampler` yields); the epoch
+    only seeds the flip. A bad file returns `None`, which `collate_skip_bad` drops and counts.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        resolution: int,
+        *,
+        hflip: bool = False,
+        seed: int = 0,
+        min_size: int = 16,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.root = Path(root)
+        self.files, self.labels, self.classes = list_image_folder(self.root)
+        self.resolution = resolution
+        self.hflip = hflip
+        self.seed = seed
+        self.min_size = min_size
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | None:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        path = self.files[index]
+        try:
+            img = decode_image(path, min_size=self.min_size, max_pixels=self.max_pixels)
+        except BadImage as err:
+            return {"bad": True, "name": str(path), "reason": err.reason, "detail": str(err)}
+        img = center_crop_adm(img, self.resolution)
+        flip = self.hflip and flip_decision(self.seed, epoch, index)
+        image = to_uint8_tensor(img)
+        if flip:
+            image = image.flip(-1)
+        return {"image": image, "label": self.labels[index], "index": index, "name": str(path.relative_to(self.root))}

@@ -1,0 +1,148 @@
+"""From a `DataConfig` to batches: dataset choice, collation that drops bad samples, resumable position.
+
+`DataStream` is what a training loop iterates. It yields batches (`image` uint8 (B, 3, H, W), `label`
+int64 (B,)), keeps the skipped-sample counts, and its `state_dict()` is the exact data position to
+store in a checkpoint: the global sample position for image folders, the per-worker raw-sample ordinal
+for tar shards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch.utils.data import DataLoader
+
+from vfmvae.config import ExistingPath
+from vfmvae.data.folder import ImageFolderDataset
+from vfmvae.data.images import DEFAULT_MAX_PIXELS, SkipCounter
+from vfmvae.data.sampler import ResumableSampler
+from vfmvae.data.shards import TarShardDataset, list_shards
+
+__all__ = ["DataConfig", "collate_skip_bad", "DataStream", "detect_format", "build_dataset"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where images come from and how they are prepared."""
+
+    source: ExistingPath                     # image folder (class subfolders = labels) or tar shard(s)
+    format: Literal["auto", "folder", "shards"] = "auto"
+    resolution: int = 256                    # ADM centre crop to this size
+    hflip: bool = True                       # random horizontal flip (seeded per sample, see transforms.py)
+    min_size: int = 16                       # images with a shorter side below this are skipped
+    max_pixels: int = DEFAULT_MAX_PIXELS     # larger images are skipped as decompression bombs
+    num_workers: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.resolution <= 0 or self.resolution % 8:
+            raise ValueError(f"data.resolution must be a positive multiple of 8, got {self.resolution}")
+        if self.num_workers < 0:
+            raise ValueError("data.num_workers must be >= 0")
+
+
+def detect_format(source: str | Path) -> Literal["folder", "shards"]:
+    text = str(source)
+    path = Path(source)
+    if "{" in text or (path.is_file() and path.suffix == ".tar"):
+        return "shards"
+    if path.is_dir() and any(path.glob("*.tar")):
+        return "shards"
+    return "folder"
+
+
+def build_dataset(
+    cfg: DataConfig, *, rank: int = 0, world: int = 1, loop: bool = True, start_ordinals: dict[int, int] | None = None
+) -> ImageFolderDataset | TarShardDataset:
+    fmt = detect_format(cfg.source) if cfg.format == "auto" else cfg.format
+    common = dict(hflip=cfg.hflip, seed=cfg.seed, min_size=cfg.min_size, max_pixels=cfg.max_pixels)
+    if fmt == "folder":
+        return ImageFolderDataset(cfg.source, cfg.resolution, **common)
+    list_shards(cfg.source)  # fail early with a clear message
+    return TarShardDataset(
+        cfg.source, cfg.resolution, rank=rank, world=world, loop=loop, start_ordinals=start_ordinals, **common
+    )
+
+
+def collate_skip_bad(items: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """Stack the good items; report the bad ones under `skipped` as (name, reason, detail) triples."""
+    good = [it for it in items if it is not None and not it.get("bad")]
+    bad = [(it["name"], it["reason"], it.get("detail", "")) for it in items if it is not None and it.get("bad")]
+    batch: dict[str, Any] = {"skipped": bad, "num_items": len(items)}
+    if good:
+        batch["image"] = torch.stack([it["image"] for it in good])
+        batch["label"] = torch.tensor([it["label"] for it in good], dtype=torch.int64)
+        batch["name"] = [it["name"] for it in good]
+    if items and items[0] is not None and "worker" in items[0]:
+        batch["worker"] = items[0]["worker"]  # one DataLoader batch always comes from one worker
+        batch["next_ordinal"] = max(it["ordinal"] for it in items) + 1
+    return batch
+
+
+class DataStream:
+    """Endless training batches of `batch_size` per rank, resumable from `state`.
+
+    Batches whose every item was bad are consumed silently (and counted); others may be smaller than
+    `batch_size` by the number of skipped items.
+    """
+
+    def __init__(
+        self,
+        cfg: DataConfig,
+        batch_size: int,
+        *,
+        rank: int = 0,
+        world: int = 1,
+        state: dict[str, Any] | None = None,
+        skips: SkipCounter | None = None,
+    ) -> None:
+        self.cfg, self.batch_size = cfg, batch_size
+        self.rank, self.world = rank, world
+        self.skips = skips or SkipCounter()
+        state = state or {}
+        fmt = detect_format(cfg.source) if cfg.format == "auto" else cfg.format
+        self.format = fmt
+        if fmt == "folder":
+            self.position = int(state.get("position", 0))
+            dataset = build_dataset(cfg)
+            sampler = ResumableSampler(len(dataset), rank=rank, world=world, seed=cfg.seed, start=self.position)
+            self.loader = DataLoader(
+                dataset, batch_size=batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                collate_fn=collate_skip_bad, persistent_workers=cfg.num_workers > 0, drop_last=False,
+            )
+        else:
+            self.ordinals = {int(k): int(v) for k, v in state.get("ordinals", {}).items()}
+            dataset = build_dataset(cfg, rank=rank, world=world, start_ordinals=self.ordinals)
+            self.loader = DataLoader(
+                dataset, batch_size=batch_size, num_workers=cfg.num_workers,
+                collate_fn=collate_skip_bad, persistent_workers=cfg.num_workers > 0,
+            )
+        self.dataset = dataset
+        self._iter: Iterator[dict[str, Any]] | None = None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        if self._iter is None:
+            self._iter = iter(self.loader)
+        while True:
+            batch = next(self._iter)
+            for name, reason, detail in batch["skipped"]:
+                self.skips.add(name, reason, detail)
+            if self.format == "folder":
+                # Every rank consumes batch_size positions per batch; global position advances by W x B.
+                self.position += batch["num_items"] * self.world
+            else:
+                self.ordinals[batch["worker"]] = batch["next_ordinal"]
+            if "image" in batch:
+                return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.format == "folder":
+            return {"format": "folder", "position": self.position}
+        return {"format": "shards", "ordinals": {str(k): v for k, v in self.ordinals.items()}}

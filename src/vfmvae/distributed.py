@@ -1,0 +1,112 @@
+"""Process-group setup for torchrun (env://) with a single-process fallback, after EDM2.
+
+The same entry point runs as `vfmvae ...` (one process, CPU or one GPU) and as
+`torchrun --nproc-per-node=8 -m vfmvae ...`. NCCL is used when CUDA is available, gloo otherwise.
+Only rank 0 prints, draws progress bars and writes shared files.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "init_distributed",
+    "destroy_distributed",
+    "is_distributed",
+    "rank",
+    "world_size",
+    "local_rank",
+    "is_main_process",
+    "barrier",
+    "all_reduce_mean",
+    "all_reduce_sum",
+    "print0",
+    "default_device",
+]
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+def default_device() -> torch.device:
+    """The device this process should use: its local GPU under torchrun, else cuda:0, else CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank() % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def init_distributed(backend: str | None = None, timeout_minutes: float = 30.0) -> torch.device:
+    """Join the torchrun process group if `WORLD_SIZE` > 1 is set; otherwise run as a single process.
+
+    Returns the device for this process. Safe to call twice.
+    """
+    device = default_device()
+    if is_distributed() or int(os.environ.get("WORLD_SIZE", 1)) <= 1:
+        return device
+    if backend is None:
+        backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(
+        backend=backend,
+        init_method="env://",
+        timeout=datetime.timedelta(minutes=timeout_minutes),
+        device_id=device if backend == "nccl" else None,
+    )
+    return device
+
+
+def destroy_distributed() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """In place sum over ranks (a no-op for one process)."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        tensor /= world_size()
+    return tensor
+
+
+def print0(*args: Any, **kwargs: Any) -> None:
+    """print() on rank 0 only, flushed so logs interleave sensibly under torchrun."""
+    if is_main_process():
+        kwargs.setdefault("flush", True)
+        print(*args, **kwargs)
+        if kwargs.get("file") is None:
+            sys.stdout.flush()

@@ -1,0 +1,48 @@
+"""Exponential moving average of weights, parameterised by a half-life in images (EDM/StyleGAN style).
+
+beta = 0.5 ** (batch_images / halflife). During ramp-up the half-life is capped at
+`rampup_ratio x images_seen`, so the average does not remember the random initialisation for long.
+Buffers are copied, not averaged.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+__all__ = ["EMA"]
+
+
+class EMA:
+    def __init__(self, model: nn.Module, halflife_images: float, rampup_ratio: float | None = 0.05) -> None:
+        if halflife_images <= 0:
+            raise ValueError("EMA half-life must be positive")
+        self.halflife_images = halflife_images
+        self.rampup_ratio = rampup_ratio
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def beta(self, images_seen: int, batch_images: int) -> float:
+        halflife = self.halflife_images
+        if self.rampup_ratio is not None:
+            halflife = min(halflife, images_seen * self.rampup_ratio)
+        return 0.5 ** (batch_images / max(halflife, 1e-8))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, images_seen: int, batch_images: int) -> float:
+        """Blend `model` into the average; `images_seen` counts images including this batch."""
+        beta = self.beta(images_seen, batch_images)
+        source = dict(model.named_parameters())
+        for name, p_ema in self.model.named_parameters():
+            p_ema.lerp_(source[name].detach().to(p_ema.dtype), 1.0 - beta)
+        source_buffers = dict(model.named_buffers())
+        for name, b_ema in self.model.named_buffers():
+            b_ema.copy_(source_buffers[name])
+        return beta
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.model.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state, strict=True)

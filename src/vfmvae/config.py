@@ -213,15 +213,15 @@ def _coerce(value: Any, tp: Any, *, key: str, source: str) -> Any:
             if type(None) in options:
                 return None
             fail(_type_name(tp))
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
+        candidates = [o for o in options if o is not type(None)]
+        if len(candidates) == 1:  # X | None: X's own, more precise message
+            return _coerce(value, candidates[0], key=key, source=source)
+        for option in candidates:
             try:
                 return _coerce(value, option, key=key, source=source)
-            except ConfigError as err:
-                errors.append(err)
-        fail(" or ".join(_type_name(o) for o in options))
+            except ConfigError:
+                continue
+        fail(" or ".join(_type_name(o) for o in candidates))
     if origin is Literal:
         choices = get_args(tp)
         if value in choices:

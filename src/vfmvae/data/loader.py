@@ -106,20 +106,23 @@ class DataStream:
         state = state or {}
         fmt = detect_format(cfg.source) if cfg.format == "auto" else cfg.format
         self.format = fmt
+        # The loader draws worker seeds from this private generator, not from torch's global RNG, so that
+        # creating the iterator after a resume does not shift the training noise (found by the resume test).
+        generator = torch.Generator().manual_seed(cfg.seed * 7919 + rank)
         if fmt == "folder":
             self.position = int(state.get("position", 0))
             dataset = build_dataset(cfg)
             sampler = ResumableSampler(len(dataset), rank=rank, world=world, seed=cfg.seed, start=self.position)
             self.loader = DataLoader(
                 dataset, batch_size=batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                collate_fn=collate_skip_bad, persistent_workers=cfg.num_workers > 0, drop_last=False,
+                collate_fn=collate_skip_bad, persistent_workers=cfg.num_workers > 0, drop_last=False, generator=generator,
             )
         else:
             self.ordinals = {int(k): int(v) for k, v in state.get("ordinals", {}).items()}
             dataset = build_dataset(cfg, rank=rank, world=world, start_ordinals=self.ordinals)
             self.loader = DataLoader(
                 dataset, batch_size=batch_size, num_workers=cfg.num_workers,
-                collate_fn=collate_skip_bad, persistent_workers=cfg.num_workers > 0,
+                collate_fn=collate_skip_bad, persistent_workers=cfg.num_workers > 0, generator=generator,
             )
         self.dataset = dataset
         self._iter: Iterator[dict[str, Any]] | None = None

@@ -4,6 +4,10 @@ from pathlib import Path
 import pytest
 import torch
 
+# Nothing is ever fetched in tests: transformers/huggingface_hub fail at once instead of trying the network.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 

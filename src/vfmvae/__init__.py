@@ -11,6 +11,7 @@ from vfmvae.config import ConfigError, load_config
 from vfmvae.data import DataConfig, DataStream, ImageFolderDataset, SyntheticConfig, TarShardDataset
 from vfmvae.registry import Registry
 from vfmvae.training import EMA, optimizer_step
+from vfmvae.vfm import FrozenVFM, VFMConfig, VFMFeatures, create_vfm, load_vfm
 
 __all__ = [
     "__version__",
@@ -19,12 +20,17 @@ __all__ = [
     "DataConfig",
     "DataStream",
     "EMA",
+    "FrozenVFM",
     "ImageFolderDataset",
     "PretrainedMixin",
     "Registry",
     "SyntheticConfig",
     "TarShardDataset",
+    "VFMConfig",
+    "VFMFeatures",
+    "create_vfm",
     "load_config",
     "load_pretrained",
+    "load_vfm",
     "optimizer_step",
 ]

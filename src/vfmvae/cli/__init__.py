@@ -9,12 +9,13 @@ from collections.abc import Sequence
 
 from vfmvae.cli import data as data_cmd
 from vfmvae.cli import info as info_cmd
+from vfmvae.cli import vfm as vfm_cmd
 from vfmvae.config import ConfigError
 
 __all__ = ["main", "build_parser"]
 
 # Order of appearance in `vfmvae --help`. Only commands that work are listed.
-COMMAND_GROUPS = (data_cmd, info_cmd)
+COMMAND_GROUPS = (data_cmd, vfm_cmd, info_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, FileNotFoundError, KeyError, ValueError) as err:
         # Expected user errors: one clear line, no traceback (use -v for one).
         if args.verbose:
             raise

@@ -117,6 +117,6 @@ register_vfm(VFMEntry("dinov2-reg-test", "dinov2-reg", None, {**_TINY, "num_regi
 register_vfm(VFMEntry("dinov3-test", "dinov3", None, {**_TINY, "num_register_tokens": 4}, 1.0, note="tiny random, tests only"))
 register_vfm(VFMEntry("clip-test", "clip", None, _TINY, 1.0, note="tiny random, tests only"))
 register_vfm(VFMEntry("mae-test", "mae", None, _TINY, 1.0, note="tiny random, tests only"))
-register_vfm(VFMEntry("eva-test", "eva", None, {"timm_name": "eva02_tiny_patch14_224", "img_size": 32, "patch_size": 8,
+register_vfm(VFMEntry("eva-test", "eva", None, {"timm_name": "eva02_base_patch16_clip_224", "img_size": 32, "patch_size": 8,
                                                "embed_dim": 64, "depth": 4, "num_heads": 4, "ref_feat_shape": (4, 4)},
                       1.0, note="tiny random, tests only"))

@@ -1,0 +1,32 @@
+"""`vfmvae vfm list`: the registered frozen vision foundation models."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("vfm", help="frozen vision foundation models (list the registry)",
+                       description="Frozen vision foundation models used as the tokenizer encoder, the alignment "
+                       "target and in SE-CKNNA analysis.")
+    vsub = p.add_subparsers(dest="vfm_command", metavar="SUBCOMMAND", required=True)
+    ls = vsub.add_parser("list", help="names, hub ids, patch size, width and layer count",
+                         description="List the registered VFMs. Pass a name to `load_vfm(name, path=LOCAL_FOLDER)` "
+                         "or a VFMConfig; weights come from the hub id when online or from a local folder.")
+    ls.add_argument("--all", action="store_true", help="include the tiny random *-test variants")
+    ls.set_defaults(func=run_list)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from vfmvae.vfm import list_vfms
+
+    rows = [("name", "family", "hub id", "patch", "width", "layers", "scale@256px", "note")]
+    for e in list_vfms(include_test=args.all):
+        rows.append((e.name, e.family, e.hub_id or "-", str(e.patch_size), str(e.width), str(e.num_layers),
+                     f"{e.scale_factor:g}", e.note))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for i, row in enumerate(rows):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    return 0

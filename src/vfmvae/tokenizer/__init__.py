@@ -1,0 +1,6 @@
+"""The VFM-VAE tokenizer: model, posterior, official-checkpoint conversion, reconstruction."""
+
+from vfmvae.tokenizer.model import VFMVAE, DecoderOutput, VFMVAEConfig, build_vfm, vfm_arch_of
+from vfmvae.tokenizer.posterior import DiagonalGaussian
+
+__all__ = ["VFMVAE", "VFMVAEConfig", "DecoderOutput", "DiagonalGaussian", "build_vfm", "vfm_arch_of"]

@@ -187,7 +187,9 @@ class VFMVAE(PretrainedMixin, nn.Module):
         super().__init__()
         self.config = cfg = config
         self.vfm = vfm if vfm is not None else build_vfm(cfg)
+        # The tokenizer's config governs how its VFM is fed, whatever the VFM was loaded with.
         self.vfm.layers = self.vfm.check_layers(cfg.layers)
+        self.vfm.scale_factor = float(cfg.scale_factor)
         if any(d != self.vfm.width for d in cfg.layer_dims):
             raise ValueError(f"layer_dims {cfg.layer_dims} do not match the VFM width {self.vfm.width}")
         grid = cfg.image_size * cfg.scale_factor / self.vfm.patch_size

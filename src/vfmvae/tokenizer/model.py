@@ -11,6 +11,7 @@ Everything is resolution-agnostic: a model built for 256 px encodes and decodes 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -290,11 +291,12 @@ class VFMVAE(PretrainedMixin, nn.Module):
 def vfm_arch_of(vfm: FrozenVFM) -> dict[str, Any]:
     """The architecture config to store in `VFMVAEConfig.vfm_arch` for a loaded VFM."""
     cfg = getattr(vfm.model, "config", None)
-    if cfg is not None and hasattr(cfg, "to_dict"):
-        arch = cfg.to_dict()
-        for key in ("transformers_version", "architectures", "_name_or_path", "torch_dtype", "dtype"):
+    if cfg is not None and hasattr(cfg, "to_diff_dict"):
+        # Only what differs from the family's defaults: compact, and it survives the JSON round trip.
+        arch = cfg.to_diff_dict()
+        for key in ("transformers_version", "architectures", "_name_or_path", "torch_dtype", "dtype", "model_type"):
             arch.pop(key, None)
-        return arch
+        return json.loads(json.dumps(arch))
     if vfm.name in VFM_REGISTRY:
         return dict(VFM_REGISTRY[vfm.name].arch)
     raise ValueError("cannot record the architecture of this VFM; use a registered name")

@@ -162,3 +162,26 @@ def test_tiny_encode_at_256_and_512(official):
         assert model.encode(torch.rand(1, 3, 128, 128)).mean.shape == (1, 8, 8, 8)  # 2x the training size
         with pytest.raises(ValueError, match="must be a multiple of 4"):
             model.decode(torch.randn(1, 8, 2, 2))
+
+
+def test_convert_and_reconstruct_commands(tmp_path, synthetic_dir, capsys):
+    from vfmvae.cli import main
+    from vfmvae.data.synthetic import SyntheticConfig, write_synthetic_dataset
+
+    assert main(["convert", "official-tokenizer", "--config", str(DATA / "config.yaml"), "--weights",
+                 str(DATA / "official_G.safetensors"), "--vfm", str(DATA / "siglip2-tiny-patch16"),
+                 "--out", str(tmp_path / "tok")]) == 0
+    assert (tmp_path / "tok" / "config.json").is_file()
+    write_synthetic_dataset(SyntheticConfig(out=tmp_path / "syn", num=6, classes=2, size=64), progress=False)
+    assert main(["reconstruct", "--model", str(tmp_path / "tok"), "--input", str(tmp_path / "syn" / "images"),
+                 "--output", str(tmp_path / "rec"), "--batch-size", "4", "--workers", "0"]) == 0
+    pngs = sorted((tmp_path / "rec" / "images").rglob("*.png"))
+    assert len(pngs) == 6 and (tmp_path / "rec" / "comparison.png").is_file()
+    import json
+
+    summary = json.loads((tmp_path / "rec" / "reconstruct.json").read_text())
+    assert summary["num_images"] == 6 and summary["latent"] == "posterior mean" and 3 < summary["psnr_mean"] < 40
+    assert "PSNR" in capsys.readouterr().out
+    assert main(["convert", "official-tokenizer", "--config", str(DATA / "config.yaml"), "--weights",
+                 str(tmp_path / "nope.pth"), "--vfm", str(DATA / "siglip2-tiny-patch16"), "--out", str(tmp_path / "x")]) == 2
+    assert "official checkpoint not found" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from vfmvae.checkpoint import CheckpointManager, PretrainedMixin, load_pretraine
 from vfmvae.config import ConfigError, load_config
 from vfmvae.data import DataConfig, DataStream, ImageFolderDataset, SyntheticConfig, TarShardDataset
 from vfmvae.registry import Registry
+from vfmvae.tokenizer import VFMVAE, DiagonalGaussian, VFMVAEConfig
 from vfmvae.training import EMA, optimizer_step
 from vfmvae.vfm import FrozenVFM, VFMConfig, VFMFeatures, create_vfm, load_vfm
 
@@ -19,6 +20,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "DataStream",
+    "DiagonalGaussian",
     "EMA",
     "FrozenVFM",
     "ImageFolderDataset",
@@ -27,6 +29,8 @@ __all__ = [
     "SyntheticConfig",
     "TarShardDataset",
     "VFMConfig",
+    "VFMVAE",
+    "VFMVAEConfig",
     "VFMFeatures",
     "create_vfm",
     "load_config",

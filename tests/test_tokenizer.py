@@ -185,3 +185,15 @@ def test_convert_and_reconstruct_commands(tmp_path, synthetic_dir, capsys):
     assert main(["convert", "official-tokenizer", "--config", str(DATA / "config.yaml"), "--weights",
                  str(tmp_path / "nope.pth"), "--vfm", str(DATA / "siglip2-tiny-patch16"), "--out", str(tmp_path / "x")]) == 2
     assert "official checkpoint not found" in capsys.readouterr().err
+
+
+def test_full_forward_with_sampling_matches_the_official(official):
+    """The official `G(images, validation=True)`: posterior sample under the global seed, then decode."""
+    model, ref = official
+    with torch.no_grad():
+        torch.manual_seed(6)
+        z = model.encode(ref["images"]).sample()
+        image, multiscale = model.decode(z, return_multiscale=True)
+    torch.testing.assert_close(image, ref["forward_seed6_gen_img"], rtol=0, atol=1e-4)
+    for i, m in enumerate(multiscale):
+        torch.testing.assert_close(m, ref[f"forward_seed6_multiscale_{i}"], rtol=0, atol=1e-4)

@@ -25,7 +25,9 @@ def to_uint8_from_signed(images: torch.Tensor) -> torch.Tensor:
 
 def reconstruct_folder(model: VFMVAE, input_dir: str | Path, output_dir: str | Path, *, batch_size: int = 8,
                        resolution: int | None = None, device: str = "cpu", sample: bool = False, seed: int = 0,
-                       grid_size: int = 8, num_workers: int = 2, progress: bool = True) -> dict:
+                       grid_size: int = 8, num_workers: int = 2, progress: bool = True,
+                       save_inputs: bool = False) -> dict:
+    """`save_inputs` also writes the centre-cropped originals to OUTPUT/inputs (the rFID reference)."""
     from tqdm.auto import tqdm
 
     output_dir = Path(output_dir)
@@ -53,6 +55,10 @@ def reconstruct_folder(model: VFMVAE, input_dir: str | Path, output_dir: str | P
                 target = (output_dir / "images" / name).with_suffix(".png")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(out.permute(1, 2, 0).numpy()).save(target)
+                if save_inputs:
+                    source = (output_dir / "inputs" / name).with_suffix(".png")
+                    source.parent.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(original.permute(1, 2, 0).numpy()).save(source)
                 mse = float(((original.double() - out.double()) ** 2).mean())
                 psnrs.append(float("inf") if mse == 0 else 20 * np.log10(255.0 / np.sqrt(mse)))
             take = max(0, grid_size - len(grid_in))

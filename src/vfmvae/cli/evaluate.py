@@ -1,0 +1,114 @@
+"""`vfmvae eval gen | ref-stats | recon`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from vfmvae.cli.common import write_json
+
+_INCEPTION_HELP = ("FID Inception weights: local weights-inception-2015-12-05-6726825d.pth (torch-fidelity's), "
+                   "or its URL when online")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser("eval", help="evaluate samples (ADM protocol) and reconstructions",
+                       description="Evaluation by the ADM protocol (openai/guided-diffusion evaluator conventions) "
+                       "with the torch-fidelity Inception port; reconstruction metrics for tokenizers.")
+    esub = e.add_subparsers(dest="eval_command", metavar="SUBCOMMAND", required=True)
+
+    g = esub.add_parser("gen", help="FID, sFID, Inception Score, precision, recall of generated samples",
+                        description="Compare samples (ADM .npz with arr_0 uint8 NHWC, or a folder of PNGs) with an "
+                        "ADM reference batch (e.g. VIRTUAL_imagenet256_labeled.npz: mu, sigma, mu_s, sigma_s, arr_0).")
+    g.add_argument("--samples", type=Path, required=True, help="sample .npz or image folder")
+    g.add_argument("--ref", type=Path, required=True, help="reference batch .npz (ADM layout)")
+    g.add_argument("--inception", required=True, help=_INCEPTION_HELP)
+    _common(g)
+    g.set_defaults(func=run_gen)
+
+    r = esub.add_parser("ref-stats", help="build an ADM-layout reference batch from any image set",
+                        description="Write mu/sigma (pool3), mu_s/sigma_s (sFID features) and arr_0 (up to "
+                        "--max-images images, used for precision/recall) in the layout of the ADM reference batches.")
+    r.add_argument("--images", type=Path, required=True, help="image folder or .npz (arr_0)")
+    r.add_argument("--out", type=Path, required=True, help="output .npz")
+    r.add_argument("--inception", required=True, help=_INCEPTION_HELP)
+    r.add_argument("--max-images", type=int, default=10000, help="images kept in arr_0 (default 10000, as ADM)")
+    _common(r)
+    r.set_defaults(func=run_ref_stats)
+
+    c = esub.add_parser("recon", help="rFID, rIS, PSNR, SSIM, LPIPS of reconstructions",
+                        description="Either compare --reference and --reconstructions folders (paired by relative "
+                        "path), or reconstruct --data with --tokenizer first (written to --out). rFID/rIS need "
+                        "--inception and LPIPS needs --lpips (VGG16 weights vgg16-397923af.pth); without them those "
+                        "metrics are reported as skipped.")
+    c.add_argument("--reference", type=Path, help="folder of original (centre-cropped) images")
+    c.add_argument("--reconstructions", type=Path, help="folder of reconstructions with the same relative names")
+    c.add_argument("--tokenizer", type=Path, help="tokenizer folder: reconstruct --data first")
+    c.add_argument("--data", type=Path, help="image folder to reconstruct with --tokenizer")
+    c.add_argument("--out", type=Path, help="where --tokenizer writes inputs/ and images/ (default: DATA-recon next to --json or ./recon)")
+    c.add_argument("--inception", default=None, help=_INCEPTION_HELP + " (optional: rFID, rIS)")
+    c.add_argument("--lpips", default=None, help="VGG16 trunk weights for LPIPS (vgg16-397923af.pth; optional)")
+    _common(c)
+    c.set_defaults(func=run_recon)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", type=Path, default=None, help="write the results as JSON")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default=None, help="default: cuda if available")
+
+
+def _device(args: argparse.Namespace) -> str:
+    import torch
+
+    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _fmt(value) -> str:
+    return "skipped" if value is None else f"{value:.4f}"
+
+
+def run_gen(args: argparse.Namespace) -> int:
+    from vfmvae.evaluation import evaluate_generation
+
+    res = evaluate_generation(args.samples, args.ref, args.inception, device=_device(args), batch_size=args.batch_size)
+    print(f"FID {_fmt(res['fid'])} | sFID {_fmt(res['sfid'])} | IS {_fmt(res['inception_score'])} | "
+          f"precision {_fmt(res['precision'])} | recall {_fmt(res['recall'])} | {res['protocol']['num_samples']} samples")
+    write_json(args.json, res)
+    return 0
+
+
+def run_ref_stats(args: argparse.Namespace) -> int:
+    from vfmvae.evaluation import build_reference
+
+    info = build_reference(args.images, args.out, args.inception, device=_device(args), batch_size=args.batch_size,
+                           max_images=args.max_images)
+    print(f"wrote {args.out}: statistics of {info['num_images']} images, {info['num_kept_images']} kept in arr_0")
+    write_json(args.json, info)
+    return 0
+
+
+def run_recon(args: argparse.Namespace) -> int:
+    from vfmvae.evaluation import evaluate_reconstruction
+
+    if args.tokenizer is not None:
+        if args.data is None:
+            raise ValueError("--tokenizer needs --data (the images to reconstruct)")
+        from vfmvae.tokenizer import VFMVAE
+        from vfmvae.tokenizer.reconstruct import reconstruct_folder
+
+        out = args.out or Path("recon")
+        model = VFMVAE.from_pretrained(args.tokenizer)
+        reconstruct_folder(model, args.data, out, batch_size=min(args.batch_size, 16), device=_device(args),
+                           save_inputs=True)
+        reference, reconstructions = out / "inputs", out / "images"
+    else:
+        if args.reference is None or args.reconstructions is None:
+            raise ValueError("pass --reference and --reconstructions, or --tokenizer and --data")
+        reference, reconstructions = args.reference, args.reconstructions
+    res = evaluate_reconstruction(reference, reconstructions, inception=args.inception, lpips_weights=args.lpips,
+                                  device=_device(args), batch_size=args.batch_size)
+    print(f"rFID {_fmt(res['rfid'])} | PSNR {_fmt(res['psnr'])} dB | SSIM {_fmt(res['ssim'])} | "
+          f"LPIPS {_fmt(res['lpips'])} | rIS {_fmt(res['ris'])} | {res['protocol']['num_images']} images")
+    write_json(args.json, res)
+    return 0

@@ -1,0 +1,93 @@
+"""Per-image reconstruction metrics on uint8 pixels: PSNR, SSIM and LPIPS (VGG).
+
+* PSNR: 20 log10(255 / RMSE) per image over all pixels and channels; report the mean over images (not the
+  PSNR of the pooled MSE).
+* SSIM: Gaussian window 11 x 11, sigma 1.5, K1 0.01, K2 0.03, data range 255 on RGB values in [0, 255];
+  reflect padding by 5, the SSIM map averaged over all pixels and channels, per image. This is torchmetrics
+  1.9's `structural_similarity_index_measure(data_range=255.0)` computed image by image.
+* LPIPS: `lpips.LPIPS(net="vgg")` (linear heads shipped in the lpips wheel) with the VGG16 trunk loaded from
+  a local torchvision file; inputs in [-1, 1].
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from unittest import mock
+
+import torch
+import torch.nn.functional as F
+
+from vfmvae.evaluation.weights import VGG16_FILE, VGG16_URL, load_weights, resolve_weights, sha256_of
+
+__all__ = ["psnr", "ssim", "LPIPSMetric", "load_lpips"]
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR (B,) of uint8 (B, 3, H, W) images; identical images give inf."""
+    mse = (a.double() - b.double()).square().flatten(1).mean(1)
+    return 20 * torch.log10(255.0 / mse.sqrt())
+
+
+def _gaussian(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 255.0) -> torch.Tensor:
+    """Per-image SSIM (B,) of (B, C, H, W) images in [0, data_range] (uint8 or float)."""
+    x, y = a.double(), b.double()
+    c = x.shape[1]
+    g = _gaussian()
+    kernel = (g[:, None] * g[None, :]).expand(c, 1, 11, 11).contiguous()
+
+    x, y = F.pad(x, (5, 5, 5, 5), mode="reflect"), F.pad(y, (5, 5, 5, 5), mode="reflect")
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, kernel, groups=c)
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_x, mu_y = blur(x), blur(y)
+    sxx = (blur(x * x) - mu_x**2).clamp_min(0)
+    syy = (blur(y * y) - mu_y**2).clamp_min(0)
+    sxy = blur(x * y) - mu_x * mu_y
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
+    return ssim_map.flatten(1).mean(1)
+
+
+# torchvision vgg16.features index -> lpips' slice holding it
+_SLICES = [(1, range(0, 4)), (2, range(4, 9)), (3, range(9, 16)), (4, range(16, 23)), (5, range(23, 30))]
+
+
+class LPIPSMetric(torch.nn.Module):
+    def __init__(self, vgg_features: dict[str, torch.Tensor] | None = None) -> None:
+        super().__init__()
+        import lpips
+
+        # pnet_rand: lpips builds a random VGG16 instead of downloading torchvision's; the trunk is loaded below.
+        with mock.patch("builtins.print"):
+            self.net = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
+        if vgg_features is not None:
+            mapped = {}
+            for key, value in vgg_features.items():
+                if not key.startswith("features."):
+                    continue  # the classifier part of torchvision's file is not used
+                index, leaf = key[len("features."):].split(".", 1)
+                slot = next(k for k, r in _SLICES if int(index) in r)
+                mapped[f"slice{slot}.{index}.{leaf}"] = value
+            self.net.net.load_state_dict(mapped, strict=True)
+        self.net.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> LPIPSMetric:
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Per-image LPIPS (B,) of uint8 (B, 3, H, W) images."""
+        to_signed = lambda t: t.float() / 127.5 - 1.0  # noqa: E731
+        return self.net(to_signed(a), to_signed(b)).flatten()
+
+
+def load_lpips(weights: str | Path, device: str | torch.device = "cpu") -> tuple[LPIPSMetric, dict]:
+    path = resolve_weights(weights, what="VGG16 (LPIPS trunk)", expected_file=VGG16_FILE, url=VGG16_URL)
+    return LPIPSMetric(load_weights(path)).to(device), {"lpips_weights": str(path), "lpips_sha256": sha256_of(path)}

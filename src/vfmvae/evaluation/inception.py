@@ -1,0 +1,62 @@
+"""The FID Inception-v3 of the ADM evaluator, through torch-fidelity's TF-compatible port (wrapped, not re-written).
+
+torch-fidelity's `FeatureExtractorInceptionV3` reproduces the 2015-12-05 TF graph: uint8 input, TF1-legacy
+bilinear resize to 299 inside the network, (x - 128) / 128. We add what the ADM evaluator reads and it does
+not provide: the sFID feature, `mixed_6/conv` = Mixed_6d.branch1x1 (after BN + ReLU), first 7 channels,
+flattened in NHWC order (17 x 17 x 7 = 2023), taken with a forward hook. Weights are loaded by us (safely)
+instead of by torch-fidelity's `torch.load(weights_only=False)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from unittest import mock
+
+import torch
+from torch import nn
+
+from vfmvae.evaluation.weights import INCEPTION_FILE, INCEPTION_URL, load_weights, resolve_weights, sha256_of
+
+__all__ = ["InceptionV3", "load_inception"]
+
+
+class InceptionV3(nn.Module):
+    """`forward(uint8 (B, 3, H, W))` -> {"pool": (B, 2048), "spatial": (B, 2023), "logits": (B, 1008)} (float32).
+
+    `logits` are pool3 @ W^T without bias (ADM's IS logits, torch-fidelity's `logits_unbiased`).
+    """
+
+    def __init__(self, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        super().__init__()
+        import torch_fidelity.feature_extractor_inceptionv3 as tfi
+
+        # Build the network without letting torch-fidelity fetch or unpickle anything; load weights ourselves.
+        with mock.patch.object(tfi, "load_state_dict_from_url", lambda *a, **k: {}), \
+             mock.patch.object(tfi.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, strict=True: None):
+            self.net = tfi.FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"])
+        if state_dict is not None:
+            nn.Module.load_state_dict(self.net, state_dict, strict=True)
+        self.net.eval().requires_grad_(False)
+        self._spatial: torch.Tensor | None = None
+        self.net.Mixed_6d.branch1x1.register_forward_hook(self._keep_spatial)
+
+    def _keep_spatial(self, module: nn.Module, inputs, output: torch.Tensor) -> None:
+        self._spatial = output[:, :7].permute(0, 2, 3, 1).reshape(output.shape[0], -1)  # NHWC flatten
+
+    def train(self, mode: bool = True) -> InceptionV3:
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"Inception expects uint8 (B, 3, H, W) images, got {images.dtype} {tuple(images.shape)}")
+        pool, logits = self.net(images)
+        spatial, self._spatial = self._spatial, None
+        return {"pool": pool.float(), "spatial": spatial.float(), "logits": logits.float()}
+
+
+def load_inception(weights: str | Path, device: str | torch.device = "cpu") -> tuple[InceptionV3, dict]:
+    """The FID Inception from a local file (or URL when online). Returns the network and its provenance."""
+    path = resolve_weights(weights, what="Inception (FID)", expected_file=INCEPTION_FILE, url=INCEPTION_URL)
+    net = InceptionV3(load_weights(path)).to(device)
+    return net, {"inception_weights": str(path), "inception_sha256": sha256_of(path)}

@@ -1,0 +1,103 @@
+"""FID/sFID, Inception Score and precision/recall exactly as the ADM evaluator computes them.
+
+(openai/guided-diffusion `evaluations/evaluator.py`; spec: shared/docs/evaluation-protocol.md section 1.)
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+from scipy import linalg
+
+__all__ = ["gaussian_stats", "frechet_distance", "inception_score", "precision_recall", "manifold_radii"]
+
+
+def gaussian_stats(features: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and unbiased (N - 1) covariance in float64."""
+    x = np.asarray(features.cpu() if isinstance(features, torch.Tensor) else features, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"features must be (N, D), got {x.shape}")
+    if x.shape[0] < 2:
+        raise ValueError(f"need at least 2 samples for a covariance, got {x.shape[0]}")
+    return x.mean(axis=0), np.cov(x, rowvar=False)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+    """||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr sqrtm(S1 S2), float64, with ADM's fallbacks:
+    `eps` on both diagonals if sqrtm is not finite; an imaginary diagonal above 1e-3 is an error."""
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape or s1.shape != s2.shape:
+        raise ValueError(f"statistics of different sizes: {mu1.shape} vs {mu2.shape}, {s1.shape} vs {s2.shape}")
+    diff = mu1 - mu2
+    covmean = linalg.sqrtm(s1.dot(s2))  # no `disp` (deprecated in SciPy 1.17, removed in 1.18)
+    if not np.isfinite(covmean).all():
+        warnings.warn(f"FID: singular product, adding {eps} to the covariance diagonals", stacklevel=2)
+        offset = np.eye(s1.shape[0]) * eps
+        covmean = linalg.sqrtm((s1 + offset).dot(s2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(f"FID: imaginary component {np.max(np.abs(covmean.imag))}")
+        covmean = covmean.real
+    return float(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def inception_score(logits: np.ndarray | torch.Tensor, split_size: int = 5000) -> float:
+    """ADM: softmax of the unbiased logits (float32), consecutive splits of `split_size`, no shuffle,
+    exp(mean KL(p(y|x) || p(y))) per split, mean over splits (50,000 samples give 10 splits)."""
+    x = torch.as_tensor(np.asarray(logits.cpu() if isinstance(logits, torch.Tensor) else logits), dtype=torch.float32)
+    preds = torch.softmax(x, dim=1).numpy()
+    scores = []
+    for i in range(0, len(preds), split_size):
+        part = preds[i : i + split_size]
+        kl = part * (np.log(part) - np.log(np.mean(part, 0, keepdims=True)))
+        scores.append(np.exp(np.mean(np.sum(kl, 1))))
+    return float(np.mean(scores))
+
+
+def _pairwise_sq_dists(u: torch.Tensor, v: torch.Tensor, fp16: bool) -> torch.Tensor:
+    """max(|u|^2 - 2 u.v + |v|^2, 0). ADM computes this in float16 and falls back to float32 if not finite;
+    `fp16=True` emulates that (inputs and result rounded to half precision, products accumulated in float32)."""
+
+    def block(a: torch.Tensor, b: torch.Tensor, half: bool) -> torch.Tensor:
+        cast = (lambda t: t.half().float()) if half else (lambda t: t)
+        a, b = cast(a), cast(b)
+        d = cast(cast((a * a).sum(1, keepdim=True)) - cast(2 * (a @ b.T)) + cast((b * b).sum(1)[None]))
+        return d.clamp_min(0.0)
+
+    d = block(u, v, fp16)
+    if fp16 and not torch.isfinite(d).all():
+        d = block(u, v, False)
+    return d
+
+
+def manifold_radii(features: torch.Tensor, k: int = 3, block: int = 10000, fp16: bool = True) -> torch.Tensor:
+    """Squared distance of every point to its k-th nearest neighbour, not counting itself."""
+    n = features.shape[0]
+    if n <= k:
+        raise ValueError(f"precision/recall with k={k} needs more than {k} samples per set, got {n}")
+    radii = torch.empty(n)
+    for start in range(0, n, block):
+        rows = features[start : start + block]
+        dists = torch.cat([_pairwise_sq_dists(rows, features[s : s + block], fp16) for s in range(0, n, block)], 1)
+        radii[start : start + block] = dists.kthvalue(k + 1, dim=1).values  # index 0 is the point itself
+    return radii
+
+
+def precision_recall(reference: np.ndarray | torch.Tensor, samples: np.ndarray | torch.Tensor, k: int = 3,
+                     block: int = 10000, fp16: bool = True) -> tuple[float, float]:
+    """Kynkäänniemi et al. (2019) as in ADM: precision = share of samples inside some reference k-NN ball,
+    recall = share of reference points inside some sample k-NN ball (squared distances, `<=`)."""
+    ref = torch.as_tensor(np.asarray(reference), dtype=torch.float32)
+    smp = torch.as_tensor(np.asarray(samples), dtype=torch.float32)
+    ref_radii, smp_radii = manifold_radii(ref, k, block, fp16), manifold_radii(smp, k, block, fp16)
+    ref_in = torch.zeros(len(ref), dtype=torch.bool)
+    smp_in = torch.zeros(len(smp), dtype=torch.bool)
+    for i in range(0, len(ref), block):
+        for j in range(0, len(smp), block):
+            d = _pairwise_sq_dists(ref[i : i + block], smp[j : j + block], fp16)
+            ref_in[i : i + block] |= (d <= smp_radii[j : j + block][None, :]).any(1)
+            smp_in[j : j + block] |= (d <= ref_radii[i : i + block][:, None]).any(0)
+    return float(smp_in.double().mean()), float(ref_in.double().mean())

@@ -1,0 +1,66 @@
+"""Locating and safely loading metric-network weights (Inception, VGG16 for LPIPS). Never downloads in tests.
+
+A weights argument is a local file, or an http(s) URL when the machine is online (downloaded once into the
+torch hub cache). `.pth` files are read with `weights_only=True`; `.safetensors` as such.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from vfmvae.checkpoint.serialize import CheckpointFormatError, load_tensors
+
+__all__ = ["resolve_weights", "load_weights", "sha256_of", "INCEPTION_FILE", "INCEPTION_URL", "VGG16_FILE", "VGG16_URL"]
+
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
+VGG16_FILE = "vgg16-397923af.pth"
+VGG16_URL = f"https://download.pytorch.org/models/{VGG16_FILE}"
+
+
+def resolve_weights(spec: str | Path, *, what: str, expected_file: str, url: str) -> Path:
+    text = str(spec)
+    if text.startswith(("http://", "https://")):
+        target = Path(torch.hub.get_dir()) / "checkpoints" / text.rsplit("/", 1)[-1]
+        if not target.is_file():
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                torch.hub.download_url_to_file(text, str(target), progress=True)
+            except Exception as err:  # offline, DNS failure, HTTP error
+                raise FileNotFoundError(
+                    f"could not download the {what} weights from {text} ({type(err).__name__}); download "
+                    f"{expected_file} on a machine with internet and pass its local path"
+                ) from None
+        return target
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{what} weights not found at {path}. Get {expected_file} from {url} (on a machine with internet) "
+            f"and pass its path"
+        )
+    return path
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        return load_tensors(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointFormatError(f"{path}: not a plain tensor file (refused by weights_only=True: {err})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointFormatError(f"{path}: expected a state dict")
+    return state
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

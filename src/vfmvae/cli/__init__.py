@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from vfmvae.cli import align as align_cmd
 from vfmvae.cli import data as data_cmd
 from vfmvae.cli import evaluate as eval_cmd
 from vfmvae.cli import info as info_cmd
@@ -17,7 +18,7 @@ from vfmvae.config import ConfigError
 __all__ = ["main", "build_parser"]
 
 # Order of appearance in `vfmvae --help`. Only commands that work are listed.
-COMMAND_GROUPS = (data_cmd, vfm_cmd, tokenizer_cmd, eval_cmd, info_cmd)
+COMMAND_GROUPS = (data_cmd, vfm_cmd, tokenizer_cmd, eval_cmd, align_cmd, info_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,145 @@
+"""CKNNA and friends, as the official VFM-VAE code computes them (adapted there from platonic-rep).
+
+CKNNA(A, B) for row-paired features A (n x d_a), B (n x d_b):
+
+1. (official preprocessing) clip each file at the exact 95th percentile q of |entries| over the whole
+   tensor (sort, take index floor(0.95 numel)), then L2-normalise rows;
+2. linear kernels K = A A^T, L = B B^T;
+3. mutual k-NN mask M_ij = [j in topk_i(K)] [j in topk_i(L)], the diagonal excluded from the top-k;
+4. sim(K, L) = HSIC_u(M * K, M * L) with the unbiased HSIC of Song et al. (2012);
+5. CKNNA = sim(K, L) / (sqrt(sim(K, K) sim(L, L)) + 1e-6), where sim(K, K) uses K's own k-NN mask.
+
+Vectorised and sparse: the k-NN search runs in row blocks of the kernel, and the masked kernels, which have
+at most k entries per row, are kept as (row, col, value) lists, so HSIC costs O(n k) after the search; the
+reference's O(n^3) product 1^T K L 1 becomes (K^T 1) . (L 1). Values are float32 products summed in float64.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["preprocess", "clip_outliers", "knn_indices", "cknna", "mutual_knn", "cka", "unbiased_cka", "hsic_unbiased", "all_metrics"]
+
+
+def clip_outliers(feats: torch.Tensor, q: float = 0.95) -> torch.Tensor:
+    """Clamp to [-v, v], v = the exact q-quantile of |feats| (sorted values at index floor(q numel))."""
+    if q >= 1:
+        return feats
+    flat = feats.reshape(-1).abs()
+    k = int(q * flat.numel())
+    value = flat.kthvalue(k + 1).values if k < flat.numel() else flat.max()  # = sorted(flat)[k]
+    return feats.clamp(-value, value)
+
+
+def preprocess(feats: torch.Tensor, mode: str = "official") -> torch.Tensor:
+    """'official': 95th-percentile clipping then row L2 normalisation (float32 in, as the official); 'none'."""
+    feats = torch.as_tensor(feats)
+    if feats.ndim != 2:
+        raise ValueError(f"features must be (N, D), got {tuple(feats.shape)}")
+    if mode == "none":
+        return feats
+    if mode != "official":
+        raise ValueError(f"unknown preprocessing {mode!r} (official or none)")
+    return F.normalize(clip_outliers(feats.float()), dim=-1)
+
+
+def hsic_unbiased(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
+    """Unbiased HSIC (Song et al. 2012, Eq. 5) in float64; diagonals are zeroed first."""
+    m = k.shape[0]
+    if m < 4:
+        raise ValueError("unbiased HSIC needs at least 4 samples")
+    kt = k.double().fill_diagonal_(0) if k.dtype != torch.float64 else k.clone().fill_diagonal_(0)
+    lt = l.double().fill_diagonal_(0) if l.dtype != torch.float64 else l.clone().fill_diagonal_(0)
+    trace_term = (kt * lt.T).sum()
+    sums = kt.sum() * lt.sum() / ((m - 1) * (m - 2))
+    cross = 2 * torch.dot(kt.sum(0), lt.sum(1)) / (m - 2)  # = 2 * 1^T K L 1 / (m - 2)
+    return (trace_term + sums - cross) / (m * (m - 3))
+
+
+def knn_indices(feats: torch.Tensor, topk: int, block: int = 2048) -> torch.Tensor:
+    """(N, topk) indices of each row's nearest neighbours by inner product, itself excluded (row blocks)."""
+    n = feats.shape[0]
+    out = torch.empty(n, topk, dtype=torch.long, device=feats.device)
+    for start in range(0, n, block):
+        sims = feats[start : start + block] @ feats.T                           # (b, N)
+        rows = torch.arange(sims.shape[0], device=feats.device)
+        sims[rows, rows + start] = float("-inf")
+        out[start : start + block] = sims.topk(topk, dim=1).indices
+    return out
+
+
+def _sparse_hsic(rows: torch.Tensor, cols: torch.Tensor, x: torch.Tensor, y: torch.Tensor, n: int) -> torch.Tensor:
+    """`hsic_unbiased` of two n x n matrices that are zero outside the off-diagonal entries (rows, cols)."""
+    key = rows * n + cols
+    order = torch.argsort(key)
+    sorted_key = key[order]
+    transposed = cols * n + rows
+    pos = torch.searchsorted(sorted_key, transposed).clamp(max=len(sorted_key) - 1)
+    hit = sorted_key[pos] == transposed
+    trace_term = (x[hit] * y[order][pos[hit]]).sum()                          # sum_ij X_ij Y_ji
+    col_x = torch.zeros(n, dtype=torch.float64, device=x.device).index_add_(0, cols, x)
+    row_y = torch.zeros(n, dtype=torch.float64, device=x.device).index_add_(0, rows, y)
+    sums = x.sum() * y.sum() / ((n - 1) * (n - 2))
+    cross = 2 * torch.dot(col_x, row_y) / (n - 2)                             # 2 * 1^T X Y 1 / (n - 2)
+    return (trace_term + sums - cross) / (n * (n - 3))
+
+
+def _check(a: torch.Tensor, b: torch.Tensor, topk: int) -> None:
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"feature files must pair rows: {a.shape[0]} vs {b.shape[0]} rows")
+    if not 2 <= topk < a.shape[0]:
+        raise ValueError(f"topk must be in [2, N-1] (N={a.shape[0]}), got {topk}")
+    if a.shape[0] < 4:
+        raise ValueError("CKNNA needs at least 4 samples")
+
+
+def _pair_values(feats: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Kernel entries <f_i, f_j> for the listed pairs (float32 products, float64 result)."""
+    return (feats[rows] * feats[cols]).sum(1).double()
+
+
+def cknna(a: torch.Tensor, b: torch.Tensor, topk: int = 10) -> float:
+    """CKNNA of already-preprocessed features (see `preprocess`)."""
+    _check(a, b, topk)
+    n = a.shape[0]
+    idx_a, idx_b = knn_indices(a, topk), knn_indices(b, topk)
+    rows = torch.arange(n, device=a.device)[:, None].expand(n, topk)
+    shared = (idx_a[:, :, None] == idx_b[:, None, :]).any(-1)                 # j in both neighbourhoods of i
+    r, c = rows[shared], idx_a[shared]
+    s_kl = _sparse_hsic(r, c, _pair_values(a, r, c), _pair_values(b, r, c), n)
+    ra, ca = rows.reshape(-1), idx_a.reshape(-1)
+    ka = _pair_values(a, ra, ca)
+    s_kk = _sparse_hsic(ra, ca, ka, ka, n)
+    rb, cb = rows.reshape(-1), idx_b.reshape(-1)
+    lb = _pair_values(b, rb, cb)
+    s_ll = _sparse_hsic(rb, cb, lb, lb, n)
+    return float(s_kl / (torch.sqrt(s_kk * s_ll) + 1e-6))
+
+
+def mutual_knn(a: torch.Tensor, b: torch.Tensor, topk: int = 10) -> float:
+    """Mean fraction of shared top-k neighbours (platonic-rep's mutual k-NN)."""
+    _check(a, b, topk)
+    idx_a, idx_b = knn_indices(a, topk), knn_indices(b, topk)
+    shared = (idx_a[:, :, None] == idx_b[:, None, :]).any(-1)
+    return float(shared.double().sum(1).mean() / topk)
+
+
+def cka(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Linear CKA with the biased HSIC: tr(KHLH) / sqrt(tr(KHKH) tr(LHLH)) (+1e-6, as platonic-rep)."""
+    k, l = (a @ a.T).double(), (b @ b.T).double()
+    kc = k - k.mean(0, keepdim=True) - k.mean(1, keepdim=True) + k.mean()  # H K H
+    lc = l - l.mean(0, keepdim=True) - l.mean(1, keepdim=True) + l.mean()
+    hsic = lambda x, y: (x * y).sum()  # noqa: E731  tr(HKH HLH) = sum(HKH * HLH) for symmetric matrices
+    return float(hsic(kc, lc) / (torch.sqrt(hsic(kc, kc) * hsic(lc, lc)) + 1e-6))
+
+
+def unbiased_cka(a: torch.Tensor, b: torch.Tensor) -> float:
+    k, l = a @ a.T, b @ b.T
+    return float(hsic_unbiased(k, l) / (torch.sqrt(hsic_unbiased(k, k) * hsic_unbiased(l, l)) + 1e-6))
+
+
+def all_metrics(a: torch.Tensor, b: torch.Tensor, topk: int = 10, preprocess_mode: str = "official") -> dict[str, float]:
+    a, b = preprocess(a, preprocess_mode), preprocess(b, preprocess_mode)
+    return {"cknna": cknna(a, b, topk), "mutual_knn": mutual_knn(a, b, topk), "cka": cka(a, b),
+            "unbiased_cka": unbiased_cka(a, b)}

@@ -197,3 +197,34 @@ def test_full_forward_with_sampling_matches_the_official(official):
     torch.testing.assert_close(image, ref["forward_seed6_gen_img"], rtol=0, atol=1e-4)
     for i, m in enumerate(multiscale):
         torch.testing.assert_close(m, ref[f"forward_seed6_multiscale_{i}"], rtol=0, atol=1e-4)
+
+
+def test_discrete_mode(tmp_path):
+    """Multi-codebook normalised VQ (the official discrete option). No official parity data exists for it."""
+    tiny_vit = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, patch_size=16,
+                    image_size=128)
+    cfg = VFMVAEConfig(vfm_name="custom", vfm_arch=tiny_vit, layers=(0, -1), layer_dims=(64, 64), proj_dims=(16, 16),
+                       image_size=64, compression="discrete", vocab_size=64, vocab_width=16, num_codebooks=4,
+                       w_dim=64, inject_dims=(32, 16, 16, 16), channel_base=2048, channel_max=64)
+    torch.manual_seed(0)
+    model = VFMVAE(cfg)
+    x = torch.rand(2, 3, 64, 64)
+    latent = model.encode(x)
+    z = latent.mode()
+    assert z.shape == (2, 16, 4, 4) and latent.indices.shape == (2, 4, 4, 4) and torch.equal(latent.sample(), z)
+    tokens = z.flatten(2).transpose(1, 2)
+    torch.testing.assert_close(tokens, model.quantizer.lookup(latent.indices.flatten(2)))  # codes are table rows
+    chunks = tokens.reshape(2, 16, 4, 4).norm(dim=-1)
+    torch.testing.assert_close(chunks, torch.ones_like(chunks))  # every 4-d chunk is a unit codebook vector
+    # nearest code by cosine similarity
+    raw = model.encode_moments(x).flatten(2).transpose(1, 2)[0, 0, :4]
+    book = torch.nn.functional.normalize(model.quantizer.codebooks[0].codebook.weight, dim=1)
+    assert int((torch.nn.functional.normalize(raw, dim=0) @ book.T).argmax()) == int(latent.indices[0, 0, 0, 0])
+    # straight-through: reconstruction gradients reach the encoder projections
+    model.decode(z).mean().backward()
+    assert model.final_proj.blocks[0].proj.weight.grad.abs().sum() > 0
+    assert float(latent.vq_loss) > 0 and torch.equal(latent.kl(), torch.zeros(2))
+    model.save_pretrained(tmp_path / "vq")
+    again = VFMVAE.from_pretrained(tmp_path / "vq")
+    with torch.no_grad():
+        assert torch.equal(again.encode(x).indices, latent.indices)

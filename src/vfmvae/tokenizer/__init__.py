@@ -2,5 +2,7 @@
 
 from vfmvae.tokenizer.model import VFMVAE, DecoderOutput, VFMVAEConfig, build_vfm, vfm_arch_of
 from vfmvae.tokenizer.posterior import DiagonalGaussian
+from vfmvae.tokenizer.quantizer import MultiCodebookQuantizer, QuantizedLatent
 
-__all__ = ["VFMVAE", "VFMVAEConfig", "DecoderOutput", "DiagonalGaussian", "build_vfm", "vfm_arch_of"]
+__all__ = ["VFMVAE", "VFMVAEConfig", "DecoderOutput", "DiagonalGaussian", "MultiCodebookQuantizer", "QuantizedLatent",
+           "build_vfm", "vfm_arch_of"]

@@ -51,10 +51,14 @@ _RENAMED = {
     "num_blocks": "num_blocks",
     "add_additional_convnext": "extra_convnext",
     "legacy": "legacy_noise",
+    "compression_mode": "compression",
+    "vocab_size": "vocab_size",
+    "vocab_width": "vocab_width",
+    "num_codebooks": "num_codebooks",
+    "vocab_beta": "vq_beta",
 }
 # G_kwargs that must have one value because only that path exists here
 _REQUIRED_VALUES = {
-    "compression_mode": "continuous",
     "how_to_process_concat_z": "unshuffle",
     "activation_for_concat_z": "lrelu",
     "use_self_attn": True,
@@ -70,8 +74,7 @@ _IGNORED = {
     "class_name", "vfm_name", "img_resolution", "distmat_margin", "cos_margin", "distmat_weight", "cos_weight",
     "use_kl_loss", "use_vf_loss", "use_adaptive_vf_loss", "equivariance_regularization_p_prior",
     "equivariance_regularization_p_prior_scale", "use_equivariance_regularization", "num_fp16_res", "train_mode",
-    "conv_clamp", "label_type", "label_dim", "vocab_width", "vocab_size", "vocab_beta", "use_entropy_loss",
-    "entropy_temp", "num_codebooks", "synthesis_kwargs",
+    "conv_clamp", "label_type", "label_dim", "use_entropy_loss", "entropy_temp", "synthesis_kwargs",
 }
 
 
@@ -157,6 +160,7 @@ def _map_key(key: str, model: VFMVAE) -> str | object | None:
     if (m := _PATCH.match(key)):
         return f"patch_projs.{m.group(1)}." + key[m.end():]
     for theirs, ours in (("ldm_adapter.final_quant.", "final_proj."), ("ldm_adapter.post_quant.", "post_proj."),
+                         ("ldm_adapter.quantizer.", "quantizer."),
                          ("ldm_adapter.linear_proj.", "vf_proj."), ("mapping.mlp.", "mapping.")):
         if key.startswith(theirs):
             return ours + key[len(theirs):]

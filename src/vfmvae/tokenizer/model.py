@@ -32,6 +32,7 @@ from vfmvae.tokenizer.layers import (
     tokens_unshuffle,
 )
 from vfmvae.tokenizer.posterior import DiagonalGaussian
+from vfmvae.tokenizer.quantizer import MultiCodebookQuantizer, QuantizedLatent
 from vfmvae.vfm import FAMILIES, VFM_REGISTRY, FrozenVFM
 
 __all__ = ["VFMVAEConfig", "VFMVAE", "DecoderOutput"]
@@ -52,7 +53,12 @@ class VFMVAEConfig:
     # latent
     image_size: int = 256                            # training resolution; fixes the grid ratios
     downsample: int = 16                             # image / latent size (resolution_compression_factor)
-    z_dim: int = 32
+    z_dim: int = 32                                  # continuous mode: latent channels
+    compression: Literal["continuous", "discrete"] = "continuous"
+    vocab_size: int = 32768                          # discrete mode: codes over all codebooks
+    vocab_width: int = 64                            # discrete mode: latent channels
+    num_codebooks: int = 8
+    vq_beta: float = 0.25
     compress: Literal["attnproj", "conv"] = "attnproj"
     decompress: Literal["attnproj", "conv"] = "attnproj"
     quant_layers: int = 1
@@ -86,6 +92,10 @@ class VFMVAEConfig:
             raise ValueError(f"image_size {self.image_size} must be divisible by 2^(num_blocks-1) and by downsample")
 
     # derived sizes -----------------------------------------------------------------------------------------
+    @property
+    def latent_channels(self) -> int:
+        return self.z_dim if self.compression == "continuous" else self.vocab_width
+
     def block_resolutions(self) -> list[int]:
         start = self.image_size // 2 ** (self.num_blocks - 1)
         return [start * 2**i for i in range(self.num_blocks)]
@@ -151,7 +161,7 @@ class _Synthesis(nn.Module):
         super().__init__()
         resolutions, channels = cfg.block_resolutions(), cfg.block_channels()
         z_res = cfg.image_size // cfg.downsample
-        big_z = cfg.z_dim * cfg.decompress_factor
+        big_z = cfg.latent_channels * cfg.decompress_factor
         self.inject_blocks = tuple(cfg.inject_blocks)
         self.latent_convs = nn.ModuleDict()
         for idx, dim in zip(cfg.inject_blocks, cfg.inject_dims):
@@ -205,14 +215,17 @@ class VFMVAE(PretrainedMixin, nn.Module):
         else:
             self.patch_projs = nn.ModuleList(nn.Conv2d(i, o, 1) for i, o in zip(cfg.layer_dims, cfg.proj_dims))
         fused = sum(o * self.unshuffle**2 for o in cfg.proj_dims)
-        moments = 2 * cfg.z_dim
+        zc = cfg.latent_channels
+        moments = 2 * cfg.z_dim if cfg.compression == "continuous" else cfg.vocab_width
         self.final_proj = (AttnProjection(fused, moments, max(1, fused // moments), cfg.quant_layers)
                            if cfg.compress == "attnproj" else nn.Conv2d(fused, moments, 1))
-        big_z = cfg.z_dim * cfg.decompress_factor
-        self.post_proj = (AttnProjection(cfg.z_dim, big_z, max(1, cfg.decompress_factor), cfg.post_quant_layers,
+        big_z = zc * cfg.decompress_factor
+        self.post_proj = (AttnProjection(zc, big_z, max(1, cfg.decompress_factor), cfg.post_quant_layers,
                                          compress=False)
-                          if cfg.decompress == "attnproj" else nn.Conv2d(cfg.z_dim, big_z, 1))
-        self.vf_proj = nn.Conv2d(cfg.z_dim, self.vfm.width, 1, bias=False) if cfg.vf_projection else None
+                          if cfg.decompress == "attnproj" else nn.Conv2d(zc, big_z, 1))
+        self.quantizer = (MultiCodebookQuantizer(cfg.vocab_size, cfg.vocab_width, cfg.num_codebooks, cfg.vq_beta)
+                          if cfg.compression == "discrete" else None)
+        self.vf_proj = nn.Conv2d(zc, self.vfm.width, 1, bias=False) if cfg.vf_projection else None
         # decoder
         self.mapping = _Mapping(big_z * cfg.pooled_resolution**2, cfg.w_dim)
         self.synthesis = _Synthesis(cfg)
@@ -244,9 +257,18 @@ class VFMVAE(PretrainedMixin, nn.Module):
         x = self.final_proj(x)                                                # (B, h*w, 2 z_dim)
         return x.transpose(1, 2).reshape(x.shape[0], -1, h, w)
 
-    def encode(self, images: torch.Tensor) -> DiagonalGaussian:
-        """images: float (B, 3, H, W) in [0, 1], H and W multiples of `downsample`."""
-        return DiagonalGaussian(self.encode_moments(images))
+    def encode(self, images: torch.Tensor) -> DiagonalGaussian | QuantizedLatent:
+        """images: float (B, 3, H, W) in [0, 1], H and W multiples of `downsample`.
+
+        Continuous mode: the diagonal Gaussian posterior. Discrete mode: the quantised latent (same API).
+        """
+        moments = self.encode_moments(images)
+        if self.quantizer is None:
+            return DiagonalGaussian(moments)
+        b, c, h, w = moments.shape
+        tokens, indices, vq_loss = self.quantizer(moments.flatten(2).transpose(1, 2))
+        z = tokens.transpose(1, 2).reshape(b, c, h, w)
+        return QuantizedLatent(z, indices.view(b, -1, h, w), vq_loss)
 
     # ---- decoder ----------------------------------------------------------------------------------------
     def decompress(self, z: torch.Tensor) -> torch.Tensor:
@@ -281,7 +303,7 @@ class VFMVAE(PretrainedMixin, nn.Module):
     # ---- helpers -----------------------------------------------------------------------------------------
     @property
     def latent_channels(self) -> int:
-        return self.config.z_dim
+        return self.config.latent_channels
 
     def trainable_parameters(self):
         """Everything but the frozen VFM."""

@@ -235,9 +235,17 @@ class VFMVAE(PretrainedMixin, nn.Module):
         return self.state_dict()
 
     # ---- encoder ----------------------------------------------------------------------------------------
-    def encode_moments(self, images: torch.Tensor, extra_scale: float = 1.0) -> torch.Tensor:
-        """[mean | logvar] (B, 2 z_dim, h, w) before clamping; images float in [0, 1]."""
+    def encode_moments(self, images: torch.Tensor, extra_scale: float = 1.0, return_vfm: bool = False):
+        """[mean | logvar] (B, 2 z_dim, h, w) before clamping; images float in [0, 1].
+
+        With `return_vfm`, also returns the VFM features (the alignment target of training).
+        """
         feats = self.vfm(images, extra_scale=extra_scale)
+        if return_vfm:
+            return self._encode_tokens(feats), feats
+        return self._encode_tokens(feats)
+
+    def _encode_tokens(self, feats) -> torch.Tensor:
         gh, gw = feats.grid
         if gh % self.unshuffle or gw % self.unshuffle:
             raise ValueError(f"VFM grid {feats.grid} is not divisible by the unshuffle factor {self.unshuffle}; "

@@ -17,6 +17,7 @@ __all__ = ["EMA"]
 
 class EMA:
     def __init__(self, model: nn.Module, halflife_images: float, rampup_ratio: float | None = 0.05) -> None:
+        """Frozen parameters (requires_grad False in `model` at update time) are not averaged."""
         if halflife_images <= 0:
             raise ValueError("EMA half-life must be positive")
         self.halflife_images = halflife_images
@@ -35,7 +36,9 @@ class EMA:
         beta = self.beta(images_seen, batch_images)
         source = dict(model.named_parameters())
         for name, p_ema in self.model.named_parameters():
-            p_ema.lerp_(source[name].detach().to(p_ema.dtype), 1.0 - beta)
+            p = source[name]
+            if p.requires_grad:  # frozen parameters (e.g. the VFM) are identical in both copies: skip them
+                p_ema.lerp_(p.detach().to(p_ema.dtype), 1.0 - beta)
         source_buffers = dict(model.named_buffers())
         for name, b_ema in self.model.named_buffers():
             b_ema.copy_(source_buffers[name])

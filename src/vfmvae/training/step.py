@@ -41,8 +41,14 @@ def optimizer_step(
     batch_size_of: Callable[[Any], int] = lambda b: len(b),
     grad_clip: float | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    params: Sequence[torch.nn.Parameter] | None = None,
+    sync_gradients: bool = False,
 ) -> StepResult:
-    """Accumulate gradients over `micro_batches`, then step `optimizer` unless something was non-finite."""
+    """Accumulate gradients over `micro_batches`, then step `optimizer` unless something was non-finite.
+
+    `params` restricts clipping and the finiteness check (default: all of `model`'s). `sync_gradients`
+    averages their gradients over ranks by hand, for models that are not wrapped in DDP.
+    """
     sizes = [batch_size_of(b) for b in micro_batches]
     total = sum(sizes)
     if total == 0:
@@ -60,7 +66,14 @@ def optimizer_step(
             (scaler.scale(weighted) if scaler is not None else weighted).backward()
         loss_sum += weighted.detach().double().cpu()
 
-    params = [p for p in model.parameters() if p.grad is not None]
+    params = [p for p in (params if params is not None else model.parameters()) if p.grad is not None]
+    if sync_gradients and dist_utils.is_distributed() and params:
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        dist_utils.all_reduce_mean(flat)
+        offset = 0
+        for p in params:
+            p.grad.copy_(flat[offset : offset + p.grad.numel()].view_as(p.grad))
+            offset += p.grad.numel()
     if scaler is not None:
         scaler.unscale_(optimizer)
     grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.zeros(())

@@ -1,0 +1,86 @@
+"""The tokenizer-training recipe: one frozen dataclass per component (YAML under configs/tokenizer/)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from vfmvae.data.loader import DataConfig
+from vfmvae.tokenizer.model import VFMVAEConfig
+from vfmvae.vfm.encoder import VFMConfig
+
+__all__ = ["LossConfig", "DiscConfig", "OptimConfig", "RunConfig", "TokenizerTrainConfig"]
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    l1: float = 1.0
+    l2: float = 0.0
+    lpips: float = 10.0
+    lpips_weights: str | None = None          # VGG16 trunk file (vgg16-397923af.pth); required when lpips > 0
+    ssim: float = 0.0
+    multiscale: tuple[float, ...] = (0.1, 0.1, 0.1, 0.1, 0.1)  # per lower-resolution output, largest first
+    multiscale_until_images: int = 5_000_000  # multi-scale L1 only while images seen (this run) < this
+    kl: float = 1e-6
+    vf: float = 5.0                           # VF alignment weight (base of the adaptive weight)
+    vf_adaptive: bool = True
+    vf_distmat_margin: float = 0.0
+    vf_cos_margin: float = 0.0
+    gan: float = 1.0                          # projected DINO discriminator, hinge loss
+    patchgan: float = 0.0                     # multiscale PatchGAN, LSGAN (stage 3)
+    feature_matching: float = 0.0             # PatchGAN feature matching (stage 3)
+    equivariance: bool = True
+    eq_p_latent: float = 0.5
+    eq_p_prior_scale: float = 0.25
+
+
+@dataclass(frozen=True)
+class DiscConfig:
+    backbone: str = "vit_small_patch16_224.dino"
+    weights: str | None = None                # local timm weights for the DINO ViT-S/16; None = random (tests only)
+    input_size: int = 224
+    taps: tuple[int, ...] = (2, 5, 8, 11)
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. a tiny ViT for CPU runs
+    diffaug: bool = True
+    patchgan_ndf: int = 64
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-4
+    d_lr: float = 1e-4
+    betas: tuple[float, float] = (0.0, 0.99)
+    eps: float = 1e-8
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    dir: Path = Path("runs/tokenizer")
+    seed: int = 0
+    batch_size: int = 512                     # global batch per optimizer step
+    micro_batch: int | None = None            # per process and forward; None = batch_size / world
+    total_images: int = 20_000_000            # images in this stage
+    ema_halflife_images: float = 160_000
+    ema_rampup: float | None = 0.05
+    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    log_every: int = 50
+    snapshot_every: int = 1000
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    max_consecutive_nonfinite: int = 20
+    device: str | None = None                 # default: cuda if available
+    tensorboard: bool = False
+
+
+@dataclass(frozen=True)
+class TokenizerTrainConfig:
+    data: DataConfig
+    stage: Literal["all", "decoder", "late_decoder"] = "all"
+    init: str | None = None                   # previous stage's exported tokenizer folder; None = new model
+    model: VFMVAEConfig = field(default_factory=VFMVAEConfig)   # architecture of a new model
+    vfm: VFMConfig = field(default_factory=VFMConfig)           # the frozen VFM of a new model
+    loss: LossConfig = field(default_factory=LossConfig)
+    disc: DiscConfig = field(default_factory=DiscConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)

@@ -1,0 +1,295 @@
+"""The tokenizer training loop: a discriminator step, then a generator step, per global batch (spec section 6).
+
+Randomness that matters (equivariance draws, posterior noise, DiffAugment) comes from a generator seeded by
+(seed, rank, step), and the data stream is resumable to the sample, so a resumed run continues exactly.
+Gradients are averaged over micro-batches and over ranks (no DDP wrapper: the adaptive VF weight needs
+`torch.autograd.grad` inside the loss). A non-finite loss or gradient skips the step on every rank and is
+counted; too many in a row stop the run with its last good checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vfmvae import distributed as dist_utils
+from vfmvae.checkpoint import CheckpointManager
+from vfmvae.config import config_to_dict, dump_yaml
+from vfmvae.data import DataStream, SkipCounter, to_float01
+from vfmvae.tokenizer import VFMVAE, DiagonalGaussian
+from vfmvae.tokenizer.model import vfm_arch_of
+from vfmvae.tokenizer_training.config import TokenizerTrainConfig
+from vfmvae.tokenizer_training.discriminators import MultiscalePatchGAN, ProjectedDiscriminator
+from vfmvae.tokenizer_training.equivariance import EquivarianceDraw, draw_equivariance, transform_latent, transform_target
+from vfmvae.tokenizer_training.losses import (
+    adaptive_vf_weight,
+    kl_loss,
+    multiscale_l1,
+    ssim_loss,
+    vf_alignment_loss,
+)
+from vfmvae.tokenizer_training.stages import select_trainable
+from vfmvae.training import EMA, optimizer_step
+from vfmvae.vfm import vfm_from_config
+
+__all__ = ["build_generator", "train_tokenizer"]
+
+
+def build_generator(cfg: TokenizerTrainConfig) -> VFMVAE:
+    """The previous stage's export (`init`), or a new model around the configured VFM."""
+    if cfg.init is not None:
+        model = VFMVAE.from_pretrained(cfg.init)
+    else:
+        vfm = vfm_from_config(cfg.vfm)
+        arch = replace(cfg.model, vfm_name=cfg.vfm.name, vfm_family=vfm.family, vfm_arch=vfm_arch_of(vfm),
+                       layer_dims=(vfm.width,) * len(cfg.model.layers))
+        model = VFMVAE(arch, vfm=vfm)
+    if cfg.loss.vf > 0:
+        if -1 not in model.config.layers:
+            raise ValueError("loss.vf > 0 needs the final VFM layer (-1) among model.layers")
+        if model.vf_proj is None:  # a new 1x1 projection z -> VFM width, initialised as the official
+            model.config = replace(model.config, vf_projection=True)
+            model.vf_proj = nn.Conv2d(model.config.latent_channels, model.vfm.width, 1, bias=False)
+            nn.init.xavier_normal_(model.vf_proj.weight, gain=0.5)
+    return model
+
+
+def _without_vfm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # The frozen VFM is rebuilt from `init`/`vfm` on resume; checkpoints need not repeat ~300M parameters.
+    return {k: v for k, v in state.items() if not k.startswith("vfm.")}
+
+
+def _load_without_vfm(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    bad = [k for k in missing if not k.startswith("vfm.")] + list(unexpected)
+    if bad:
+        raise RuntimeError(f"checkpoint does not match the model: {bad[:8]}")
+
+
+class _Losses:
+    """Computes the D and G objectives; keeps the last scalars for logging."""
+
+    def __init__(self, cfg: TokenizerTrainConfig, g: VFMVAE, d: ProjectedDiscriminator | None,
+                 p: MultiscalePatchGAN | None, lpips: nn.Module | None, autocast) -> None:
+        self.cfg, self.g, self.d, self.p, self.lpips, self.autocast = cfg, g, d, p, lpips, autocast
+        self.mode = g.vfm.adapter.resize_mode
+        self.generator = torch.Generator()
+        self.images_seen = 0
+        self.scalars: dict[str, float] = {}
+
+    def _draw(self) -> EquivarianceDraw:
+        c = self.cfg.loss
+        return draw_equivariance(self.generator, c.eq_p_latent, c.eq_p_prior_scale) if c.equivariance else EquivarianceDraw()
+
+    def _fake(self, x: torch.Tensor, draw: EquivarianceDraw, with_vfm: bool):
+        moments, feats = self.g.encode_moments(x, extra_scale=draw.input_scale, return_vfm=True)
+        post = DiagonalGaussian(moments.float())
+        eps = torch.randn(post.mean.shape, generator=self.generator).to(post.mean.device)
+        z = post.mean + post.std * eps
+        fake, multiscale = self.g.decode(transform_latent(z, draw), return_multiscale=True)
+        target = transform_target(x, draw, self.mode) * 2 - 1
+        return fake.float(), [m.float() for m in multiscale], target, post, z, (feats if with_vfm else None)
+
+    def discriminator(self, _module: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        c = self.cfg.loss
+        x = batch["x"]
+        with torch.no_grad(), self.autocast():
+            fake, _, real, *_ = self._fake(x, self._draw(), with_vfm=False)
+        loss = x.new_zeros(())
+        with self.autocast():
+            if c.gan and self.d is not None:
+                loss = loss + c.gan * (F.relu(1 - self.d(real, self.generator)).mean()
+                                       + F.relu(1 + self.d(fake, self.generator)).mean())
+            if c.patchgan and self.p is not None:
+                pr, pf = self.p(real), self.p(fake)
+                loss = loss + c.patchgan * sum(F.mse_loss(r[-1], torch.ones_like(r[-1])) + F.mse_loss(f[-1], torch.zeros_like(f[-1]))
+                                               for r, f in zip(pr, pf)) / len(pr)
+        self.scalars["loss/d"] = float(loss.detach())
+        return loss.float()
+
+    def generator_loss(self, _module: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        c, s = self.cfg.loss, self.scalars
+        x = batch["x"]
+        with self.autocast():
+            fake, multiscale, real, post, z, feats = self._fake(x, self._draw(), with_vfm=c.vf > 0)
+            rec = c.l1 * (real - fake).abs().mean() + c.l2 * (real - fake).square().mean()
+            if c.lpips:
+                rec = rec + c.lpips * self.lpips(fake, real).mean()
+            if c.ssim:
+                rec = rec + c.ssim * ssim_loss(fake, real)
+            if any(c.multiscale) and self.images_seen < c.multiscale_until_images:
+                rec = rec + multiscale_l1(multiscale, (real + 1) / 2, list(c.multiscale), self.mode)
+            total = rec
+            s["loss/rec"] = float(rec.detach())
+            if c.kl:
+                kl = kl_loss(post.mean, post.logvar)
+                total = total + c.kl * kl
+                s["loss/kl"] = float(kl.detach())
+            if c.vf:
+                vf = vf_alignment_loss(self.g.vf_proj(z), feats.maps()[feats.layers.index(-1)].float(),
+                                       c.vf_distmat_margin, c.vf_cos_margin)
+                last = self.g.final_proj.blocks[-1].mlp.w2.weight
+                weight = (adaptive_vf_weight(rec, vf, last, c.vf) if c.vf_adaptive and last.requires_grad
+                          else torch.tensor(c.vf))
+                total = total + weight * vf
+                s["loss/vf"], s["vf_weight"] = float(vf.detach()), float(weight)
+            if c.gan and self.d is not None:
+                gan = -self.d(fake, self.generator).mean()
+                total = total + c.gan * gan
+                s["loss/gan"] = float(gan.detach())
+            if (c.patchgan or c.feature_matching) and self.p is not None:
+                pf = self.p(fake)
+                if c.patchgan:
+                    total = total + c.patchgan * sum(F.mse_loss(f[-1], torch.ones_like(f[-1])) for f in pf) / len(pf)
+                if c.feature_matching:
+                    with torch.no_grad():
+                        pr = self.p(real)
+                    fm = sum(F.l1_loss(ff, rf.detach()) for fs, rs in zip(pf, pr) for ff, rf in zip(fs[:-1], rs[:-1]))
+                    total = total + c.feature_matching * fm / len(pf)
+        s["loss/g"] = float(total.detach())
+        return total.float()
+
+
+def _autocast_factory(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def train_tokenizer(cfg: TokenizerTrainConfig, resume: str = "auto", progress: bool = True) -> dict[str, Any]:
+    """Run (or continue) one training stage. Returns a summary; the EMA model is exported to RUN/export."""
+    from tqdm.auto import tqdm
+
+    device = dist_utils.init_distributed()
+    if cfg.run.device:
+        device = torch.device(cfg.run.device)
+    rank, world = dist_utils.rank(), dist_utils.world_size()
+    run = cfg.run
+    micro = run.micro_batch or run.batch_size // world
+    if run.batch_size % (world * micro):
+        raise ValueError(f"run.batch_size {run.batch_size} is not a multiple of processes ({world}) x run.micro_batch ({micro})")
+    accum = run.batch_size // (world * micro)
+    run_dir = Path(run.dir)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+
+    torch.manual_seed(run.seed)
+    g = build_generator(cfg).to(device)
+    trainable = select_trainable(g, cfg.stage)
+    d = p = None
+    if cfg.loss.gan:
+        dc = cfg.disc
+        d = ProjectedDiscriminator(dc.backbone, dc.weights, dc.input_size, dc.taps, dc.backbone_kwargs, dc.diffaug).to(device)
+    if cfg.loss.patchgan or cfg.loss.feature_matching:
+        p = MultiscalePatchGAN(cfg.disc.patchgan_ndf).to(device)
+    d_modules = nn.ModuleList([m for m in (d.heads if d is not None else None, p) if m is not None])
+    d_params = list(d_modules.parameters())
+    lpips = None
+    if cfg.loss.lpips:
+        if cfg.loss.lpips_weights is None:
+            raise ValueError("loss.lpips > 0 needs loss.lpips_weights (vgg16-397923af.pth); or set loss.lpips=0")
+        from vfmvae.evaluation.image_metrics import load_lpips
+
+        lpips = load_lpips(cfg.loss.lpips_weights, device)[0].net  # differentiable lpips.LPIPS on [-1, 1]
+    opt = cfg.optim
+    opt_g = torch.optim.Adam(trainable, lr=opt.lr, betas=opt.betas, eps=opt.eps)
+    opt_d = torch.optim.Adam(d_params, lr=opt.d_lr, betas=opt.betas, eps=opt.eps) if d_params else None
+    ema = EMA(g, run.ema_halflife_images, run.ema_rampup)
+    manager = CheckpointManager(run_dir, keep=run.keep_checkpoints)
+    step, images, data_state, counters = 0, 0, None, {"skipped_g": 0, "skipped_d": 0}
+    if resume != "none" and (resume != "auto" or manager.latest() is not None):
+        ckpt = manager.load(None if resume == "auto" else resume)
+        _load_without_vfm(g, ckpt.model)
+        _load_without_vfm(ema.model, ckpt.ema)
+        d_modules.load_state_dict(ckpt.state["disc"])
+        opt_g.load_state_dict(ckpt.state["opt_g"])
+        if opt_d is not None:
+            opt_d.load_state_dict(ckpt.state["opt_d"])
+        counters = dict(ckpt.state["counters"])
+        step, images, data_state = ckpt.step, ckpt.images_seen, ckpt.rank_state["data"]
+        dist_utils.print0(f"resumed from {ckpt.path} (step {step}, {images} images)")
+
+    skips = SkipCounter()
+    stream = DataStream(cfg.data, micro, rank=rank, world=world, state=data_state, skips=skips)
+    losses = _Losses(cfg, g, d, p, lpips, _autocast_factory(run.precision, device))
+    fixed = None
+    log_path = run_dir / "metrics.jsonl"
+    consecutive_bad = 0
+
+    def save() -> None:
+        manager.save(step, images_seen=images, model=_without_vfm(g.state_dict()), ema=_without_vfm(ema.state_dict()),
+                     state={"disc": d_modules.state_dict(), "opt_g": opt_g.state_dict(),
+                            "opt_d": opt_d.state_dict() if opt_d is not None else {}, "counters": counters},
+                     rank_state={"data": stream.state_dict()}, meta={"config": config_to_dict(cfg)})
+
+    total_steps = -(-run.total_images // run.batch_size)
+    bar = tqdm(total=total_steps, initial=step, desc="tokenizer", unit="step", disable=not (progress and rank == 0))
+    started = time.perf_counter()
+    while images < run.total_images:
+        losses.generator.manual_seed(run.seed * 1_000_003 + step * 1_009 + rank)
+        losses.images_seen = images
+        batches = []
+        for _ in range(accum):
+            batch = next(stream)
+            batches.append({"x": to_float01(batch["image"]).to(device), "n": len(batch["label"])})
+        if fixed is None and rank == 0:
+            fixed = batches[0]["x"][:8].clone()
+        size = lambda b: b["n"]  # noqa: E731
+        if opt_d is not None:
+            g.train()
+            d_modules.requires_grad_(True)
+            res_d = optimizer_step(d_modules, opt_d, batches, losses.discriminator, batch_size_of=size, params=d_params,
+                                   sync_gradients=True)
+            counters["skipped_d"] += int(res_d.skipped)
+            d_modules.requires_grad_(False)
+        res_g = optimizer_step(g, opt_g, batches, losses.generator_loss, batch_size_of=size, params=trainable,
+                               sync_gradients=True)
+        counters["skipped_g"] += int(res_g.skipped)
+        consecutive_bad = consecutive_bad + 1 if res_g.skipped else 0
+        if consecutive_bad >= run.max_consecutive_nonfinite:
+            raise RuntimeError(f"{consecutive_bad} consecutive non-finite generator steps at step {step}; stopping. "
+                               f"The last good checkpoint is {manager.latest()}")
+        seen = torch.tensor([float(sum(b["n"] for b in batches))])
+        images += int(dist_utils.all_reduce_sum(seen).item())
+        ema.update(g, images, run.batch_size)
+        step += 1
+        bar.update(1)
+        if rank == 0 and (step % run.log_every == 0 or images >= run.total_images):
+            record = {"step": step, "images": images, "grad_norm_g": res_g.grad_norm, **losses.scalars, **counters,
+                      "skipped_images": skips.as_dict(), "sec_per_step": (time.perf_counter() - started) / max(1, step)}
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            bar.set_postfix(loss=f"{losses.scalars.get('loss/g', float('nan')):.3f}")
+        if rank == 0 and fixed is not None and (step % run.snapshot_every == 0 or images >= run.total_images):
+            _snapshot(ema.model, fixed, run_dir / "snapshots" / f"step-{step:08d}.png")
+        if step % run.checkpoint_every == 0 and images < run.total_images:
+            save()
+    bar.close()
+    save()
+    export = run_dir / "export"
+    if rank == 0:
+        ema.model.save_pretrained(export)
+    dist_utils.barrier()
+    return {"steps": step, "images": images, "export": str(export), **counters, "skipped_images": skips.as_dict(),
+            "config": asdict(cfg.run) | {"dir": str(run.dir)}}
+
+
+@torch.no_grad()
+def _snapshot(model: VFMVAE, images01: torch.Tensor, path: Path) -> None:
+    """Inputs beside reconstructions (posterior mean) of a fixed batch."""
+    from vfmvae.vis import save_grid
+
+    model.eval()
+    recon = (model(images01) * 0.5 + 0.5).clamp(0, 1).cpu()
+    pairs = torch.stack([t for pair in zip(images01.cpu(), recon) for t in pair])
+    save_grid(pairs, path, nrow=min(8, len(pairs)))

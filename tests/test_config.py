@@ -111,11 +111,14 @@ def test_dump_yaml_round_trips(tmp_path):
 def test_every_shipped_recipe_loads(tmp_path):
     from vfmvae.data.loader import DataConfig
     from vfmvae.data.synthetic import SyntheticConfig
+    from vfmvae.tokenizer_training.config import TokenizerTrainConfig
 
     root = Path(__file__).resolve().parents[1] / "configs"
-    schemas = {"synthetic-demo.yaml": SyntheticConfig, "imagenet-256.yaml": DataConfig}
-    recipes = sorted(root.rglob("*.yaml"))
-    assert {p.name for p in recipes} == set(schemas)
-    for path in recipes:
-        overrides = [f"source={tmp_path}"] if schemas[path.name] is DataConfig else []
-        load_config(schemas[path.name], path, overrides)
+    schemas = {"data/synthetic-demo.yaml": SyntheticConfig, "data/imagenet-256.yaml": DataConfig}
+    schemas.update({f"tokenizer/{n}.yaml": TokenizerTrainConfig for n in ("tiny", "stage0", "stage1", "stage2", "stage3")})
+    recipes = sorted(str(p.relative_to(root)) for p in root.rglob("*.yaml"))
+    assert set(recipes) == set(schemas)
+    for rel in recipes:
+        schema = schemas[rel]
+        overrides = {DataConfig: [f"source={tmp_path}"], TokenizerTrainConfig: [f"data.source={tmp_path}"]}.get(schema, [])
+        load_config(schema, root / rel, overrides)

@@ -23,6 +23,7 @@ class LossConfig:
     multiscale: tuple[float, ...] = (0.1, 0.1, 0.1, 0.1, 0.1)  # per lower-resolution output, largest first
     multiscale_until_images: int = 5_000_000  # multi-scale L1 only while images seen (this run) < this
     kl: float = 1e-6
+    sample_posterior: bool = True             # decode z = mean + std * eps (official); False: the mean
     vf: float = 5.0                           # VF alignment weight (base of the adaptive weight)
     vf_adaptive: bool = True
     vf_distmat_margin: float = 0.0

@@ -92,8 +92,11 @@ class _Losses:
     def _fake(self, x: torch.Tensor, draw: EquivarianceDraw, with_vfm: bool):
         moments, feats = self.g.encode_moments(x, extra_scale=draw.input_scale, return_vfm=True)
         post = DiagonalGaussian(moments.float())
-        eps = torch.randn(post.mean.shape, generator=self.generator).to(post.mean.device)
-        z = post.mean + post.std * eps
+        if self.cfg.loss.sample_posterior:
+            eps = torch.randn(post.mean.shape, generator=self.generator).to(post.mean.device)
+            z = post.mean + post.std * eps
+        else:
+            z = post.mean
         fake, multiscale = self.g.decode(transform_latent(z, draw), return_multiscale=True)
         target = transform_target(x, draw, self.mode) * 2 - 1
         return fake.float(), [m.float() for m in multiscale], target, post, z, (feats if with_vfm else None)

@@ -1,14 +1,15 @@
 """The end-to-end CPU demo behind `make demo`: each step is a `vfmvae` command, printed as it runs.
 
-It grows with the pipeline. Today: the synthetic dataset (folders and tar shards) and its inspection; then,
-on held-out synthetic images, the tokenizer path with an UNTRAINED tiny VFM-VAE (the random-weight model
-that the official code produced for our parity tests, converted with `vfmvae convert`): reconstruction,
-reconstruction metrics and an SE-CKNNA report. Numbers from random weights only show that the tools work.
+It grows with the pipeline. Today: the synthetic dataset (folders and tar shards) and its inspection; the
+import of an official-format checkpoint; a tiny tokenizer trained on CPU around a tiny RANDOM-INIT
+SigLIP2-architecture VFM (clearly not the pretrained model); its reconstruction PSNR/SSIM on held-out
+synthetic images, before and after training; and an SE-CKNNA report.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ def _step(title: str, argv: list[str]) -> None:
     print(f"   ({time.perf_counter() - start:.1f} s)", flush=True)
 
 
-def run(out: Path) -> None:
+def run(out: Path, tokenizer_steps: int = 300) -> None:
     data = out / "data"
     _step("1. synthetic class-conditional dataset (8 classes, 64 px; folders + WebDataset shards)",
           ["data", "synthetic", "--recipe", "configs/data/synthetic-demo.yaml", "--set", f"out={data}"])
@@ -39,22 +40,35 @@ def run(out: Path) -> None:
     _step("4. held-out synthetic images (another seed)",
           ["data", "synthetic", "--out", str(heldout), "--num", "64", "--classes", "8", "--size", "64", "--seed", "1"])
     official = Path("tests/data/official_tokenizer_tiny")
-    tokenizer = out / "tokenizer-untrained"
-    _step("5. import a VFM-VAE checkpoint in the official format (an UNTRAINED tiny random model, for the demo)",
+    _step("5. import a checkpoint in the official VFM-VAE format (a tiny random model made by the official code)",
           ["convert", "official-tokenizer", "--config", str(official / "config.yaml"), "--weights",
-           str(official / "official_G.safetensors"), "--vfm", str(official / "siglip2-tiny-patch16"), "--out", str(tokenizer)])
-    _step("6. reconstruct the held-out images and measure PSNR/SSIM (rFID and LPIPS need weight files: skipped)",
-          ["eval", "recon", "--tokenizer", str(tokenizer), "--data", str(heldout / "images"), "--out", str(out / "recon"),
-           "--json", str(out / "recon.json")])
-    _step("7. the semantic-equivariant image set for SE-CKNNA",
+           str(official / "official_G.safetensors"), "--vfm", str(official / "siglip2-tiny-patch16"),
+           "--out", str(out / "tokenizer-imported")])
+    tokenizer = out / "tokenizer"
+    train = ["train", "tokenizer", "--recipe", "configs/tokenizer/tiny.yaml", "--set", f"data.source={data / 'images'}",
+             "--set", f"run.dir={tokenizer}"]
+    _step("6. the untrained starting point (0 steps), for comparison", train[:-1] + [f"run.dir={out / 'tokenizer-step0'}",
+          "--set", "run.total_images=0"])
+    _step(f"7. train a tiny tokenizer for {tokenizer_steps} steps (stage-0 style; tiny RANDOM-INIT SigLIP2-architecture "
+          "VFM, not pretrained)", train + ["--set", f"run.total_images={8 * tokenizer_steps}"])
+    psnr = {}
+    for name, folder in (("before", out / "tokenizer-step0"), ("after", tokenizer)):
+        _step(f"8. reconstruction metrics on held-out images, {name} training (rFID/LPIPS need weight files: skipped)",
+              ["eval", "recon", "--tokenizer", str(folder / "export"), "--data", str(heldout / "images"),
+               "--out", str(out / f"recon-{name}"), "--json", str(out / f"recon-{name}.json")])
+        psnr[name] = json.loads((out / f"recon-{name}.json").read_text())["psnr"]
+    print(f"\n   held-out PSNR: {psnr['before']:.2f} dB before, {psnr['after']:.2f} dB after {tokenizer_steps} steps "
+          f"({psnr['after'] - psnr['before']:+.2f} dB)")
+    _step("9. the semantic-equivariant image set for SE-CKNNA",
           ["align", "transforms", "--images", str(heldout / "images"), "--out", str(out / "align"), "--size", "64"])
     config = out / "align_report.yaml"
     config.write_text(f"images: {out / 'align'}\nout: {out / 'align_report'}\nreference: vfm:dinov2-test\n"
-                      f"models: [vfm:siglip2-test, 'tokenizer:{tokenizer}']\n")
-    _step("8. SE-CKNNA of a tiny random SigLIP2 and the untrained tokenizer against a tiny random DINOv2",
+                      f"models: [vfm:siglip2-test, 'tokenizer:{tokenizer / 'export'}']\n")
+    _step("10. SE-CKNNA of a tiny random SigLIP2 and the trained tokenizer against a tiny random DINOv2",
           ["align", "report", "--config", str(config)])
     print(f"\nDemo finished. Look at {data / 'preview.png'}, {out / 'shards_grid.png'}, "
-          f"{out / 'recon' / 'comparison.png'} and {out / 'align_report' / 'se_cknna.png'}.")
+          f"{tokenizer / 'snapshots'}, {out / 'recon-after' / 'comparison.png'} and "
+          f"{out / 'align_report' / 'se_cknna.png'}.")
 
 
 def _make_dirty_copy(images: Path, dirty: Path) -> Path:
@@ -75,7 +89,9 @@ def _make_dirty_copy(images: Path, dirty: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Run the vfmvae end-to-end CPU demo.")
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
-    run(parser.parse_args().out)
+    parser.add_argument("--tokenizer-steps", type=int, default=300, help="tiny tokenizer training steps (default 300)")
+    args = parser.parse_args()
+    run(args.out, args.tokenizer_steps)
 
 
 if __name__ == "__main__":

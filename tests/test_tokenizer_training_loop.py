@@ -81,3 +81,17 @@ def test_two_processes_and_accumulation_equal_one_process(tmp_path, synthetic_di
     _assert_equal(runs["two"], runs["one"], atol=1e-4, skip=("mapping.w_avg",))
     moved = max(float((runs["one"][k] - runs["init"][k]).abs().max()) for k in runs["one"] if k != "mapping.w_avg")
     assert moved > 1e-3  # Adam moves a weight by about lr = 5e-4 per step: the runs did train
+
+
+def test_fp16_with_loss_scaling_and_tensorboard(tmp_path, synthetic_dir):
+    from vfmvae.cli import main
+
+    run_dir = tmp_path / "fp16"
+    args = _args(run_dir, synthetic_dir / "images", "--set", "run.precision=fp16", "--set", "run.tensorboard=true",
+                 "--set", "run.total_images=8")
+    assert main(args) == 0
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    import json
+
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 2 and (run_dir / "export" / "model.safetensors").is_file()

@@ -222,6 +222,14 @@ def train_tokenizer(cfg: TokenizerTrainConfig, resume: str = "auto", progress: b
         step, images, data_state = ckpt.step, ckpt.images_seen, ckpt.rank_state["data"]
         dist_utils.print0(f"resumed from {ckpt.path} (step {step}, {images} images)")
 
+    # fp16 needs loss scaling (bf16 and fp32 do not); the scalers' state is small and rebuilt on resume
+    scaler_g = torch.amp.GradScaler(device.type) if run.precision == "fp16" else None
+    scaler_d = torch.amp.GradScaler(device.type) if run.precision == "fp16" and opt_d is not None else None
+    writer = None
+    if run.tensorboard and rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir / "tensorboard"))
     skips = SkipCounter()
     stream = DataStream(cfg.data, micro, rank=rank, world=world, state=data_state, skips=skips)
     losses = _Losses(cfg, g, d, p, lpips, _autocast_factory(run.precision, device))
@@ -252,11 +260,11 @@ def train_tokenizer(cfg: TokenizerTrainConfig, resume: str = "auto", progress: b
             g.train()
             d_modules.requires_grad_(True)
             res_d = optimizer_step(d_modules, opt_d, batches, losses.discriminator, batch_size_of=size, params=d_params,
-                                   sync_gradients=True)
+                                   sync_gradients=True, scaler=scaler_d)
             counters["skipped_d"] += int(res_d.skipped)
             d_modules.requires_grad_(False)
         res_g = optimizer_step(g, opt_g, batches, losses.generator_loss, batch_size_of=size, params=trainable,
-                               sync_gradients=True)
+                               sync_gradients=True, scaler=scaler_g)
         counters["skipped_g"] += int(res_g.skipped)
         consecutive_bad = consecutive_bad + 1 if res_g.skipped else 0
         if consecutive_bad >= run.max_consecutive_nonfinite:
@@ -272,12 +280,18 @@ def train_tokenizer(cfg: TokenizerTrainConfig, resume: str = "auto", progress: b
                       "skipped_images": skips.as_dict(), "sec_per_step": (time.perf_counter() - started) / max(1, step)}
             with open(log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+            if writer is not None:
+                for key, value in record.items():
+                    if isinstance(value, (int, float)) and key not in ("step", "images"):
+                        writer.add_scalar(key, value, images)
             bar.set_postfix(loss=f"{losses.scalars.get('loss/g', float('nan')):.3f}")
         if rank == 0 and fixed is not None and (step % run.snapshot_every == 0 or images >= run.total_images):
             _snapshot(ema.model, fixed, run_dir / "snapshots" / f"step-{step:08d}.png")
         if step % run.checkpoint_every == 0 and images < run.total_images:
             save()
     bar.close()
+    if writer is not None:
+        writer.close()
     save()
     export = run_dir / "export"
     if rank == 0:

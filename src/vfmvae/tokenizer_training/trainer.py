@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vfmvae import distributed as dist_utils
-from vfmvae.checkpoint import CheckpointManager
+from vfmvae.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
 from vfmvae.config import config_to_dict, dump_yaml
 from vfmvae.data import DataStream, SkipCounter, to_float01
 from vfmvae.tokenizer import VFMVAE, DiagonalGaussian
@@ -220,6 +220,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, resume: str = "auto", progress: b
             opt_d.load_state_dict(ckpt.state["opt_d"])
         counters = dict(ckpt.state["counters"])
         step, images, data_state = ckpt.step, ckpt.images_seen, ckpt.rank_state["data"]
+        restore_rng_state(ckpt.rank_state["rng"])  # the loop draws from per-step generators; this covers the rest
         dist_utils.print0(f"resumed from {ckpt.path} (step {step}, {images} images)")
 
     # fp16 needs loss scaling (bf16 and fp32 do not); the scalers' state is small and rebuilt on resume
@@ -241,7 +242,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig, resume: str = "auto", progress: b
         manager.save(step, images_seen=images, model=_without_vfm(g.state_dict()), ema=_without_vfm(ema.state_dict()),
                      state={"disc": d_modules.state_dict(), "opt_g": opt_g.state_dict(),
                             "opt_d": opt_d.state_dict() if opt_d is not None else {}, "counters": counters},
-                     rank_state={"data": stream.state_dict()}, meta={"config": config_to_dict(cfg)})
+                     rank_state={"data": stream.state_dict(), "rng": capture_rng_state()},
+                     meta={"config": config_to_dict(cfg)})
 
     total_steps = -(-run.total_images // run.batch_size)
     bar = tqdm(total=total_steps, initial=step, desc="tokenizer", unit="step", disable=not (progress and rank == 0))

@@ -6,16 +6,20 @@ data -> frozen VFM -> tokenizer -> latent cache -> diffusion -> sampling -> eval
 
 __version__ = "0.1.0.dev0"
 
+from vfmvae.alignment import cknna
 from vfmvae.checkpoint import CheckpointManager, PretrainedMixin, load_pretrained
 from vfmvae.config import ConfigError, load_config
 from vfmvae.data import DataConfig, DataStream, ImageFolderDataset, SyntheticConfig, TarShardDataset
 from vfmvae.registry import Registry
 from vfmvae.tokenizer import VFMVAE, DiagonalGaussian, VFMVAEConfig
+from vfmvae.tokenizer_training.config import TokenizerTrainConfig
+from vfmvae.tokenizer_training.trainer import train_tokenizer
 from vfmvae.training import EMA, optimizer_step
 from vfmvae.vfm import FrozenVFM, VFMConfig, VFMFeatures, create_vfm, load_vfm
 
 __all__ = [
     "__version__",
+    "cknna",
     "CheckpointManager",
     "ConfigError",
     "DataConfig",
@@ -28,6 +32,7 @@ __all__ = [
     "Registry",
     "SyntheticConfig",
     "TarShardDataset",
+    "TokenizerTrainConfig",
     "VFMConfig",
     "VFMVAE",
     "VFMVAEConfig",
@@ -37,4 +42,5 @@ __all__ = [
     "load_pretrained",
     "load_vfm",
     "optimizer_step",
+    "train_tokenizer",
 ]

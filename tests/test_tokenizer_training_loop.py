@@ -42,20 +42,22 @@ def _assert_equal(a, b, atol=0.0, skip=()):
 @pytest.mark.slow
 def test_sigkill_and_resume_auto_ends_with_the_same_weights(tmp_path, synthetic_dir):
     data = synthetic_dir / "images"
+    longer = ("--set", "run.total_images=40")  # 10 steps: the kill after the step-4 checkpoint lands mid-run
     straight = tmp_path / "straight"
-    subprocess.run(_cli(_args(straight, data)), env=ENV, check=True, capture_output=True, timeout=600)
+    subprocess.run(_cli(_args(straight, data, *longer)), env=ENV, check=True, capture_output=True, timeout=600)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cli(_args(killed, data)), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_cli(_args(killed, data, *longer)), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and not list((killed / "checkpoints").glob("step-00000004")):
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)  # mid-run, after at least two checkpoints
     proc.wait()
     assert not (killed / "export").exists()
-    subprocess.run(_cli(_args(killed, data)), env=ENV, check=True, capture_output=True, timeout=600)  # --resume auto
+    subprocess.run(_cli(_args(killed, data, *longer)), env=ENV, check=True, capture_output=True, timeout=600)  # resume auto
     _assert_equal(_export(straight), _export(killed))
     log = (killed / "metrics.jsonl").read_text()
-    assert '"step": 6' in log
+    assert '"step": 10' in log
 
 
 @pytest.mark.slow

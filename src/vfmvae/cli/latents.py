@@ -1,0 +1,41 @@
+"""`vfmvae cache-latents`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser(
+        "cache-latents", help="encode a dataset into a latent cache for diffusion training",
+        description="Encode images (a folder or tar shards) with a tokenizer into sharded safetensors: latents "
+        "(posterior mean, or --sample), labels, optional horizontally flipped copies (--flip) and optional frozen-VFM "
+        "patch features (--vfm-features NAME, for REPA/REG). OUT/cache.json holds the shard list and the per-channel "
+        "mean/std that every loader applies. Resumable (re-run the same command); split across torchrun ranks.",
+    )
+    c.add_argument("--tokenizer", type=Path, required=True, help="tokenizer folder")
+    c.add_argument("--data", type=Path, required=True, help="image folder or tar shards")
+    c.add_argument("--out", type=Path, required=True, help="cache folder")
+    c.add_argument("--flip", action="store_true", help="also cache the latents of the flipped images")
+    c.add_argument("--vfm-features", default=None, help="VFM registry name or folder (e.g. dinov2-base) to cache its tokens")
+    c.add_argument("--sample", action="store_true", help="store a posterior sample instead of the mean")
+    c.add_argument("--resolution", type=int, default=None, help="default: the tokenizer's training resolution")
+    c.add_argument("--batch-size", type=int, default=32)
+    c.add_argument("--shard-size", type=int, default=1024, help="images per shard")
+    c.add_argument("--workers", type=int, default=2)
+    c.add_argument("--device", default=None)
+    c.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vfmvae import distributed as dist_utils
+    from vfmvae.latents import cache_latents
+
+    info = cache_latents(args.tokenizer, args.data, args.out, resolution=args.resolution, flip=args.flip,
+                         vfm_features=args.vfm_features, sample=args.sample, batch_size=args.batch_size,
+                         shard_size=args.shard_size, num_workers=args.workers, device=args.device)
+    skipped = sum(info["skipped"].values())
+    dist_utils.print0(f"cached {info['num_items']} latents of shape {info['latent_shape']} in {len(info['shards'])} "
+                      f"shards to {args.out} ({skipped} images skipped on this rank)")
+    return 0

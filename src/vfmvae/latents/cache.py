@@ -1,0 +1,214 @@
+"""The latent cache: a dataset encoded once by a tokenizer, in sharded safetensors, with its statistics inside.
+
+Layout of a cache folder:
+
+    cache.json                    manifest: tokenizer, image size, latent shape, shards with their counts,
+                                  and the per-channel mean/std of the latents (applied by `LatentDataset`)
+    shard-r00-00000.safetensors   latents (N, C, h, w) float32, labels (N,) int64, and optionally
+                                  latents_flip (the horizontally flipped image's latents) and vfm_features
+                                  (N, T, D) float16 (frozen-VFM patch tokens for REPA/REG alignment)
+
+Every shard is written atomically; `progress-rNN.json` records the finished shards of rank NN, so an
+interrupted run continues where it stopped. Items are split across ranks (rank r takes items r, r+W, ...).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from vfmvae import distributed as dist_utils
+from vfmvae.checkpoint.atomic import atomic_write_text
+from vfmvae.checkpoint.serialize import save_tensors
+from vfmvae.data import DataConfig, SkipCounter, build_dataset, collate_skip_bad, rank_shard, to_float01
+from vfmvae.data.folder import ImageFolderDataset
+from vfmvae.data.transforms import flip_decision
+
+__all__ = ["cache_latents", "LatentDataset", "CacheError"]
+
+MANIFEST = "cache.json"
+
+
+class CacheError(ValueError):
+    """A missing, truncated or inconsistent latent cache."""
+
+
+def _shard_name(rank: int, index: int) -> str:
+    return f"shard-r{rank:02d}-{index:05d}.safetensors"
+
+
+def cache_latents(tokenizer: str | Path, data: str | Path, out: str | Path, *, resolution: int | None = None,
+                  flip: bool = False, vfm_features: str | None = None, sample: bool = False, batch_size: int = 32,
+                  shard_size: int = 1024, num_workers: int = 2, device: str | None = None, seed: int = 0,
+                  progress: bool = True) -> dict[str, Any]:
+    """Encode `data` with `tokenizer` into `out` (see module docstring). Collective under torchrun."""
+    from tqdm.auto import tqdm
+
+    from vfmvae.tokenizer import VFMVAE
+
+    dev = torch.device(device) if device else dist_utils.init_distributed()
+    rank, world = dist_utils.rank(), dist_utils.world_size()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = VFMVAE.from_pretrained(tokenizer).to(dev).eval()
+    resolution = resolution or model.config.image_size
+    vfm = None
+    if vfm_features:
+        from vfmvae.vfm import VFM_REGISTRY, create_vfm, load_vfm
+
+        make = create_vfm if vfm_features.endswith("-test") and vfm_features in VFM_REGISTRY else load_vfm
+        vfm = make(vfm_features, layers=(-1,)).to(dev)
+    dataset = build_dataset(DataConfig(source=Path(data), resolution=resolution, hflip=False, num_workers=num_workers),
+                            rank=rank, world=world, loop=False)
+    if isinstance(dataset, ImageFolderDataset):
+        dataset = Subset(dataset, list(rank_shard(len(dataset), rank, world)))
+    progress_file = out / f"progress-r{rank:02d}.json"
+    done = json.loads(progress_file.read_text()) if progress_file.is_file() else {"shards": [], "items": 0}
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skip_bad)
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + rank)
+    skips = SkipCounter()
+    buffer: dict[str, list[torch.Tensor]] = {}
+    consumed = 0  # items read in this pass, good or bad: the resume position
+    shard_index = len(done["shards"])
+
+    def flush() -> None:
+        nonlocal shard_index, buffer
+        if not buffer:
+            return
+        tensors = {k: torch.cat(v) for k, v in buffer.items()}
+        name = _shard_name(rank, shard_index)
+        save_tensors(out / name, tensors, metadata={"count": str(len(tensors["labels"]))})
+        done["shards"].append({"file": name, "count": len(tensors["labels"])})
+        done["items"] = consumed
+        atomic_write_text(progress_file, json.dumps(done))
+        shard_index += 1
+        buffer = {}
+
+    with torch.no_grad(), tqdm(total=len(dataset) if hasattr(dataset, "__len__") else None, desc="caching latents",
+                               unit="img", disable=not (progress and rank == 0), initial=done["items"]) as bar:
+        for batch in loader:
+            n_items = batch["num_items"]
+            if consumed + n_items <= done["items"]:  # already in a finished shard
+                consumed += n_items
+                continue
+            for name, reason, detail in batch["skipped"]:
+                skips.add(name, reason, detail)
+            consumed += n_items
+            bar.update(n_items)
+            if "image" not in batch:
+                continue
+            images = to_float01(batch["image"]).to(dev)
+            variants = {"latents": images}
+            if flip:
+                variants["latents_flip"] = images.flip(-1)
+            for key, x in variants.items():
+                post = model.encode(x)
+                z = post.sample(generator) if sample and hasattr(post, "sample") else post.mode()
+                buffer.setdefault(key, []).append(z.float().cpu())
+            buffer.setdefault("labels", []).append(batch["label"])
+            if vfm is not None:
+                buffer.setdefault("vfm_features", []).append(vfm(images).tokens[0].half().cpu())
+            if sum(len(t) for t in buffer["labels"]) >= shard_size:
+                flush()
+        flush()
+    dist_utils.barrier()
+    if rank == 0:
+        _write_manifest(out, model, tokenizer, resolution, world, flip, vfm_features, sample)
+    dist_utils.barrier()
+    if rank == 0:
+        return {**json.loads((out / MANIFEST).read_text()), "skipped": skips.as_dict()}
+    own = done["shards"]  # other ranks report their own part
+    return {"num_items": sum(s["count"] for s in own), "shards": own, "latent_shape": None, "skipped": skips.as_dict()}
+
+
+def _write_manifest(out: Path, model, tokenizer, resolution: int, world: int, flip: bool, vfm_features, sample: bool) -> None:
+    shards = []
+    for r in range(world):
+        shards += json.loads((out / f"progress-r{r:02d}.json").read_text())["shards"]
+    # per-channel statistics over (N, h, w) of the unflipped latents, float64 sums (streamed over shards)
+    total, s1, s2 = 0, None, None
+    for shard in shards:
+        with safe_open(str(out / shard["file"]), framework="pt") as f:
+            z = f.get_tensor("latents").double()
+        c = z.shape[1]
+        flat = z.transpose(0, 1).reshape(c, -1)
+        s1 = flat.sum(1) if s1 is None else s1 + flat.sum(1)
+        s2 = (flat**2).sum(1) if s2 is None else s2 + (flat**2).sum(1)
+        total += flat.shape[1]
+        latent_shape = list(z.shape[1:])
+    if not shards:
+        raise CacheError(f"no images were cached into {out}")
+    mean = s1 / total
+    std = (s2 / total - mean**2).clamp_min(0).sqrt()
+    manifest = {
+        "kind": "vfmvae-latent-cache",
+        "format_version": 1,
+        "tokenizer": str(tokenizer),
+        "tokenizer_config": {"z_dim": model.config.latent_channels, "image_size": model.config.image_size},
+        "resolution": resolution,
+        "latent_shape": latent_shape,
+        "latent": "posterior sample" if sample else "posterior mean",
+        "flip": flip,
+        "vfm_features": vfm_features,
+        "num_items": sum(s["count"] for s in shards),
+        "shards": shards,
+        "mean": mean.tolist(),
+        "std": std.tolist(),
+    }
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+
+
+class LatentDataset(Dataset):
+    """A latent cache, normalised with its stored per-channel statistics: (z - mean) / std.
+
+    With `flip=True` each item is the flipped copy half of the time (seeded per (seed, epoch, index)).
+    Items are dicts with `latents` (C, h, w), `label`, and `vfm_features` when cached.
+    """
+
+    def __init__(self, root: str | Path, flip: bool = False, seed: int = 0) -> None:
+        self.root = Path(root)
+        path = self.root / MANIFEST
+        if not path.is_file():
+            raise CacheError(f"{path} not found: not a finished latent cache (run `vfmvae cache-latents` to completion)")
+        self.manifest = json.loads(path.read_text())
+        tensors: dict[str, list[torch.Tensor]] = {}
+        for shard in self.manifest["shards"]:
+            file = self.root / shard["file"]
+            try:
+                with safe_open(str(file), framework="pt") as f:
+                    for key in f.keys():
+                        tensors.setdefault(key, []).append(f.get_tensor(key))
+            except Exception as err:
+                raise CacheError(f"{file}: missing or truncated shard ({type(err).__name__}: {err})") from None
+            counts = {k: len(v[-1]) for k, v in tensors.items()}
+            if set(counts.values()) != {shard["count"]}:
+                raise CacheError(f"{file}: inconsistent shard, tensor lengths {counts} vs {shard['count']} in {MANIFEST}")
+        self.data = {k: torch.cat(v) for k, v in tensors.items()}
+        if flip and "latents_flip" not in self.data:
+            raise CacheError(f"{self.root} has no flipped latents; cache with --flip or load with flip=False")
+        self.mean = torch.tensor(self.manifest["mean"]).view(-1, 1, 1).float()
+        self.std = torch.tensor(self.manifest["std"]).view(-1, 1, 1).float()
+        self.flip, self.seed, self.epoch = flip, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.data["labels"])
+
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        return (z - self.mean) / self.std
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.std + self.mean
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
+        use_flip = self.flip and flip_decision(self.seed, epoch, index)
+        z = self.data["latents_flip" if use_flip else "latents"][index]
+        item = {"latents": self.normalize(z), "label": int(self.data["labels"][index])}
+        if "vfm_features" in self.data:
+            item["vfm_features"] = self.data["vfm_features"][index].float()
+        return item

@@ -97,3 +97,21 @@ def test_fp16_with_loss_scaling_and_tensorboard(tmp_path, synthetic_dir):
 
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["step"] == 2 and (run_dir / "export" / "model.safetensors").is_file()
+
+
+def test_non_finite_losses_are_skipped_then_stop_the_run_with_the_last_checkpoint_intact(tmp_path, synthetic_dir):
+    from vfmvae.checkpoint import CheckpointManager
+    from vfmvae.cli import main
+
+    run_dir = tmp_path / "nan"
+    base = _args(run_dir, synthetic_dir / "images", "--set", "run.total_images=8", "--set", "loss.gan=0")
+    assert main(base) == 0  # two good steps, checkpoint at step 2
+    good = CheckpointManager(run_dir).load()
+    # continue with a poisoned loss: every generator step is non-finite, skipped, and the run stops after 3
+    poisoned = base + ["--set", "run.total_images=40", "--set", "loss.l1=.nan", "--set", "run.max_consecutive_nonfinite=3"]
+    with pytest.raises(RuntimeError, match="3 consecutive non-finite generator steps"):
+        main(poisoned)
+    after = CheckpointManager(run_dir).load()  # checkpoints written during skipped steps hold the same weights
+    for key, value in good.model.items():
+        assert torch.equal(after.model[key], value), key  # nothing non-finite reached the saved weights
+    assert all(torch.isfinite(v).all() for v in after.model.values() if v.is_floating_point())

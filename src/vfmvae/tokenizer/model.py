@@ -124,7 +124,9 @@ class _Mapping(nn.Module):
         w = self.fc1(self.fc0(normalize_2nd_moment(pooled)))
         if self.training:
             with torch.no_grad():
-                self.w_avg.copy_(w.detach().float().mean(0).lerp(self.w_avg, 0.995))
+                mean = w.detach().float().mean(0)
+                if torch.isfinite(mean).all():  # a non-finite batch must not poison the statistic
+                    self.w_avg.copy_(mean.lerp(self.w_avg, 0.995))
         return w
 
 

@@ -27,12 +27,9 @@ __all__ = ["extract_features", "load_source"]
 def load_source(source: str, device: str = "cpu"):
     kind, _, spec = source.partition(":")
     if kind == "vfm":
-        from vfmvae.vfm import VFM_REGISTRY, create_vfm, load_vfm
+        from vfmvae.vfm import vfm_by_name
 
-        if spec.endswith("-test") and spec in VFM_REGISTRY:
-            model = create_vfm(spec, layers=(-1,), scale_factor=1.0)
-        else:
-            model = load_vfm(spec, layers=(-1,), scale_factor=1.0)  # fed at image size, as the official SigLIP2 extractor
+        model = vfm_by_name(spec, layers=(-1,), scale_factor=1.0)  # fed at image size, as the official SigLIP2 extractor
 
         def features(x: torch.Tensor, scale: float) -> torch.Tensor:
             return model(x, extra_scale=scale).tokens[0].mean(1)

@@ -106,6 +106,11 @@ class SkipCounter:
             more = " - further skips are only counted" if n == self.log_first else ""
             log.warning("skipped %s (%s)%s", name, detail or reason, more)
 
+    def add_skipped(self, skipped: list[tuple[str, str, str]]) -> None:
+        """Record the `(name, reason, detail)` triples that `collate_skip_bad` puts in a batch."""
+        for name, reason, detail in skipped:
+            self.add(name, reason, detail)
+
     def merge(self, counts: dict[str, int]) -> None:
         with self._lock:
             self.counts.update(counts)

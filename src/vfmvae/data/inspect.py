@@ -59,8 +59,7 @@ def inspect_dataset(
     total = len(dataset) if is_folder else None
     with tqdm(total=total, desc="reading images", unit="img", disable=not progress) as bar:
         for batch in loader:
-            for name, reason, detail in batch["skipped"]:
-                skips.add(name, reason, detail)
+            skips.add_skipped(batch["skipped"])
             bar.update(batch["num_items"])
             if "image" not in batch:
                 continue

@@ -135,8 +135,7 @@ class DataStream:
             self._iter = iter(self.loader)
         while True:
             batch = next(self._iter)
-            for name, reason, detail in batch["skipped"]:
-                self.skips.add(name, reason, detail)
+            self.skips.add_skipped(batch["skipped"])
             if self.format == "folder":
                 # Every rank consumes batch_size positions per batch; global position advances by W x B.
                 self.position += batch["num_items"] * self.world

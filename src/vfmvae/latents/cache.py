@@ -59,10 +59,9 @@ def cache_latents(tokenizer: str | Path, data: str | Path, out: str | Path, *, r
     resolution = resolution or model.config.image_size
     vfm = None
     if vfm_features:
-        from vfmvae.vfm import VFM_REGISTRY, create_vfm, load_vfm
+        from vfmvae.vfm import vfm_by_name
 
-        make = create_vfm if vfm_features.endswith("-test") and vfm_features in VFM_REGISTRY else load_vfm
-        vfm = make(vfm_features, layers=(-1,)).to(dev)
+        vfm = vfm_by_name(vfm_features, layers=(-1,)).to(dev)
     dataset = build_dataset(DataConfig(source=Path(data), resolution=resolution, hflip=False, num_workers=num_workers),
                             rank=rank, world=world, loop=False)
     if isinstance(dataset, ImageFolderDataset):
@@ -96,8 +95,7 @@ def cache_latents(tokenizer: str | Path, data: str | Path, out: str | Path, *, r
             if consumed + n_items <= done["items"]:  # already in a finished shard
                 consumed += n_items
                 continue
-            for name, reason, detail in batch["skipped"]:
-                skips.add(name, reason, detail)
+            skips.add_skipped(batch["skipped"])
             consumed += n_items
             bar.update(n_items)
             if "image" not in batch:

@@ -35,7 +35,7 @@ from vfmvae.tokenizer.posterior import DiagonalGaussian
 from vfmvae.tokenizer.quantizer import MultiCodebookQuantizer, QuantizedLatent
 from vfmvae.vfm import FAMILIES, VFM_REGISTRY, FrozenVFM
 
-__all__ = ["VFMVAEConfig", "VFMVAE", "DecoderOutput"]
+__all__ = ["VFMVAEConfig", "VFMVAE"]
 
 
 @dataclass(frozen=True)
@@ -103,12 +103,6 @@ class VFMVAEConfig:
     def block_channels(self) -> list[int]:
         scale = self.image_size / 256  # channel widths depend on the block index only
         return [min(self.channel_base // int(r / scale), self.channel_max) for r in self.block_resolutions()]
-
-
-@dataclass
-class DecoderOutput:
-    image: torch.Tensor
-    multiscale: list[torch.Tensor]
 
 
 class _Mapping(nn.Module):
@@ -231,10 +225,6 @@ class VFMVAE(PretrainedMixin, nn.Module):
         # decoder
         self.mapping = _Mapping(big_z * cfg.pooled_resolution**2, cfg.w_dim)
         self.synthesis = _Synthesis(cfg)
-
-    # ---- persistence: the VFM architecture is stored in config.json, its weights in model.safetensors ----
-    def pretrained_state_dict(self) -> dict[str, torch.Tensor]:
-        return self.state_dict()
 
     # ---- encoder ----------------------------------------------------------------------------------------
     def encode_moments(self, images: torch.Tensor, extra_scale: float = 1.0, return_vfm: bool = False):

@@ -42,8 +42,7 @@ def reconstruct_folder(model: VFMVAE, input_dir: str | Path, output_dir: str | P
     start = time.perf_counter()
     with torch.no_grad(), tqdm(total=len(dataset), desc="reconstructing", unit="img", disable=not progress) as bar:
         for batch in loader:
-            for name, reason, detail in batch["skipped"]:
-                skips.add(name, reason, detail)
+            skips.add_skipped(batch["skipped"])
             bar.update(batch["num_items"])
             if "image" not in batch:
                 continue

@@ -22,7 +22,7 @@ from torch import nn
 from vfmvae.vfm.families import FAMILIES, FamilyAdapter, VFMLoadError, family_of_model_type
 from vfmvae.vfm.registry import VFM_REGISTRY, VFMEntry
 
-__all__ = ["VFMConfig", "VFMFeatures", "FrozenVFM", "create_vfm", "load_vfm", "list_vfms"]
+__all__ = ["VFMConfig", "VFMFeatures", "FrozenVFM", "create_vfm", "load_vfm", "list_vfms", "vfm_by_name"]
 
 
 @dataclass(frozen=True)
@@ -199,6 +199,13 @@ def load_vfm(name_or_path: str | Path, *, path: str | Path | None = None, layers
         model = FAMILIES[family].load(folder)
     return FrozenVFM(model, family, name=text, layers=layers,
                      scale_factor=default_scale if scale_factor is None else scale_factor, **kwargs)
+
+
+def vfm_by_name(name: str, **kwargs) -> FrozenVFM:
+    """A registered tiny `*-test` VFM is built with random weights; anything else is loaded (`load_vfm`)."""
+    if name.endswith("-test") and name in VFM_REGISTRY:
+        return create_vfm(name, **kwargs)
+    return load_vfm(name, **kwargs)
 
 
 def vfm_from_config(cfg: VFMConfig) -> FrozenVFM:

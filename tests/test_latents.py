@@ -42,9 +42,18 @@ def test_cache_contents_statistics_and_flip(tmp_path, tokenizer, synthetic_dir):
     image = ImageFolderDataset(synthetic_dir / "images", 64)[0]["image"]
     with torch.no_grad():
         torch.testing.assert_close(raw[0], model.encode(to_float01(image)[None]).mean[0], rtol=1e-4, atol=1e-4)
-    assert ds[0]["label"] == 0 and ds[0]["vfm_features"].shape == (64, 64)
+    assert ds[0]["label"] == 0 and ds[0]["vfm_features"].shape == (64, 64) and ds[0]["vfm_cls"].shape == (64,)
     flipped = LatentDataset(tmp_path / "c", flip=True)
-    assert any(not torch.equal(flipped[i]["latents"], ds[i]["latents"]) for i in range(16))
+    changed = [i for i in range(16) if not torch.equal(flipped[i]["latents"], ds[i]["latents"])]
+    assert changed
+    # a flipped item carries the VFM features of the flipped image, not of the original
+    from vfmvae.vfm import vfm_by_name
+
+    vfm = vfm_by_name("dinov2-test", layers=(-1,))
+    image = to_float01(ImageFolderDataset(synthetic_dir / "images", 64)[changed[0]]["image"])[None]
+    expected = vfm(image.flip(-1)).tokens[0][0].half().float()
+    torch.testing.assert_close(flipped[changed[0]]["vfm_features"], expected)
+    assert not torch.allclose(ds[changed[0]]["vfm_features"], expected)
 
 
 def test_resume_and_rank_split(tmp_path, tokenizer, synthetic_dir, monkeypatch):
@@ -63,7 +72,7 @@ def test_resume_and_rank_split(tmp_path, tokenizer, synthetic_dir, monkeypatch):
     resumed = _cache(tokenizer, synthetic_dir / "images", part)
     assert resumed["num_items"] == 64 and resumed["mean"] == pytest.approx(full["mean"])
     a, b = LatentDataset(tmp_path / "full"), LatentDataset(part)
-    assert torch.equal(a.data["latents"], b.data["latents"]) and torch.equal(a.data["labels"], b.data["labels"])
+    assert torch.equal(a.column("latents"), b.column("latents")) and torch.equal(a.column("labels"), b.column("labels"))
     # two ranks (simulated) take disjoint halves that cover everything
     for r in (1, 0):  # rank 0 writes the manifest once every rank has finished
         monkeypatch.setattr(dist_utils, "rank", lambda r=r: r)
@@ -72,7 +81,7 @@ def test_resume_and_rank_split(tmp_path, tokenizer, synthetic_dir, monkeypatch):
         out = tmp_path / "ranks"
         _cache(tokenizer, synthetic_dir / "images", out)
     merged = LatentDataset(tmp_path / "ranks")
-    assert len(merged) == 64 and sorted(merged.data["labels"].tolist()) == sorted(a.data["labels"].tolist())
+    assert len(merged) == 64 and sorted(merged.column("labels").tolist()) == sorted(a.column("labels").tolist())
     assert {s["file"][:9] for s in merged.manifest["shards"]} == {"shard-r00", "shard-r01"}
 
 

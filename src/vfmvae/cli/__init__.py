@@ -8,7 +8,9 @@ import sys
 from collections.abc import Sequence
 
 from vfmvae.cli import align as align_cmd
+from vfmvae.cli import convert as convert_cmd
 from vfmvae.cli import data as data_cmd
+from vfmvae.cli import diffusion as diffusion_cmd
 from vfmvae.cli import evaluate as eval_cmd
 from vfmvae.cli import info as info_cmd
 from vfmvae.cli import latents as latents_cmd
@@ -20,7 +22,8 @@ from vfmvae.config import ConfigError
 __all__ = ["main", "build_parser"]
 
 # Order of appearance in `vfmvae --help`. Only commands that work are listed.
-COMMAND_GROUPS = (data_cmd, vfm_cmd, tokenizer_cmd, train_cmd, latents_cmd, eval_cmd, align_cmd, info_cmd)
+COMMAND_GROUPS = (data_cmd, vfm_cmd, convert_cmd, tokenizer_cmd, train_cmd, latents_cmd, diffusion_cmd, eval_cmd, align_cmd,
+                  info_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""`vfmvae convert official-tokenizer` and `vfmvae reconstruct`."""
+"""`vfmvae reconstruct`."""
 
 from __future__ import annotations
 
@@ -7,24 +7,6 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    c = sub.add_parser("convert", help="import official checkpoints (VFM-VAE tokenizer)",
-                       description="Convert official checkpoints into vfmvae model folders (config.json + "
-                       "model.safetensors). Loading is strict and never executes pickled code.")
-    csub = c.add_subparsers(dest="convert_command", metavar="SOURCE", required=True)
-    t = csub.add_parser(
-        "official-tokenizer", help="a tianciB/VFM-VAE tokenizer checkpoint",
-        description="Convert an official VFM-VAE tokenizer. --config is an official training YAML (its G_kwargs "
-        "section describes the architecture); --weights is a .pth training snapshot (G_ema is used), a bare state "
-        "dict or a .safetensors file with official key names (.pth is read with weights_only=True); --vfm is the "
-        "frozen VFM as a local transformers folder, a registry name or a hub id (the VFM weights inside the "
-        "checkpoint are used when present).",
-    )
-    t.add_argument("--config", type=Path, required=True, help="official training config (YAML with G_kwargs)")
-    t.add_argument("--weights", type=Path, required=True, help="official checkpoint (.pth or .safetensors)")
-    t.add_argument("--vfm", required=True, help="VFM folder, registry name (`vfmvae vfm list`) or hub id")
-    t.add_argument("--out", type=Path, required=True, help="output model folder")
-    t.set_defaults(func=run_convert)
-
     r = sub.add_parser(
         "reconstruct", help="encode and decode a folder of images with a tokenizer",
         description="Reconstruct images (ADM centre crop to the model's resolution, or --resolution): writes "
@@ -41,17 +23,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--seed", type=int, default=0, help="seed for --sample")
     r.add_argument("--workers", type=int, default=2, help="data-loader workers")
     r.set_defaults(func=run_reconstruct)
-
-
-def run_convert(args: argparse.Namespace) -> int:
-    from vfmvae.tokenizer.convert import convert_official_tokenizer
-
-    model = convert_official_tokenizer(args.config, args.weights, args.vfm, args.out)
-    n = sum(p.numel() for p in model.trainable_parameters())
-    print(f"converted {args.weights} -> {args.out} ({n / 1e6:.1f}M tokenizer parameters + frozen "
-          f"{model.config.vfm_name} VFM; latent {model.config.z_dim} x {model.config.image_size // model.config.downsample}"
-          f"^2 at {model.config.image_size} px)")
-    return 0
 
 
 def run_reconstruct(args: argparse.Namespace) -> int:

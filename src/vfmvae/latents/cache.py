@@ -5,11 +5,15 @@ Layout of a cache folder:
     cache.json                    manifest: tokenizer, image size, latent shape, shards with their counts,
                                   and the per-channel mean/std of the latents (applied by `LatentDataset`)
     shard-r00-00000.safetensors   latents (N, C, h, w) float32, labels (N,) int64, and optionally
-                                  latents_flip (the horizontally flipped image's latents) and vfm_features
-                                  (N, T, D) float16 (frozen-VFM patch tokens for REPA/REG alignment)
+                                  latents_flip (the horizontally flipped image's latents), vfm_features
+                                  (N, T, D) float16 (frozen-VFM final patch tokens, for REPA/REG alignment)
+                                  with vfm_cls (N, D) (its class token, for REG) and, with --flip, the same
+                                  two for the flipped image (vfm_features_flip, vfm_cls_flip)
 
 Every shard is written atomically; `progress-rNN.json` records the finished shards of rank NN, so an
 interrupted run continues where it stopped. Items are split across ranks (rank r takes items r, r+W, ...).
+`LatentDataset` reads items lazily from the memory-mapped shards, so a cache larger than RAM (ImageNet with
+DINOv2-B features is about 400 KB per image) costs no memory up front.
 """
 
 from __future__ import annotations
@@ -110,7 +114,13 @@ def cache_latents(tokenizer: str | Path, data: str | Path, out: str | Path, *, r
                 buffer.setdefault(key, []).append(z.float().cpu())
             buffer.setdefault("labels", []).append(batch["label"])
             if vfm is not None:
-                buffer.setdefault("vfm_features", []).append(vfm(images).tokens[0].half().cpu())
+                for suffix, x in (("", images), ("_flip", images.flip(-1) if flip else None)):
+                    if x is None:
+                        continue
+                    feats = vfm(x)
+                    buffer.setdefault("vfm_features" + suffix, []).append(feats.tokens[0].half().cpu())
+                    if feats.cls is not None:
+                        buffer.setdefault("vfm_cls" + suffix, []).append(feats.cls.half().cpu())
             if sum(len(t) for t in buffer["labels"]) >= shard_size:
                 flush()
         flush()
@@ -164,8 +174,9 @@ def _write_manifest(out: Path, model, tokenizer, resolution: int, world: int, fl
 class LatentDataset(Dataset):
     """A latent cache, normalised with its stored per-channel statistics: (z - mean) / std.
 
-    With `flip=True` each item is the flipped copy half of the time (seeded per (seed, epoch, index)).
-    Items are dicts with `latents` (C, h, w), `label`, and `vfm_features` when cached.
+    With `flip=True` each item is the flipped copy half of the time (seeded per (seed, epoch, index)); the
+    VFM features then come from the flipped image too. Items are dicts with `latents` (C, h, w), `label`,
+    and `vfm_features` (T, D) / `vfm_cls` (D,) when cached. Shards are opened lazily in each process.
     """
 
     def __init__(self, root: str | Path, flip: bool = False, seed: int = 0) -> None:
@@ -174,39 +185,77 @@ class LatentDataset(Dataset):
         if not path.is_file():
             raise CacheError(f"{path} not found: not a finished latent cache (run `vfmvae cache-latents` to completion)")
         self.manifest = json.loads(path.read_text())
-        tensors: dict[str, list[torch.Tensor]] = {}
+        self.keys: set[str] | None = None
+        starts, total = [], 0
         for shard in self.manifest["shards"]:
             file = self.root / shard["file"]
             try:
                 with safe_open(str(file), framework="pt") as f:
-                    for key in f.keys():
-                        tensors.setdefault(key, []).append(f.get_tensor(key))
+                    counts = {k: f.get_slice(k).get_shape()[0] for k in f.keys()}
             except Exception as err:
                 raise CacheError(f"{file}: missing or truncated shard ({type(err).__name__}: {err})") from None
-            counts = {k: len(v[-1]) for k, v in tensors.items()}
             if set(counts.values()) != {shard["count"]}:
                 raise CacheError(f"{file}: inconsistent shard, tensor lengths {counts} vs {shard['count']} in {MANIFEST}")
-        self.data = {k: torch.cat(v) for k, v in tensors.items()}
-        if flip and "latents_flip" not in self.data:
+            if self.keys is not None and set(counts) != self.keys:
+                raise CacheError(f"{file}: holds {sorted(counts)}, other shards hold {sorted(self.keys)}")
+            self.keys = set(counts)
+            starts.append(total)
+            total += shard["count"]
+        self.keys = self.keys or set()
+        self.starts, self.total = torch.tensor(starts), total
+        if flip and "latents_flip" not in self.keys:
             raise CacheError(f"{self.root} has no flipped latents; cache with --flip or load with flip=False")
         self.mean = torch.tensor(self.manifest["mean"]).view(-1, 1, 1).float()
         self.std = torch.tensor(self.manifest["std"]).view(-1, 1, 1).float()
         self.flip, self.seed, self.epoch = flip, seed, 0
+        self._handles: dict[int, Any] = {}
+
+    def __getstate__(self) -> dict[str, Any]:  # DataLoader workers open their own handles
+        return {**self.__dict__, "_handles": {}}
 
     def __len__(self) -> int:
-        return len(self.data["labels"])
+        return self.total
+
+    @property
+    def has_vfm_features(self) -> bool:
+        return "vfm_features" in self.keys
+
+    @property
+    def has_vfm_cls(self) -> bool:
+        return "vfm_cls" in self.keys
 
     def normalize(self, z: torch.Tensor) -> torch.Tensor:
         return (z - self.mean) / self.std
 
     def denormalize(self, z: torch.Tensor) -> torch.Tensor:
-        return z * self.std + self.mean
+        return z * self.std.to(z.device) + self.mean.to(z.device)
+
+    def column(self, key: str) -> torch.Tensor:
+        """One stored tensor over the whole cache, raw (e.g. `labels`, or un-normalised `latents`)."""
+        if key not in self.keys:
+            raise KeyError(f"{self.root} has no {key!r} (it holds {sorted(self.keys)})")
+        parts = []
+        for shard in self.manifest["shards"]:
+            with safe_open(str(self.root / shard["file"]), framework="pt") as f:
+                parts.append(f.get_tensor(key))
+        return torch.cat(parts)
+
+    def _read(self, index: int, key: str) -> torch.Tensor:
+        if not 0 <= index < self.total:
+            raise IndexError(f"index {index} out of range for a cache of {self.total} items")
+        shard = int(torch.searchsorted(self.starts, torch.tensor(index), right=True)) - 1
+        if shard not in self._handles:
+            self._handles[shard] = safe_open(str(self.root / self.manifest["shards"][shard]["file"]), framework="pt")
+        row = index - int(self.starts[shard])
+        return self._handles[shard].get_slice(key)[row : row + 1][0]
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         use_flip = self.flip and flip_decision(self.seed, epoch, index)
-        z = self.data["latents_flip" if use_flip else "latents"][index]
-        item = {"latents": self.normalize(z), "label": int(self.data["labels"][index])}
-        if "vfm_features" in self.data:
-            item["vfm_features"] = self.data["vfm_features"][index].float()
+        z = self._read(index, "latents_flip" if use_flip else "latents")
+        item = {"latents": self.normalize(z.float()), "label": int(self._read(index, "labels"))}
+        for name in ("vfm_features", "vfm_cls"):
+            if name in self.keys:
+                flipped = name + "_flip"
+                item[name] = self._read(index, flipped if use_flip and flipped in self.keys else name).float()
         return item

@@ -1,0 +1,208 @@
+"""Building blocks of the diffusion transformers (DiT / SiT / LightningDiT / REG).
+
+Module and parameter names follow the published checkpoints (`x_embedder.proj`, `t_embedder.mlp.0`,
+`blocks.{i}.adaLN_modulation.1`, ...) so that importing official weights is a checked rename, not a
+re-layout. Every choice that changes numbers (normalisation eps, frequency layout, chunk order) is
+stated where it is made; the parity tests in tests/test_diffusion_parity.py hold them to the originals.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "sincos_pos_embed_2d",
+    "modulate",
+    "RMSNorm",
+    "make_norm",
+    "TimestepEmbedder",
+    "LabelEmbedder",
+    "PatchEmbed",
+    "RotaryEmbedding2D",
+    "Attention",
+    "GeluMlp",
+    "SwiGLU",
+]
+
+
+def _sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
+    omega = torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0)
+    omega = 1.0 / 10000**omega
+    angles = positions.reshape(-1, 1).double() * omega[None]
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+def sincos_pos_embed_2d(dim: int, grid: int) -> torch.Tensor:
+    """(grid*grid, dim) fixed 2D sin-cos embedding of the MAE/DiT recipe, computed in float64.
+
+    Tokens are row-major; the first half of the channels encodes the column (x) coordinate and the second
+    half the row (y) coordinate, which is what the DiT code produces from `meshgrid(w, h)`.
+    """
+    if dim % 4:
+        raise ValueError(f"2D sin-cos embedding needs a width divisible by 4, got {dim}")
+    coords = torch.arange(grid, dtype=torch.float64)
+    rows, cols = torch.meshgrid(coords, coords, indexing="ij")
+    return torch.cat([_sincos_1d(dim // 2, cols), _sincos_1d(dim // 2, rows)], dim=1).float()
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor | None, scale: torch.Tensor) -> torch.Tensor:
+    x = x * (1 + scale.unsqueeze(1))
+    return x if shift is None else x + shift.unsqueeze(1)
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight, the statistic taken in float32."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight
+
+
+def make_norm(kind: str, dim: int, *, affine: bool, eps: float = 1e-6) -> nn.Module:
+    """`layernorm` (DiT/SiT: eps 1e-6, affine off in blocks) or `rmsnorm` (LightningDiT, always with a weight)."""
+    if kind == "rmsnorm":
+        return RMSNorm(dim, eps=eps)
+    if kind == "layernorm":
+        return nn.LayerNorm(dim, elementwise_affine=affine, eps=eps)
+    raise ValueError(f"unknown norm {kind!r} (layernorm, rmsnorm)")
+
+
+class TimestepEmbedder(nn.Module):
+    """Scalar t -> 256 sinusoidal frequencies (cos first, max period 10^4) -> MLP with SiLU."""
+
+    def __init__(self, hidden: int, frequency_dim: int = 256, max_period: float = 10000.0) -> None:
+        super().__init__()
+        self.frequency_dim, self.max_period = frequency_dim, max_period
+        self.mlp = nn.Sequential(nn.Linear(frequency_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+
+    def frequencies(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.frequency_dim // 2
+        freqs = torch.exp(-math.log(self.max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+        args = t.float()[:, None] * freqs[None]
+        emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+        if self.frequency_dim % 2:
+            emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+        return emb
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.frequencies(t).to(self.mlp[0].weight.dtype))
+
+
+class LabelEmbedder(nn.Module):
+    """Class labels -> vectors; label `num_classes` is the null class used for classifier-free guidance.
+
+    In training, each label is replaced by the null class with probability `dropout`; the decision comes
+    from `generator` when one is given, so resumed runs draw the same drops.
+    """
+
+    def __init__(self, num_classes: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.num_classes, self.dropout = num_classes, dropout
+        self.embedding_table = nn.Embedding(num_classes + int(dropout > 0), hidden)
+
+    def forward(self, labels: torch.Tensor, *, drop: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+        if drop and self.dropout > 0:
+            u = torch.rand(labels.shape, generator=generator).to(labels.device)
+            labels = torch.where(u < self.dropout, torch.full_like(labels, self.num_classes), labels)
+        return self.embedding_table(labels)
+
+
+class PatchEmbed(nn.Module):
+    """(B, C, H, W) -> (B, H/p * W/p, D) with a strided convolution (timm's PatchEmbed layout)."""
+
+    def __init__(self, in_channels: int, hidden: int, patch: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, hidden, kernel_size=patch, stride=patch, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class RotaryEmbedding2D(nn.Module):
+    """2D rotary position embedding of LightningDiT (EVA-02's `VisionRotaryEmbeddingFast`).
+
+    Half of each head's channels rotate with the row index and half with the column index; within each
+    half, frequencies theta^(-2i/d) are repeated for adjacent channel pairs, and pairs (2i, 2i+1) are
+    rotated together. Positions run over the token grid the model was built for.
+    """
+
+    def __init__(self, head_dim: int, grid: int, theta: float = 10000.0) -> None:
+        super().__init__()
+        half = head_dim // 2
+        freqs = 1.0 / theta ** (torch.arange(0, half, 2)[: half // 2].float() / half)
+        pos = torch.arange(grid, dtype=torch.float32)
+        angles = torch.einsum("i,f->if", pos, freqs).repeat_interleave(2, dim=-1)  # (grid, half)
+        rows = angles[:, None, :].expand(grid, grid, half)
+        cols = angles[None, :, :].expand(grid, grid, half)
+        table = torch.cat([rows, cols], dim=-1).reshape(grid * grid, head_dim)
+        self.register_buffer("cos", table.cos(), persistent=False)
+        self.register_buffer("sin", table.sin(), persistent=False)
+
+    @staticmethod
+    def _rotate_pairs(x: torch.Tensor) -> torch.Tensor:
+        pairs = x.unflatten(-1, (-1, 2))
+        return torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, heads, N, head_dim) with N = grid^2."""
+        return x * self.cos + self._rotate_pairs(x) * self.sin
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with optional per-head q/k normalisation and 2D RoPE (SDPA kernel)."""
+
+    def __init__(self, dim: int, heads: int, *, qk_norm: str = "none", rope: RotaryEmbedding2D | None = None,
+                 qk_norm_eps: float = 1e-6) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"hidden size {dim} is not divisible by {heads} heads")
+        self.heads, self.head_dim = heads, dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=True)
+        if qk_norm == "none":
+            self.q_norm, self.k_norm = nn.Identity(), nn.Identity()
+        else:
+            self.q_norm = make_norm(qk_norm, self.head_dim, affine=True, eps=qk_norm_eps)
+            self.k_norm = make_norm(qk_norm, self.head_dim, affine=True, eps=qk_norm_eps)
+        self.proj = nn.Linear(dim, dim)
+        self.rope = rope
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if self.rope is not None:
+            q, k = self.rope(q), self.rope(k)
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(b, n, c))
+
+
+class GeluMlp(nn.Module):
+    """timm's Mlp with tanh-approximated GELU (DiT/SiT)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class SwiGLU(nn.Module):
+    """w3(silu(a) * b) with (a, b) = w12(x) split in halves (LightningDiT's fused SwiGLU FFN)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.w12, self.w3 = nn.Linear(dim, 2 * hidden), nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.w12(x).chunk(2, dim=-1)
+        return self.w3(F.silu(a) * b)

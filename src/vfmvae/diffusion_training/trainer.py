@@ -1,0 +1,254 @@
+"""The diffusion training loop on a latent cache (LightningDiT / SiT / REPA / REG).
+
+One optimizer step = `batch_size` cached latents over all ranks; the sampler hands out global positions
+[step*B, (step+1)*B) in a (seed, epoch)-seeded order, so a resumed run reads exactly the items an
+uninterrupted one would. Every random draw of the loss (times, noise, label drops) comes from a generator
+seeded by (seed, step, rank). Together with the full checkpoint (weights, EMA, AdamW, RNG) a resumed run
+reproduces the uninterrupted one. Non-finite steps are skipped on every rank and counted; too many in a
+row stop the run with its last good checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from vfmvae import distributed as dist_utils
+from vfmvae.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
+from vfmvae.checkpoint.atomic import atomic_write_text
+from vfmvae.config import ConfigError, config_from_dict, config_to_dict, dump_yaml
+from vfmvae.data.sampler import ResumableSampler
+from vfmvae.diffusion import DiffusionTransformer, DiTConfig, diffusion_config, training_loss
+from vfmvae.diffusion_training.config import DiffusionTrainConfig
+from vfmvae.latents import LatentDataset
+from vfmvae.training import EMA, optimizer_step
+
+__all__ = ["build_model", "train_diffusion", "align_targets"]
+
+
+def build_model(cfg: DiffusionTrainConfig, dataset: LatentDataset) -> DiffusionTransformer:
+    """The recipe's architecture, sized to the cache unless the recipe says otherwise."""
+    if cfg.model.init is not None:
+        return DiffusionTransformer.from_pretrained(cfg.model.init)
+    c, h, w = dataset.manifest["latent_shape"]
+    defaults = {"in_channels": c, "input_size": h, "num_classes": int(dataset.column("labels").max()) + 1}
+    base = config_to_dict(diffusion_config(cfg.model.arch))
+    try:
+        model_cfg = config_from_dict(DiTConfig, {**base, **defaults, **cfg.model.overrides}, source="model.overrides")
+    except ConfigError as err:
+        raise ConfigError(f"{err} (the keys of model.overrides are DiTConfig fields)") from None
+    if (model_cfg.in_channels, model_cfg.input_size) != (c, h):
+        raise ConfigError(f"model.overrides: the model takes {model_cfg.in_channels}x{model_cfg.input_size}x"
+                          f"{model_cfg.input_size} latents but the cache {cfg.data.cache} holds {c}x{h}x{w}")
+    return DiffusionTransformer(model_cfg)
+
+
+def align_targets(model_cfg: DiTConfig, batch: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor] | None, torch.Tensor | None]:
+    """REPA/REG targets from cached VFM features: patch tokens on the model's token grid, preceded by the VFM
+    class token for REG models (whose projector reads the class token too). A VFM grid that differs from the
+    model's (e.g. 18x18 DINOv2 tokens for a 16x16 latent) is area-resampled to it."""
+    feats, cls = batch.get("vfm_features"), batch.get("vfm_cls")
+    if feats is None:
+        return None, cls
+    grid = model_cfg.grid
+    b, n, d = feats.shape
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ValueError(f"cached VFM features have {n} tokens, not a square grid")
+    if side != grid:
+        maps = feats.transpose(1, 2).reshape(b, d, side, side)
+        feats = F.adaptive_avg_pool2d(maps, grid).flatten(2).transpose(1, 2)
+    if model_cfg.class_token_dim:
+        if cls is None:
+            raise ValueError("REG models need the VFM class token; cache with a VFM that has one (e.g. dinov2-base)")
+        feats = torch.cat([cls[:, None], feats], dim=1)
+    return [feats] * len(model_cfg.align_dims), cls
+
+
+def _autocast(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def _batches(loader_iter, accum: int, device: torch.device) -> list[dict[str, Any]]:
+    out = []
+    for _ in range(accum):
+        batch = next(loader_iter)
+        out.append({k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()})
+    return out
+
+
+def train_diffusion(cfg: DiffusionTrainConfig, resume: str = "auto", progress: bool = True) -> dict[str, Any]:
+    """Run (or continue) a diffusion training run. Returns a summary; the EMA model is exported to RUN/export."""
+    from tqdm.auto import tqdm
+
+    device = dist_utils.init_distributed()
+    if cfg.run.device:
+        device = torch.device(cfg.run.device)
+    rank, world = dist_utils.rank(), dist_utils.world_size()
+    run, tc = cfg.run, cfg.transport
+    micro = run.micro_batch or run.batch_size // world
+    if run.batch_size % (world * micro):
+        raise ConfigError(f"run.batch_size {run.batch_size} is not a multiple of processes ({world}) x run.micro_batch ({micro})")
+    accum = run.batch_size // (world * micro)
+    run_dir = Path(run.dir)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+
+    dataset = LatentDataset(cfg.data.cache, flip=cfg.data.flip, seed=run.seed)
+    torch.manual_seed(run.seed)
+    model = build_model(cfg, dataset).to(device)
+    mcfg = model.config
+    if (tc.align_weight or mcfg.class_token_dim) and not dataset.has_vfm_features:
+        raise ConfigError(f"transport.align_weight / a REG model need VFM features, but {cfg.data.cache} has none; "
+                          "re-cache with `vfmvae cache-latents ... --vfm-features dinov2-base`")
+    if tc.align_weight and not mcfg.align_dims:
+        raise ConfigError(f"transport.align_weight > 0 but {cfg.model.arch} has no projector (model.overrides.align_dims)")
+    if tc.cls_weight and not mcfg.class_token_dim:
+        raise ConfigError(f"transport.cls_weight > 0 but {cfg.model.arch} has no class token (a reg-sit model)")
+
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
+                            weight_decay=cfg.optim.weight_decay, eps=cfg.optim.eps)
+    ema = EMA(model, halflife_images=run.batch_size * math.log(0.5) / math.log(run.ema_decay), rampup_ratio=None)
+    manager = CheckpointManager(run_dir, keep=run.keep_checkpoints)
+    step, counters = 0, {"skipped_steps": 0}
+    if resume != "none" and (resume != "auto" or manager.latest() is not None):
+        ckpt = manager.load(None if resume == "auto" else resume)
+        model.load_state_dict(ckpt.model)
+        ema.load_state_dict(ckpt.ema)
+        opt.load_state_dict(ckpt.state["opt"])
+        counters = dict(ckpt.state["counters"])
+        step = ckpt.step
+        restore_rng_state(ckpt.rank_state["rng"])
+        dist_utils.print0(f"resumed from {ckpt.path} (step {step})")
+
+    # an unused head (projector without alignment loss, REG class token without its loss) gets no gradient
+    unused = (mcfg.align_dims and not tc.align_weight) or (mcfg.class_token_dim and not tc.cls_weight)
+    net: nn.Module = model
+    if dist_utils.is_distributed():
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                  find_unused_parameters=bool(unused))
+    if run.compile:
+        net = torch.compile(net)
+    scaler = torch.amp.GradScaler(device.type) if run.precision == "fp16" else None
+    autocast = _autocast(run.precision, device)
+    sampler = ResumableSampler(len(dataset), rank=rank, world=world, seed=run.seed, start=step * run.batch_size)
+    loader = DataLoader(dataset, batch_size=micro, sampler=sampler, num_workers=cfg.data.num_workers,
+                        pin_memory=device.type == "cuda", persistent_workers=cfg.data.num_workers > 0)
+    loader_iter = iter(loader)
+    writer = None
+    if run.tensorboard and rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir / "tensorboard"))
+    generator = torch.Generator()
+    scalars: dict[str, float] = {}
+
+    def loss_fn(module: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        targets, cls = align_targets(mcfg, batch)
+        with autocast():
+            terms = training_loss(module, batch["latents"], batch["label"], tc, generator=generator,
+                                  align_targets=targets if tc.align_weight else None,
+                                  cls_target=cls if mcfg.class_token_dim else None)
+        for name in ("loss", "mse", "cosine", "align", "cls"):
+            value = getattr(terms, name)
+            if value is not None:
+                scalars[f"loss/{name}" if name != "loss" else "loss"] = float(value.detach().mean())
+        return terms.loss.mean()
+
+    def save() -> None:
+        manager.save(step, images_seen=step * run.batch_size, model=model.state_dict(), ema=ema.state_dict(),
+                     state={"opt": opt.state_dict(), "counters": counters},
+                     rank_state={"rng": capture_rng_state()}, meta={"config": config_to_dict(cfg)})
+
+    log_path = run_dir / "metrics.jsonl"
+    bar = tqdm(total=run.total_steps, initial=step, desc="diffusion", unit="step", disable=not (progress and rank == 0))
+    consecutive_bad, started, first_step = 0, time.perf_counter(), step
+    while step < run.total_steps:
+        generator.manual_seed(run.seed * 1_000_003 + step * 1_009 + rank)
+        lr = cfg.optim.lr * min(1.0, (step + 1) / cfg.optim.warmup_steps) if cfg.optim.warmup_steps else cfg.optim.lr
+        for group in opt.param_groups:
+            group["lr"] = lr
+        model.train()
+        result = optimizer_step(net, opt, _batches(loader_iter, accum, device), loss_fn,
+                                batch_size_of=lambda b: len(b["label"]), grad_clip=cfg.optim.grad_clip, scaler=scaler)
+        counters["skipped_steps"] += int(result.skipped)
+        consecutive_bad = consecutive_bad + 1 if result.skipped else 0
+        if consecutive_bad >= run.max_consecutive_nonfinite:
+            raise RuntimeError(f"{consecutive_bad} consecutive non-finite steps at step {step}; stopping. "
+                               f"The last good checkpoint is {manager.latest()}")
+        step += 1
+        if not result.skipped:
+            ema.update(model, step * run.batch_size, run.batch_size)
+        bar.update(1)
+        if rank == 0 and (step % run.log_every == 0 or step == run.total_steps):
+            elapsed = time.perf_counter() - started
+            record = {"step": step, **scalars, "grad_norm": result.grad_norm, "lr": lr, **counters,
+                      "sec_per_step": elapsed / max(1, step - first_step)}
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if writer is not None:
+                for key, value in record.items():
+                    if isinstance(value, (int, float)) and key != "step":
+                        writer.add_scalar(key, value, step)
+            bar.set_postfix(loss=f"{scalars.get('loss', float('nan')):.4f}")
+        if rank == 0 and run.sample_every and (step % run.sample_every == 0 or step == run.total_steps):
+            _sample_grid(cfg, ema.model, dataset, run_dir / "samples" / f"step-{step:08d}.png")
+        if step % run.checkpoint_every == 0 and step < run.total_steps:
+            save()
+    bar.close()
+    if writer is not None:
+        writer.close()
+    save()
+    export = run_dir / "export"
+    if rank == 0:
+        ema.model.save_pretrained(export)
+        stats = {"mean": dataset.manifest["mean"], "std": dataset.manifest["std"],
+                 "tokenizer": cfg.tokenizer or dataset.manifest["tokenizer"], "cache": str(cfg.data.cache)}
+        atomic_write_text(export / "latent_stats.json", json.dumps(stats, indent=2) + "\n")
+    dist_utils.barrier()
+    return {"steps": step, "export": str(export), **counters, "final": dict(scalars)}
+
+
+_grid_warned = False
+
+
+@torch.no_grad()
+def _sample_grid(cfg: DiffusionTrainConfig, model: DiffusionTransformer, dataset: LatentDataset, path: Path) -> None:
+    """Decode a fixed-seed sample of the EMA model with the tokenizer (skipped with a warning if unavailable)."""
+    global _grid_warned
+    from vfmvae.sampling import euler_ode
+    from vfmvae.tokenizer import VFMVAE
+    from vfmvae.vis import save_grid
+
+    run = cfg.run
+    device = next(model.parameters()).device
+    try:
+        tokenizer = VFMVAE.from_pretrained(cfg.tokenizer or dataset.manifest["tokenizer"], device=device)
+    except Exception as err:  # a grid is a convenience: never stop training for it
+        if not _grid_warned:
+            warnings.warn(f"sample grids disabled: cannot load the tokenizer ({err}); set `tokenizer:` in the recipe")
+            _grid_warned = True
+        return
+    g = torch.Generator().manual_seed(run.seed)
+    mcfg = model.config
+    noise = torch.randn(run.sample_count, mcfg.in_channels, mcfg.input_size, mcfg.input_size, generator=g).to(device)
+    labels = (torch.arange(run.sample_count) % mcfg.num_classes).to(device)
+    cls_noise = torch.randn(run.sample_count, mcfg.class_token_dim, generator=g).to(device) if mcfg.class_token_dim else None
+    model.eval()
+    z = euler_ode(model, noise, labels, steps=run.sample_steps, cfg_scale=run.sample_cfg, cls_noise=cls_noise)
+    images = tokenizer.decode(dataset.denormalize(z)).float().clamp(-1, 1) * 0.5 + 0.5
+    save_grid(images.cpu(), path, nrow=int(math.ceil(math.sqrt(run.sample_count))))

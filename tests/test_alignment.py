@@ -123,4 +123,4 @@ def test_align_commands(tmp_path, synthetic_dir, capsys):
     assert (tmp_path / "report" / "se_cknna.png").stat().st_size > 5000
     assert main(["align", "extract", "--source", "diffusion:x@3", "--images", str(tmp_path / "t"),
                  "--out", str(tmp_path / "d.safetensors")]) == 2
-    assert "diffusion" in capsys.readouterr().err
+    assert "folder not found: x" in capsys.readouterr().err

@@ -94,3 +94,28 @@ def test_train_diffusion_command(cache, tmp_path, capsys):
     assert "trained 2 steps" in capsys.readouterr().out
     assert main(["diffusion", "list"]) == 0
     assert "lightningdit-xl/1" in capsys.readouterr().out
+
+
+def test_alignment_features_from_diffusion_blocks(cache, tmp_path, synthetic_dir):
+    """`align extract/report` with diffusion:DIR@BLOCK sources (t = 0.5, null label, mean over image tokens)."""
+    from safetensors.torch import load_file as load
+
+    from vfmvae.alignment.extract import extract_features
+    from vfmvae.alignment.report import AlignReportConfig, run_report
+    from vfmvae.alignment.transforms import make_transformed_set
+
+    summary = train_diffusion(_cfg(cache, tmp_path / "run", "run.total_steps=20"), progress=False)
+    export = summary["export"]
+    make_transformed_set(synthetic_dir / "images", tmp_path / "t", size=64, progress=False)
+    f1 = load(extract_features(f"diffusion:{export}@1", tmp_path / "t", tmp_path / "b1.safetensors", progress=False)["out"])
+    f1_again = load(extract_features(f"diffusion:{export}@1", tmp_path / "t", tmp_path / "b1b.safetensors", progress=False)["out"])
+    f0 = load(extract_features(f"diffusion:{export}@0", tmp_path / "t", tmp_path / "b0.safetensors", progress=False)["out"])
+    assert f1["features"].shape == (64, 64) and torch.equal(f1["features"], f1_again["features"])  # seeded noise
+    assert not torch.allclose(f0["features"], f1["features"])
+    with pytest.raises(ValueError, match="use 0 .embedding. .. 2, or proj"):
+        extract_features(f"diffusion:{export}@9", tmp_path / "t", tmp_path / "x.safetensors", progress=False)
+    report = run_report(AlignReportConfig(images=tmp_path / "t", out=tmp_path / "report", reference="vfm:dinov2-test",
+                                          models=(f"diffusion:{export}@1", f"diffusion:{export}@proj"),
+                                          transformations=("clean", "noise_0.100")))
+    row = report["table"][f"diffusion:{export}@proj"]
+    assert set(row) == {"clean", "noise_0.100"} and all(-1 <= v <= 1 for v in row.values())

@@ -2,7 +2,11 @@
 
 Sources: `vfm:NAME` (a registry name or a local folder; `*-test` names are random tiny models),
 `tokenizer:DIR` (a VFMVAE folder; the latent's spatial mean, posterior mean unless `sample`), and
-`diffusion:DIR@BLOCK` (not available until the diffusion models land).
+`diffusion:DIR@BLOCK` (a trained DiffusionTransformer export: the image is encoded by the tokenizer named in
+its `latent_stats.json`, normalised, noised to t = 0.5 with a per-image seeded noise, and run with the null
+label; the features are the output of block BLOCK (1-based; 0 = the patch embedding, `proj` = the first REPA
+projector), averaged over the image tokens, class token excluded. REG's class-token input is the interpolant
+of a zero clean token, 0.5 * noise).
 
 `transform`: `clean`, `noise_0.050` ... (reads that folder of an `align transforms` output) or
 `equivariance` (clean images, each rotated by its recorded multiple of 90 degrees, then downscaled by its
@@ -46,9 +50,56 @@ def load_source(source: str, device: str = "cpu"):
 
         return model, features
     if kind == "diffusion":
-        raise ValueError("diffusion:DIR@BLOCK sources need the diffusion models, which this version does not "
-                         "include yet; extract VFM and tokenizer features for now")
+        return _diffusion_source(spec, device)
     raise ValueError(f"unknown source {source!r}; use vfm:NAME, tokenizer:DIR or diffusion:DIR@BLOCK")
+
+
+def _diffusion_source(spec: str, device: str, t: float = 0.5, seed: int = 0):
+    from vfmvae.diffusion import DiffusionTransformer
+    from vfmvae.tokenizer import VFMVAE
+
+    folder, sep, block = spec.rpartition("@")
+    if not sep or not folder:
+        raise ValueError(f"diffusion source {spec!r} must look like diffusion:DIR@BLOCK (e.g. diffusion:runs/dit/export@8)")
+    model = DiffusionTransformer.from_pretrained(folder).to(device)
+    cfg = model.config
+    if block == "proj":
+        if not cfg.align_dims:
+            raise ValueError(f"{folder} has no REPA projector; choose a block 0..{cfg.depth}")
+        tap = cfg.align_depth
+    elif block.isdigit() and int(block) <= cfg.depth:
+        tap = int(block)
+    else:
+        raise ValueError(f"block {block!r} of {folder}: use 0 (embedding) .. {cfg.depth}, or proj")
+    stats_path = Path(folder) / "latent_stats.json"
+    if not stats_path.is_file():
+        raise FileNotFoundError(f"{stats_path} not found: diffusion features need the latent statistics and tokenizer "
+                                "that `vfmvae train diffusion` writes next to the export")
+    stats = json.loads(stats_path.read_text())
+    tokenizer = VFMVAE.from_pretrained(stats["tokenizer"]).to(device)
+    mean = torch.tensor(stats["mean"], device=device).view(1, -1, 1, 1)
+    std = torch.tensor(stats["std"], device=device).view(1, -1, 1, 1)
+    counter = {"n": 0}
+
+    def features(x: torch.Tensor, scale: float) -> torch.Tensor:
+        moments = tokenizer.encode_moments(x, extra_scale=scale)
+        z = (moments[:, : tokenizer.config.z_dim] - mean) / std
+        if z.shape[1:] != (cfg.in_channels, cfg.input_size, cfg.input_size):
+            raise ValueError(f"latents {tuple(z.shape[1:])} do not fit the diffusion model ({cfg.in_channels}, "
+                             f"{cfg.input_size}, {cfg.input_size}); use images at the tokenizer's resolution")
+        g = torch.Generator().manual_seed(seed * 1_000_003 + counter["n"])  # per image: independent of batching
+        counter["n"] += 1
+        noise = torch.randn(z.shape, generator=g).to(device)
+        tt = torch.full((z.shape[0],), t, device=device)
+        cls = t * torch.randn(z.shape[0], cfg.class_token_dim, generator=g).to(device) if cfg.class_token_dim else None
+        null = torch.full((z.shape[0],), cfg.num_classes, device=device, dtype=torch.long)
+        out = model((1 - t) * z + t * noise, tt, null, cls, hidden_at=(tap,))
+        tokens = out.projected[0] if block == "proj" else out.hidden[tap]
+        if cfg.class_token_dim:
+            tokens = tokens[:, 1:]
+        return tokens.mean(1)
+
+    return model, features
 
 
 @torch.no_grad()

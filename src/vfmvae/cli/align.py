@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=run_transforms)
 
     e = asub.add_parser("extract", help="one feature vector per image (mean over patch tokens)",
-                        description="--source vfm:NAME | tokenizer:DIR | diffusion:DIR@BLOCK (diffusion: not yet).")
+                        description="--source vfm:NAME | tokenizer:DIR | diffusion:DIR@BLOCK (BLOCK: 0 = embedding, 1..depth, or proj; t = 0.5, null label).")
     e.add_argument("--source", required=True)
     e.add_argument("--images", type=Path, required=True, help="image folder or an `align transforms` output")
     e.add_argument("--out", type=Path, required=True, help="output .safetensors")

@@ -87,7 +87,7 @@ class DiTOutput:
     sample: torch.Tensor                       # velocity (B, C, H, W) in the package convention
     cls: torch.Tensor | None = None            # REG: velocity of the class token (B, class_token_dim)
     projected: list[torch.Tensor] | None = None  # REPA/REG: projector outputs (B, tokens, align_dim)
-    hidden: dict[int, torch.Tensor] | None = None  # requested block outputs (B, tokens, hidden), 1-based
+    hidden: dict[int, torch.Tensor] | None = None  # requested block outputs (B, tokens, hidden); 0 = embedder
 
 
 class Block(nn.Module):
@@ -215,6 +215,8 @@ class DiffusionTransformer(PretrainedMixin, nn.Module):
         c = self.t_embedder(t.expand(x.shape[0]) if t.ndim == 0 else t) + self.y_embedder(
             y, drop=drop_labels, generator=generator)
         projected, hidden = None, {}
+        if 0 in hidden_at:
+            hidden[0] = h
         for i, block in enumerate(self.blocks, start=1):
             h = block(h, c)
             if i in hidden_at:

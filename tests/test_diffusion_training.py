@@ -119,3 +119,17 @@ def test_alignment_features_from_diffusion_blocks(cache, tmp_path, synthetic_dir
                                           transformations=("clean", "noise_0.100")))
     row = report["table"][f"diffusion:{export}@proj"]
     assert set(row) == {"clean", "noise_0.100"} and all(-1 <= v <= 1 for v in row.values())
+
+
+@pytest.mark.parametrize("recipe,arch,params", [("lightningdit-xl1", "lightningdit-xl/1", 675.0),
+                                                ("reg-sit-xl1", "reg-sit-xl/1", 684.8), ("tiny", "lightningdit-tiny", None)])
+def test_recipes_load_and_describe_the_paper_models(tmp_path, recipe, arch, params):
+    from vfmvae.diffusion import DiffusionTransformer, diffusion_config
+
+    cfg = load_config(DiffusionTrainConfig, ROOT / "configs" / "diffusion" / f"{recipe}.yaml", [f"data.cache={tmp_path}"])
+    assert cfg.model.arch == arch
+    if params is not None:  # 16x16x32 latents, 1000 classes
+        with torch.device("meta"):
+            model = DiffusionTransformer(diffusion_config(arch))
+        assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(params, abs=0.1)
+        assert cfg.run.batch_size == 1024 and cfg.optim.lr == 2e-4 and cfg.run.ema_decay == 0.9999

@@ -19,6 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--out", type=Path, required=True, help="cache folder")
     c.add_argument("--flip", action="store_true", help="also cache the latents of the flipped images")
     c.add_argument("--vfm-features", default=None, help="VFM registry name or folder (e.g. dinov2-base) to cache its tokens")
+    c.add_argument("--vfm-resolution", type=int, default=None,
+                   help="feed the VFM at this size (REPA/REG: 224 for DINOv2-B/14 -> 16x16 tokens); default: its registry scale")
     c.add_argument("--sample", action="store_true", help="store a posterior sample instead of the mean")
     c.add_argument("--resolution", type=int, default=None, help="default: the tokenizer's training resolution")
     c.add_argument("--batch-size", type=int, default=32)
@@ -33,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from vfmvae.latents import cache_latents
 
     info = cache_latents(args.tokenizer, args.data, args.out, resolution=args.resolution, flip=args.flip,
-                         vfm_features=args.vfm_features, sample=args.sample, batch_size=args.batch_size,
+                         vfm_features=args.vfm_features, vfm_resolution=args.vfm_resolution, sample=args.sample, batch_size=args.batch_size,
                          shard_size=args.shard_size, num_workers=args.workers, device=args.device)
     skipped = sum(info["skipped"].values())
     dist_utils.print0(f"cached {info['num_items']} latents of shape {info['latent_shape']} in {len(info['shards'])} "

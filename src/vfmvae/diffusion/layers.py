@@ -139,7 +139,8 @@ class RotaryEmbedding2D(nn.Module):
         super().__init__()
         half = head_dim // 2
         freqs = 1.0 / theta ** (torch.arange(0, half, 2)[: half // 2].float() / half)
-        pos = torch.arange(grid, dtype=torch.float32)
+        # (i / L) * L in float32, as the original computes it (not exactly i for some grid sizes)
+        pos = torch.arange(grid, dtype=torch.float32) / grid * grid
         angles = torch.einsum("i,f->if", pos, freqs).repeat_interleave(2, dim=-1)  # (grid, half)
         rows = angles[:, None, :].expand(grid, grid, half)
         cols = angles[None, :, :].expand(grid, grid, half)
@@ -160,8 +161,7 @@ class RotaryEmbedding2D(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention with optional per-head q/k normalisation and 2D RoPE (SDPA kernel)."""
 
-    def __init__(self, dim: int, heads: int, *, qk_norm: str = "none", rope: RotaryEmbedding2D | None = None,
-                 qk_norm_eps: float = 1e-6) -> None:
+    def __init__(self, dim: int, heads: int, *, qk_norm: str = "none", rope: RotaryEmbedding2D | None = None) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"hidden size {dim} is not divisible by {heads} heads")
@@ -169,9 +169,10 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=True)
         if qk_norm == "none":
             self.q_norm, self.k_norm = nn.Identity(), nn.Identity()
-        else:
-            self.q_norm = make_norm(qk_norm, self.head_dim, affine=True, eps=qk_norm_eps)
-            self.k_norm = make_norm(qk_norm, self.head_dim, affine=True, eps=qk_norm_eps)
+        else:  # per head over head_dim, shared by all heads; RMSNorm eps 1e-6, LayerNorm torch's default 1e-5
+            eps = 1e-6 if qk_norm == "rmsnorm" else 1e-5
+            self.q_norm = make_norm(qk_norm, self.head_dim, affine=True, eps=eps)
+            self.k_norm = make_norm(qk_norm, self.head_dim, affine=True, eps=eps)
         self.proj = nn.Linear(dim, dim)
         self.rope = rope
 

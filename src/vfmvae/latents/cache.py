@@ -47,7 +47,7 @@ def _shard_name(rank: int, index: int) -> str:
 
 
 def cache_latents(tokenizer: str | Path, data: str | Path, out: str | Path, *, resolution: int | None = None,
-                  flip: bool = False, vfm_features: str | None = None, sample: bool = False, batch_size: int = 32,
+                  flip: bool = False, vfm_features: str | None = None, vfm_resolution: int | None = None, sample: bool = False, batch_size: int = 32,
                   shard_size: int = 1024, num_workers: int = 2, device: str | None = None, seed: int = 0,
                   progress: bool = True) -> dict[str, Any]:
     """Encode `data` with `tokenizer` into `out` (see module docstring). Collective under torchrun."""
@@ -65,7 +65,9 @@ def cache_latents(tokenizer: str | Path, data: str | Path, out: str | Path, *, r
     if vfm_features:
         from vfmvae.vfm import vfm_by_name
 
-        vfm = vfm_by_name(vfm_features, layers=(-1,)).to(dev)
+        # REPA/REG feed DINOv2 224 px (16x16 tokens); default: the registry's scale for this resolution
+        scale = {"scale_factor": vfm_resolution / resolution} if vfm_resolution else {}
+        vfm = vfm_by_name(vfm_features, layers=(-1,), **scale).to(dev)
     dataset = build_dataset(DataConfig(source=Path(data), resolution=resolution, hflip=False, num_workers=num_workers),
                             rank=rank, world=world, loop=False)
     if isinstance(dataset, ImageFolderDataset):
@@ -126,7 +128,7 @@ def cache_latents(tokenizer: str | Path, data: str | Path, out: str | Path, *, r
         flush()
     dist_utils.barrier()
     if rank == 0:
-        _write_manifest(out, model, tokenizer, resolution, world, flip, vfm_features, sample)
+        _write_manifest(out, model, tokenizer, resolution, world, flip, vfm_features, sample, vfm_resolution)
     dist_utils.barrier()
     if rank == 0:
         return {**json.loads((out / MANIFEST).read_text()), "skipped": skips.as_dict()}
@@ -134,7 +136,8 @@ def cache_latents(tokenizer: str | Path, data: str | Path, out: str | Path, *, r
     return {"num_items": sum(s["count"] for s in own), "shards": own, "latent_shape": None, "skipped": skips.as_dict()}
 
 
-def _write_manifest(out: Path, model, tokenizer, resolution: int, world: int, flip: bool, vfm_features, sample: bool) -> None:
+def _write_manifest(out: Path, model, tokenizer, resolution: int, world: int, flip: bool, vfm_features, sample: bool,
+                    vfm_resolution: int | None = None) -> None:
     shards = []
     for r in range(world):
         shards += json.loads((out / f"progress-r{r:02d}.json").read_text())["shards"]
@@ -163,6 +166,7 @@ def _write_manifest(out: Path, model, tokenizer, resolution: int, world: int, fl
         "latent": "posterior sample" if sample else "posterior mean",
         "flip": flip,
         "vfm_features": vfm_features,
+        "vfm_resolution": vfm_resolution,
         "num_items": sum(s["count"] for s in shards),
         "shards": shards,
         "mean": mean.tolist(),

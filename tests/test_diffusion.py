@@ -136,8 +136,9 @@ def test_reg_class_token_loss_trains_its_path_and_not_the_projector():
     model.zero_grad()
     terms.cls.mean().backward()
     got = _grads(model)
-    assert got["cls_embedder.weight"] and all(got[n] for n in got if n.startswith("blocks.2."))
-    assert not any(got[n] for n in got if n.startswith(("projectors.", "final_layer.")))
+    assert got["cls_projectors2.weight"] and got["final_layer.linear_cls.weight"]
+    assert all(got[n] for n in got if n.startswith("blocks.2."))
+    assert not any(got[n] for n in got if n.startswith(("projectors.", "final_layer.linear.")))
     # the total combines the terms with their weights
     torch.testing.assert_close(terms.loss, terms.mse + 0.5 * terms.align + 0.03 * terms.cls)
 

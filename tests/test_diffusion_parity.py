@@ -80,3 +80,57 @@ def test_converter_rejects_mismatched_architectures(tmp_path):
     with pytest.raises(CheckpointFormatError, match="no 'ema' entry"):
         torch.save({"model": {}, "opt": {}}, tmp_path / "bad.pt")
         convert_official_diffusion(tmp_path / "bad.pt", "lightningdit", "lightningdit-tiny")
+
+
+def _reg(tmp_path, variant):
+    ref = {k: v.clone() for k, v in load_file(REG / f"reg_{variant}.safetensors").items()}  # aligned copies
+    kw = json.loads((REG / f"reg_{variant}.json").read_text())["constructor_kwargs"]
+    overrides = dict(depth=kw["depth"], hidden_size=kw["hidden_size"], num_heads=kw["num_heads"],
+                     align_depth=kw["encoder_depth"], qk_norm="layernorm" if kw["qk_norm"] else "none")
+    model = convert_official_diffusion(_official_file(tmp_path, ref, variant), "reg", "reg-sit-tiny", tmp_path / variant,
+                                       **overrides)
+    return model, ref, kw
+
+
+@pytest.mark.parametrize("variant", ["p1_qk", "p2"])
+def test_reg_forward_matches_official(tmp_path, variant):
+    model, ref, kw = _reg(tmp_path, variant)
+    c = model.config  # read from the weights: class-token width, projector width and target width
+    assert (c.class_token_dim, c.projector_dim, c.align_dims, c.patch_size) == (32, 128, (32,), kw["patch_size"])
+    with torch.no_grad():
+        out = model(ref["input.x"], ref["input.t"], ref["input.y"], ref["input.cls"])
+    torch.testing.assert_close(out.sample, ref["output.x"], **TOL)
+    torch.testing.assert_close(out.cls, ref["output.cls"], **TOL)
+    torch.testing.assert_close(out.projected[0], ref["output.zs0"], **TOL)
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_reg_training_loss_matches_official(tmp_path, mode):
+    """Latent MSE, class-token MSE and the projection loss over all 1 + N tokens, combined as REG's train.py does."""
+    model, _, _ = _reg(tmp_path, "p1_qk")
+    ref = {k: v.clone() for k, v in load_file(REG / "reg_loss.safetensors").items()}
+    p = f"{mode}."
+    cfg = TransportConfig(align_weight=0.5, cls_weight=0.03)
+    if mode == "train":  # replay the model's label drop: sample 0 was dropped to the null class
+        assert ref["train.y_effective"].tolist() == [10, 7, 10]
+        y = ref["train.y_effective"]
+    else:
+        y = ref["input.y"]
+    with torch.no_grad():
+        terms = training_loss(model, ref["input.x"], y, cfg, t=ref[p + "t"].flatten(), noise=ref[p + "noise_x"],
+                              cls_noise=ref[p + "noise_cls"], cls_target=ref["input.cls_token"],
+                              align_targets=[ref["input.zs0"]], drop_labels=False)
+    torch.testing.assert_close(terms.mse, ref[p + "loss.denoise_per_sample"], **TOL)
+    torch.testing.assert_close(terms.cls, ref[p + "loss.cls_per_sample"], **TOL)
+    torch.testing.assert_close(terms.align.mean(), ref[p + "loss.proj"], **TOL)
+    torch.testing.assert_close(terms.loss.mean(), ref[p + "loss.total"], **TOL)
+
+
+def test_reg_time_convention_is_the_package_one():
+    """REG's x_t = (1 - t) x + t eps with target eps - x is ours: no conversion for REG models."""
+    from vfmvae.diffusion.transport import interpolate
+
+    ref = load_file(REG / "reg_loss.safetensors")
+    x_t, v = interpolate(ref["input.x"], ref["eval.noise_x"], ref["eval.t"].flatten())
+    torch.testing.assert_close(x_t, ref["eval.x_t"], **TOL)
+    torch.testing.assert_close(v, ref["eval.target_x"], **TOL)

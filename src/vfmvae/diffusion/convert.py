@@ -69,8 +69,14 @@ def _shapes_from_state(state: dict[str, torch.Tensor]) -> dict[str, Any]:
     if w is not None:
         out["in_channels"], out["patch_size"] = int(w.shape[1]), int(w.shape[2])
         if "pos_embed" in state:
-            tokens = state["pos_embed"].shape[1] - int(any(k.startswith("cls_embedder") for k in state))
+            tokens = state["pos_embed"].shape[1] - int("cls_projectors2.weight" in state)
             out["input_size"] = math.isqrt(tokens) * out["patch_size"]
+    if "cls_projectors2.weight" in state:  # REG: the class token width is the VFM feature width
+        out["class_token_dim"] = int(state["cls_projectors2.weight"].shape[1])
+    if "projectors.0.0.weight" in state:
+        n = len({k.split(".")[1] for k in state if k.startswith("projectors.")})
+        out["projector_dim"] = int(state["projectors.0.0.weight"].shape[0])
+        out["align_dims"] = tuple(int(state[f"projectors.{i}.4.weight"].shape[0]) for i in range(n))
     table = state.get("y_embedder.embedding_table.weight")
     if table is not None:
         # the null class exists when the model was trained with label dropout

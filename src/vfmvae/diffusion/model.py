@@ -113,16 +113,23 @@ class Block(nn.Module):
 
 
 class FinalLayer(nn.Module):
+    """adaLN-modulated norm, then a linear to patch pixels. REG also reads its class token from the same modulated
+    norm through `linear_cls`."""
+
     def __init__(self, cfg: DiTConfig, out_channels: int) -> None:
         super().__init__()
         d = cfg.hidden_size
         self.norm_final = make_norm(cfg.norm, d, affine=cfg.norm == "rmsnorm")
         self.linear = nn.Linear(d, cfg.patch_size**2 * out_channels)
+        self.linear_cls = nn.Linear(d, cfg.class_token_dim) if cfg.class_token_dim else None
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
-        return self.linear(modulate(self.norm_final(x), shift, scale))
+        h = modulate(self.norm_final(x), shift, scale)
+        if self.linear_cls is None:
+            return self.linear(h), None
+        return self.linear(h[:, 1:]), self.linear_cls(h[:, 0])
 
 
 def _projector(hidden: int, width: int, out: int) -> nn.Sequential:
@@ -141,18 +148,16 @@ class DiffusionTransformer(PretrainedMixin, nn.Module):
         self.t_embedder = TimestepEmbedder(d)
         self.y_embedder = LabelEmbedder(cfg.num_classes, d, cfg.class_dropout)
         pos = sincos_pos_embed_2d(d, cfg.grid)
-        if cfg.class_token_dim:  # REG: the class token sits first, at a zero position embedding
+        if cfg.class_token_dim:  # REG: the noisy VFM class token -> Linear -> LayerNorm, first, at a zero position
             pos = torch.cat([torch.zeros(1, d), pos])
-            self.cls_embedder = nn.Linear(cfg.class_token_dim, d)
-            self.cls_norm = nn.LayerNorm(d, eps=1e-6)  # placeholder until REG facts are in
+            self.cls_projectors2 = nn.Linear(cfg.class_token_dim, d)
+            self.wg_norm = nn.LayerNorm(d, eps=1e-6)
         # fixed, not trained and not saved: rebuilt from the config on load
         self.register_buffer("pos_embed", pos[None], persistent=False)
         rope = RotaryEmbedding2D(d // cfg.num_heads, cfg.grid) if cfg.rope else None
         self.blocks = nn.ModuleList([Block(cfg, rope) for _ in range(cfg.depth)])
         self.projectors = nn.ModuleList([_projector(d, cfg.projector_dim, dim) for dim in cfg.align_dims])
         self.final_layer = FinalLayer(cfg, self.out_channels)
-        if cfg.class_token_dim:
-            self.cls_head = nn.Linear(d, cfg.class_token_dim)
         self.initialize_weights()
 
     # ------------------------------------------------------------------------------------------------
@@ -176,9 +181,10 @@ class DiffusionTransformer(PretrainedMixin, nn.Module):
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
         final = self.final_layer
-        for layer in (final.adaLN_modulation[-1], final.linear):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        for layer in (final.adaLN_modulation[-1], final.linear, final.linear_cls):
+            if layer is not None:
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
     @property
     def num_tokens(self) -> int:
@@ -210,7 +216,7 @@ class DiffusionTransformer(PretrainedMixin, nn.Module):
         if cfg.class_token_dim:
             if cls is None:
                 raise ValueError("this model (REG) needs the noisy class token `cls` (B, class_token_dim)")
-            tokens = torch.cat([self.cls_norm(self.cls_embedder(cls)).unsqueeze(1), tokens], dim=1)
+            tokens = torch.cat([self.wg_norm(self.cls_projectors2(cls)).unsqueeze(1), tokens], dim=1)
         h = tokens + self.pos_embed.to(tokens.dtype)
         c = self.t_embedder(t.expand(x.shape[0]) if t.ndim == 0 else t) + self.y_embedder(
             y, drop=drop_labels, generator=generator)
@@ -223,11 +229,8 @@ class DiffusionTransformer(PretrainedMixin, nn.Module):
                 hidden[i] = h
             if i == cfg.align_depth and len(self.projectors):
                 projected = [proj(h) for proj in self.projectors]
-        cls_out = None
-        if cfg.class_token_dim:
-            cls_out = self.cls_head(h[:, 0])  # placeholder until REG facts are in
-            h = h[:, 1:]
-        out = self.unpatchify(self.final_layer(h, c), self.out_channels)[:, : cfg.in_channels]
+        patches, cls_out = self.final_layer(h, c)
+        out = self.unpatchify(patches, self.out_channels)[:, : cfg.in_channels]
         return DiTOutput(out, cls_out, projected, hidden or None)
 
     def forward(

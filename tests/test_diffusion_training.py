@@ -133,3 +133,30 @@ def test_recipes_load_and_describe_the_paper_models(tmp_path, recipe, arch, para
             model = DiffusionTransformer(diffusion_config(arch))
         assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(params, abs=0.1)
         assert cfg.run.batch_size == 1024 and cfg.optim.lr == 2e-4 and cfg.run.ema_decay == 0.9999
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_processes_and_accumulation_equal_one_process(cache, tmp_path):
+    """Draws are made per global batch and sliced per sample, so 2 ranks x 4 = 1 process x 8 = 4 micro-batches of 2."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["train", "diffusion", "--recipe", str(ROOT / "configs/diffusion/tiny.yaml"), "--set", f"data.cache={cache}",
+              "--set", "run.sample_every=0", "--set", "run.batch_size=8", "--set", "run.total_steps=4",
+              "--set", "run.checkpoint_every=100", "--set", "run.log_every=1"]
+    runs = {}
+    for name, micro, nproc in (("one", 8, 0), ("accum", 2, 0), ("two", 4, 2)):
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] if nproc else [sys.executable]
+        cmd = launcher + ["-m", "vfmvae", *common, "--set", f"run.dir={tmp_path / name}", "--set", f"run.micro_batch={micro}"]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[name] = load_file(tmp_path / name / "checkpoints" / "step-00000004" / "model.safetensors")
+    init = train_diffusion(_cfg(cache, tmp_path / "init", "run.total_steps=0"), progress=False)
+    start = load_file(Path(init["export"]) / "model.safetensors")  # the EMA of a run without steps: the init
+    for name in ("accum", "two"):
+        for k in runs["one"]:
+            torch.testing.assert_close(runs[name][k], runs["one"][k], rtol=0, atol=1e-5, msg=f"{name}: {k}")
+    assert max(float((runs["one"][k] - start[k]).abs().max()) for k in start) > 1e-3  # the runs did train

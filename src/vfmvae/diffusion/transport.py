@@ -74,11 +74,14 @@ class TransportConfig:
     cls_weight: float = 0.0          # REG class-token denoising loss (0.03 in the REG recipe)
 
 
-def sample_time(n: int, cfg: TransportConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_time(n: int, cfg: TransportConfig, generator: torch.Generator | None = None,
+                device: torch.device | str | None = None) -> torch.Tensor:
+    if device is None and generator is not None:
+        device = generator.device
     if cfg.time_sampling == "uniform":
-        t = torch.rand(n, generator=generator)
+        t = torch.rand(n, generator=generator, device=device)
     elif cfg.time_sampling == "lognormal":
-        t = torch.sigmoid(torch.randn(n, generator=generator) * cfg.lognormal_std + cfg.lognormal_mean)
+        t = torch.sigmoid(torch.randn(n, generator=generator, device=device) * cfg.lognormal_std + cfg.lognormal_mean)
     else:
         raise ValueError(f"unknown time_sampling {cfg.time_sampling!r}")
     return shift_time(t, cfg.time_shift)

@@ -2,9 +2,11 @@
 
 One optimizer step = `batch_size` cached latents over all ranks; the sampler hands out global positions
 [step*B, (step+1)*B) in a (seed, epoch)-seeded order, so a resumed run reads exactly the items an
-uninterrupted one would. Every random draw of the loss (times, noise, label drops) comes from a generator
-seeded by (seed, step, rank). Together with the full checkpoint (weights, EMA, AdamW, RNG) a resumed run
-reproduces the uninterrupted one. Non-finite steps are skipped on every rank and counted; too many in a
+uninterrupted one would. The random draws of a step (times, noise, class-token noise, label drops) are made
+for the whole global batch from a generator seeded by (seed, step), and each micro-batch takes the rows of its
+own samples; so a run does not depend on the number of processes or on gradient accumulation (up to float
+summation order), and with the full checkpoint (weights, EMA, AdamW, RNG) a resumed run reproduces the
+uninterrupted one. Non-finite steps are skipped on every rank and counted; too many in a
 row stop the run with its last good checkpoint intact.
 """
 
@@ -82,12 +84,33 @@ def _autocast(precision: str, device: torch.device):
     return lambda: torch.autocast(device.type, dtype=dtype)
 
 
-def _batches(loader_iter, accum: int, device: torch.device) -> list[dict[str, Any]]:
+def _batches(loader_iter, accum: int, micro: int, rank: int, world: int, device: torch.device) -> list[dict[str, Any]]:
     out = []
-    for _ in range(accum):
+    for m in range(accum):
         batch = next(loader_iter)
-        out.append({k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()})
+        batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        # rank r holds global-batch rows r, r + W, r + 2W, ... (the sampler's order)
+        batch["rows"] = rank + world * (m * micro + torch.arange(len(batch["label"]), device=device))
+        out.append(batch)
     return out
+
+
+class StepDraws:
+    """All random draws of one optimizer step, for the whole global batch, from a (seed, step) generator."""
+
+    def __init__(self, cfg: DiffusionTrainConfig, model_cfg: DiTConfig, device: torch.device) -> None:
+        self.cfg, self.model_cfg, self.device = cfg, model_cfg, device
+        self.generator = torch.Generator(device=device)
+
+    def draw(self, step: int) -> None:
+        from vfmvae.diffusion.transport import sample_time
+
+        g, b, c = self.generator, self.cfg.run.batch_size, self.model_cfg
+        g.manual_seed(self.cfg.run.seed * 1_000_003 + step)
+        self.t = sample_time(b, self.cfg.transport, g, device=self.device)
+        self.noise = torch.randn(b, c.in_channels, c.input_size, c.input_size, generator=g, device=self.device)
+        self.cls_noise = torch.randn(b, c.class_token_dim, generator=g, device=self.device) if c.class_token_dim else None
+        self.drop = torch.rand(b, generator=g, device=self.device) < c.class_dropout
 
 
 def train_diffusion(cfg: DiffusionTrainConfig, resume: str = "auto", progress: bool = True) -> dict[str, Any]:
@@ -154,15 +177,18 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: str = "auto", progress: b
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(run_dir / "tensorboard"))
-    generator = torch.Generator()
+    draws = StepDraws(cfg, mcfg, device)
     scalars: dict[str, float] = {}
 
     def loss_fn(module: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         targets, cls = align_targets(mcfg, batch)
+        rows = batch["rows"]
+        labels = torch.where(draws.drop[rows], torch.full_like(batch["label"], mcfg.num_classes), batch["label"])
         with autocast():
-            terms = training_loss(module, batch["latents"], batch["label"], tc, generator=generator,
+            terms = training_loss(module, batch["latents"], labels, tc, t=draws.t[rows], noise=draws.noise[rows],
+                                  cls_noise=draws.cls_noise[rows] if draws.cls_noise is not None else None,
                                   align_targets=targets if tc.align_weight else None,
-                                  cls_target=cls if mcfg.class_token_dim else None)
+                                  cls_target=cls if mcfg.class_token_dim else None, drop_labels=False)
         for name in ("loss", "mse", "cosine", "align", "cls"):
             value = getattr(terms, name)
             if value is not None:
@@ -178,12 +204,12 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: str = "auto", progress: b
     bar = tqdm(total=run.total_steps, initial=step, desc="diffusion", unit="step", disable=not (progress and rank == 0))
     consecutive_bad, started, first_step = 0, time.perf_counter(), step
     while step < run.total_steps:
-        generator.manual_seed(run.seed * 1_000_003 + step * 1_009 + rank)
+        draws.draw(step)
         lr = cfg.optim.lr * min(1.0, (step + 1) / cfg.optim.warmup_steps) if cfg.optim.warmup_steps else cfg.optim.lr
         for group in opt.param_groups:
             group["lr"] = lr
         model.train()
-        result = optimizer_step(net, opt, _batches(loader_iter, accum, device), loss_fn,
+        result = optimizer_step(net, opt, _batches(loader_iter, accum, micro, rank, world, device), loss_fn,
                                 batch_size_of=lambda b: len(b["label"]), grad_clip=cfg.optim.grad_clip, scaler=scaler)
         counters["skipped_steps"] += int(result.skipped)
         consecutive_bad = consecutive_bad + 1 if result.skipped else 0

@@ -134,3 +134,40 @@ def test_reg_time_convention_is_the_package_one():
     x_t, v = interpolate(ref["input.x"], ref["eval.noise_x"], ref["eval.t"].flatten())
     torch.testing.assert_close(x_t, ref["eval.x_t"], **TOL)
     torch.testing.assert_close(v, ref["eval.target_x"], **TOL)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# samplers
+
+
+@pytest.mark.parametrize("case", ["cfg", "cfg_nointerval", "nocfg"])
+def test_lightningdit_euler_ode_sampler_matches_official(tmp_path, case):
+    """LightningDiT: 10 grid points (9 Euler steps), timestep_shift 0.3 (= our shift 1/0.3), CFG 4 on channels 0-2
+    only (the compatibility switch), guidance off while its t < 0.125 (our t > 0.875)."""
+    from vfmvae.sampling import Guidance, sample_ode, time_grid
+
+    model, _, _ = _ldit(tmp_path, "p1")
+    ref = load_file(LDIT / "sampler_ode.safetensors")
+    grid = time_grid(9, shift=1 / 0.3)
+    torch.testing.assert_close(1 - grid.float(), ref["grid"], rtol=0, atol=1e-6)
+    if case == "nocfg":
+        guidance = Guidance()
+    else:
+        guidance = Guidance(scale=4.0, channels=3, interval=(0.0, 0.875) if case == "cfg" else (0.0, 1.0))
+    out = sample_ode(model, ref["input.z"], ref["input.y"], steps=9, shift=1 / 0.3, guidance=guidance)
+    torch.testing.assert_close(out, ref[f"{case}.final"], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", ["sde_cfg4", "sde_cfg1"])
+def test_reg_euler_maruyama_sampler_matches_official(tmp_path, case):
+    """REG's SDE sampler with its recorded step noises: 10 steps, CFG 4 (latent and class token) for t <= 0.8."""
+    from vfmvae.sampling import Guidance, sample_sde, sde_grid
+
+    model, _, _ = _reg(tmp_path, "p1_qk")
+    ref = load_file(REG / "reg_sampler.safetensors")
+    torch.testing.assert_close(sde_grid(10), ref["sde.t_steps"])
+    scale = 4.0 if case == "sde_cfg4" else 1.0
+    out = sample_sde(model, ref["input.z"], ref["input.y"], steps=10, cls_noise=ref["input.cls_z"],
+                     guidance=Guidance(scale=scale, cls_scale=scale, interval=(0.0, 0.8)),
+                     step_noise=lambda i: (ref[f"{case}.eps_x"][i], ref[f"{case}.eps_cls"][i]))
+    torch.testing.assert_close(out, ref[f"{case}.out.x"], rtol=1e-4, atol=1e-4)

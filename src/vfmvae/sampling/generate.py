@@ -1,0 +1,111 @@
+"""`vfmvae sample`: many samples to a folder, split across ranks, resumable, with the ADM `.npz`.
+
+Layout of OUT:
+
+    settings.json       everything that determines the samples (checked on resume: no mixing of settings)
+    images/000000.png   one PNG per sample index, written atomically; existing ones are kept on resume
+    samples.npz         arr_0: uint8 (N, H, W, 3), arr_1: int64 labels (N,): the ADM evaluator's layout
+    grid.png            the first 64 samples
+
+Sample i has label `labels[i]` and seed (seed, i): its image does not depend on the batch size or the number
+of processes (rank r of W draws the indices r, r + W, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vfmvae import distributed as dist_utils
+from vfmvae.checkpoint.atomic import atomic_write_text
+from vfmvae.evaluation.images import write_npz_atomic
+from vfmvae.sampling.pipeline import SamplerConfig, VFMVAEPipeline, sample_seed
+
+__all__ = ["class_labels", "generate_samples", "write_npz"]
+
+
+def class_labels(spec: str, num: int, num_classes: int, seed: int = 0) -> list[int]:
+    """`balanced` (0, 1, ..., K-1, 0, 1, ...), `random` (seeded per index) or a comma list cycled (`1,5,9`)."""
+    if spec == "balanced":
+        return [i % num_classes for i in range(num)]
+    if spec == "random":
+        return [int(torch.randint(num_classes, (1,), generator=torch.Generator().manual_seed(sample_seed(seed, i) + 7919)))
+                for i in range(num)]
+    try:
+        values = [int(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--classes {spec!r}: use balanced, random or a comma-separated list of class ids") from None
+    bad = [v for v in values if not 0 <= v < num_classes]
+    if not values or bad:
+        raise ValueError(f"--classes {spec!r}: class ids must be in 0..{num_classes - 1} (bad: {bad or 'empty list'})")
+    return [values[i % len(values)] for i in range(num)]
+
+
+def _to_uint8(images01: torch.Tensor) -> np.ndarray:
+    return (images01.clamp(0, 1) * 255 + 0.5).floor().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    Image.fromarray(array).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def write_npz(out: Path, num: int, labels: list[int]) -> Path:
+    """Collect images/000000.png ... into the ADM layout (uint8 NHWC `arr_0`, labels `arr_1`)."""
+    first = np.asarray(Image.open(out / "images" / f"{0:06d}.png").convert("RGB"))
+    arr = np.empty((num, *first.shape), dtype=np.uint8)
+    for i in range(num):
+        arr[i] = np.asarray(Image.open(out / "images" / f"{i:06d}.png").convert("RGB"))
+    return write_npz_atomic(out / "samples.npz", arr_0=arr, arr_1=np.asarray(labels, dtype=np.int64))
+
+
+def generate_samples(pipe: VFMVAEPipeline, out: str | Path, num: int, *, config: SamplerConfig = SamplerConfig(),
+                     classes: str = "balanced", seed: int = 0, batch_size: int = 16, progress: bool = True,
+                     sources: dict[str, str] | None = None) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    from vfmvae.vis import save_grid
+
+    rank, world = dist_utils.rank(), dist_utils.world_size()
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    labels = class_labels(classes, num, pipe.diffusion.config.num_classes, seed)
+    settings = {"num": num, "seed": seed, "classes": classes, "sampler": asdict(config), **(sources or {})}
+    settings_path = out / "settings.json"
+    if settings_path.is_file():
+        old = json.loads(settings_path.read_text())
+        if {k: v for k, v in old.items() if k != "num"} != json.loads(json.dumps({k: v for k, v in settings.items() if k != "num"})):
+            raise ValueError(f"{settings_path} was written with other settings; use a new --out or the same options "
+                             f"(differences: {sorted(k for k in settings if old.get(k) != json.loads(json.dumps(settings))[k])})")
+    dist_utils.barrier()
+    if rank == 0:
+        atomic_write_text(settings_path, json.dumps(settings, indent=2) + "\n")
+    mine = [i for i in range(rank, num, world) if not (out / "images" / f"{i:06d}.png").is_file()]
+    started, done = time.perf_counter(), 0
+    with tqdm(total=len(mine), desc="sampling", unit="img", disable=not (progress and rank == 0)) as bar:
+        for start in range(0, len(mine), batch_size):
+            chunk = mine[start : start + batch_size]
+            images = pipe([labels[i] for i in chunk], seed=seed, indices=chunk, config=config)
+            for i, array in zip(chunk, _to_uint8(images)):
+                _write_png(out / "images" / f"{i:06d}.png", array)
+            done += len(chunk)
+            bar.update(len(chunk))
+    dist_utils.barrier()
+    result = {"out": str(out), "num": num, "new_on_rank0": done if rank == 0 else None,
+              "images_per_s": done / max(1e-9, time.perf_counter() - started)}
+    if rank == 0:
+        result["npz"] = str(write_npz(out, num, labels))
+        first = torch.from_numpy(np.load(out / "samples.npz")["arr_0"][:64]).permute(0, 3, 1, 2).float() / 255
+        save_grid(first, out / "grid.png", nrow=8)
+        result["grid"] = str(out / "grid.png")
+    dist_utils.barrier()
+    return result

@@ -1,0 +1,133 @@
+"""`VFMVAEPipeline`: class labels in, images out (diffusion sampler -> de-normalise -> tokenizer decoder).
+
+    pipe = VFMVAEPipeline.from_pretrained("runs/reg-sit-xl1/export")        # tokenizer from latent_stats.json
+    images = pipe([207, 360, 387, 974], seed=0, steps=250, sampler="sde", cfg_scale=4.0, interval=(0.0, 0.8))
+
+Every sample has its own seed (`seed * 1_000_003 + index`, `index` = its position in the whole run), from
+which its initial noise, its REG class-token noise and its SDE step noises are drawn on the CPU; an image
+therefore depends on its seed and index only, not on the batch it was drawn in or the device count.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vfmvae.diffusion import DiffusionTransformer
+from vfmvae.sampling.ode import Guidance, sample_ode, sample_sde
+
+__all__ = ["LatentStats", "SamplerConfig", "VFMVAEPipeline", "sample_seed"]
+
+SAMPLERS = ("euler", "heun", "sde")
+
+
+def sample_seed(seed: int, index: int) -> int:
+    return seed * 1_000_003 + index
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    sampler: str = "euler"                      # euler | heun (ODE) | sde (Euler-Maruyama, REG/SiT)
+    steps: int = 50
+    cfg_scale: float = 1.0
+    interval: tuple[float, float] = (0.0, 1.0)  # guidance while low <= t <= high (t = 1 noise)
+    guide_channels: int | None = None           # 3 = LightningDiT's published behaviour
+    cls_cfg_scale: float | None = None          # REG class token; None = cfg_scale
+    shift: float = 1.0                          # ODE grid shift (LightningDiT's timestep_shift s is 1/s here)
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if self.steps < 1:
+            raise ValueError("steps must be at least 1")
+
+    @property
+    def guidance(self) -> Guidance:
+        return Guidance(scale=self.cfg_scale, interval=tuple(self.interval), channels=self.guide_channels,
+                        cls_scale=self.cls_cfg_scale)
+
+
+@dataclass(frozen=True)
+class LatentStats:
+    mean: torch.Tensor  # (C,)
+    std: torch.Tensor
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatentStats:
+        """`latent_stats.json` (ours) or the official `latents_stats.pt` ({'mean', 'std'}, read weights-only)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"latent statistics not found: {path} (pass --latent-stats FILE: a latent_stats.json "
+                                    "from `vfmvae train diffusion`, a cache.json, or an official latents_stats.pt)")
+        if path.suffix == ".pt":
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            data = json.loads(path.read_text())
+        return cls(torch.as_tensor(data["mean"]).float().flatten(), torch.as_tensor(data["std"]).float().flatten())
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.std.to(z.device).view(1, -1, 1, 1) + self.mean.to(z.device).view(1, -1, 1, 1)
+
+
+class VFMVAEPipeline:
+    def __init__(self, diffusion: DiffusionTransformer, tokenizer, stats: LatentStats) -> None:
+        if stats.mean.numel() != diffusion.config.in_channels:
+            raise ValueError(f"latent statistics have {stats.mean.numel()} channels, the model {diffusion.config.in_channels}")
+        self.diffusion, self.tokenizer, self.stats = diffusion.eval(), tokenizer.eval(), stats
+
+    @classmethod
+    def from_pretrained(cls, diffusion: str | Path, tokenizer: str | Path | None = None,
+                        latent_stats: str | Path | None = None, device: str | torch.device = "cpu") -> VFMVAEPipeline:
+        from vfmvae.tokenizer import VFMVAE
+
+        model = DiffusionTransformer.from_pretrained(diffusion, device=device)
+        stats_path = Path(latent_stats) if latent_stats else Path(diffusion) / "latent_stats.json"
+        stats = LatentStats.load(stats_path)
+        if tokenizer is None:
+            if stats_path.suffix != ".json" or "tokenizer" not in json.loads(stats_path.read_text()):
+                raise ValueError(f"no tokenizer given and {stats_path} does not name one; pass --tokenizer DIR")
+            tokenizer = json.loads(stats_path.read_text())["tokenizer"]
+        return cls(model, VFMVAE.from_pretrained(tokenizer, device=device), stats)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.diffusion.parameters()).device
+
+    def initial_noise(self, indices: Sequence[int], seed: int) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Generator]]:
+        c = self.diffusion.config
+        gens = [torch.Generator().manual_seed(sample_seed(seed, i)) for i in indices]
+        noise = torch.stack([torch.randn(c.in_channels, c.input_size, c.input_size, generator=g) for g in gens])
+        cls = torch.stack([torch.randn(c.class_token_dim, generator=g) for g in gens]) if c.class_token_dim else None
+        return noise, cls, gens
+
+    @torch.no_grad()
+    def latents(self, labels: Sequence[int] | torch.Tensor, *, seed: int = 0, indices: Sequence[int] | None = None,
+                config: SamplerConfig = SamplerConfig()) -> torch.Tensor:
+        """Normalised latents for `labels`; sample i uses seed (seed, indices[i]) (default indices 0..B-1)."""
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        indices = list(range(len(labels))) if indices is None else list(indices)
+        noise, cls, gens = self.initial_noise(indices, seed)
+        dev = self.device
+        y = labels.to(dev)
+        if config.sampler == "sde":
+            z = sample_sde(self.diffusion, noise.to(dev), y, steps=config.steps, guidance=config.guidance,
+                           cls_noise=None if cls is None else cls.to(dev), generators=gens)
+        else:
+            z = sample_ode(self.diffusion, noise.to(dev), y, steps=config.steps, method=config.sampler,
+                           guidance=config.guidance, shift=config.shift, cls_noise=None if cls is None else cls.to(dev))
+        return z.float()
+
+    @torch.no_grad()
+    def __call__(self, labels: Sequence[int] | torch.Tensor, *, seed: int = 0, indices: Sequence[int] | None = None,
+                 config: SamplerConfig | None = None, **options) -> torch.Tensor:
+        """Images in [0, 1], (B, 3, H, W). `options` are SamplerConfig fields (sampler, steps, cfg_scale, ...)."""
+        config = config or SamplerConfig(**options)
+        z = self.stats.denormalize(self.latents(labels, seed=seed, indices=indices, config=config))
+        # GroupNorm refuses a group of one value (a 1x1 map of a single sample in small decoders); its statistics
+        # are per sample, so decoding the sample twice and keeping one copy changes nothing
+        images = self.tokenizer.decode(z.repeat(2, 1, 1, 1) if len(z) == 1 else z)[: len(z)]
+        return (images.float().clamp(-1, 1) + 1) / 2

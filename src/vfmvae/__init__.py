@@ -10,7 +10,11 @@ from vfmvae.alignment import cknna
 from vfmvae.checkpoint import CheckpointManager, PretrainedMixin, load_pretrained
 from vfmvae.config import ConfigError, load_config
 from vfmvae.data import DataConfig, DataStream, ImageFolderDataset, SyntheticConfig, TarShardDataset
+from vfmvae.diffusion import DiffusionTransformer, DiTConfig, TransportConfig, create_diffusion_model
+from vfmvae.diffusion_training import DiffusionTrainConfig, train_diffusion
+from vfmvae.latents import LatentDataset, cache_latents
 from vfmvae.registry import Registry
+from vfmvae.sampling import SamplerConfig, VFMVAEPipeline
 from vfmvae.tokenizer import VFMVAE, DiagonalGaussian, VFMVAEConfig
 from vfmvae.tokenizer_training.config import TokenizerTrainConfig
 from vfmvae.tokenizer_training.trainer import train_tokenizer
@@ -25,22 +29,32 @@ __all__ = [
     "DataConfig",
     "DataStream",
     "DiagonalGaussian",
+    "DiffusionTrainConfig",
+    "DiffusionTransformer",
+    "DiTConfig",
     "EMA",
     "FrozenVFM",
     "ImageFolderDataset",
+    "LatentDataset",
     "PretrainedMixin",
     "Registry",
+    "SamplerConfig",
     "SyntheticConfig",
     "TarShardDataset",
     "TokenizerTrainConfig",
+    "TransportConfig",
     "VFMConfig",
     "VFMVAE",
     "VFMVAEConfig",
+    "VFMVAEPipeline",
     "VFMFeatures",
+    "cache_latents",
+    "create_diffusion_model",
     "create_vfm",
     "load_config",
     "load_pretrained",
     "load_vfm",
     "optimizer_step",
+    "train_diffusion",
     "train_tokenizer",
 ]

@@ -53,6 +53,13 @@ def test_tiny_recipe_loss_falls_and_exports(cache, tmp_path):
     assert len(stats["mean"]) == 8 and Path(stats["tokenizer"]).name == "tok"
     grid = tmp_path / "run" / "samples" / "step-00000150.png"
     assert grid.is_file() and grid.stat().st_size > 1000  # EMA samples decoded by the cache's tokenizer
+    # `vfmvae report RUN` draws the loss curves and links the latest sample grid
+    from vfmvae.cli import main
+
+    assert main(["report", str(tmp_path / "run")]) == 0
+    page = (tmp_path / "run" / "report" / "index.html").read_text()
+    assert "diffusion run" in page and "plots/run-losses.png" in page and "step-00000150.png" in page
+    assert (tmp_path / "run" / "report" / "plots" / "run-losses.png").stat().st_size > 5000
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(cache, tmp_path):

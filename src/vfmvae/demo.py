@@ -1,9 +1,11 @@
 """The end-to-end CPU demo behind `make demo`: each step is a `vfmvae` command, printed as it runs.
 
-It grows with the pipeline. Today: the synthetic dataset (folders and tar shards) and its inspection; the
-import of an official-format checkpoint; a tiny tokenizer trained on CPU around a tiny RANDOM-INIT
-SigLIP2-architecture VFM (clearly not the pretrained model); its reconstruction PSNR/SSIM on held-out
-synthetic images, before and after training; and an SE-CKNNA report.
+The whole pipeline at toy size: the synthetic dataset (folders and tar shards) and its inspection; the import
+of an official-format checkpoint; a tiny tokenizer trained on CPU around a tiny RANDOM-INIT SigLIP2-architecture
+VFM (clearly not the pretrained model); its reconstruction PSNR/SSIM on held-out synthetic images, before and
+after training; a latent cache; a tiny LightningDiT with REPA trained on it; class-conditional samples; SE-CKNNA
+of the VFMs, the tokenizer and a diffusion block; and an HTML report (`vfmvae report`). Every step is recorded
+in OUT/commands.json with its full-scale counterpart.
 """
 
 from __future__ import annotations
@@ -17,16 +19,40 @@ from pathlib import Path
 from vfmvae.cli import main as vfmvae_main
 
 
-def _step(title: str, argv: list[str]) -> None:
+_LOG: list[dict] = []
+
+
+def _step(title: str, argv: list[str], full_scale: str = "") -> None:
     print(f"\n== {title}\n$ vfmvae {shlex.join(argv)}", flush=True)
     start = time.perf_counter()
     code = vfmvae_main(argv)
     if code:
         raise SystemExit(f"demo step failed with exit code {code}: vfmvae {shlex.join(argv)}")
-    print(f"   ({time.perf_counter() - start:.1f} s)", flush=True)
+    seconds = time.perf_counter() - start
+    _LOG.append({"title": title, "command": f"vfmvae {shlex.join(argv)}", "full_scale": full_scale, "seconds": round(seconds, 1)})
+    print(f"   ({seconds:.1f} s)", flush=True)
 
 
-def run(out: Path, tokenizer_steps: int = 300) -> None:
+# The same steps at full scale (8 GPUs; paths are placeholders for your data and model folders).
+FULL = {
+    "tokenizer": "torchrun --nproc-per-node=8 -m vfmvae train tokenizer --recipe configs/tokenizer/stage0.yaml "
+                 "--set data.source=/data/imagenet-wds/train --set vfm.path=/models/siglip2-large-patch16-512 "
+                 "--set loss.lpips_weights=/models/vgg16-397923af.pth --set disc.weights=/models/dino-vits16.safetensors",
+    "recon": "vfmvae eval recon --tokenizer runs/vfmvae-stage3/export --data /data/imagenet/val "
+             "--inception /models/pt_inception-2015-12-05.pth --lpips /models/vgg16-397923af.pth --json recon.json",
+    "cache": "torchrun --nproc-per-node=8 -m vfmvae cache-latents --tokenizer runs/vfmvae-stage3/export "
+             "--data /data/imagenet-wds/train --out runs/imagenet-latents --flip",
+    "diffusion": "torchrun --nproc-per-node=8 -m vfmvae train diffusion --recipe configs/diffusion/lightningdit-xl1.yaml "
+                 "--set data.cache=runs/imagenet-latents",
+    "sample": "torchrun --nproc-per-node=8 -m vfmvae sample --diffusion runs/lightningdit-xl1/export --num-samples 50000 "
+              "--out runs/samples --sampler euler --steps 249 --shift 3.3333 --cfg 4 --interval 0,0.875",
+    "eval": "vfmvae eval gen --samples runs/samples/samples.npz --ref VIRTUAL_imagenet256_labeled.npz "
+            "--inception /models/pt_inception-2015-12-05.pth",
+}
+
+
+def run(out: Path, tokenizer_steps: int = 300, diffusion_steps: int = 400) -> None:
+    _LOG.clear()
     data = out / "data"
     _step("1. synthetic class-conditional dataset (8 classes, 64 px; folders + WebDataset shards)",
           ["data", "synthetic", "--recipe", "configs/data/synthetic-demo.yaml", "--set", f"out={data}"])
@@ -50,24 +76,39 @@ def run(out: Path, tokenizer_steps: int = 300) -> None:
     _step("6. the untrained starting point (0 steps), for comparison", train[:-1] + [f"run.dir={out / 'tokenizer-step0'}",
           "--set", "run.total_images=0"])
     _step(f"7. train a tiny tokenizer for {tokenizer_steps} steps (stage-0 style; tiny RANDOM-INIT SigLIP2-architecture "
-          "VFM, not pretrained)", train + ["--set", f"run.total_images={8 * tokenizer_steps}"])
+          "VFM, not pretrained)", train + ["--set", f"run.total_images={8 * tokenizer_steps}"], FULL["tokenizer"])
     psnr = {}
     for name, folder in (("before", out / "tokenizer-step0"), ("after", tokenizer)):
         _step(f"8. reconstruction metrics on held-out images, {name} training (rFID/LPIPS need weight files: skipped)",
               ["eval", "recon", "--tokenizer", str(folder / "export"), "--data", str(heldout / "images"),
-               "--out", str(out / f"recon-{name}"), "--json", str(out / f"recon-{name}.json")])
+               "--out", str(out / f"recon-{name}"), "--json", str(out / f"recon-{name}.json")], FULL["recon"])
         psnr[name] = json.loads((out / f"recon-{name}.json").read_text())["psnr"]
     print(f"\n   held-out PSNR: {psnr['before']:.2f} dB before, {psnr['after']:.2f} dB after {tokenizer_steps} steps "
           f"({psnr['after'] - psnr['before']:+.2f} dB)")
-    _step("9. the semantic-equivariant image set for SE-CKNNA",
+    latents, diffusion, samples = out / "latents", out / "diffusion", out / "samples"
+    _step("9. encode the training images into a latent cache (with flips and tiny-DINOv2 features for REPA)",
+          ["cache-latents", "--tokenizer", str(tokenizer / "export"), "--data", str(data / "images"), "--out", str(latents),
+           "--flip", "--vfm-features", "dinov2-test", "--workers", "0"], FULL["cache"])
+    _step(f"10. train a tiny LightningDiT with REPA on the latents ({diffusion_steps} steps)",
+          ["train", "diffusion", "--recipe", "configs/diffusion/tiny.yaml", "--set", f"data.cache={latents}",
+           "--set", f"run.dir={diffusion}", "--set", f"run.total_steps={diffusion_steps}"], FULL["diffusion"])
+    _step("11. class-conditional samples (8 per class, Euler, 25 steps, guidance 2): PNGs, ADM .npz, grid",
+          ["sample", "--diffusion", str(diffusion / "export"), "--num-samples", "64", "--out", str(samples),
+           "--steps", "25", "--cfg", "2", "--batch-size", "32"], FULL["sample"])
+    _step("12. the semantic-equivariant image set for SE-CKNNA",
           ["align", "transforms", "--images", str(heldout / "images"), "--out", str(out / "align"), "--size", "64"])
     config = out / "align_report.yaml"
     config.write_text(f"images: {out / 'align'}\nout: {out / 'align_report'}\nreference: vfm:dinov2-test\n"
-                      f"models: [vfm:siglip2-test, 'tokenizer:{tokenizer / 'export'}']\n")
-    _step("10. SE-CKNNA of a tiny random SigLIP2 and the trained tokenizer against a tiny random DINOv2",
+                      f"models: [vfm:siglip2-test, 'tokenizer:{tokenizer / 'export'}', 'diffusion:{diffusion / 'export'}@1']\n"
+                      "transformations: [clean, equivariance, noise_0.100, noise_0.200]\n")
+    _step("13. SE-CKNNA of a tiny random SigLIP2, the tokenizer latents and diffusion block 1 against a tiny random DINOv2",
           ["align", "report", "--config", str(config)])
-    print(f"\nDemo finished. Look at {data / 'preview.png'}, {out / 'shards_grid.png'}, "
-          f"{tokenizer / 'snapshots'}, {out / 'recon-after' / 'comparison.png'} and "
+    import json as _json
+
+    (out / "commands.json").write_text(_json.dumps(_LOG, indent=2) + "\n")
+    _step("14. the HTML report of everything above", ["report", str(out)])
+    print(f"\nDemo finished: open {out / 'report' / 'index.html'} (held-out PSNR {psnr['before']:.2f} -> "
+          f"{psnr['after']:.2f} dB). Grids: {out / 'recon-after' / 'comparison.png'}, {samples / 'grid.png'}, "
           f"{out / 'align_report' / 'se_cknna.png'}.")
 
 
@@ -90,8 +131,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Run the vfmvae end-to-end CPU demo.")
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
     parser.add_argument("--tokenizer-steps", type=int, default=300, help="tiny tokenizer training steps (default 300)")
+    parser.add_argument("--diffusion-steps", type=int, default=400, help="tiny diffusion training steps (default 400)")
     args = parser.parse_args()
-    run(args.out, args.tokenizer_steps)
+    run(args.out, args.tokenizer_steps, args.diffusion_steps)
 
 
 if __name__ == "__main__":

@@ -82,7 +82,12 @@ def _diffusion_source(spec: str, device: str, t: float = 0.5, seed: int = 0):
     counter = {"n": 0}
 
     def features(x: torch.Tensor, scale: float) -> torch.Tensor:
-        moments = tokenizer.encode_moments(x, extra_scale=scale)
+        if scale != 1.0:  # a fixed-size model: downscale (the transformation), then back to the input size
+            import torch.nn.functional as F
+
+            small = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False, antialias=True)
+            x = F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False).clamp(0, 1)
+        moments = tokenizer.encode_moments(x)
         z = (moments[:, : tokenizer.config.z_dim] - mean) / std
         if z.shape[1:] != (cfg.in_channels, cfg.input_size, cfg.input_size):
             raise ValueError(f"latents {tuple(z.shape[1:])} do not fit the diffusion model ({cfg.in_channels}, "

@@ -110,24 +110,29 @@ def export(tmp_path_factory):
 
 @pytest.mark.parametrize("sampler", ["euler", "sde"])
 def test_images_do_not_depend_on_batch_size(export, sampler):
+    """Per-sample seeds: batch 6 = six batches of 1. Exact in float64; in float32 kernels reduce in another order
+    for another batch size (~1e-6), which may move a handful of uint8 values by one level."""
     pipe = VFMVAEPipeline.from_pretrained(export)
     cfg = SamplerConfig(sampler=sampler, steps=6, cfg_scale=2.0)
     labels = [0, 1, 2, 3, 0, 1]
-    # latents: one batch of 6 against six batches of 1
-    z_together = pipe.latents(labels, seed=3, config=cfg)
-    z_alone = torch.cat([pipe.latents([lab], seed=3, indices=[i], config=cfg) for i, lab in enumerate(labels)])
-    torch.testing.assert_close(z_together, z_alone, rtol=0, atol=1e-5)
-    # images: one batch of 6 against pairs of other samples (the tiny decoder's GroupNorm needs two per batch)
-    together = pipe(labels, seed=3, config=cfg)
-    pairs = {}
-    for a, b in ((0, 5), (1, 4), (2, 3)):
-        images = pipe([labels[a], labels[b]], seed=3, indices=[a, b], config=cfg)
-        pairs[a], pairs[b] = images[0], images[1]
-    apart = torch.stack([pairs[i] for i in range(6)])
     to8 = lambda x: (x * 255 + 0.5).floor().to(torch.uint8)  # noqa: E731
+
+    def both(p):
+        together = p(labels, seed=3, config=cfg)
+        apart = torch.cat([p([lab], seed=3, indices=[i], config=cfg) for i, lab in enumerate(labels)])
+        return together, apart
+
+    together, apart = both(pipe)  # float32
     assert together.shape == (6, 3, 64, 64)
-    assert torch.equal(to8(together), to8(apart))
+    torch.testing.assert_close(pipe.latents(labels, seed=3, config=cfg),
+                               torch.cat([pipe.latents([y], seed=3, indices=[i], config=cfg) for i, y in enumerate(labels)]),
+                               rtol=0, atol=1e-5)
+    flips = (to8(together).int() - to8(apart).int()).abs()
+    assert int(flips.max()) <= 1 and int((flips > 0).sum()) <= together.numel() // 1000
     assert not torch.equal(to8(together[0]), to8(together[4]))  # same label, other seed
+    exact = VFMVAEPipeline(pipe.diffusion.double(), pipe.tokenizer.double(), pipe.stats)
+    together, apart = both(exact)
+    assert torch.equal(to8(together), to8(apart))
 
 
 def test_sample_command_resume_npz_layout_and_settings_check(export, tmp_path, capsys):

@@ -182,9 +182,11 @@ class StyleSplit(nn.Module):
 
 
 class _GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in float32 (the official `GroupNorm32`), whatever the activation dtype."""
+    """GroupNorm computed in at least float32 (the official `GroupNorm32`), whatever the activation dtype."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float64:
+            return super().forward(x)
         return super().forward(x.float()).to(x.dtype)
 
 

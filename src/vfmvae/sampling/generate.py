@@ -86,9 +86,12 @@ def generate_samples(pipe: VFMVAEPipeline, out: str | Path, num: int, *, config:
         if {k: v for k, v in old.items() if k != "num"} != json.loads(json.dumps({k: v for k, v in settings.items() if k != "num"})):
             raise ValueError(f"{settings_path} was written with other settings; use a new --out or the same options "
                              f"(differences: {sorted(k for k in settings if old.get(k) != json.loads(json.dumps(settings))[k])})")
-    dist_utils.barrier()
+    dist_utils.barrier()  # every rank has checked the old settings
     if rank == 0:
         atomic_write_text(settings_path, json.dumps(settings, indent=2) + "\n")
+        for stale in (out / "images").glob(".*.tmp-*"):  # left by a killed run; never counted as samples
+            stale.unlink(missing_ok=True)
+    dist_utils.barrier()  # before any rank writes new temporary files
     mine = [i for i in range(rank, num, world) if not (out / "images" / f"{i:06d}.png").is_file()]
     started, done = time.perf_counter(), 0
     with tqdm(total=len(mine), desc="sampling", unit="img", disable=not (progress and rank == 0)) as bar:

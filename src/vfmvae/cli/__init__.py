@@ -55,6 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        sys.stderr.close()
+        return 0
     except (ConfigError, FileNotFoundError, KeyError, ValueError) as err:
         # Expected user errors: one clear line, no traceback (use -v for one).
         if args.verbose:

@@ -36,3 +36,12 @@ def write_json(path: Path | None, payload: dict[str, Any]) -> None:
     from vfmvae.checkpoint.atomic import atomic_write_text
 
     atomic_write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def print_table(rows: list[tuple[str, ...]]) -> None:
+    """Left-aligned columns, the first row as the header underlined with dashes."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for i, row in enumerate(rows):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))

@@ -17,6 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    from vfmvae.cli.common import print_table
+
     import torch
 
     from vfmvae.diffusion import DIFFUSION_MODELS, DiffusionTransformer
@@ -32,9 +34,5 @@ def run_list(args: argparse.Namespace) -> int:
         align = (f"REPA@{c.align_depth}" if c.align_dims else "-") + ("+cls" if c.class_token_dim else "")
         rows.append((name, str(c.depth), str(c.hidden_size), str(c.num_heads), str(c.patch_size), f"{n / 1e6:.1f}M",
                      blocks, align, c.time_convention))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for i, row in enumerate(rows):
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    print_table(rows)
     return 0

@@ -18,15 +18,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    from vfmvae.cli.common import print_table
+
     from vfmvae.vfm import list_vfms
 
     rows = [("name", "family", "hub id", "patch", "width", "layers", "scale@256px", "note")]
     for e in list_vfms(include_test=args.all):
         rows.append((e.name, e.family, e.hub_id or "-", str(e.patch_size), str(e.width), str(e.num_layers),
                      f"{e.scale_factor:g}", e.note))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for i, row in enumerate(rows):
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    print_table(rows)
     return 0

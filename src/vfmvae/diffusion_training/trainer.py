@@ -12,7 +12,6 @@ row stop the run with its last good checkpoint intact.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -34,6 +33,7 @@ from vfmvae.diffusion import DiffusionTransformer, DiTConfig, diffusion_config, 
 from vfmvae.diffusion_training.config import DiffusionTrainConfig
 from vfmvae.latents import LatentDataset
 from vfmvae.training import EMA, optimizer_step
+from vfmvae.training.run_log import RunLog, autocast_factory
 
 __all__ = ["build_model", "train_diffusion", "align_targets"]
 
@@ -75,13 +75,6 @@ def align_targets(model_cfg: DiTConfig, batch: dict[str, torch.Tensor]) -> tuple
             raise ValueError("REG models need the VFM class token; cache with a VFM that has one (e.g. dinov2-base)")
         feats = torch.cat([cls[:, None], feats], dim=1)
     return [feats] * len(model_cfg.align_dims), cls
-
-
-def _autocast(precision: str, device: torch.device):
-    if precision == "fp32":
-        return contextlib.nullcontext
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return lambda: torch.autocast(device.type, dtype=dtype)
 
 
 def _batches(loader_iter, accum: int, micro: int, rank: int, world: int, device: torch.device) -> list[dict[str, Any]]:
@@ -167,16 +160,12 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: str = "auto", progress: b
     if run.compile:
         net = torch.compile(net)
     scaler = torch.amp.GradScaler(device.type) if run.precision == "fp16" else None
-    autocast = _autocast(run.precision, device)
+    autocast = autocast_factory(run.precision, device)
     sampler = ResumableSampler(len(dataset), rank=rank, world=world, seed=run.seed, start=step * run.batch_size)
     loader = DataLoader(dataset, batch_size=micro, sampler=sampler, num_workers=cfg.data.num_workers,
                         pin_memory=device.type == "cuda", persistent_workers=cfg.data.num_workers > 0)
     loader_iter = iter(loader)
-    writer = None
-    if run.tensorboard and rank == 0:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(run_dir / "tensorboard"))
+    log = RunLog(run_dir, tensorboard=run.tensorboard, x_key="step") if rank == 0 else None
     draws = StepDraws(cfg, mcfg, device)
     scalars: dict[str, float] = {}
 
@@ -200,7 +189,6 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: str = "auto", progress: b
                      state={"opt": opt.state_dict(), "counters": counters},
                      rank_state={"rng": capture_rng_state()}, meta={"config": config_to_dict(cfg)})
 
-    log_path = run_dir / "metrics.jsonl"
     bar = tqdm(total=run.total_steps, initial=step, desc="diffusion", unit="step", disable=not (progress and rank == 0))
     consecutive_bad, started, first_step = 0, time.perf_counter(), step
     while step < run.total_steps:
@@ -224,20 +212,15 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: str = "auto", progress: b
             elapsed = time.perf_counter() - started
             record = {"step": step, **scalars, "grad_norm": result.grad_norm, "lr": lr, **counters,
                       "sec_per_step": elapsed / max(1, step - first_step)}
-            with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            if writer is not None:
-                for key, value in record.items():
-                    if isinstance(value, (int, float)) and key != "step":
-                        writer.add_scalar(key, value, step)
+            log.write(record)
             bar.set_postfix(loss=f"{scalars.get('loss', float('nan')):.4f}")
         if rank == 0 and run.sample_every and (step % run.sample_every == 0 or step == run.total_steps):
             _sample_grid(cfg, ema.model, dataset, run_dir / "samples" / f"step-{step:08d}.png")
         if step % run.checkpoint_every == 0 and step < run.total_steps:
             save()
     bar.close()
-    if writer is not None:
-        writer.close()
+    if log is not None:
+        log.close()
     save()
     export = run_dir / "export"
     if rank == 0:

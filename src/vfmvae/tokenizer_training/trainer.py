@@ -9,8 +9,6 @@ counted; too many in a row stop the run with its last good checkpoint intact.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -38,6 +36,7 @@ from vfmvae.tokenizer_training.losses import (
 )
 from vfmvae.tokenizer_training.stages import select_trainable
 from vfmvae.training import EMA, optimizer_step
+from vfmvae.training.run_log import RunLog, autocast_factory
 from vfmvae.vfm import vfm_from_config
 
 __all__ = ["build_generator", "train_tokenizer"]
@@ -161,13 +160,6 @@ class _Losses:
         return total.float()
 
 
-def _autocast_factory(precision: str, device: torch.device):
-    if precision == "fp32":
-        return contextlib.nullcontext
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return lambda: torch.autocast(device.type, dtype=dtype)
-
-
 def train_tokenizer(cfg: TokenizerTrainConfig, resume: str = "auto", progress: bool = True) -> dict[str, Any]:
     """Run (or continue) one training stage. Returns a summary; the EMA model is exported to RUN/export."""
     from tqdm.auto import tqdm
@@ -226,16 +218,11 @@ def train_tokenizer(cfg: TokenizerTrainConfig, resume: str = "auto", progress: b
     # fp16 needs loss scaling (bf16 and fp32 do not); the scalers' state is small and rebuilt on resume
     scaler_g = torch.amp.GradScaler(device.type) if run.precision == "fp16" else None
     scaler_d = torch.amp.GradScaler(device.type) if run.precision == "fp16" and opt_d is not None else None
-    writer = None
-    if run.tensorboard and rank == 0:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(run_dir / "tensorboard"))
+    log = RunLog(run_dir, tensorboard=run.tensorboard, x_key="images") if rank == 0 else None
     skips = SkipCounter()
     stream = DataStream(cfg.data, micro, rank=rank, world=world, state=data_state, skips=skips)
-    losses = _Losses(cfg, g, d, p, lpips, _autocast_factory(run.precision, device))
+    losses = _Losses(cfg, g, d, p, lpips, autocast_factory(run.precision, device))
     fixed = None
-    log_path = run_dir / "metrics.jsonl"
     consecutive_bad = 0
 
     def save() -> None:
@@ -280,20 +267,15 @@ def train_tokenizer(cfg: TokenizerTrainConfig, resume: str = "auto", progress: b
         if rank == 0 and (step % run.log_every == 0 or images >= run.total_images):
             record = {"step": step, "images": images, "grad_norm_g": res_g.grad_norm, **losses.scalars, **counters,
                       "skipped_images": skips.as_dict(), "sec_per_step": (time.perf_counter() - started) / max(1, step)}
-            with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            if writer is not None:
-                for key, value in record.items():
-                    if isinstance(value, (int, float)) and key not in ("step", "images"):
-                        writer.add_scalar(key, value, images)
+            log.write(record)
             bar.set_postfix(loss=f"{losses.scalars.get('loss/g', float('nan')):.3f}")
         if rank == 0 and fixed is not None and (step % run.snapshot_every == 0 or images >= run.total_images):
             _snapshot(ema.model, fixed, run_dir / "snapshots" / f"step-{step:08d}.png")
         if step % run.checkpoint_every == 0 and images < run.total_images:
             save()
     bar.close()
-    if writer is not None:
-        writer.close()
+    if log is not None:
+        log.close()
     save()
     export = run_dir / "export"
     if rank == 0:

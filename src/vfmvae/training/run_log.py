@@ -1,0 +1,47 @@
+"""What both trainers share around the step: the autocast context for a precision, and the run log
+(`RUN/metrics.jsonl`, one JSON record per logged step, mirrored to TensorBoard when asked)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["autocast_factory", "RunLog"]
+
+
+def autocast_factory(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """fp32: no autocast; bf16 / fp16: autocast on the device (fp16 also needs a GradScaler, made by the trainer)."""
+    if precision == "fp32":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+class RunLog:
+    """Appends records to RUN/metrics.jsonl; numeric fields also go to RUN/tensorboard against `x_key`."""
+
+    def __init__(self, run_dir: Path, *, tensorboard: bool, x_key: str) -> None:
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.x_key = x_key
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+
+    def write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("step", "images"):
+                    self.writer.add_scalar(key, value, record[self.x_key])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

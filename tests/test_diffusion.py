@@ -166,3 +166,21 @@ def test_loss_replays_given_draws():
     torch.testing.assert_close(b.mse, (pred - v).pow(2).mean((1, 2, 3)))
     cos = torch.nn.functional.cosine_similarity(pred, v, dim=1).mean((1, 2))
     torch.testing.assert_close(b.cosine, 1 - cos)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    model = _perturbed("reg-sit-tiny", depth=3).train()
+    x, y, cls = torch.randn(2, 8, 8, 8), torch.tensor([1, 2]), torch.randn(2, 64)
+    cfg = TransportConfig(align_weight=0.5, cls_weight=0.03)
+    grads = []
+    for flag in (False, True):
+        model.gradient_checkpointing = flag
+        model.zero_grad()
+        terms = training_loss(model, x, y, cfg, generator=torch.Generator().manual_seed(0), drop_labels=False,
+                              align_targets=[torch.randn(2, 1 + model.num_tokens, 64, generator=torch.Generator().manual_seed(1))],
+                              cls_target=cls)
+        terms.loss.mean().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-5, atol=1e-6, msg=n)

@@ -78,7 +78,8 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(cache, tmp_path):
 
 def test_reg_recipe_with_class_token_runs(cache, tmp_path):
     cfg = _cfg(cache, tmp_path / "reg", "model.arch=reg-sit-tiny", "model.overrides={}", "transport.time_sampling=uniform",
-               "transport.cosine_weight=0", "transport.cls_weight=0.03", "run.total_steps=4", "run.log_every=1")
+               "transport.cosine_weight=0", "transport.cls_weight=0.03", "run.total_steps=4", "run.log_every=1",
+               "run.gradient_checkpointing=true")
     summary = train_diffusion(cfg, progress=False)
     records = [json.loads(x) for x in (tmp_path / "reg" / "metrics.jsonl").read_text().splitlines()]
     assert {"loss/mse", "loss/align", "loss/cls"} <= set(records[-1]) and summary["steps"] == 4

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from vfmvae.checkpoint import PretrainedMixin
@@ -158,6 +159,7 @@ class DiffusionTransformer(PretrainedMixin, nn.Module):
         self.blocks = nn.ModuleList([Block(cfg, rope) for _ in range(cfg.depth)])
         self.projectors = nn.ModuleList([_projector(d, cfg.projector_dim, dim) for dim in cfg.align_dims])
         self.final_layer = FinalLayer(cfg, self.out_channels)
+        self.gradient_checkpointing = False  # a runtime switch (run.gradient_checkpointing), not part of the config
         self.initialize_weights()
 
     # ------------------------------------------------------------------------------------------------
@@ -224,7 +226,11 @@ class DiffusionTransformer(PretrainedMixin, nn.Module):
         if 0 in hidden_at:
             hidden[0] = h
         for i, block in enumerate(self.blocks, start=1):
-            h = block(h, c)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                # recompute the block in backward: activation memory of one block instead of all (single-GPU XL)
+                h = torch.utils.checkpoint.checkpoint(block, h, c, use_reentrant=False)
+            else:
+                h = block(h, c)
             if i in hidden_at:
                 hidden[i] = h
             if i == cfg.align_depth and len(self.projectors):

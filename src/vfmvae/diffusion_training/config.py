@@ -57,6 +57,7 @@ class DiffusionRunConfig:
     device: str | None = None                # default: cuda if available
     tensorboard: bool = False
     compile: bool = False                    # torch.compile the model (GPU)
+    gradient_checkpointing: bool = False     # recompute blocks in backward: less memory, about 30 % more compute
 
 
 @dataclass(frozen=True)

@@ -136,8 +136,10 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: str = "auto", progress: b
     if tc.cls_weight and not mcfg.class_token_dim:
         raise ConfigError(f"transport.cls_weight > 0 but {cfg.model.arch} has no class token (a reg-sit model)")
 
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
-                            weight_decay=cfg.optim.weight_decay, eps=cfg.optim.eps)
+    model.gradient_checkpointing = run.gradient_checkpointing
+    # the fused kernel on CUDA: one launch for all parameters instead of a loop of small ones
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay,
+                            eps=cfg.optim.eps, fused=device.type == "cuda")
     ema = EMA(model, halflife_images=run.batch_size * math.log(0.5) / math.log(run.ema_decay), rampup_ratio=None)
     manager = CheckpointManager(run_dir, keep=run.keep_checkpoints)
     step, counters = 0, {"skipped_steps": 0}

@@ -103,9 +103,7 @@ def run(out: Path, tokenizer_steps: int = 300, diffusion_steps: int = 400) -> No
                       "transformations: [clean, equivariance, noise_0.100, noise_0.200]\n")
     _step("13. SE-CKNNA of a tiny random SigLIP2, the tokenizer latents and diffusion block 1 against a tiny random DINOv2",
           ["align", "report", "--config", str(config)])
-    import json as _json
-
-    (out / "commands.json").write_text(_json.dumps(_LOG, indent=2) + "\n")
+    (out / "commands.json").write_text(json.dumps(_LOG, indent=2) + "\n")
     _step("14. the HTML report of everything above", ["report", str(out)])
     print(f"\nDemo finished: open {out / 'report' / 'index.html'} (held-out PSNR {psnr['before']:.2f} -> "
           f"{psnr['after']:.2f} dB). Grids: {out / 'recon-after' / 'comparison.png'}, {samples / 'grid.png'}, "

@@ -41,8 +41,8 @@ def to_native_time(t: torch.Tensor, convention: Convention) -> torch.Tensor:
     return t if convention == "noise_at_1" else 1 - t
 
 
-def from_native_time(t: torch.Tensor, convention: Convention) -> torch.Tensor:
-    return t if convention == "noise_at_1" else 1 - t
+# t -> 1 - t is its own inverse
+from_native_time = to_native_time
 
 
 def velocity_to_native(v: torch.Tensor, convention: Convention) -> torch.Tensor:

@@ -169,6 +169,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: str = "auto", progress: b
     loader_iter = iter(loader)
     log = RunLog(run_dir, tensorboard=run.tensorboard, x_key="step") if rank == 0 else None
     draws = StepDraws(cfg, mcfg, device)
+    grids = SampleGrid(cfg, dataset)
     scalars: dict[str, float] = {}
 
     def loss_fn(module: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
@@ -217,7 +218,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: str = "auto", progress: b
             log.write(record)
             bar.set_postfix(loss=f"{scalars.get('loss', float('nan')):.4f}")
         if rank == 0 and run.sample_every and (step % run.sample_every == 0 or step == run.total_steps):
-            _sample_grid(cfg, ema.model, dataset, run_dir / "samples" / f"step-{step:08d}.png")
+            grids.save(ema.model, run_dir / "samples" / f"step-{step:08d}.png")
         if step % run.checkpoint_every == 0 and step < run.total_steps:
             save()
     bar.close()
@@ -234,32 +235,43 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: str = "auto", progress: b
     return {"steps": step, "export": str(export), **counters, "final": dict(scalars)}
 
 
-_grid_warned = False
+class SampleGrid:
+    """Fixed-seed samples of the EMA model, decoded by the tokenizer. The tokenizer is loaded once, on first use;
+    if it cannot be loaded, grids are switched off for the run with one warning (a grid never stops training)."""
 
+    def __init__(self, cfg: DiffusionTrainConfig, dataset: LatentDataset) -> None:
+        self.cfg, self.dataset = cfg, dataset
+        self.tokenizer = None
+        self.disabled = False
 
-@torch.no_grad()
-def _sample_grid(cfg: DiffusionTrainConfig, model: DiffusionTransformer, dataset: LatentDataset, path: Path) -> None:
-    """Decode a fixed-seed sample of the EMA model with the tokenizer (skipped with a warning if unavailable)."""
-    global _grid_warned
-    from vfmvae.sampling import euler_ode
-    from vfmvae.tokenizer import VFMVAE
-    from vfmvae.vis import save_grid
+    def _load(self, device: torch.device):
+        from vfmvae.tokenizer import VFMVAE
 
-    run = cfg.run
-    device = next(model.parameters()).device
-    try:
-        tokenizer = VFMVAE.from_pretrained(cfg.tokenizer or dataset.manifest["tokenizer"], device=device)
-    except Exception as err:  # a grid is a convenience: never stop training for it
-        if not _grid_warned:
-            warnings.warn(f"sample grids disabled: cannot load the tokenizer ({err}); set `tokenizer:` in the recipe")
-            _grid_warned = True
-        return
-    g = torch.Generator().manual_seed(run.seed)
-    mcfg = model.config
-    noise = torch.randn(run.sample_count, mcfg.in_channels, mcfg.input_size, mcfg.input_size, generator=g).to(device)
-    labels = (torch.arange(run.sample_count) % mcfg.num_classes).to(device)
-    cls_noise = torch.randn(run.sample_count, mcfg.class_token_dim, generator=g).to(device) if mcfg.class_token_dim else None
-    model.eval()
-    z = euler_ode(model, noise, labels, steps=run.sample_steps, cfg_scale=run.sample_cfg, cls_noise=cls_noise)
-    images = tokenizer.decode(dataset.denormalize(z)).float().clamp(-1, 1) * 0.5 + 0.5
-    save_grid(images.cpu(), path, nrow=int(math.ceil(math.sqrt(run.sample_count))))
+        if self.tokenizer is None and not self.disabled:
+            try:
+                self.tokenizer = VFMVAE.from_pretrained(self.cfg.tokenizer or self.dataset.manifest["tokenizer"],
+                                                        device=device)
+            except Exception as err:
+                warnings.warn(f"sample grids disabled: cannot load the tokenizer ({err}); set `tokenizer:` in the recipe")
+                self.disabled = True
+        return self.tokenizer
+
+    @torch.no_grad()
+    def save(self, model: DiffusionTransformer, path: Path) -> None:
+        from vfmvae.sampling import euler_ode
+        from vfmvae.vis import save_grid
+
+        run = self.cfg.run
+        device = next(model.parameters()).device
+        tokenizer = self._load(device)
+        if tokenizer is None:
+            return
+        g = torch.Generator().manual_seed(run.seed)
+        mcfg = model.config
+        noise = torch.randn(run.sample_count, mcfg.in_channels, mcfg.input_size, mcfg.input_size, generator=g).to(device)
+        labels = (torch.arange(run.sample_count) % mcfg.num_classes).to(device)
+        cls_noise = torch.randn(run.sample_count, mcfg.class_token_dim, generator=g).to(device) if mcfg.class_token_dim else None
+        model.eval()
+        z = euler_ode(model, noise, labels, steps=run.sample_steps, cfg_scale=run.sample_cfg, cls_noise=cls_noise)
+        images = tokenizer.decode(self.dataset.denormalize(z)).float().clamp(-1, 1) * 0.5 + 0.5
+        save_grid(images.cpu(), path, nrow=int(math.ceil(math.sqrt(run.sample_count))))

@@ -81,11 +81,12 @@ def generate_samples(pipe: VFMVAEPipeline, out: str | Path, num: int, *, config:
     labels = class_labels(classes, num, pipe.diffusion.config.num_classes, seed)
     settings = {"num": num, "seed": seed, "classes": classes, "sampler": asdict(config), **(sources or {})}
     settings_path = out / "settings.json"
-    if settings_path.is_file():
+    if settings_path.is_file():  # a resumed run must use the same settings; only `num` may grow
         old = json.loads(settings_path.read_text())
-        if {k: v for k, v in old.items() if k != "num"} != json.loads(json.dumps({k: v for k, v in settings.items() if k != "num"})):
+        now = json.loads(json.dumps(settings))  # tuples as lists, as they were stored
+        if {k: v for k, v in old.items() if k != "num"} != {k: v for k, v in now.items() if k != "num"}:
             raise ValueError(f"{settings_path} was written with other settings; use a new --out or the same options "
-                             f"(differences: {sorted(k for k in settings if old.get(k) != json.loads(json.dumps(settings))[k])})")
+                             f"(differences: {sorted(k for k in now if old.get(k) != now[k])})")
     dist_utils.barrier()  # every rank has checked the old settings
     if rank == 0:
         atomic_write_text(settings_path, json.dumps(settings, indent=2) + "\n")

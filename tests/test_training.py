@@ -20,10 +20,10 @@ def _size(b):
     return len(b["label"])
 
 
-def _model_and_opt():
+def _model_and_opt(fused=False):
     torch.manual_seed(0)
     model = TinyNet(TinyNetConfig())
-    return model, torch.optim.Adam(model.parameters(), lr=1e-2, betas=(0.0, 0.99))
+    return model, torch.optim.Adam(model.parameters(), lr=1e-2, betas=(0.0, 0.99), fused=fused)
 
 
 def test_accumulating_k_micro_batches_equals_one_k_times_batch():
@@ -39,9 +39,11 @@ def test_accumulating_k_micro_batches_equals_one_k_times_batch():
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=k)
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["foreach", "fused"])
 @pytest.mark.parametrize("where", ["loss", "grad"])
-def test_non_finite_step_is_skipped_and_weights_untouched(where):
-    model, opt = _model_and_opt()
+def test_non_finite_step_is_skipped_and_weights_untouched(where, fused):
+    """Fused optimizers skip on the device (found_inf), the others after reading the flag back: same outcome."""
+    model, opt = _model_and_opt(fused)
     optimizer_step(model, opt, [_batch(4)], classification_loss, batch_size_of=_size)  # build Adam state
     before = {k: v.clone() for k, v in model.state_dict().items()}
     state_before = {k: v.clone() for k, v in opt.state[model.head.weight].items()}
@@ -66,6 +68,47 @@ def test_non_finite_step_is_skipped_and_weights_untouched(where):
     assert all(p.grad is None for p in model.parameters())
     res = optimizer_step(model, opt, [_batch(4, 2)], classification_loss, batch_size_of=_size)
     assert not res.skipped  # training continues
+
+
+class _NoHostSync:
+    """Makes every way of reading a tensor back to Python raise, for the duration of a `with` block."""
+
+    names = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
+
+    def __enter__(self):
+        self.saved = {n: getattr(torch.Tensor, n) for n in self.names}
+
+        def forbidden(*_a, **_k):
+            raise AssertionError("host synchronisation inside the step")
+
+        for n in self.names:
+            setattr(torch.Tensor, n, forbidden)
+
+    def __exit__(self, *exc):
+        for n, f in self.saved.items():
+            setattr(torch.Tensor, n, f)
+
+
+def test_fused_step_reads_nothing_back_and_defers_its_results():
+    model, opt = _model_and_opt(fused=True)
+    ema = EMA(model, halflife_images=8)
+    reference, ref_opt = _model_and_opt(fused=True)
+    optimizer_step(reference, ref_opt, [_batch(4)], classification_loss, batch_size_of=_size, grad_clip=0.5)
+
+    def poisoned(m, b):
+        return classification_loss(m, b) * float("nan")
+
+    with _NoHostSync():
+        good = optimizer_step(model, opt, [_batch(4)], classification_loss, batch_size_of=_size, grad_clip=0.5)
+        ema.update(model, 4, 4, applied=good.applied_t)
+        ema_after_good = [p.clone() for p in ema.model.parameters()]
+        bad = optimizer_step(model, opt, [_batch(4, 1)], poisoned, batch_size_of=_size, grad_clip=0.5)
+        ema.update(model, 8, 4, applied=bad.applied_t)
+    assert not good.skipped and bad.skipped and math.isnan(bad.grad_norm) and good.grad_norm > 0
+    for p, q in zip(model.parameters(), reference.parameters()):  # the bad step changed nothing
+        assert torch.equal(p, q)
+    assert all(torch.equal(a, b) for a, b in zip(ema.model.parameters(), ema_after_good))  # nor the EMA
+    assert opt.state[model.head.weight]["step"].item() == 1
 
 
 def test_grad_clipping_bounds_the_update():

@@ -74,7 +74,7 @@ def test_consecutive_non_finite_steps_stop_the_run_with_its_checkpoint_intact(ca
     train_diffusion(_cfg(cache, run, "run.total_steps=4", "run.checkpoint_every=2"), progress=False)
     good = load_file(run / "checkpoints" / "step-00000004" / "model.safetensors")
     _poison(monkeypatch, set(range(100)))  # every step of the continued run
-    with pytest.raises(RuntimeError, match=r"3 consecutive non-finite steps at step 6.*step-00000006"):
+    with pytest.raises(RuntimeError, match=r"3 consecutive non-finite steps by step 7.*step-00000006"):
         train_diffusion(_cfg(cache, run, "run.total_steps=20", "run.checkpoint_every=2", "run.max_consecutive_nonfinite=3"),
                         progress=False)
     from vfmvae.checkpoint import CheckpointManager

@@ -35,8 +35,8 @@ from vfmvae.tokenizer_training.losses import (
     vf_alignment_loss,
 )
 from vfmvae.tokenizer_training.stages import select_trainable
-from vfmvae.training import EMA, optimizer_step
-from vfmvae.training.run_log import RunLog, autocast_factory
+from vfmvae.training import EMA, fused_optimizer_supported, optimizer_step
+from vfmvae.training.run_log import RunLog, autocast_factory, scalars_to_floats
 from vfmvae.vfm import vfm_from_config
 
 __all__ = ["build_generator", "train_tokenizer"]
@@ -82,7 +82,7 @@ class _Losses:
         self.mode = g.vfm.adapter.resize_mode
         self.generator = torch.Generator()
         self.images_seen = 0
-        self.scalars: dict[str, float] = {}
+        self.scalars: dict[str, torch.Tensor] = {}  # detached device tensors, read back when logged
 
     def _draw(self) -> EquivarianceDraw:
         c = self.cfg.loss
@@ -114,7 +114,7 @@ class _Losses:
                 pr, pf = self.p(real), self.p(fake)
                 loss = loss + c.patchgan * sum(F.mse_loss(r[-1], torch.ones_like(r[-1])) + F.mse_loss(f[-1], torch.zeros_like(f[-1]))
                                                for r, f in zip(pr, pf)) / len(pr)
-        self.scalars["loss/d"] = float(loss.detach())
+        self.scalars["loss/d"] = loss.detach()
         return loss.float()
 
     def generator_loss(self, _module: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
@@ -130,11 +130,11 @@ class _Losses:
             if any(c.multiscale) and self.images_seen < c.multiscale_until_images:
                 rec = rec + multiscale_l1(multiscale, (real + 1) / 2, list(c.multiscale), self.mode)
             total = rec
-            s["loss/rec"] = float(rec.detach())
+            s["loss/rec"] = rec.detach()
             if c.kl:
                 kl = kl_loss(post.mean, post.logvar)
                 total = total + c.kl * kl
-                s["loss/kl"] = float(kl.detach())
+                s["loss/kl"] = kl.detach()
             if c.vf:
                 vf = vf_alignment_loss(self.g.vf_proj(z), feats.maps()[feats.layers.index(-1)].float(),
                                        c.vf_distmat_margin, c.vf_cos_margin)
@@ -142,11 +142,11 @@ class _Losses:
                 weight = (adaptive_vf_weight(rec, vf, last, c.vf) if c.vf_adaptive and last.requires_grad
                           else torch.tensor(c.vf))
                 total = total + weight * vf
-                s["loss/vf"], s["vf_weight"] = float(vf.detach()), float(weight)
+                s["loss/vf"], s["vf_weight"] = vf.detach(), weight.detach()
             if c.gan and self.d is not None:
                 gan = -self.d(fake, self.generator).mean()
                 total = total + c.gan * gan
-                s["loss/gan"] = float(gan.detach())
+                s["loss/gan"] = gan.detach()
             if (c.patchgan or c.feature_matching) and self.p is not None:
                 pf = self.p(fake)
                 if c.patchgan:
@@ -156,7 +156,7 @@ class _Losses:
                         pr = self.p(real)
                     fm = sum(F.l1_loss(ff, rf.detach()) for fs, rs in zip(pf, pr) for ff, rf in zip(fs[:-1], rs[:-1]))
                     total = total + c.feature_matching * fm / len(pf)
-        s["loss/g"] = float(total.detach())
+        s["loss/g"] = total.detach()
         return total.float()
 
 
@@ -197,8 +197,9 @@ def train_tokenizer(cfg: TokenizerTrainConfig, resume: str = "auto", progress: b
 
         lpips = load_lpips(cfg.loss.lpips_weights, device)[0].net  # differentiable lpips.LPIPS on [-1, 1]
     opt = cfg.optim
-    opt_g = torch.optim.Adam(trainable, lr=opt.lr, betas=opt.betas, eps=opt.eps)
-    opt_d = torch.optim.Adam(d_params, lr=opt.d_lr, betas=opt.betas, eps=opt.eps) if d_params else None
+    fused = fused_optimizer_supported(device)  # one kernel over all parameters; skips non-finite steps on the device
+    opt_g = torch.optim.Adam(trainable, lr=opt.lr, betas=opt.betas, eps=opt.eps, fused=fused)
+    opt_d = torch.optim.Adam(d_params, lr=opt.d_lr, betas=opt.betas, eps=opt.eps, fused=fused) if d_params else None
     ema = EMA(g, run.ema_halflife_images, run.ema_rampup)
     manager = CheckpointManager(run_dir, keep=run.keep_checkpoints)
     step, images, data_state, counters = 0, 0, None, {"skipped_g": 0, "skipped_d": 0}
@@ -265,10 +266,11 @@ def train_tokenizer(cfg: TokenizerTrainConfig, resume: str = "auto", progress: b
         step += 1
         bar.update(1)
         if rank == 0 and (step % run.log_every == 0 or images >= run.total_images):
-            record = {"step": step, "images": images, "grad_norm_g": res_g.grad_norm, **losses.scalars, **counters,
+            values = scalars_to_floats(losses.scalars)  # logged values stay on the device until here
+            record = {"step": step, "images": images, "grad_norm_g": res_g.grad_norm, **values, **counters,
                       "skipped_images": skips.as_dict(), "sec_per_step": (time.perf_counter() - started) / max(1, step)}
             log.write(record)
-            bar.set_postfix(loss=f"{losses.scalars.get('loss/g', float('nan')):.3f}")
+            bar.set_postfix(loss=f"{values.get('loss/g', float('nan')):.3f}")
         if rank == 0 and fixed is not None and (step % run.snapshot_every == 0 or images >= run.total_images):
             _snapshot(ema.model, fixed, run_dir / "snapshots" / f"step-{step:08d}.png")
         if step % run.checkpoint_every == 0 and images < run.total_images:

@@ -31,14 +31,25 @@ class EMA:
         return 0.5 ** (batch_images / max(halflife, 1e-8))
 
     @torch.no_grad()
-    def update(self, model: nn.Module, images_seen: int, batch_images: int) -> float:
-        """Blend `model` into the average; `images_seen` counts images including this batch."""
+    def update(self, model: nn.Module, images_seen: int, batch_images: int,
+               applied: torch.Tensor | None = None) -> float:
+        """Blend `model` into the average; `images_seen` counts images including this batch.
+
+        `applied` (a 0-d 0/1 device tensor, `StepResult.applied_t`) makes a skipped step a no-op without
+        reading the flag back to the host.
+        """
         beta = self.beta(images_seen, batch_images)
         source = dict(model.named_parameters())
+        averaged, current = [], []
         for name, p_ema in self.model.named_parameters():
             p = source[name]
             if p.requires_grad:  # frozen parameters (e.g. the VFM) are identical in both copies: skip them
-                p_ema.lerp_(p.detach().to(p_ema.dtype), 1.0 - beta)
+                averaged.append(p_ema)
+                current.append(p.detach().to(p_ema.dtype))
+        if averaged:
+            weight = 1.0 - beta if applied is None else (applied * (1.0 - beta)).to(averaged[0].device)
+            # one multi-tensor kernel instead of a launch per parameter (hundreds for an XL model)
+            torch._foreach_lerp_(averaged, current, weight)
         source_buffers = dict(model.named_buffers())
         for name, b_ema in self.model.named_buffers():
             b_ema.copy_(source_buffers[name])

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["autocast_factory", "RunLog"]
+__all__ = ["autocast_factory", "RunLog", "scalars_to_floats"]
 
 
 def autocast_factory(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
@@ -45,3 +45,17 @@ class RunLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def scalars_to_floats(scalars: dict[str, Any]) -> dict[str, float]:
+    """Logged values kept as device tensors during the step, read back together (one transfer per device)."""
+    out: dict[str, float] = {}
+    by_device: dict[torch.device, list[str]] = {}
+    for key, value in scalars.items():
+        if torch.is_tensor(value):
+            by_device.setdefault(value.device, []).append(key)
+        else:
+            out[key] = float(value)
+    for keys in by_device.values():
+        out.update(zip(keys, torch.stack([scalars[k].detach().float().reshape(()) for k in keys]).tolist()))
+    return {k: out[k] for k in scalars}

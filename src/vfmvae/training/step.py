@@ -7,6 +7,12 @@
   them across ranks: W ranks x B samples equal one process with W x B samples.
 * A non-finite loss or gradient on any rank skips the step on every rank (the flag is all-reduced so
   the ranks never diverge); nothing non-finite reaches the weights.
+* No host synchronisation: the loss, the finiteness flag and the gradient norm stay on the device. With
+  a fused optimizer (AdamW/Adam/SGD with `fused=True`) the skip itself happens on the device too, through
+  the optimizer's `found_inf` input (the mechanism GradScaler uses), so the CPU can queue the next step
+  while the GPU still runs this one. The values are read back only when a caller asks for them
+  (`StepResult.loss`, `.skipped`, `.grad_norm`), which a training loop does at its logging interval.
+  Other optimizers, and fp16 with a GradScaler, read the flag back once per step.
 """
 
 from __future__ import annotations
@@ -21,15 +27,42 @@ from torch import nn
 
 from vfmvae import distributed as dist_utils
 
-__all__ = ["StepResult", "optimizer_step"]
+__all__ = ["StepResult", "fused_optimizer_supported", "optimizer_step"]
 
 
 @dataclass
 class StepResult:
-    loss: float            # sample-weighted mean loss over the micro-batches (this rank)
-    skipped: bool          # True when a non-finite value made the step a no-op
-    grad_norm: float       # total gradient norm before clipping (nan when skipped)
-    num_samples: int       # samples this rank processed
+    """Device tensors of one step; the float/bool properties read them back (a host sync, when asked)."""
+
+    loss_t: torch.Tensor       # sample-weighted mean loss over the micro-batches (this rank), 0-d
+    applied_t: torch.Tensor    # 1.0 when the update was applied, 0.0 when a non-finite value skipped it
+    grad_norm_t: torch.Tensor  # total gradient norm before clipping (nan when skipped), 0-d
+    num_samples: int           # samples this rank processed
+
+    @property
+    def loss(self) -> float:
+        return float(self.loss_t)
+
+    @property
+    def skipped(self) -> bool:
+        return bool(self.applied_t < 1.0)
+
+    @property
+    def grad_norm(self) -> float:
+        return float(self.grad_norm_t)
+
+
+def fused_optimizer_supported(device: torch.device) -> bool:
+    """Whether torch has fused Adam/AdamW kernels for `device` (CUDA and, since torch 2.4, CPU)."""
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    return device.type in _get_fused_kernels_supported_devices()
+
+
+def _supports_found_inf(optimizer: torch.optim.Optimizer) -> bool:
+    """Fused torch optimizers skip their update on the device when given `found_inf` (as under GradScaler)."""
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False)) and all(
+        g.get("fused") for g in optimizer.param_groups)
 
 
 def optimizer_step(
@@ -54,17 +87,19 @@ def optimizer_step(
     if total == 0:
         raise ValueError("optimizer_step got no samples")
     optimizer.zero_grad(set_to_none=True)
-    loss_sum = torch.zeros((), dtype=torch.float64)
-    finite = True
+    loss_sum: torch.Tensor | None = None
+    finite: torch.Tensor | None = None
     for i, (batch, n) in enumerate(zip(micro_batches, sizes)):
         last = i == len(micro_batches) - 1
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             loss = loss_fn(model, batch)
             weighted = loss * (n / total)
-            finite &= bool(torch.isfinite(loss.detach()).all())
+            ok = torch.isfinite(loss.detach()).all()
             (scaler.scale(weighted) if scaler is not None else weighted).backward()
-        loss_sum += weighted.detach().double().cpu()
+        part = weighted.detach().float()
+        loss_sum = part if loss_sum is None else loss_sum + part
+        finite = ok if finite is None else finite & ok
 
     params = [p for p in (params if params is not None else model.parameters()) if p.grad is not None]
     if sync_gradients and dist_utils.is_distributed() and params:
@@ -76,16 +111,36 @@ def optimizer_step(
             offset += p.grad.numel()
     if scaler is not None:
         scaler.unscale_(optimizer)
-    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.zeros(())
-    flag = torch.tensor([1.0 if finite and bool(torch.isfinite(grad_norm)) else 0.0], device=grad_norm.device)
+    if params:
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    else:
+        grad_norm = torch.zeros((), device=loss_sum.device)
+    applied = (finite.to(grad_norm.device) & torch.isfinite(grad_norm)).float().reshape(1)
     if dist_utils.is_distributed():
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-    if flag.item() < 1.0:
+        torch.distributed.all_reduce(applied, op=torch.distributed.ReduceOp.MIN)
+    applied = applied.reshape(())
+    nan = torch.full_like(grad_norm, float("nan"))
+
+    if scaler is None and _supports_found_inf(optimizer):
+        # no host sync: clipping by a non-finite norm makes the gradients nan, and found_inf = 1 makes the
+        # fused kernel leave weights, moments and step counts untouched
+        if grad_clip is not None and params:
+            torch.nn.utils.clip_grads_with_norm_(params, grad_clip, grad_norm)
+        optimizer.found_inf = (1.0 - applied).to(torch.float32)
+        optimizer.grad_scale = None
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf, optimizer.grad_scale
+        optimizer.zero_grad(set_to_none=True)
+        return StepResult(loss_sum, applied, torch.where(applied > 0, grad_norm, nan), total)
+
+    if float(applied) < 1.0:  # one read-back per step on this path
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.update()  # lets the scaler lower its scale after an overflow
-        return StepResult(loss=float(loss_sum), skipped=True, grad_norm=float("nan"), num_samples=total)
-    if grad_clip is not None:
+        return StepResult(loss_sum, applied, nan, total)
+    if grad_clip is not None and params:
         torch.nn.utils.clip_grads_with_norm_(params, grad_clip, grad_norm)
     if scaler is not None:
         scaler.step(optimizer)
@@ -93,4 +148,4 @@ def optimizer_step(
     else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return StepResult(loss=float(loss_sum), skipped=False, grad_norm=float(grad_norm), num_samples=total)
+    return StepResult(loss_sum, applied, grad_norm, total)

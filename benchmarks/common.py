@@ -28,3 +28,36 @@ def emit(result: dict, out: str | None) -> None:
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text + "\n")
+
+
+# dense bf16 tensor-core peaks (no sparsity), from the vendors' data sheets
+_PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.0}
+
+
+def peak_tflops(device: torch.device, override: float | None = None) -> float | None:
+    """The accelerator's dense bf16 peak, for MFU; None where unknown (pass --peak-tflops)."""
+    if override:
+        return override
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, value in _PEAK_BF16_TFLOPS.items():  # most specific names first
+        if key in name:
+            return value
+    return None
+
+
+def count_flops(fn) -> int:
+    """Floating-point operations of one call of `fn` (matmuls, convolutions and attention, forward and backward),
+    counted by torch's FlopCounterMode: the numerator of MFU."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def cuda_memory(device: torch.device) -> dict:
+    if device.type != "cuda":
+        return {}
+    return {"peak_memory_GiB": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)}

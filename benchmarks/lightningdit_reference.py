@@ -8,7 +8,14 @@ The official code is not part of this repository: clone it outside and pass its 
 
 Builds the official LightningDiT-XL/1 as VFM-VAE configures it (16x16x32 latents, patch 1, q/k norm, SwiGLU, RoPE,
 RMSNorm), imports its weights into ours with `vfmvae convert`'s mapping, checks that both give the same velocity,
-then times one training step each (forward, velocity MSE + cosine loss, backward, AdamW) and reports the ratio.
+then times two kinds of training step and reports the ratios:
+
+* model only: forward, velocity MSE + cosine loss, backward, the same torch AdamW for both;
+* the whole step as each project runs it. Official (its train.py): zero_grad, backward, clip_grad_norm_(1.0),
+  torch's default AdamW (for-each kernels), an EMA update looping over the parameters (mul_ + add_ each), and
+  `loss.item()` for its running loss. Ours (`vfmvae train diffusion`): `optimizer_step` (clipping by the same
+  norm, fused AdamW, non-finite skip on the device) and `EMA.update` (one multi-tensor lerp).
+  After the first whole step both models are compared again: weights and velocity outputs.
 The official file's `@torch.compile` decorators are disabled (TORCHDYNAMO_DISABLE=1) so both run eagerly; its
 `fairscale` import (unused by RMSNorm) is stubbed.
 """
@@ -16,8 +23,13 @@ The official file's `@torch.compile` decorators are disabled (TORCHDYNAMO_DISABL
 from __future__ import annotations
 
 import argparse
+import copy
+import gc
+import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 import types
 from pathlib import Path
@@ -26,7 +38,10 @@ os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 
 import torch  # noqa: E402
 
+from safetensors.torch import load_file, save_file  # noqa: E402
+
 from common import emit  # noqa: E402
+from vfmvae.diffusion import DiffusionTransformer  # noqa: E402
 from vfmvae.diffusion import TransportConfig, training_loss  # noqa: E402
 from vfmvae.diffusion.convert import official_to_model  # noqa: E402
 from vfmvae.diffusion.registry import diffusion_config  # noqa: E402
@@ -47,17 +62,57 @@ def _official_class(folder: Path):
     return LightningDiT
 
 
-def _step_time(model, opt, x, y, loss_fn, steps: int) -> float:
+def _step_time(step, steps: int) -> float:
+    step()  # warm-up (allocations, optimizer state)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - start) / steps
+
+
+def _model_only_step(model, opt, x, y, loss_fn):
     def step():
         opt.zero_grad(set_to_none=True)
         loss_fn(model, x, y).backward()
         opt.step()
 
-    step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - start) / steps
+    return step
+
+
+def _official_whole_step(model, ema, x, y, loss_fn, decay=0.9999):
+    """The sequence of the official train.py's loop body, written out (its code is not used here)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-4, betas=(0.9, 0.95), weight_decay=0)
+    pairs = list(zip(ema.parameters(), model.parameters()))
+
+    def step():
+        loss = loss_fn(model, x, y)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            for e, q in pairs:
+                e.mul_(decay).add_(q.data, alpha=1 - decay)
+        loss.item()
+
+    return step
+
+
+def _our_whole_step(model, x, y, loss_fn):
+    from vfmvae.training import EMA, fused_optimizer_supported, optimizer_step
+
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-4, betas=(0.9, 0.95), weight_decay=0,
+                            fused=fused_optimizer_supported(x.device))
+    ema = EMA(model, halflife_images=len(y) * math.log(0.5) / math.log(0.9999), rampup_ratio=None)
+    seen = [0]
+
+    def step():
+        result = optimizer_step(model, opt, [(x, y)], lambda m, b: loss_fn(m, *b), batch_size_of=lambda b: len(b[1]),
+                                grad_clip=1.0)
+        seen[0] += len(y)
+        ema.update(model, seen[0], len(y), applied=result.applied_t)
+
+    return step
 
 
 def main() -> None:
@@ -102,22 +157,62 @@ def main() -> None:
 
     with torch.no_grad():
         loss_diff = abs(float(loss_ours(ours, x, y)) - float(loss_theirs(theirs, x, y)))
-    ours.train()
+    # one model (and its optimizer state) in memory at a time: XL with AdamW and EMA takes about 14 GB in float32;
+    # the initial and the once-stepped weights wait on disk
+    scratch = Path(tempfile.mkdtemp(prefix="ldit-reference-"))
+    save_file(ours.state_dict(), str(scratch / "initial.safetensors"))
+    our_config = ours.config
+    del ours
     theirs.train()
-    ours.y_embedder.dropout = theirs.y_embedder.dropout_prob = 0.0  # no random label drops while timing
-    # one model (and its optimizer state) in memory at a time: XL with AdamW takes about 11 GB in float32
-    import gc
-
+    theirs.y_embedder.dropout_prob = 0.0  # no random label drops while timing
+    initial = {k: v.clone() for k, v in theirs.state_dict().items()}
     opt_theirs = torch.optim.AdamW([q for q in theirs.parameters() if q.requires_grad], lr=2e-4, betas=(0.9, 0.95), weight_decay=0)
-    sec_theirs = _step_time(theirs, opt_theirs, x, y, loss_theirs, args.steps)
-    del theirs, opt_theirs
+    model_only_theirs = _step_time(_model_only_step(theirs, opt_theirs, x, y, loss_theirs), args.steps)
+    del opt_theirs
+    theirs.zero_grad(set_to_none=True)
+    theirs.load_state_dict(initial)
+    del initial
     gc.collect()
-    opt_ours = torch.optim.AdamW(ours.parameters(), lr=2e-4, betas=(0.9, 0.95), weight_decay=0)
-    sec_ours = _step_time(ours, opt_ours, x, y, loss_ours, args.steps)
-    emit({"benchmark": "lightningdit_reference", "depth": args.depth, "batch": args.batch, "max_abs_output_diff": diff,
-          "loss_diff": loss_diff, "sec_per_step_ours": round(sec_ours, 3), "sec_per_step_official": round(sec_theirs, 3),
-          "speedup": round(sec_theirs / sec_ours, 3)}, args.json)
+    whole_theirs = _official_whole_step(theirs, copy.deepcopy(theirs).requires_grad_(False), x, y, loss_theirs)
+    whole_theirs()  # the first whole step, from the common initial weights, for the equality check below
+    save_file(official_to_model(theirs.state_dict(), our_config, source="official").state_dict(),
+              str(scratch / "after_official.safetensors"))
+    with torch.no_grad():
+        theirs.eval()
+        velocity_theirs = theirs(x, t, y).clone()
+        theirs.train()
+    sec_whole_theirs = _step_time(whole_theirs, args.steps)
+    del theirs, whole_theirs
+    gc.collect()
 
+    ours = DiffusionTransformer(our_config)
+    ours.load_state_dict(load_file(str(scratch / "initial.safetensors")))
+    ours.train()
+    ours.y_embedder.dropout = 0.0
+    opt_ours = torch.optim.AdamW(ours.parameters(), lr=2e-4, betas=(0.9, 0.95), weight_decay=0)
+    model_only_ours = _step_time(_model_only_step(ours, opt_ours, x, y, loss_ours), args.steps)
+    del opt_ours
+    ours.zero_grad(set_to_none=True)
+    ours.load_state_dict(load_file(str(scratch / "initial.safetensors")))
+    whole_ours = _our_whole_step(ours, x, y, loss_ours)
+    whole_ours()
+    after_theirs = load_file(str(scratch / "after_official.safetensors"))
+    weight_diff = max(float((v - after_theirs[k]).abs().max()) for k, v in ours.state_dict().items())
+    del after_theirs
+    shutil.rmtree(scratch)
+    with torch.no_grad():
+        ours.eval()
+        velocity_diff = float((ours.forward_native(x, t, y).sample - velocity_theirs).abs().max())
+        ours.train()
+    sec_whole_ours = _step_time(whole_ours, args.steps)
+    emit({"benchmark": "lightningdit_reference", "depth": args.depth, "batch": args.batch, "max_abs_output_diff": diff,
+          "loss_diff": loss_diff,
+          "model_only": {"sec_per_step_ours": round(model_only_ours, 3), "sec_per_step_official": round(model_only_theirs, 3),
+                         "speedup": round(model_only_theirs / model_only_ours, 3)},
+          "whole_step": {"sec_per_step_ours": round(sec_whole_ours, 3), "sec_per_step_official": round(sec_whole_theirs, 3),
+                         "speedup": round(sec_whole_theirs / sec_whole_ours, 3),
+                         "max_abs_weight_diff_after_one_step": weight_diff, "lr": 2e-4,
+                         "max_abs_velocity_diff_after_one_step": velocity_diff}}, args.json)
 
 if __name__ == "__main__":
     main()

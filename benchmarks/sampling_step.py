@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from common import emit
+from common import cuda_memory, emit
 from vfmvae.diffusion import create_diffusion_model
 from vfmvae.sampling import Guidance, sample_ode
 
@@ -45,7 +45,8 @@ def main() -> None:
         torch.cuda.synchronize()
     per_step = (time.perf_counter() - start) / args.steps
     emit({"benchmark": "sampling_step", "arch": args.arch, "batch": args.batch, "cfg": args.cfg,
-          "sec_per_step": round(per_step, 3), "samples_step_per_s": round(args.batch / per_step, 3)}, args.json)
+          "sec_per_step": round(per_step, 3), "samples_step_per_s": round(args.batch / per_step, 3),
+          **cuda_memory(device)}, args.json)
 
 
 if __name__ == "__main__":

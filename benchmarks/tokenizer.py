@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from common import emit
+from common import cuda_memory, emit
 from vfmvae.tokenizer import VFMVAE, VFMVAEConfig
 
 
@@ -21,10 +21,13 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    p.add_argument("--channels-last", action="store_true", help="decoder convolutions in channels-last memory format")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     torch.manual_seed(0)
     model = VFMVAE(VFMVAEConfig()).to(args.device).eval()
+    if args.channels_last:
+        model.synthesis.to(memory_format=torch.channels_last)
     images = torch.rand(args.batch, 3, args.size, args.size, device=args.device)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     results = {}
@@ -39,7 +42,8 @@ def main() -> None:
             sync()
             results[f"{name}_images_per_s"] = round(args.batch * args.iters / (time.perf_counter() - start), 3)
     emit({"benchmark": "tokenizer", "image_size": args.size, "batch": args.batch, "latent": list(z.shape[1:]),
-          "bf16": args.bf16, **results}, args.json)
+          "bf16": args.bf16, "channels_last": args.channels_last, **results,
+          **cuda_memory(torch.device(args.device))}, args.json)
 
 
 if __name__ == "__main__":

@@ -86,7 +86,7 @@ def main() -> None:
             for _ in range(args.iters):
                 fn()
             timings[f"{name}_images_per_s"] = args.batch * args.iters / (time.perf_counter() - start)
-    save_file(outputs, str(work / "official_outputs.safetensors"))
+    save_file({k: v.contiguous() for k, v in outputs.items()}, str(work / "official_outputs.safetensors"))
     trainable = sum(p.numel() for n, p in G.named_parameters() if not n.startswith("vfm_encoder.encoder"))
     (work / "official_timings.json").write_text(json.dumps({**timings, "threads": torch.get_num_threads(),
                                                            "torch": torch.__version__, "params_outside_vfm": trainable}))

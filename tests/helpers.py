@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -36,3 +38,27 @@ class TinyNet(PretrainedMixin, nn.Module):
 
 def classification_loss(model: nn.Module, batch: dict) -> torch.Tensor:
     return nn.functional.cross_entropy(model(batch["image"]), batch["label"])
+
+
+READBACK_METHODS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
+
+
+@contextlib.contextmanager
+def on_tensor_readback(hook: Callable[[str], None]) -> Iterator[None]:
+    """Calls `hook(method)` before every way of reading a tensor back to Python (each a host sync on a GPU)."""
+    saved = {name: getattr(torch.Tensor, name) for name in READBACK_METHODS}
+
+    def wrap(name, original):
+        def wrapped(self, *args, **kwargs):
+            hook(name)
+            return original(self, *args, **kwargs)
+
+        return wrapped
+
+    try:
+        for name, original in saved.items():
+            setattr(torch.Tensor, name, wrap(name, original))
+        yield
+    finally:
+        for name, original in saved.items():
+            setattr(torch.Tensor, name, original)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import on_tensor_readback
 from safetensors.torch import load_file
 
 from vfmvae.config import ConfigError, load_config
@@ -170,34 +171,30 @@ def test_two_processes_and_accumulation_equal_one_process(cache, tmp_path):
     assert max(float((runs["one"][k] - start[k]).abs().max()) for k in start) > 1e-3  # the runs did train
 
 
-def test_training_loop_reads_nothing_back_between_logging_points(cache, tmp_path, monkeypatch):
+def test_training_loop_reads_nothing_back_between_logging_points(cache, tmp_path):
     """On a GPU every read-back of a tensor (item, float, bool, tolist) stalls the CPU until the GPU catches up. The
     loop may read only at its sync points (logging, checkpoints, the end), so the number of read-backs made by the
     training code must not grow with the number of steps between them. (Data loading reads CPU tensors; that is
     not counted.)"""
     import traceback
 
+    import vfmvae
+
+    package = str(Path(vfmvae.__file__).resolve().parent)
     training_code = ("diffusion_training/trainer.py", "training/step.py", "training/ema.py", "diffusion/transport.py",
                      "diffusion/model.py", "diffusion/layers.py")
-    names = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")
 
     def run(steps: int) -> list[str]:
         seen = []
-        for name in names:
-            original = getattr(torch.Tensor, name)
 
-            def counting(self, *args, _original=original, _name=name, **kwargs):
-                frame = next((f for f in reversed(traceback.extract_stack()[:-1]) if "/vfmvae/" in f.filename), None)
-                if frame is not None and frame.filename.replace("\\", "/").endswith(training_code):
-                    seen.append(f"{_name} {Path(frame.filename).name}:{frame.lineno}")
-                return _original(self, *args, **kwargs)
+        def record(method: str) -> None:
+            frame = next((f for f in reversed(traceback.extract_stack()) if f.filename.startswith(package)), None)
+            if frame is not None and frame.filename.replace("\\", "/").endswith(training_code):
+                seen.append(f"{method} {Path(frame.filename).name}:{frame.lineno}")
 
-            monkeypatch.setattr(torch.Tensor, name, counting)
-        try:
+        with on_tensor_readback(record):
             train_diffusion(_cfg(cache, tmp_path / f"run{steps}", f"run.total_steps={steps}", f"run.log_every={steps}",
                                  f"run.checkpoint_every={steps}", "data.num_workers=0"), progress=False)
-        finally:
-            monkeypatch.undo()
         return seen
 
     short, long = run(4), run(12)

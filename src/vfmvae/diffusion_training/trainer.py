@@ -199,7 +199,6 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: str = "auto", progress: b
     skipped_t = torch.zeros((), device=device)      # skipped steps since the last sync point
     run_t = torch.zeros((), device=device)          # current run of consecutive skipped steps
     longest_t = torch.zeros((), device=device)      # longest such run since the last sync point
-    grad_norm_t = torch.full((), float("nan"), device=device)
     while step < run.total_steps:
         draws.draw(step)
         lr = cfg.optim.lr * min(1.0, (step + 1) / cfg.optim.warmup_steps) if cfg.optim.warmup_steps else cfg.optim.lr
@@ -212,11 +211,11 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: str = "auto", progress: b
         skipped_t += skipped
         run_t = (run_t + 1.0) * skipped
         longest_t = torch.maximum(longest_t, run_t)
-        grad_norm_t = result.grad_norm_t
         step += 1
         ema.update(model, step * run.batch_size, run.batch_size, applied=result.applied_t)
         bar.update(1)
-        if step % run.log_every == 0 or step % run.checkpoint_every == 0 or step == run.total_steps:
+        log_now = step % run.log_every == 0 or step == run.total_steps
+        if log_now or step % run.checkpoint_every == 0:
             # the one host synchronisation of the loop (every rank, so that every rank stops together)
             new_skips, longest = (int(v) for v in torch.stack([skipped_t, longest_t]).tolist())
             counters["skipped_steps"] += new_skips
@@ -225,10 +224,10 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: str = "auto", progress: b
             if longest >= run.max_consecutive_nonfinite:
                 raise RuntimeError(f"{longest} consecutive non-finite steps by step {step}; stopping. "
                                    f"The last good checkpoint is {manager.latest()}")
-        if rank == 0 and (step % run.log_every == 0 or step == run.total_steps):
+        if rank == 0 and log_now:
             elapsed = time.perf_counter() - started
             values = scalars_to_floats(scalars)
-            record = {"step": step, **values, "grad_norm": float(grad_norm_t), "lr": lr, **counters,
+            record = {"step": step, **values, "grad_norm": result.grad_norm, "lr": lr, **counters,
                       "sec_per_step": elapsed / max(1, step - first_step)}
             log.write(record)
             bar.set_postfix(loss=f"{values.get('loss', float('nan')):.4f}")

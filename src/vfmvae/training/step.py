@@ -119,33 +119,30 @@ def optimizer_step(
     if dist_utils.is_distributed():
         torch.distributed.all_reduce(applied, op=torch.distributed.ReduceOp.MIN)
     applied = applied.reshape(())
-    nan = torch.full_like(grad_norm, float("nan"))
+    reported_norm = torch.where(applied > 0, grad_norm, torch.full_like(grad_norm, float("nan")))
 
-    if scaler is None and _supports_found_inf(optimizer):
-        # no host sync: clipping by a non-finite norm makes the gradients nan, and found_inf = 1 makes the
-        # fused kernel leave weights, moments and step counts untouched
-        if grad_clip is not None and params:
-            torch.nn.utils.clip_grads_with_norm_(params, grad_clip, grad_norm)
+    # fused optimizers skip on the device (found_inf = 1 leaves weights, moments and step counts untouched);
+    # the others, and a GradScaler, need the flag on the host: one read-back per step on that path
+    skip_on_device = scaler is None and _supports_found_inf(optimizer)
+    if not skip_on_device and float(applied) < 1.0:
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.update()  # lets the scaler lower its scale after an overflow
+        return StepResult(loss_sum, applied, reported_norm, total)
+    if grad_clip is not None and params:
+        # by a non-finite norm this makes the gradients nan, which only the device-side skip ever sees
+        torch.nn.utils.clip_grads_with_norm_(params, grad_clip, grad_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    elif skip_on_device:
         optimizer.found_inf = (1.0 - applied).to(torch.float32)
         optimizer.grad_scale = None
         try:
             optimizer.step()
         finally:
             del optimizer.found_inf, optimizer.grad_scale
-        optimizer.zero_grad(set_to_none=True)
-        return StepResult(loss_sum, applied, torch.where(applied > 0, grad_norm, nan), total)
-
-    if float(applied) < 1.0:  # one read-back per step on this path
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.update()  # lets the scaler lower its scale after an overflow
-        return StepResult(loss_sum, applied, nan, total)
-    if grad_clip is not None and params:
-        torch.nn.utils.clip_grads_with_norm_(params, grad_clip, grad_norm)
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
     else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return StepResult(loss_sum, applied, grad_norm, total)
+    return StepResult(loss_sum, applied, reported_norm, total)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import pickle
 import sys
 from collections.abc import Sequence
 
@@ -58,9 +60,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like: not an error
         sys.stderr.close()
         return 0
-    except (ConfigError, FileNotFoundError, KeyError, ValueError) as err:
+    except KeyboardInterrupt:
+        print(f"vfmvae {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 2
+    except (ConfigError, FileNotFoundError, KeyError, ValueError, PermissionError, IsADirectoryError,
+            NotADirectoryError, pickle.UnpicklingError) as err:
         # Expected user errors: one clear line, no traceback (use -v for one).
         if args.verbose:
             raise
-        print(f"vfmvae {args.command}: error: {err}", file=sys.stderr)
+        print(f"vfmvae {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
+    except OSError as err:
+        if args.verbose or err.errno not in USER_OS_ERRORS:
+            raise
+        print(f"vfmvae {args.command}: error: {one_line(err)}", file=sys.stderr)
+        return 2
+
+
+# OS errors that a user fixes (a path, a disk, a permission), reported in one line instead of a traceback.
+USER_OS_ERRORS = frozenset({errno.ENAMETOOLONG, errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT,
+                            errno.ENOTDIR, errno.EISDIR, errno.ELOOP})
+
+
+def one_line(err: BaseException) -> str:
+    """The error's message on one line, at most 300 characters (a loader's key dump is not a message)."""
+    if isinstance(err, pickle.UnpicklingError):
+        return ("refused to unpickle: the file holds pickled Python objects beyond plain tensors, which vfmvae never "
+                "executes; pass a safetensors file or a plain tensor state dict")
+    text = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, KeyError) and len(err.args) == 1:
+        text = str(err.args[0])
+    return text if len(text) <= 300 else text[:297] + "..."

@@ -34,6 +34,7 @@ __all__ = [
     "parse_override",
     "dump_yaml",
     "read_yaml",
+    "require_positive",
 ]
 
 T = TypeVar("T")
@@ -74,6 +75,16 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int], limit: int) -> int:
             size = 1
         memo[key] = min(size, limit + 1)
     return memo[key]
+
+
+def require_positive(config: Any, *names: str, allow_zero: tuple[str, ...] = ()) -> None:
+    """Raise ValueError naming the first field of `names` that is not > 0 (>= 0 for those in `allow_zero`)."""
+    for name in names:
+        value = getattr(config, name)
+        if value is None:
+            continue
+        if value < 0 or (value == 0 and name not in allow_zero):
+            raise ValueError(f"{name} must be {'>= 0' if name in allow_zero else '> 0'}, got {value}")
 
 
 def read_yaml(text: str, source: str) -> Any:

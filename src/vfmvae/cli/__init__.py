@@ -22,6 +22,7 @@ from vfmvae.cli import tokenizer as tokenizer_cmd
 from vfmvae.cli import train as train_cmd
 from vfmvae.cli import vfm as vfm_cmd
 from vfmvae.config import ConfigError
+from vfmvae.distributed import parse_device
 
 __all__ = ["main", "build_parser"]
 
@@ -56,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     try:
+        if getattr(args, "device", None):
+            parse_device(args.device)  # before any expensive work: `--device cuda` on a CPU machine is one line
         return int(args.func(args) or 0)
     except BrokenPipeError:  # output piped into `head` and the like: not an error
         sys.stderr.close()

@@ -18,14 +18,11 @@ __all__ = ["load_weights_only"]
 
 
 def _short_reason(err: BaseException) -> str:
-    text = str(err)
-    for line in text.splitlines():  # torch puts the actual refusal on the "WeightsUnpickler error" line
-        if "WeightsUnpickler error" in line:
-            text = line.split("WeightsUnpickler error:", 1)[-1]
-            break
-    else:
-        text = text.splitlines()[0] if text else type(err).__name__
-    text = " ".join(text.split())
+    """The line of torch's message that says what was refused, without its advice to turn the check off."""
+    lines = [" ".join(line.split()) for line in str(err).splitlines() if line.strip()]
+    advice = ("Weights only load failed", "Check the documentation", "weights_only")
+    useful = [line for line in lines if not any(a in line for a in advice)]
+    text = (useful or lines or [type(err).__name__])[0].replace("WeightsUnpickler error:", "").strip()
     return text if len(text) <= 160 else text[:157] + "..."
 
 

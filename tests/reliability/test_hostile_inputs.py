@@ -305,3 +305,47 @@ def test_float_tiff_is_scaled_from_zero_one():
     Image.fromarray(np.full((16, 16), 0.5, np.float32)).save(buf, format="TIFF")
     rgb = np.asarray(decode_image(buf.getvalue()))
     assert rgb.min() == rgb.max() == 128
+
+
+# --- model folders: declared sizes checked against the weights before allocation -------------------------
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    from vfmvae.diffusion import create_diffusion_model
+
+    out = tmp_path_factory.mktemp("model") / "ldit"
+    create_diffusion_model("lightningdit-tiny").save_pretrained(out)
+    return out
+
+
+def _with_config(src: Path, dst: Path, **changes) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    meta = json.loads((dst / "config.json").read_text())
+    meta["config"].update(changes)
+    (dst / "config.json").write_text(json.dumps(meta))
+    return dst
+
+
+def test_model_config_declaring_huge_sizes_is_refused_before_allocating(tiny_model_dir, tmp_path):
+    """hidden 65,536 x 64 layers would take ~24 GB: refused from the weight file's header, under a memory cap."""
+    bad = _with_config(tiny_model_dir, tmp_path / "huge", hidden_size=65_536, depth=64, num_heads=16)
+    result = _run_capped(f"""
+        from vfmvae.checkpoint.serialize import CheckpointFormatError
+        from vfmvae.diffusion import DiffusionTransformer
+        try:
+            DiffusionTransformer.from_pretrained({str(bad)!r})
+        except CheckpointFormatError as err:
+            print("REFUSED", str(err).splitlines()[0])
+    """)
+    assert "REFUSED" in result.stdout and "sizes declared in config.json" in result.stdout, result.stdout + result.stderr
+
+
+def test_model_config_with_a_negative_size_is_one_error(tiny_model_dir, tmp_path):
+    from vfmvae.checkpoint.serialize import CheckpointFormatError
+    from vfmvae.diffusion import DiffusionTransformer
+
+    bad = _with_config(tiny_model_dir, tmp_path / "neg", depth=-3)
+    with pytest.raises(CheckpointFormatError, match="config.json"):
+        DiffusionTransformer.from_pretrained(bad)

@@ -349,3 +349,51 @@ def test_model_config_with_a_negative_size_is_one_error(tiny_model_dir, tmp_path
     bad = _with_config(tiny_model_dir, tmp_path / "neg", depth=-3)
     with pytest.raises(CheckpointFormatError, match="config.json"):
         DiffusionTransformer.from_pretrained(bad)
+
+
+def test_run_log_ends_a_torn_line_before_the_next_record(tmp_path):
+    from vfmvae.training.run_log import RunLog
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "lo')  # full disk mid-record
+    RunLog(tmp_path, tensorboard=False, x_key="step").write({"step": 3, "loss": 0.25})
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert lines[-1] == '{"step": 3, "loss": 0.25}' and json.loads(lines[-1])["step"] == 3
+
+
+def test_missing_local_path_is_not_taken_for_a_hub_id(tmp_path, monkeypatch):
+    from vfmvae.checkpoint.pretrained import resolve_model_dir
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a hub download was attempted for a local path")
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", no_network)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(FileNotFoundError, match="runs exists, but has no 'tok'"):
+        resolve_model_dir("runs/tok")
+
+
+def test_pipeline_refuses_out_of_range_labels():
+    from vfmvae.diffusion import create_diffusion_model
+    from vfmvae.sampling.pipeline import LatentStats, VFMVAEPipeline
+
+    model = create_diffusion_model("lightningdit-tiny")
+    pipe = VFMVAEPipeline(model, torch.nn.Identity(), LatentStats(torch.zeros(8), torch.ones(8)))
+    for labels in ([0, 10], [-1]):
+        with pytest.raises(ValueError, match=r"outside this model's classes 0\.\.9"):
+            pipe.latents(labels)
+
+
+@pytest.mark.parametrize("which", ["empty", "file"])
+def test_eval_recon_names_an_empty_folder_or_a_file(which, tmp_path, capsys):
+    (tmp_path / "ref").mkdir()
+    rec = tmp_path / "rec"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "ref" / "a.png")
+    if which == "empty":
+        rec.mkdir()
+    else:
+        rec.write_bytes(b"x")
+    ref = tmp_path / "ref"
+    assert main(["eval", "recon", "--reference", str(ref), "--reconstructions", str(rec)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (f"no images in {rec}" if which == "empty" else f"{rec} is a file") in err, err

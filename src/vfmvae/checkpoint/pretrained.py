@@ -50,6 +50,9 @@ def resolve_model_dir(path_or_id: str | Path, *, what: str = "model") -> Path:
             raise FileNotFoundError(f"{what} path {path} is a file; expected a folder with {CONFIG_NAME}")
         return path
     text = str(path_or_id)
+    if path.parent != Path(".") and path.parent.is_dir():
+        # `runs/tok` whose `runs/` exists here is a local path that is missing, not a hub repo to look up.
+        raise FileNotFoundError(f"{what} folder not found: {path} ({path.parent} exists, but has no {path.name!r})")
     if _HUB_ID.match(text):
         try:
             from huggingface_hub import snapshot_download

@@ -117,6 +117,10 @@ class VFMVAEPipeline:
                 config: SamplerConfig = SamplerConfig()) -> torch.Tensor:
         """Normalised latents for `labels`; sample i uses seed (seed, indices[i]) (default indices 0..B-1)."""
         labels = torch.as_tensor(labels, dtype=torch.long)
+        classes = self.diffusion.config.num_classes
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+            bad = labels[(labels < 0) | (labels >= classes)][0].item()
+            raise ValueError(f"class label {bad} is outside this model's classes 0..{classes - 1}")
         indices = list(range(len(labels))) if indices is None else list(indices)
         noise, cls, gens = self.initial_noise(indices, seed)
         dev, dtype = self.device, next(self.diffusion.parameters()).dtype  # ODE states in the model's precision

@@ -33,6 +33,8 @@ __all__ = [
     "apply_overrides",
     "parse_override",
     "dump_yaml",
+    "read_yaml",
+    "require_positive",
 ]
 
 T = TypeVar("T")
@@ -54,6 +56,51 @@ ExistingPath = Annotated[Path, MustExist()]
 
 _MISSING = object()
 
+# Bounds for YAML that we read (recipes, official configs, run folders): far above any real recipe, far below
+# what exhausts memory. Aliases make a tiny file expand to billions of values ("billion laughs").
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_VALUES = 100_000
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int], limit: int) -> int:
+    """How many values `node` stands for once every alias is expanded (stops counting past `limit`)."""
+    key = id(node)
+    if key not in memo:
+        memo[key] = limit + 1  # a node that contains itself (recursive alias) counts as too large
+        if isinstance(node, yaml.SequenceNode):
+            size = 1 + sum(min(_expanded_size(child, memo, limit), limit + 1) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            size = 1 + sum(_expanded_size(k, memo, limit) + _expanded_size(v, memo, limit) for k, v in node.value)
+        else:
+            size = 1
+        memo[key] = min(size, limit + 1)
+    return memo[key]
+
+
+def require_positive(config: Any, *names: str, allow_zero: tuple[str, ...] = ()) -> None:
+    """Raise ValueError naming the first field of `names` that is not > 0 (>= 0 for those in `allow_zero`)."""
+    for name in names:
+        value = getattr(config, name)
+        if value is None:
+            continue
+        if value < 0 or (value == 0 and name not in allow_zero):
+            raise ValueError(f"{name} must be {'>= 0' if name in allow_zero else '> 0'}, got {value}")
+
+
+def read_yaml(text: str, source: str) -> Any:
+    """`yaml.safe_load` with bounds: a size cap, an alias-expansion cap, and every YAML error as one ConfigError."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{source}: {len(text):,} bytes is larger than a recipe can be ({MAX_YAML_BYTES:,})")
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)  # cheap: aliases share one node, nothing is copied
+        if node is not None and _expanded_size(node, {}, MAX_YAML_VALUES) > MAX_YAML_VALUES:
+            raise ConfigError(f"{source}: its YAML aliases (&anchor / *alias) expand to more than "
+                              f"{MAX_YAML_VALUES:,} values; write the values out instead")
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        first = " ".join(str(err).split())
+        raise ConfigError(f"{source}: not valid YAML (or a tag that only Python can build): {first[:200]}") from None
+
 
 # --------------------------------------------------------------------------------------------------------
 # Public entry points
@@ -73,10 +120,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.
         source = str(path)
         if not path.is_file():
             raise ConfigError(f"recipe file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        loaded = read_yaml(path.read_text(), str(path))
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -120,9 +164,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw  # keep as a string; the type check decides if that is acceptable
+        value = read_yaml(raw, f"override {key}") if raw.strip() else ""
+    except ConfigError as err:
+        if "alias" in str(err) or "larger than" in str(err):
+            raise
+        value = raw  # not YAML: keep as a string; the type check decides if that is acceptable
     return key.split("."), value
 
 

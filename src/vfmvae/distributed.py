@@ -28,6 +28,7 @@ __all__ = [
     "all_reduce_sum",
     "print0",
     "default_device",
+    "parse_device",
 ]
 
 
@@ -110,3 +111,21 @@ def print0(*args: Any, **kwargs: Any) -> None:
         print(*args, **kwargs)
         if kwargs.get("file") is None:
             sys.stdout.flush()
+
+
+def parse_device(name: str) -> torch.device:
+    """`cpu`, `cuda`, `cuda:N` or `mps`, checked against this machine (one clear error instead of a CUDA traceback)."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"unknown device {name!r} (use cpu, cuda, cuda:N or mps): {err}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: CUDA is not available on this machine; use cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r}: MPS is not available on this machine; use cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {name!r}: vfmvae runs on cpu, cuda or mps")
+    return device

@@ -14,8 +14,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from vfmvae.checkpoint.atomic import atomic_write_text
 
 __all__ = ["build_report", "find_runs"]
@@ -32,7 +30,7 @@ def find_runs(root: Path) -> list[Path]:
 
 
 def _kind(run: Path) -> str:
-    config = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    config = read_yaml((run / "config.yaml").read_text(), str(run / "config.yaml")) or {}
     return "diffusion" if "transport" in config else "tokenizer"
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from vfmvae.checkpoint.atomic import atomic_directory, atomic_write_text
-from vfmvae.checkpoint.serialize import CheckpointFormatError, load_tensors, save_tensors
+from vfmvae.checkpoint.serialize import CheckpointFormatError, load_tensors, save_tensors, tensor_shapes
 from vfmvae.config import ConfigError, config_from_dict, config_to_dict
 
 __all__ = [
@@ -50,6 +50,9 @@ def resolve_model_dir(path_or_id: str | Path, *, what: str = "model") -> Path:
             raise FileNotFoundError(f"{what} path {path} is a file; expected a folder with {CONFIG_NAME}")
         return path
     text = str(path_or_id)
+    if path.parent != Path(".") and path.parent.is_dir():
+        # `runs/tok` whose `runs/` exists here is a local path that is missing, not a hub repo to look up.
+        raise FileNotFoundError(f"{what} folder not found: {path} ({path.parent} exists, but has no {path.name!r})")
     if _HUB_ID.match(text):
         try:
             from huggingface_hub import snapshot_download
@@ -81,24 +84,45 @@ def read_model_config(directory: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_state_dict_strict(module: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
-    """`load_state_dict(strict=True)` with one readable error listing every mismatch."""
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in sorted(set(state) & set(expected))
-        if state[k].shape != expected[k].shape
-    ]
+def check_shapes(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], *, source: str,
+                 target: str) -> None:
+    """One readable error listing every missing, unexpected or mis-shaped key (at most 10 of each)."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    shapes = [f"{k}: file {found[k]} vs model {expected[k]}" for k in sorted(set(found) & set(expected))
+              if tuple(found[k]) != tuple(expected[k])]
     if missing or unexpected or shapes:
-        lines = [f"{source} does not match {type(module).__name__}:"]
+        lines = [f"{source} does not match {target}:"]
         for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
             if items:
                 shown = ", ".join(items[:10]) + (f", ... ({len(items)} in all)" if len(items) > 10 else "")
                 lines.append(f"  {title}: {shown}")
         raise CheckpointFormatError("\n".join(lines))
+
+
+def load_state_dict_strict(module: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
+    """`load_state_dict(strict=True)` with one readable error listing every mismatch."""
+    check_shapes({k: tuple(v.shape) for k, v in module.state_dict().items()},
+                 {k: tuple(v.shape) for k, v in state.items()}, source=source, target=type(module).__name__)
     module.load_state_dict(state, strict=True)
+
+
+def _check_config_against_weights(cls: type, config: Any, directory: Path) -> None:
+    """Build the model on the meta device (no memory) and compare its shapes with the weight file's header.
+
+    A `config.json` that declares huge or impossible sizes is refused here, before a byte is allocated.
+    """
+    found = tensor_shapes(directory / WEIGHTS_NAME)
+    try:
+        with torch.device("meta"):
+            probe = cls(config)
+    except Exception as err:  # negative sizes, impossible head counts, ...
+        reason = " ".join(str(err).split())[:200]
+        raise CheckpointFormatError(f"{directory / CONFIG_NAME}: does not describe a buildable {cls.__name__} "
+                                    f"({type(err).__name__}: {reason})") from None
+    expected = {k: tuple(v.shape) for k, v in probe.pretrained_state_dict().items()}
+    check_shapes(expected, found, source=f"{directory / WEIGHTS_NAME} (sizes declared in {CONFIG_NAME})",
+                 target=cls.__name__)
 
 
 class PretrainedMixin:
@@ -162,6 +186,7 @@ class PretrainedMixin:
             config = config_from_dict(cls.config_class, raw, source=str(directory / CONFIG_NAME))
         except ConfigError as err:
             raise CheckpointFormatError(str(err)) from None
+        _check_config_against_weights(cls, config, directory)
         model = cls(config)  # type: ignore[call-arg]
         state = load_tensors(directory / WEIGHTS_NAME)
         model.load_pretrained_state_dict(state, source=str(directory / WEIGHTS_NAME))

@@ -120,6 +120,20 @@ def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[s
         raise CheckpointFormatError(f"{path}: not a readable safetensors file ({err})") from None
 
 
+def tensor_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of a safetensors file, from its header alone (nothing is loaded)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointFormatError(f"missing tensor file: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as err:
+        raise CheckpointFormatError(f"{path}: not a readable safetensors file ({err})") from None
+
+
 def save_state(stem: str | Path, state: Any) -> None:
     """Write `stem.json` (structure) and `stem.safetensors` (tensors) for arbitrary nested state."""
     stem = Path(stem)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import pickle
 import sys
 from collections.abc import Sequence
 
@@ -20,6 +22,7 @@ from vfmvae.cli import tokenizer as tokenizer_cmd
 from vfmvae.cli import train as train_cmd
 from vfmvae.cli import vfm as vfm_cmd
 from vfmvae.config import ConfigError
+from vfmvae.distributed import parse_device
 
 __all__ = ["main", "build_parser"]
 
@@ -54,13 +57,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     try:
+        if getattr(args, "device", None):
+            parse_device(args.device)  # before any expensive work: `--device cuda` on a CPU machine is one line
         return int(args.func(args) or 0)
     except BrokenPipeError:  # output piped into `head` and the like: not an error
         sys.stderr.close()
         return 0
-    except (ConfigError, FileNotFoundError, KeyError, ValueError) as err:
+    except KeyboardInterrupt:
+        print(f"vfmvae {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 2
+    except (ConfigError, FileNotFoundError, KeyError, ValueError, PermissionError, IsADirectoryError,
+            NotADirectoryError, pickle.UnpicklingError) as err:
         # Expected user errors: one clear line, no traceback (use -v for one).
         if args.verbose:
             raise
-        print(f"vfmvae {args.command}: error: {err}", file=sys.stderr)
+        print(f"vfmvae {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
+    except OSError as err:
+        if args.verbose or err.errno not in USER_OS_ERRORS:
+            raise
+        print(f"vfmvae {args.command}: error: {one_line(err)}", file=sys.stderr)
+        return 2
+
+
+# OS errors that a user fixes (a path, a disk, a permission), reported in one line instead of a traceback.
+USER_OS_ERRORS = frozenset({errno.ENAMETOOLONG, errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT,
+                            errno.ENOTDIR, errno.EISDIR, errno.ELOOP})
+
+
+def one_line(err: BaseException) -> str:
+    """The error's message on one line, at most 300 characters (a loader's key dump is not a message)."""
+    if isinstance(err, pickle.UnpicklingError):
+        return ("refused to unpickle: the file holds pickled Python objects beyond plain tensors, which vfmvae never "
+                "executes; pass a safetensors file or a plain tensor state dict")
+    text = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, KeyError) and len(err.args) == 1:
+        text = str(err.args[0])
+    return text if len(text) <= 300 else text[:297] + "..."

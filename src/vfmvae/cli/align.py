@@ -54,6 +54,8 @@ def _load(path: Path):
     import torch
     from safetensors.torch import load_file
 
+    from vfmvae.checkpoint.torch_files import load_weights_only
+
     if not path.is_file():
         raise FileNotFoundError(f"feature file not found: {path}")
     if path.suffix == ".safetensors":
@@ -61,7 +63,7 @@ def _load(path: Path):
         if "features" not in tensors:
             raise ValueError(f"{path}: no tensor named 'features'")
         return tensors["features"]
-    data = torch.load(path, map_location="cpu", weights_only=True)
+    data = load_weights_only(path, "features file")
     if not isinstance(data, dict) or "features" not in data:
         raise ValueError(f"{path}: expected a dict with 'features' (the official .pt layout)")
     return torch.as_tensor(data["features"])

@@ -12,6 +12,17 @@ from vfmvae.config import load_config
 T = TypeVar("T")
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a zero batch or sample count is a mistake, not a no-op)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def add_recipe_args(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--recipe", type=Path, help=f"YAML recipe for the {what} (keys as in the config dataclass)")
     parser.add_argument(

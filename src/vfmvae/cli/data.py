@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from vfmvae.cli.common import add_recipe_args, resolve_config, write_json
+from vfmvae.cli.common import add_recipe_args, positive_int, resolve_config, write_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "and OUT/preview.png with one row per class. The same arguments always give identical files.",
     )
     s.add_argument("--out", type=Path, help="output folder (required unless the recipe sets it)")
-    s.add_argument("--num", type=int, help="number of images (default 512)")
+    s.add_argument("--num", type=positive_int, help="number of images (default 512)")
     s.add_argument("--classes", type=int, help="number of classes (default 8, at most 128)")
     s.add_argument("--size", type=int, help="image side in pixels (default 64)")
     s.add_argument("--seed", type=int, help="seed (default 0)")

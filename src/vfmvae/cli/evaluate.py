@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vfmvae.cli.common import write_json
+from vfmvae.cli.common import positive_int, write_json
 
 _INCEPTION_HELP = ("FID Inception weights: local weights-inception-2015-12-05-6726825d.pth (torch-fidelity's), "
                    "or its URL when online")
@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, default=None, help="write the results as JSON")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default=None, help="default: cuda if available")
 
 

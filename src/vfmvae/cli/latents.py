@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vfmvae.cli.common import positive_int
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser(
@@ -23,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="feed the VFM at this size (REPA/REG: 224 for DINOv2-B/14 -> 16x16 tokens); default: its registry scale")
     c.add_argument("--sample", action="store_true", help="store a posterior sample instead of the mean")
     c.add_argument("--resolution", type=int, default=None, help="default: the tokenizer's training resolution")
-    c.add_argument("--batch-size", type=int, default=32)
+    c.add_argument("--batch-size", type=positive_int, default=32)
     c.add_argument("--shard-size", type=int, default=1024, help="images per shard")
     c.add_argument("--workers", type=int, default=2)
     c.add_argument("--device", default=None)

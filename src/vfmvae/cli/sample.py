@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vfmvae.cli.common import positive_int
+
 
 def _interval(text: str) -> tuple[float, float]:
     try:
@@ -29,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--tokenizer", type=Path, default=None, help="tokenizer folder (default: the one named in latent_stats.json)")
     s.add_argument("--latent-stats", type=Path, default=None,
                    help="latent mean/std (default: DIFFUSION/latent_stats.json; also cache.json or official latents_stats.pt)")
-    s.add_argument("--num-samples", "--num", dest="num", type=int, required=True,
+    s.add_argument("--num-samples", "--num", dest="num", type=positive_int, required=True,
                    help="number of samples (under torchrun write --num-samples: torchrun reads --num as its --numa-binding)")
     s.add_argument("--out", type=Path, required=True, help="output folder")
     s.add_argument("--sampler", choices=("euler", "heun", "sde"), default="euler")
@@ -41,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--cls-cfg", type=float, default=None, help="REG class-token guidance scale (default: --cfg)")
     s.add_argument("--shift", type=float, default=1.0, help="ODE time-grid shift (>1 spends more steps near noise)")
     s.add_argument("--classes", default="balanced", help="balanced (default), random, or a list like 1,5,9")
-    s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--batch-size", type=positive_int, default=16)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default=None, help="default: cuda if available (the local rank's GPU under torchrun)")
     s.set_defaults(func=run)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vfmvae.cli.common import positive_int
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser(
@@ -16,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--model", type=Path, required=True, help="tokenizer folder (from convert or training)")
     r.add_argument("--input", type=Path, required=True, help="image folder (flat or with class subfolders)")
     r.add_argument("--output", type=Path, required=True, help="output folder")
-    r.add_argument("--batch-size", type=int, default=8)
+    r.add_argument("--batch-size", type=positive_int, default=8)
     r.add_argument("--resolution", type=int, default=None, help="default: the model's training resolution")
     r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     r.add_argument("--sample", action="store_true", help="decode a posterior sample instead of the mean")

@@ -36,11 +36,19 @@ class BadImage(Exception):
 
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit grayscale: scale to 8 bits instead of clipping everything above 255 to white.
+        # 16-bit grayscale: the file's range is 0..65535 whatever its values (a dark 16-bit image whose values
+        # are all <= 255 is near black, not an 8-bit image). PIL's 32-bit "I" is accepted in the 16-bit range.
         arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if arr.max(initial=0) > 255 else 255.0
-        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        if arr.min(initial=0) < 0 or arr.max(initial=0) > 65535:
+            raise BadImage("unsupported-mode", f"{img.mode} image with values outside 0..65535")
+        arr = np.clip(arr / 65535.0 * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(arr, mode="L").convert("RGB")
+    if img.mode == "F":
+        # Float images (e.g. TIFF) are taken as intensities in [0, 1]; any other range has no agreed meaning.
+        arr = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(arr).all() or arr.min(initial=0) < 0 or arr.max(initial=0) > 1:
+            raise BadImage("unsupported-mode", "float image with values outside [0, 1]")
+        return Image.fromarray((arr * 255.0 + 0.5).astype(np.uint8), mode="L").convert("RGB")
     if img.mode == "RGB":
         return img
     return img.convert("RGB")  # L, LA, P, RGBA, CMYK, YCbCr: PIL's standard conversions

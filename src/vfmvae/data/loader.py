@@ -22,7 +22,7 @@ from vfmvae.data.images import DEFAULT_MAX_PIXELS, SkipCounter
 from vfmvae.data.sampler import ResumableSampler
 from vfmvae.data.shards import TarShardDataset, list_shards
 
-__all__ = ["DataConfig", "collate_skip_bad", "DataStream", "detect_format", "build_dataset"]
+__all__ = ["DataConfig", "collate_skip_bad", "DataStream", "detect_format", "build_dataset", "NoUsableImages"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class DataConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS     # larger images are skipped as decompression bombs
     num_workers: int = 2
     seed: int = 0
+    compressed_shards: bool = False          # read gzip/bz2/xz tar shards (refused by default: decompress them)
 
     def __post_init__(self) -> None:
         if self.resolution <= 0 or self.resolution % 8:
@@ -64,7 +65,8 @@ def build_dataset(
         return ImageFolderDataset(cfg.source, cfg.resolution, **common)
     list_shards(cfg.source)  # fail early with a clear message
     return TarShardDataset(
-        cfg.source, cfg.resolution, rank=rank, world=world, loop=loop, start_ordinals=start_ordinals, **common
+        cfg.source, cfg.resolution, rank=rank, world=world, loop=loop, start_ordinals=start_ordinals,
+        allow_compressed=cfg.compressed_shards, **common
     )
 
 
@@ -80,7 +82,12 @@ def collate_skip_bad(items: list[dict[str, Any] | None]) -> dict[str, Any]:
     if items and items[0] is not None and "worker" in items[0]:
         batch["worker"] = items[0]["worker"]  # one DataLoader batch always comes from one worker
         batch["next_ordinal"] = max(it["ordinal"] for it in items) + 1
+        batch["epoch"] = max(it.get("epoch", 0) for it in items)
     return batch
+
+
+class NoUsableImages(ValueError):
+    """A whole pass over the data produced no usable image: training would wait forever."""
 
 
 class DataStream:
@@ -126,6 +133,10 @@ class DataStream:
             )
         self.dataset = dataset
         self._iter: Iterator[dict[str, Any]] | None = None
+        # Until the first usable image: items consumed (folders) or the epoch each shard worker reached.
+        self._seen_good = False
+        self._items_without_good = 0
+        self._worker_epochs: dict[int, int] = {}
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return self
@@ -142,7 +153,22 @@ class DataStream:
             else:
                 self.ordinals[batch["worker"]] = batch["next_ordinal"]
             if "image" in batch:
+                self._seen_good = True
                 return batch
+            if not self._seen_good:
+                self._check_any_usable(batch)
+
+    def _check_any_usable(self, batch: dict[str, Any]) -> None:
+        """Raise once a full pass over this rank's data has yielded nothing but skips."""
+        if self.format == "folder":
+            self._items_without_good += batch["num_items"]
+            exhausted = self._items_without_good >= -(-len(self.dataset) // self.world)
+        else:
+            self._worker_epochs[batch["worker"]] = batch.get("epoch", 0)
+            workers = max(1, self.cfg.num_workers)
+            exhausted = len(self._worker_epochs) == workers and min(self._worker_epochs.values()) >= 1
+        if exhausted:
+            raise NoUsableImages(f"no usable images in {self.cfg.source} ({self.skips.summary()})")
 
     def state_dict(self) -> dict[str, Any]:
         if self.format == "folder":

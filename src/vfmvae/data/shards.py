@@ -24,9 +24,23 @@ from torch.utils.data import IterableDataset, get_worker_info
 from vfmvae.data.images import DEFAULT_MAX_PIXELS, BadImage, decode_image
 from vfmvae.data.transforms import center_crop_adm, flip_decision, to_uint8_tensor
 
-__all__ = ["list_shards", "iter_tar_samples", "TarShardDataset", "IMAGE_KEYS"]
+__all__ = ["list_shards", "iter_tar_samples", "TarShardDataset", "IMAGE_KEYS", "MAX_IMAGE_MEMBER_BYTES",
+           "MAX_OTHER_MEMBER_BYTES"]
 
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
+# Member size caps, checked from the tar header before a byte is read: a shard is streamed into memory one
+# sample at a time, so one huge member (e.g. 2 GiB behind a 2 MB gzip) must be skipped, not read.
+MAX_IMAGE_MEMBER_BYTES = 64 << 20  # a 64 MB encoded image is already far beyond ImageNet's largest
+MAX_OTHER_MEMBER_BYTES = 1 << 20   # labels and metadata (.cls, .json, .txt) are a few bytes
+# Magic numbers of compressed streams: tar shards are read uncompressed unless compression is allowed.
+_COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
+
+
+def compression_of(path: Path) -> str | None:
+    """'gzip', 'bzip2', 'xz' or 'zstd' when the file starts with that format's magic number, else None."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    return next((name for magic, name in _COMPRESSED_MAGIC.items() if head.startswith(magic)), None)
 
 
 def list_shards(source: str | Path) -> list[Path]:
@@ -36,40 +50,72 @@ def list_shards(source: str | Path) -> list[Path]:
         from braceexpand import braceexpand
 
         paths = [Path(p) for p in braceexpand(text)]
-        missing = [p for p in paths if not p.is_file()]
+        missing = [p for p in paths if not p.is_file()]  # is_file() is False for FIFOs and devices too
         if missing:
-            raise FileNotFoundError(f"shard pattern {text}: {len(missing)} files missing, e.g. {missing[0]}")
+            raise FileNotFoundError(f"shard pattern {text}: {len(missing)} files missing or not regular files, "
+                                    f"e.g. {missing[0]}")
         return paths
     path = Path(source)
     if path.is_file():
         return [path]
     if path.is_dir():
-        shards = sorted(path.rglob("*.tar"))
+        # Only regular files: opening a FIFO named *.tar would block forever.
+        shards = sorted(p for p in path.rglob("*.tar") if p.is_file())
         if not shards:
-            raise FileNotFoundError(f"no .tar shards in {path}")
+            raise FileNotFoundError(f"no .tar shards (regular files) in {path}")
         return shards
+    if path.exists():
+        raise FileNotFoundError(f"shard source {path} is neither a regular file nor a folder")
     raise FileNotFoundError(f"shard source not found: {path}")
 
 
-def iter_tar_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes] | BadImage]]:
-    """Group tar members into samples. A truncated or corrupt tail ends the shard with one BadImage."""
+def _member_problem(member: tarfile.TarInfo, ext: str) -> BadImage | None:
+    """Why a member is skipped without being read, or None to read it."""
+    if member.issym() or member.islnk():
+        return BadImage("link-member", f"{member.name} is a link; shards must hold regular files")
+    if not member.isfile():
+        return BadImage("special-member", f"{member.name} is not a regular file") if not member.isdir() else None
+    limit = MAX_IMAGE_MEMBER_BYTES if ext in IMAGE_KEYS else MAX_OTHER_MEMBER_BYTES
+    if member.size > limit:
+        return BadImage("member-too-large", f"{member.name} is {member.size:,} bytes (limit {limit:,} for .{ext})")
+    return None
+
+
+def iter_tar_samples(path: Path, *, allow_compressed: bool = False) -> Iterator[tuple[str, dict[str, bytes] | BadImage]]:
+    """Group tar members into samples. A truncated or corrupt tail ends the shard with one BadImage.
+
+    Members that are links, special files or over the size caps are yielded as BadImage (counted, never
+    read). A compressed shard is refused unless `allow_compressed`: its members' sizes are still capped,
+    but decompressing a bomb takes time, and WebDataset shards are normally stored uncompressed.
+    """
     current_key: str | None = None
     files: dict[str, bytes] = {}
     try:
-        with tarfile.open(path, mode="r|*") as tar:
+        compression = compression_of(path)
+        if compression is not None and not allow_compressed:
+            yield f"{path.name}:<shard>", BadImage(
+                "compressed-shard", f"{path} is {compression}-compressed; decompress it to a plain .tar, or set "
+                "data.compressed_shards=true to read it as it is")
+            return
+        with tarfile.open(path, mode="r|*" if allow_compressed else "r|") as tar:
             for member in tar:
-                if not member.isfile():
-                    continue
                 name = member.name.rsplit("/", 1)[-1]
                 key, _, ext = name.partition(".")
                 prefix = member.name[: len(member.name) - len(name)]
                 key = prefix + key
+                ext = ext.lower()
+                problem = _member_problem(member, ext)
+                if problem is not None:
+                    yield member.name, problem
+                    continue
+                if not member.isfile():
+                    continue  # folders
                 if key != current_key and current_key is not None:
                     yield current_key, files
                     files = {}
                 current_key = key
                 extracted = tar.extractfile(member)
-                files[ext.lower()] = extracted.read() if extracted is not None else b""
+                files[ext] = extracted.read() if extracted is not None else b""
     except (tarfile.TarError, EOFError, OSError) as err:
         yield f"{path.name}:<after {current_key}>", BadImage("corrupt-shard", f"{path}: {err}")
         return
@@ -99,8 +145,10 @@ class TarShardDataset(IterableDataset):
         loop: bool = True,
         shuffle_shards: bool = True,
         start_ordinals: dict[int, int] | None = None,
+        allow_compressed: bool = False,
     ) -> None:
         self.shards = list_shards(source)
+        self.allow_compressed = allow_compressed
         self.resolution = resolution
         self.hflip, self.seed = hflip, seed
         self.min_size, self.max_pixels = min_size, max_pixels
@@ -131,14 +179,14 @@ class TarShardDataset(IterableDataset):
         ordinal = 0
         for epoch in itertools.count() if self.loop else (0,):
             for shard in self._shard_order(epoch)[stream::streams]:
-                for key, files in iter_tar_samples(shard):
+                for key, files in iter_tar_samples(shard, allow_compressed=self.allow_compressed):
                     this, ordinal = ordinal, ordinal + 1
                     if this < skip:
                         continue  # already consumed before the resume: not even decoded
                     yield self._make_item(key, files, epoch, this, worker)
 
     def _make_item(self, key: str, files: dict[str, bytes] | BadImage, epoch: int, ordinal: int, worker: int) -> dict[str, Any]:
-        base = {"name": key, "worker": worker, "ordinal": ordinal}
+        base = {"name": key, "worker": worker, "ordinal": ordinal, "epoch": epoch}
         try:
             if isinstance(files, BadImage):
                 raise files

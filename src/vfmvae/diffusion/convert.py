@@ -23,6 +23,7 @@ import torch
 
 from vfmvae.checkpoint import load_state_dict_strict
 from vfmvae.checkpoint.serialize import CheckpointFormatError
+from vfmvae.checkpoint.torch_files import load_weights_only
 from vfmvae.config import config_from_dict, config_to_dict
 from vfmvae.diffusion.model import DiffusionTransformer, DiTConfig
 from vfmvae.diffusion.registry import diffusion_config
@@ -42,11 +43,7 @@ def read_official_state(path: str | Path, which: str = "ema") -> dict[str, torch
 
         state: Any = load_file(str(path))
     else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise CheckpointFormatError(f"{path}: cannot be read as a weights-only checkpoint ({type(err).__name__}: "
-                                        f"{str(err)[:200]})") from None
+        state = load_weights_only(path, "checkpoint")
     if isinstance(state, dict) and which in state and isinstance(state[which], dict):
         state = state[which]
     elif isinstance(state, dict) and any(k in state for k in ("ema", "model")) and not any(torch.is_tensor(v) for v in state.values()):

@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from vfmvae.config import ExistingPath
+from vfmvae.config import ExistingPath, require_positive
 from vfmvae.diffusion.transport import TransportConfig
+from vfmvae.distributed import parse_device
 
 __all__ = ["LatentDataConfig", "ModelChoice", "DiffusionOptimConfig", "DiffusionRunConfig", "DiffusionTrainConfig"]
 
@@ -58,6 +59,15 @@ class DiffusionRunConfig:
     tensorboard: bool = False
     compile: bool = False                    # torch.compile the model (GPU)
     gradient_checkpointing: bool = False     # recompute blocks in backward: less memory, about 30 % more compute
+
+    def __post_init__(self) -> None:
+        require_positive(self, "batch_size", "micro_batch", "total_steps", "log_every", "sample_every", "sample_steps",
+                         "sample_count", "checkpoint_every", "keep_checkpoints", "max_consecutive_nonfinite",
+                         allow_zero=("total_steps", "sample_every"))
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay} (1.0 would never update the EMA)")
+        if self.device is not None:
+            parse_device(self.device)
 
 
 @dataclass(frozen=True)

@@ -37,18 +37,32 @@ from vfmvae.training.run_log import RunLog, autocast_factory, scalars_to_floats
 
 __all__ = ["build_model", "train_diffusion", "align_targets"]
 
+# Labels above this are taken for a damaged label file, not a class count (ImageNet-21k has 21,841 classes).
+MAX_CLASSES = 100_000
+
 
 def build_model(cfg: DiffusionTrainConfig, dataset: LatentDataset) -> DiffusionTransformer:
     """The recipe's architecture, sized to the cache unless the recipe says otherwise."""
     if cfg.model.init is not None:
         return DiffusionTransformer.from_pretrained(cfg.model.init)
     c, h, w = dataset.manifest["latent_shape"]
-    defaults = {"in_channels": c, "input_size": h, "num_classes": int(dataset.column("labels").max()) + 1}
+    labels = dataset.column("labels")
+    lowest, highest = int(labels.min()), int(labels.max())
+    if lowest < 0:
+        raise ConfigError(f"data.cache {cfg.data.cache}: label {lowest} found; class-conditional training needs labels "
+                          ">= 0 (class folders, or a .cls member per sample in tar shards)")
+    if highest >= MAX_CLASSES and "num_classes" not in cfg.model.overrides:
+        raise ConfigError(f"data.cache {cfg.data.cache}: label {highest:,} would make a {highest + 1:,}-class embedding; "
+                          f"labels are expected below {MAX_CLASSES:,} (set model.overrides.num_classes if this is meant)")
+    defaults = {"in_channels": c, "input_size": h, "num_classes": highest + 1}
     base = config_to_dict(diffusion_config(cfg.model.arch))
     try:
         model_cfg = config_from_dict(DiTConfig, {**base, **defaults, **cfg.model.overrides}, source="model.overrides")
     except ConfigError as err:
         raise ConfigError(f"{err} (the keys of model.overrides are DiTConfig fields)") from None
+    if highest >= model_cfg.num_classes:
+        raise ConfigError(f"data.cache {cfg.data.cache}: label {highest} is outside the model's "
+                          f"{model_cfg.num_classes} classes (model.overrides.num_classes)")
     if (model_cfg.in_channels, model_cfg.input_size) != (c, h):
         raise ConfigError(f"model.overrides: the model takes {model_cfg.in_channels}x{model_cfg.input_size}x"
                           f"{model_cfg.input_size} latents but the cache {cfg.data.cache} holds {c}x{h}x{w}")

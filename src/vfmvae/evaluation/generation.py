@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from vfmvae.evaluation.features import extract_features
-from vfmvae.evaluation.images import open_image_set, write_npz_atomic
+from vfmvae.evaluation.images import npz_header, open_image_set, write_npz_atomic
 from vfmvae.evaluation.inception import load_inception
 from vfmvae.evaluation.stats import frechet_distance, gaussian_stats, inception_score, precision_recall
 
@@ -16,11 +17,39 @@ __all__ = ["evaluate_generation", "build_reference"]
 RESIZE = "TF1-legacy bilinear to 299 inside the network (torch-fidelity port of the 2015-12-05 graph)"
 
 
+# Feature widths of the 2015-12-05 Inception graph: pool3 2048, the ADM spatial features 2023. A statistic wider
+# than this is not from that network, and a header that declares one is refused before anything is read.
+MAX_STAT_DIM = 4096
+STAT_KEYS = ("mu", "sigma", "mu_s", "sigma_s")
+
+
+def _check_reference_headers(path: Path) -> list[str]:
+    """Array names of an ADM .npz, after checking every statistic's shape and dtype from its header alone."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = [n[: -len(".npy")] for n in zf.namelist() if n.endswith(".npy")]
+            for name in names:
+                if name not in STAT_KEYS:
+                    continue
+                shape, _, dtype, _ = npz_header(zf, name)
+                square = name.startswith("sigma")
+                ok = (dtype.kind == "f" and len(shape) == (2 if square else 1) and 0 < shape[0] <= MAX_STAT_DIM
+                      and (not square or shape[0] == shape[1]))
+                if not ok:
+                    raise ValueError(f"reference batch {path}: {name} has shape {shape} and dtype {dtype}; expected "
+                                     f"float {'(D, D)' if square else '(D,)'} with D <= {MAX_STAT_DIM}")
+    except (zipfile.BadZipFile, EOFError) as err:
+        raise ValueError(f"reference batch {path}: not an .npz file ({err})") from None
+    return names
+
+
 def _load_reference(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"reference batch not found: {path}")
-    ref = np.load(path)
-    return {k: ref[k] for k in ref.files if k != "arr_0"} | {"has_images": np.array("arr_0" in ref.files)}
+    names = _check_reference_headers(path)
+    with np.load(path) as ref:
+        stats = {k: ref[k] for k in names if k in STAT_KEYS}
+    return stats | {"has_images": np.array("arr_0" in names)}
 
 
 def evaluate_generation(samples: str | Path, ref: str | Path, inception: str | Path, *, device: str = "cpu",

@@ -41,7 +41,7 @@ def _read_rgb(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
     return arr
 
 
-def _npz_header(zf: zipfile.ZipFile, name: str):
+def npz_header(zf: zipfile.ZipFile, name: str):
     with zf.open(f"{name}.npy") as f:
         version = np.lib.format.read_magic(f)
         if version == (1, 0):
@@ -56,7 +56,7 @@ def _npz_header(zf: zipfile.ZipFile, name: str):
 def _stream_npz(path: Path, name: str, batch_size: int, limit: int) -> Iterator[np.ndarray]:
     """Read `name` from an .npz batch by batch, without loading 50,000 images into memory."""
     with zipfile.ZipFile(path) as zf:
-        shape, fortran, dtype, offset = _npz_header(zf, name)
+        shape, fortran, dtype, offset = npz_header(zf, name)
         if fortran or dtype.hasobject:
             yield from (b for b in np.array_split(np.load(path)[name][:limit], max(1, -(-limit // batch_size))))
             return
@@ -78,7 +78,7 @@ def open_image_set(source: str | Path) -> ImageSet:
             with zipfile.ZipFile(source) as zf:
                 if "arr_0.npy" not in zf.namelist():
                     raise ValueError(f"{source}: no arr_0 (ADM batches keep images in arr_0)")
-                shape, _, dtype, _ = _npz_header(zf, "arr_0")
+                shape, _, dtype, _ = npz_header(zf, "arr_0")
         except zipfile.BadZipFile:
             raise ValueError(f"{source}: not a valid .npz file") from None
         if len(shape) != 4 or shape[-1] != 3 or dtype != np.uint8:

@@ -24,9 +24,13 @@ __all__ = ["evaluate_reconstruction", "paired_image_sets"]
 
 def _index(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
-        raise FileNotFoundError(f"image folder not found: {folder}")
-    return {str(p.relative_to(folder).with_suffix("")): p for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS}
+        what = "is a file; expected a folder of images" if folder.exists() else "not found"
+        raise FileNotFoundError(f"image folder {folder} {what}")
+    found = {str(p.relative_to(folder).with_suffix("")): p for p in sorted(folder.rglob("*"))
+             if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS}
+    if not found:
+        raise FileNotFoundError(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return found
 
 
 def paired_image_sets(reference: str | Path, reconstructions: str | Path) -> tuple[ImageSet, ImageSet]:

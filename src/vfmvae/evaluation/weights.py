@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from vfmvae.checkpoint.serialize import CheckpointFormatError, load_tensors
+from vfmvae.checkpoint.torch_files import load_weights_only
 
 __all__ = ["resolve_weights", "load_weights", "sha256_of", "INCEPTION_FILE", "INCEPTION_URL", "VGG16_FILE", "VGG16_URL"]
 
@@ -47,10 +48,7 @@ def resolve_weights(spec: str | Path, *, what: str, expected_file: str, url: str
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         return load_tensors(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointFormatError(f"{path}: not a plain tensor file (refused by weights_only=True: {err})") from None
+    state = load_weights_only(path, "weights file")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

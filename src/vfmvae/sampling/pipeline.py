@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from vfmvae.checkpoint.torch_files import load_weights_only
 from vfmvae.diffusion import DiffusionTransformer
 from vfmvae.sampling.ode import Guidance, sample_ode, sample_sde
 
@@ -67,9 +68,13 @@ class LatentStats:
             raise FileNotFoundError(f"latent statistics not found: {path} (pass --latent-stats FILE: a latent_stats.json "
                                     "from `vfmvae train diffusion`, a cache.json, or an official latents_stats.pt)")
         if path.suffix == ".pt":
-            data = torch.load(path, map_location="cpu", weights_only=True)
+            data = load_weights_only(path, "latent statistics")
         else:
             data = json.loads(path.read_text())
+        missing = [k for k in ("mean", "std") if not isinstance(data, dict) or k not in data]
+        if missing:
+            raise ValueError(f"latent statistics {path}: no {' or '.join(repr(k) for k in missing)} entry "
+                             "(expected 'mean' and 'std' per latent channel)")
         return cls(torch.as_tensor(data["mean"]).float().flatten(), torch.as_tensor(data["std"]).float().flatten())
 
     def denormalize(self, z: torch.Tensor) -> torch.Tensor:
@@ -112,6 +117,10 @@ class VFMVAEPipeline:
                 config: SamplerConfig = SamplerConfig()) -> torch.Tensor:
         """Normalised latents for `labels`; sample i uses seed (seed, indices[i]) (default indices 0..B-1)."""
         labels = torch.as_tensor(labels, dtype=torch.long)
+        classes = self.diffusion.config.num_classes
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+            bad = labels[(labels < 0) | (labels >= classes)][0].item()
+            raise ValueError(f"class label {bad} is outside this model's classes 0..{classes - 1}")
         indices = list(range(len(labels))) if indices is None else list(indices)
         noise, cls, gens = self.initial_noise(indices, seed)
         dev, dtype = self.device, next(self.diffusion.parameters()).dtype  # ODE states in the model's precision

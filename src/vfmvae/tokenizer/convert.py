@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from vfmvae.checkpoint.pretrained import load_state_dict_strict
 from vfmvae.checkpoint.serialize import CheckpointFormatError, load_tensors
+from vfmvae.checkpoint.torch_files import load_weights_only
+from vfmvae.config import read_yaml
 from vfmvae.tokenizer.model import VFMVAE, VFMVAEConfig, vfm_arch_of
 from vfmvae.vfm import FrozenVFM, load_vfm
 from vfmvae.vfm.registry import VFM_REGISTRY
@@ -114,13 +115,7 @@ def load_official_weights(path: str | Path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"official checkpoint not found: {path}")
     if path.suffix == ".safetensors":
         return load_tensors(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # UnpicklingError for anything that is not plain tensors/containers
-        raise CheckpointFormatError(
-            f"{path}: refused to load with weights_only=True ({type(err).__name__}: {str(err).splitlines()[0]}). "
-            "Official snapshots hold only tensors and plain types; a file that needs arbitrary code is not loaded."
-        ) from None
+    obj = load_weights_only(path, "official checkpoint")  # official snapshots hold only tensors and plain types
     if isinstance(obj, dict) and "G_ema" in obj:
         obj = obj["G_ema"]
     elif isinstance(obj, dict) and "G" in obj:
@@ -235,7 +230,7 @@ def convert_official_tokenizer(config_path: str | Path, weights_path: str | Path
     config_path = Path(config_path)
     if not config_path.is_file():
         raise FileNotFoundError(f"official config not found: {config_path}")
-    official_cfg = yaml.safe_load(config_path.read_text()) or {}
+    official_cfg = read_yaml(config_path.read_text(), f"official config {config_path}") or {}
     state = load_official_weights(weights_path)
     frozen = load_vfm(vfm)
     config = config_from_official(official_cfg, frozen, source=str(config_path))

@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from vfmvae.config import require_positive
 from vfmvae.data.loader import DataConfig
+from vfmvae.distributed import parse_device
 from vfmvae.tokenizer.model import VFMVAEConfig
 from vfmvae.vfm.encoder import VFMConfig
 
@@ -72,6 +74,13 @@ class RunConfig:
     max_consecutive_nonfinite: int = 20
     device: str | None = None                 # default: cuda if available
     tensorboard: bool = False
+
+    def __post_init__(self) -> None:
+        require_positive(self, "batch_size", "micro_batch", "total_images", "ema_halflife_images", "ema_rampup",
+                         "log_every", "snapshot_every", "checkpoint_every", "keep_checkpoints",
+                         "max_consecutive_nonfinite", allow_zero=("total_images", "ema_rampup", "snapshot_every"))
+        if self.device is not None:
+            parse_device(self.device)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,399 @@
+"""Hostile and broken inputs: bounded memory, no hangs, one clear line instead of a traceback.
+
+Each row of the command-line table builds one bad input and asserts that `vfmvae` exits with code 2 and a
+single stderr line that names the problem. The data cases check the bounds directly on the readers.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import pickle
+import subprocess
+import sys
+import tarfile
+import textwrap
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vfmvae.cli import main
+from vfmvae.config import ConfigError, load_config
+from vfmvae.data import shards as shards_mod
+from vfmvae.data.images import decode_image
+from vfmvae.data.loader import DataConfig, DataStream, NoUsableImages
+from vfmvae.data.shards import iter_tar_samples, list_shards
+
+ROOT = Path(__file__).resolve().parents[2]
+
+BILLION_LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{n}: &{n} [{', '.join(['*' + p] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi"))
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def _png_bytes(size: int = 32) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((size, size, 3), 120, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _tar(path: Path, members: list[tuple[str, bytes]], *, links: tuple[str, ...] = ()) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name in links:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            tar.addfile(info)
+    return path
+
+
+# --- the command line: one line, exit code 2 -------------------------------------------------------------
+
+def _billion_laughs(tmp: Path) -> list[str]:
+    (tmp / "bl.yaml").write_text(BILLION_LAUGHS)
+    return ["train", "diffusion", "--recipe", str(tmp / "bl.yaml")]
+
+
+def _python_tag_config(tmp: Path) -> list[str]:
+    (tmp / "official.yaml").write_text("G_kwargs: !!python/object/apply:os.system ['echo pwned']\n")
+    return ["convert", "official-tokenizer", "--config", str(tmp / "official.yaml"), "--weights", str(tmp / "w.pth"),
+            "--vfm", str(tmp / "vfm"), "--out", str(tmp / "out")]
+
+
+def _pickle_features(tmp: Path) -> list[str]:
+    torch.save({"features": Evil()}, tmp / "evil.pt")
+    return ["align", "metric", "--a", str(tmp / "evil.pt"), "--b", str(tmp / "evil.pt")]
+
+
+def _pickle_official_weights(tmp: Path) -> list[str]:
+    (tmp / "official.yaml").write_text("G_kwargs: {}\n")
+    (tmp / "w.pth").write_bytes(pickle.dumps(Evil(), protocol=2))
+    return ["convert", "official-lightningdit", "--weights", str(tmp / "w.pth"), "--arch", "lightningdit-tiny/1",
+            "--out", str(tmp / "out")]
+
+
+def _cuda_device(tmp: Path) -> list[str]:
+    return ["sample", "--diffusion", str(tmp), "--num-samples", "2", "--out", str(tmp / "s"), "--device", "cuda"]
+
+
+def _unknown_device(tmp: Path) -> list[str]:
+    return ["sample", "--diffusion", str(tmp), "--num-samples", "2", "--out", str(tmp / "s"), "--device", "tpu9"]
+
+
+def _name_too_long(tmp: Path) -> list[str]:
+    return ["data", "synthetic", "--out", str(tmp / ("x" * 300)), "--num", "2", "--classes", "1", "--size", "16"]
+
+
+def _zero_checkpoint_every(tmp: Path) -> list[str]:
+    return ["train", "diffusion", "--recipe", str(ROOT / "configs/diffusion/tiny.yaml"),
+            "--set", f"data.cache={tmp}", "--set", "run.checkpoint_every=0"]
+
+
+CLI_CASES = {
+    "billion-laughs recipe": (_billion_laughs, "expand to more than"),
+    "python tag in an official config": (_python_tag_config, "not valid YAML"),
+    "pickle as align features": (_pickle_features, "not a plain tensor file"),
+    "pickle as official weights": (_pickle_official_weights, "not a plain tensor file"),
+    "--device cuda without CUDA": (_cuda_device, "CUDA is not available"),
+    "unknown device": (_unknown_device, "unknown device"),
+    "file name too long": (_name_too_long, "File name too long"),
+    "run.checkpoint_every=0": (_zero_checkpoint_every, "checkpoint_every must be > 0"),
+}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CUDA row needs a machine without CUDA")
+@pytest.mark.parametrize("case", list(CLI_CASES))
+def test_cli_reports_bad_input_in_one_line(case, tmp_path, capsys):
+    build, expected = CLI_CASES[case]
+    argv = build(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err, err
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err and "weights_only=False" not in err and "pwned" not in err
+
+
+def test_interrupt_says_how_to_resume(monkeypatch, capsys):
+    import argparse
+
+    import vfmvae.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt  # what Ctrl-C raises in the middle of training, caching or sampling
+
+    class Parser:
+        def parse_args(self, argv):
+            return argparse.Namespace(command="train", verbose=False, func=interrupted)
+
+    monkeypatch.setattr(cli, "build_parser", Parser)
+    assert cli.main([]) == 2
+    assert capsys.readouterr().err.strip() == "vfmvae train: interrupted; re-run the same command to resume"
+
+
+@pytest.mark.parametrize("argv", [["sample", "--diffusion", "d", "--num-samples", "0", "--out", "o"],
+                                  ["sample", "--diffusion", "d", "--num-samples", "4", "--out", "o", "--batch-size", "0"],
+                                  ["cache-latents", "--tokenizer", "t", "--data", "d", "--out", "o", "--batch-size", "0"]])
+def test_zero_counts_are_refused_by_the_parser(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "must be >= 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override, key", [("run.checkpoint_every=0", "checkpoint_every"), ("run.log_every=0", "log_every"),
+                                           ("run.batch_size=0", "batch_size"), ("run.ema_decay=1.0", "ema_decay"),
+                                           ("run.device=cuda:7", "device")])
+def test_run_settings_are_validated_at_config_load(override, key, tmp_path):
+    from vfmvae.diffusion_training import DiffusionTrainConfig
+
+    if torch.cuda.device_count() > 7 and key == "device":
+        pytest.skip("this machine has 8 GPUs")
+    with pytest.raises(ConfigError, match=key):
+        load_config(DiffusionTrainConfig, ROOT / "configs/diffusion/tiny.yaml", [f"data.cache={tmp_path}", override])
+
+
+@pytest.mark.parametrize("override", ["run.log_every=0", "run.checkpoint_every=0", "run.batch_size=0",
+                                      "run.ema_halflife_images=0"])
+def test_tokenizer_run_settings_are_validated_at_config_load(override, tmp_path):
+    from vfmvae.tokenizer_training.config import TokenizerTrainConfig
+
+    key = override.split("=")[0].split(".")[1]
+    with pytest.raises(ConfigError, match=key):
+        load_config(TokenizerTrainConfig, ROOT / "configs/tokenizer/tiny.yaml", [f"data.source={tmp_path}", override])
+
+
+def test_latent_stats_without_mean_names_the_key(tmp_path):
+    from vfmvae.sampling.pipeline import LatentStats
+
+    (tmp_path / "stats.json").write_text(json.dumps({"std": [1.0]}))
+    with pytest.raises(ValueError, match="no 'mean' entry"):
+        LatentStats.load(tmp_path / "stats.json")
+
+
+def test_billion_laughs_in_an_override_is_refused():
+    # The alias bomb as one --set value (YAML flow style, one line): 10^7 values from 100 characters.
+    flow = "[" + ", ".join(f"&l{i} [" + ", ".join([f"*l{i - 1}" if i else "x"] * 10) + "]" for i in range(7)) + "]"
+    with pytest.raises(ConfigError, match="expand to more than"):
+        load_config(DataConfig, None, ["source=.", f"seed={flow}"])
+
+
+# --- memory: refused from the headers, under a memory cap ------------------------------------------------
+
+def _run_capped(code: str, cap_gib: float = 4.5) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter whose address space is capped (torch alone maps ~3.4 GB)."""
+    prelude = f"import resource; resource.setrlimit(resource.RLIMIT_AS, ({int(cap_gib * 2**30)}, {int(cap_gib * 2**30)}))\n"
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def _npz_with_declared_shape(path: Path, shape: tuple[int, ...]) -> Path:
+    """An .npz whose `mu` header declares `shape` (gigabytes) over a few bytes of data: 1 KB on disk."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f8", "fortran_order": False, "shape": shape})
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("mu.npy", buf.getvalue() + b"\0" * 64)  # the header writer adds the magic
+        for name, arr in (("sigma", np.eye(4)), ("mu_s", np.zeros(4)), ("sigma_s", np.eye(4))):
+            b = io.BytesIO()
+            np.save(b, arr)
+            zf.writestr(f"{name}.npy", b.getvalue())
+    return path
+
+
+def test_reference_npz_with_a_huge_declared_array_is_refused_before_loading(tmp_path):
+    ref = _npz_with_declared_shape(tmp_path / "ref.npz", (2**28,))  # 2 GiB of float64 declared
+    result = _run_capped(f"""
+        from pathlib import Path
+        from vfmvae.evaluation.generation import _load_reference
+        try:
+            _load_reference(Path({str(ref)!r}))
+        except ValueError as err:
+            print("REFUSED", err)
+    """)
+    assert "REFUSED" in result.stdout and "mu has shape (268435456,)" in result.stdout, result.stdout + result.stderr
+    assert "MemoryError" not in result.stderr
+
+
+def test_huge_label_does_not_size_the_class_embedding(tmp_path, synthetic_dir):
+    """A 30,000,000 label would allocate a 30M-row embedding (7.7 GB for XL): refused from the labels alone."""
+    from vfmvae.diffusion_training import DiffusionTrainConfig
+    from vfmvae.diffusion_training.trainer import build_model
+
+    class Cache:
+        manifest = {"latent_shape": [4, 8, 8]}
+
+        def __init__(self, labels):
+            self.labels = torch.tensor(labels)
+
+        def column(self, name):
+            return self.labels
+
+    cfg = load_config(DiffusionTrainConfig, ROOT / "configs/diffusion/tiny.yaml", [f"data.cache={tmp_path}"])
+    with pytest.raises(ConfigError, match="30,000,001-class embedding"):
+        build_model(cfg, Cache([0, 30_000_000]))
+    with pytest.raises(ConfigError, match="label -7 found"):
+        build_model(cfg, Cache([3, -7]))
+
+
+# --- data: no hangs, bounded members, right decoding ------------------------------------------------------
+
+def test_fifo_named_like_a_shard_is_not_listed(tmp_path):
+    _tar(tmp_path / "a.tar", [("000.png", _png_bytes()), ("000.cls", b"1")])
+    os.mkfifo(tmp_path / "b.tar")  # opening it would block forever
+    assert list_shards(tmp_path) == [tmp_path / "a.tar"]
+
+
+def test_compressed_shard_is_refused_unless_asked(tmp_path):
+    plain = _tar(tmp_path / "p.tar", [("000.png", _png_bytes()), ("000.cls", b"1")])
+    (tmp_path / "z.tar").write_bytes(gzip.compress(plain.read_bytes()))
+    (key, bad), = list(iter_tar_samples(tmp_path / "z.tar"))
+    assert bad.reason == "compressed-shard" and "data.compressed_shards=true" in str(bad)
+    (key, files), = list(iter_tar_samples(tmp_path / "z.tar", allow_compressed=True))
+    assert set(files) == {"png", "cls"}
+
+
+def test_members_over_the_caps_and_links_are_skipped_unread(tmp_path, monkeypatch):
+    monkeypatch.setattr(shards_mod, "MAX_IMAGE_MEMBER_BYTES", 1000)
+    big_png = b"\x89PNG" + bytes(2000)  # over the (lowered) cap: skipped from its header, never decoded
+    shard = _tar(tmp_path / "s.tar", [("000.png", _png_bytes(4)), ("000.json", b"x" * ((1 << 20) + 1)),
+                                      ("001.png", big_png), ("002.png", _png_bytes(4))], links=("003.png",))
+    items = list(iter_tar_samples(shard))
+    bad = {key: it.reason for key, it in items if isinstance(it, shards_mod.BadImage)}
+    good = {key: sorted(it) for key, it in items if not isinstance(it, shards_mod.BadImage)}
+    assert bad == {"000.json": "member-too-large", "001.png": "member-too-large", "003.png": "link-member"}
+    assert good == {"000": ["png"], "002": ["png"]}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("fmt", ["folder", "shards"])
+def test_training_data_with_no_usable_image_stops_with_the_reasons(tmp_path, fmt):
+    if fmt == "folder":
+        for c in ("a", "b"):
+            (tmp_path / c).mkdir()
+            (tmp_path / c / "x.png").write_bytes(b"")
+            (tmp_path / c / "y.png").write_bytes(b"not a png")
+    else:
+        _tar(tmp_path / "s0.tar", [("000.png", b"not a png"), ("000.cls", b"0")])
+        _tar(tmp_path / "s1.tar", [("001.png", b""), ("001.cls", b"0")])
+    stream = DataStream(DataConfig(source=tmp_path, resolution=16, num_workers=0), batch_size=2)
+    with pytest.raises(NoUsableImages, match=r"no usable images in .* skipped \("):
+        next(stream)
+
+
+def test_sixteen_bit_grey_png_is_scaled_from_its_full_range():
+    buf = io.BytesIO()
+    Image.fromarray(np.full((16, 16), 200, np.uint16)).save(buf, format="PNG")  # dark: 200 / 65535
+    rgb = np.asarray(decode_image(buf.getvalue()))
+    assert rgb.max() <= 1, rgb.max()
+
+
+def test_float_tiff_is_scaled_from_zero_one():
+    buf = io.BytesIO()
+    Image.fromarray(np.full((16, 16), 0.5, np.float32)).save(buf, format="TIFF")
+    rgb = np.asarray(decode_image(buf.getvalue()))
+    assert rgb.min() == rgb.max() == 128
+
+
+# --- model folders: declared sizes checked against the weights before allocation -------------------------
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    from vfmvae.diffusion import create_diffusion_model
+
+    out = tmp_path_factory.mktemp("model") / "ldit"
+    create_diffusion_model("lightningdit-tiny").save_pretrained(out)
+    return out
+
+
+def _with_config(src: Path, dst: Path, **changes) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    meta = json.loads((dst / "config.json").read_text())
+    meta["config"].update(changes)
+    (dst / "config.json").write_text(json.dumps(meta))
+    return dst
+
+
+def test_model_config_declaring_huge_sizes_is_refused_before_allocating(tiny_model_dir, tmp_path):
+    """hidden 65,536 x 64 layers would take ~24 GB: refused from the weight file's header, under a memory cap."""
+    bad = _with_config(tiny_model_dir, tmp_path / "huge", hidden_size=65_536, depth=64, num_heads=16)
+    result = _run_capped(f"""
+        from vfmvae.checkpoint.serialize import CheckpointFormatError
+        from vfmvae.diffusion import DiffusionTransformer
+        try:
+            DiffusionTransformer.from_pretrained({str(bad)!r})
+        except CheckpointFormatError as err:
+            print("REFUSED", str(err).splitlines()[0])
+    """)
+    assert "REFUSED" in result.stdout and "sizes declared in config.json" in result.stdout, result.stdout + result.stderr
+
+
+def test_model_config_with_a_negative_size_is_one_error(tiny_model_dir, tmp_path):
+    from vfmvae.checkpoint.serialize import CheckpointFormatError
+    from vfmvae.diffusion import DiffusionTransformer
+
+    bad = _with_config(tiny_model_dir, tmp_path / "neg", depth=-3)
+    with pytest.raises(CheckpointFormatError, match="config.json"):
+        DiffusionTransformer.from_pretrained(bad)
+
+
+def test_run_log_ends_a_torn_line_before_the_next_record(tmp_path):
+    from vfmvae.training.run_log import RunLog
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "lo')  # full disk mid-record
+    RunLog(tmp_path, tensorboard=False, x_key="step").write({"step": 3, "loss": 0.25})
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert lines[-1] == '{"step": 3, "loss": 0.25}' and json.loads(lines[-1])["step"] == 3
+
+
+def test_missing_local_path_is_not_taken_for_a_hub_id(tmp_path, monkeypatch):
+    from vfmvae.checkpoint.pretrained import resolve_model_dir
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a hub download was attempted for a local path")
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", no_network)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(FileNotFoundError, match="runs exists, but has no 'tok'"):
+        resolve_model_dir("runs/tok")
+
+
+def test_pipeline_refuses_out_of_range_labels():
+    from vfmvae.diffusion import create_diffusion_model
+    from vfmvae.sampling.pipeline import LatentStats, VFMVAEPipeline
+
+    model = create_diffusion_model("lightningdit-tiny")
+    pipe = VFMVAEPipeline(model, torch.nn.Identity(), LatentStats(torch.zeros(8), torch.ones(8)))
+    for labels in ([0, 10], [-1]):
+        with pytest.raises(ValueError, match=r"outside this model's classes 0\.\.9"):
+            pipe.latents(labels)
+
+
+@pytest.mark.parametrize("which", ["empty", "file"])
+def test_eval_recon_names_an_empty_folder_or_a_file(which, tmp_path, capsys):
+    (tmp_path / "ref").mkdir()
+    rec = tmp_path / "rec"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "ref" / "a.png")
+    if which == "empty":
+        rec.mkdir()
+    else:
+        rec.write_bytes(b"x")
+    ref = tmp_path / "ref"
+    assert main(["eval", "recon", "--reference", str(ref), "--reconstructions", str(rec)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (f"no images in {rec}" if which == "empty" else f"{rec} is a file") in err, err

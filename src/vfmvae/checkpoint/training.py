@@ -109,7 +109,7 @@ class CheckpointManager:
         dist_utils.barrier()
         if rank == 0:
             try:
-                with atomic_directory(final) as tmp:
+                with atomic_directory(final, replace_whole=True) as tmp:
                     for p in staging.iterdir():
                         shutil.move(str(p), tmp / p.name)
                     save_tensors(tmp / "model.safetensors", model)

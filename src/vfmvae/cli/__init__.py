@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like: not an error
         sys.stderr.close()
         return 0
-    except (ConfigError, FileNotFoundError, KeyError, ValueError) as err:
+    except (ConfigError, FileNotFoundError, FileExistsError, KeyError, ValueError) as err:
         # Expected user errors: one clear line, no traceback (use -v for one).
         if args.verbose:
             raise

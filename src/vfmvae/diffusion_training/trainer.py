@@ -250,10 +250,15 @@ def _train_diffusion(cfg: DiffusionTrainConfig, resume: str, progress: bool) -> 
     if rank == 0:
         ema.model.save_pretrained(export)
         stats = {"mean": dataset.manifest["mean"], "std": dataset.manifest["std"],
-                 "tokenizer": cfg.tokenizer or dataset.manifest["tokenizer"], "cache": str(cfg.data.cache)}
+                 "tokenizer": _absolute(cfg.tokenizer or dataset.manifest["tokenizer"]),
+                 "cache": _absolute(cfg.data.cache)}  # absolute: `sample` reads them from any working directory
         atomic_write_text(export / "latent_stats.json", json.dumps(stats, indent=2) + "\n")
     dist_utils.barrier()
     return {"steps": step, "export": str(export), **counters, "final": scalars_to_floats(scalars)}
+
+
+def _absolute(path: str | Path) -> str:
+    return str(Path(path).resolve())
 
 
 class SampleGrid:

@@ -14,7 +14,19 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_directory", "fsync_dir"]
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_directory", "fsync_dir", "current_umask"]
+
+
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it: Python has no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _apply_umask(path: Path, mode: int) -> None:
+    """`mkstemp`/`mkdtemp` create 0600/0700 entries; give the final file the mode a plain `open` would."""
+    os.chmod(path, mode & ~current_umask())
 
 
 def fsync_dir(path: str | Path) -> None:
@@ -45,6 +57,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        _apply_umask(tmp, 0o666)  # after the write: some writers (safetensors) recreate the file
         _fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -63,8 +76,14 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_directory(final: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `final`; on success it replaces `final` in one rename.
+def atomic_directory(final: str | Path, *, replace_whole: bool = False, last: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Yield a temporary folder beside `final`; on success its content is moved into place.
+
+    When `final` does not exist the temporary folder becomes `final` in one rename. When it exists, only the
+    files written into the temporary folder replace their namesakes in `final` (one atomic rename each, the
+    names in `last` at the end, so a marker file such as `config.json` or `meta.json` is the last to change);
+    anything else in `final` is left alone: we never delete what we did not write. `replace_whole=True`
+    swaps out the whole folder instead, for folders that are ours entirely (a checkpoint's step folder).
 
     Files written inside should be fsynced by the caller (the `atomic_*` helpers and
     `safetensors`-via-`atomic_write` do this). If the body raises, the temporary folder is removed and
@@ -74,9 +93,12 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
+        _apply_umask(tmp, 0o777)
         yield tmp
         fsync_dir(tmp)
-        if final.exists():
+        if not final.exists():
+            os.rename(tmp, final)
+        elif replace_whole:
             # Directories cannot be replaced atomically; park the old one, swap, then delete it.
             # A crash between the two renames leaves `final` missing but the old copy intact under
             # `.old`, which `latest_checkpoint` ignores and a human can restore.
@@ -87,8 +109,14 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
             os.rename(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.rename(tmp, final)
+            names = sorted(p.name for p in tmp.iterdir())
+            for name in [n for n in names if n not in last] + [n for n in last if n in names]:
+                if (final / name).is_dir() and not (tmp / name).is_dir():
+                    raise IsADirectoryError(f"{final / name} is a folder; cannot replace it with a file")
+                os.replace(tmp / name, final / name)
+            tmp.rmdir()
         fsync_dir(final.parent)
+        fsync_dir(final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -29,6 +29,7 @@ __all__ = [
     "load_state_dict_strict",
     "read_model_config",
     "load_pretrained",
+    "check_model_output_dir",
 ]
 
 CONFIG_NAME = "config.json"
@@ -64,6 +65,30 @@ def resolve_model_dir(path_or_id: str | Path, *, what: str = "model") -> Path:
                 f"On a machine with internet run `huggingface-cli download {text} --local-dir DIR`, copy DIR here and pass its path."
             ) from None
     raise FileNotFoundError(f"{what} folder not found: {path} (pass a folder containing {CONFIG_NAME} and {WEIGHTS_NAME})")
+
+
+def check_model_output_dir(directory: str | Path, *, option: str = "output folder") -> Path:
+    """Refuse to write a model into a folder that holds something other than a vfmvae model folder.
+
+    A new or empty folder, or one whose `config.json` is ours, is fine: saving replaces only
+    `config.json` and the weights and keeps every other file. Anything else (a training run, a user's
+    notes) is refused before any work is done, so nothing we did not write is ever deleted or mixed.
+    """
+    directory = Path(directory)
+    if not directory.exists():
+        return directory
+    if not directory.is_dir():
+        raise FileExistsError(f"{option} {directory} is a file; pass a new or empty folder")
+    if not any(directory.iterdir()):
+        return directory
+    try:
+        read_model_config(directory)
+    except CheckpointFormatError:
+        raise FileExistsError(
+            f"{option} {directory} is not empty and is not a vfmvae model folder (no valid {CONFIG_NAME}); "
+            "refusing to write into it. Pass a new or empty folder, or move its contents away first."
+        ) from None
+    return directory
 
 
 def read_model_config(directory: str | Path) -> dict[str, Any]:
@@ -150,17 +175,22 @@ class PretrainedMixin:
         load_state_dict_strict(self, state, source=source)  # type: ignore[arg-type]
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write `config.json` + `model.safetensors` into `directory`, replacing it atomically."""
+        """Write `config.json` + `model.safetensors` into `directory`.
+
+        A new folder appears in one rename; in an existing model folder only these two files are replaced
+        (the weights first, `config.json` last) and any other file is kept. A non-empty folder that is not a
+        model folder is refused (`check_model_output_dir`).
+        """
         from vfmvae import __version__
 
-        directory = Path(directory)
+        directory = check_model_output_dir(directory)
         meta = {
             "architecture": self.architecture,
             "format_version": FORMAT_VERSION,
             "vfmvae_version": __version__,
             "config": config_to_dict(self.config),
         }
-        with atomic_directory(directory) as tmp:
+        with atomic_directory(directory, last=(CONFIG_NAME,)) as tmp:
             save_tensors(tmp / WEIGHTS_NAME, self.pretrained_state_dict(), metadata={"format": "pt"})
             atomic_write_text(tmp / CONFIG_NAME, json.dumps(meta, indent=2) + "\n")
         return directory

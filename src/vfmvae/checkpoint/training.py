@@ -15,6 +15,7 @@ only considers folders whose `meta.json` exists and whose listed files all have 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -69,6 +70,11 @@ class TrainingCheckpoint:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def _file_sizes(folder: Path) -> dict[str, int]:
     return {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file() and p.name != "meta.json"}
 
@@ -109,7 +115,7 @@ class CheckpointManager:
         dist_utils.barrier()
         if rank == 0:
             try:
-                with atomic_directory(final) as tmp:
+                with atomic_directory(final, replace_whole=True) as tmp:
                     for p in staging.iterdir():
                         shutil.move(str(p), tmp / p.name)
                     save_tensors(tmp / "model.safetensors", model)
@@ -121,6 +127,8 @@ class CheckpointManager:
                         "images_seen": images_seen,
                         "world_size": world,
                         "files": _file_sizes(tmp),
+                        # verified at load: a same-size corruption must not resume silently
+                        "sha256": {name: _sha256(tmp / name) for name in _file_sizes(tmp)},
                         **(meta or {}),
                     }
                     # meta.json is written last: its presence marks a complete checkpoint.
@@ -174,6 +182,8 @@ class CheckpointManager:
                 "resume with the same number of processes (data position and RNG are per rank)"
             )
         ema_path = path / "ema.safetensors"
+        self._verify_hashes(path, meta, ["model.safetensors", "ema.safetensors", "state.safetensors", "state.json",
+                                         f"rank-{rank:03d}.safetensors", f"rank-{rank:03d}.json"])
         return TrainingCheckpoint(
             path=path,
             step=int(meta["step"]),
@@ -184,3 +194,13 @@ class CheckpointManager:
             rank_state=load_state(path / f"rank-{rank:03d}"),
             meta=meta,
         )
+
+    @staticmethod
+    def _verify_hashes(path: Path, meta: dict[str, Any], names: list[str]) -> None:
+        """Compare the files about to be loaded with the sha256 recorded at save time (older checkpoints have none)."""
+        recorded = meta.get("sha256") or {}
+        for name in names:
+            if name in recorded and (path / name).exists() and _sha256(path / name) != recorded[name]:
+                raise CheckpointFormatError(
+                    f"{path / name}: sha256 differs from the one recorded in meta.json when it was saved; the file is "
+                    "corrupted. Resume from an earlier checkpoint with --resume PATH (or --resume fresh to start over)")

@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"vfmvae {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
         return 2
-    except (ConfigError, FileNotFoundError, KeyError, ValueError, PermissionError, IsADirectoryError,
+    except (ConfigError, FileNotFoundError, FileExistsError, KeyError, ValueError, PermissionError, IsADirectoryError,
             NotADirectoryError, pickle.UnpicklingError) as err:
         # Expected user errors: one clear line, no traceback (use -v for one).
         if args.verbose:

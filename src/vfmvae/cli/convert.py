@@ -44,7 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_tokenizer(args: argparse.Namespace) -> int:
+    from vfmvae.checkpoint.pretrained import check_model_output_dir
     from vfmvae.tokenizer.convert import convert_official_tokenizer
+
+    check_model_output_dir(args.out, option="--out")  # before loading anything
 
     model = convert_official_tokenizer(args.config, args.weights, args.vfm, args.out)
     n = sum(p.numel() for p in model.trainable_parameters())
@@ -56,8 +59,11 @@ def run_tokenizer(args: argparse.Namespace) -> int:
 
 
 def run_diffusion(args: argparse.Namespace) -> int:
+    from vfmvae.checkpoint.pretrained import check_model_output_dir
     from vfmvae.config import parse_override
     from vfmvae.diffusion.convert import convert_official_diffusion
+
+    check_model_output_dir(args.out, option="--out")  # before loading anything
 
     overrides = {}
     for text in args.overrides:

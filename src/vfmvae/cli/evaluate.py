@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--reconstructions", type=Path, help="folder of reconstructions with the same relative names")
     c.add_argument("--tokenizer", type=Path, help="tokenizer folder: reconstruct --data first")
     c.add_argument("--data", type=Path, help="image folder to reconstruct with --tokenizer")
-    c.add_argument("--out", type=Path, help="where --tokenizer writes inputs/ and images/ (default: DATA-recon next to --json or ./recon)")
+    c.add_argument("--out", type=Path, help="where --tokenizer writes inputs/ and images/ (a new or empty folder; default: a temporary folder, removed after scoring)")
     c.add_argument("--inception", default=None, help=_INCEPTION_HELP + " (optional: rFID, rIS)")
     c.add_argument("--lpips", default=None, help="VGG16 trunk weights for LPIPS (vgg16-397923af.pth; optional)")
     _common(c)
@@ -89,6 +89,13 @@ def run_ref_stats(args: argparse.Namespace) -> int:
 
 
 def run_recon(args: argparse.Namespace) -> int:
+    import contextlib
+
+    with contextlib.ExitStack() as stack:
+        return _run_recon(args, stack)
+
+
+def _run_recon(args: argparse.Namespace, stack) -> int:
     from vfmvae.evaluation import evaluate_reconstruction
 
     if args.tokenizer is not None:
@@ -97,7 +104,10 @@ def run_recon(args: argparse.Namespace) -> int:
         from vfmvae.tokenizer import VFMVAE
         from vfmvae.tokenizer.reconstruct import reconstruct_folder
 
-        out = args.out or Path("recon")
+        import tempfile
+
+        # without --out, a fresh temporary folder: a fixed default (./recon) would score an earlier run's files too
+        out = args.out or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vfmvae-recon-")))
         model = VFMVAE.from_pretrained(args.tokenizer)
         reconstruct_folder(model, args.data, out, batch_size=min(args.batch_size, 16), device=_device(args),
                            save_inputs=True)

@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from vfmvae import distributed as dist_utils
+    from vfmvae.checkpoint.digest import model_folder_digest
     from vfmvae.sampling.generate import generate_samples
     from vfmvae.sampling.pipeline import SamplerConfig, VFMVAEPipeline
 
@@ -63,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
                            guide_channels=args.guide_channels, cls_cfg_scale=args.cls_cfg, shift=args.shift)
     pipe = VFMVAEPipeline.from_pretrained(args.diffusion, args.tokenizer, args.latent_stats, device=device)
     sources = {"diffusion": str(args.diffusion), "tokenizer": str(args.tokenizer) if args.tokenizer else None}
+    # a resume checks the models' contents too, not just their paths (a folder replaced at the same path)
+    sources.update(diffusion_sha256=model_folder_digest(args.diffusion),
+                   tokenizer_sha256=model_folder_digest(pipe.tokenizer_dir) if pipe.tokenizer_dir else None)
     result = generate_samples(pipe, args.out, args.num, config=config, classes=args.classes, seed=args.seed,
                               batch_size=args.batch_size, sources=sources)
     dist_utils.print0(f"{args.num} samples in {args.out}/images ({result['images_per_s']:.2f} images/s on rank 0); "

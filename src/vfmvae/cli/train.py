@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     k.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe key, e.g. --set run.total_images=1000 (repeatable)")
     k.add_argument("--resume", default="auto",
-                   help="auto (default: continue from the newest complete checkpoint of RUN if any), none, or a checkpoint folder")
+                   help="auto (default: continue from the newest complete checkpoint of RUN if any), none (start at step 0; refused if RUN holds this run's outputs), fresh (delete RUN's own outputs - checkpoints, metrics, grids, export - and start over), or a checkpoint folder")
     k.set_defaults(func=run_tokenizer)
 
     d = tsub.add_parser(
@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe key, e.g. --set data.cache=runs/latents --set run.total_steps=1000 (repeatable)")
     d.add_argument("--resume", default="auto",
-                   help="auto (default: continue from the newest complete checkpoint of RUN if any), none, or a checkpoint folder")
+                   help="auto (default: continue from the newest complete checkpoint of RUN if any), none (start at step 0; refused if RUN holds this run's outputs), fresh (delete RUN's own outputs - checkpoints, metrics, grids, export - and start over), or a checkpoint folder")
     d.set_defaults(func=run_diffusion)
 
 

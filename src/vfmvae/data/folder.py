@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,15 @@ from vfmvae.data.transforms import center_crop_adm, flip_decision, to_uint8_tens
 __all__ = ["ImageFolderDataset", "list_image_folder"]
 
 
+def _loops_back(folder: Path, root: Path) -> bool:
+    """A class folder that is a link to `root` or one of its parents would list the dataset again (and again)."""
+    target, top = folder.resolve(), root.resolve()
+    if top == target or target in top.parents:
+        warnings.warn(f"{folder} links back to {target}, which contains the dataset itself; not followed")
+        return True
+    return False
+
+
 def list_image_folder(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
     """Files, labels and class names of an image folder. Files are sorted, so the order is reproducible.
 
@@ -22,7 +32,7 @@ def list_image_folder(root: str | Path) -> tuple[list[Path], list[int], list[str
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and not _loops_back(p, root))
     if subdirs:
         classes = [p.name for p in subdirs]
         files, labels = [], []

@@ -150,6 +150,30 @@ def iter_synthetic(cfg: SyntheticConfig) -> Iterator[tuple[int, int, bytes]]:
         yield index, label, buf.getvalue()
 
 
+def _remove_previous_synthetic(out: Path) -> None:
+    """Files of an earlier synthetic set in `out` would be listed with the new ones: remove exactly those (the files
+    its `dataset.json` names); a non-empty folder that is not a synthetic set is refused, nothing deleted."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    try:
+        old = json.loads((out / "dataset.json").read_text())
+        if old.get("kind") != "vfmvae-synthetic":
+            raise ValueError
+    except (OSError, ValueError):
+        raise FileExistsError(f"{out} is not empty and is not a synthetic data set of ours (no dataset.json); "
+                              "refusing to write into it: use a new or empty --out") from None
+    (out / "dataset.json").unlink()
+    for name in old.get("class_names", []):
+        folder = out / "images" / name
+        for f in folder.glob("[0-9][0-9][0-9][0-9][0-9][0-9].png"):
+            f.unlink()
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    for shard in old.get("shards", []):
+        (out / shard).unlink(missing_ok=True)
+    (out / "preview.png").unlink(missing_ok=True)
+
+
 def write_synthetic_dataset(cfg: SyntheticConfig, progress: bool = True) -> dict:
     """Write `out/images/<class>/<index>.png`, optionally `out/shards/*.tar`, and `out/dataset.json`."""
     from tqdm.auto import tqdm
@@ -157,6 +181,7 @@ def write_synthetic_dataset(cfg: SyntheticConfig, progress: bool = True) -> dict
     from vfmvae.checkpoint.atomic import atomic_write_text
 
     out = Path(cfg.out)
+    _remove_previous_synthetic(out)
     names = class_names(cfg.classes)
     for name in names:
         (out / "images" / name).mkdir(parents=True, exist_ok=True)

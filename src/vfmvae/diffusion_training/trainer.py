@@ -27,12 +27,13 @@ from torch.utils.data import DataLoader
 from vfmvae import distributed as dist_utils
 from vfmvae.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
 from vfmvae.checkpoint.atomic import atomic_write_text
-from vfmvae.config import ConfigError, config_from_dict, config_to_dict, dump_yaml
+from vfmvae.config import ConfigError, config_from_dict, config_to_dict
 from vfmvae.data.sampler import ResumableSampler
 from vfmvae.diffusion import DiffusionTransformer, DiTConfig, diffusion_config, training_loss
 from vfmvae.diffusion_training.config import DiffusionTrainConfig
 from vfmvae.latents import LatentDataset
 from vfmvae.training import EMA, fused_optimizer_supported, optimizer_step
+from vfmvae.training.run_folder import claimed_run_folder, write_run_config
 from vfmvae.training.run_log import RunLog, autocast_factory, scalars_to_floats
 
 __all__ = ["build_model", "train_diffusion", "align_targets"]
@@ -122,6 +123,13 @@ class StepDraws:
 
 def train_diffusion(cfg: DiffusionTrainConfig, resume: str = "auto", progress: bool = True) -> dict[str, Any]:
     """Run (or continue) a diffusion training run. Returns a summary; the EMA model is exported to RUN/export."""
+    dist_utils.init_distributed()
+    # a run folder belongs to one run: locked and checked before anything is written into it
+    with claimed_run_folder(cfg.run.dir, cfg, resume):
+        return _train_diffusion(cfg, resume, progress)
+
+
+def _train_diffusion(cfg: DiffusionTrainConfig, resume: str, progress: bool) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     device = dist_utils.init_distributed()
@@ -134,9 +142,6 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: str = "auto", progress: b
         raise ConfigError(f"run.batch_size {run.batch_size} is not a multiple of processes ({world}) x run.micro_batch ({micro})")
     accum = run.batch_size // (world * micro)
     run_dir = Path(run.dir)
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
 
     dataset = LatentDataset(cfg.data.cache, flip=cfg.data.flip, seed=run.seed)
     torch.manual_seed(run.seed)
@@ -158,7 +163,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: str = "auto", progress: b
     ema = EMA(model, halflife_images=run.batch_size * math.log(0.5) / math.log(run.ema_decay), rampup_ratio=None)
     manager = CheckpointManager(run_dir, keep=run.keep_checkpoints)
     step, counters = 0, {"skipped_steps": 0}
-    if resume != "none" and (resume != "auto" or manager.latest() is not None):
+    if resume not in ("none", "fresh") and (resume != "auto" or manager.latest() is not None):
         ckpt = manager.load(None if resume == "auto" else resume)
         model.load_state_dict(ckpt.model)
         ema.load_state_dict(ckpt.ema)
@@ -167,6 +172,8 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: str = "auto", progress: b
         step = ckpt.step
         restore_rng_state(ckpt.rank_state["rng"])
         dist_utils.print0(f"resumed from {ckpt.path} (step {step})")
+    if rank == 0:
+        write_run_config(run_dir, cfg)
 
     # an unused head (projector without alignment loss, REG class token without its loss) gets no gradient
     unused = (mcfg.align_dims and not tc.align_weight) or (mcfg.class_token_dim and not tc.cls_weight)
@@ -257,10 +264,15 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: str = "auto", progress: b
     if rank == 0:
         ema.model.save_pretrained(export)
         stats = {"mean": dataset.manifest["mean"], "std": dataset.manifest["std"],
-                 "tokenizer": cfg.tokenizer or dataset.manifest["tokenizer"], "cache": str(cfg.data.cache)}
+                 "tokenizer": _absolute(cfg.tokenizer or dataset.manifest["tokenizer"]),
+                 "cache": _absolute(cfg.data.cache)}  # absolute: `sample` reads them from any working directory
         atomic_write_text(export / "latent_stats.json", json.dumps(stats, indent=2) + "\n")
     dist_utils.barrier()
     return {"steps": step, "export": str(export), **counters, "final": scalars_to_floats(scalars)}
+
+
+def _absolute(path: str | Path) -> str:
+    return str(Path(path).resolve())
 
 
 class SampleGrid:

@@ -32,6 +32,7 @@ from vfmvae.checkpoint.serialize import save_tensors
 from vfmvae.data import DataConfig, SkipCounter, build_dataset, collate_skip_bad, rank_shard, to_float01
 from vfmvae.data.folder import ImageFolderDataset
 from vfmvae.data.transforms import flip_decision
+from vfmvae.latents.settings import cache_settings, claim_cache_folder
 
 __all__ = ["cache_latents", "LatentDataset", "CacheError"]
 
@@ -58,7 +59,6 @@ def cache_latents(tokenizer: str | Path, data: str | Path, out: str | Path, *, r
     dev = torch.device(device) if device else dist_utils.init_distributed()
     rank, world = dist_utils.rank(), dist_utils.world_size()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     model = VFMVAE.from_pretrained(tokenizer).to(dev).eval()
     resolution = resolution or model.config.image_size
     vfm = None
@@ -70,6 +70,12 @@ def cache_latents(tokenizer: str | Path, data: str | Path, out: str | Path, *, r
         vfm = vfm_by_name(vfm_features, layers=(-1,), **scale).to(dev)
     dataset = build_dataset(DataConfig(source=Path(data), resolution=resolution, hflip=False, num_workers=num_workers),
                             rank=rank, world=world, loop=False)
+    if rank == 0:  # verify what a re-run resumes (tokenizer content, data listing, flags), not item counts
+        settings = cache_settings(tokenizer, data, dataset, resolution=resolution, flip=flip, vfm_features=vfm_features,
+                                  vfm_resolution=vfm_resolution, sample=sample, batch_size=batch_size,
+                                  shard_size=shard_size, seed=seed, world_size=world)
+        claim_cache_folder(out, settings, CacheError)
+    dist_utils.barrier()
     if isinstance(dataset, ImageFolderDataset):
         dataset = Subset(dataset, list(rank_shard(len(dataset), rank, world)))
     progress_file = out / f"progress-r{rank:02d}.json"
@@ -87,6 +93,10 @@ def cache_latents(tokenizer: str | Path, data: str | Path, out: str | Path, *, r
             return
         tensors = {k: torch.cat(v) for k, v in buffer.items()}
         name = _shard_name(rank, shard_index)
+        bad = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+        if bad:  # NaN tokenizer weights would give an all-NaN cache reported as done
+            raise CacheError(f"non-finite values in {', '.join(bad)} of {out / name} (encoded by {tokenizer}); "
+                             "nothing was written for this shard: check the tokenizer's weights")
         save_tensors(out / name, tensors, metadata={"count": str(len(tensors["labels"]))})
         done["shards"].append({"file": name, "count": len(tensors["labels"])})
         done["items"] = consumed

@@ -81,6 +81,9 @@ def generate_samples(pipe: VFMVAEPipeline, out: str | Path, num: int, *, config:
     labels = class_labels(classes, num, pipe.diffusion.config.num_classes, seed)
     settings = {"num": num, "seed": seed, "classes": classes, "sampler": asdict(config), **(sources or {})}
     settings_path = out / "settings.json"
+    if not settings_path.is_file() and any(p.name != "images" or any(p.iterdir()) for p in out.iterdir()):
+        raise ValueError(f"{out} is not empty and holds no settings.json (not a sample folder of ours); its files "
+                         "would be mixed with the new samples: use a new or empty --out")
     if settings_path.is_file():  # a resumed run must use the same settings; only `num` may grow
         old = json.loads(settings_path.read_text())
         now = json.loads(json.dumps(settings))  # tuples as lists, as they were stored
@@ -99,6 +102,9 @@ def generate_samples(pipe: VFMVAEPipeline, out: str | Path, num: int, *, config:
         for start in range(0, len(mine), batch_size):
             chunk = mine[start : start + batch_size]
             images = pipe([labels[i] for i in chunk], seed=seed, indices=chunk, config=config)
+            if not torch.isfinite(images).all():  # NaN latent statistics or weights give black images otherwise
+                raise ValueError(f"non-finite values in samples {chunk[0]}..{chunk[-1]}; nothing was written for them: "
+                                 "check the diffusion weights and the latent statistics (mean/std)")
             for i, array in zip(chunk, _to_uint8(images)):
                 _write_png(out / "images" / f"{i:06d}.png", array)
             done += len(chunk)

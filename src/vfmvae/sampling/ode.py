@@ -14,6 +14,7 @@ models also integrate their class token, guided with `cls_scale`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,6 +32,19 @@ class Guidance:
     channels: int | None = None             # None = all latent channels; 3 = LightningDiT compatibility
     cls_scale: float | None = None          # REG class token; None = same as `scale`
 
+    def __post_init__(self) -> None:
+        # refused here, not only in argparse: a negative scale or an empty or out-of-range interval samples
+        # without complaint but gives silently wrong images
+        for name, value in (("scale (--cfg)", self.scale), ("cls_scale (--cls-cfg)", self.cls_scale)):
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"guidance {name} must be a finite number >= 0 (1 = no guidance), got {value}")
+        low, high = self.interval
+        if not (0.0 <= low <= high <= 1.0):
+            raise ValueError(f"guidance interval (--interval) must be LOW,HIGH with 0 <= LOW <= HIGH <= 1 "
+                             f"(t = 1 is noise), got {low},{high}")
+        if self.channels is not None and self.channels < 1:
+            raise ValueError(f"guidance channels (--guide-channels) must be >= 1, got {self.channels}")
+
     def active(self, t: float) -> bool:
         return self.scale != 1.0 and self.interval[0] <= t <= self.interval[1]
 
@@ -43,7 +57,14 @@ def time_grid(steps: int, shift: float = 1.0, device: torch.device | str = "cpu"
     """
     if steps < 1:
         raise ValueError("need at least one sampling step")
+    check_shift(shift)
     return shift_time(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64, device=device), shift)
+
+
+def check_shift(shift: float) -> None:
+    """A shift <= 0 maps every time to 0 or NaN: all-black images reported as success."""
+    if not (math.isfinite(shift) and shift > 0):
+        raise ValueError(f"time-grid shift (--shift) must be a finite number > 0 (1 = no shift), got {shift}")
 
 
 def guided_velocity(model, x: torch.Tensor, t: float, y: torch.Tensor, cls: torch.Tensor | None,
@@ -60,6 +81,8 @@ def guided_velocity(model, x: torch.Tensor, t: float, y: torch.Tensor, cls: torc
                  None if cls is None else torch.cat([cls, cls]).to(dtype))
     cond, uncond = both.sample.to(x.dtype).chunk(2)
     k = g.channels if g.channels is not None else cond.shape[1]
+    if k > cond.shape[1]:
+        raise ValueError(f"guidance channels (--guide-channels) {k} exceeds the model's {cond.shape[1]} latent channels")
     v = cond.clone()
     v[:, :k] = uncond[:, :k] + g.scale * (cond[:, :k] - uncond[:, :k])
     v_cls = None

@@ -22,7 +22,7 @@ import torch
 
 from vfmvae.checkpoint.torch_files import load_weights_only
 from vfmvae.diffusion import DiffusionTransformer
-from vfmvae.sampling.ode import Guidance, sample_ode, sample_sde
+from vfmvae.sampling.ode import Guidance, check_shift, sample_ode, sample_sde
 
 __all__ = ["LatentStats", "SamplerConfig", "VFMVAEPipeline", "sample_seed"]
 
@@ -48,6 +48,8 @@ class SamplerConfig:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if self.steps < 1:
             raise ValueError("steps must be at least 1")
+        check_shift(self.shift)
+        self.guidance  # noqa: B018 - builds (and so validates) the guidance settings now, not mid-run
 
     @property
     def guidance(self) -> Guidance:
@@ -81,11 +83,23 @@ class LatentStats:
         return z * self.std.to(z.device).view(1, -1, 1, 1) + self.mean.to(z.device).view(1, -1, 1, 1)
 
 
+def _stored_tokenizer(stats_path: Path) -> Path:
+    """The tokenizer named in `latent_stats.json`: a relative path is relative to that file's folder, never to the
+    working directory (which could hold an unrelated `./tok`)."""
+    stored = Path(json.loads(stats_path.read_text())["tokenizer"])
+    path = stored if stored.is_absolute() else stats_path.parent / stored
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"tokenizer {stored} named in {stats_path} (key 'tokenizer') is not a model folder "
+                                f"(looked at {path}); pass --tokenizer DIR")
+    return path
+
+
 class VFMVAEPipeline:
     def __init__(self, diffusion: DiffusionTransformer, tokenizer, stats: LatentStats) -> None:
         if stats.mean.numel() != diffusion.config.in_channels:
             raise ValueError(f"latent statistics have {stats.mean.numel()} channels, the model {diffusion.config.in_channels}")
         self.diffusion, self.tokenizer, self.stats = diffusion.eval(), tokenizer.eval(), stats
+        self.tokenizer_dir: Path | None = None  # the folder it was loaded from, if any (for resume verification)
 
     @classmethod
     def from_pretrained(cls, diffusion: str | Path, tokenizer: str | Path | None = None,
@@ -98,8 +112,10 @@ class VFMVAEPipeline:
         if tokenizer is None:
             if stats_path.suffix != ".json" or "tokenizer" not in json.loads(stats_path.read_text()):
                 raise ValueError(f"no tokenizer given and {stats_path} does not name one; pass --tokenizer DIR")
-            tokenizer = json.loads(stats_path.read_text())["tokenizer"]
-        return cls(model, VFMVAE.from_pretrained(tokenizer, device=device), stats)
+            tokenizer = _stored_tokenizer(stats_path)
+        pipe = cls(model, VFMVAE.from_pretrained(tokenizer, device=device), stats)
+        pipe.tokenizer_dir = Path(tokenizer) if Path(tokenizer).is_dir() else None
+        return pipe
 
     @property
     def device(self) -> torch.device:
@@ -122,6 +138,9 @@ class VFMVAEPipeline:
             bad = labels[(labels < 0) | (labels >= classes)][0].item()
             raise ValueError(f"class label {bad} is outside this model's classes 0..{classes - 1}")
         indices = list(range(len(labels))) if indices is None else list(indices)
+        if config.guide_channels is not None and config.guide_channels > self.diffusion.config.in_channels:
+            raise ValueError(f"--guide-channels {config.guide_channels} exceeds the model's "
+                             f"{self.diffusion.config.in_channels} latent channels")
         noise, cls, gens = self.initial_noise(indices, seed)
         dev, dtype = self.device, next(self.diffusion.parameters()).dtype  # ODE states in the model's precision
         noise, cls = noise.to(dev, dtype), None if cls is None else cls.to(dev, dtype)

@@ -15,12 +15,26 @@ from vfmvae.data import ImageFolderDataset, SkipCounter, collate_skip_bad, to_fl
 from vfmvae.tokenizer.model import VFMVAE
 from vfmvae.vis import save_grid
 
-__all__ = ["reconstruct_folder", "to_uint8_from_signed"]
+__all__ = ["output_names", "reconstruct_folder", "to_uint8_from_signed"]
 
 
 def to_uint8_from_signed(images: torch.Tensor) -> torch.Tensor:
     """[-1, 1] float -> uint8, as ADM/LightningDiT save images: clamp(127.5 x + 128)."""
     return (images.float() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+
+
+def output_names(names: list[str]) -> dict[str, str]:
+    """PNG output name of every input: `a.jpg` -> `a.png`, unless two inputs would share it (`a.png`, `a.jpg`,
+    `a.webp` in one folder): those keep their extension (`a.jpg.png`), so no reconstruction overwrites another."""
+    plain = {n: str(Path(n).with_suffix(".png")) for n in names}
+    counts: dict[str, int] = {}
+    for out in plain.values():
+        counts[out] = counts.get(out, 0) + 1
+    result = {n: out if counts[out] == 1 else (n if n.lower().endswith(".png") else f"{n}.png") for n, out in plain.items()}
+    if len(set(result.values())) != len(result):
+        clash = sorted(n for n in result if list(result.values()).count(result[n]) > 1)
+        raise ValueError(f"input names {clash[:4]} map to the same output file; rename them")
+    return result
 
 
 def reconstruct_folder(model: VFMVAE, input_dir: str | Path, output_dir: str | Path, *, batch_size: int = 8,
@@ -33,6 +47,11 @@ def reconstruct_folder(model: VFMVAE, input_dir: str | Path, output_dir: str | P
     output_dir = Path(output_dir)
     resolution = resolution or model.config.image_size
     dataset = ImageFolderDataset(input_dir, resolution, hflip=False)
+    stale = [d for d in ("images", "inputs") if (output_dir / d).is_dir() and any((output_dir / d).iterdir())]
+    if stale:  # old reconstructions would be scored with the new ones
+        raise FileExistsError(f"{output_dir} already holds {' and '.join(f'{d}/' for d in stale)} of an earlier run; "
+                              "use a new or empty output folder (or delete them first)")
+    names = output_names([str(f.relative_to(dataset.root)) for f in dataset.files])
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skip_bad)
     model = model.to(device).eval()
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -51,11 +70,11 @@ def reconstruct_folder(model: VFMVAE, input_dir: str | Path, output_dir: str | P
             z = posterior.sample(generator) if sample else posterior.mode()
             recon = to_uint8_from_signed(model.decode(z)).cpu()
             for name, original, out in zip(batch["name"], inputs, recon):
-                target = (output_dir / "images" / name).with_suffix(".png")
+                target = output_dir / "images" / names[name]
                 target.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(out.permute(1, 2, 0).numpy()).save(target)
                 if save_inputs:
-                    source = (output_dir / "inputs" / name).with_suffix(".png")
+                    source = output_dir / "inputs" / names[name]
                     source.parent.mkdir(parents=True, exist_ok=True)
                     Image.fromarray(original.permute(1, 2, 0).numpy()).save(source)
                 mse = float(((original.double() - out.double()) ** 2).mean())

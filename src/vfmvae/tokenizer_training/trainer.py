@@ -20,7 +20,7 @@ from torch import nn
 
 from vfmvae import distributed as dist_utils
 from vfmvae.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
-from vfmvae.config import config_to_dict, dump_yaml
+from vfmvae.config import config_to_dict
 from vfmvae.data import DataStream, SkipCounter, to_float01
 from vfmvae.tokenizer import VFMVAE, DiagonalGaussian
 from vfmvae.tokenizer.model import vfm_arch_of
@@ -36,6 +36,7 @@ from vfmvae.tokenizer_training.losses import (
 )
 from vfmvae.tokenizer_training.stages import select_trainable
 from vfmvae.training import EMA, fused_optimizer_supported, optimizer_step
+from vfmvae.training.run_folder import claimed_run_folder, write_run_config
 from vfmvae.training.run_log import RunLog, autocast_factory, scalars_to_floats
 from vfmvae.vfm import vfm_from_config
 
@@ -162,6 +163,13 @@ class _Losses:
 
 def train_tokenizer(cfg: TokenizerTrainConfig, resume: str = "auto", progress: bool = True) -> dict[str, Any]:
     """Run (or continue) one training stage. Returns a summary; the EMA model is exported to RUN/export."""
+    dist_utils.init_distributed()
+    # a run folder belongs to one run: locked and checked before anything is written into it
+    with claimed_run_folder(cfg.run.dir, cfg, resume):
+        return _train_tokenizer(cfg, resume, progress)
+
+
+def _train_tokenizer(cfg: TokenizerTrainConfig, resume: str, progress: bool) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     device = dist_utils.init_distributed()
@@ -174,9 +182,6 @@ def train_tokenizer(cfg: TokenizerTrainConfig, resume: str = "auto", progress: b
         raise ValueError(f"run.batch_size {run.batch_size} is not a multiple of processes ({world}) x run.micro_batch ({micro})")
     accum = run.batch_size // (world * micro)
     run_dir = Path(run.dir)
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
 
     torch.manual_seed(run.seed)
     g = build_generator(cfg).to(device)
@@ -203,7 +208,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, resume: str = "auto", progress: b
     ema = EMA(g, run.ema_halflife_images, run.ema_rampup)
     manager = CheckpointManager(run_dir, keep=run.keep_checkpoints)
     step, images, data_state, counters = 0, 0, None, {"skipped_g": 0, "skipped_d": 0}
-    if resume != "none" and (resume != "auto" or manager.latest() is not None):
+    if resume not in ("none", "fresh") and (resume != "auto" or manager.latest() is not None):
         ckpt = manager.load(None if resume == "auto" else resume)
         _load_without_vfm(g, ckpt.model)
         _load_without_vfm(ema.model, ckpt.ema)
@@ -215,6 +220,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig, resume: str = "auto", progress: b
         step, images, data_state = ckpt.step, ckpt.images_seen, ckpt.rank_state["data"]
         restore_rng_state(ckpt.rank_state["rng"])  # the loop draws from per-step generators; this covers the rest
         dist_utils.print0(f"resumed from {ckpt.path} (step {step}, {images} images)")
+    if rank == 0:
+        write_run_config(run_dir, cfg)
 
     # fp16 needs loss scaling (bf16 and fp32 do not); the scalers' state is small and rebuilt on resume
     scaler_g = torch.amp.GradScaler(device.type) if run.precision == "fp16" else None

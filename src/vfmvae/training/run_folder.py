@@ -1,0 +1,172 @@
+"""A training run folder belongs to one run: claim it (a lock), check it, and only then write into it.
+
+`claim_run_folder` is called by rank 0 before a trainer writes anything. It refuses
+
+* a second process on the same folder (an exclusive `flock` on `RUN/.lock`, held until the process exits;
+  the kernel releases it when the process dies, so a killed run never leaves a stale lock);
+* a recipe that differs from the folder's `config.yaml` in anything but the keys that may change on resume
+  (lengths, logging and checkpoint intervals, device, workers), and a run of another kind;
+* `--resume none` on a folder that already holds this run's outputs, unless `--resume fresh` asks to start
+  over, which removes only this run's own outputs (checkpoints, metrics, grids, export);
+* checkpoint folders that exist but none of which is complete (no `meta.json`): restarting from step 0
+  would silently replace them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vfmvae.checkpoint.atomic import atomic_write_text
+from vfmvae.checkpoint.training import CheckpointManager
+from vfmvae.config import ConfigError, config_to_dict, dump_yaml
+
+__all__ = ["RunFolderError", "RunFolderLock", "claim_run_folder", "claimed_run_folder", "write_run_config", "RESUMABLE_CHANGES"]
+
+# Recipe keys a resumed run may change: they do not alter what the trained weights are.
+RESUMABLE_CHANGES = frozenset({
+    "run.total_steps", "run.total_images", "run.log_every", "run.sample_every", "run.snapshot_every",
+    "run.checkpoint_every", "run.keep_checkpoints", "run.max_consecutive_nonfinite", "run.device", "run.tensorboard",
+    "run.compile", "run.gradient_checkpointing", "run.micro_batch", "run.sample_steps", "run.sample_cfg",
+    "run.sample_count", "data.num_workers",
+})
+# What a run writes into its folder, and `--resume fresh` removes; nothing else is ever deleted.
+RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "export", "samples", "snapshots", "tensorboard", "config.yaml")
+
+
+class RunFolderError(ConfigError):
+    """The run folder holds another run, is in use, or cannot be resumed as asked."""
+
+
+class RunFolderLock:
+    """An exclusive, non-blocking `flock` on RUN/.lock, held while the object lives."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / ".lock"
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(self.fd, 64).decode(errors="replace").strip() or "another process"
+            os.close(self.fd)
+            raise RunFolderError(f"{run_dir} is in use by {holder} (lock {self.path}); wait for it to finish "
+                                 "or use another run.dir") from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"process {os.getpid()}\n".encode())
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = -1
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out or {prefix[:-1]: {}}
+    return {prefix[:-1]: tree}
+
+
+def _recipe_changes(stored: dict[str, Any], new: dict[str, Any], config_path: Path) -> None:
+    if set(stored) != set(new):
+        raise RunFolderError(
+            f"{config_path} belongs to another kind of run (its sections: {', '.join(sorted(stored))}; this run's: "
+            f"{', '.join(sorted(new))}); use another run.dir")
+    old_flat, new_flat = _flatten(stored), _flatten(new)
+    changed = sorted(k for k in set(old_flat) | set(new_flat)
+                     if old_flat.get(k, "<unset>") != new_flat.get(k, "<unset>") and k not in RESUMABLE_CHANGES)
+    if changed:
+        shown = "; ".join(f"{k}: {old_flat.get(k, '<unset>')!r} -> {new_flat.get(k, '<unset>')!r}" for k in changed[:6])
+        more = f" (and {len(changed) - 6} more)" if len(changed) > 6 else ""
+        raise RunFolderError(
+            f"the recipe differs from the run in {config_path}: {shown}{more}. A run folder belongs to one run: "
+            "use another run.dir, or pass --resume fresh to delete this run's outputs and start over")
+
+
+def _holds_run_outputs(run_dir: Path) -> list[str]:
+    return [name for name in RUN_OUTPUTS if name != "config.yaml" and (run_dir / name).exists()]
+
+
+def claim_run_folder(run_dir: Path, config: Any, resume: str) -> RunFolderLock:
+    """Lock and check `run_dir` for a run with `config`; returns the lock (keep it for the run's lifetime).
+
+    Writes nothing but the lock file (and the folder) until every check has passed; `resume="fresh"` then
+    removes the folder's own run outputs.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunFolderError(f"run.dir {run_dir} is a file")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunFolderLock(run_dir)
+    try:
+        _check(run_dir, config, resume)
+    except BaseException:
+        lock.release()
+        raise
+    if resume == "fresh":
+        for name in RUN_OUTPUTS:
+            path = run_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    return lock
+
+
+def _check(run_dir: Path, config: Any, resume: str) -> None:
+    config_path = run_dir / "config.yaml"
+    outputs = _holds_run_outputs(run_dir)
+    if not config_path.is_file():
+        if outputs and resume != "fresh":
+            raise RunFolderError(f"{run_dir} holds {', '.join(outputs)} but no config.yaml, so it cannot be checked "
+                                 "against this recipe; use another run.dir, or pass --resume fresh to start over")
+        return
+    if resume == "fresh":
+        return
+    try:
+        stored = yaml.safe_load(config_path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise RunFolderError(f"{config_path}: unreadable ({err}); use another run.dir or --resume fresh") from None
+    _recipe_changes(stored, config_to_dict(config), config_path)
+    if resume == "none" and outputs:
+        raise RunFolderError(
+            f"--resume none, but {run_dir} already holds this run's {', '.join(outputs)}; continue it (--resume auto), "
+            "pass --resume fresh to delete them and start over, or use another run.dir")
+    if resume == "auto":
+        manager = CheckpointManager(run_dir)
+        started = sorted(p.name for p in manager.root.glob("step-*")) if manager.root.is_dir() else []
+        if started and manager.latest() is None:
+            raise RunFolderError(
+                f"{manager.root} holds {len(started)} checkpoint folder(s) ({', '.join(started[-3:])}) but none is "
+                "complete (meta.json missing or file sizes differ); refusing to restart from step 0 over them. "
+                "Resume one explicitly with --resume PATH, or pass --resume fresh to start over")
+
+
+@contextlib.contextmanager
+def claimed_run_folder(run_dir: str | Path, config: Any, resume: str) -> Iterator[None]:
+    """Rank 0 claims the folder (lock + checks) before any rank starts; the lock is released on exit."""
+    from vfmvae import distributed as dist_utils
+
+    if resume not in ("auto", "none", "fresh") and not Path(resume).is_dir():
+        raise RunFolderError(f"--resume {resume!r}: expected auto, none, fresh or a checkpoint folder")
+    lock = claim_run_folder(Path(run_dir), config, resume) if dist_utils.rank() == 0 else None
+    dist_utils.barrier()
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def write_run_config(run_dir: Path, config: Any) -> None:
+    """`RUN/config.yaml`, written once the checks have passed and the run is about to start."""
+    atomic_write_text(Path(run_dir) / "config.yaml", dump_yaml(config))

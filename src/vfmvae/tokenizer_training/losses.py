@@ -11,8 +11,12 @@ __all__ = ["ssim_loss", "multiscale_l1", "kl_loss", "vf_alignment_loss", "adapti
 
 
 def ssim_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """1 - SSIM on clamped [-1, 1] images, data range 2 (torchmetrics convention, as the official)."""
-    return 1.0 - ssim(fake.clamp(-1, 1) + 1, real.clamp(-1, 1) + 1, data_range=2.0).float().mean()
+    """1 - SSIM on clamped [-1, 1] images, data range 2, as the official `training/loss.py` (torchmetrics SSIM).
+
+    The images stay in [-1, 1]: SSIM's luminance term is not shift-invariant, and on [0, 2] it punishes a
+    brightness shift of mid-grey content far less.
+    """
+    return 1.0 - ssim(fake.clamp(-1, 1), real.clamp(-1, 1), data_range=2.0).float().mean()
 
 
 def multiscale_l1(outputs: list[torch.Tensor], target01: torch.Tensor, weights: list[float], mode: str = "bilinear") -> torch.Tensor:

@@ -3,8 +3,13 @@ discriminator resize mode, float32 loss reductions, posterior moments in the lat
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tokenizer" / "tiny.yaml"
 
 
 def test_ssim_loss_is_torchmetrics_ssim_on_minus_one_to_one_with_data_range_two():
@@ -20,3 +25,72 @@ def test_ssim_loss_is_torchmetrics_ssim_on_minus_one_to_one_with_data_range_two(
     torch.testing.assert_close(ssim_loss(fake, real), official.float(), rtol=0, atol=1e-5)
     shifted = 1.0 - tm_ssim(fake + 1, real + 1, data_range=2.0)
     assert abs(float(official) - float(shifted)) > 0.05  # the old convention is measurably different here
+
+
+def test_safe_loss_guard_skips_a_spike_on_the_device_and_keeps_the_weights():
+    from vfmvae.tokenizer_training.losses import SafeLossGuard
+    from vfmvae.training import optimizer_step
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.Adam(model.parameters(), lr=0.1, fused=True)
+    guard = SafeLossGuard(ratio=10.0)
+    guard.active = True
+    x = torch.randn(8, 4)
+    scale = {"value": 1.0}
+
+    def loss_fn(m, batch):
+        l1 = guard.watch("l1", (m(batch) * scale["value"]).abs().mean())
+        return guard(l1)
+
+    def step():
+        res = optimizer_step(model, opt, [x], loss_fn, batch_size_of=len)
+        guard.commit(res.applied_t)
+        return res
+
+    assert not step().skipped                      # first step: no reference yet
+    reference = guard.prev["l1"].clone()
+    before = [p.detach().clone() for p in model.parameters()]
+    scale["value"] = 1000.0                        # a 1000x spike of L1
+    res = step()
+    assert res.skipped and float(guard.rejected) == 1.0
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # weights untouched
+    assert torch.equal(guard.prev["l1"], reference)  # a rejected step is not the next reference
+    scale["value"] = 5.0                           # below 10x: accepted
+    assert not step().skipped
+    guard.active = False                           # before the start window nothing is rejected
+    scale["value"] = 1e6
+    assert not step().skipped
+
+
+@pytest.mark.slow
+def test_safe_loss_guard_in_the_tokenizer_trainer_counts_and_skips_a_spike(tmp_path, synthetic_dir, monkeypatch):
+    import vfmvae.tokenizer_training.trainer as trainer_module
+    from vfmvae.checkpoint import CheckpointManager
+    from vfmvae.cli import main
+    from vfmvae.tokenizer_training.losses import ssim_loss
+
+    calls = {"n": 0}
+
+    def spiking_ssim(fake, real):  # the third generator step's SSIM loss jumps 1000x
+        calls["n"] += 1
+        return ssim_loss(fake, real) * (1000.0 if calls["n"] == 3 else 1.0)
+
+    monkeypatch.setattr(trainer_module, "ssim_loss", spiking_ssim)
+    run_dir = tmp_path / "spike"
+    args = ["train", "tokenizer", "--recipe", str(TINY), "--set", f"run.dir={run_dir}",
+            "--set", f"data.source={synthetic_dir / 'images'}", "--set", "data.num_workers=0", "--set", "run.batch_size=4",
+            "--set", "run.total_images=16", "--set", "run.checkpoint_every=1", "--set", "run.keep_checkpoints=4",
+            "--set", "run.log_every=1", "--set", "loss.gan=0", "--set", "loss.ssim=1.0",
+            "--set", "loss.safe_loss_after_images=0"]
+    assert main(args) == 0
+    manager = CheckpointManager(run_dir)
+    second, third = manager.load(run_dir / "checkpoints" / "step-00000002"), manager.load(run_dir / "checkpoints" / "step-00000003")
+    assert third.state["counters"]["skipped_g"] == 1
+    assert float(third.state["safe_loss"]["rejected"]) == 1.0
+    for key, value in second.model.items():
+        if key != "mapping.w_avg":  # a running statistic of the forward pass
+            assert torch.equal(third.model[key], value), key
+    fourth = CheckpointManager(run_dir).load()
+    assert fourth.step == 4 and fourth.state["counters"]["skipped_g"] == 1  # the step after the spike trains again
+    assert any(not torch.equal(fourth.model[k], third.model[k]) for k in third.model if k != "mapping.w_avg")

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from vfmvae.evaluation.image_metrics import ssim
 
-__all__ = ["ssim_loss", "multiscale_l1", "kl_loss", "vf_alignment_loss", "adaptive_vf_weight"]
+__all__ = ["ssim_loss", "multiscale_l1", "kl_loss", "vf_alignment_loss", "adaptive_vf_weight", "SafeLossGuard", "discriminator_term_guard"]
 
 
 def ssim_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
@@ -58,3 +58,71 @@ def adaptive_vf_weight(rec_loss: torch.Tensor, vf_loss: torch.Tensor, last_layer
     g_rec = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
     g_vf = torch.autograd.grad(vf_loss, last_layer, retain_graph=True)[0]
     return (base * (g_rec.norm() / (g_vf.norm() + 1e-4)).clamp(0, 1e8)).detach()
+
+
+def discriminator_term_guard(loss: torch.Tensor, limit: float = 1e4) -> torch.Tensor:
+    """The official discriminator-side safe-loss rule: a term that is non-finite or above `limit` in magnitude
+    turns the D loss into NaN, which skips the D step (on the device, gradients zero)."""
+    ok = torch.isfinite(loss) & (loss.abs() <= limit)
+    return torch.where(ok, loss, torch.full_like(loss, float("nan")))
+
+
+class SafeLossGuard:
+    """The official "safe loss" rule (`training/loss.py`, `TotalLoss`): reject a generator step whose L1, L2,
+    LPIPS, SSIM or multi-scale loss is non-finite or above `ratio` x its value at the previous accepted step
+    (only where that value exceeds `floor`), once `active`.
+
+    Everything stays on the device: `guard(total)` returns the loss unchanged when safe and NaN otherwise
+    (`torch.where`, so the gradients are zero rather than NaN), and the optimizer step skips a NaN loss like any
+    non-finite one, on every rank. `commit(applied)` then records this step's values as the reference, for
+    accepted steps only. With several micro-batches, each is checked against the previous step and the step's
+    reference is their mean.
+    """
+
+    def __init__(self, ratio: float = 10.0, floor: float = 1e-6) -> None:
+        self.ratio, self.floor = ratio, floor
+        self.active = False
+        self.prev: dict[str, torch.Tensor] = {}
+        self.rejected: torch.Tensor | None = None  # device counter of rejected micro-batches
+        self._current: dict[str, torch.Tensor] = {}
+        self._step: dict[str, list[torch.Tensor]] = {}
+
+    def watch(self, name: str, value: torch.Tensor) -> torch.Tensor:
+        """Record one term of this micro-batch (an unweighted 0-d loss); returns it unchanged."""
+        self._current[name] = value.detach().float()
+        return value
+
+    def __call__(self, total: torch.Tensor) -> torch.Tensor:
+        current, self._current = self._current, {}
+        for name, value in current.items():
+            self._step.setdefault(name, []).append(value)
+        if not self.active or not current:
+            return total
+        safe = torch.ones((), dtype=torch.bool, device=total.device)
+        for name, value in current.items():
+            ok = torch.isfinite(value)
+            if name in self.prev:
+                prev = self.prev[name].to(value.device)
+                ok = ok & ((prev <= self.floor) | (value <= self.ratio * prev))
+            safe = safe & ok
+        unsafe = (~safe).float()
+        self.rejected = unsafe if self.rejected is None else self.rejected + unsafe
+        return torch.where(safe, total, torch.full_like(total, float("nan")))
+
+    def commit(self, applied: torch.Tensor) -> None:
+        """After the optimizer step: an applied step's mean term values become the reference."""
+        step, self._step = self._step, {}
+        for name, values in step.items():
+            mean = torch.stack(values).mean()
+            prev = self.prev.get(name, torch.zeros_like(mean)).to(mean.device)  # 0: no reference, nothing rejected
+            self.prev[name] = torch.where(applied.to(mean.device) > 0, mean, prev)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state = {f"prev.{k}": v.detach().cpu() for k, v in self.prev.items()}
+        if self.rejected is not None:
+            state["rejected"] = self.rejected.detach().cpu()
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], device: torch.device | str = "cpu") -> None:
+        self.prev = {k[len("prev."):]: v.to(device) for k, v in state.items() if k.startswith("prev.")}
+        self.rejected = state["rejected"].to(device) if "rejected" in state else None

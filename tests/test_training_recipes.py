@@ -94,3 +94,45 @@ def test_safe_loss_guard_in_the_tokenizer_trainer_counts_and_skips_a_spike(tmp_p
     fourth = CheckpointManager(run_dir).load()
     assert fourth.step == 4 and fourth.state["counters"]["skipped_g"] == 1  # the step after the spike trains again
     assert any(not torch.equal(fourth.model[k], third.model[k]) for k in third.model if k != "mapping.w_avg")
+
+
+def test_random_square_crop_draws_side_uniform_in_half_to_full_short_side_anywhere():
+    import numpy as np
+
+    from vfmvae.data.transforms import draw_square_crop
+
+    rng = np.random.default_rng(0)
+    draws = np.array([draw_square_crop(400, 300, rng) for _ in range(4000)])
+    fractions = draws[:, 2] / 300
+    assert fractions.min() >= 0.5 and fractions.max() <= 1.0
+    hist, _ = np.histogram(fractions, bins=5, range=(0.5, 1.0))
+    assert hist.min() > 0.8 * 800 and hist.max() < 1.2 * 800   # uniform in [0.5, 1] (800 expected per bin)
+    assert (draws[:, 0] + draws[:, 2] <= 400).all() and (draws[:, 1] + draws[:, 2] <= 300).all()
+    assert draws[:, 0].min() == 0 and (draws[:, 0] + draws[:, 2]).max() == 400  # positions reach both edges
+
+
+def test_training_crop_is_the_official_random_square_lanczos_then_flip_and_evaluation_keeps_adm(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from vfmvae.data import DataConfig, build_dataset
+    from vfmvae.data.transforms import _sample_rng, center_crop_adm, draw_square_crop, flip_decision
+
+    folder = tmp_path / "imgs" / "a"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(folder / "x.png")
+    img = Image.open(folder / "x.png").convert("RGB")
+    train = build_dataset(DataConfig(source=tmp_path / "imgs", resolution=32, crop="random_square", hflip=True, seed=3))
+    evaluation = build_dataset(DataConfig(source=tmp_path / "imgs", resolution=32, hflip=False, seed=3))
+    for epoch in range(6):
+        left, top, side = draw_square_crop(120, 90, _sample_rng(3, epoch, 0, "crop"))
+        expected = np.asarray(img.crop((left, top, left + side, top + side)).resize((32, 32), Image.LANCZOS))
+        if flip_decision(3, epoch, 0):
+            expected = expected[:, ::-1]
+        got = train[(epoch, 0)]["image"].permute(1, 2, 0).numpy()
+        assert np.array_equal(got, expected), epoch
+        assert np.array_equal(train[(epoch, 0)]["image"].numpy(), got.transpose(2, 0, 1))  # deterministic per draw
+    sides = {draw_square_crop(120, 90, _sample_rng(3, e, 0, "crop"))[2] for e in range(6)}
+    assert len(sides) > 1  # a new crop each epoch
+    assert np.array_equal(evaluation[0]["image"].permute(1, 2, 0).numpy(), np.asarray(center_crop_adm(img, 32)))

@@ -136,3 +136,51 @@ def test_training_crop_is_the_official_random_square_lanczos_then_flip_and_evalu
     sides = {draw_square_crop(120, 90, _sample_rng(3, e, 0, "crop"))[2] for e in range(6)}
     assert len(sides) > 1  # a new crop each epoch
     assert np.array_equal(evaluation[0]["image"].permute(1, 2, 0).numpy(), np.asarray(center_crop_adm(img, 32)))
+
+
+def _tiny_args(run_dir, data, *extra):
+    return ["train", "tokenizer", "--recipe", str(TINY), "--set", f"run.dir={run_dir}", "--set", f"data.source={data}",
+            "--set", "data.num_workers=0", "--set", "run.batch_size=4", "--set", "run.log_every=1",
+            "--set", "run.checkpoint_every=100", *extra]
+
+
+@pytest.mark.slow
+def test_next_stage_starts_raw_g_from_raw_ema_from_ema_d_from_d_and_continues_the_image_count(tmp_path, synthetic_dir,
+                                                                                            monkeypatch):
+    from safetensors.torch import load_file
+
+    from vfmvae.checkpoint import CheckpointManager
+    from vfmvae.cli import main
+    from vfmvae.training import EMA
+
+    data = synthetic_dir / "images"
+    first = tmp_path / "stage-a"
+    assert main(_tiny_args(first, data, "--set", "run.total_images=8")) == 0
+    export = first / "export"
+    raw_a, ema_a = load_file(export / "generator_raw.safetensors"), load_file(export / "model.safetensors")
+    disc_a = load_file(export / "discriminators.safetensors")
+    assert any(k.startswith("projected.") for k in disc_a)
+    assert any(not torch.equal(raw_a[k], ema_a[k]) for k in raw_a if k != "mapping.w_avg")  # raw and EMA differ
+
+    seen = []
+    update = EMA.update
+    monkeypatch.setattr(EMA, "update", lambda self, model, images, *a, **k: (seen.append(images), update(self, model, images, *a, **k))[1])
+    second = tmp_path / "stage-b"
+    # no training step: the checkpoint written at the end holds what the stage started from
+    assert main(_tiny_args(second, data, "--set", "run.total_images=0", "--set", f"init={export}")) == 0
+    start = CheckpointManager(second).load()
+    for key, value in raw_a.items():
+        assert torch.equal(start.model[key], value), key          # raw G from raw G
+    for key, value in start.ema.items():
+        assert torch.equal(value, ema_a[key]), key                # EMA from EMA
+    heads = {k[len("projected."):]: v for k, v in disc_a.items() if k.startswith("projected.")}
+    for key, value in heads.items():
+        assert torch.equal(start.state["disc"][f"0.{key}"], value), key  # D from D
+    assert start.state["counters"]["images_before_stage"] == 8
+
+    third = tmp_path / "stage-c"  # one step: the EMA ramp-up counts the previous stages' images too
+    assert main(_tiny_args(third, data, "--set", "run.total_images=4", "--set", f"init={export}")) == 0
+    assert seen == [12]
+    import json
+
+    assert json.loads((third / "export" / "training.json").read_text())["images_total"] == 12

@@ -27,6 +27,7 @@ from vfmvae.tokenizer.model import vfm_arch_of
 from vfmvae.tokenizer_training.config import TokenizerTrainConfig
 from vfmvae.tokenizer_training.discriminators import MultiscalePatchGAN, ProjectedDiscriminator
 from vfmvae.tokenizer_training.equivariance import EquivarianceDraw, draw_equivariance, transform_latent, transform_target
+from vfmvae.tokenizer_training.handoff import export_stage, load_stage
 from vfmvae.tokenizer_training.losses import (
     SafeLossGuard,
     adaptive_vf_weight,
@@ -183,7 +184,8 @@ class _Losses:
 
 
 def train_tokenizer(cfg: TokenizerTrainConfig, resume: str = "auto", progress: bool = True) -> dict[str, Any]:
-    """Run (or continue) one training stage. Returns a summary; the EMA model is exported to RUN/export."""
+    """Run (or continue) one training stage. Returns a summary; the stage is exported to RUN/export (the EMA
+    tokenizer, plus the raw generator and the discriminators that the next stage starts from, see handoff.py)."""
     from tqdm.auto import tqdm
 
     device = dist_utils.init_distributed()
@@ -210,6 +212,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, resume: str = "auto", progress: b
     if cfg.loss.patchgan or cfg.loss.feature_matching:
         p = MultiscalePatchGAN(cfg.disc.patchgan_ndf).to(device)
     d_modules = nn.ModuleList([m for m in (d.heads if d is not None else None, p) if m is not None])
+    discriminators = {name: m for name, m in (("projected", d.heads if d is not None else None), ("patchgan", p)) if m is not None}
     d_params = list(d_modules.parameters())
     lpips = None
     if cfg.loss.lpips:
@@ -222,7 +225,12 @@ def train_tokenizer(cfg: TokenizerTrainConfig, resume: str = "auto", progress: b
     fused = fused_optimizer_supported(device)  # one kernel over all parameters; skips non-finite steps on the device
     opt_g = torch.optim.Adam(trainable, lr=opt.lr, betas=opt.betas, eps=opt.eps, fused=fused)
     opt_d = torch.optim.Adam(d_params, lr=opt.d_lr, betas=opt.betas, eps=opt.eps, fused=fused) if d_params else None
-    ema = EMA(g, run.ema_halflife_images, run.ema_rampup)
+    ema = EMA(g, run.ema_halflife_images, run.ema_rampup)  # the EMA starts from the previous stage's EMA
+    images_before = 0  # images of the previous stages: the EMA ramp-up continues from there (official cur_nimg)
+    if cfg.init is not None:  # official resume_*: raw G from raw G, D from D
+        images_before, notes = load_stage(cfg.init, g, discriminators)
+        for note in notes:
+            dist_utils.print0(f"note: {note}")
     manager = CheckpointManager(run_dir, keep=run.keep_checkpoints)
     step, images, data_state, counters = 0, 0, None, {"skipped_g": 0, "skipped_d": 0}
     guard_state: dict[str, torch.Tensor] = {}
@@ -235,6 +243,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, resume: str = "auto", progress: b
         if opt_d is not None:
             opt_d.load_state_dict(ckpt.state["opt_d"])
         counters = dict(ckpt.state["counters"])
+        images_before = int(counters.pop("images_before_stage", images_before))
         guard_state = ckpt.state.get("safe_loss", {})
         step, images, data_state = ckpt.step, ckpt.images_seen, ckpt.rank_state["data"]
         restore_rng_state(ckpt.rank_state["rng"])  # the loop draws from per-step generators; this covers the rest
@@ -255,7 +264,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig, resume: str = "auto", progress: b
     def save() -> None:
         manager.save(step, images_seen=images, model=_without_vfm(g.state_dict()), ema=_without_vfm(ema.state_dict()),
                      state={"disc": d_modules.state_dict(), "opt_g": opt_g.state_dict(),
-                            "opt_d": opt_d.state_dict() if opt_d is not None else {}, "counters": counters,
+                            "opt_d": opt_d.state_dict() if opt_d is not None else {},
+                            "counters": {**counters, "images_before_stage": images_before},
                             "safe_loss": losses.guard.state_dict() if losses.guard is not None else {}},
                      rank_state={"data": stream.state_dict(), "rng": capture_rng_state()},
                      meta={"config": config_to_dict(cfg)})
@@ -291,7 +301,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, resume: str = "auto", progress: b
                                f"The last good checkpoint is {manager.latest()}")
         seen = torch.tensor([float(sum(b["n"] for b in batches))])
         images += int(dist_utils.all_reduce_sum(seen).item())
-        ema.update(g, images, run.batch_size)
+        ema.update(g, images_before + images, run.batch_size)
         step += 1
         bar.update(1)
         if rank == 0 and (step % run.log_every == 0 or images >= run.total_images):
@@ -310,9 +320,9 @@ def train_tokenizer(cfg: TokenizerTrainConfig, resume: str = "auto", progress: b
     save()
     export = run_dir / "export"
     if rank == 0:
-        ema.model.save_pretrained(export)
+        export_stage(export, g, ema.model, discriminators, images_before + images)
     dist_utils.barrier()
-    return {"steps": step, "images": images, "export": str(export), **counters, "skipped_images": skips.as_dict(),
+    return {"steps": step, "images": images, "images_total": images_before + images, "export": str(export), **counters, "skipped_images": skips.as_dict(),
             "config": asdict(cfg.run) | {"dir": str(run.dir)}}
 
 

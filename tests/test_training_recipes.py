@@ -184,3 +184,39 @@ def test_next_stage_starts_raw_g_from_raw_ema_from_ema_d_from_d_and_continues_th
     import json
 
     assert json.loads((third / "export" / "training.json").read_text())["images_total"] == 12
+
+
+def test_projected_discriminator_resizes_with_the_vfm_mode(tmp_path, synthetic_dir, monkeypatch):
+    import torch.nn.functional as F
+
+    from vfmvae.tokenizer_training.discriminators import ProjectedDiscriminator
+
+    kwargs = dict(input_size=32, taps=(0, 1), backbone_kwargs={"embed_dim": 32, "depth": 2, "num_heads": 2}, diffaug=False,
+                  crop_probability=0.0)
+    torch.manual_seed(0)
+    bicubic = ProjectedDiscriminator(resize_mode="bicubic", **kwargs)
+    bilinear = ProjectedDiscriminator(**kwargs)
+    bilinear.load_state_dict(bicubic.state_dict())
+    x = torch.rand(2, 3, 48, 48) * 2 - 1
+    resized = F.interpolate((x + 1) / 2, size=(32, 32), mode="bicubic", align_corners=False, antialias=True) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(bicubic(x), bilinear(resized), rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(bilinear(x), bicubic(x), atol=1e-4)
+
+    # the trainer builds D with the tokenizer VFM's own mode
+    import vfmvae.tokenizer_training.trainer as trainer_module
+    from vfmvae.cli import main
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def recording(*args, **kw):
+        seen.update(kw)
+        raise Stop
+
+    monkeypatch.setattr(trainer_module, "ProjectedDiscriminator", recording)
+    with pytest.raises(Stop):
+        main(_tiny_args(tmp_path / "d", synthetic_dir / "images", "--set", "run.total_images=4"))
+    assert seen["resize_mode"] == "bilinear"  # SigLIP2's (the VFM's adapter.resize_mode)

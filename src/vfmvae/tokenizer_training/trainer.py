@@ -208,7 +208,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig, resume: str = "auto", progress: b
     d = p = None
     if cfg.loss.gan:
         dc = cfg.disc
-        d = ProjectedDiscriminator(dc.backbone, dc.weights, dc.input_size, dc.taps, dc.backbone_kwargs, dc.diffaug).to(device)
+        d = ProjectedDiscriminator(dc.backbone, dc.weights, dc.input_size, dc.taps, dc.backbone_kwargs, dc.diffaug,
+                                   resize_mode=g.vfm.adapter.resize_mode).to(device)  # the VFM's mode, as the official
     if cfg.loss.patchgan or cfg.loss.feature_matching:
         p = MultiscalePatchGAN(cfg.disc.patchgan_ndf).to(device)
     d_modules = nn.ModuleList([m for m in (d.heads if d is not None else None, p) if m is not None])

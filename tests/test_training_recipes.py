@@ -220,3 +220,32 @@ def test_projected_discriminator_resizes_with_the_vfm_mode(tmp_path, synthetic_d
     with pytest.raises(Stop):
         main(_tiny_args(tmp_path / "d", synthetic_dir / "images", "--set", "run.total_images=4"))
     assert seen["resize_mode"] == "bilinear"  # SigLIP2's (the VFM's adapter.resize_mode)
+
+
+def test_vf_kl_and_multiscale_losses_are_float32_under_bf16_autocast():
+    from vfmvae.tokenizer_training.losses import adaptive_vf_weight, kl_loss, multiscale_l1, vf_alignment_loss
+
+    g = torch.Generator().manual_seed(0)
+    p = torch.randn(2, 64, 8, 8, generator=g)
+    f = p + 0.05 * torch.randn(2, 64, 8, 8, generator=g)  # near-aligned: cosine differences below bf16's resolution
+    mean, logvar = torch.randn(2, 8, 4, 4, generator=g), 0.1 * torch.randn(2, 8, 4, 4, generator=g)
+    target = torch.rand(2, 3, 16, 16, generator=g)
+    outs = [torch.rand(2, 3, 8, 8, generator=g) * 2 - 1]
+    reference = (vf_alignment_loss(p, f), kl_loss(mean, logvar), multiscale_l1(outs, target, [0.1]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = (vf_alignment_loss(p, f), kl_loss(mean.bfloat16().float(), logvar), multiscale_l1(outs, target, [0.1]))
+        kl_bf16_inputs = kl_loss(mean.bfloat16(), logvar.bfloat16())
+    for got, want in zip(mixed, reference):
+        assert got.dtype == torch.float32
+    torch.testing.assert_close(mixed[0], reference[0], rtol=1e-6, atol=0)  # bf16 einsum: off by ~4e-3 relative
+    torch.testing.assert_close(mixed[2], reference[2], rtol=1e-6, atol=0)
+    assert kl_bf16_inputs.dtype == torch.float32
+    torch.testing.assert_close(kl_bf16_inputs, kl_loss(mean.bfloat16().float(), logvar.bfloat16().float()), rtol=1e-6, atol=0)
+
+    # adaptive weight: the norm ratio in float32 even when the graph was built under autocast
+    w = torch.nn.Parameter(torch.randn(16, 16, generator=g))
+    x = torch.randn(4, 16, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = x @ w
+        weight = adaptive_vf_weight(h.float().square().mean(), h.float().abs().mean(), w, 2.0)
+    assert weight.dtype == torch.float32 and torch.isfinite(weight)

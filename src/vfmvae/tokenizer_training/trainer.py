@@ -154,7 +154,9 @@ class _Losses:
                 total = total + c.kl * kl
                 s["loss/kl"] = kl.detach()
             if c.vf:
-                vf = vf_alignment_loss(self.g.vf_proj(z), feats.maps()[feats.layers.index(-1)].float(),
+                with torch.autocast(x.device.type, enabled=False):  # the 1x1 projection in float32, as the official
+                    projected = self.g.vf_proj(z.float())
+                vf = vf_alignment_loss(projected, feats.maps()[feats.layers.index(-1)].float(),
                                        c.vf_distmat_margin, c.vf_cos_margin)
                 last = self.g.final_proj.blocks[-1].mlp.w2.weight
                 weight = (adaptive_vf_weight(rec, vf, last, c.vf) if c.vf_adaptive and last.requires_grad

@@ -249,3 +249,115 @@ def test_vf_kl_and_multiscale_losses_are_float32_under_bf16_autocast():
         h = x @ w
         weight = adaptive_vf_weight(h.float().square().mean(), h.float().abs().mean(), w, 2.0)
     assert weight.dtype == torch.float32 and torch.isfinite(weight)
+
+
+@pytest.fixture(scope="module")
+def official_tokenizer(tmp_path_factory):
+    from vfmvae.tokenizer.convert import convert_official_tokenizer
+
+    data = ROOT / "tests" / "data" / "official_tokenizer_tiny"
+    out = tmp_path_factory.mktemp("tok") / "tok"
+    convert_official_tokenizer(data / "config.yaml", data / "official_G.safetensors", data / "siglip2-tiny-patch16", out)
+    return out
+
+
+def _cache(tokenizer, data, out, **kw):
+    from vfmvae.latents import cache_latents
+
+    return cache_latents(tokenizer, data, out, **{"batch_size": 16, "shard_size": 32, "num_workers": 0, "device": "cpu",
+                                                 "progress": False, **kw})
+
+
+def test_cache_keeps_posterior_moments_stats_from_posterior_samples_and_old_caches_still_load(
+        tmp_path, official_tokenizer, synthetic_dir):
+    from vfmvae.data import ImageFolderDataset, to_float01
+    from vfmvae.latents import LatentDataset
+    from vfmvae.tokenizer import VFMVAE
+
+    info = _cache(official_tokenizer, synthetic_dir / "images", tmp_path / "m", moments=True)
+    assert info["latent"] == "posterior moments"
+    ds = LatentDataset(tmp_path / "m")
+    assert ds.has_moments
+    model = VFMVAE.from_pretrained(official_tokenizer)
+    image = to_float01(ImageFolderDataset(synthetic_dir / "images", 64)[0]["image"])[None]
+    with torch.no_grad():
+        post = model.encode(image)
+    torch.testing.assert_close(ds.denormalize(ds[0]["latents"]), post.mean[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ds[0]["latents_std"] * ds.std, post.std[0], rtol=1e-4, atol=1e-5)
+    # statistics of posterior samples: their variance is the means' variance plus the mean posterior variance
+    means = ds.column("latents").double()
+    stds = ds.column("latents_std").double()
+    # one seeded posterior sample per image, as the manifest's statistics were taken
+    from safetensors import safe_open
+
+    parts = []
+    for index, shard in enumerate(info["shards"]):
+        with safe_open(str(tmp_path / "m" / shard["file"]), framework="pt") as f:
+            g = torch.Generator().manual_seed(index)
+            m = f.get_tensor("latents").double()
+            parts.append(m + f.get_tensor("latents_std").double() * torch.randn(m.shape, generator=g, dtype=torch.float64))
+    samples = torch.cat(parts)
+    torch.testing.assert_close(torch.tensor(info["mean"], dtype=torch.float64), samples.mean((0, 2, 3)), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.tensor(info["std"], dtype=torch.float64), samples.std((0, 2, 3), unbiased=False),
+                               rtol=1e-5, atol=1e-6)
+    # ... whose spread includes the posterior noise: about sqrt(var(means) + mean(std^2)), above the means' own spread
+    expected_var = means.var((0, 2, 3), unbiased=False) + stds.square().mean((0, 2, 3))
+    torch.testing.assert_close(torch.tensor(info["std"], dtype=torch.float64).square(), expected_var, rtol=0.3, atol=0)
+
+    # an old cache (posterior mean only) still loads, without moments
+    _cache(official_tokenizer, synthetic_dir / "images", tmp_path / "old")
+    old = LatentDataset(tmp_path / "old")
+    assert not old.has_moments and "latents_std" not in old[0]
+    torch.testing.assert_close(old.denormalize(old[0]["latents"]), post.mean[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_lightningdit_cache_stores_one_posterior_sample_per_image_and_per_flip(tmp_path, official_tokenizer, synthetic_dir):
+    from vfmvae.latents import LatentDataset
+
+    _cache(official_tokenizer, synthetic_dir / "images", tmp_path / "moments", flip=True, moments=True)
+    _cache(official_tokenizer, synthetic_dir / "images", tmp_path / "s", flip=True, sample=True)
+    moments, sampled = LatentDataset(tmp_path / "moments", flip=True), LatentDataset(tmp_path / "s", flip=True)
+    for key in ("latents", "latents_flip"):
+        mean, std, s = moments.column(key), moments.column(key + "_std"), sampled.column(key)
+        residual = (s - mean) / std          # a sample of this image's (or its flip's) posterior: standard normal
+        assert abs(float(residual.mean())) < 0.1 and abs(float(residual.std()) - 1) < 0.1, key
+
+
+def test_diffusion_draws_a_fresh_posterior_sample_each_step_that_averages_to_the_mean(tmp_path, official_tokenizer,
+                                                                                       synthetic_dir):
+    from vfmvae.config import ConfigError, load_config
+    from vfmvae.diffusion import diffusion_config
+    from vfmvae.diffusion_training import DiffusionTrainConfig, train_diffusion
+    from vfmvae.diffusion_training.trainer import StepDraws
+    from vfmvae.latents import LatentDataset, draw_posterior
+
+    _cache(official_tokenizer, synthetic_dir / "images", tmp_path / "m", moments=True)
+    _cache(official_tokenizer, synthetic_dir / "images", tmp_path / "old")
+    recipe = ROOT / "configs" / "diffusion" / "tiny.yaml"
+    overrides = [f"data.cache={tmp_path / 'm'}", "data.flip=false", "data.posterior_draws=true", "transport.align_weight=0",
+                 "model.overrides={}", "run.sample_every=0", "run.batch_size=8"]
+    cfg = load_config(DiffusionTrainConfig, recipe, [*overrides, f"run.dir={tmp_path / 'run'}"])
+    ds = LatentDataset(tmp_path / "m")
+    mcfg = diffusion_config("lightningdit-tiny", in_channels=8, input_size=4, num_classes=4)
+    draws = StepDraws(cfg, mcfg, torch.device("cpu"))
+    item = ds[5]
+    samples = []
+    for step in range(2000):
+        draws.draw(step)
+        samples.append(draw_posterior(item["latents"], item["latents_std"], draws.posterior_eps[3]))
+    samples = torch.stack(samples)
+    assert not torch.equal(samples[0], samples[1])                                  # a new draw every step
+    draws.draw(7)
+    again = draw_posterior(item["latents"], item["latents_std"], draws.posterior_eps[3])
+    assert torch.equal(again, samples[7])                                            # seeded by (seed, step): resumable
+    spread = item["latents_std"]
+    assert ((samples.mean(0) - item["latents"]).abs() <= 4 * spread / 2000**0.5 + 1e-6).all()  # averages to the mean
+    torch.testing.assert_close(samples.std(0), spread, rtol=0.1, atol=1e-6)
+
+    summary = train_diffusion(load_config(DiffusionTrainConfig, recipe, [*overrides, f"run.dir={tmp_path / 'run'}",
+                                                                         "run.total_steps=2"]), progress=False)
+    assert summary["steps"] == 2
+    with pytest.raises(ConfigError, match="--moments"):
+        train_diffusion(load_config(DiffusionTrainConfig, recipe, [*overrides, f"data.cache={tmp_path / 'old'}",
+                                                                   f"run.dir={tmp_path / 'bad'}"]), progress=False)

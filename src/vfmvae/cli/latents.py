@@ -23,7 +23,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--vfm-features", default=None, help="VFM registry name or folder (e.g. dinov2-base) to cache its tokens")
     c.add_argument("--vfm-resolution", type=int, default=None,
                    help="feed the VFM at this size (REPA/REG: 224 for DINOv2-B/14 -> 16x16 tokens); default: its registry scale")
-    c.add_argument("--sample", action="store_true", help="store a posterior sample instead of the mean")
+    c.add_argument("--sample", action="store_true",
+                   help="store one posterior sample per image (and per flip) instead of the mean (LightningDiT's prefetch)")
+    c.add_argument("--moments", action="store_true",
+                   help="store the posterior mean and std, so that diffusion training draws a fresh sample every step "
+                   "(REG's prefetch; recipe key data.posterior_draws)")
     c.add_argument("--resolution", type=int, default=None, help="default: the tokenizer's training resolution")
     c.add_argument("--batch-size", type=positive_int, default=32)
     c.add_argument("--shard-size", type=int, default=1024, help="images per shard")
@@ -37,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     from vfmvae.latents import cache_latents
 
     info = cache_latents(args.tokenizer, args.data, args.out, resolution=args.resolution, flip=args.flip,
-                         vfm_features=args.vfm_features, vfm_resolution=args.vfm_resolution, sample=args.sample, batch_size=args.batch_size,
+                         vfm_features=args.vfm_features, vfm_resolution=args.vfm_resolution, sample=args.sample,
+                         moments=args.moments, batch_size=args.batch_size,
                          shard_size=args.shard_size, num_workers=args.workers, device=args.device)
     skipped = sum(info["skipped"].values())
     dist_utils.print0(f"cached {info['num_items']} latents of shape {info['latent_shape']} in {len(info['shards'])} "

@@ -9,7 +9,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from vfmvae.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, BadImage, decode_image
-from vfmvae.data.transforms import center_crop_adm, flip_decision, to_uint8_tensor
+from vfmvae.data.transforms import crop_image, flip_decision, to_uint8_tensor
 
 __all__ = ["ImageFolderDataset", "list_image_folder"]
 
@@ -51,7 +51,7 @@ def list_image_folder(root: str | Path) -> tuple[list[Path], list[int], list[str
 
 
 class ImageFolderDataset(Dataset):
-    """Map-style dataset of ADM-centre-cropped uint8 images.
+    """Map-style dataset of cropped uint8 images (ADM centre crop, or the official random square crop).
 
     `__getitem__` takes an index or an `(epoch, index)` pair (what `ResumableSampler` yields); the epoch
     only seeds the flip. A bad file returns `None`, which `collate_skip_bad` drops and counts.
@@ -66,8 +66,11 @@ class ImageFolderDataset(Dataset):
         seed: int = 0,
         min_size: int = 16,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        crop: str = "adm_center",
+        crop_min_fraction: float = 0.5,
     ) -> None:
         self.root = Path(root)
+        self.crop, self.crop_min_fraction = crop, crop_min_fraction
         self.files, self.labels, self.classes = list_image_folder(self.root)
         self.resolution = resolution
         self.hflip = hflip
@@ -89,7 +92,8 @@ class ImageFolderDataset(Dataset):
             img = decode_image(path, min_size=self.min_size, max_pixels=self.max_pixels)
         except BadImage as err:
             return {"bad": True, "name": str(path), "reason": err.reason, "detail": str(err)}
-        img = center_crop_adm(img, self.resolution)
+        img = crop_image(img, self.resolution, self.crop, seed=self.seed, epoch=epoch, index=index,
+                         min_fraction=self.crop_min_fraction)
         flip = self.hflip and flip_decision(self.seed, epoch, index)
         image = to_uint8_tensor(img)
         if flip:

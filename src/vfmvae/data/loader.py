@@ -31,9 +31,14 @@ class DataConfig:
 
     source: ExistingPath                     # image folder (class subfolders = labels) or tar shard(s)
     format: Literal["auto", "folder", "shards"] = "auto"
-    resolution: int = 256                    # ADM centre crop to this size
+    resolution: int = 256                    # crop to this size
+    # adm_center: ADM centre crop (evaluation, caching); random_square: the official training augmentation, a
+    # square of U(crop_min_fraction, 1) x the short side at a random position, LANCZOS-resized (transforms.py)
+    crop: Literal["adm_center", "random_square"] = "adm_center"
+    crop_min_fraction: float = 0.5
     hflip: bool = True                       # random horizontal flip (seeded per sample, see transforms.py)
-    min_size: int = 16                       # images with a shorter side below this are skipped
+    min_size: int = 16                       # images with a shorter side below this are skipped (the official
+                                             # stages 1-2 train on images with a short side >= 256)
     max_pixels: int = DEFAULT_MAX_PIXELS     # larger images are skipped as decompression bombs
     num_workers: int = 2
     seed: int = 0
@@ -44,6 +49,8 @@ class DataConfig:
             raise ValueError(f"data.resolution must be a positive multiple of 8, got {self.resolution}")
         if self.num_workers < 0:
             raise ValueError("data.num_workers must be >= 0")
+        if not 0 < self.crop_min_fraction <= 1:
+            raise ValueError(f"data.crop_min_fraction must be in (0, 1], got {self.crop_min_fraction}")
 
 
 def detect_format(source: str | Path) -> Literal["folder", "shards"]:
@@ -60,7 +67,8 @@ def build_dataset(
     cfg: DataConfig, *, rank: int = 0, world: int = 1, loop: bool = True, start_ordinals: dict[int, int] | None = None
 ) -> ImageFolderDataset | TarShardDataset:
     fmt = detect_format(cfg.source) if cfg.format == "auto" else cfg.format
-    common = dict(hflip=cfg.hflip, seed=cfg.seed, min_size=cfg.min_size, max_pixels=cfg.max_pixels)
+    common = dict(hflip=cfg.hflip, seed=cfg.seed, min_size=cfg.min_size, max_pixels=cfg.max_pixels, crop=cfg.crop,
+                  crop_min_fraction=cfg.crop_min_fraction)
     if fmt == "folder":
         return ImageFolderDataset(cfg.source, cfg.resolution, **common)
     list_shards(cfg.source)  # fail early with a clear message

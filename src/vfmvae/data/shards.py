@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from vfmvae.data.images import DEFAULT_MAX_PIXELS, BadImage, decode_image
-from vfmvae.data.transforms import center_crop_adm, flip_decision, to_uint8_tensor
+from vfmvae.data.transforms import crop_image, flip_decision, to_uint8_tensor
 
 __all__ = ["list_shards", "iter_tar_samples", "TarShardDataset", "IMAGE_KEYS", "MAX_IMAGE_MEMBER_BYTES",
            "MAX_OTHER_MEMBER_BYTES"]
@@ -124,7 +124,7 @@ def iter_tar_samples(path: Path, *, allow_compressed: bool = False) -> Iterator[
 
 
 class TarShardDataset(IterableDataset):
-    """Streams decoded, ADM-centre-cropped uint8 samples from tar shards.
+    """Streams decoded, cropped (ADM centre or official random square) uint8 samples from tar shards.
 
     Items are dicts with `image`, `label`, `name`, `worker` and `ordinal`; unusable samples come through
     as `{"bad": True, ...}` so that `collate_skip_bad` can count them.
@@ -146,9 +146,12 @@ class TarShardDataset(IterableDataset):
         shuffle_shards: bool = True,
         start_ordinals: dict[int, int] | None = None,
         allow_compressed: bool = False,
+        crop: str = "adm_center",
+        crop_min_fraction: float = 0.5,
     ) -> None:
         self.shards = list_shards(source)
         self.allow_compressed = allow_compressed
+        self.crop, self.crop_min_fraction = crop, crop_min_fraction
         self.resolution = resolution
         self.hflip, self.seed = hflip, seed
         self.min_size, self.max_pixels = min_size, max_pixels
@@ -199,7 +202,8 @@ class TarShardDataset(IterableDataset):
             return {**base, "bad": True, "reason": err.reason, "detail": str(err)}
         except (ValueError, UnicodeDecodeError) as err:
             return {**base, "bad": True, "reason": "bad-label", "detail": str(err)}
-        image = to_uint8_tensor(center_crop_adm(img, self.resolution))
+        image = to_uint8_tensor(crop_image(img, self.resolution, self.crop, seed=self.seed, epoch=epoch, index=ordinal,
+                                           min_fraction=self.crop_min_fraction))
         if self.hflip and flip_decision(self.seed, epoch, ordinal):
             image = image.flip(-1)
         return {**base, "image": image, "label": label}

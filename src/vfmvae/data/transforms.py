@@ -4,6 +4,10 @@
 used by DiT, REPA and the official VFM-VAE prefetch): halve with a BOX filter while the short side is
 at least twice the target, resize the short side to the target with BICUBIC, then crop the centre.
 Using the same crop as the ADM reference batches keeps FID comparable.
+
+`random_square_crop` is the official VFM-VAE training augmentation (`training/data_wds.py`): a square of side
+U(0.5, 1) x the short side at a uniformly random position, LANCZOS-resized to the target. Its draws, like the
+flip's, depend only on (seed, epoch, index), so a resumed or re-sharded run sees the same crops.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["center_crop_adm", "to_uint8_tensor", "flip_decision", "to_float01"]
+__all__ = ["CROPS", "center_crop_adm", "draw_square_crop", "random_square_crop", "crop_image", "to_uint8_tensor", "flip_decision", "to_float01"]
+
+CROPS = ("adm_center", "random_square")
 
 
 def center_crop_adm(img: Image.Image, size: int) -> Image.Image:
@@ -27,6 +33,35 @@ def center_crop_adm(img: Image.Image, size: int) -> Image.Image:
     top = (arr.shape[0] - size) // 2
     left = (arr.shape[1] - size) // 2
     return Image.fromarray(arr[top : top + size, left : left + size])
+
+
+def _sample_rng(seed: int, epoch: int, index: int, purpose: str) -> np.random.Generator:
+    digest = hashlib.blake2b(f"{purpose}/{seed}/{epoch}/{index}".encode(), digest_size=8).digest()
+    return np.random.default_rng(int.from_bytes(digest, "little"))
+
+
+def draw_square_crop(width: int, height: int, rng: np.random.Generator, min_fraction: float = 0.5) -> tuple[int, int, int]:
+    """(left, top, side): side = floor(U(min_fraction, 1) x short side), the corner uniform over valid positions."""
+    side = max(1, int(min(width, height) * rng.uniform(min_fraction, 1.0)))
+    top = int(rng.integers(0, height - side + 1))
+    left = int(rng.integers(0, width - side + 1))
+    return left, top, side
+
+
+def random_square_crop(img: Image.Image, size: int, rng: np.random.Generator, min_fraction: float = 0.5) -> Image.Image:
+    """A square drawn by `draw_square_crop`, LANCZOS-resized to `size` x `size`."""
+    left, top, side = draw_square_crop(*img.size, rng, min_fraction)
+    return img.crop((left, top, left + side, top + side)).resize((size, size), resample=Image.LANCZOS)
+
+
+def crop_image(img: Image.Image, size: int, crop: str = "adm_center", *, seed: int = 0, epoch: int = 0, index: int = 0,
+               min_fraction: float = 0.5) -> Image.Image:
+    """`adm_center` (evaluation, caching) or `random_square` (tokenizer training) to `size` x `size`."""
+    if crop == "adm_center":
+        return center_crop_adm(img, size)
+    if crop == "random_square":
+        return random_square_crop(img, size, _sample_rng(seed, epoch, index, "crop"), min_fraction)
+    raise ValueError(f"unknown crop {crop!r}; choose one of {', '.join(CROPS)}")
 
 
 def to_uint8_tensor(img: Image.Image) -> torch.Tensor:

@@ -17,6 +17,9 @@ __all__ = ["LatentDataConfig", "ModelChoice", "DiffusionOptimConfig", "Diffusion
 class LatentDataConfig:
     cache: ExistingPath                      # a finished `vfmvae cache-latents` folder
     flip: bool = True                        # use the cached flipped copy half of the time (needs --flip)
+    # draw z = mean + std * eps afresh every step from a cache of posterior moments (cache-latents --moments), as
+    # REG's train.py; false: train on the stored latents (the mean, or the one sample of --sample)
+    posterior_draws: bool = False
     num_workers: int = 2
 
 

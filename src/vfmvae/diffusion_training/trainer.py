@@ -31,7 +31,7 @@ from vfmvae.config import ConfigError, config_from_dict, config_to_dict
 from vfmvae.data.sampler import ResumableSampler
 from vfmvae.diffusion import DiffusionTransformer, DiTConfig, diffusion_config, training_loss
 from vfmvae.diffusion_training.config import DiffusionTrainConfig
-from vfmvae.latents import LatentDataset
+from vfmvae.latents import LatentDataset, draw_posterior
 from vfmvae.training import EMA, fused_optimizer_supported, optimizer_step
 from vfmvae.training.run_folder import claimed_run_folder, write_run_config
 from vfmvae.training.run_log import RunLog, autocast_factory, scalars_to_floats
@@ -119,6 +119,9 @@ class StepDraws:
         self.noise = torch.randn(b, c.in_channels, c.input_size, c.input_size, generator=g, device=self.device)
         self.cls_noise = torch.randn(b, c.class_token_dim, generator=g, device=self.device) if c.class_token_dim else None
         self.drop = torch.rand(b, generator=g, device=self.device) < c.class_dropout
+        # drawn last, so that the other draws are the same with or without posterior moments
+        self.posterior_eps = (torch.randn(b, c.in_channels, c.input_size, c.input_size, generator=g, device=self.device)
+                              if self.cfg.data.posterior_draws else None)
 
 
 def train_diffusion(cfg: DiffusionTrainConfig, resume: str = "auto", progress: bool = True) -> dict[str, Any]:
@@ -150,6 +153,9 @@ def _train_diffusion(cfg: DiffusionTrainConfig, resume: str, progress: bool) -> 
     if (tc.align_weight or mcfg.class_token_dim) and not dataset.has_vfm_features:
         raise ConfigError(f"transport.align_weight / a REG model need VFM features, but {cfg.data.cache} has none; "
                           "re-cache with `vfmvae cache-latents ... --vfm-features dinov2-base`")
+    if cfg.data.posterior_draws and not dataset.has_moments:
+        raise ConfigError(f"data.posterior_draws needs a cache of posterior moments, but {cfg.data.cache} has none; "
+                          "re-cache with `vfmvae cache-latents ... --moments` or set data.posterior_draws=false")
     if tc.align_weight and not mcfg.align_dims:
         raise ConfigError(f"transport.align_weight > 0 but {cfg.model.arch} has no projector (model.overrides.align_dims)")
     if tc.cls_weight and not mcfg.class_token_dim:
@@ -198,8 +204,11 @@ def _train_diffusion(cfg: DiffusionTrainConfig, resume: str, progress: bool) -> 
         targets, cls = align_targets(mcfg, batch)
         rows = batch["rows"]
         labels = torch.where(draws.drop[rows], torch.full_like(batch["label"], mcfg.num_classes), batch["label"])
+        latents = batch["latents"]
+        if draws.posterior_eps is not None:  # a fresh posterior sample per step (REG's sample_posterior)
+            latents = draw_posterior(latents, batch["latents_std"], draws.posterior_eps[rows])
         with autocast():
-            terms = training_loss(module, batch["latents"], labels, tc, t=draws.t[rows], noise=draws.noise[rows],
+            terms = training_loss(module, latents, labels, tc, t=draws.t[rows], noise=draws.noise[rows],
                                   cls_noise=draws.cls_noise[rows] if draws.cls_noise is not None else None,
                                   align_targets=targets if tc.align_weight else None,
                                   cls_target=cls if mcfg.class_token_dim else None, drop_labels=False)

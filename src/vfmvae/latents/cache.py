@@ -8,7 +8,14 @@ Layout of a cache folder:
                                   latents_flip (the horizontally flipped image's latents), vfm_features
                                   (N, T, D) float16 (frozen-VFM final patch tokens, for REPA/REG alignment)
                                   with vfm_cls (N, D) (its class token, for REG) and, with --flip, the same
-                                  two for the flipped image (vfm_features_flip, vfm_cls_flip)
+                                  two for the flipped image (vfm_features_flip, vfm_cls_flip); with --moments,
+                                  latents is the posterior mean and latents_std (latents_flip_std) its std
+
+What `latents` holds: the posterior mean (default); one posterior sample per image and per flip (`sample`, as
+the official LightningDiT prefetch's `G.encode`); or the mean with `latents_std` beside it (`moments`, as the
+official REG prefetch's [mean | std]), from which diffusion training draws a fresh z = mean + std * eps every
+step. The statistics in the manifest come from the stored samples, or, for moments, from one posterior sample
+per image (the official prefetch draws one sample per image for its statistics, over 10k random images).
 
 Every shard is written atomically; `progress-rNN.json` records the finished shards of rank NN, so an
 interrupted run continues where it stopped. Items are split across ranks (rank r takes items r, r+W, ...).
@@ -34,7 +41,7 @@ from vfmvae.data.folder import ImageFolderDataset
 from vfmvae.data.transforms import flip_decision
 from vfmvae.latents.settings import cache_settings, claim_cache_folder
 
-__all__ = ["cache_latents", "LatentDataset", "CacheError"]
+__all__ = ["cache_latents", "LatentDataset", "CacheError", "draw_posterior"]
 
 MANIFEST = "cache.json"
 
@@ -48,7 +55,8 @@ def _shard_name(rank: int, index: int) -> str:
 
 
 def cache_latents(tokenizer: str | Path, data: str | Path, out: str | Path, *, resolution: int | None = None,
-                  flip: bool = False, vfm_features: str | None = None, vfm_resolution: int | None = None, sample: bool = False, batch_size: int = 32,
+                  flip: bool = False, vfm_features: str | None = None, vfm_resolution: int | None = None, sample: bool = False,
+                  moments: bool = False, batch_size: int = 32,
                   shard_size: int = 1024, num_workers: int = 2, device: str | None = None, seed: int = 0,
                   progress: bool = True) -> dict[str, Any]:
     """Encode `data` with `tokenizer` into `out` (see module docstring). Collective under torchrun."""
@@ -56,6 +64,8 @@ def cache_latents(tokenizer: str | Path, data: str | Path, out: str | Path, *, r
 
     from vfmvae.tokenizer import VFMVAE
 
+    if sample and moments:
+        raise ValueError("cache_latents: choose sample (one posterior sample) or moments (mean and std), not both")
     dev = torch.device(device) if device else dist_utils.init_distributed()
     rank, world = dist_utils.rank(), dist_utils.world_size()
     out = Path(out)
@@ -124,6 +134,10 @@ def cache_latents(tokenizer: str | Path, data: str | Path, out: str | Path, *, r
                 post = model.encode(x)
                 z = post.sample(generator) if sample and hasattr(post, "sample") else post.mode()
                 buffer.setdefault(key, []).append(z.float().cpu())
+                if moments:
+                    if not hasattr(post, "std"):
+                        raise ValueError(f"{tokenizer} is a discrete tokenizer: it has no posterior std to cache (moments)")
+                    buffer.setdefault(key + "_std", []).append(post.std.float().cpu())
             buffer.setdefault("labels", []).append(batch["label"])
             if vfm is not None:
                 for suffix, x in (("", images), ("_flip", images.flip(-1) if flip else None)):
@@ -138,7 +152,7 @@ def cache_latents(tokenizer: str | Path, data: str | Path, out: str | Path, *, r
         flush()
     dist_utils.barrier()
     if rank == 0:
-        _write_manifest(out, model, tokenizer, resolution, world, flip, vfm_features, sample, vfm_resolution)
+        _write_manifest(out, model, tokenizer, resolution, world, flip, vfm_features, sample, vfm_resolution, moments, seed)
     dist_utils.barrier()
     if rank == 0:
         return {**json.loads((out / MANIFEST).read_text()), "skipped": skips.as_dict()}
@@ -147,15 +161,19 @@ def cache_latents(tokenizer: str | Path, data: str | Path, out: str | Path, *, r
 
 
 def _write_manifest(out: Path, model, tokenizer, resolution: int, world: int, flip: bool, vfm_features, sample: bool,
-                    vfm_resolution: int | None = None) -> None:
+                    vfm_resolution: int | None = None, moments: bool = False, seed: int = 0) -> None:
     shards = []
     for r in range(world):
         shards += json.loads((out / f"progress-r{r:02d}.json").read_text())["shards"]
-    # per-channel statistics over (N, h, w) of the unflipped latents, float64 sums (streamed over shards)
+    # per-channel statistics over (N, h, w) of the unflipped latents, float64 sums (streamed over shards);
+    # with moments, of one posterior sample per image (seeded per shard), as the official prefetch
     total, s1, s2 = 0, None, None
-    for shard in shards:
+    for index, shard in enumerate(shards):
         with safe_open(str(out / shard["file"]), framework="pt") as f:
             z = f.get_tensor("latents").double()
+            if moments:
+                g = torch.Generator().manual_seed(seed * 1_000_003 + index)
+                z = z + f.get_tensor("latents_std").double() * torch.randn(z.shape, generator=g, dtype=torch.float64)
         c = z.shape[1]
         flat = z.transpose(0, 1).reshape(c, -1)
         s1 = flat.sum(1) if s1 is None else s1 + flat.sum(1)
@@ -173,7 +191,7 @@ def _write_manifest(out: Path, model, tokenizer, resolution: int, world: int, fl
         "tokenizer_config": {"z_dim": model.config.latent_channels, "image_size": model.config.image_size},
         "resolution": resolution,
         "latent_shape": latent_shape,
-        "latent": "posterior sample" if sample else "posterior mean",
+        "latent": "posterior moments" if moments else "posterior sample" if sample else "posterior mean",
         "flip": flip,
         "vfm_features": vfm_features,
         "vfm_resolution": vfm_resolution,
@@ -219,6 +237,8 @@ class LatentDataset(Dataset):
         self.starts, self.total = torch.tensor(starts), total
         if flip and "latents_flip" not in self.keys:
             raise CacheError(f"{self.root} has no flipped latents; cache with --flip or load with flip=False")
+        if "latents_std" in self.keys and flip and "latents_flip_std" not in self.keys:
+            raise CacheError(f"{self.root} has posterior std for the images but not for their flips")
         self.mean = torch.tensor(self.manifest["mean"]).view(-1, 1, 1).float()
         self.std = torch.tensor(self.manifest["std"]).view(-1, 1, 1).float()
         self.flip, self.seed, self.epoch = flip, seed, 0
@@ -237,6 +257,11 @@ class LatentDataset(Dataset):
     @property
     def has_vfm_cls(self) -> bool:
         return "vfm_cls" in self.keys
+
+    @property
+    def has_moments(self) -> bool:
+        """Whether items carry `latents_std`: `latents` is then the posterior mean (see `draw_posterior`)."""
+        return "latents_std" in self.keys
 
     def normalize(self, z: torch.Tensor) -> torch.Tensor:
         return (z - self.mean) / self.std
@@ -266,10 +291,19 @@ class LatentDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         use_flip = self.flip and flip_decision(self.seed, epoch, index)
-        z = self._read(index, "latents_flip" if use_flip else "latents")
+        key = "latents_flip" if use_flip else "latents"
+        z = self._read(index, key)
         item = {"latents": self.normalize(z.float()), "label": int(self._read(index, "labels"))}
+        if self.has_moments:  # in normalised units: (mean + std * eps - mu) / sigma = norm(mean) + std / sigma * eps
+            item["latents_std"] = self._read(index, key + "_std").float() / self.std
         for name in ("vfm_features", "vfm_cls"):
             if name in self.keys:
                 flipped = name + "_flip"
                 item[name] = self._read(index, flipped if use_flip and flipped in self.keys else name).float()
         return item
+
+
+def draw_posterior(latents: torch.Tensor, latents_std: torch.Tensor | None, eps: torch.Tensor) -> torch.Tensor:
+    """A fresh posterior sample in normalised units, mean + std * eps (REG's `sample_posterior`); the stored
+    latents unchanged for a cache without moments."""
+    return latents if latents_std is None else latents + latents_std * eps

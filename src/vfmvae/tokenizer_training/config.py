@@ -36,6 +36,12 @@ class LossConfig:
     equivariance: bool = True
     eq_p_latent: float = 0.5
     eq_p_prior_scale: float = 0.25
+    # official safe-loss guard: skip a step whose L1/L2/LPIPS/SSIM/multi-scale loss is non-finite or jumps above
+    # safe_loss_ratio x its previous accepted value (and a D step with a non-finite or |term| > 1e4 loss),
+    # once more than safe_loss_after_images images of this stage were seen
+    safe_loss: bool = True
+    safe_loss_ratio: float = 10.0
+    safe_loss_after_images: int = 50_000
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,9 @@ class _DiscHead(nn.Module):
 class ProjectedDiscriminator(nn.Module):
     def __init__(self, backbone: str = "vit_small_patch16_224.dino", weights: str | Path | None = None,
                  input_size: int = 224, taps: tuple[int, ...] = (2, 5, 8, 11), backbone_kwargs: dict | None = None,
-                 diffaug: bool = True, crop_probability: float = 0.5) -> None:
+                 diffaug: bool = True, crop_probability: float = 0.5, resize_mode: str = "bilinear") -> None:
+        """`resize_mode`: the interpolation of the VFM the tokenizer is built on (official `VFM2INTERPOLATION`:
+        bilinear for SigLIP2, bicubic for DINOv2 and the CLIP family), used to resize inputs to `input_size`."""
         super().__init__()
         import timm
 
@@ -109,7 +111,7 @@ class ProjectedDiscriminator(nn.Module):
             self.dino = timm.create_model(backbone, pretrained=False, img_size=input_size, **kwargs)
         self.dino.eval().requires_grad_(False)
         self.taps, self.input_size = taps, input_size
-        self.diffaug, self.crop_probability = diffaug, crop_probability
+        self.diffaug, self.crop_probability, self.resize_mode = diffaug, crop_probability, resize_mode
         self.heads = nn.ModuleList(_DiscHead(self.dino.embed_dim) for _ in range(len(taps) + 1))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -142,7 +144,7 @@ class ProjectedDiscriminator(nn.Module):
             left = int(torch.randint(x.shape[-1] - size + 1, (), generator=generator))
             x = x[..., top : top + size, left : left + size]
         if x.shape[-1] != size or x.shape[-2] != size:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > size)
+            x = F.interpolate(x, size=(size, size), mode=self.resize_mode, align_corners=False, antialias=x.shape[-1] > size)
         x = (x - self.mean) / self.std
         return torch.cat([head(f) for head, f in zip(self.heads, self._features(x))], dim=1)
 

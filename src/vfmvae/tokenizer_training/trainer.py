@@ -27,8 +27,11 @@ from vfmvae.tokenizer.model import vfm_arch_of
 from vfmvae.tokenizer_training.config import TokenizerTrainConfig
 from vfmvae.tokenizer_training.discriminators import MultiscalePatchGAN, ProjectedDiscriminator
 from vfmvae.tokenizer_training.equivariance import EquivarianceDraw, draw_equivariance, transform_latent, transform_target
+from vfmvae.tokenizer_training.handoff import export_stage, load_stage
 from vfmvae.tokenizer_training.losses import (
+    SafeLossGuard,
     adaptive_vf_weight,
+    discriminator_term_guard,
     kl_loss,
     multiscale_l1,
     ssim_loss,
@@ -83,6 +86,7 @@ class _Losses:
         self.mode = g.vfm.adapter.resize_mode
         self.generator = torch.Generator()
         self.images_seen = 0
+        self.guard = SafeLossGuard(cfg.loss.safe_loss_ratio) if cfg.loss.safe_loss else None
         self.scalars: dict[str, torch.Tensor] = {}  # detached device tensors, read back when logged
 
     def _draw(self) -> EquivarianceDraw:
@@ -109,27 +113,41 @@ class _Losses:
         loss = x.new_zeros(())
         with self.autocast():
             if c.gan and self.d is not None:
-                loss = loss + c.gan * (F.relu(1 - self.d(real, self.generator)).mean()
-                                       + F.relu(1 + self.d(fake, self.generator)).mean())
+                loss = loss + c.gan * self._d_guard(F.relu(1 - self.d(real, self.generator)).float().mean()
+                                                    + F.relu(1 + self.d(fake, self.generator)).float().mean())
             if c.patchgan and self.p is not None:
                 pr, pf = self.p(real), self.p(fake)
-                loss = loss + c.patchgan * sum(F.mse_loss(r[-1], torch.ones_like(r[-1])) + F.mse_loss(f[-1], torch.zeros_like(f[-1]))
-                                               for r, f in zip(pr, pf)) / len(pr)
+                loss = loss + c.patchgan * self._d_guard(sum(
+                    F.mse_loss(r[-1].float(), torch.ones_like(r[-1], dtype=torch.float32))
+                    + F.mse_loss(f[-1].float(), torch.zeros_like(f[-1], dtype=torch.float32)) for r, f in zip(pr, pf)) / len(pr))
         self.scalars["loss/d"] = loss.detach()
         return loss.float()
 
+    def _guard_active(self) -> bool:
+        return self.images_seen > self.cfg.loss.safe_loss_after_images  # official: 50k images after the stage start
+
+    def _d_guard(self, term: torch.Tensor) -> torch.Tensor:
+        return discriminator_term_guard(term) if self.guard is not None and self._guard_active() else term
+
+    def _watch(self, name: str, value: torch.Tensor) -> torch.Tensor:
+        return self.guard.watch(name, value) if self.guard is not None else value
+
     def generator_loss(self, _module: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        c, s = self.cfg.loss, self.scalars
+        c, s, w = self.cfg.loss, self.scalars, self._watch
         x = batch["x"]
         with self.autocast():
             fake, multiscale, real, post, z, feats = self._fake(x, self._draw(), with_vfm=c.vf > 0)
-            rec = c.l1 * (real - fake).abs().mean() + c.l2 * (real - fake).square().mean()
+            rec = real.new_zeros(())
+            if c.l1:
+                rec = rec + c.l1 * w("l1", (real - fake).abs().mean())
+            if c.l2:
+                rec = rec + c.l2 * w("l2", (real - fake).square().mean())
             if c.lpips:
-                rec = rec + c.lpips * self.lpips(fake, real).mean()
+                rec = rec + c.lpips * w("lpips", self.lpips(fake, real).float().mean())
             if c.ssim:
-                rec = rec + c.ssim * ssim_loss(fake, real)
+                rec = rec + c.ssim * w("ssim", ssim_loss(fake, real))
             if any(c.multiscale) and self.images_seen < c.multiscale_until_images:
-                rec = rec + multiscale_l1(multiscale, (real + 1) / 2, list(c.multiscale), self.mode)
+                rec = rec + w("multiscale", multiscale_l1(multiscale, (real + 1) / 2, list(c.multiscale), self.mode))
             total = rec
             s["loss/rec"] = rec.detach()
             if c.kl:
@@ -137,7 +155,9 @@ class _Losses:
                 total = total + c.kl * kl
                 s["loss/kl"] = kl.detach()
             if c.vf:
-                vf = vf_alignment_loss(self.g.vf_proj(z), feats.maps()[feats.layers.index(-1)].float(),
+                with torch.autocast(x.device.type, enabled=False):  # the 1x1 projection in float32, as the official
+                    projected = self.g.vf_proj(z.float())
+                vf = vf_alignment_loss(projected, feats.maps()[feats.layers.index(-1)].float(),
                                        c.vf_distmat_margin, c.vf_cos_margin)
                 last = self.g.final_proj.blocks[-1].mlp.w2.weight
                 weight = (adaptive_vf_weight(rec, vf, last, c.vf) if c.vf_adaptive and last.requires_grad
@@ -158,11 +178,17 @@ class _Losses:
                     fm = sum(F.l1_loss(ff, rf.detach()) for fs, rs in zip(pf, pr) for ff, rf in zip(fs[:-1], rs[:-1]))
                     total = total + c.feature_matching * fm / len(pf)
         s["loss/g"] = total.detach()
+        if self.guard is not None:
+            self.guard.active = self._guard_active()
+            total = self.guard(total.float())
+            if self.guard.rejected is not None:
+                s["safe_loss_rejected"] = self.guard.rejected
         return total.float()
 
 
 def train_tokenizer(cfg: TokenizerTrainConfig, resume: str = "auto", progress: bool = True) -> dict[str, Any]:
-    """Run (or continue) one training stage. Returns a summary; the EMA model is exported to RUN/export."""
+    """Run (or continue) one training stage. Returns a summary; the stage is exported to RUN/export (the EMA
+    tokenizer, plus the raw generator and the discriminators that the next stage starts from, see handoff.py)."""
     dist_utils.init_distributed()
     # a run folder belongs to one run: locked and checked before anything is written into it
     with claimed_run_folder(cfg.run.dir, cfg, resume):
@@ -189,10 +215,12 @@ def _train_tokenizer(cfg: TokenizerTrainConfig, resume: str, progress: bool) -> 
     d = p = None
     if cfg.loss.gan:
         dc = cfg.disc
-        d = ProjectedDiscriminator(dc.backbone, dc.weights, dc.input_size, dc.taps, dc.backbone_kwargs, dc.diffaug).to(device)
+        d = ProjectedDiscriminator(dc.backbone, dc.weights, dc.input_size, dc.taps, dc.backbone_kwargs, dc.diffaug,
+                                   resize_mode=g.vfm.adapter.resize_mode).to(device)  # the VFM's mode, as the official
     if cfg.loss.patchgan or cfg.loss.feature_matching:
         p = MultiscalePatchGAN(cfg.disc.patchgan_ndf).to(device)
     d_modules = nn.ModuleList([m for m in (d.heads if d is not None else None, p) if m is not None])
+    discriminators = {name: m for name, m in (("projected", d.heads if d is not None else None), ("patchgan", p)) if m is not None}
     d_params = list(d_modules.parameters())
     lpips = None
     if cfg.loss.lpips:
@@ -205,9 +233,15 @@ def _train_tokenizer(cfg: TokenizerTrainConfig, resume: str, progress: bool) -> 
     fused = fused_optimizer_supported(device)  # one kernel over all parameters; skips non-finite steps on the device
     opt_g = torch.optim.Adam(trainable, lr=opt.lr, betas=opt.betas, eps=opt.eps, fused=fused)
     opt_d = torch.optim.Adam(d_params, lr=opt.d_lr, betas=opt.betas, eps=opt.eps, fused=fused) if d_params else None
-    ema = EMA(g, run.ema_halflife_images, run.ema_rampup)
+    ema = EMA(g, run.ema_halflife_images, run.ema_rampup)  # the EMA starts from the previous stage's EMA
+    images_before = 0  # images of the previous stages: the EMA ramp-up continues from there (official cur_nimg)
+    if cfg.init is not None:  # official resume_*: raw G from raw G, D from D
+        images_before, notes = load_stage(cfg.init, g, discriminators)
+        for note in notes:
+            dist_utils.print0(f"note: {note}")
     manager = CheckpointManager(run_dir, keep=run.keep_checkpoints)
     step, images, data_state, counters = 0, 0, None, {"skipped_g": 0, "skipped_d": 0}
+    guard_state: dict[str, torch.Tensor] = {}
     if resume not in ("none", "fresh") and (resume != "auto" or manager.latest() is not None):
         ckpt = manager.load(None if resume == "auto" else resume)
         _load_without_vfm(g, ckpt.model)
@@ -217,6 +251,8 @@ def _train_tokenizer(cfg: TokenizerTrainConfig, resume: str, progress: bool) -> 
         if opt_d is not None:
             opt_d.load_state_dict(ckpt.state["opt_d"])
         counters = dict(ckpt.state["counters"])
+        images_before = int(counters.pop("images_before_stage", images_before))
+        guard_state = ckpt.state.get("safe_loss", {})
         step, images, data_state = ckpt.step, ckpt.images_seen, ckpt.rank_state["data"]
         restore_rng_state(ckpt.rank_state["rng"])  # the loop draws from per-step generators; this covers the rest
         dist_utils.print0(f"resumed from {ckpt.path} (step {step}, {images} images)")
@@ -230,13 +266,17 @@ def _train_tokenizer(cfg: TokenizerTrainConfig, resume: str, progress: bool) -> 
     skips = SkipCounter()
     stream = DataStream(cfg.data, micro, rank=rank, world=world, state=data_state, skips=skips)
     losses = _Losses(cfg, g, d, p, lpips, autocast_factory(run.precision, device))
+    if losses.guard is not None:
+        losses.guard.load_state_dict(guard_state, device)
     fixed = None
     consecutive_bad = 0
 
     def save() -> None:
         manager.save(step, images_seen=images, model=_without_vfm(g.state_dict()), ema=_without_vfm(ema.state_dict()),
                      state={"disc": d_modules.state_dict(), "opt_g": opt_g.state_dict(),
-                            "opt_d": opt_d.state_dict() if opt_d is not None else {}, "counters": counters},
+                            "opt_d": opt_d.state_dict() if opt_d is not None else {},
+                            "counters": {**counters, "images_before_stage": images_before},
+                            "safe_loss": losses.guard.state_dict() if losses.guard is not None else {}},
                      rank_state={"data": stream.state_dict(), "rng": capture_rng_state()},
                      meta={"config": config_to_dict(cfg)})
 
@@ -262,6 +302,8 @@ def _train_tokenizer(cfg: TokenizerTrainConfig, resume: str, progress: bool) -> 
             d_modules.requires_grad_(False)
         res_g = optimizer_step(g, opt_g, batches, losses.generator_loss, batch_size_of=size, params=trainable,
                                sync_gradients=True, scaler=scaler_g)
+        if losses.guard is not None:
+            losses.guard.commit(res_g.applied_t)  # an accepted step's terms become the next reference
         counters["skipped_g"] += int(res_g.skipped)
         consecutive_bad = consecutive_bad + 1 if res_g.skipped else 0
         if consecutive_bad >= run.max_consecutive_nonfinite:
@@ -269,7 +311,7 @@ def _train_tokenizer(cfg: TokenizerTrainConfig, resume: str, progress: bool) -> 
                                f"The last good checkpoint is {manager.latest()}")
         seen = torch.tensor([float(sum(b["n"] for b in batches))])
         images += int(dist_utils.all_reduce_sum(seen).item())
-        ema.update(g, images, run.batch_size)
+        ema.update(g, images_before + images, run.batch_size)
         step += 1
         bar.update(1)
         if rank == 0 and (step % run.log_every == 0 or images >= run.total_images):
@@ -288,9 +330,9 @@ def _train_tokenizer(cfg: TokenizerTrainConfig, resume: str, progress: bool) -> 
     save()
     export = run_dir / "export"
     if rank == 0:
-        ema.model.save_pretrained(export)
+        export_stage(export, g, ema.model, discriminators, images_before + images)
     dist_utils.barrier()
-    return {"steps": step, "images": images, "export": str(export), **counters, "skipped_images": skips.as_dict(),
+    return {"steps": step, "images": images, "images_total": images_before + images, "export": str(export), **counters, "skipped_images": skips.as_dict(),
             "config": asdict(cfg.run) | {"dir": str(run.dir)}}
 
 

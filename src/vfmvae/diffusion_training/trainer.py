@@ -110,9 +110,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: str = "auto", progress: b
     """Run (or continue) a diffusion training run. Returns a summary; the EMA model is exported to RUN/export."""
     from tqdm.auto import tqdm
 
-    device = dist_utils.init_distributed()
-    if cfg.run.device:
-        device = torch.device(cfg.run.device)
+    device = dist_utils.init_distributed(device=cfg.run.device)  # the backend follows the device (NCCL / gloo)
     rank, world = dist_utils.rank(), dist_utils.world_size()
     run, tc = cfg.run, cfg.transport
     micro = run.micro_batch or run.batch_size // world

@@ -55,7 +55,7 @@ def cache_latents(tokenizer: str | Path, data: str | Path, out: str | Path, *, r
 
     from vfmvae.tokenizer import VFMVAE
 
-    dev = torch.device(device) if device else dist_utils.init_distributed()
+    dev = dist_utils.init_distributed(device=device)  # joins the group under torchrun, with or without --device
     rank, world = dist_utils.rank(), dist_utils.world_size()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

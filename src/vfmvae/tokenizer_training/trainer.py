@@ -164,9 +164,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, resume: str = "auto", progress: b
     """Run (or continue) one training stage. Returns a summary; the EMA model is exported to RUN/export."""
     from tqdm.auto import tqdm
 
-    device = dist_utils.init_distributed()
-    if cfg.run.device:
-        device = torch.device(cfg.run.device)
+    device = dist_utils.init_distributed(device=cfg.run.device)  # the backend follows the device (NCCL / gloo)
     rank, world = dist_utils.rank(), dist_utils.world_size()
     run = cfg.run
     micro = run.micro_batch or run.batch_size // world
@@ -236,6 +234,15 @@ def train_tokenizer(cfg: TokenizerTrainConfig, resume: str = "auto", progress: b
     total_steps = -(-run.total_images // run.batch_size)
     bar = tqdm(total=total_steps, initial=step, desc="tokenizer", unit="step", disable=not (progress and rank == 0))
     started = time.perf_counter()
+    # No host read between sync points (logging, checkpoints, the end), as in diffusion training: the exact image
+    # count (summed over ranks; a batch is short by any skipped files) and the skip counters stay on the device.
+    # In between, the host plans with the nominal count (batch_size per step), which never undercounts; the run
+    # ends only when a read-back count says so.
+    images_t = torch.full((), images, dtype=torch.int64, device=device)
+    skipped_d_t = torch.zeros((), dtype=torch.int64, device=device)  # skipped D steps since the last sync point
+    skipped_g_t = torch.zeros((), dtype=torch.int64, device=device)  # skipped G steps since the last sync point
+    run_t = torch.zeros((), dtype=torch.int64, device=device)        # current run of consecutive skipped G steps
+    longest_t = torch.zeros((), dtype=torch.int64, device=device)    # longest such run since the last sync point
     while images < run.total_images:
         losses.generator.manual_seed(run.seed * 1_000_003 + step * 1_009 + rank)
         losses.images_seen = images
@@ -251,21 +258,33 @@ def train_tokenizer(cfg: TokenizerTrainConfig, resume: str = "auto", progress: b
             d_modules.requires_grad_(True)
             res_d = optimizer_step(d_modules, opt_d, batches, losses.discriminator, batch_size_of=size, params=d_params,
                                    sync_gradients=True, scaler=scaler_d)
-            counters["skipped_d"] += int(res_d.skipped)
+            skipped_d_t += (res_d.applied_t < 1).long()
             d_modules.requires_grad_(False)
         res_g = optimizer_step(g, opt_g, batches, losses.generator_loss, batch_size_of=size, params=trainable,
                                sync_gradients=True, scaler=scaler_g)
-        counters["skipped_g"] += int(res_g.skipped)
-        consecutive_bad = consecutive_bad + 1 if res_g.skipped else 0
-        if consecutive_bad >= run.max_consecutive_nonfinite:
-            raise RuntimeError(f"{consecutive_bad} consecutive non-finite generator steps at step {step}; stopping. "
-                               f"The last good checkpoint is {manager.latest()}")
-        seen = torch.tensor([float(sum(b["n"] for b in batches))])
-        images += int(dist_utils.all_reduce_sum(seen).item())
+        skipped_g = (res_g.applied_t < 1).long()
+        skipped_g_t += skipped_g
+        run_t = (run_t + 1) * skipped_g
+        longest_t = torch.maximum(longest_t, run_t)
+        # a fill kernel, not a copy from the host: the count joins the device queue without a synchronisation
+        images_t += dist_utils.all_reduce_sum(torch.full((), sum(b["n"] for b in batches), dtype=torch.int64, device=device))
+        images += run.batch_size
         ema.update(g, images, run.batch_size)
         step += 1
         bar.update(1)
-        if rank == 0 and (step % run.log_every == 0 or images >= run.total_images):
+        log_now = step % run.log_every == 0 or images >= run.total_images
+        if log_now or step % run.checkpoint_every == 0:
+            # the one host synchronisation of the loop (every rank, so that every rank stops together)
+            images, new_d, new_g, longest = torch.stack([images_t, skipped_d_t, skipped_g_t, longest_t]).tolist()
+            counters["skipped_d"] += new_d
+            counters["skipped_g"] += new_g
+            skipped_d_t.zero_()
+            skipped_g_t.zero_()
+            longest_t.copy_(run_t)
+            if longest >= run.max_consecutive_nonfinite:
+                raise RuntimeError(f"{longest} consecutive non-finite generator steps by step {step}; stopping. "
+                                   f"The last good checkpoint is {manager.latest()}")
+        if rank == 0 and log_now:
             values = scalars_to_floats(losses.scalars)  # logged values stay on the device until here
             record = {"step": step, "images": images, "grad_norm_g": res_g.grad_norm, **values, **counters,
                       "skipped_images": skips.as_dict(), "sec_per_step": (time.perf_counter() - started) / max(1, step)}

@@ -72,6 +72,7 @@ class RunConfig:
     max_consecutive_nonfinite: int = 20
     device: str | None = None                 # default: cuda if available
     tensorboard: bool = False
+    compile: bool = False                     # torch.compile the G/D forward passes (in place; same checkpoints)
 
 
 @dataclass(frozen=True)

@@ -194,6 +194,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig, resume: str = "auto", progress: b
         from vfmvae.evaluation.image_metrics import load_lpips
 
         lpips = load_lpips(cfg.loss.lpips_weights, device)[0].net  # differentiable lpips.LPIPS on [-1, 1]
+    if run.compile:
+        _compile_forwards(g, d, p, lpips)
     opt = cfg.optim
     fused = fused_optimizer_supported(device)  # one kernel over all parameters; skips non-finite steps on the device
     opt_g = torch.optim.Adam(trainable, lr=opt.lr, betas=opt.betas, eps=opt.eps, fused=fused)
@@ -304,6 +306,20 @@ def train_tokenizer(cfg: TokenizerTrainConfig, resume: str = "auto", progress: b
     dist_utils.barrier()
     return {"steps": step, "images": images, "export": str(export), **counters, "skipped_images": skips.as_dict(),
             "config": asdict(cfg.run) | {"dir": str(run.dir)}}
+
+
+def _compile_forwards(g: VFMVAE, d: ProjectedDiscriminator | None, p: MultiscalePatchGAN | None,
+                      lpips: nn.Module | None) -> None:
+    """torch.compile the heavy forward passes in place (`nn.Module.compile`: parameter names, checkpoints and
+    exports are unchanged). The encoder/decoder wrappers and the discriminator's DiffAugment draw host random
+    numbers per call, so they stay eager; the networks they call are compiled."""
+    modules: list[nn.Module] = [g.vfm, g.mapping, g.synthesis]
+    modules += [m for m in (g.final_proj, g.post_proj) if isinstance(m, nn.Module)]
+    if d is not None:
+        modules += [*d.dino.blocks, *d.heads]
+    modules += [m for m in (p, lpips) if m is not None]
+    for module in modules:
+        module.compile()
 
 
 @torch.no_grad()

@@ -1,8 +1,13 @@
 """Process-group setup for torchrun (env://) with a single-process fallback, after EDM2.
 
 The same entry point runs as `vfmvae ...` (one process, CPU or one GPU) and as
-`torchrun --nproc-per-node=8 -m vfmvae ...`. NCCL is used when CUDA is available, gloo otherwise.
+`torchrun --nproc-per-node=8 -m vfmvae ...`. Under torchrun the process group is created even for one
+process, so one GPU runs the same collectives as eight. NCCL serves a CUDA run, gloo a CPU run.
 Only rank 0 prints, draws progress bars and writes shared files.
+
+The device rule (docs/architecture.md, "Collectives and devices"): every tensor handed to a collective lives
+on the run's device, the one the backend serves (`collective_device()`); NCCL has no CPU path, so a host
+tensor there fails at the first step. `all_reduce_sum`/`all_reduce_mean` check this and say so in one line.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ __all__ = [
     "print0",
     "default_device",
     "parse_device",
+    "collective_device",
+    "launched_by_torchrun",
 ]
 
 
@@ -59,13 +66,21 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
-def init_distributed(backend: str | None = None, timeout_minutes: float = 30.0) -> torch.device:
-    """Join the torchrun process group if `WORLD_SIZE` > 1 is set; otherwise run as a single process.
+def launched_by_torchrun() -> bool:
+    """Whether torchrun (or another env:// launcher) started this process, whatever the number of processes."""
+    return all(key in os.environ for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
 
-    Returns the device for this process. Safe to call twice.
+
+def init_distributed(backend: str | None = None, timeout_minutes: float = 30.0,
+                     device: torch.device | str | None = None) -> torch.device:
+    """Join the torchrun process group when launched by torchrun (even as its only process); otherwise run
+    as a single process without a group.
+
+    `device` overrides the default device (a run's `--device`); the backend follows it: NCCL for CUDA, gloo
+    for CPU. Returns the device for this process. Safe to call twice.
     """
-    device = default_device()
-    if is_distributed() or int(os.environ.get("WORLD_SIZE", 1)) <= 1:
+    device = torch.device(device) if device is not None else default_device()
+    if is_distributed() or not launched_by_torchrun():
         return device
     if backend is None:
         backend = "nccl" if device.type == "cuda" else "gloo"
@@ -78,6 +93,20 @@ def init_distributed(backend: str | None = None, timeout_minutes: float = 30.0) 
         device_id=device if backend == "nccl" else None,
     )
     return device
+
+
+def collective_device() -> torch.device:
+    """The device whose tensors the process group's backend reduces: this rank's GPU under NCCL, else CPU."""
+    if is_distributed() and "nccl" in str(dist.get_backend()).lower():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _check_collective_device(tensor: torch.Tensor) -> None:
+    expected = collective_device()
+    if tensor.device.type != expected.type:
+        raise RuntimeError(f"a collective got a tensor on {tensor.device}, but the process group ({dist.get_backend()}) "
+                           f"serves {expected}: create it on the run's device")
 
 
 def destroy_distributed() -> None:
@@ -93,12 +122,14 @@ def barrier() -> None:
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """In place sum over ranks (a no-op for one process)."""
     if is_distributed():
+        _check_collective_device(tensor)
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
 
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     if is_distributed():
+        _check_collective_device(tensor)
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         tensor /= world_size()
     return tensor

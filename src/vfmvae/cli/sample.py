@@ -50,16 +50,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from vfmvae import distributed as dist_utils
     from vfmvae.checkpoint.digest import model_folder_digest
     from vfmvae.sampling.generate import generate_samples
     from vfmvae.sampling.pipeline import SamplerConfig, VFMVAEPipeline
 
-    device = dist_utils.init_distributed()
-    if args.device:
-        device = torch.device(args.device)
+    device = dist_utils.init_distributed(device=args.device)
     config = SamplerConfig(sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg, interval=args.interval,
                            guide_channels=args.guide_channels, cls_cfg_scale=args.cls_cfg, shift=args.shift)
     pipe = VFMVAEPipeline.from_pretrained(args.diffusion, args.tokenizer, args.latent_stats, device=device)

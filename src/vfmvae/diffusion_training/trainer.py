@@ -135,9 +135,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: str = "auto", progress: b
 def _train_diffusion(cfg: DiffusionTrainConfig, resume: str, progress: bool) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    device = dist_utils.init_distributed()
-    if cfg.run.device:
-        device = torch.device(cfg.run.device)
+    device = dist_utils.init_distributed(device=cfg.run.device)  # the backend follows the device (NCCL / gloo)
     rank, world = dist_utils.rank(), dist_utils.world_size()
     run, tc = cfg.run, cfg.transport
     micro = run.micro_batch or run.batch_size // world

@@ -66,7 +66,7 @@ def cache_latents(tokenizer: str | Path, data: str | Path, out: str | Path, *, r
 
     if sample and moments:
         raise ValueError("cache_latents: choose sample (one posterior sample) or moments (mean and std), not both")
-    dev = torch.device(device) if device else dist_utils.init_distributed()
+    dev = dist_utils.init_distributed(device=device)  # joins the group under torchrun, with or without --device
     rank, world = dist_utils.rank(), dist_utils.world_size()
     out = Path(out)
     model = VFMVAE.from_pretrained(tokenizer).to(dev).eval()

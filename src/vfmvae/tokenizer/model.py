@@ -119,8 +119,8 @@ class _Mapping(nn.Module):
         if self.training:
             with torch.no_grad():
                 mean = w.detach().float().mean(0)
-                if torch.isfinite(mean).all():  # a non-finite batch must not poison the statistic
-                    self.w_avg.copy_(mean.lerp(self.w_avg, 0.995))
+                # a non-finite batch must not poison the statistic; decided on the device (no host sync per forward)
+                self.w_avg.copy_(torch.where(torch.isfinite(mean).all(), mean.lerp(self.w_avg, 0.995), self.w_avg))
         return w
 
 

@@ -80,6 +80,7 @@ class RunConfig:
     max_consecutive_nonfinite: int = 20
     device: str | None = None                 # default: cuda if available
     tensorboard: bool = False
+    compile: bool = False                     # torch.compile the G/D forward passes (in place; same checkpoints)
 
     def __post_init__(self) -> None:
         require_positive(self, "batch_size", "micro_batch", "total_images", "ema_halflife_images", "ema_rampup",

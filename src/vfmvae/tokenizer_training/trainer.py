@@ -198,9 +198,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, resume: str = "auto", progress: b
 def _train_tokenizer(cfg: TokenizerTrainConfig, resume: str, progress: bool) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    device = dist_utils.init_distributed()
-    if cfg.run.device:
-        device = torch.device(cfg.run.device)
+    device = dist_utils.init_distributed(device=cfg.run.device)  # the backend follows the device (NCCL / gloo)
     rank, world = dist_utils.rank(), dist_utils.world_size()
     run = cfg.run
     micro = run.micro_batch or run.batch_size // world
@@ -229,6 +227,8 @@ def _train_tokenizer(cfg: TokenizerTrainConfig, resume: str, progress: bool) -> 
         from vfmvae.evaluation.image_metrics import load_lpips
 
         lpips = load_lpips(cfg.loss.lpips_weights, device)[0].net  # differentiable lpips.LPIPS on [-1, 1]
+    if run.compile:
+        _compile_forwards(g, d, p, lpips)
     opt = cfg.optim
     fused = fused_optimizer_supported(device)  # one kernel over all parameters; skips non-finite steps on the device
     opt_g = torch.optim.Adam(trainable, lr=opt.lr, betas=opt.betas, eps=opt.eps, fused=fused)
@@ -269,7 +269,6 @@ def _train_tokenizer(cfg: TokenizerTrainConfig, resume: str, progress: bool) -> 
     if losses.guard is not None:
         losses.guard.load_state_dict(guard_state, device)
     fixed = None
-    consecutive_bad = 0
 
     def save() -> None:
         manager.save(step, images_seen=images, model=_without_vfm(g.state_dict()), ema=_without_vfm(ema.state_dict()),
@@ -283,6 +282,15 @@ def _train_tokenizer(cfg: TokenizerTrainConfig, resume: str, progress: bool) -> 
     total_steps = -(-run.total_images // run.batch_size)
     bar = tqdm(total=total_steps, initial=step, desc="tokenizer", unit="step", disable=not (progress and rank == 0))
     started = time.perf_counter()
+    # No host read between sync points (logging, checkpoints, the end), as in diffusion training: the exact image
+    # count (summed over ranks; a batch is short by any skipped files) and the skip counters stay on the device.
+    # In between, the host plans with the nominal count (batch_size per step), which never undercounts; the run
+    # ends only when a read-back count says so.
+    images_t = torch.full((), images, dtype=torch.int64, device=device)
+    skipped_d_t = torch.zeros((), dtype=torch.int64, device=device)  # skipped D steps since the last sync point
+    skipped_g_t = torch.zeros((), dtype=torch.int64, device=device)  # skipped G steps since the last sync point
+    run_t = torch.zeros((), dtype=torch.int64, device=device)        # current run of consecutive skipped G steps
+    longest_t = torch.zeros((), dtype=torch.int64, device=device)    # longest such run since the last sync point
     while images < run.total_images:
         losses.generator.manual_seed(run.seed * 1_000_003 + step * 1_009 + rank)
         losses.images_seen = images
@@ -298,23 +306,35 @@ def _train_tokenizer(cfg: TokenizerTrainConfig, resume: str, progress: bool) -> 
             d_modules.requires_grad_(True)
             res_d = optimizer_step(d_modules, opt_d, batches, losses.discriminator, batch_size_of=size, params=d_params,
                                    sync_gradients=True, scaler=scaler_d)
-            counters["skipped_d"] += int(res_d.skipped)
+            skipped_d_t += (res_d.applied_t < 1).long()
             d_modules.requires_grad_(False)
         res_g = optimizer_step(g, opt_g, batches, losses.generator_loss, batch_size_of=size, params=trainable,
                                sync_gradients=True, scaler=scaler_g)
         if losses.guard is not None:
             losses.guard.commit(res_g.applied_t)  # an accepted step's terms become the next reference
-        counters["skipped_g"] += int(res_g.skipped)
-        consecutive_bad = consecutive_bad + 1 if res_g.skipped else 0
-        if consecutive_bad >= run.max_consecutive_nonfinite:
-            raise RuntimeError(f"{consecutive_bad} consecutive non-finite generator steps at step {step}; stopping. "
-                               f"The last good checkpoint is {manager.latest()}")
-        seen = torch.tensor([float(sum(b["n"] for b in batches))])
-        images += int(dist_utils.all_reduce_sum(seen).item())
+        skipped_g = (res_g.applied_t < 1).long()
+        skipped_g_t += skipped_g
+        run_t = (run_t + 1) * skipped_g
+        longest_t = torch.maximum(longest_t, run_t)
+        # a fill kernel, not a copy from the host: the count joins the device queue without a synchronisation
+        images_t += dist_utils.all_reduce_sum(torch.full((), sum(b["n"] for b in batches), dtype=torch.int64, device=device))
+        images += run.batch_size
         ema.update(g, images_before + images, run.batch_size)
         step += 1
         bar.update(1)
-        if rank == 0 and (step % run.log_every == 0 or images >= run.total_images):
+        log_now = step % run.log_every == 0 or images >= run.total_images
+        if log_now or step % run.checkpoint_every == 0:
+            # the one host synchronisation of the loop (every rank, so that every rank stops together)
+            images, new_d, new_g, longest = torch.stack([images_t, skipped_d_t, skipped_g_t, longest_t]).tolist()
+            counters["skipped_d"] += new_d
+            counters["skipped_g"] += new_g
+            skipped_d_t.zero_()
+            skipped_g_t.zero_()
+            longest_t.copy_(run_t)
+            if longest >= run.max_consecutive_nonfinite:
+                raise RuntimeError(f"{longest} consecutive non-finite generator steps by step {step}; stopping. "
+                                   f"The last good checkpoint is {manager.latest()}")
+        if rank == 0 and log_now:
             values = scalars_to_floats(losses.scalars)  # logged values stay on the device until here
             record = {"step": step, "images": images, "grad_norm_g": res_g.grad_norm, **values, **counters,
                       "skipped_images": skips.as_dict(), "sec_per_step": (time.perf_counter() - started) / max(1, step)}
@@ -334,6 +354,20 @@ def _train_tokenizer(cfg: TokenizerTrainConfig, resume: str, progress: bool) -> 
     dist_utils.barrier()
     return {"steps": step, "images": images, "images_total": images_before + images, "export": str(export), **counters, "skipped_images": skips.as_dict(),
             "config": asdict(cfg.run) | {"dir": str(run.dir)}}
+
+
+def _compile_forwards(g: VFMVAE, d: ProjectedDiscriminator | None, p: MultiscalePatchGAN | None,
+                      lpips: nn.Module | None) -> None:
+    """torch.compile the heavy forward passes in place (`nn.Module.compile`: parameter names, checkpoints and
+    exports are unchanged). The encoder/decoder wrappers and the discriminator's DiffAugment draw host random
+    numbers per call, so they stay eager; the networks they call are compiled."""
+    modules: list[nn.Module] = [g.vfm, g.mapping, g.synthesis]
+    modules += [m for m in (g.final_proj, g.post_proj) if isinstance(m, nn.Module)]
+    if d is not None:
+        modules += [*d.dino.blocks, *d.heads]
+    modules += [m for m in (p, lpips) if m is not None]
+    for module in modules:
+        module.compile()
 
 
 @torch.no_grad()

@@ -1,0 +1,66 @@
+"""The tokenizer training loop without per-step host synchronisation, and `run.compile`."""
+
+import json
+import sys
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import on_tensor_readback
+
+import vfmvae
+from vfmvae.config import load_config
+from vfmvae.tokenizer_training.config import TokenizerTrainConfig
+from vfmvae.tokenizer_training.trainer import train_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = str(Path(vfmvae.__file__).resolve().parent)
+# the step's code; the equivariance draws and DiffAugment read a host generator (no device sync), data loading
+# reads host tensors
+TRAINING_CODE = ("tokenizer_training/trainer.py", "tokenizer_training/losses.py", "training/step.py", "training/ema.py",
+                 "tokenizer/model.py", "tokenizer/layers.py", "vfm/encoder.py")
+
+
+def _cfg(run_dir, data, *overrides):
+    return load_config(TokenizerTrainConfig, ROOT / "configs" / "tokenizer" / "tiny.yaml",
+                       [f"run.dir={run_dir}", f"data.source={data}", "data.num_workers=0", "run.batch_size=4",
+                        "run.snapshot_every=1000", *overrides])
+
+
+def test_training_loop_reads_nothing_back_between_logging_points(tmp_path, synthetic_dir):
+    """As in diffusion training: the skip flags, the skip counters and the global image count stay on the device
+    until a sync point (logging, checkpoints, the end), so the number of read-backs of device tensors made by the
+    training code does not grow with the number of steps between sync points."""
+
+    def run(steps: int) -> list[str]:
+        seen = []
+
+        def record(method: str) -> None:
+            frame = next((f for f in reversed(traceback.extract_stack()) if f.filename.startswith(PACKAGE)), None)
+            if frame is not None and frame.filename.replace("\\", "/").endswith(TRAINING_CODE):
+                seen.append(f"{method} {Path(frame.filename).name}:{frame.lineno}")
+
+        cfg = _cfg(tmp_path / f"run{steps}", synthetic_dir / "images", f"run.total_images={4 * steps}",
+                   f"run.log_every={steps}", f"run.checkpoint_every={steps}")
+        with on_tensor_readback(record):
+            train_tokenizer(cfg, resume="none", progress=False)
+        return seen
+
+    short, long = run(1), run(3)
+    assert sorted(short) == sorted(long), (short, long)  # none per step: the same reads for 1 step as for 3
+
+
+def test_compile_is_off_by_default_and_wraps_the_heavy_forwards(tmp_path, synthetic_dir, monkeypatch):
+    """`run.compile` compiles the generator's and the discriminator's forward passes in place (state-dict keys
+    unchanged, so checkpoints and exports are the same files); here torch.compile is replaced by a recorder, the
+    GPU check (`make gpu-check`) runs it for real."""
+    assert _cfg(tmp_path / "x", synthetic_dir).run.compile is False
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compiled.append(type(self).__name__))
+    summary = train_tokenizer(_cfg(tmp_path / "run", synthetic_dir / "images", "run.total_images=4", "run.compile=true"),
+                              resume="none", progress=False)
+    assert summary["steps"] == 1 and set(compiled) >= {"_Synthesis", "_Mapping"}, compiled
+    assert "_DiscHead" in compiled and "Block" in compiled, compiled  # D: the backbone's blocks and the heads
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["images"] == 4

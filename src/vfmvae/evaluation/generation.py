@@ -90,6 +90,8 @@ def evaluate_generation(samples: str | Path, ref: str | Path, inception: str | P
         "reference_statistics": "stored mu/sigma" if "mu" in reference else "computed from arr_0",
         "resize": RESIZE,
         "inception_score_splits": f"consecutive chunks of 5000, no shuffle ({-(-len(sample_set) // 5000)} splits)",
+        "inception_score_underflow": "float32 softmax as ADM; a probability that underflows to 0 contributes "
+                                     "0 (the limit of p log p) where ADM's float math gives NaN",
         "precision_recall": "k=3, squared distances in float16 (float32 fallback), reference arr_0 vs samples",
         "sample_images_per_s": round(len(sample_set) / float(feats["seconds"]), 2),
     }

@@ -2,9 +2,11 @@
 
 * PSNR: 20 log10(255 / RMSE) per image over all pixels and channels; report the mean over images (not the
   PSNR of the pooled MSE).
-* SSIM: Gaussian window 11 x 11, sigma 1.5, K1 0.01, K2 0.03, data range 255 on RGB values in [0, 255];
-  reflect padding by 5, the SSIM map averaged over all pixels and channels, per image. This is torchmetrics
-  1.9's `structural_similarity_index_measure(data_range=255.0)` computed image by image.
+* SSIM (`ssim_signed`, the reported one): Gaussian window 11 x 11, sigma 1.5, K1 0.01, K2 0.03 on RGB mapped
+  to [-1, 1], data range 2; reflect padding by 5, the SSIM map averaged over all pixels and channels, per image.
+  This is torchmetrics 1.9's `StructuralSimilarityIndexMeasure(data_range=2.0)` as the official
+  tools/reconstruct/evaluate.py uses it. `ssim` is the same window on [0, 255] with data range 255 (kept as
+  the second, `ssim_uint8`, value).
 * LPIPS: `lpips.LPIPS(net="vgg")` (linear heads shipped in the lpips wheel) with the VGG16 trunk loaded from
   a local torchvision file; inputs in [-1, 1].
 """
@@ -19,7 +21,7 @@ import torch.nn.functional as F
 
 from vfmvae.evaluation.weights import VGG16_FILE, VGG16_URL, load_weights, resolve_weights, sha256_of
 
-__all__ = ["psnr", "ssim", "LPIPSMetric", "load_lpips"]
+__all__ = ["psnr", "ssim", "ssim_signed", "LPIPSMetric", "load_lpips"]
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -36,7 +38,21 @@ def _gaussian(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
 
 def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 255.0) -> torch.Tensor:
     """Per-image SSIM (B,) of (B, C, H, W) images in [0, data_range] (uint8 or float)."""
-    x, y = a.double(), b.double()
+    return _ssim_per_image(a.double(), b.double(), data_range)
+
+
+def ssim_signed(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image SSIM (B,) of uint8 (B, 3, H, W) images mapped to [-1, 1] by (x / 255 - 0.5) / 0.5, data range 2:
+    torchmetrics `StructuralSimilarityIndexMeasure(data_range=2.0)` as tianciB/VFM-VAE@b3a752a
+    tools/reconstruct/evaluate.py computes it (the paper's SSIM). SSIM is not shift-invariant, so this differs
+    from `ssim` on [0, 255], most near mid-grey: it maps to 0, where the luminance term
+    (2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2 + C1) reacts strongly to small differences of the local means."""
+    to_signed = lambda t: (t.double() / 255.0 - 0.5) / 0.5  # noqa: E731
+    return _ssim_per_image(to_signed(a), to_signed(b), 2.0)
+
+
+def _ssim_per_image(x: torch.Tensor, y: torch.Tensor, data_range: float) -> torch.Tensor:
+    """Gaussian 11 x 11 (sigma 1.5) SSIM map on reflect-padded float64 images, averaged per image."""
     c = x.shape[1]
     g = _gaussian()
     kernel = (g[:, None] * g[None, :]).expand(c, 1, 11, 11).contiguous()

@@ -2,6 +2,11 @@
 
 Pairs are matched by relative path (the extension may differ). Every metric uses the same uint8 pixels that
 go into rFID. rFID compares reconstructions with the *same* originals, never with training-set statistics.
+
+The conventions are those of the official VFM-VAE evaluation (tianciB/VFM-VAE@b3a752a README and
+tools/reconstruct/evaluate.py): rFID and rIS as `fidelity --fid --isc --input1 RECON --input2 ORIGINALS`
+(torch-fidelity 0.4.0 defaults), SSIM by torchmetrics with data range 2 on [-1, 1], PSNR per image, LPIPS on
+[-1, 1].
 """
 
 from __future__ import annotations
@@ -14,10 +19,10 @@ from PIL import Image
 
 from vfmvae.data.images import IMAGE_EXTENSIONS
 from vfmvae.evaluation.features import extract_features
-from vfmvae.evaluation.image_metrics import load_lpips, psnr, ssim
+from vfmvae.evaluation.image_metrics import load_lpips, psnr, ssim, ssim_signed
 from vfmvae.evaluation.images import ImageSet
 from vfmvae.evaluation.inception import load_inception
-from vfmvae.evaluation.stats import frechet_distance, gaussian_stats, inception_score
+from vfmvae.evaluation.stats import frechet_distance, gaussian_stats, inception_score_torch_fidelity
 
 __all__ = ["evaluate_reconstruction", "paired_image_sets"]
 
@@ -58,20 +63,23 @@ def evaluate_reconstruction(reference: str | Path, reconstructions: str | Path, 
         provenance.update(info)
     else:
         skipped.append("lpips (no --lpips VGG16 weights)")
-    psnrs, ssims, lpipss = [], [], []
+    psnrs, ssims, ssims_uint8, lpipss = [], [], [], []
     pairs = zip(ref_set.batches(batch_size), rec_set.batches(batch_size))
     for a, b in tqdm(pairs, total=-(-len(ref_set) // batch_size), desc="pixel metrics", disable=not progress):
         ta, tb = (torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2) for x in (a, b))
         psnrs.append(psnr(ta, tb))
-        ssims.append(ssim(ta, tb))
+        ssims.append(ssim_signed(ta, tb))
+        ssims_uint8.append(ssim(ta, tb))
         if lpips_net is not None:
             lpipss.append(lpips_net(ta.to(device), tb.to(device)).cpu())
     p = torch.cat(psnrs)
     result = {
         "rfid": None,
         "ris": None,
+        "ris_std": None,
         "psnr": float(p[torch.isfinite(p)].mean()) if torch.isfinite(p).any() else float("inf"),
         "ssim": float(torch.cat(ssims).mean()),
+        "ssim_uint8": float(torch.cat(ssims_uint8).mean()),
         "lpips": float(torch.cat(lpipss).mean()) if lpipss else None,
     }
     if inception is not None:
@@ -81,17 +89,24 @@ def evaluate_reconstruction(reference: str | Path, reconstructions: str | Path, 
         fc = extract_features(net, rec_set, batch_size=batch_size, device=device, desc="reconstruction features",
                               progress=progress)
         result["rfid"] = frechet_distance(*gaussian_stats(fc["pool"]), *gaussian_stats(fr["pool"]))
-        result["ris"] = inception_score(fc["logits"])
+        # torch-fidelity lists a folder as sorted(file paths) before its seeded shuffle: use the same order
+        order = sorted(range(len(rec_set.files)), key=lambda i: str(rec_set.files[i]))
+        result["ris"], result["ris_std"] = inception_score_torch_fidelity(fc["logits"][order])
     else:
         skipped.append("rfid and ris (no --inception weights)")
     result["protocol"] = {
         **provenance,
         "num_images": len(ref_set),
         "image_size": list(ref_set.shape[:2]),
-        "psnr": "mean over images of 20 log10(255 / RMSE), uint8 RGB",
-        "ssim": "Gaussian 11x11, sigma 1.5, data range 255, reflect padding (torchmetrics 1.9), mean over images",
-        "lpips": "VGG (lpips 0.1.4 heads), inputs in [-1, 1]",
-        "rfid": "pool3 FID, reconstructions vs the same originals, TF1-legacy resize",
+        "convention": "tianciB/VFM-VAE@b3a752a tools/reconstruct/evaluate.py and README (torch-fidelity 0.4.0)",
+        "psnr": "mean over images of per-image PSNR, data range 2 on [-1, 1] (= 20 log10(255 / RMSE) on uint8 RGB)",
+        "ssim": "torchmetrics StructuralSimilarityIndexMeasure(data_range=2.0) on (x/255 - 0.5)/0.5: Gaussian "
+                "11x11, sigma 1.5, reflect padding, mean over images",
+        "ssim_uint8": "the same window on uint8 values with data range 255 (not the paper's convention)",
+        "lpips": "VGG (lpips 0.1.4 heads = taming LPIPS), inputs x/127.5 - 1 in [-1, 1]",
+        "rfid": "torch-fidelity FID: pool3 (2048) of reconstructions vs the same originals, TF1-legacy resize",
+        "ris": "torch-fidelity ISC of the reconstructions: logits_unbiased, files in sorted path order shuffled "
+               "by np.random.RandomState(2020).permutation, 10 splits, float64 log-softmax; mean (ris) and std",
         "skipped": skipped,
     }
     return result

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from scipy import linalg
 
-__all__ = ["gaussian_stats", "frechet_distance", "inception_score", "precision_recall", "manifold_radii"]
+__all__ = ["gaussian_stats", "frechet_distance", "inception_score", "inception_score_torch_fidelity", "precision_recall",
+           "manifold_radii"]
 
 
 def gaussian_stats(features: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -46,15 +47,47 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
 
 def inception_score(logits: np.ndarray | torch.Tensor, split_size: int = 5000) -> float:
     """ADM: softmax of the unbiased logits (float32), consecutive splits of `split_size`, no shuffle,
-    exp(mean KL(p(y|x) || p(y))) per split, mean over splits (50,000 samples give 10 splits)."""
+    exp(mean KL(p(y|x) || p(y))) per split, mean over splits (50,000 samples give 10 splits).
+
+    Where a probability underflows to 0 in float32 (a logit margin above ~100), ADM's `p * log(p)` is
+    0 * -inf = NaN and its IS is NaN; here such a term takes its limit, 0. Every finite ADM value is unchanged.
+    """
     x = torch.as_tensor(np.asarray(logits.cpu() if isinstance(logits, torch.Tensor) else logits), dtype=torch.float32)
     preds = torch.softmax(x, dim=1).numpy()
     scores = []
     for i in range(0, len(preds), split_size):
         part = preds[i : i + split_size]
-        kl = part * (np.log(part) - np.log(np.mean(part, 0, keepdims=True)))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            kl = part * (np.log(part) - np.log(np.mean(part, 0, keepdims=True)))
+        kl = np.where(part > 0, kl, 0.0)
         scores.append(np.exp(np.mean(np.sum(kl, 1))))
     return float(np.mean(scores))
+
+
+def inception_score_torch_fidelity(logits: np.ndarray | torch.Tensor, splits: int = 10,
+                                   seed: int = 2020) -> tuple[float, float]:
+    """torch-fidelity 0.4.0's ISC (`metric_isc.isc_features_to_metric`, its defaults): rows shuffled by
+    `np.random.RandomState(seed).permutation`, float64 softmax and log-softmax, `splits` chunks with bounds
+    i * N // splits, exp(mean KL) per chunk; returns (mean, std) over chunks.
+
+    Used for rIS, as the official VFM-VAE README computes it (`fidelity --isc`). The shuffle makes the score
+    independent of how the files are ordered (a class-sorted folder does not collapse it). Where a float64
+    probability underflows to 0 (margin above ~700) torch-fidelity would return NaN; that term is 0 here.
+    """
+    x = torch.as_tensor(np.asarray(logits.cpu() if isinstance(logits, torch.Tensor) else logits))
+    n = x.shape[0]
+    if x.ndim != 2 or n < splits:
+        raise ValueError(f"Inception Score with {splits} splits needs (N >= {splits}, C) logits, got {tuple(x.shape)}")
+    x = x[torch.from_numpy(np.random.RandomState(seed).permutation(n))].double()
+    p, log_p = x.softmax(dim=1), x.log_softmax(dim=1)
+    scores = []
+    for i in range(splits):
+        chunk = slice(i * n // splits, (i + 1) * n // splits)
+        p_chunk, log_p_chunk = p[chunk], log_p[chunk]
+        log_q = p_chunk.mean(dim=0, keepdim=True).log()
+        kl = torch.where(p_chunk > 0, p_chunk * (log_p_chunk - log_q), torch.zeros((), dtype=p.dtype))
+        scores.append(kl.sum(dim=1).mean().exp().item())
+    return float(np.mean(scores)), float(np.std(scores))
 
 
 def _pairwise_sq_dists(u: torch.Tensor, v: torch.Tensor, fp16: bool) -> torch.Tensor:

@@ -22,8 +22,21 @@ from vfmvae.evaluation.weights import VGG16_FILE, VGG16_URL, load_weights, resol
 __all__ = ["psnr", "ssim", "LPIPSMetric", "load_lpips"]
 
 
+def _check_pixel_scale(a: torch.Tensor, b: torch.Tensor, data_range: float, name: str) -> None:
+    """Float images in [0, 1] scored on the uint8 scale give ~74 dB / SSIM 1.0 whatever they hold: refuse them."""
+    if data_range != 255.0 or not (a.is_floating_point() or b.is_floating_point()):
+        return  # uint8, or a caller that states its own range (the training loss: data_range=2)
+    high = max(float(a.max()), float(b.max()))
+    low = min(float(a.min()), float(b.min()))
+    if high <= 1.0 or low < 0 or high > 255.0:
+        raise ValueError(f"{name} expects images on the uint8 scale [0, 255] (uint8 tensors, or floats with data_range "
+                         f"255); got {a.dtype} values in [{low:.3g}, {high:.3g}]. Convert [0, 1] images with "
+                         "(x * 255).round().to(torch.uint8)" + (", or pass data_range=1.0" if name == "ssim" else ""))
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-image PSNR (B,) of uint8 (B, 3, H, W) images; identical images give inf."""
+    _check_pixel_scale(a, b, 255.0, "psnr")
     mse = (a.double() - b.double()).square().flatten(1).mean(1)
     return 20 * torch.log10(255.0 / mse.sqrt())
 
@@ -36,6 +49,7 @@ def _gaussian(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
 
 def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 255.0) -> torch.Tensor:
     """Per-image SSIM (B,) of (B, C, H, W) images in [0, data_range] (uint8 or float)."""
+    _check_pixel_scale(a, b, data_range, "ssim")
     x, y = a.double(), b.double()
     c = x.shape[1]
     g = _gaussian()

@@ -17,7 +17,7 @@ from vfmvae.evaluation.features import extract_features
 from vfmvae.evaluation.image_metrics import load_lpips, psnr, ssim
 from vfmvae.evaluation.images import ImageSet
 from vfmvae.evaluation.inception import load_inception
-from vfmvae.evaluation.stats import frechet_distance, gaussian_stats, inception_score
+from vfmvae.evaluation.stats import frechet_distance, gaussian_stats, inception_score, warn_if_too_few_for_fid
 
 __all__ = ["evaluate_reconstruction", "paired_image_sets"]
 
@@ -76,6 +76,7 @@ def evaluate_reconstruction(reference: str | Path, reconstructions: str | Path, 
         fr = extract_features(net, ref_set, batch_size=batch_size, device=device, desc="reference features", progress=progress)
         fc = extract_features(net, rec_set, batch_size=batch_size, device=device, desc="reconstruction features",
                               progress=progress)
+        warn_if_too_few_for_fid(len(fr["pool"]), "rFID")
         result["rfid"] = frechet_distance(*gaussian_stats(fc["pool"]), *gaussian_stats(fr["pool"]))
         result["ris"] = inception_score(fc["logits"])
     else:

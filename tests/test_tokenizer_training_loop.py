@@ -48,10 +48,12 @@ def test_sigkill_and_resume_auto_ends_with_the_same_weights(tmp_path, synthetic_
     killed = tmp_path / "killed"
     proc = subprocess.Popen(_cli(_args(killed, data, *longer)), env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and not list((killed / "checkpoints").glob("step-00000004")):
-        time.sleep(0.2)
-    os.kill(proc.pid, signal.SIGKILL)  # mid-run, after at least two checkpoints
+    deadline = time.monotonic() + 600  # guards against a hang only; the kill waits on the checkpoint (an event)
+    while not (killed / "checkpoints" / "step-00000004" / "meta.json").is_file() and proc.poll() is None:
+        assert time.monotonic() < deadline, "the step-4 checkpoint never appeared"
+        time.sleep(0.02)
+    assert proc.poll() is None  # still running: 6 of its 10 steps are left
+    os.kill(proc.pid, signal.SIGKILL)  # mid-run, after two checkpoints
     proc.wait()
     assert not (killed / "export").exists()
     subprocess.run(_cli(_args(killed, data, *longer)), env=ENV, check=True, capture_output=True, timeout=600)  # resume auto

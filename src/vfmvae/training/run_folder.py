@@ -32,6 +32,7 @@ __all__ = ["RunFolderError", "RunFolderLock", "claim_run_folder", "claimed_run_f
 
 # Recipe keys a resumed run may change: they do not alter what the trained weights are.
 RESUMABLE_CHANGES = frozenset({
+    "run.dir",  # the folder itself, however it was spelled (relative to another working directory, ...)
     "run.total_steps", "run.total_images", "run.log_every", "run.sample_every", "run.snapshot_every",
     "run.checkpoint_every", "run.keep_checkpoints", "run.max_consecutive_nonfinite", "run.device", "run.tensorboard",
     "run.compile", "run.gradient_checkpointing", "run.micro_batch", "run.sample_steps", "run.sample_cfg",

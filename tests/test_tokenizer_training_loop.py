@@ -110,8 +110,10 @@ def test_non_finite_losses_are_skipped_then_stop_the_run_with_the_last_checkpoin
     assert main(base) == 0  # two good steps, checkpoint at step 2
     good = CheckpointManager(run_dir).load()
     # continue with a poisoned loss: every generator step is non-finite, skipped, and the run stops after 3
-    poisoned = base + ["--set", "run.total_images=40", "--set", "loss.l1=.nan", "--set", "run.max_consecutive_nonfinite=3"]
-    with pytest.raises(RuntimeError, match="3 consecutive non-finite generator steps"):
+    # (a changed recipe continues a run folder only when the checkpoint is named explicitly)
+    poisoned = base + ["--set", "run.total_images=40", "--set", "loss.l1=.nan", "--set", "run.max_consecutive_nonfinite=3",
+                       "--resume", str(good.path)]
+    with pytest.raises(RuntimeError, match="3 consecutive non-finite generator steps"), pytest.warns(UserWarning, match="loss.l1"):
         main(poisoned)
     after = CheckpointManager(run_dir).load()  # checkpoints written during skipped steps hold the same weights
     for key, value in good.model.items():

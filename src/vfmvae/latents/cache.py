@@ -173,7 +173,7 @@ def _write_manifest(out: Path, model, tokenizer, resolution: int, world: int, fl
     manifest = {
         "kind": "vfmvae-latent-cache",
         "format_version": 1,
-        "tokenizer": str(tokenizer),
+        "tokenizer": str(Path(tokenizer).resolve()),  # absolute: training and sampling read it from any directory
         "tokenizer_config": {"z_dim": model.config.latent_channels, "image_size": model.config.image_size},
         "resolution": resolution,
         "latent_shape": latent_shape,

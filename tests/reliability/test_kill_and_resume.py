@@ -29,22 +29,47 @@ def _vfmvae(*args):
     return [sys.executable, "-m", "vfmvae", *map(str, args)]
 
 
+def _process_tree(pid):
+    """`pid` and all its descendants (torchrun starts its workers in sessions of their own, so a process-group kill
+    would miss them)."""
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += children.get(tree[-1], [])
+    return tree
+
+
+def _kill_tree(pid):
+    for p in _process_tree(pid):
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def _kill_at(cmd, event, timeout=600):
-    """Start `cmd` and SIGKILL it (with its process group: torchrun's workers too) as soon as `event()` holds.
+    """Start `cmd` and SIGKILL it with all its processes (torchrun's workers too) as soon as `event()` holds.
 
     The kill is triggered by an observed event (a checkpoint, shard or sample appearing), never by a clock, so it
     lands mid-run however loaded the machine is; returns whether the process was still running. The timeout only
     guards against a hang.
     """
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
     while not event() and proc.poll() is None:
         if time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
+            _kill_tree(proc.pid)
             raise AssertionError(f"the event to kill on never happened within {timeout} s: {cmd}")
         time.sleep(0.02)
     alive = proc.poll() is None
-    os.killpg(proc.pid, signal.SIGKILL)
+    _kill_tree(proc.pid)
     proc.wait()
     return alive
 

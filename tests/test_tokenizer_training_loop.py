@@ -48,10 +48,12 @@ def test_sigkill_and_resume_auto_ends_with_the_same_weights(tmp_path, synthetic_
     killed = tmp_path / "killed"
     proc = subprocess.Popen(_cli(_args(killed, data, *longer)), env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and not list((killed / "checkpoints").glob("step-00000004")):
-        time.sleep(0.2)
-    os.kill(proc.pid, signal.SIGKILL)  # mid-run, after at least two checkpoints
+    deadline = time.monotonic() + 600  # guards against a hang only; the kill waits on the checkpoint (an event)
+    while not (killed / "checkpoints" / "step-00000004" / "meta.json").is_file() and proc.poll() is None:
+        assert time.monotonic() < deadline, "the step-4 checkpoint never appeared"
+        time.sleep(0.02)
+    assert proc.poll() is None  # still running: 6 of its 10 steps are left
+    os.kill(proc.pid, signal.SIGKILL)  # mid-run, after two checkpoints
     proc.wait()
     assert not (killed / "export").exists()
     subprocess.run(_cli(_args(killed, data, *longer)), env=ENV, check=True, capture_output=True, timeout=600)  # resume auto
@@ -108,8 +110,10 @@ def test_non_finite_losses_are_skipped_then_stop_the_run_with_the_last_checkpoin
     assert main(base) == 0  # two good steps, checkpoint at step 2
     good = CheckpointManager(run_dir).load()
     # continue with a poisoned loss: every generator step is non-finite, skipped, and the run stops after 3
-    poisoned = base + ["--set", "run.total_images=40", "--set", "loss.l1=.nan", "--set", "run.max_consecutive_nonfinite=3"]
-    with pytest.raises(RuntimeError, match="3 consecutive non-finite generator steps"):
+    # (a changed recipe continues a run folder only when the checkpoint is named explicitly)
+    poisoned = base + ["--set", "run.total_images=40", "--set", "loss.l1=.nan", "--set", "run.max_consecutive_nonfinite=3",
+                       "--resume", str(good.path)]
+    with pytest.raises(RuntimeError, match="3 consecutive non-finite generator steps"), pytest.warns(UserWarning, match="loss.l1"):
         main(poisoned)
     after = CheckpointManager(run_dir).load()  # checkpoints written during skipped steps hold the same weights
     for key, value in good.model.items():

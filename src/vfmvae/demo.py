@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import time
 from pathlib import Path
 
@@ -79,6 +80,7 @@ def run(out: Path, tokenizer_steps: int = 300, diffusion_steps: int = 400) -> No
           "VFM, not pretrained)", train + ["--set", f"run.total_images={8 * tokenizer_steps}"], FULL["tokenizer"])
     psnr = {}
     for name, folder in (("before", out / "tokenizer-step0"), ("after", tokenizer)):
+        shutil.rmtree(out / f"recon-{name}", ignore_errors=True)  # the demo's own earlier reconstructions (a re-run)
         _step(f"8. reconstruction metrics on held-out images, {name} training (rFID/LPIPS need weight files: skipped)",
               ["eval", "recon", "--tokenizer", str(folder / "export"), "--data", str(heldout / "images"),
                "--out", str(out / f"recon-{name}"), "--json", str(out / f"recon-{name}.json")], FULL["recon"])
@@ -112,8 +114,6 @@ def run(out: Path, tokenizer_steps: int = 300, diffusion_steps: int = 400) -> No
 
 def _make_dirty_copy(images: Path, dirty: Path) -> Path:
     """Two classes of good images plus three broken files, to show that bad inputs never stop a run."""
-    import shutil
-
     shutil.rmtree(dirty, ignore_errors=True)
     for class_dir in sorted(images.iterdir())[:2]:
         shutil.copytree(class_dir, dirty / class_dir.name)

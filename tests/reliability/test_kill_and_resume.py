@@ -1,4 +1,5 @@
-"""SIGKILL at a random moment of diffusion training, latent caching and sampling, then the same command again.
+"""SIGKILL mid-run (on an observed event: a checkpoint, shard or sample appearing) of diffusion training (one and
+two processes), latent caching and sampling, then the same command again.
 
 Training must end with the weights of an uninterrupted run; caching and sampling must end complete, with no
 duplicates and no gaps, equal to an uninterrupted run. (Tokenizer training: tests/test_tokenizer_training_loop.py;
@@ -7,7 +8,6 @@ checkpoint writes under SIGKILL: tests/test_checkpoint.py.)
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -29,15 +29,47 @@ def _vfmvae(*args):
     return [sys.executable, "-m", "vfmvae", *map(str, args)]
 
 
-def _kill_when(cmd, ready, rng, max_delay, timeout=300):
-    """Start `cmd`, wait until `ready()` holds, sleep a random moment, SIGKILL. True if it was killed mid-run."""
+def _process_tree(pid):
+    """`pid` and all its descendants (torchrun starts its workers in sessions of their own, so a process-group kill
+    would miss them)."""
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += children.get(tree[-1], [])
+    return tree
+
+
+def _kill_tree(pid):
+    for p in _process_tree(pid):
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _kill_at(cmd, event, timeout=600):
+    """Start `cmd` and SIGKILL it with all its processes (torchrun's workers too) as soon as `event()` holds.
+
+    The kill is triggered by an observed event (a checkpoint, shard or sample appearing), never by a clock, so it
+    lands mid-run however loaded the machine is; returns whether the process was still running. The timeout only
+    guards against a hang.
+    """
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + timeout
-    while time.time() < deadline and not ready() and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(rng.uniform(0.0, max_delay))
+    deadline = time.monotonic() + timeout
+    while not event() and proc.poll() is None:
+        if time.monotonic() > deadline:
+            _kill_tree(proc.pid)
+            raise AssertionError(f"the event to kill on never happened within {timeout} s: {cmd}")
+        time.sleep(0.02)
     alive = proc.poll() is None
-    os.kill(proc.pid, signal.SIGKILL)
+    _kill_tree(proc.pid)
     proc.wait()
     return alive
 
@@ -69,14 +101,18 @@ def test_latent_caching_killed_then_rerun_is_complete_and_equal(tmp_path, tokeni
     from vfmvae.latents import LatentDataset
 
     subprocess.run(_cache_cmd(tokenizer, images, tmp_path / "straight"), env=ENV, check=True, capture_output=True)
-    rng = random.Random(1)
     killed = tmp_path / "killed"
-    mid_run = 0
-    for _ in range(3):  # kill it up to three times at random moments, then let it finish
-        mid_run += _kill_when(_cache_cmd(tokenizer, images, killed), lambda: (killed / "progress-r00.json").is_file(),
-                              rng, 0.8)
+
+    def shards_done():
+        try:
+            return len(json.loads((killed / "progress-r00.json").read_text())["shards"])
+        except (OSError, ValueError):
+            return 0
+
+    for shards in (2, 5, 9):  # killed three times, after 2, 5 and 9 of its 12 shards, then left to finish
+        assert _kill_at(_cache_cmd(tokenizer, images, killed), lambda: shards_done() >= shards)
+        assert not (killed / "cache.json").exists()
     subprocess.run(_cache_cmd(tokenizer, images, killed), env=ENV, check=True, capture_output=True)
-    assert mid_run >= 1
     a, b = LatentDataset(tmp_path / "straight"), LatentDataset(killed)
     assert len(b) == len(a) == 192  # no duplicates, no gaps
     for key in ("latents", "latents_flip", "labels"):
@@ -96,21 +132,40 @@ def test_diffusion_training_killed_then_resumed_equals_an_uninterrupted_run(tmp_
     subprocess.run(_cache_cmd(tokenizer, images, cache), env=ENV, check=True, capture_output=True)
     steps = 300
     subprocess.run(_train_cmd(cache, tmp_path / "straight", steps), env=ENV, check=True, capture_output=True, timeout=600)
-    rng = random.Random(2)
     killed = tmp_path / "killed"
-    ckpts = lambda: sorted((killed / "checkpoints").glob("step-*")) if (killed / "checkpoints").is_dir() else []  # noqa: E731
-    mid_run = 0
-    for _ in range(2):
-        mid_run += _kill_when(_train_cmd(cache, killed, steps), lambda: len(ckpts()) > 0, rng, 3.0)
-        assert not (killed / "export").exists() or mid_run == 0
+    for step in (50, 150):  # killed as soon as these checkpoints exist (mid-run by construction), then resumed
+        assert _kill_at(_train_cmd(cache, killed, steps), lambda: (killed / "checkpoints" / f"step-{step:08d}" / "meta.json").is_file())
+        assert not (killed / "export").exists()
     subprocess.run(_train_cmd(cache, killed, steps), env=ENV, check=True, capture_output=True, timeout=600)
-    assert mid_run >= 1
     last = lambda run: sorted((run / "checkpoints").glob("step-*"))[-1]  # noqa: E731
     for name in ("model.safetensors", "ema.safetensors"):
         a, b = load_file(last(tmp_path / "straight") / name), load_file(last(killed) / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     a, b = load_file(tmp_path / "straight" / "export" / "model.safetensors"), load_file(killed / "export" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.distributed
+def test_two_process_diffusion_training_killed_then_resumed_equals_an_uninterrupted_run(tmp_path, tokenizer, images):
+    cache = tmp_path / "cache"
+    subprocess.run(_cache_cmd(tokenizer, images, cache), env=ENV, check=True, capture_output=True)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    two = lambda run_dir: torchrun + _train_cmd(cache, run_dir, 60)[1:]  # noqa: E731  (drop the interpreter)
+    done = subprocess.run(two(tmp_path / "straight"), env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    killed = tmp_path / "killed"
+    # torchrun and both workers are killed together, as soon as the step-20 checkpoint is complete
+    assert _kill_at(two(killed), lambda: (killed / "checkpoints" / "step-00000020" / "meta.json").is_file())
+    assert not (killed / "export").exists()
+    meta = json.loads((killed / "checkpoints" / "step-00000020" / "meta.json").read_text())
+    assert meta["world_size"] == 2 and {"rank-000.json", "rank-001.json"} <= set(meta["files"])
+    done = subprocess.run(two(killed), env=ENV, capture_output=True, text=True, timeout=600)  # resume auto
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed from" in done.stdout + done.stderr
+    for name in ("model.safetensors", "ema.safetensors"):
+        a = load_file(tmp_path / "straight" / "checkpoints" / "step-00000060" / name)
+        b = load_file(killed / "checkpoints" / "step-00000060" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
 
 def test_sampling_killed_then_rerun_is_complete_and_equal(tmp_path, tokenizer):
@@ -128,14 +183,12 @@ def test_sampling_killed_then_rerun_is_complete_and_equal(tmp_path, tokenizer):
                               "--steps", "30", "--batch-size", "4", "--cfg", "1.5", "--device", "cpu")
     subprocess.run(cmd(tmp_path / "straight"), env=ENV, check=True, capture_output=True, timeout=600)
     killed = tmp_path / "killed"
-    rng = random.Random(3)
-    mid_run = 0
-    for _ in range(3):
-        mid_run += _kill_when(cmd(killed), lambda: any((killed / "images").glob("*.png")) if (killed / "images").is_dir() else False,
-                              rng, 1.5)
+    pngs = lambda: len(list((killed / "images").glob("*.png"))) if (killed / "images").is_dir() else 0  # noqa: E731
+    for count in (9, 30, 61):  # killed after these many of its 96 samples exist, then left to finish
+        assert _kill_at(cmd(killed), lambda: pngs() >= count)
+        assert not (killed / "samples.npz").exists()
     subprocess.run(cmd(killed), env=ENV, check=True, capture_output=True, timeout=600)
     assert not list((killed / "images").glob(".*tmp*"))  # torn temporary files are cleaned up, never taken as samples
-    assert mid_run >= 1
     a, b = np.load(tmp_path / "straight" / "samples.npz"), np.load(killed / "samples.npz")
     assert len(list((killed / "images").glob("*.png"))) == 96
     assert np.array_equal(a["arr_1"], b["arr_1"])

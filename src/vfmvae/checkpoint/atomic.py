@@ -18,7 +18,14 @@ __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_di
 
 
 def current_umask() -> int:
-    """The process umask (read by setting and restoring it: Python has no getter)."""
+    """The process umask: from /proc on Linux (no side effect), else by setting and restoring it (Python has no
+    getter; that briefly changes it for other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

@@ -10,7 +10,13 @@ import numpy as np
 from vfmvae.evaluation.features import extract_features
 from vfmvae.evaluation.images import npz_header, open_image_set, write_npz_atomic
 from vfmvae.evaluation.inception import load_inception
-from vfmvae.evaluation.stats import frechet_distance, gaussian_stats, inception_score, precision_recall
+from vfmvae.evaluation.stats import (
+    frechet_distance,
+    gaussian_stats,
+    inception_score,
+    precision_recall,
+    warn_if_too_few_for_fid,
+)
 
 __all__ = ["evaluate_generation", "build_reference"]
 
@@ -70,6 +76,7 @@ def evaluate_generation(samples: str | Path, ref: str | Path, inception: str | P
         (mu, sigma), (mu_s, sigma_s) = gaussian_stats(ref_feats["pool"]), gaussian_stats(ref_feats["spatial"])
     else:
         raise ValueError(f"{ref}: neither statistics (mu, sigma, mu_s, sigma_s) nor images (arr_0)")
+    comparable = warn_if_too_few_for_fid(len(sample_set))
     s_mu, s_sigma = gaussian_stats(feats["pool"])
     s_mu_s, s_sigma_s = gaussian_stats(feats["spatial"])
     result = {
@@ -85,6 +92,7 @@ def evaluate_generation(samples: str | Path, ref: str | Path, inception: str | P
         "evaluator": "ADM (openai/guided-diffusion evaluations/evaluator.py) conventions",
         **provenance,
         "num_samples": len(sample_set),
+        "fid_comparable": comparable,  # False below 2048 samples (warned)
         "num_reference_images": len(ref_set) if ref_set is not None else 0,
         "reference": str(ref),
         "reference_statistics": "stored mu/sigma" if "mu" in reference else "computed from arr_0",

@@ -24,8 +24,21 @@ from vfmvae.evaluation.weights import VGG16_FILE, VGG16_URL, load_weights, resol
 __all__ = ["psnr", "ssim", "ssim_signed", "LPIPSMetric", "load_lpips"]
 
 
+def _check_pixel_scale(a: torch.Tensor, b: torch.Tensor, data_range: float, name: str) -> None:
+    """Float images in [0, 1] scored on the uint8 scale give ~74 dB / SSIM 1.0 whatever they hold: refuse them."""
+    if data_range != 255.0 or not (a.is_floating_point() or b.is_floating_point()):
+        return  # uint8, or a caller that states its own range (the training loss: data_range=2)
+    high = max(float(a.max()), float(b.max()))
+    low = min(float(a.min()), float(b.min()))
+    if high <= 1.0 or low < 0 or high > 255.0:
+        raise ValueError(f"{name} expects images on the uint8 scale [0, 255] (uint8 tensors, or floats with data_range "
+                         f"255); got {a.dtype} values in [{low:.3g}, {high:.3g}]. Convert [0, 1] images with "
+                         "(x * 255).round().to(torch.uint8)" + (", or pass data_range=1.0" if name == "ssim" else ""))
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-image PSNR (B,) of uint8 (B, 3, H, W) images; identical images give inf."""
+    _check_pixel_scale(a, b, 255.0, "psnr")
     mse = (a.double() - b.double()).square().flatten(1).mean(1)
     return 20 * torch.log10(255.0 / mse.sqrt())
 
@@ -38,6 +51,7 @@ def _gaussian(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
 
 def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 255.0) -> torch.Tensor:
     """Per-image SSIM (B,) of (B, C, H, W) images in [0, data_range] (uint8 or float)."""
+    _check_pixel_scale(a, b, data_range, "ssim")
     return _ssim_per_image(a.double(), b.double(), data_range)
 
 
@@ -47,6 +61,7 @@ def ssim_signed(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     tools/reconstruct/evaluate.py computes it (the paper's SSIM). SSIM is not shift-invariant, so this differs
     from `ssim` on [0, 255], most near mid-grey: it maps to 0, where the luminance term
     (2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2 + C1) reacts strongly to small differences of the local means."""
+    _check_pixel_scale(a, b, 255.0, "ssim_signed")
     to_signed = lambda t: (t.double() / 255.0 - 0.5) / 0.5  # noqa: E731
     return _ssim_per_image(to_signed(a), to_signed(b), 2.0)
 

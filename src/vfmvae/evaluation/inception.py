@@ -9,13 +9,21 @@ instead of by torch-fidelity's `torch.load(weights_only=False)`.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from unittest import mock
 
 import torch
 from torch import nn
 
-from vfmvae.evaluation.weights import INCEPTION_FILE, INCEPTION_URL, load_weights, resolve_weights, sha256_of
+from vfmvae.evaluation.weights import (
+    INCEPTION_FILE,
+    INCEPTION_SHA256_PREFIX,
+    INCEPTION_URL,
+    load_weights,
+    resolve_weights,
+    sha256_of,
+)
 
 __all__ = ["InceptionV3", "load_inception"]
 
@@ -58,5 +66,11 @@ class InceptionV3(nn.Module):
 def load_inception(weights: str | Path, device: str | torch.device = "cpu") -> tuple[InceptionV3, dict]:
     """The FID Inception from a local file (or URL when online). Returns the network and its provenance."""
     path = resolve_weights(weights, what="Inception (FID)", expected_file=INCEPTION_FILE, url=INCEPTION_URL)
+    digest = sha256_of(path)
+    expected = digest.startswith(INCEPTION_SHA256_PREFIX)
+    if not expected:  # another file gives FID/IS values that cannot be compared with any published number
+        warnings.warn(f"{path} is not the pt_inception-2015-12-05 FID Inception ({INCEPTION_FILE}: sha256 "
+                      f"{INCEPTION_SHA256_PREFIX}..., this file {digest[:8]}...); its FID/IS are not comparable with "
+                      "published numbers", stacklevel=2)
     net = InceptionV3(load_weights(path)).to(device)
-    return net, {"inception_weights": str(path), "inception_sha256": sha256_of(path)}
+    return net, {"inception_weights": str(path), "inception_sha256": digest, "inception_weights_expected": expected}

@@ -22,7 +22,8 @@ from vfmvae.evaluation.features import extract_features
 from vfmvae.evaluation.image_metrics import load_lpips, psnr, ssim, ssim_signed
 from vfmvae.evaluation.images import ImageSet
 from vfmvae.evaluation.inception import load_inception
-from vfmvae.evaluation.stats import frechet_distance, gaussian_stats, inception_score_torch_fidelity
+from vfmvae.evaluation.stats import (frechet_distance, gaussian_stats, inception_score_torch_fidelity,
+                                     warn_if_too_few_for_fid)
 
 __all__ = ["evaluate_reconstruction", "paired_image_sets"]
 
@@ -88,6 +89,7 @@ def evaluate_reconstruction(reference: str | Path, reconstructions: str | Path, 
         fr = extract_features(net, ref_set, batch_size=batch_size, device=device, desc="reference features", progress=progress)
         fc = extract_features(net, rec_set, batch_size=batch_size, device=device, desc="reconstruction features",
                               progress=progress)
+        warn_if_too_few_for_fid(len(fr["pool"]), "rFID")
         result["rfid"] = frechet_distance(*gaussian_stats(fc["pool"]), *gaussian_stats(fr["pool"]))
         # torch-fidelity lists a folder as sorted(file paths) before its seeded shuffle: use the same order
         order = sorted(range(len(rec_set.files)), key=lambda i: str(rec_set.files[i]))

@@ -25,6 +25,19 @@ def gaussian_stats(features: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.
     return x.mean(axis=0), np.cov(x, rowvar=False)
 
 
+MIN_FID_SAMPLES = 2048  # the pool3 feature dimension: below it the sample covariance is singular
+
+
+def warn_if_too_few_for_fid(num: int, what: str = "FID") -> bool:
+    """Warn (and return False) when `num` images are too few for a comparable FID."""
+    if num >= MIN_FID_SAMPLES:
+        return True
+    warnings.warn(f"{what} from {num} images: fewer than {MIN_FID_SAMPLES} (the 2048-d Inception pool3 features), so "
+                  "the covariance is singular and the value is not comparable with published numbers (which use "
+                  "50,000 samples)", stacklevel=3)
+    return False
+
+
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     """||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr sqrtm(S1 S2), float64, with ADM's fallbacks:
     `eps` on both diagonals if sqrtm is not finite; an imaginary diagonal above 1e-3 is an error."""

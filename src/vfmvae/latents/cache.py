@@ -80,12 +80,16 @@ def cache_latents(tokenizer: str | Path, data: str | Path, out: str | Path, *, r
         vfm = vfm_by_name(vfm_features, layers=(-1,), **scale).to(dev)
     dataset = build_dataset(DataConfig(source=Path(data), resolution=resolution, hflip=False, num_workers=num_workers),
                             rank=rank, world=world, loop=False)
-    if rank == 0:  # verify what a re-run resumes (tokenizer content, data listing, flags), not item counts
-        settings = cache_settings(tokenizer, data, dataset, resolution=resolution, flip=flip, vfm_features=vfm_features,
-                                  vfm_resolution=vfm_resolution, sample=sample, batch_size=batch_size,
-                                  shard_size=shard_size, seed=seed, world_size=world)
+    # verify what a re-run resumes (tokenizer content, data listing, flags), not item counts: rank 0 records or
+    # checks the settings first, then every other rank checks its own against them
+    settings = cache_settings(tokenizer, data, dataset, resolution=resolution, flip=flip, vfm_features=vfm_features,
+                              vfm_resolution=vfm_resolution, sample=sample, batch_size=batch_size,
+                              shard_size=shard_size, seed=seed, world_size=world)
+    if rank == 0:
         claim_cache_folder(out, settings, CacheError)
     dist_utils.barrier()
+    if rank != 0:
+        claim_cache_folder(out, settings, CacheError)
     if isinstance(dataset, ImageFolderDataset):
         dataset = Subset(dataset, list(rank_shard(len(dataset), rank, world)))
     progress_file = out / f"progress-r{rank:02d}.json"
@@ -187,7 +191,7 @@ def _write_manifest(out: Path, model, tokenizer, resolution: int, world: int, fl
     manifest = {
         "kind": "vfmvae-latent-cache",
         "format_version": 1,
-        "tokenizer": str(tokenizer),
+        "tokenizer": str(Path(tokenizer).resolve()),  # absolute: training and sampling read it from any directory
         "tokenizer_config": {"z_dim": model.config.latent_channels, "image_size": model.config.image_size},
         "resolution": resolution,
         "latent_shape": latent_shape,

@@ -5,7 +5,8 @@
 * a second process on the same folder (an exclusive `flock` on `RUN/.lock`, held until the process exits;
   the kernel releases it when the process dies, so a killed run never leaves a stale lock);
 * a recipe that differs from the folder's `config.yaml` in anything but the keys that may change on resume
-  (lengths, logging and checkpoint intervals, device, workers), and a run of another kind;
+  (lengths, logging and checkpoint intervals, device, workers), unless `--resume CHECKPOINT` names the checkpoint
+  to continue on purpose (then a warning lists the changes), and a run of another kind;
 * `--resume none` on a folder that already holds this run's outputs, unless `--resume fresh` asks to start
   over, which removes only this run's own outputs (checkpoints, metrics, grids, export);
 * checkpoint folders that exist but none of which is complete (no `meta.json`): restarting from step 0
@@ -18,6 +19,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ __all__ = ["RunFolderError", "RunFolderLock", "claim_run_folder", "claimed_run_f
 
 # Recipe keys a resumed run may change: they do not alter what the trained weights are.
 RESUMABLE_CHANGES = frozenset({
+    "run.dir",  # the folder itself, however it was spelled (relative to another working directory, ...)
     "run.total_steps", "run.total_images", "run.log_every", "run.sample_every", "run.snapshot_every",
     "run.checkpoint_every", "run.keep_checkpoints", "run.max_consecutive_nonfinite", "run.device", "run.tensorboard",
     "run.compile", "run.gradient_checkpointing", "run.micro_batch", "run.sample_steps", "run.sample_cfg",
@@ -76,7 +79,7 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: tree}
 
 
-def _recipe_changes(stored: dict[str, Any], new: dict[str, Any], config_path: Path) -> None:
+def _recipe_changes(stored: dict[str, Any], new: dict[str, Any], config_path: Path, *, explicit: bool) -> None:
     if set(stored) != set(new):
         raise RunFolderError(
             f"{config_path} belongs to another kind of run (its sections: {', '.join(sorted(stored))}; this run's: "
@@ -87,9 +90,14 @@ def _recipe_changes(stored: dict[str, Any], new: dict[str, Any], config_path: Pa
     if changed:
         shown = "; ".join(f"{k}: {old_flat.get(k, '<unset>')!r} -> {new_flat.get(k, '<unset>')!r}" for k in changed[:6])
         more = f" (and {len(changed) - 6} more)" if len(changed) > 6 else ""
+        if explicit:  # --resume CHECKPOINT: the user continues that checkpoint on purpose, with a changed recipe
+            warnings.warn(f"continuing with a recipe that differs from {config_path}: {shown}{more}; config.yaml "
+                          "will record the new recipe", stacklevel=4)
+            return
         raise RunFolderError(
             f"the recipe differs from the run in {config_path}: {shown}{more}. A run folder belongs to one run: "
-            "use another run.dir, or pass --resume fresh to delete this run's outputs and start over")
+            "use another run.dir, pass --resume fresh to delete this run's outputs and start over, or name the "
+            "checkpoint to continue with the changed recipe (--resume RUN/checkpoints/step-...)")
 
 
 def _holds_run_outputs(run_dir: Path) -> list[str]:
@@ -136,7 +144,7 @@ def _check(run_dir: Path, config: Any, resume: str) -> None:
         stored = yaml.safe_load(config_path.read_text()) or {}
     except yaml.YAMLError as err:
         raise RunFolderError(f"{config_path}: unreadable ({err}); use another run.dir or --resume fresh") from None
-    _recipe_changes(stored, config_to_dict(config), config_path)
+    _recipe_changes(stored, config_to_dict(config), config_path, explicit=resume not in ("auto", "none"))
     if resume == "none" and outputs:
         raise RunFolderError(
             f"--resume none, but {run_dir} already holds this run's {', '.join(outputs)}; continue it (--resume auto), "

@@ -361,3 +361,39 @@ def test_diffusion_draws_a_fresh_posterior_sample_each_step_that_averages_to_the
     with pytest.raises(ConfigError, match="--moments"):
         train_diffusion(load_config(DiffusionTrainConfig, recipe, [*overrides, f"data.cache={tmp_path / 'old'}",
                                                                    f"run.dir={tmp_path / 'bad'}"]), progress=False)
+
+
+def test_reg_dinov2_targets_resize_bicubic_without_antialias_and_resample_the_table_once_like_timm():
+    import torch.nn.functional as F
+    from timm.layers import resample_abs_pos_embed
+
+    from vfmvae.latents.targets import reg_dinov2_targets
+    from vfmvae.vfm import create_vfm
+
+    # a random DINOv2 with a 10x10 table (80 px / 8) fed 64 px images resized to 48 px -> a 6x6 grid
+    arch = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "patch_size": 8,
+            "image_size": 80, "layerscale_value": 1.0}
+    from vfmvae.vfm.families import FAMILIES
+    from vfmvae.vfm import FrozenVFM
+
+    torch.manual_seed(0)
+    model = FAMILIES["dinov2"].build(arch)
+    today = FrozenVFM(model, "dinov2", scale_factor=0.75)
+    import copy
+
+    reg = reg_dinov2_targets(FrozenVFM(copy.deepcopy(model), "dinov2", scale_factor=0.75), 64)
+    images = torch.rand(2, 3, 64, 64)
+    # the reference: REG's steps, written out with timm's resampling
+    reference_model = copy.deepcopy(model)
+    table = reference_model.embeddings.position_embeddings
+    table.data = resample_abs_pos_embed(table.data, [6, 6], num_prefix_tokens=1)
+    x = F.interpolate(images, size=(48, 48), mode="bicubic", align_corners=False)  # no antialias
+    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = reference_model(pixel_values=x).last_hidden_state
+        got = reg(images)
+        old = today(images)
+    torch.testing.assert_close(got.cls, expected[:, 0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got.tokens[0], expected[:, 1:], rtol=1e-4, atol=1e-4)
+    assert reg.model.embeddings.position_embeddings.shape[1] == 1 + 36  # resampled once, used as it is
+    assert not torch.allclose(old.tokens[0], got.tokens[0], atol=1e-3)  # today's path differs

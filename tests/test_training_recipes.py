@@ -3,6 +3,7 @@ discriminator resize mode, float32 loss reductions, posterior moments in the lat
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -397,3 +398,46 @@ def test_reg_dinov2_targets_resize_bicubic_without_antialias_and_resample_the_ta
     torch.testing.assert_close(got.tokens[0], expected[:, 1:], rtol=1e-4, atol=1e-4)
     assert reg.model.embeddings.position_embeddings.shape[1] == 1 + 36  # resampled once, used as it is
     assert not torch.allclose(old.tokens[0], got.tokens[0], atol=1e-3)  # today's path differs
+
+
+# The four official stages on the tiny recipe, shrunk: what changes per stage (configs/tokenizer/stage*.yaml)
+STAGE_OVERRIDES = {
+    "stage0": ["stage=all", "data.crop=random_square"],
+    "stage1": ["stage=all", "data.crop=random_square", "loss.multiscale_until_images=0"],
+    "stage2": ["stage=decoder", "data.crop=random_square", "loss.multiscale_until_images=0", "loss.kl=0", "loss.vf=0",
+               "loss.ssim=1.0", "optim.lr=2.5e-4", "optim.d_lr=2.5e-4"],
+    "stage3": ["stage=late_decoder", "data.crop=random_square", "loss.multiscale_until_images=0", "loss.kl=0",
+               "loss.vf=0", "loss.l1=0", "loss.patchgan=1.0", "loss.feature_matching=10.0", "loss.equivariance=false",
+               "optim.lr=2.5e-4", "optim.d_lr=2.5e-4"],
+}
+
+
+@pytest.mark.slow
+def test_four_stages_chain_each_from_the_previous_export_with_held_out_psnr(tmp_path, synthetic_dir):
+    from safetensors.torch import load_file
+
+    from vfmvae.cli import main
+    from vfmvae.data.synthetic import SyntheticConfig, write_synthetic_dataset
+    from vfmvae.tokenizer import VFMVAE
+    from vfmvae.tokenizer.reconstruct import reconstruct_folder
+
+    held_out = tmp_path / "held-out"
+    write_synthetic_dataset(SyntheticConfig(out=held_out, num=8, classes=4, size=32, seed=99), progress=False)
+    previous, psnr = None, {}
+    for name, overrides in STAGE_OVERRIDES.items():
+        run_dir = tmp_path / name
+        sets = [x for o in overrides + ([f"init={previous}"] if previous else []) for x in ("--set", o)]
+        assert main(_tiny_args(run_dir, synthetic_dir / "images", "--set", "run.total_images=8", *sets)) == 0
+        export = run_dir / "export"
+        if previous is not None:  # the stage started from the previous export: its first checkpoint is not needed,
+            # the export records the cumulative images and carries the raw generator and the discriminators
+            assert json.loads((export / "training.json").read_text())["images_total"] == 8 * (len(psnr) + 1)
+        disc = load_file(export / "discriminators.safetensors")
+        assert any(k.startswith("projected.") for k in disc)
+        assert any(k.startswith("patchgan.") for k in disc) == (name == "stage3")
+        report = reconstruct_folder(VFMVAE.from_pretrained(export), held_out / "images", tmp_path / f"recon-{name}",
+                                    num_workers=0, progress=False)
+        psnr[name] = report["psnr_mean"]
+        print(f"{name}: held-out PSNR {psnr[name]:.2f} dB")
+        previous = export
+    assert all(p is not None and 0 < p < 100 for p in psnr.values())

@@ -422,16 +422,16 @@ def test_four_stages_chain_each_from_the_previous_export_with_held_out_psnr(tmp_
     from vfmvae.tokenizer.reconstruct import reconstruct_folder
 
     held_out = tmp_path / "held-out"
-    write_synthetic_dataset(SyntheticConfig(out=held_out, num=8, classes=4, size=32, seed=99), progress=False)
+    write_synthetic_dataset(SyntheticConfig(out=held_out, num=4, classes=2, size=32, seed=99), progress=False)
     previous, psnr = None, {}
     for name, overrides in STAGE_OVERRIDES.items():
         run_dir = tmp_path / name
         sets = [x for o in overrides + ([f"init={previous}"] if previous else []) for x in ("--set", o)]
-        assert main(_tiny_args(run_dir, synthetic_dir / "images", "--set", "run.total_images=8", *sets)) == 0
+        assert main(_tiny_args(run_dir, synthetic_dir / "images", "--set", "run.batch_size=2", "--set", "run.total_images=2",
+                               *sets)) == 0  # one step per stage
         export = run_dir / "export"
-        if previous is not None:  # the stage started from the previous export: its first checkpoint is not needed,
-            # the export records the cumulative images and carries the raw generator and the discriminators
-            assert json.loads((export / "training.json").read_text())["images_total"] == 8 * (len(psnr) + 1)
+        if previous is not None:  # the export records the cumulative images, the raw generator and the discriminators
+            assert json.loads((export / "training.json").read_text())["images_total"] == 2 * (len(psnr) + 1)
         disc = load_file(export / "discriminators.safetensors")
         assert any(k.startswith("projected.") for k in disc)
         assert any(k.startswith("patchgan.") for k in disc) == (name == "stage3")
@@ -441,3 +441,26 @@ def test_four_stages_chain_each_from_the_previous_export_with_held_out_psnr(tmp_
         print(f"{name}: held-out PSNR {psnr[name]:.2f} dB")
         previous = export
     assert all(p is not None and 0 < p < 100 for p in psnr.values())
+
+
+@pytest.mark.slow
+def test_resume_with_a_hand_off_and_an_active_safe_loss_guard_gives_the_same_weights(tmp_path, synthetic_dir):
+    from safetensors.torch import load_file
+
+    from vfmvae.cli import main
+
+    data = synthetic_dir / "images"
+    assert main(_tiny_args(tmp_path / "a", data, "--set", "run.batch_size=2", "--set", "run.total_images=2")) == 0
+    common = ("--set", "run.batch_size=2", "--set", f"init={tmp_path / 'a' / 'export'}", "--set", "loss.ssim=1.0",
+              "--set", "loss.safe_loss_after_images=0", "--set", "run.checkpoint_every=1")
+    assert main(_tiny_args(tmp_path / "straight", data, "--set", "run.total_images=6", *common)) == 0
+    assert main(_tiny_args(tmp_path / "split", data, "--set", "run.total_images=2", *common)) == 0   # stops after 1 step
+    assert main(_tiny_args(tmp_path / "split", data, "--set", "run.total_images=6", *common)) == 0   # resumes at step 1
+    straight, split = (load_file(tmp_path / n / "export" / "generator_raw.safetensors") for n in ("straight", "split"))
+    assert straight.keys() == split.keys()
+    for key in straight:
+        torch.testing.assert_close(split[key], straight[key], rtol=0, atol=0, msg=key)
+    for name in ("model.safetensors", "discriminators.safetensors"):
+        a, b = (load_file(tmp_path / n / "export" / name) for n in ("straight", "split"))
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert json.loads((tmp_path / "split" / "export" / "training.json").read_text())["images_total"] == 8

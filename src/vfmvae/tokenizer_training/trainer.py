@@ -300,8 +300,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig, resume: str = "auto", progress: b
         counters["skipped_g"] += int(res_g.skipped)
         consecutive_bad = consecutive_bad + 1 if res_g.skipped else 0
         if consecutive_bad >= run.max_consecutive_nonfinite:
-            raise RuntimeError(f"{consecutive_bad} consecutive non-finite generator steps (or safe-loss rejections) at step {step}; stopping. "
-                               f"The last good checkpoint is {manager.latest()}")
+            raise RuntimeError(f"{consecutive_bad} consecutive non-finite generator steps (or safe-loss rejections) at "
+                               f"step {step}; stopping. The last good checkpoint is {manager.latest()}")
         seen = torch.tensor([float(sum(b["n"] for b in batches))])
         images += int(dist_utils.all_reduce_sum(seen).item())
         ema.update(g, images_before + images, run.batch_size)

@@ -49,7 +49,9 @@ def test_cache_contents_statistics_and_flip(tmp_path, tokenizer, synthetic_dir):
     # a flipped item carries the VFM features of the flipped image, not of the original
     from vfmvae.vfm import vfm_by_name
 
-    vfm = vfm_by_name("dinov2-test", layers=(-1,))
+    from vfmvae.latents.targets import reg_dinov2_targets
+
+    vfm = reg_dinov2_targets(vfm_by_name("dinov2-test", layers=(-1,)), 64)  # DINOv2 targets are cached as REG prepares them
     image = to_float01(ImageFolderDataset(synthetic_dir / "images", 64)[changed[0]]["image"])[None]
     expected = vfm(image.flip(-1)).tokens[0][0].half().float()
     torch.testing.assert_close(flipped[changed[0]]["vfm_features"], expected)

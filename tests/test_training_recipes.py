@@ -3,6 +3,7 @@ discriminator resize mode, float32 loss reductions, posterior moments in the lat
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -361,3 +362,103 @@ def test_diffusion_draws_a_fresh_posterior_sample_each_step_that_averages_to_the
     with pytest.raises(ConfigError, match="--moments"):
         train_diffusion(load_config(DiffusionTrainConfig, recipe, [*overrides, f"data.cache={tmp_path / 'old'}",
                                                                    f"run.dir={tmp_path / 'bad'}"]), progress=False)
+
+
+def test_reg_dinov2_targets_resize_bicubic_without_antialias_and_resample_the_table_once_like_timm():
+    import copy
+
+    import torch.nn.functional as F
+    from timm.layers import resample_abs_pos_embed
+
+    from vfmvae.latents.targets import reg_dinov2_targets
+    from vfmvae.vfm import FrozenVFM
+    from vfmvae.vfm.families import FAMILIES
+
+    # a random DINOv2 with a 10x10 table (80 px / 8) fed 64 px images resized to 48 px -> a 6x6 grid
+    arch = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "patch_size": 8,
+            "image_size": 80, "layerscale_value": 1.0}
+    torch.manual_seed(0)
+    model = FAMILIES["dinov2"].build(arch)
+    today = FrozenVFM(model, "dinov2", scale_factor=0.75)
+    reg = reg_dinov2_targets(FrozenVFM(copy.deepcopy(model), "dinov2", scale_factor=0.75), 64)
+    images = torch.rand(2, 3, 64, 64)
+    # the reference: REG's steps, written out with timm's resampling
+    reference_model = copy.deepcopy(model)
+    table = reference_model.embeddings.position_embeddings
+    table.data = resample_abs_pos_embed(table.data, [6, 6], num_prefix_tokens=1)
+    x = F.interpolate(images, size=(48, 48), mode="bicubic", align_corners=False)  # no antialias
+    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = reference_model(pixel_values=x).last_hidden_state
+        got = reg(images)
+        old = today(images)
+    torch.testing.assert_close(got.cls, expected[:, 0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got.tokens[0], expected[:, 1:], rtol=1e-4, atol=1e-4)
+    assert reg.model.embeddings.position_embeddings.shape[1] == 1 + 36  # resampled once, used as it is
+    assert not torch.allclose(old.tokens[0], got.tokens[0], atol=1e-3)  # today's path differs
+
+
+# The four official stages on the tiny recipe, shrunk: what changes per stage (configs/tokenizer/stage*.yaml)
+STAGE_OVERRIDES = {
+    "stage0": ["stage=all", "data.crop=random_square"],
+    "stage1": ["stage=all", "data.crop=random_square", "loss.multiscale_until_images=0"],
+    "stage2": ["stage=decoder", "data.crop=random_square", "loss.multiscale_until_images=0", "loss.kl=0", "loss.vf=0",
+               "loss.ssim=1.0", "optim.lr=2.5e-4", "optim.d_lr=2.5e-4"],
+    "stage3": ["stage=late_decoder", "data.crop=random_square", "loss.multiscale_until_images=0", "loss.kl=0",
+               "loss.vf=0", "loss.l1=0", "loss.patchgan=1.0", "loss.feature_matching=10.0", "loss.equivariance=false",
+               "optim.lr=2.5e-4", "optim.d_lr=2.5e-4"],
+}
+
+
+@pytest.mark.slow
+def test_four_stages_chain_each_from_the_previous_export_with_held_out_psnr(tmp_path, synthetic_dir):
+    from safetensors.torch import load_file
+
+    from vfmvae.cli import main
+    from vfmvae.data.synthetic import SyntheticConfig, write_synthetic_dataset
+    from vfmvae.tokenizer import VFMVAE
+    from vfmvae.tokenizer.reconstruct import reconstruct_folder
+
+    held_out = tmp_path / "held-out"
+    write_synthetic_dataset(SyntheticConfig(out=held_out, num=4, classes=2, size=32, seed=99), progress=False)
+    previous, psnr = None, {}
+    for name, overrides in STAGE_OVERRIDES.items():
+        run_dir = tmp_path / name
+        sets = [x for o in overrides + ([f"init={previous}"] if previous else []) for x in ("--set", o)]
+        assert main(_tiny_args(run_dir, synthetic_dir / "images", "--set", "run.batch_size=2", "--set", "run.total_images=2",
+                               *sets)) == 0  # one step per stage
+        export = run_dir / "export"
+        if previous is not None:  # the export records the cumulative images, the raw generator and the discriminators
+            assert json.loads((export / "training.json").read_text())["images_total"] == 2 * (len(psnr) + 1)
+        disc = load_file(export / "discriminators.safetensors")
+        assert any(k.startswith("projected.") for k in disc)
+        assert any(k.startswith("patchgan.") for k in disc) == (name == "stage3")
+        report = reconstruct_folder(VFMVAE.from_pretrained(export), held_out / "images", tmp_path / f"recon-{name}",
+                                    num_workers=0, progress=False)
+        psnr[name] = report["psnr_mean"]
+        print(f"{name}: held-out PSNR {psnr[name]:.2f} dB")
+        previous = export
+    assert all(p is not None and 0 < p < 100 for p in psnr.values())
+
+
+@pytest.mark.slow
+def test_resume_with_a_hand_off_and_an_active_safe_loss_guard_gives_the_same_weights(tmp_path, synthetic_dir):
+    from safetensors.torch import load_file
+
+    from vfmvae.cli import main
+
+    data = synthetic_dir / "images"
+    assert main(_tiny_args(tmp_path / "a", data, "--set", "run.batch_size=2", "--set", "run.total_images=2")) == 0
+    common = ("--set", "run.batch_size=2", "--set", f"init={tmp_path / 'a' / 'export'}", "--set", "loss.ssim=1.0",
+              "--set", "loss.safe_loss_after_images=0", "--set", "run.checkpoint_every=1")
+    assert main(_tiny_args(tmp_path / "straight", data, "--set", "run.total_images=6", *common)) == 0
+    assert main(_tiny_args(tmp_path / "split", data, "--set", "run.total_images=2", *common)) == 0   # stops after 1 step
+    assert main(_tiny_args(tmp_path / "split", data, "--set", "run.total_images=6", *common)) == 0   # resumes at step 1
+    straight, split = (load_file(tmp_path / n / "export" / "generator_raw.safetensors") for n in ("straight", "split"))
+    assert straight.keys() == split.keys()
+    for key in straight:
+        torch.testing.assert_close(split[key], straight[key], rtol=0, atol=0, msg=key)
+    for name in ("model.safetensors", "discriminators.safetensors"):
+        a, b = (load_file(tmp_path / n / "export" / name) for n in ("straight", "split"))
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert json.loads((tmp_path / "split" / "export" / "training.json").read_text())["images_total"] == 8

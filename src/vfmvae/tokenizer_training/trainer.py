@@ -332,7 +332,8 @@ def _train_tokenizer(cfg: TokenizerTrainConfig, resume: str, progress: bool) -> 
             skipped_g_t.zero_()
             longest_t.copy_(run_t)
             if longest >= run.max_consecutive_nonfinite:
-                raise RuntimeError(f"{longest} consecutive non-finite generator steps by step {step}; stopping. "
+                raise RuntimeError(f"{longest} consecutive non-finite generator steps (or safe-loss rejections) by step "
+                                   f"{step}; stopping. "
                                    f"The last good checkpoint is {manager.latest()}")
         if rank == 0 and log_now:
             values = scalars_to_floats(losses.scalars)  # logged values stay on the device until here

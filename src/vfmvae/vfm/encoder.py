@@ -76,6 +76,7 @@ class FrozenVFM(nn.Module):
         self.scale_factor = float(scale_factor)
         self.input_range = input_range
         self.autocast = autocast
+        self.resize_antialias = True  # antialias when shrinking (REG's DINOv2 targets turn it off, latents/targets.py)
         self.patch_size = self.adapter.patch_size(model)
         self.width = self.adapter.width(model)
         self.num_layers = self.adapter.num_layers(model)
@@ -110,7 +111,7 @@ class FrozenVFM(nn.Module):
         # Same two-step resize as the official encoders: scale factors (not sizes), antialias only when shrinking.
         for s in (extra_scale, self.scale_factor):
             if s != 1.0:
-                x = F.interpolate(x, scale_factor=s, mode=mode, align_corners=False, antialias=s < 1)
+                x = F.interpolate(x, scale_factor=s, mode=mode, align_corners=False, antialias=s < 1 and self.resize_antialias)
         h, w = x.shape[-2:]
         if h % self.patch_size or w % self.patch_size:
             raise ValueError(f"VFM input {h}x{w} (after scale_factor {self.scale_factor}) is not a multiple of the "

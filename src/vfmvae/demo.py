@@ -45,7 +45,7 @@ FULL = {
     "diffusion": "torchrun --nproc-per-node=8 -m vfmvae train diffusion --recipe configs/diffusion/lightningdit-xl1.yaml "
                  "--set data.cache=runs/imagenet-latents",
     "sample": "torchrun --nproc-per-node=8 -m vfmvae sample --diffusion runs/lightningdit-xl1/export --num-samples 50000 "
-              "--out runs/samples --sampler euler --steps 249 --shift 3.3333 --cfg 4 --interval 0,0.875",
+              "--out runs/samples --preset lightningdit",
     "eval": "vfmvae eval gen --samples runs/samples/samples.npz --ref VIRTUAL_imagenet256_labeled.npz "
             "--inception /models/pt_inception-2015-12-05.pth",
 }

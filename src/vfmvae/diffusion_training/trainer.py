@@ -32,6 +32,7 @@ from vfmvae.data.sampler import ResumableSampler
 from vfmvae.diffusion import DiffusionTransformer, DiTConfig, diffusion_config, training_loss
 from vfmvae.diffusion_training.config import DiffusionTrainConfig
 from vfmvae.latents import LatentDataset
+from vfmvae.sampling.pipeline import SAMPLER_FILE
 from vfmvae.training import EMA, fused_optimizer_supported, optimizer_step
 from vfmvae.training.run_log import RunLog, autocast_factory, scalars_to_floats
 
@@ -245,6 +246,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: str = "auto", progress: b
         stats = {"mean": dataset.manifest["mean"], "std": dataset.manifest["std"],
                  "tokenizer": cfg.tokenizer or dataset.manifest["tokenizer"], "cache": str(cfg.data.cache)}
         atomic_write_text(export / "latent_stats.json", json.dumps(stats, indent=2) + "\n")
+        atomic_write_text(export / SAMPLER_FILE, json.dumps({"preset": cfg.sample_preset}) + "\n")
     dist_utils.barrier()
     return {"steps": step, "export": str(export), **counters, "final": scalars_to_floats(scalars)}
 

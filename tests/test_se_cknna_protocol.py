@@ -129,19 +129,25 @@ def test_dinov2_input_reflect_pads_right_and_bottom_to_the_patch_multiple():
 
 
 # ---------------------------------------------------------------------------------------------- tokenizer
-def test_tokenizer_features_are_a_seeded_posterior_sample(tmp_path):
-    from vfmvae.tokenizer import VFMVAE
+@pytest.fixture(scope="module")
+def tiny_tokenizer(tmp_path_factory):
     from vfmvae.tokenizer.convert import convert_official_tokenizer
-    from vfmvae.tokenizer.posterior import DiagonalGaussian
 
     tiny = DATA / "official_tokenizer_tiny"
-    convert_official_tokenizer(tiny / "config.yaml", tiny / "official_G.safetensors", tiny / "siglip2-tiny-patch16",
-                               tmp_path / "tok")
-    tok = VFMVAE.from_pretrained(tmp_path / "tok")
+    out = tmp_path_factory.mktemp("tok") / "tok"
+    convert_official_tokenizer(tiny / "config.yaml", tiny / "official_G.safetensors", tiny / "siglip2-tiny-patch16", out)
+    return out
+
+
+def test_tokenizer_features_are_a_seeded_posterior_sample(tiny_tokenizer):
+    from vfmvae.tokenizer import VFMVAE
+    from vfmvae.tokenizer.posterior import DiagonalGaussian
+
+    tok = VFMVAE.from_pretrained(tiny_tokenizer)
     size = tok.config.image_size
     x = torch.from_numpy(_image(size, 1)).permute(2, 0, 1)[None].float() / 255
-    _, sample = load_source(f"tokenizer:{tmp_path / 'tok'}")
-    _, mean = load_source(f"tokenizer:{tmp_path / 'tok'}", posterior="mean")
+    _, sample = load_source(f"tokenizer:{tiny_tokenizer}")
+    _, mean = load_source(f"tokenizer:{tiny_tokenizer}", posterior="mean")
     with torch.no_grad():
         dist = DiagonalGaussian(tok.encode_moments(x))
         expected = dist.sample(torch.Generator().manual_seed(7)).mean((2, 3))
@@ -149,4 +155,46 @@ def test_tokenizer_features_are_a_seeded_posterior_sample(tmp_path):
         torch.testing.assert_close(mean(x, 1.0, False, 7), dist.mode().mean((2, 3)))
         assert not torch.allclose(sample(x, 1.0, False, 7), sample(x, 1.0, False, 8))
     with pytest.raises(ValueError, match="posterior"):
-        load_source(f"tokenizer:{tmp_path / 'tok'}", posterior="mode")
+        load_source(f"tokenizer:{tiny_tokenizer}", posterior="mode")
+
+
+# ---------------------------------------------------------------------------------------------- REG diffusion
+def test_reg_diffusion_features_use_the_noised_real_class_token_and_proj_keeps_it(tmp_path, tiny_tokenizer):
+    """As get_block_features_from_reg.py: the image's DINOv2 class token (the VFM of the model's latent cache),
+    noised to t = 0.5 like the latent; block features drop the class token, projector features keep it."""
+    from vfmvae.diffusion import create_diffusion_model
+    from vfmvae.tokenizer import VFMVAE
+    from vfmvae.tokenizer.posterior import DiagonalGaussian
+    from vfmvae.vfm import vfm_by_name
+
+    tok = VFMVAE.from_pretrained(tiny_tokenizer)
+    size = tok.config.image_size
+    torch.manual_seed(0)
+    model = create_diffusion_model("reg-sit-tiny", in_channels=8, input_size=size // 16, num_classes=4)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(tmp_path / "dit")
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "cache.json").write_text(json.dumps({"vfm_features": "dinov2-test", "resolution": size}))
+    (tmp_path / "dit" / "latent_stats.json").write_text(json.dumps(
+        {"mean": [0.1] * 8, "std": [2.0] * 8, "tokenizer": str(tiny_tokenizer), "cache": str(tmp_path / "cache")}))
+    x = torch.from_numpy(_image(size, 2)).permute(2, 0, 1)[None].float() / 255
+
+    def expected(block: str, index: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(index)
+        with torch.no_grad():
+            z = (DiagonalGaussian(tok.encode_moments(x)).sample(g) - 0.1) / 2.0
+            noise = torch.randn(z.shape, generator=g)
+            cls = 0.5 * vfm_by_name("dinov2-test", layers=(-1,))(x).cls + 0.5 * torch.randn(1, 64, generator=g)
+            out = model(0.5 * z + 0.5 * noise, torch.full((1,), 0.5), torch.tensor([4]), cls, hidden_at=(1,))
+        return out.projected[0].mean(1) if block == "proj" else out.hidden[1][:, 1:].mean(1)
+
+    for block in ("proj", "1"):
+        _, features = load_source(f"diffusion:{tmp_path / 'dit'}@{block}")
+        with torch.no_grad():
+            got = features(x, 1.0, False, 3)
+        torch.testing.assert_close(got, expected(block, 3), rtol=1e-5, atol=1e-6)
+    (tmp_path / "cache" / "cache.json").unlink()
+    with pytest.raises(FileNotFoundError, match="class token"):
+        load_source(f"diffusion:{tmp_path / 'dit'}@1")

@@ -5,10 +5,11 @@ Sources: `vfm:NAME` (a registry name or a local folder; `*-test` names are rando
 tianciB/VFM-VAE@b3a752a tools/evaluate_alignment/vaes/extract_features_by_vfm_vae.py takes it (`G.encode()`),
 or of the posterior mean with `posterior="mean"`), and
 `diffusion:DIR@BLOCK` (a trained DiffusionTransformer export: the image is encoded by the tokenizer named in
-its `latent_stats.json`, normalised, noised to t = 0.5 with a per-image seeded noise, and run with the null
-label; the features are the output of block BLOCK (1-based; 0 = the patch embedding, `proj` = the first REPA
-projector), averaged over the image tokens, class token excluded. REG's class-token input is the interpolant
-of a zero clean token, 0.5 * noise).
+its `latent_stats.json` (a posterior sample), normalised, noised to t = 0.5 with a per-image seeded noise, and
+run with the null label; the features are the output of block BLOCK (1-based; 0 = the patch embedding), averaged over the image
+tokens, class token excluded, or `proj`, the first REPA projector's output averaged over all tokens. REG models
+get the image's real class token (the VFM of their latent cache), noised to t like the latent, as
+tools/evaluate_alignment/diffusions/get_block_features_from_reg.py).
 
 `transform`: `clean`, `noise_0.050` ... (reads that folder of an `align transforms` output) or
 `equivariance` (clean images, each rotated by its recorded multiple of 90 degrees, then downscaled by its
@@ -95,11 +96,32 @@ def load_source(source: str, device: str = "cpu", *, posterior: str = "sample", 
 
         return model, features
     if kind == "diffusion":
-        return _diffusion_source(spec, device)
+        return _diffusion_source(spec, device, posterior=posterior, seed=seed)
     raise ValueError(f"unknown source {source!r}; use vfm:NAME, tokenizer:DIR or diffusion:DIR@BLOCK")
 
 
-def _diffusion_source(spec: str, device: str, t: float = 0.5, seed: int = 0):
+def _reg_class_token_source(stats: dict, folder: str, device: str):
+    """The DINOv2 class token of an image as the REG model saw it in training: the VFM of the model's latent cache
+    (`cache.json`: vfm_features, vfm_resolution), fed the same way `cache-latents` fed it."""
+    from vfmvae.latents.cache import MANIFEST
+    from vfmvae.vfm import vfm_by_name
+
+    manifest_path = Path(stats.get("cache") or "") / MANIFEST
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{folder} is a REG model: its features need the real DINOv2 class token, read with the "
+                                f"VFM named in its latent cache's {MANIFEST}; {manifest_path} not found (the `cache` "
+                                "entry of latent_stats.json)")
+    manifest = json.loads(manifest_path.read_text())
+    if not manifest.get("vfm_features"):
+        raise ValueError(f"{manifest_path}: the cache has no vfm_features, so the REG class token is unknown")
+    resolution = manifest.get("resolution") or manifest.get("image_size")
+    extra = ({"scale_factor": manifest["vfm_resolution"] / resolution}
+             if manifest.get("vfm_resolution") and resolution else {})
+    vfm = vfm_by_name(manifest["vfm_features"], layers=(-1,), **extra).to(device)
+    return lambda x: vfm(x).cls
+
+
+def _diffusion_source(spec: str, device: str, t: float = 0.5, seed: int = 0, posterior: str = "sample"):
     from vfmvae.diffusion import DiffusionTransformer
     from vfmvae.tokenizer import VFMVAE
 
@@ -124,24 +146,34 @@ def _diffusion_source(spec: str, device: str, t: float = 0.5, seed: int = 0):
     tokenizer = VFMVAE.from_pretrained(stats["tokenizer"]).to(device)
     mean = torch.tensor(stats["mean"], device=device).view(1, -1, 1, 1)
     std = torch.tensor(stats["std"], device=device).view(1, -1, 1, 1)
+    class_token = _reg_class_token_source(stats, folder, device) if cfg.class_token_dim else None
+
     def features(x: torch.Tensor, scale: float, equivariance: bool, index: int) -> torch.Tensor:
+        from vfmvae.tokenizer.posterior import DiagonalGaussian
+
         if scale != 1.0:  # a fixed-size model: downscale (the transformation), then back to the input size
             import torch.nn.functional as F
 
             small = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False, antialias=True)
             x = F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False).clamp(0, 1)
-        moments = tokenizer.encode_moments(x)
-        z = (moments[:, : tokenizer.config.z_dim] - mean) / std
+        g = torch.Generator().manual_seed(seed * 1_000_003 + index)  # per image: independent of batching
+        dist = DiagonalGaussian(tokenizer.encode_moments(x))
+        # the official prefetch stores a sampled z (G.encode()); `posterior="mean"` takes the mean
+        z = ((dist.sample(g) if posterior == "sample" else dist.mode()) - mean) / std
         if z.shape[1:] != (cfg.in_channels, cfg.input_size, cfg.input_size):
             raise ValueError(f"latents {tuple(z.shape[1:])} do not fit the diffusion model ({cfg.in_channels}, "
                              f"{cfg.input_size}, {cfg.input_size}); use images at the tokenizer's resolution")
-        g = torch.Generator().manual_seed(seed * 1_000_003 + index)  # per image: independent of batching
         noise = torch.randn(z.shape, generator=g).to(device)
         tt = torch.full((z.shape[0],), t, device=device)
-        cls = t * torch.randn(z.shape[0], cfg.class_token_dim, generator=g).to(device) if cfg.class_token_dim else None
+        cls = None
+        if class_token is not None:  # REG: the real class token of the image, noised to t like the latent
+            cls_noise = torch.randn(z.shape[0], cfg.class_token_dim, generator=g).to(device)
+            cls = (1 - t) * class_token(x).to(device) + t * cls_noise
         null = torch.full((z.shape[0],), cfg.num_classes, device=device, dtype=torch.long)
         out = model((1 - t) * z + t * noise, tt, null, cls, hidden_at=(tap,))
-        tokens = out.projected[0] if block == "proj" else out.hidden[tap]
+        if block == "proj":  # the projector output over all tokens, REG's class token included (as the official)
+            return out.projected[0].mean(1)
+        tokens = out.hidden[tap]
         if cfg.class_token_dim:
             tokens = tokens[:, 1:]
         return tokens.mean(1)

@@ -46,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--tokenizer", type=Path, help="tokenizer folder: reconstruct --data first")
     c.add_argument("--data", type=Path, help="image folder to reconstruct with --tokenizer")
     c.add_argument("--out", type=Path, help="where --tokenizer writes inputs/ and images/ (default: DATA-recon next to --json or ./recon)")
+    c.add_argument("--mode", action="store_true", help="with --tokenizer: decode the posterior mean instead of a "
+                   "posterior sample (the official tools/reconstruct/reconstruct.py samples z)")
+    c.add_argument("--seed", type=int, default=0, help="with --tokenizer: seed of the posterior samples")
     c.add_argument("--inception", default=None, help=_INCEPTION_HELP + " (optional: rFID, rIS)")
     c.add_argument("--lpips", default=None, help="VGG16 trunk weights for LPIPS (vgg16-397923af.pth; optional)")
     _common(c)
@@ -99,8 +102,8 @@ def run_recon(args: argparse.Namespace) -> int:
 
         out = args.out or Path("recon")
         model = VFMVAE.from_pretrained(args.tokenizer)
-        reconstruct_folder(model, args.data, out, batch_size=min(args.batch_size, 16), device=_device(args),
-                           save_inputs=True)
+        info = reconstruct_folder(model, args.data, out, batch_size=min(args.batch_size, 16), device=_device(args),
+                                  save_inputs=True, sample=not args.mode, seed=args.seed)
         reference, reconstructions = out / "inputs", out / "images"
     else:
         if args.reference is None or args.reconstructions is None:
@@ -108,6 +111,8 @@ def run_recon(args: argparse.Namespace) -> int:
         reference, reconstructions = args.reference, args.reconstructions
     res = evaluate_reconstruction(reference, reconstructions, inception=args.inception, lpips_weights=args.lpips,
                                   device=_device(args), batch_size=args.batch_size)
+    if args.tokenizer is not None:
+        res["protocol"]["latent"] = info["latent"] + ("" if args.mode else f" (seed {args.seed})")
     print(f"rFID {_fmt(res['rfid'])} | PSNR {_fmt(res['psnr'])} dB | SSIM {_fmt(res['ssim'])} | "
           f"LPIPS {_fmt(res['lpips'])} | rIS {_fmt(res['ris'])} | {res['protocol']['num_images']} images")
     write_json(args.json, res)

@@ -81,7 +81,7 @@ def run(out: Path, tokenizer_steps: int = 300, diffusion_steps: int = 400) -> No
     for name, folder in (("before", out / "tokenizer-step0"), ("after", tokenizer)):
         _step(f"8. reconstruction metrics on held-out images, {name} training (rFID/LPIPS need weight files: skipped)",
               ["eval", "recon", "--tokenizer", str(folder / "export"), "--data", str(heldout / "images"),
-               "--out", str(out / f"recon-{name}"), "--json", str(out / f"recon-{name}.json")], FULL["recon"])
+               "--out", str(out / f"recon-{name}"), "--json", str(out / f"recon-{name}.json"), "--mode"], FULL["recon"])
         psnr[name] = json.loads((out / f"recon-{name}.json").read_text())["psnr"]
     print(f"\n   held-out PSNR: {psnr['before']:.2f} dB before, {psnr['after']:.2f} dB after {tokenizer_steps} steps "
           f"({psnr['after'] - psnr['before']:+.2f} dB)")
@@ -94,7 +94,7 @@ def run(out: Path, tokenizer_steps: int = 300, diffusion_steps: int = 400) -> No
            "--set", f"run.dir={diffusion}", "--set", f"run.total_steps={diffusion_steps}"], FULL["diffusion"])
     _step("11. class-conditional samples (8 per class, Euler, 25 steps, guidance 2): PNGs, ADM .npz, grid",
           ["sample", "--diffusion", str(diffusion / "export"), "--num-samples", "64", "--out", str(samples),
-           "--steps", "25", "--cfg", "2", "--batch-size", "32"], FULL["sample"])
+           "--steps", "25", "--cfg", "2", "--batch-size", "32", "--classes", "balanced"], FULL["sample"])
     _step("12. the semantic-equivariant image set for SE-CKNNA",
           ["align", "transforms", "--images", str(heldout / "images"), "--out", str(out / "align"), "--size", "64"])
     config = out / "align_report.yaml"

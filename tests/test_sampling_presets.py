@@ -145,6 +145,18 @@ def test_sample_uses_the_exported_preset_and_explicit_flags_win(export_with_pres
     assert main(["sample", "--diffusion", str(export_with_preset), "--num-samples", "2", "--out", str(out),
                  "--preset", "none", "--steps", "2", "--device", "cpu"]) == 2
     assert "sampler" in capsys.readouterr().err  # settings differ from the run in `out`: cfg 1, all channels
+    # the option parsing alone: --guide-channels all overrides the preset's 3; --preset wins over the export's
+    import argparse
+
+    from vfmvae.cli.sample import register, sampler_settings
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    base = ["sample", "--diffusion", str(export_with_preset), "--num-samples", "1", "--out", "o"]
+    preset, cfg = sampler_settings(parser.parse_args(base + ["--guide-channels", "all", "--cfg", "6"]))
+    assert preset == "lightningdit" and cfg.guide_channels is None and cfg.cfg_scale == 6.0 and cfg.steps == 249
+    preset, cfg = sampler_settings(parser.parse_args(base + ["--preset", "reg-sde"]))
+    assert preset == "reg-sde" and cfg == PRESETS["reg-sde"]
     # the Python pipeline defaults to the recorded preset too
     pipe = VFMVAEPipeline.from_pretrained(export_with_preset)
     assert pipe.preset == "lightningdit"

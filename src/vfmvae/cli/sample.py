@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from vfmvae.sampling.presets import PRESETS
@@ -16,6 +17,18 @@ def _interval(text: str) -> tuple[float, float]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"--interval {text!r}: expected LOW,HIGH, e.g. 0,0.8") from None
     return low, high
+
+
+def _channels(text: str) -> int | str:
+    if text == "all":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--guide-channels {text!r}: expected a positive channel count or all")
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,9 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (1 = none; default: the preset's)")
     s.add_argument("--interval", type=_interval, default=None,
                    help="guide while LOW <= t <= HIGH (default: the preset's, else 0,1)")
-    s.add_argument("--guide-channels", type=int, default=None,
-                   help="guide only the first K latent channels (3 = official LightningDiT behaviour); default: the "
-                   "preset's, else all")
+    s.add_argument("--guide-channels", type=_channels, default=None,
+                   help="guide only the first K latent channels (3 = official LightningDiT behaviour), or all; "
+                   "default: the preset's, else all")
     s.add_argument("--cls-cfg", type=float, default=None, help="REG class-token guidance scale (default: the preset's, "
                    "else --cfg)")
     s.add_argument("--shift", type=float, default=None, help="ODE time-grid shift (>1 spends more steps near noise; "
@@ -62,18 +75,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=run)
 
 
+def sampler_settings(args: argparse.Namespace):
+    """(preset name or None, SamplerConfig): the preset (--preset, else the export's), explicit options on top."""
+    from vfmvae.sampling.pipeline import read_preset
+    from vfmvae.sampling.presets import resolve_sampler_config
+
+    preset = args.preset if args.preset is not None else read_preset(args.diffusion)
+    channels = args.guide_channels if args.guide_channels != "all" else None
+    config = resolve_sampler_config(preset, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg,
+                                    interval=args.interval, guide_channels=channels,
+                                    cls_cfg_scale=args.cls_cfg, shift=args.shift)
+    if args.guide_channels == "all":  # explicit: every channel, whatever the preset says
+        config = dataclasses.replace(config, guide_channels=None)
+    return preset, config
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from vfmvae import distributed as dist_utils
     from vfmvae.sampling.generate import generate_samples
-    from vfmvae.sampling.pipeline import VFMVAEPipeline, read_preset
-    from vfmvae.sampling.presets import resolve_sampler_config
+    from vfmvae.sampling.pipeline import VFMVAEPipeline
 
-    preset = args.preset if args.preset is not None else read_preset(args.diffusion)
-    config = resolve_sampler_config(preset, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg,
-                                    interval=args.interval, guide_channels=args.guide_channels,
-                                    cls_cfg_scale=args.cls_cfg, shift=args.shift)
+    preset, config = sampler_settings(args)
     device = dist_utils.init_distributed()
     if args.device:
         device = torch.device(args.device)

@@ -113,6 +113,8 @@ def run_recon(args: argparse.Namespace) -> int:
                                   device=_device(args), batch_size=args.batch_size)
     if args.tokenizer is not None:
         res["protocol"]["latent"] = info["latent"] + ("" if args.mode else f" (seed {args.seed})")
+        res["protocol"]["inputs"] = ("ADM centre crop to the tokenizer's size (the official reconstruct.py uses "
+                                     "torchvision Resize + CenterCrop); uint8 reconstructions by rounding")
     print(f"rFID {_fmt(res['rfid'])} | PSNR {_fmt(res['psnr'])} dB | SSIM {_fmt(res['ssim'])} | "
           f"LPIPS {_fmt(res['lpips'])} | rIS {_fmt(res['ris'])} | {res['protocol']['num_images']} images")
     write_json(args.json, res)

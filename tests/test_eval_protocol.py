@@ -199,3 +199,32 @@ def test_eval_recon_equals_torch_fidelity_pipeline_and_official_pixel_metrics(tm
     assert ours["psnr"] == pytest.approx(tm_psnr, abs=1e-4)
     assert ours["ssim_uint8"] != pytest.approx(ours["ssim"], abs=1e-3)
     assert "RandomState(2020)" in ours["protocol"]["ris"] and "data_range=2.0" in ours["protocol"]["ssim"]
+
+
+@pytest.mark.slow
+def test_eval_recon_with_a_tokenizer_decodes_a_posterior_sample_by_default(tmp_path, synthetic_dir):
+    """As tools/reconstruct/reconstruct.py (z is sampled); --mode decodes the posterior mean."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from vfmvae.cli import main
+    from vfmvae.tokenizer.convert import convert_official_tokenizer
+
+    tiny = Path(__file__).parent / "data" / "official_tokenizer_tiny"
+    convert_official_tokenizer(tiny / "config.yaml", tiny / "official_G.safetensors", tiny / "siglip2-tiny-patch16",
+                               tmp_path / "tok")
+    data = tmp_path / "data"
+    data.mkdir()
+    for p in sorted((synthetic_dir / "images").rglob("*.png"))[:3]:
+        Image.open(p).save(data / p.name)
+    outs = {}
+    for name, extra in (("sample", []), ("mode", ["--mode"])):
+        assert main(["eval", "recon", "--tokenizer", str(tmp_path / "tok"), "--data", str(data), "--out",
+                     str(tmp_path / name), "--device", "cpu", "--json", str(tmp_path / f"{name}.json")] + extra) == 0
+        outs[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert outs["sample"]["protocol"]["latent"] == "posterior sample (seed 0)"
+    assert outs["mode"]["protocol"]["latent"] == "posterior mean"
+    a = [np.asarray(Image.open(p)) for p in sorted((tmp_path / "sample" / "images").glob("*.png"))]
+    b = [np.asarray(Image.open(p)) for p in sorted((tmp_path / "mode" / "images").glob("*.png"))]
+    assert len(a) == 3 and any(not np.array_equal(x, y) for x, y in zip(a, b))

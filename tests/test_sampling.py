@@ -140,7 +140,7 @@ def test_sample_command_resume_npz_layout_and_settings_check(export, tmp_path, c
     from vfmvae.cli import main
     from vfmvae.evaluation.images import open_image_set
 
-    args = ["sample", "--diffusion", str(export), "--num", "6", "--out", str(tmp_path / "s"), "--steps", "4",
+    args = ["sample", "--classes", "balanced", "--diffusion", str(export), "--num", "6", "--out", str(tmp_path / "s"), "--steps", "4",
             "--batch-size", "4", "--cfg", "1.5", "--device", "cpu"]
     assert main(args) == 0
     assert "6 samples" in capsys.readouterr().out

@@ -46,7 +46,7 @@ FULL = {
     "diffusion": "torchrun --nproc-per-node=8 -m vfmvae train diffusion --recipe configs/diffusion/lightningdit-xl1.yaml "
                  "--set data.cache=runs/imagenet-latents",
     "sample": "torchrun --nproc-per-node=8 -m vfmvae sample --diffusion runs/lightningdit-xl1/export --num-samples 50000 "
-              "--out runs/samples --sampler euler --steps 249 --shift 3.3333 --cfg 4 --interval 0,0.875",
+              "--out runs/samples --preset lightningdit",
     "eval": "vfmvae eval gen --samples runs/samples/samples.npz --ref VIRTUAL_imagenet256_labeled.npz "
             "--inception /models/pt_inception-2015-12-05.pth",
 }
@@ -83,7 +83,7 @@ def run(out: Path, tokenizer_steps: int = 300, diffusion_steps: int = 400) -> No
         shutil.rmtree(out / f"recon-{name}", ignore_errors=True)  # the demo's own earlier reconstructions (a re-run)
         _step(f"8. reconstruction metrics on held-out images, {name} training (rFID/LPIPS need weight files: skipped)",
               ["eval", "recon", "--tokenizer", str(folder / "export"), "--data", str(heldout / "images"),
-               "--out", str(out / f"recon-{name}"), "--json", str(out / f"recon-{name}.json")], FULL["recon"])
+               "--out", str(out / f"recon-{name}"), "--json", str(out / f"recon-{name}.json"), "--mode"], FULL["recon"])
         psnr[name] = json.loads((out / f"recon-{name}.json").read_text())["psnr"]
     print(f"\n   held-out PSNR: {psnr['before']:.2f} dB before, {psnr['after']:.2f} dB after {tokenizer_steps} steps "
           f"({psnr['after'] - psnr['before']:+.2f} dB)")
@@ -96,7 +96,7 @@ def run(out: Path, tokenizer_steps: int = 300, diffusion_steps: int = 400) -> No
            "--set", f"run.dir={diffusion}", "--set", f"run.total_steps={diffusion_steps}"], FULL["diffusion"])
     _step("11. class-conditional samples (8 per class, Euler, 25 steps, guidance 2): PNGs, ADM .npz, grid",
           ["sample", "--diffusion", str(diffusion / "export"), "--num-samples", "64", "--out", str(samples),
-           "--steps", "25", "--cfg", "2", "--batch-size", "32"], FULL["sample"])
+           "--steps", "25", "--cfg", "2", "--batch-size", "32", "--classes", "balanced"], FULL["sample"])
     _step("12. the semantic-equivariant image set for SE-CKNNA",
           ["align", "transforms", "--images", str(heldout / "images"), "--out", str(out / "align"), "--size", "64"])
     config = out / "align_report.yaml"

@@ -138,9 +138,10 @@ def build_report(root: str | Path, out: str | Path | None = None) -> Path:
     for align in sorted(root.glob("*/se_cknna.json")):
         data = json.loads(align.read_text())
         transforms = list(next(iter(data["table"].values())))
-        rows = [{"model": m, **row} for m, row in data["table"].items()]
+        se = data.get("se_cknna", {})  # absent in reports written before the mean was added
+        rows = [{"model": m, **row, "SE-CKNNA": "-" if se.get(m) is None else se[m]} for m, row in data["table"].items()]
         sections.append(f"<h2>SE-CKNNA ({html.escape(align.parent.name)})</h2><p>{html.escape(data['definition'])}</p>"
-                        + _table(rows, ["model", *transforms]) + _img(align.parent / "se_cknna.png", page, "SE-CKNNA per transformation"))
+                        + _table(rows, ["model", *transforms, "SE-CKNNA"]) + _img(align.parent / "se_cknna.png", page, "SE-CKNNA per transformation"))
     if steps:
         rows = "".join(f"<tr><td>{html.escape(s['title'])}</td><td><code>{html.escape(s['command'])}</code></td>"
                        f"<td><code>{html.escape(s.get('full_scale', '') or '-')}</code></td></tr>" for s in steps)

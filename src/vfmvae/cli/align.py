@@ -34,17 +34,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=run_transforms)
 
     e = asub.add_parser("extract", help="one feature vector per image (mean over patch tokens)",
-                        description="--source vfm:NAME | tokenizer:DIR | diffusion:DIR@BLOCK (BLOCK: 0 = embedding, 1..depth, or proj; t = 0.5, null label).")
+                        description="--source vfm:NAME | tokenizer:DIR | diffusion:DIR@BLOCK (BLOCK: 0 = embedding, "
+                        "1..depth, or proj; t = 0.5, null label). DINOv2 references get the official DINOv2 input "
+                        "(224 px bicubic; equivariance: bilinear to int(224 s) and reflect padding to a multiple of 14).")
     e.add_argument("--source", required=True)
     e.add_argument("--images", type=Path, required=True, help="image folder or an `align transforms` output")
     e.add_argument("--out", type=Path, required=True, help="output .safetensors")
     e.add_argument("--transform", default="clean", help="clean, equivariance, noise_0.050, ... (default clean)")
     e.add_argument("--device", default="cpu")
+    e.add_argument("--posterior", choices=("sample", "mean"), default="sample",
+                   help="tokenizer sources: a posterior sample per image (default, as the official extractor) or the mean")
     e.set_defaults(func=run_extract)
 
     r = asub.add_parser("report", help="SE-CKNNA table, plot and JSON for several models",
                         description="Keys of the config (vfmvae.alignment.AlignReportConfig): images, out, "
-                        "reference, models, transformations, topk, device.")
+                        "reference, models, transformations, topk, device, pairing (same: reference and model on the "
+                        "same T(x), the paper's definition, default; clean-reference: reference on clean x), "
+                        "posterior (sample | mean). SE-CKNNA = mean of CKNNA over the transformations except clean.")
     r.add_argument("--config", dest="recipe", type=Path, help="report config YAML")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     r.set_defaults(func=run_report_cmd)
@@ -92,7 +98,8 @@ def run_transforms(args: argparse.Namespace) -> int:
 def run_extract(args: argparse.Namespace) -> int:
     from vfmvae.alignment.extract import extract_features
 
-    info = extract_features(args.source, args.images, args.out, transform=args.transform, device=args.device)
+    info = extract_features(args.source, args.images, args.out, transform=args.transform, device=args.device,
+                            posterior=args.posterior)
     print(f"wrote {info['num']} x {info['dim']} features of {info['source']} [{info['transform']}] to {info['out']}")
     return 0
 
@@ -103,5 +110,6 @@ def run_report_cmd(args: argparse.Namespace) -> int:
     cfg = resolve_config(AlignReportConfig, args, {})
     res = run_report(cfg)
     print(res["markdown"])
+    print(f"pairing: {cfg.pairing}; SE-CKNNA = mean over {', '.join(res['protocol']['se_cknna_over']) or 'none'}")
     print(f"plot: {res['plot']}; JSON: {Path(cfg.out) / 'se_cknna.json'}")
     return 0

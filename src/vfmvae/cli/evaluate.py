@@ -46,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--tokenizer", type=Path, help="tokenizer folder: reconstruct --data first")
     c.add_argument("--data", type=Path, help="image folder to reconstruct with --tokenizer")
     c.add_argument("--out", type=Path, help="where --tokenizer writes inputs/ and images/ (a new or empty folder; default: a temporary folder, removed after scoring)")
+    c.add_argument("--mode", action="store_true", help="with --tokenizer: decode the posterior mean instead of a "
+                   "posterior sample (the official tools/reconstruct/reconstruct.py samples z)")
+    c.add_argument("--seed", type=int, default=0, help="with --tokenizer: seed of the posterior samples")
     c.add_argument("--inception", default=None, help=_INCEPTION_HELP + " (optional: rFID, rIS)")
     c.add_argument("--lpips", default=None, help="VGG16 trunk weights for LPIPS (vgg16-397923af.pth; optional)")
     _common(c)
@@ -109,8 +112,8 @@ def _run_recon(args: argparse.Namespace, stack) -> int:
         # without --out, a fresh temporary folder: a fixed default (./recon) would score an earlier run's files too
         out = args.out or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vfmvae-recon-")))
         model = VFMVAE.from_pretrained(args.tokenizer)
-        reconstruct_folder(model, args.data, out, batch_size=min(args.batch_size, 16), device=_device(args),
-                           save_inputs=True)
+        info = reconstruct_folder(model, args.data, out, batch_size=min(args.batch_size, 16), device=_device(args),
+                                  save_inputs=True, sample=not args.mode, seed=args.seed)
         reference, reconstructions = out / "inputs", out / "images"
     else:
         if args.reference is None or args.reconstructions is None:
@@ -118,6 +121,10 @@ def _run_recon(args: argparse.Namespace, stack) -> int:
         reference, reconstructions = args.reference, args.reconstructions
     res = evaluate_reconstruction(reference, reconstructions, inception=args.inception, lpips_weights=args.lpips,
                                   device=_device(args), batch_size=args.batch_size)
+    if args.tokenizer is not None:
+        res["protocol"]["latent"] = info["latent"] + ("" if args.mode else f" (seed {args.seed})")
+        res["protocol"]["inputs"] = ("ADM centre crop to the tokenizer's size (the official reconstruct.py uses "
+                                     "torchvision Resize + CenterCrop); uint8 reconstructions by rounding")
     print(f"rFID {_fmt(res['rfid'])} | PSNR {_fmt(res['psnr'])} dB | SSIM {_fmt(res['ssim'])} | "
           f"LPIPS {_fmt(res['lpips'])} | rIS {_fmt(res['ris'])} | {res['protocol']['num_images']} images")
     write_json(args.json, res)

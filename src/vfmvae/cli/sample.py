@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from vfmvae.cli.common import positive_int
+from vfmvae.sampling.presets import PRESETS
+
+PRESET_NAMES = tuple(PRESETS)
 
 
 def _interval(text: str) -> tuple[float, float]:
@@ -16,6 +20,18 @@ def _interval(text: str) -> tuple[float, float]:
     return low, high
 
 
+def _channels(text: str) -> int | str:
+    if text == "all":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--guide-channels {text!r}: expected a positive channel count or all")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser(
         "sample", help="generate samples (PNGs, ADM .npz, grid) from a diffusion model",
@@ -23,8 +39,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "evaluator's layout, ready for `vfmvae eval gen`), OUT/grid.png and OUT/settings.json. Sample i uses seed "
         "(--seed, i), so images do not depend on --batch-size or the number of processes; re-running the same command "
         "keeps finished samples. Time runs from t=1 (noise) to t=0 (data). "
-        "Paper settings: LightningDiT --sampler euler --steps 249 --shift 3.333 --cfg 4 --interval 0,0.875 "
-        "--guide-channels 3; REG --sampler sde --steps 250 --cfg 4 --interval 0,0.8. "
+        "Sampler settings come from --preset (default: the preset recorded in the model's export by its recipe, "
+        "DIFFUSION/sampler.json); any sampler option given explicitly overrides the preset's value. Presets (the "
+        "official settings): reg-sde = --sampler sde --steps 250 --cfg 4 --cls-cfg 4 --interval 0,0.8; "
+        "lightningdit = --sampler euler --steps 249 --shift 3.333 (1/0.3) --cfg 4 --interval 0,0.875 "
+        "--guide-channels 3; none = euler, 50 steps, no guidance. Labels are uniformly random (seeded) by default, "
+        "as the official sample.py files draw them. PNGs are written as the official decode tool does "
+        "(torchvision to_pil_image: uint8 = trunc(255 x)). "
         "Multi-GPU: torchrun --nproc-per-node=8 -m vfmvae sample --num-samples 50000 ...",
     )
     s.add_argument("--diffusion", type=Path, required=True, help="DiffusionTransformer folder (a training export)")
@@ -34,32 +55,53 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--num-samples", "--num", dest="num", type=positive_int, required=True,
                    help="number of samples (under torchrun write --num-samples: torchrun reads --num as its --numa-binding)")
     s.add_argument("--out", type=Path, required=True, help="output folder")
-    s.add_argument("--sampler", choices=("euler", "heun", "sde"), default="euler")
-    s.add_argument("--steps", type=int, default=50)
-    s.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")
-    s.add_argument("--interval", type=_interval, default=(0.0, 1.0), help="guide while LOW <= t <= HIGH (default 0,1)")
-    s.add_argument("--guide-channels", type=int, default=None,
-                   help="guide only the first K latent channels (3 = official LightningDiT behaviour); default all")
-    s.add_argument("--cls-cfg", type=float, default=None, help="REG class-token guidance scale (default: --cfg)")
-    s.add_argument("--shift", type=float, default=1.0, help="ODE time-grid shift (>1 spends more steps near noise)")
-    s.add_argument("--classes", default="balanced", help="balanced (default), random, or a list like 1,5,9")
+    s.add_argument("--preset", choices=("none", *PRESET_NAMES), default=None,
+                   help="official sampler settings (default: the model's recorded preset, else none)")
+    s.add_argument("--sampler", choices=("euler", "heun", "sde"), default=None, help="default: the preset's (euler)")
+    s.add_argument("--steps", type=int, default=None, help="default: the preset's (50)")
+    s.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (1 = none; default: the preset's)")
+    s.add_argument("--interval", type=_interval, default=None,
+                   help="guide while LOW <= t <= HIGH (default: the preset's, else 0,1)")
+    s.add_argument("--guide-channels", type=_channels, default=None,
+                   help="guide only the first K latent channels (3 = official LightningDiT behaviour), or all; "
+                   "default: the preset's, else all")
+    s.add_argument("--cls-cfg", type=float, default=None, help="REG class-token guidance scale (default: the preset's, "
+                   "else --cfg)")
+    s.add_argument("--shift", type=float, default=None, help="ODE time-grid shift (>1 spends more steps near noise; "
+                   "default: the preset's, else 1)")
+    s.add_argument("--classes", default="random", help="random (default, seeded, uniform), balanced, or a list like 1,5,9")
     s.add_argument("--batch-size", type=positive_int, default=16)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default=None, help="default: cuda if available (the local rank's GPU under torchrun)")
     s.set_defaults(func=run)
 
 
+def sampler_settings(args: argparse.Namespace):
+    """(preset name or None, SamplerConfig): the preset (--preset, else the export's), explicit options on top."""
+    from vfmvae.sampling.pipeline import read_preset
+    from vfmvae.sampling.presets import resolve_sampler_config
+
+    preset = args.preset if args.preset is not None else read_preset(args.diffusion)
+    channels = args.guide_channels if args.guide_channels != "all" else None
+    config = resolve_sampler_config(preset, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg,
+                                    interval=args.interval, guide_channels=channels,
+                                    cls_cfg_scale=args.cls_cfg, shift=args.shift)
+    if args.guide_channels == "all":  # explicit: every channel, whatever the preset says
+        config = dataclasses.replace(config, guide_channels=None)
+    return preset, config
+
+
 def run(args: argparse.Namespace) -> int:
     from vfmvae import distributed as dist_utils
     from vfmvae.checkpoint.digest import model_folder_digest
     from vfmvae.sampling.generate import generate_samples
-    from vfmvae.sampling.pipeline import SamplerConfig, VFMVAEPipeline
+    from vfmvae.sampling.pipeline import VFMVAEPipeline
 
+    preset, config = sampler_settings(args)
     device = dist_utils.init_distributed(device=args.device)
-    config = SamplerConfig(sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg, interval=args.interval,
-                           guide_channels=args.guide_channels, cls_cfg_scale=args.cls_cfg, shift=args.shift)
     pipe = VFMVAEPipeline.from_pretrained(args.diffusion, args.tokenizer, args.latent_stats, device=device)
-    sources = {"diffusion": str(args.diffusion), "tokenizer": str(args.tokenizer) if args.tokenizer else None}
+    sources = {"diffusion": str(args.diffusion), "tokenizer": str(args.tokenizer) if args.tokenizer else None,
+               "preset": preset or "none"}
     # a resume checks the models' contents too, not just their paths (a folder replaced at the same path)
     sources.update(diffusion_sha256=model_folder_digest(args.diffusion),
                    tokenizer_sha256=model_folder_digest(pipe.tokenizer_dir) if pipe.tokenizer_dir else None)

@@ -81,3 +81,5 @@ class DiffusionTrainConfig:
     optim: DiffusionOptimConfig = field(default_factory=DiffusionOptimConfig)
     run: DiffusionRunConfig = field(default_factory=DiffusionRunConfig)
     tokenizer: str | None = None             # for decoding sample grids; default: the cache's tokenizer
+    # official sampler settings recorded in the export; `vfmvae sample` uses them (vfmvae.sampling.presets)
+    sample_preset: Literal["reg-sde", "lightningdit"] | None = None

@@ -32,6 +32,7 @@ from vfmvae.data.sampler import ResumableSampler
 from vfmvae.diffusion import DiffusionTransformer, DiTConfig, diffusion_config, training_loss
 from vfmvae.diffusion_training.config import DiffusionTrainConfig
 from vfmvae.latents import LatentDataset, draw_posterior
+from vfmvae.sampling.pipeline import SAMPLER_FILE
 from vfmvae.training import EMA, fused_optimizer_supported, optimizer_step
 from vfmvae.training.run_folder import claimed_run_folder, write_run_config
 from vfmvae.training.run_log import RunLog, autocast_factory, scalars_to_floats
@@ -274,6 +275,7 @@ def _train_diffusion(cfg: DiffusionTrainConfig, resume: str, progress: bool) -> 
                  "tokenizer": _absolute(cfg.tokenizer or dataset.manifest["tokenizer"]),
                  "cache": _absolute(cfg.data.cache)}  # absolute: `sample` reads them from any working directory
         atomic_write_text(export / "latent_stats.json", json.dumps(stats, indent=2) + "\n")
+        atomic_write_text(export / SAMPLER_FILE, json.dumps({"preset": cfg.sample_preset}) + "\n")
     dist_utils.barrier()
     return {"steps": step, "export": str(export), **counters, "final": scalars_to_floats(scalars)}
 

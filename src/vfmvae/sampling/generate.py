@@ -33,7 +33,8 @@ __all__ = ["class_labels", "generate_samples", "write_npz"]
 
 
 def class_labels(spec: str, num: int, num_classes: int, seed: int = 0) -> list[int]:
-    """`balanced` (0, 1, ..., K-1, 0, 1, ...), `random` (seeded per index) or a comma list cycled (`1,5,9`)."""
+    """`random` (uniform, seeded per index: the official sample.py files draw `torch.randint` labels),
+    `balanced` (0, 1, ..., K-1, 0, 1, ...) or a comma list cycled (`1,5,9`)."""
     if spec == "balanced":
         return [i % num_classes for i in range(num)]
     if spec == "random":
@@ -49,8 +50,13 @@ def class_labels(spec: str, num: int, num_classes: int, seed: int = 0) -> list[i
     return [values[i % len(values)] for i in range(num)]
 
 
+UINT8_CONVERSION = "trunc(255 * clamp(x, 0, 1)) in float32, as torchvision to_pil_image in the official decode tool"
+
+
 def _to_uint8(images01: torch.Tensor) -> np.ndarray:
-    return (images01.clamp(0, 1) * 255 + 0.5).floor().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    """As tianciB/VFM-VAE@b3a752a tools/decode/decode_latents_to_images.py saves samples: `to_pil_image` of the
+    clamped float32 image, i.e. (x * 255).astype(uint8), truncation (not rounding; on average 0.5 levels darker)."""
+    return (images01.float().clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
@@ -69,7 +75,7 @@ def write_npz(out: Path, num: int, labels: list[int]) -> Path:
 
 
 def generate_samples(pipe: VFMVAEPipeline, out: str | Path, num: int, *, config: SamplerConfig = SamplerConfig(),
-                     classes: str = "balanced", seed: int = 0, batch_size: int = 16, progress: bool = True,
+                     classes: str = "random", seed: int = 0, batch_size: int = 16, progress: bool = True,
                      sources: dict[str, str] | None = None) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
@@ -79,7 +85,8 @@ def generate_samples(pipe: VFMVAEPipeline, out: str | Path, num: int, *, config:
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     labels = class_labels(classes, num, pipe.diffusion.config.num_classes, seed)
-    settings = {"num": num, "seed": seed, "classes": classes, "sampler": asdict(config), **(sources or {})}
+    settings = {"num": num, "seed": seed, "classes": classes, "sampler": asdict(config), "uint8": UINT8_CONVERSION,
+                **(sources or {})}
     settings_path = out / "settings.json"
     if not settings_path.is_file() and any(p.name != "images" or any(p.iterdir()) for p in out.iterdir()):
         raise ValueError(f"{out} is not empty and holds no settings.json (not a sample folder of ours); its files "

@@ -1,7 +1,12 @@
 """`VFMVAEPipeline`: class labels in, images out (diffusion sampler -> de-normalise -> tokenizer decoder).
 
     pipe = VFMVAEPipeline.from_pretrained("runs/reg-sit-xl1/export")        # tokenizer from latent_stats.json
-    images = pipe([207, 360, 387, 974], seed=0, steps=250, sampler="sde", cfg_scale=4.0, interval=(0.0, 0.8))
+    images = pipe([207, 360, 387, 974], seed=0)              # the export's preset (sampler.json), e.g. reg-sde
+    images = pipe([207, 360, 387, 974], seed=0, cfg_scale=1.0)            # the preset with one setting changed
+    labels = class_labels("random", 16, 1000, seed=0)        # uniformly random, seeded (vfmvae.sampling)
+
+Without a preset (`preset=None`: a model exported before presets existed, or a recipe without
+`sample_preset`) the settings are SamplerConfig's defaults (Euler, 50 steps, no guidance).
 
 Every sample has its own seed (`seed * 1_000_003 + index`, `index` = its position in the whole run), from
 which its initial noise, its REG class-token noise and its SDE step noises are drawn on the CPU; an image
@@ -24,7 +29,7 @@ from vfmvae.checkpoint.torch_files import load_weights_only
 from vfmvae.diffusion import DiffusionTransformer
 from vfmvae.sampling.ode import Guidance, check_shift, sample_ode, sample_sde
 
-__all__ = ["LatentStats", "SamplerConfig", "VFMVAEPipeline", "sample_seed"]
+__all__ = ["LatentStats", "SamplerConfig", "VFMVAEPipeline", "read_preset", "sample_seed"]
 
 SAMPLERS = ("euler", "heun", "sde")
 
@@ -94,12 +99,22 @@ def _stored_tokenizer(stats_path: Path) -> Path:
     return path
 
 
+SAMPLER_FILE = "sampler.json"  # in a diffusion export: {"preset": name or null}, written by `train diffusion`
+
+
+def read_preset(diffusion_dir: str | Path) -> str | None:
+    """The sampler preset recorded in a diffusion export (None if it records none)."""
+    path = Path(diffusion_dir) / SAMPLER_FILE
+    return json.loads(path.read_text()).get("preset") if path.is_file() else None
+
+
 class VFMVAEPipeline:
-    def __init__(self, diffusion: DiffusionTransformer, tokenizer, stats: LatentStats) -> None:
+    def __init__(self, diffusion: DiffusionTransformer, tokenizer, stats: LatentStats, preset: str | None = None) -> None:
         if stats.mean.numel() != diffusion.config.in_channels:
             raise ValueError(f"latent statistics have {stats.mean.numel()} channels, the model {diffusion.config.in_channels}")
         self.diffusion, self.tokenizer, self.stats = diffusion.eval(), tokenizer.eval(), stats
         self.tokenizer_dir: Path | None = None  # the folder it was loaded from, if any (for resume verification)
+        self.preset = preset  # default sampler settings of __call__ (vfmvae.sampling.presets)
 
     @classmethod
     def from_pretrained(cls, diffusion: str | Path, tokenizer: str | Path | None = None,
@@ -113,7 +128,7 @@ class VFMVAEPipeline:
             if stats_path.suffix != ".json" or "tokenizer" not in json.loads(stats_path.read_text()):
                 raise ValueError(f"no tokenizer given and {stats_path} does not name one; pass --tokenizer DIR")
             tokenizer = _stored_tokenizer(stats_path)
-        pipe = cls(model, VFMVAE.from_pretrained(tokenizer, device=device), stats)
+        pipe = cls(model, VFMVAE.from_pretrained(tokenizer, device=device), stats, preset=read_preset(diffusion))
         pipe.tokenizer_dir = Path(tokenizer) if Path(tokenizer).is_dir() else None
         return pipe
 
@@ -156,8 +171,11 @@ class VFMVAEPipeline:
     @torch.no_grad()
     def __call__(self, labels: Sequence[int] | torch.Tensor, *, seed: int = 0, indices: Sequence[int] | None = None,
                  config: SamplerConfig | None = None, **options) -> torch.Tensor:
-        """Images in [0, 1], (B, 3, H, W). `options` are SamplerConfig fields (sampler, steps, cfg_scale, ...)."""
-        config = config or SamplerConfig(**options)
+        """Images in [0, 1], (B, 3, H, W). Without `config`, the pipeline's preset with `options` (SamplerConfig
+        fields: sampler, steps, cfg_scale, ...) applied on top."""
+        from vfmvae.sampling.presets import resolve_sampler_config
+
+        config = config or resolve_sampler_config(self.preset, **options)
         z = self.stats.denormalize(self.latents(labels, seed=seed, indices=indices, config=config))
         # GroupNorm refuses a group of one value (a 1x1 map of a single sample in small decoders); its statistics
         # are per sample, so decoding the sample twice and keeping one copy changes nothing

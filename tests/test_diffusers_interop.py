@@ -123,14 +123,14 @@ def test_diffusers_pipeline_gives_the_images_of_vfmvae_sample(models, pipeline_d
     assert index["vae"] == ["vfmvae.diffusers.autoencoder", "VFMVAEAutoencoder"]
     pipe = DiffusionPipeline.from_pretrained(pipeline_dir)
     assert isinstance(pipe, VFMVAEDiffusionPipeline)
-    labels = [2, 0, 3]
-    out = pipe(class_labels=labels, num_inference_steps=3, guidance_scale=cfg, sampler=sampler,
+    labels = [2, 0]
+    out = pipe(class_labels=labels, num_inference_steps=2, guidance_scale=cfg, sampler=sampler,
                guidance_interval=(0.0, 0.8), generator=torch.Generator().manual_seed(7))
-    assert len(out.images) == 3 and all(isinstance(im, Image.Image) and im.size == (64, 64) for im in out.images)
+    assert len(out.images) == 2 and all(isinstance(im, Image.Image) and im.size == (64, 64) for im in out.images)
 
-    assert main(["sample", "--diffusion", str(models / "dit"), "--num-samples", "3", "--out", str(tmp_path / "s"),
-                 "--steps", "3", "--sampler", sampler, "--cfg", str(cfg), "--interval", "0,0.8", "--classes", "2,0,3",
-                 "--seed", "7", "--batch-size", "3", "--device", "cpu"]) == 0
+    assert main(["sample", "--diffusion", str(models / "dit"), "--num-samples", "2", "--out", str(tmp_path / "s"),
+                 "--steps", "2", "--sampler", sampler, "--cfg", str(cfg), "--interval", "0,0.8", "--classes", "2,0",
+                 "--seed", "7", "--batch-size", "2", "--device", "cpu"]) == 0
     npz = np.load(tmp_path / "s" / "samples.npz")
     assert npz["arr_1"].tolist() == labels
     for i, image in enumerate(out.images):
@@ -138,8 +138,8 @@ def test_diffusers_pipeline_gives_the_images_of_vfmvae_sample(models, pipeline_d
 
     # our pipeline, rebuilt from the diffusers one, draws the same tensors too
     ours = VFMVAEPipeline.from_pretrained(models / "dit")
-    expected = ours(labels, seed=7, sampler=sampler, steps=3, cfg_scale=cfg, interval=(0.0, 0.8))
-    (pt,) = pipe(class_labels=labels, num_inference_steps=3, guidance_scale=cfg, sampler=sampler,
+    expected = ours(labels, seed=7, sampler=sampler, steps=2, cfg_scale=cfg, interval=(0.0, 0.8))
+    (pt,) = pipe(class_labels=labels, num_inference_steps=2, guidance_scale=cfg, sampler=sampler,
                  guidance_interval=(0.0, 0.8), generator=torch.Generator().manual_seed(7), output_type="pt",
                  return_dict=False)
     torch.testing.assert_close(pt, expected, rtol=0, atol=1e-5)

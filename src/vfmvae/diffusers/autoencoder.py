@@ -88,7 +88,9 @@ class VFMVAEAutoencoder(ModelMixin, ConfigMixin):
 
     def decode(self, z: torch.Tensor, return_dict: bool = True, generator: torch.Generator | None = None):
         """z: (B, z_dim, h, w) raw (not normalised) latents -> images in about [-1, 1] (not clamped, as ours)."""
-        image = self.tokenizer.decode(z)
+        # GroupNorm refuses a group of one value (a 1x1 map of a single sample in small decoders); its statistics are
+        # per sample, so decoding the sample twice and keeping one copy changes nothing (as our VFMVAEPipeline does)
+        image = self.tokenizer.decode(z.repeat(2, 1, 1, 1) if len(z) == 1 else z)[: len(z)]
         return DecoderOutput(sample=image) if return_dict else (image,)
 
     def forward(self, sample: torch.Tensor, sample_posterior: bool = False, return_dict: bool = True,

@@ -123,9 +123,18 @@ def _to_uint8(images01: torch.Tensor) -> np.ndarray:
 
 def export_pipeline(diffusion: str | Path, out: str | Path, *, tokenizer: str | Path | None = None,
                     latent_stats: str | Path | None = None) -> Path:
-    """Write a diffusers pipeline folder from a diffusion export (as `vfmvae sample --diffusion` takes it)."""
+    """Write a diffusers pipeline folder from a diffusion export (as `vfmvae sample --diffusion` takes it).
+
+    `out` must not exist yet (or be empty): the folder appears complete in one rename, or not at all.
+    """
+    from vfmvae.checkpoint.atomic import atomic_directory
     from vfmvae.sampling.pipeline import VFMVAEPipeline
 
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} exists and is not empty; export into a new folder")
     ours = VFMVAEPipeline.from_pretrained(diffusion, tokenizer, latent_stats)
-    VFMVAEDiffusionPipeline.from_vfmvae(ours).save_pretrained(out)
-    return Path(out)
+    pipe = VFMVAEDiffusionPipeline.from_vfmvae(ours)
+    with atomic_directory(out) as tmp:
+        pipe.save_pretrained(tmp)
+    return out

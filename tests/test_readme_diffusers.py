@@ -22,6 +22,7 @@ def _readme_block(title: str) -> str:
     return blocks[0]
 
 
+@pytest.mark.slow
 def test_use_with_diffusers_section_runs_as_written(tmp_path, monkeypatch):
     from vfmvae.checkpoint.serialize import load_tensors
     from vfmvae.cli import main

@@ -29,8 +29,8 @@ demo: $(STAMP)
 
 lock:
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
-	.venv-lock/bin/pip install --quiet "torch==2.14.1" "torchvision==0.29.1" -e ".[dev,tensorboard]"
-	{ echo "# The exact, tested dependency set of vfmvae (runtime + extras tensorboard, dev)."; \
+	.venv-lock/bin/pip install --quiet "torch==2.14.1" "torchvision==0.29.1" -e ".[dev,tensorboard,diffusers]"
+	{ echo "# The exact, tested dependency set of vfmvae (runtime + extras tensorboard, diffusers, dev)."; \
 	  echo "# Regenerate: make lock   (then review the diff)."; \
 	  .venv-lock/bin/pip freeze --all --exclude-editable | grep -v -E '^(pip|wheel)=='; } > requirements/lock.txt
 	rm -rf .venv-lock

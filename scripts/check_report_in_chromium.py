@@ -1,11 +1,11 @@
-"""Render a `vfmvae report` page in headless Chromium and check that every image loaded.
+"""Render a `vfmvae report` page in headless Chromium and check it (see `vfmvae.report_check`).
 
-    pip install playwright==1.49.0 && python -m playwright install chromium     # needs internet once
+    apt-get install chromium        # or: python -m playwright install chromium (downloads a browser)
     python scripts/check_report_in_chromium.py runs/demo/report/index.html --screenshot runs/demo/report/page.png
 
-Exit status 0 when the page loaded and every <img> has a decoded, non-empty bitmap (naturalWidth > 0);
-otherwise 1 with the broken sources listed. The test suite checks the same property without a browser
-(tests/test_demo.py: every <img src> resolves to a file that decodes as an image).
+Exit status 0 when every <img> decoded (naturalWidth > 0), the console shows no errors and the page is not
+blank; 1 with the problems listed otherwise; 2 when playwright or Chromium is missing.
+tests/test_report_browser.py runs the same check in the test suite.
 """
 
 from __future__ import annotations
@@ -19,25 +19,24 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("page", type=Path)
     p.add_argument("--screenshot", type=Path, default=None)
+    p.add_argument("--chromium", default=None, help="Chromium executable (default: $VFMVAE_CHROMIUM or PATH)")
     args = p.parse_args()
+    from vfmvae.report_check import check_page, find_chromium
+
     try:
-        from playwright.sync_api import sync_playwright
+        import playwright  # noqa: F401
     except ImportError:
-        print("playwright is not installed: pip install playwright==1.49.0 && python -m playwright install chromium")
+        print('playwright is not installed: pip install "vfmvae[dev]"', file=sys.stderr)
         return 2
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(headless=True)
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
-        page.goto(args.page.resolve().as_uri(), wait_until="load")
-        page.evaluate("() => Promise.all([...document.images].map(i => i.loading === 'lazy' ? (i.loading = 'eager', "
-                      "i.decode().catch(() => null)) : i.decode().catch(() => null)))")
-        images = page.evaluate("() => [...document.images].map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
-        if args.screenshot:
-            page.screenshot(path=str(args.screenshot), full_page=True)
-        browser.close()
-    broken = [src for src, complete, width in images if not complete or width == 0]
-    print(f"{len(images)} images, {len(broken)} broken" + (f": {broken}" if broken else ""))
-    return 1 if broken or not images else 0
+    if not (args.chromium or find_chromium()):
+        print("no Chromium found: apt-get install chromium, or set VFMVAE_CHROMIUM", file=sys.stderr)
+        return 2
+    result = check_page(args.page, screenshot=args.screenshot, executable=args.chromium)
+    problems = result.problems()
+    print(f"{result.images} images, {len(result.broken_images)} broken, {len(result.console_errors)} console errors")
+    for line in problems:
+        print(f"  {line}")
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

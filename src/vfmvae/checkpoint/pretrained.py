@@ -43,8 +43,13 @@ M = TypeVar("M", bound="PretrainedMixin")
 _ARCHITECTURES: dict[str, type[PretrainedMixin]] = {}
 
 
-def resolve_model_dir(path_or_id: str | Path, *, what: str = "model") -> Path:
-    """A local folder as is; a hub id (owner/name) downloaded when online; otherwise a clear error."""
+def resolve_model_dir(path_or_id: str | Path, *, what: str = "model", revision: str | None = None) -> Path:
+    """A local folder as is; else a Hub repo id `owner/name` (or `owner/name@revision`) through huggingface_hub.
+
+    Hub ids go through `huggingface_hub.snapshot_download`, so its cache (HF_HUB_CACHE / HF_HOME), HF_HUB_OFFLINE
+    (cache only, no network) and revisions (a branch, tag or commit) behave as for any Hub model. Only the
+    config and weight files are fetched.
+    """
     path = Path(path_or_id)
     if path.exists():
         if not path.is_dir():
@@ -54,17 +59,30 @@ def resolve_model_dir(path_or_id: str | Path, *, what: str = "model") -> Path:
     if path.parent != Path(".") and path.parent.is_dir():
         # `runs/tok` whose `runs/` exists here is a local path that is missing, not a hub repo to look up.
         raise FileNotFoundError(f"{what} folder not found: {path} ({path.parent} exists, but has no {path.name!r})")
-    if _HUB_ID.match(text):
+    repo_id, _, at_revision = text.partition("@")
+    if _HUB_ID.match(repo_id):
+        revision = revision or at_revision or None
         try:
-            from huggingface_hub import snapshot_download
-
-            return Path(snapshot_download(text, allow_patterns=[CONFIG_NAME, "*.safetensors", "*.json"]))
-        except Exception as err:  # offline, unknown repo, no permission, ...
+            from huggingface_hub import constants, snapshot_download
+        except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
+            raise FileNotFoundError(f"{what} folder not found: {path} (and huggingface_hub, needed for Hub ids, is missing)") from None
+        try:
+            return Path(snapshot_download(repo_id, revision=revision, allow_patterns=[CONFIG_NAME, "*.safetensors", "*.json"]))
+        except Exception as err:  # offline, unknown repo or revision, no permission, ...
+            at = f" at revision {revision!r}" if revision else ""
+            if constants.HF_HUB_OFFLINE:
+                raise FileNotFoundError(
+                    f"{what} {text!r} is not a local folder, and HF_HUB_OFFLINE is set while the Hub cache "
+                    f"({constants.HF_HUB_CACHE}) has no copy of {repo_id}{at}. Download it once online "
+                    f"(`hf download {repo_id}`), or pass a local folder."
+                ) from None
             raise FileNotFoundError(
-                f"{what} {text!r} is not a local folder and could not be downloaded from the hub ({type(err).__name__}). "
-                f"On a machine with internet run `huggingface-cli download {text} --local-dir DIR`, copy DIR here and pass its path."
+                f"{what} {text!r} is not a local folder and could not be fetched from the Hub{at} "
+                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). On a machine with internet run "
+                f"`hf download {repo_id} --local-dir DIR`, copy DIR here and pass its path."
             ) from None
-    raise FileNotFoundError(f"{what} folder not found: {path} (pass a folder containing {CONFIG_NAME} and {WEIGHTS_NAME})")
+    raise FileNotFoundError(f"{what} folder not found: {path} (pass a folder containing {CONFIG_NAME} and {WEIGHTS_NAME}, "
+                            "or a Hub repo id owner/name[@revision])")
 
 
 def check_model_output_dir(directory: str | Path, *, option: str = "output folder") -> Path:

@@ -14,6 +14,7 @@ from vfmvae.cli import convert as convert_cmd
 from vfmvae.cli import data as data_cmd
 from vfmvae.cli import diffusion as diffusion_cmd
 from vfmvae.cli import evaluate as eval_cmd
+from vfmvae.cli import export as export_cmd
 from vfmvae.cli import info as info_cmd
 from vfmvae.cli import latents as latents_cmd
 from vfmvae.cli import report as report_cmd
@@ -28,7 +29,7 @@ __all__ = ["main", "build_parser"]
 
 # Order of appearance in `vfmvae --help`. Only commands that work are listed.
 COMMAND_GROUPS = (data_cmd, vfm_cmd, convert_cmd, tokenizer_cmd, train_cmd, latents_cmd, diffusion_cmd, sample_cmd, eval_cmd,
-                  align_cmd, report_cmd, info_cmd)
+                  align_cmd, report_cmd, export_cmd, info_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,7 +36,7 @@ from vfmvae.tokenizer_training.losses import (
 )
 from vfmvae.tokenizer_training.stages import select_trainable
 from vfmvae.training import EMA, fused_optimizer_supported, optimizer_step
-from vfmvae.training.run_log import RunLog, autocast_factory, scalars_to_floats
+from vfmvae.training.run_log import RunLog, autocast_factory, peak_memory, scalars_to_floats
 from vfmvae.vfm import vfm_from_config
 
 __all__ = ["build_generator", "train_tokenizer"]
@@ -289,7 +289,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig, resume: str = "auto", progress: b
         if rank == 0 and log_now:
             values = scalars_to_floats(losses.scalars)  # logged values stay on the device until here
             record = {"step": step, "images": images, "grad_norm_g": res_g.grad_norm, **values, **counters,
-                      "skipped_images": skips.as_dict(), "sec_per_step": (time.perf_counter() - started) / max(1, step)}
+                      "skipped_images": skips.as_dict(), "sec_per_step": (time.perf_counter() - started) / max(1, step),
+                      **peak_memory(device)}
             log.write(record)
             bar.set_postfix(loss=f"{values.get('loss/g', float('nan')):.3f}")
         if rank == 0 and fixed is not None and (step % run.snapshot_every == 0 or images >= run.total_images):

@@ -313,8 +313,9 @@ def _compile_forwards(g: VFMVAE, d: ProjectedDiscriminator | None, p: Multiscale
                       lpips: nn.Module | None) -> None:
     """torch.compile the heavy forward passes in place (`nn.Module.compile`: parameter names, checkpoints and
     exports are unchanged). The encoder/decoder wrappers and the discriminator's DiffAugment draw host random
-    numbers per call, so they stay eager; the networks they call are compiled."""
-    modules: list[nn.Module] = [g.vfm, g.mapping, g.synthesis]
+    numbers per call, so they stay eager; the networks they call are compiled. The frozen VFM stays eager too:
+    its wrappers return feature objects and take a per-draw input scale, which would recompile per draw."""
+    modules: list[nn.Module] = [g.mapping, g.synthesis]
     modules += [m for m in (g.final_proj, g.post_proj) if isinstance(m, nn.Module)]
     if d is not None:
         modules += [*d.dino.blocks, *d.heads]

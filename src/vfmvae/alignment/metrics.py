@@ -99,11 +99,16 @@ def _pair_values(feats: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) ->
     return (feats[rows] * feats[cols]).sum(1).double()
 
 
-def cknna(a: torch.Tensor, b: torch.Tensor, topk: int = 10) -> float:
-    """CKNNA of already-preprocessed features (see `preprocess`)."""
+def _neighbours(a: torch.Tensor, b: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return knn_indices(a, topk), knn_indices(b, topk)
+
+
+def cknna(a: torch.Tensor, b: torch.Tensor, topk: int = 10,
+          neighbours: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
+    """CKNNA of already-preprocessed features (see `preprocess`); `neighbours`: their `knn_indices`, if known."""
     _check(a, b, topk)
     n = a.shape[0]
-    idx_a, idx_b = knn_indices(a, topk), knn_indices(b, topk)
+    idx_a, idx_b = neighbours if neighbours is not None else _neighbours(a, b, topk)
     rows = torch.arange(n, device=a.device)[:, None].expand(n, topk)
     shared = (idx_a[:, :, None] == idx_b[:, None, :]).any(-1)                 # j in both neighbourhoods of i
     r, c = rows[shared], idx_a[shared]
@@ -117,10 +122,11 @@ def cknna(a: torch.Tensor, b: torch.Tensor, topk: int = 10) -> float:
     return float(s_kl / (torch.sqrt(s_kk * s_ll) + 1e-6))
 
 
-def mutual_knn(a: torch.Tensor, b: torch.Tensor, topk: int = 10) -> float:
+def mutual_knn(a: torch.Tensor, b: torch.Tensor, topk: int = 10,
+               neighbours: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
     """Mean fraction of shared top-k neighbours (platonic-rep's mutual k-NN)."""
     _check(a, b, topk)
-    idx_a, idx_b = knn_indices(a, topk), knn_indices(b, topk)
+    idx_a, idx_b = neighbours if neighbours is not None else _neighbours(a, b, topk)
     shared = (idx_a[:, :, None] == idx_b[:, None, :]).any(-1)
     return float(shared.double().sum(1).mean() / topk)
 
@@ -176,5 +182,8 @@ def unbiased_cka(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def all_metrics(a: torch.Tensor, b: torch.Tensor, topk: int = 10, preprocess_mode: str = "official") -> dict[str, float]:
     a, b = preprocess(a, preprocess_mode), preprocess(b, preprocess_mode)
+    _check(a, b, topk)
+    neighbours = _neighbours(a, b, topk)  # one k-NN search serves CKNNA and mutual k-NN
     linear, unbiased = _both_ckas(a, b)
-    return {"cknna": cknna(a, b, topk), "mutual_knn": mutual_knn(a, b, topk), "cka": linear, "unbiased_cka": unbiased}
+    return {"cknna": cknna(a, b, topk, neighbours), "mutual_knn": mutual_knn(a, b, topk, neighbours), "cka": linear,
+            "unbiased_cka": unbiased}

@@ -237,7 +237,7 @@ def run_rows(out: Path, dry: bool, timeout: float = 600) -> list[dict]:
         state["diffusion"] = run_dir / "export"
         return {"images_per_s": round(rate, 2), "peak_memory_GiB": records[-1].get("peak_memory_GiB"),
                 "mfu": round(rate * flops / 1e12 / peak, 4) if peak else None,
-                "tflops_per_image": round(flops / 1e12, 4)}
+                "tflops_per_image": float(f"{flops / 1e12:.4g}")}
 
     def sample():
         import numpy as np

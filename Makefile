@@ -5,11 +5,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test install lock clean help
+.PHONY: demo test gpu-check install lock clean help
 
 help:
 	@echo "make demo   - create .venv, install the pinned dependencies, run the end-to-end CPU demo"
 	@echo "make test   - create .venv, install the pinned dependencies, run the test suite"
+	@echo "make gpu-check - on one CUDA GPU (< 8 min): cuda tests, torchrun/NCCL/bf16/compile training, sampling, eval"
 	@echo "make lock   - re-resolve requirements/lock.txt from pyproject.toml (needs the registry)"
 
 install: $(STAMP)
@@ -23,6 +24,10 @@ $(STAMP): requirements/lock.txt pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# One JSON line per row (images/s, peak memory, MFU for LightningDiT-XL/1, pass/fail); see docs/benchmarks.md.
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py --json runs/gpu-check/rows.jsonl --out runs/gpu-check
 
 demo: $(STAMP)
 	$(BIN)/python -m vfmvae.demo --out runs/demo

@@ -19,3 +19,13 @@ def synthetic_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synthetic")
     write_synthetic_dataset(SyntheticConfig(out=out, num=64, classes=4, size=32, shards=True, shard_size=16), progress=False)
     return out
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` need a GPU; without one they are skipped (make gpu-check runs them on a GPU)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (make gpu-check)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

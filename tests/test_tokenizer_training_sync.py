@@ -1,11 +1,9 @@
 """The tokenizer training loop without per-step host synchronisation, and `run.compile`."""
 
 import json
-import sys
 import traceback
 from pathlib import Path
 
-import pytest
 import torch
 from helpers import on_tensor_readback
 

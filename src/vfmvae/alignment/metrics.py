@@ -103,11 +103,16 @@ def _pair_values(feats: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) ->
 MIN_SAMPLES_PER_TOPK = 5  # see warn_cknna_out_of_range
 
 
-def cknna(a: torch.Tensor, b: torch.Tensor, topk: int = 10) -> float:
-    """CKNNA of already-preprocessed features (see `preprocess`)."""
+def _neighbours(a: torch.Tensor, b: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return knn_indices(a, topk), knn_indices(b, topk)
+
+
+def cknna(a: torch.Tensor, b: torch.Tensor, topk: int = 10,
+          neighbours: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
+    """CKNNA of already-preprocessed features (see `preprocess`); `neighbours`: their `knn_indices`, if known."""
     _check(a, b, topk)
     n = a.shape[0]
-    idx_a, idx_b = knn_indices(a, topk), knn_indices(b, topk)
+    idx_a, idx_b = neighbours if neighbours is not None else _neighbours(a, b, topk)
     rows = torch.arange(n, device=a.device)[:, None].expand(n, topk)
     shared = (idx_a[:, :, None] == idx_b[:, None, :]).any(-1)                 # j in both neighbourhoods of i
     r, c = rows[shared], idx_a[shared]
@@ -132,29 +137,68 @@ def warn_cknna_out_of_range(value: float, n: int, topk: int) -> None:
                   stacklevel=3)
 
 
-def mutual_knn(a: torch.Tensor, b: torch.Tensor, topk: int = 10) -> float:
+def mutual_knn(a: torch.Tensor, b: torch.Tensor, topk: int = 10,
+               neighbours: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
     """Mean fraction of shared top-k neighbours (platonic-rep's mutual k-NN)."""
     _check(a, b, topk)
-    idx_a, idx_b = knn_indices(a, topk), knn_indices(b, topk)
+    idx_a, idx_b = neighbours if neighbours is not None else _neighbours(a, b, topk)
     shared = (idx_a[:, :, None] == idx_b[:, None, :]).any(-1)
     return float(shared.double().sum(1).mean() / topk)
 
 
+def _gram_terms(a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Everything linear and unbiased CKA need from K = A A^T and L = B B^T, without forming them: the feature
+    Gram A^T B (d_a x d_b), the column sums and the kernel diagonals ||a_i||^2, all in float64: O(n d^2)
+    instead of the O(n^2 d) of the n x n kernels (35 s -> about 3 s at n = 10,000, d = 1,024 on 2 cores)."""
+    a, b = a.double(), b.double()
+    return {"cross": a.T @ b, "sum_a": a.sum(0), "sum_b": b.sum(0), "diag_a": a.square().sum(1),
+            "diag_b": b.square().sum(1), "a": a, "b": b}
+
+
+def _biased_hsic(t: dict[str, torch.Tensor], n: int) -> torch.Tensor:
+    # tr(HKH HLH) = ||A_c^T B_c||_F^2 with column-centred features: A_c^T B_c = A^T B - (A^T 1)(B^T 1)^T / n
+    return (t["cross"] - torch.outer(t["sum_a"], t["sum_b"]) / n).square().sum()
+
+
+def _unbiased_hsic(t: dict[str, torch.Tensor], n: int) -> torch.Tensor:
+    """`hsic_unbiased(A A^T, B B^T)` term by term, with K~ = K - diag(K):
+    tr(K~ L~) = ||A^T B||_F^2 - sum_i K_ii L_ii;  1^T K~ 1 = ||A^T 1||^2 - tr K;  K~ 1 = A (A^T 1) - diag K."""
+    if n < 4:
+        raise ValueError("unbiased HSIC needs at least 4 samples")
+    trace_term = t["cross"].square().sum() - torch.dot(t["diag_a"], t["diag_b"])
+    sum_k = torch.dot(t["sum_a"], t["sum_a"]) - t["diag_a"].sum()
+    sum_l = torch.dot(t["sum_b"], t["sum_b"]) - t["diag_b"].sum()
+    rows_k, rows_l = t["a"] @ t["sum_a"] - t["diag_a"], t["b"] @ t["sum_b"] - t["diag_b"]
+    cross = 2 * torch.dot(rows_k, rows_l) / (n - 2)
+    return (trace_term + sum_k * sum_l / ((n - 1) * (n - 2)) - cross) / (n * (n - 3))
+
+
+def _both_ckas(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """(linear CKA, unbiased CKA) from one set of feature-space products (A^T B, A^T A, B^T B)."""
+    n = a.shape[0]
+    ab = _gram_terms(a, b)
+    aa = {**ab, "cross": ab["a"].T @ ab["a"], "sum_b": ab["sum_a"], "diag_b": ab["diag_a"], "b": ab["a"]}
+    bb = {**ab, "cross": ab["b"].T @ ab["b"], "sum_a": ab["sum_b"], "diag_a": ab["diag_b"], "a": ab["b"]}
+    linear = _biased_hsic(ab, n) / (torch.sqrt(_biased_hsic(aa, n) * _biased_hsic(bb, n)) + 1e-6)
+    unbiased = _unbiased_hsic(ab, n) / (torch.sqrt(_unbiased_hsic(aa, n) * _unbiased_hsic(bb, n)) + 1e-6)
+    return float(linear), float(unbiased)
+
+
 def cka(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Linear CKA with the biased HSIC: tr(KHLH) / sqrt(tr(KHKH) tr(LHLH)) (+1e-6, as platonic-rep)."""
-    k, l = (a @ a.T).double(), (b @ b.T).double()
-    kc = k - k.mean(0, keepdim=True) - k.mean(1, keepdim=True) + k.mean()  # H K H
-    lc = l - l.mean(0, keepdim=True) - l.mean(1, keepdim=True) + l.mean()
-    hsic = lambda x, y: (x * y).sum()  # noqa: E731  tr(HKH HLH) = sum(HKH * HLH) for symmetric matrices
-    return float(hsic(kc, lc) / (torch.sqrt(hsic(kc, kc) * hsic(lc, lc)) + 1e-6))
+    """Linear CKA with the biased HSIC: tr(KHLH) / sqrt(tr(KHKH) tr(LHLH)) (+1e-6, as platonic-rep), computed in
+    feature space (equal to the n x n form up to float64 rounding; tested)."""
+    return _both_ckas(a, b)[0]
 
 
 def unbiased_cka(a: torch.Tensor, b: torch.Tensor) -> float:
-    k, l = a @ a.T, b @ b.T
-    return float(hsic_unbiased(k, l) / (torch.sqrt(hsic_unbiased(k, k) * hsic_unbiased(l, l)) + 1e-6))
+    """CKA with the unbiased HSIC of Song et al. (2012), computed in feature space (see `_unbiased_hsic`)."""
+    return _both_ckas(a, b)[1]
 
 
 def all_metrics(a: torch.Tensor, b: torch.Tensor, topk: int = 10, preprocess_mode: str = "official") -> dict[str, float]:
     a, b = preprocess(a, preprocess_mode), preprocess(b, preprocess_mode)
-    return {"cknna": cknna(a, b, topk), "mutual_knn": mutual_knn(a, b, topk), "cka": cka(a, b),
-            "unbiased_cka": unbiased_cka(a, b)}
+    _check(a, b, topk)
+    neighbours = _neighbours(a, b, topk)  # one k-NN search serves CKNNA and mutual k-NN
+    linear, unbiased = _both_ckas(a, b)
+    return {"cknna": cknna(a, b, topk, neighbours), "mutual_knn": mutual_knn(a, b, topk, neighbours), "cka": linear,
+            "unbiased_cka": unbiased}

@@ -35,7 +35,7 @@ from vfmvae.latents import LatentDataset, draw_posterior
 from vfmvae.sampling.pipeline import SAMPLER_FILE
 from vfmvae.training import EMA, fused_optimizer_supported, optimizer_step
 from vfmvae.training.run_folder import claimed_run_folder, write_run_config
-from vfmvae.training.run_log import RunLog, autocast_factory, scalars_to_floats
+from vfmvae.training.run_log import RunLog, autocast_factory, peak_memory, scalars_to_floats
 
 __all__ = ["build_model", "train_diffusion", "align_targets"]
 
@@ -257,7 +257,7 @@ def _train_diffusion(cfg: DiffusionTrainConfig, resume: str, progress: bool) -> 
             elapsed = time.perf_counter() - started
             values = scalars_to_floats(scalars)
             record = {"step": step, **values, "grad_norm": result.grad_norm, "lr": lr, **counters,
-                      "sec_per_step": elapsed / max(1, step - first_step)}
+                      "sec_per_step": elapsed / max(1, step - first_step), **peak_memory(device)}
             log.write(record)
             bar.set_postfix(loss=f"{values.get('loss', float('nan')):.4f}")
         if rank == 0 and run.sample_every and (step % run.sample_every == 0 or step == run.total_steps):

@@ -40,7 +40,7 @@ from vfmvae.tokenizer_training.losses import (
 from vfmvae.tokenizer_training.stages import select_trainable
 from vfmvae.training import EMA, fused_optimizer_supported, optimizer_step
 from vfmvae.training.run_folder import claimed_run_folder, write_run_config
-from vfmvae.training.run_log import RunLog, autocast_factory, scalars_to_floats
+from vfmvae.training.run_log import RunLog, autocast_factory, peak_memory, scalars_to_floats
 from vfmvae.vfm import vfm_from_config
 
 __all__ = ["build_generator", "train_tokenizer"]
@@ -338,7 +338,8 @@ def _train_tokenizer(cfg: TokenizerTrainConfig, resume: str, progress: bool) -> 
         if rank == 0 and log_now:
             values = scalars_to_floats(losses.scalars)  # logged values stay on the device until here
             record = {"step": step, "images": images, "grad_norm_g": res_g.grad_norm, **values, **counters,
-                      "skipped_images": skips.as_dict(), "sec_per_step": (time.perf_counter() - started) / max(1, step)}
+                      "skipped_images": skips.as_dict(), "sec_per_step": (time.perf_counter() - started) / max(1, step),
+                      **peak_memory(device)}
             log.write(record)
             bar.set_postfix(loss=f"{values.get('loss/g', float('nan')):.3f}")
         if rank == 0 and fixed is not None and (step % run.snapshot_every == 0 or images >= run.total_images):
@@ -361,8 +362,9 @@ def _compile_forwards(g: VFMVAE, d: ProjectedDiscriminator | None, p: Multiscale
                       lpips: nn.Module | None) -> None:
     """torch.compile the heavy forward passes in place (`nn.Module.compile`: parameter names, checkpoints and
     exports are unchanged). The encoder/decoder wrappers and the discriminator's DiffAugment draw host random
-    numbers per call, so they stay eager; the networks they call are compiled."""
-    modules: list[nn.Module] = [g.vfm, g.mapping, g.synthesis]
+    numbers per call, so they stay eager; the networks they call are compiled. The frozen VFM stays eager too:
+    its wrappers return feature objects and take a per-draw input scale, which would recompile per draw."""
+    modules: list[nn.Module] = [g.mapping, g.synthesis]
     modules += [m for m in (g.final_proj, g.post_proj) if isinstance(m, nn.Module)]
     if d is not None:
         modules += [*d.dino.blocks, *d.heads]

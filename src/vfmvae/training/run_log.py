@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["autocast_factory", "RunLog", "scalars_to_floats"]
+__all__ = ["autocast_factory", "RunLog", "peak_memory", "scalars_to_floats"]
 
 
 def autocast_factory(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
@@ -50,6 +50,13 @@ class RunLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """{"peak_memory_GiB": ...} of this process on a CUDA device since the start (a log field); {} elsewhere."""
+    if device.type != "cuda":
+        return {}
+    return {"peak_memory_GiB": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)}
 
 
 def scalars_to_floats(scalars: dict[str, Any]) -> dict[str, float]:

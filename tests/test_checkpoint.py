@@ -52,7 +52,9 @@ def test_from_pretrained_errors_name_the_problem(tmp_path):
     TinyNet(TinyNetConfig(channels=6)).save_pretrained(tmp_path / "m")
     with pytest.raises(FileNotFoundError, match="folder not found"):
         TinyNet.from_pretrained(tmp_path / "nothing")
-    with pytest.raises(FileNotFoundError, match="huggingface-cli download"):
+    # offline (conftest) and not cached: one line naming the repo and the command that fetches it (huggingface_hub's
+    # CLI is `hf` since 1.0; `huggingface-cli` no longer exists)
+    with pytest.raises(FileNotFoundError, match="hf download no-such-org/no-such-model-xyz"):
         TinyNet.from_pretrained("no-such-org/no-such-model-xyz")
     # weights from another config: shapes listed
     with pytest.raises(CheckpointFormatError, match=r"shape mismatches: conv.bias: file \(6,\) vs model \(8,\)"):

@@ -1,7 +1,7 @@
 """Side by side: our VFM-VAE tokenizer against the official tianciB/VFM-VAE Generator, same weights, same inputs.
 
 The official code runs from a clone outside the repository, in its own environment (it pins transformers 4.50.1
-and needs setuptools < 81 for pkg_resources; see ../shared/docs/running-reference-code.md):
+and needs setuptools < 81 for pkg_resources; run it with the official environment's Python):
 
     git clone https://github.com/tianciB/VFM-VAE /tmp/VFM-VAE
     python -m venv /tmp/refenv && /tmp/refenv/bin/pip install torch==2.14.1 torchvision==0.29.1 \\

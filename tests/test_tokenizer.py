@@ -143,7 +143,7 @@ def test_default_architecture_shapes_and_bf16():
     model = VFMVAE(VFMVAEConfig(vfm_name="custom", vfm_arch=small_vit, layers=(0, 2, -1), layer_dims=(64,) * 3)).eval()
     decoder = sum(p.numel() for n, p in model.named_parameters()
                   if n.startswith(("synthesis.", "mapping.", "post_proj.")))
-    assert 125e6 < decoder < 130e6  # spec: synthesis ~120M + z_convs ~5.5M + post_quant ~1.9M + mapping ~0.5M
+    assert 125e6 < decoder < 130e6  # official: synthesis ~120M + z_convs ~5.5M + post_quant ~1.9M + mapping ~0.5M
     with torch.no_grad():
         post = model.encode(torch.rand(1, 3, 256, 256))
         assert post.mean.shape == (1, 32, 16, 16)

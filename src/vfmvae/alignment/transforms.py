@@ -1,4 +1,4 @@
-"""The semantic-equivariant image set of SE-CKNNA (spec: official-vfmvae-repo.md section 12.1).
+"""The semantic-equivariant image set of SE-CKNNA (tianciB/VFM-VAE@b3a752a tools/evaluate_alignment/preprocess.py).
 
 From a folder of images (sorted by relative path; index = position), write:
 * `clean/`: the images at `size` px (ADM centre crop), PNG;

@@ -1,6 +1,6 @@
 """FID/sFID, Inception Score and precision/recall exactly as the ADM evaluator computes them.
 
-(openai/guided-diffusion `evaluations/evaluator.py`; spec: shared/docs/evaluation-protocol.md section 1.)
+(openai/guided-diffusion `evaluations/evaluator.py` at its published revision.)
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@
   after a check that they hold what we compute anyway: attention `zero_k_bias` (zeros), upsampler
   `blur_weight` (the fixed binomial kernel) and VFM `position_ids`.
 * Key naming: both the HEAD naming `synthesis.blocks.{i}` and the older `synthesis.b{resolution}` are
-  accepted (spec section 17, question 1). The VFM weights inside the checkpoint are used when present
+  accepted (the released checkpoint predates the HEAD block naming). The VFM weights inside the checkpoint are
+  used when present
   (`vfm_encoder.encoder.vision_model.vision_model.*` from transformers 4.x); otherwise those of `--vfm`.
 """
 

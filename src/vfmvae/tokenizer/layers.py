@@ -1,4 +1,5 @@
-"""Building blocks of the VFM-VAE tokenizer (spec: shared/docs/official-vfmvae-repo.md sections 2-3).
+"""Building blocks of the VFM-VAE tokenizer
+(tianciB/VFM-VAE@b3a752a networks/utils/convnext_utils.py, gigagan_utils.py, ldm_utils.py).
 
 Plain PyTorch with SDPA attention; no custom CUDA ops. Parameter names follow the official modules where
 that keeps the checkpoint converter simple (`convert.py` holds the complete key map).
@@ -191,7 +192,7 @@ class _GroupNorm32(nn.GroupNorm):
 
 
 class ModulatedConvNeXtLayer(nn.Module):
-    """x + gamma * PW2(GELU(ModPW1(GN(DW(x) [+ legacy noise]), style(w))))  (spec 3.5).
+    """x + gamma * PW2(GELU(ModPW1(GN(DW(x) [+ legacy noise]), style(w))))  (official `ConvNeXtSynthesisLayer`).
 
     The modulated 1x1 conv uses scale-conv-demodulate (no grouped conv with B groups).
     """
@@ -231,7 +232,8 @@ class ModulatedConvNeXtLayer(nn.Module):
 
 
 class ModulatedToRGB(nn.Module):
-    """1x1 conv modulated per sample by style(w) / sqrt(C), no demodulation, plus a bias (spec 3.6)."""
+    """1x1 conv modulated per sample by style(w) / sqrt(C), no demodulation, plus a bias
+    (official `ConvNeXtToRGBLayer`)."""
 
     def __init__(self, channels: int, w_dim: int, out_channels: int = 3) -> None:
         super().__init__()
@@ -252,7 +254,8 @@ class SeparableUpsample(nn.Module):
     """x2 upsampling: [GN] -> depthwise 3x3 -> 1x1 to 4*Cout -> PixelShuffle(2) -> [GN] -> fixed binomial blur.
 
     `pre_normalize` puts the GroupNorm first (every upsampler but block 0's main path). The blur is a
-    normalised separable binomial kernel (3 or 5 taps) with replicate padding (spec 3.4).
+    normalised separable binomial kernel (3 or 5 taps) with replicate padding
+    (official `SeparableUpsampleWithFixedBlur`).
     """
 
     def __init__(self, in_channels: int, out_channels: int, blur_size: int, pre_normalize: bool = True) -> None:
@@ -339,7 +342,8 @@ class SelfAttentionBlock(nn.Module):
 
 
 class LatentInjection(nn.Module):
-    """Multi-Scale Latent Fusion (spec 3.2): the decompressed latent brought to a block's input grid.
+    """Multi-Scale Latent Fusion (paper Sec. 3; official `z_convs` in networks/generator.py): the decompressed
+    latent brought to a block's input grid.
 
     `factor` > 1 pixel-unshuffles first (coarser grid), < 1 pixel-shuffles after the first conv (finer
     grid), 1 keeps the grid. Then dw3x3 -> 1x1 -> GN -> LeakyReLU(0.2) and 1x1 -> GN.

@@ -1,4 +1,5 @@
-"""`VFMVAE`: the VFM-VAE tokenizer (spec: shared/docs/official-vfmvae-repo.md sections 1-3).
+"""`VFMVAE`: the VFM-VAE tokenizer
+(tianciB/VFM-VAE@b3a752a networks/generator.py `Generator`, networks/utils/ldm_utils.py `LDMAdapter`).
 
     images [0, 1] -> frozen VFM taps -> per-tap attention projection + pixel unshuffle -> concat ->
     attention projection -> [mean | logvar] -> DiagonalGaussian            (encode)

@@ -1,4 +1,4 @@
-"""Tokenizer training building blocks (spec: official-vfmvae-repo.md sections 5-7).
+"""Tokenizer training building blocks (tianciB/VFM-VAE@b3a752a training/loss.py, training/training_loop.py, configs/).
 
 In place: trainable-parameter selection per stage, the equivariance regularisation, and the generator-side
 losses (L1/L2, LPIPS, SSIM, multi-scale L1, KL, VF alignment with its adaptive weight). The discriminators,

@@ -1,4 +1,5 @@
-"""Discriminators of VFM-VAE training (spec section 4), in plain PyTorch.
+"""Discriminators of VFM-VAE training, in plain PyTorch
+(tianciB/VFM-VAE@b3a752a networks/discriminator.py `ProjectedDiscriminator`).
 
 * `ProjectedDiscriminator`: StyleGAN-T's projected discriminator on a frozen DINO ViT-S/16 (timm; local
   weights or random init for tests). Five token maps (after the position embedding and after blocks

@@ -1,9 +1,9 @@
-"""Equivariance regularisation (spec section 2.6): latent scale/rotation or a downscaled VFM input.
+"""Equivariance regularisation (tianciB/VFM-VAE@b3a752a networks/utils/ldm_utils.py `EquivarianceTransform`): latent scale/rotation or a downscaled VFM input.
 
 Per generator forward, with probability `p_latent` the *latent* is resized by s in {0.25, 0.5, 0.75, 1} and
 rotated by k x 90 degrees before decoding; otherwise, with probability `p_prior_scale`, the *input image* is
 downscaled by s in {0.25, 0.5, 0.75} before the VFM. The target is transformed to match. (The official code
-names these branches the other way round; spec section 15.9.) Draws come from a `torch.Generator`, so a
+names these branches the other way round: its `p_prior` selects the latent-space branch.) Draws come from a `torch.Generator`, so a
 resumed run repeats them.
 """
 

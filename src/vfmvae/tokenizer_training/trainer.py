@@ -1,4 +1,4 @@
-"""The tokenizer training loop: a discriminator step, then a generator step, per global batch (spec section 6).
+"""The tokenizer training loop: a discriminator step, then a generator step, per global batch (tianciB/VFM-VAE@b3a752a training/training_loop.py).
 
 Randomness that matters (equivariance draws, posterior noise, DiffAugment) comes from a generator seeded by
 (seed, rank, step), and the data stream is resumable to the sample, so a resumed run continues exactly.
@@ -319,7 +319,7 @@ def _train_tokenizer(cfg: TokenizerTrainConfig, resume: str, progress: bool) -> 
         # a fill kernel, not a copy from the host: the count joins the device queue without a synchronisation
         images_t += dist_utils.all_reduce_sum(torch.full((), sum(b["n"] for b in batches), dtype=torch.int64, device=device))
         images += run.batch_size
-        ema.update(g, images_before + images, run.batch_size)
+        ema.update(g, images_before + images, run.batch_size, applied=res_g.applied_t)  # a skipped step leaves the EMA
         step += 1
         bar.update(1)
         log_now = step % run.log_every == 0 or images >= run.total_images

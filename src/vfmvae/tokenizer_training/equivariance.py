@@ -1,4 +1,5 @@
-"""Equivariance regularisation (tianciB/VFM-VAE@b3a752a networks/utils/ldm_utils.py `EquivarianceTransform`): latent scale/rotation or a downscaled VFM input.
+"""Equivariance regularisation: latent scale/rotation or a downscaled VFM input
+(tianciB/VFM-VAE@b3a752a networks/utils/ldm_utils.py `EquivarianceTransform`).
 
 Per generator forward, with probability `p_latent` the *latent* is resized by s in {0.25, 0.5, 0.75, 1} and
 rotated by k x 90 degrees before decoding; otherwise, with probability `p_prior_scale`, the *input image* is

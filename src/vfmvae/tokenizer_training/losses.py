@@ -1,4 +1,5 @@
-"""Generator-side losses of VFM-VAE training (tianciB/VFM-VAE@b3a752a training/loss.py `TotalLoss`). Images are in [-1, 1] here.
+"""Generator-side losses of VFM-VAE training (tianciB/VFM-VAE@b3a752a training/loss.py `TotalLoss`).
+Images are in [-1, 1] here.
 
 The official losses run in float32 (only synthesis blocks 3-5 use fp16). Under bf16/fp16 autocast these
 functions therefore switch autocast off and compute in float32: the VF loss compares cosine matrices whose

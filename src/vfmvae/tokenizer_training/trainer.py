@@ -1,4 +1,5 @@
-"""The tokenizer training loop: a discriminator step, then a generator step, per global batch (tianciB/VFM-VAE@b3a752a training/training_loop.py).
+"""The tokenizer training loop: a discriminator step, then a generator step, per global batch
+(tianciB/VFM-VAE@b3a752a training/training_loop.py).
 
 Randomness that matters (equivariance draws, posterior noise, DiffAugment) comes from a generator seeded by
 (seed, rank, step), and the data stream is resumable to the sample, so a resumed run continues exactly.

@@ -180,12 +180,17 @@ def _train_diffusion(cfg: DiffusionTrainConfig, resume: str, progress: bool) -> 
     if rank == 0:
         write_run_config(run_dir, cfg)
 
-    # an unused head (projector without alignment loss, REG class token without its loss) gets no gradient
-    unused = (mcfg.align_dims and not tc.align_weight) or (mcfg.class_token_dim and not tc.cls_weight)
+    # A head whose loss weight is 0 (projectors without alignment loss, REG's class-token output without its loss)
+    # never gets a gradient. Freeze it before DDP wraps the model: DDP waits for a gradient of every parameter that
+    # requires one, and an output that is returned but unused never delivers it (find_unused_parameters cannot see
+    # that). Optimizers skip such parameters anyway (their .grad stays None), so training is unchanged.
+    if mcfg.align_dims and not tc.align_weight:
+        model.projectors.requires_grad_(False)
+    if mcfg.class_token_dim and not tc.cls_weight:
+        model.final_layer.linear_cls.requires_grad_(False)
     net: nn.Module = model
     if dist_utils.is_distributed():
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                                  find_unused_parameters=bool(unused))
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if run.compile:
         net = torch.compile(net)
     scaler = torch.amp.GradScaler(device.type) if run.precision == "fp16" else None

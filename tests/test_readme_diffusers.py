@@ -36,8 +36,9 @@ def test_use_with_diffusers_section_runs_as_written(tmp_path, monkeypatch):
     torch.manual_seed(0)
     create_diffusion_model("reg-sit-tiny", in_channels=8, input_size=4, num_classes=4).save_pretrained(
         demo / "diffusion" / "export")
+    tokenizer = str((demo / "tokenizer" / "export").resolve())  # absolute, as `train diffusion` writes it
     (demo / "diffusion" / "export" / "latent_stats.json").write_text(
-        json.dumps({"mean": [0.1] * 8, "std": [1.5] * 8, "tokenizer": str(demo / "tokenizer" / "export")}))
+        json.dumps({"mean": [0.1] * 8, "std": [1.5] * 8, "tokenizer": tokenizer}))
 
     namespace: dict = {}
     exec(compile(_readme_block("Use with diffusers"), "README.md: Use with diffusers", "exec"), namespace)

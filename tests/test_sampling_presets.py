@@ -94,12 +94,12 @@ def test_random_labels_are_uniform_seeded_and_the_default():
 def test_uint8_conversion_is_to_pil_image_truncation():
     from torchvision.transforms.functional import to_pil_image
 
-    from vfmvae.sampling.generate import _to_uint8
+    from vfmvae.sampling.generate import images_to_uint8
 
     g = torch.Generator().manual_seed(0)
     images = torch.rand(2, 3, 8, 8, generator=g) * 1.2 - 0.1  # some values outside [0, 1]
     images[0, 0, 0, :4] = torch.tensor([0.5, 1.0, 0.999, 127.9 / 255])
-    ours = _to_uint8(((images * 2 - 1).clamp(-1, 1) + 1) / 2)  # what VFMVAEPipeline returns
+    ours = images_to_uint8(((images * 2 - 1).clamp(-1, 1) + 1) / 2)  # what VFMVAEPipeline returns
     for i in range(2):  # official decode: to_pil_image(((x + 1) / 2).clamp(0, 1))
         official = np.asarray(to_pil_image(((images[i] * 2 - 1 + 1) / 2).clamp(0, 1)))
         assert np.array_equal(ours[i], official)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vfmvae.checkpoint.atomic import atomic_write_text
+from vfmvae.config import read_yaml
 
 __all__ = ["build_report", "find_runs"]
 

@@ -22,6 +22,7 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineO
 
 from vfmvae.diffusers.autoencoder import VFMVAEAutoencoder
 from vfmvae.diffusers.transformer import VFMVAETransformer2DModel
+from vfmvae.sampling.generate import images_to_uint8
 
 __all__ = ["VFMVAEDiffusionPipeline", "export_pipeline"]
 
@@ -100,7 +101,7 @@ class VFMVAEDiffusionPipeline(DiffusionPipeline):
         else:
             images = ours(labels, seed=seed, config=config)  # [0, 1], (B, 3, H, W)
             if output_type == "pil":
-                images = [PIL.Image.fromarray(a) for a in _to_uint8(images)]
+                images = [PIL.Image.fromarray(a) for a in images_to_uint8(images)]
             elif output_type == "np":
                 images = images.float().cpu().permute(0, 2, 3, 1).numpy()
         self.maybe_free_model_hooks()
@@ -114,11 +115,6 @@ def _run_seed(generator: torch.Generator | None) -> int:
         raise ValueError("pass one torch.Generator (image i then uses the per-sample seed (seed, i), as `vfmvae sample`); "
                          "a list of generators is not supported")
     return int(generator.initial_seed())
-
-
-def _to_uint8(images01: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) in [0, 1] -> uint8 NHWC with the rounding of `vfmvae sample`'s PNGs, so they are byte-identical."""
-    return (images01.clamp(0, 1) * 255 + 0.5).floor().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def export_pipeline(diffusion: str | Path, out: str | Path, *, tokenizer: str | Path | None = None,

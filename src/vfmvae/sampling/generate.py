@@ -53,7 +53,7 @@ def class_labels(spec: str, num: int, num_classes: int, seed: int = 0) -> list[i
 UINT8_CONVERSION = "trunc(255 * clamp(x, 0, 1)) in float32, as torchvision to_pil_image in the official decode tool"
 
 
-def _to_uint8(images01: torch.Tensor) -> np.ndarray:
+def images_to_uint8(images01: torch.Tensor) -> np.ndarray:
     """As tianciB/VFM-VAE@b3a752a tools/decode/decode_latents_to_images.py saves samples: `to_pil_image` of the
     clamped float32 image, i.e. (x * 255).astype(uint8), truncation (not rounding; on average 0.5 levels darker)."""
     return (images01.float().clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
@@ -112,7 +112,7 @@ def generate_samples(pipe: VFMVAEPipeline, out: str | Path, num: int, *, config:
             if not torch.isfinite(images).all():  # NaN latent statistics or weights give black images otherwise
                 raise ValueError(f"non-finite values in samples {chunk[0]}..{chunk[-1]}; nothing was written for them: "
                                  "check the diffusion weights and the latent statistics (mean/std)")
-            for i, array in zip(chunk, _to_uint8(images)):
+            for i, array in zip(chunk, images_to_uint8(images)):
                 _write_png(out / "images" / f"{i:06d}.png", array)
             done += len(chunk)
             bar.update(len(chunk))

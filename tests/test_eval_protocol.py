@@ -228,3 +228,32 @@ def test_eval_recon_with_a_tokenizer_decodes_a_posterior_sample_by_default(tmp_p
     a = [np.asarray(Image.open(p)) for p in sorted((tmp_path / "sample" / "images").glob("*.png"))]
     b = [np.asarray(Image.open(p)) for p in sorted((tmp_path / "mode" / "images").glob("*.png"))]
     assert len(a) == 3 and any(not np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_reconstruction_inputs_are_the_official_resize_and_centre_crop():
+    """tianciB/VFM-VAE@b3a752a tools/reconstruct/reconstruct.py: Resize(256) + CenterCrop(256) on the PIL image; the
+    ADM crop (box downsampling, bicubic, floor-centred) gives other pixels on a non-square image."""
+    import numpy as np
+    from PIL import Image
+    from torchvision import transforms
+
+    from vfmvae.data.transforms import crop_image
+
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (301, 517, 3), dtype=np.uint8))
+    official = transforms.Compose([transforms.Resize(64), transforms.CenterCrop(64)])(img)
+    ours = crop_image(img, 64, "resize_center")
+    assert np.array_equal(np.asarray(ours), np.asarray(official))
+    assert not np.array_equal(np.asarray(crop_image(img, 64, "adm_center")), np.asarray(official))
+
+
+def test_reconstructions_are_saved_as_to_pil_image_truncates():
+    import numpy as np
+    import torch
+    from torchvision.transforms.functional import to_pil_image
+
+    from vfmvae.tokenizer.reconstruct import to_uint8_from_signed
+
+    x = torch.rand(2, 3, 8, 8) * 2.2 - 1.1  # a decoder's output, a little out of range
+    official = np.stack([np.asarray(to_pil_image(((im + 1) / 2).clamp(0, 1))) for im in x])
+    assert np.array_equal(to_uint8_from_signed(x).permute(0, 2, 3, 1).numpy(), official)

@@ -180,7 +180,7 @@ def test_convert_and_reconstruct_commands(tmp_path, synthetic_dir, capsys):
     import json
 
     summary = json.loads((tmp_path / "rec" / "reconstruct.json").read_text())
-    assert summary["num_images"] == 6 and summary["latent"] == "posterior mean" and 3 < summary["psnr_mean"] < 40
+    assert summary["num_images"] == 6 and summary["latent"] == "posterior sample" and 3 < summary["psnr_mean"] < 40
     assert "PSNR" in capsys.readouterr().out
     assert main(["convert", "official-tokenizer", "--config", str(DATA / "config.yaml"), "--weights",
                  str(tmp_path / "nope.pth"), "--vfm", str(DATA / "siglip2-tiny-patch16"), "--out", str(tmp_path / "x")]) == 2

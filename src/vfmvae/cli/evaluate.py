@@ -49,6 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--mode", action="store_true", help="with --tokenizer: decode the posterior mean instead of a "
                    "posterior sample (the official tools/reconstruct/reconstruct.py samples z)")
     c.add_argument("--seed", type=int, default=0, help="with --tokenizer: seed of the posterior samples")
+    c.add_argument("--crop", choices=("resize_center", "adm_center"), default="resize_center",
+                   help="with --tokenizer: how inputs are cut to the tokenizer's size: resize_center = torchvision "
+                   "Resize + CenterCrop as the official reconstruct.py (default), or the ADM centre crop")
     c.add_argument("--inception", default=None, help=_INCEPTION_HELP + " (optional: rFID, rIS)")
     c.add_argument("--lpips", default=None, help="VGG16 trunk weights for LPIPS (vgg16-397923af.pth; optional)")
     _common(c)
@@ -113,7 +116,7 @@ def _run_recon(args: argparse.Namespace, stack) -> int:
         out = args.out or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vfmvae-recon-")))
         model = VFMVAE.from_pretrained(args.tokenizer)
         info = reconstruct_folder(model, args.data, out, batch_size=min(args.batch_size, 16), device=_device(args),
-                                  save_inputs=True, sample=not args.mode, seed=args.seed)
+                                  save_inputs=True, sample=not args.mode, seed=args.seed, crop=args.crop)
         reference, reconstructions = out / "inputs", out / "images"
     else:
         if args.reference is None or args.reconstructions is None:
@@ -123,8 +126,10 @@ def _run_recon(args: argparse.Namespace, stack) -> int:
                                   device=_device(args), batch_size=args.batch_size)
     if args.tokenizer is not None:
         res["protocol"]["latent"] = info["latent"] + ("" if args.mode else f" (seed {args.seed})")
-        res["protocol"]["inputs"] = ("ADM centre crop to the tokenizer's size (the official reconstruct.py uses "
-                                     "torchvision Resize + CenterCrop); uint8 reconstructions by rounding")
+        res["protocol"]["inputs"] = (
+            "torchvision Resize + CenterCrop to the tokenizer's size, as the official reconstruct.py"
+            if args.crop == "resize_center" else "ADM centre crop to the tokenizer's size (--crop adm_center)")
+        res["protocol"]["uint8"] = info["uint8"]
     print(f"rFID {_fmt(res['rfid'])} | PSNR {_fmt(res['psnr'])} dB | SSIM {_fmt(res['ssim'])} | "
           f"LPIPS {_fmt(res['lpips'])} | rIS {_fmt(res['ris'])} | {res['protocol']['num_images']} images")
     write_json(args.json, res)

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["CROPS", "center_crop_adm", "draw_square_crop", "random_square_crop", "crop_image", "to_uint8_tensor", "flip_decision", "to_float01"]
+__all__ = ["CROPS", "center_crop_adm", "resize_center_crop", "draw_square_crop", "random_square_crop", "crop_image", "to_uint8_tensor", "flip_decision", "to_float01"]
 
-CROPS = ("adm_center", "random_square")
+CROPS = ("adm_center", "random_square", "resize_center")
 
 
 def center_crop_adm(img: Image.Image, size: int) -> Image.Image:
@@ -54,13 +54,24 @@ def random_square_crop(img: Image.Image, size: int, rng: np.random.Generator, mi
     return img.crop((left, top, left + side, top + side)).resize((size, size), resample=Image.LANCZOS)
 
 
+def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+    """torchvision `Resize(size)` (shorter side, bilinear with antialias on PIL) then `CenterCrop(size)`: the input
+    of tianciB/VFM-VAE@b3a752a tools/reconstruct/reconstruct.py. torchvision itself does it, so it is that transform."""
+    from torchvision.transforms import functional as TF
+
+    return TF.center_crop(TF.resize(img, size), size)
+
+
 def crop_image(img: Image.Image, size: int, crop: str = "adm_center", *, seed: int = 0, epoch: int = 0, index: int = 0,
                min_fraction: float = 0.5) -> Image.Image:
-    """`adm_center` (evaluation, caching) or `random_square` (tokenizer training) to `size` x `size`."""
+    """`adm_center` (evaluation, caching), `random_square` (tokenizer training) or `resize_center` (the official
+    reconstruction input) to `size` x `size`."""
     if crop == "adm_center":
         return center_crop_adm(img, size)
     if crop == "random_square":
         return random_square_crop(img, size, _sample_rng(seed, epoch, index, "crop"), min_fraction)
+    if crop == "resize_center":
+        return resize_center_crop(img, size)
     raise ValueError(f"unknown crop {crop!r}; choose one of {', '.join(CROPS)}")
 
 

@@ -19,8 +19,9 @@ __all__ = ["output_names", "reconstruct_folder", "to_uint8_from_signed"]
 
 
 def to_uint8_from_signed(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] float -> uint8, as ADM/LightningDiT save images: clamp(127.5 x + 128)."""
-    return (images.float() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+    """[-1, 1] float -> uint8 as tianciB/VFM-VAE@b3a752a tools/reconstruct/reconstruct.py saves reconstructions:
+    `to_pil_image(((x + 1) / 2).clamp(0, 1))`, i.e. trunc(255 * x01) in float32 (truncation, not rounding)."""
+    return ((images.float() + 1) / 2).clamp(0, 1).mul(255).to(torch.uint8)
 
 
 def output_names(names: list[str]) -> dict[str, str]:
@@ -40,13 +41,14 @@ def output_names(names: list[str]) -> dict[str, str]:
 def reconstruct_folder(model: VFMVAE, input_dir: str | Path, output_dir: str | Path, *, batch_size: int = 8,
                        resolution: int | None = None, device: str = "cpu", sample: bool = False, seed: int = 0,
                        grid_size: int = 8, num_workers: int = 2, progress: bool = True,
-                       save_inputs: bool = False) -> dict:
-    """`save_inputs` also writes the centre-cropped originals to OUTPUT/inputs (the rFID reference)."""
+                       save_inputs: bool = False, crop: str = "resize_center") -> dict:
+    """`save_inputs` also writes the cropped originals to OUTPUT/inputs (the rFID reference). `crop`: the official
+    `resize_center` (torchvision Resize + CenterCrop) or `adm_center`."""
     from tqdm.auto import tqdm
 
     output_dir = Path(output_dir)
     resolution = resolution or model.config.image_size
-    dataset = ImageFolderDataset(input_dir, resolution, hflip=False)
+    dataset = ImageFolderDataset(input_dir, resolution, hflip=False, crop=crop)
     stale = [d for d in ("images", "inputs") if (output_dir / d).is_dir() and any((output_dir / d).iterdir())]
     if stale:  # old reconstructions would be scored with the new ones
         raise FileExistsError(f"{output_dir} already holds {' and '.join(f'{d}/' for d in stale)} of an earlier run; "
@@ -94,6 +96,8 @@ def reconstruct_folder(model: VFMVAE, input_dir: str | Path, output_dir: str | P
         "skipped": skips.as_dict(),
         "resolution": resolution,
         "latent": "posterior sample" if sample else "posterior mean",
+        "crop": crop,
+        "uint8": "trunc(255 * (x + 1) / 2), as to_pil_image in the official reconstruct.py",
         "psnr_mean": float(np.mean(finite)) if finite else None,
         "psnr_definition": "mean over images of 20 log10(255 / RMSE) on uint8 RGB",
         "images_per_s": round(len(psnrs) / seconds, 2) if seconds > 0 else None,

@@ -15,7 +15,6 @@ only considers folders whose `meta.json` exists and whose listed files all have 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import re
@@ -29,6 +28,7 @@ import torch
 
 from vfmvae import distributed as dist_utils
 from vfmvae.checkpoint.atomic import atomic_directory, atomic_write_text
+from vfmvae.checkpoint.digest import file_sha256
 from vfmvae.checkpoint.serialize import CheckpointFormatError, load_state, load_tensors, save_state, save_tensors
 
 __all__ = ["CheckpointManager", "TrainingCheckpoint", "capture_rng_state", "restore_rng_state"]
@@ -68,11 +68,6 @@ class TrainingCheckpoint:
     state: dict[str, Any]          # shared state (optimizer, scaler, ...), as passed to save()
     rank_state: dict[str, Any]     # this rank's state (rng, data position, ...)
     meta: dict[str, Any] = field(default_factory=dict)
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _file_sizes(folder: Path) -> dict[str, int]:
@@ -128,7 +123,7 @@ class CheckpointManager:
                         "world_size": world,
                         "files": _file_sizes(tmp),
                         # verified at load: a same-size corruption must not resume silently
-                        "sha256": {name: _sha256(tmp / name) for name in _file_sizes(tmp)},
+                        "sha256": {name: file_sha256(tmp / name) for name in _file_sizes(tmp)},
                         **(meta or {}),
                     }
                     # meta.json is written last: its presence marks a complete checkpoint.
@@ -200,7 +195,7 @@ class CheckpointManager:
         """Compare the files about to be loaded with the sha256 recorded at save time (older checkpoints have none)."""
         recorded = meta.get("sha256") or {}
         for name in names:
-            if name in recorded and (path / name).exists() and _sha256(path / name) != recorded[name]:
+            if name in recorded and (path / name).exists() and file_sha256(path / name) != recorded[name]:
                 raise CheckpointFormatError(
                     f"{path / name}: sha256 differs from the one recorded in meta.json when it was saved; the file is "
                     "corrupted. Resume from an earlier checkpoint with --resume PATH (or --resume fresh to start over)")

@@ -19,7 +19,8 @@ from unittest import mock
 import torch
 import torch.nn.functional as F
 
-from vfmvae.evaluation.weights import VGG16_FILE, VGG16_URL, load_weights, resolve_weights, sha256_of
+from vfmvae.checkpoint.digest import file_sha256
+from vfmvae.evaluation.weights import VGG16_FILE, VGG16_URL, load_weights, resolve_weights
 
 __all__ = ["psnr", "ssim", "ssim_signed", "LPIPSMetric", "load_lpips"]
 
@@ -121,4 +122,4 @@ class LPIPSMetric(torch.nn.Module):
 
 def load_lpips(weights: str | Path, device: str | torch.device = "cpu") -> tuple[LPIPSMetric, dict]:
     path = resolve_weights(weights, what="VGG16 (LPIPS trunk)", expected_file=VGG16_FILE, url=VGG16_URL)
-    return LPIPSMetric(load_weights(path)).to(device), {"lpips_weights": str(path), "lpips_sha256": sha256_of(path)}
+    return LPIPSMetric(load_weights(path)).to(device), {"lpips_weights": str(path), "lpips_sha256": file_sha256(path)}

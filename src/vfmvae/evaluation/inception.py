@@ -16,13 +16,13 @@ from unittest import mock
 import torch
 from torch import nn
 
+from vfmvae.checkpoint.digest import file_sha256
 from vfmvae.evaluation.weights import (
     INCEPTION_FILE,
     INCEPTION_SHA256_PREFIX,
     INCEPTION_URL,
     load_weights,
     resolve_weights,
-    sha256_of,
 )
 
 __all__ = ["InceptionV3", "load_inception"]
@@ -66,7 +66,7 @@ class InceptionV3(nn.Module):
 def load_inception(weights: str | Path, device: str | torch.device = "cpu") -> tuple[InceptionV3, dict]:
     """The FID Inception from a local file (or URL when online). Returns the network and its provenance."""
     path = resolve_weights(weights, what="Inception (FID)", expected_file=INCEPTION_FILE, url=INCEPTION_URL)
-    digest = sha256_of(path)
+    digest = file_sha256(path)
     expected = digest.startswith(INCEPTION_SHA256_PREFIX)
     if not expected:  # another file gives FID/IS values that cannot be compared with any published number
         warnings.warn(f"{path} is not the pt_inception-2015-12-05 FID Inception ({INCEPTION_FILE}: sha256 "

@@ -6,7 +6,6 @@ torch hub cache). `.pth` files are read with `weights_only=True`; `.safetensors`
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -14,7 +13,7 @@ import torch
 from vfmvae.checkpoint.serialize import CheckpointFormatError, load_tensors
 from vfmvae.checkpoint.torch_files import load_weights_only
 
-__all__ = ["resolve_weights", "load_weights", "sha256_of", "INCEPTION_FILE", "INCEPTION_SHA256_PREFIX", "INCEPTION_URL", "VGG16_FILE", "VGG16_URL"]
+__all__ = ["resolve_weights", "load_weights", "INCEPTION_FILE", "INCEPTION_SHA256_PREFIX", "INCEPTION_URL", "VGG16_FILE", "VGG16_URL"]
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 # torch.hub file-name convention: the part after the last '-' is the start of the file's sha256
@@ -56,11 +55,3 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise CheckpointFormatError(f"{path}: expected a state dict")
     return state
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

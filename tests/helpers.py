@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -62,3 +63,32 @@ def on_tensor_readback(hook: Callable[[str], None]) -> Iterator[None]:
     finally:
         for name, original in saved.items():
             setattr(torch.Tensor, name, original)
+
+
+TINY_TOKENIZER = Path(__file__).parent / "data" / "official_tokenizer_tiny"
+
+
+def tiny_official_tokenizer(out: Path) -> Path:
+    """The tiny official-format tokenizer (tests/data/official_tokenizer_tiny) converted into our folder `out`."""
+    from vfmvae.tokenizer.convert import convert_official_tokenizer
+
+    convert_official_tokenizer(TINY_TOKENIZER / "config.yaml", TINY_TOKENIZER / "official_G.safetensors",
+                               TINY_TOKENIZER / "siglip2-tiny-patch16", out)
+    return out
+
+
+def perturbed_reg_export(out: Path, tokenizer: Path, stats: dict) -> Path:
+    """A tiny REG model on that tokenizer's 8x4x4 latents, weights perturbed (seed 0) so samples are not trivial,
+    saved like a training export: the model folder plus latent_stats.json naming the tokenizer."""
+    import json
+
+    from vfmvae.diffusion import create_diffusion_model
+
+    torch.manual_seed(0)
+    model = create_diffusion_model("reg-sit-tiny", in_channels=8, input_size=4, num_classes=4)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(out)
+    (out / "latent_stats.json").write_text(json.dumps({**stats, "tokenizer": str(tokenizer)}))
+    return out

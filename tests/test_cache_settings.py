@@ -4,23 +4,17 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import tiny_official_tokenizer
 from vfmvae.latents import CacheError, cache_latents
-
-DATA = Path(__file__).parent / "data" / "official_tokenizer_tiny"
 
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
-    from vfmvae.tokenizer.convert import convert_official_tokenizer
-
-    root = tmp_path_factory.mktemp("cachesettings")
-    convert_official_tokenizer(DATA / "config.yaml", DATA / "official_G.safetensors", DATA / "siglip2-tiny-patch16", root / "tok")
-    return root / "tok"
+    return tiny_official_tokenizer(tmp_path_factory.mktemp("cachesettings") / "tok")
 
 
 @pytest.fixture

@@ -18,27 +18,18 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution  # no
 
 from vfmvae.checkpoint.serialize import load_tensors  # noqa: E402
 from vfmvae.diffusers import VFMVAEAutoencoder, VFMVAEDiffusionPipeline, VFMVAETransformer2DModel, export_pipeline  # noqa: E402
-from vfmvae.diffusion import DiffusionTransformer, create_diffusion_model  # noqa: E402
+from vfmvae.diffusion import DiffusionTransformer  # noqa: E402
 from vfmvae.tokenizer import VFMVAE  # noqa: E402
+from helpers import perturbed_reg_export, tiny_official_tokenizer  # noqa: E402
 
-DATA = Path(__file__).parent / "data" / "official_tokenizer_tiny"
 STATS = {"mean": [0.1, -0.2, 0.0, 0.3, 0.05, -0.1, 0.2, 0.0], "std": [2.0, 1.5, 1.0, 0.5, 2.5, 1.0, 1.2, 0.8]}
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """Our folders: a tokenizer, and a perturbed tiny REG model exported with latent_stats.json naming it."""
-    from vfmvae.tokenizer.convert import convert_official_tokenizer
-
     root = tmp_path_factory.mktemp("interop")
-    convert_official_tokenizer(DATA / "config.yaml", DATA / "official_G.safetensors", DATA / "siglip2-tiny-patch16", root / "tok")
-    torch.manual_seed(0)
-    model = create_diffusion_model("reg-sit-tiny", in_channels=8, input_size=4, num_classes=4)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    model.save_pretrained(root / "dit")
-    (root / "dit" / "latent_stats.json").write_text(json.dumps({**STATS, "tokenizer": str(root / "tok")}))
+    perturbed_reg_export(root / "dit", tiny_official_tokenizer(root / "tok"), STATS)
     return root
 
 

@@ -5,17 +5,15 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from vfmvae.diffusion import DiTOutput, create_diffusion_model
+from helpers import perturbed_reg_export, tiny_official_tokenizer
+from vfmvae.diffusion import DiTOutput
 from vfmvae.sampling import Guidance, LatentStats, SamplerConfig, VFMVAEPipeline, class_labels, sample_ode, sample_sde
-
-DATA = Path(__file__).parent / "data" / "official_tokenizer_tiny"
 
 
 class GaussianFlow(nn.Module):
@@ -95,18 +93,8 @@ def test_class_labels():
 @pytest.fixture(scope="module")
 def export(tmp_path_factory):
     """A perturbed tiny REG model on the official tiny tokenizer's 8x4x4 latents, exported like a training run."""
-    from vfmvae.tokenizer.convert import convert_official_tokenizer
-
     root = tmp_path_factory.mktemp("sampling")
-    convert_official_tokenizer(DATA / "config.yaml", DATA / "official_G.safetensors", DATA / "siglip2-tiny-patch16", root / "tok")
-    torch.manual_seed(0)
-    model = create_diffusion_model("reg-sit-tiny", in_channels=8, input_size=4, num_classes=4)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    model.save_pretrained(root / "dit")
-    (root / "dit" / "latent_stats.json").write_text(json.dumps({"mean": [0.1] * 8, "std": [2.0] * 8, "tokenizer": str(root / "tok")}))
-    return root / "dit"
+    return perturbed_reg_export(root / "dit", tiny_official_tokenizer(root / "tok"), {"mean": [0.1] * 8, "std": [2.0] * 8})
 
 
 @pytest.mark.parametrize("sampler", ["euler", "sde"])

@@ -10,20 +10,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from helpers import tiny_official_tokenizer
 from vfmvae.cli import main
 from vfmvae.data.folder import list_image_folder
 from vfmvae.tokenizer.reconstruct import output_names
 
-DATA = Path(__file__).parent / "data" / "official_tokenizer_tiny"
-
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
-    from vfmvae.tokenizer.convert import convert_official_tokenizer
-
-    root = tmp_path_factory.mktemp("stale")
-    convert_official_tokenizer(DATA / "config.yaml", DATA / "official_G.safetensors", DATA / "siglip2-tiny-patch16", root / "tok")
-    return root / "tok"
+    return tiny_official_tokenizer(tmp_path_factory.mktemp("stale") / "tok")
 
 
 def _four(folder: Path, synthetic_dir: Path) -> Path:

@@ -260,6 +260,7 @@ class ReconstructionTask:
         self._share: tuple[torch.Tensor, int] | None = None  # (this rank's uint8 images, total)
         self._reference: dict[str, np.ndarray] | None = None
         self._nets: dict[str, Any] | None = None
+        self._grid_images: torch.Tensor | None = None
 
     def warning(self) -> str | None:
         return (f"online evaluation: {' and '.join(self.skipped)} skipped: give the weight files in the recipe's "
@@ -281,6 +282,9 @@ class ReconstructionTask:
         """This rank's share of the held-out set (uint8, loaded once and kept) and the set's size."""
         if self._share is None:
             self._share = load_held_out(self.cfg.data, self.cfg.num_images, resolution, self.cfg.crop)
+            if self._share[1] < 10:
+                raise ValueError(f"eval.data {self.cfg.data}: {self._share[1]} images; online evaluation needs at "
+                                 "least 10")
         return self._share
 
     def _latents(self, model: nn.Module, x01: torch.Tensor, indices: list[int]) -> torch.Tensor:
@@ -369,9 +373,12 @@ class ReconstructionTask:
         """The first `grid` held-out images beside their reconstructions (same seeds as the metrics)."""
         from vfmvae.vis import save_grid
 
-        n = self.cfg.grid
-        if images is None or len(images) < min(n, self._share[1]):
-            images = load_held_out(self.cfg.data, n, model.config.image_size, self.cfg.crop, rank=0, world=1)[0]
+        n = min(self.cfg.grid, self._share[1])
+        if images is None:  # several ranks: the first images are spread over them, so rank 0 reads them once
+            if self._grid_images is None:
+                self._grid_images = load_held_out(self.cfg.data, n, model.config.image_size, self.cfg.crop,
+                                                  rank=0, world=1)[0]
+            images = self._grid_images
         real = images[:n]
         fake = self._reconstruct(model, real, list(range(len(real))))
         pairs = torch.stack([t for pair in zip(real, fake) for t in pair]).float() / 255.0
@@ -425,8 +432,6 @@ def load_held_out(source: str, num: int, resolution: int, crop: str, *, rank: in
             if total % world == rank:
                 images.append(item["image"])
             total += 1
-    if total < 10:
-        raise ValueError(f"eval.data {source}: {total} images; online evaluation needs at least 10")
     return torch.stack(images), total
 
 

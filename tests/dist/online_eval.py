@@ -1,0 +1,79 @@
+"""Online evaluation of a tiny tokenizer and a tiny REG model, as one process or under torchrun.
+
+    python online_eval.py --tokenizer TOK --dit DIT --data DIR --ref REF.npz --run RUN --out metrics.json
+    torchrun --nproc-per-node=2 online_eval.py ...
+
+Inception and LPIPS are replaced by the small stand-ins below (the real networks take seconds per image on a
+loaded CPU); everything else is the evaluator as a run uses it.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vfmvae import distributed as dist_utils  # noqa: E402
+
+
+class StubInception(nn.Module):
+    """InceptionV3's interface (uint8 in; pool, spatial, logits out) on a fixed random projection of 4x4 means."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("w", torch.randn(48, 8 + 7 + 10, generator=torch.Generator().manual_seed(0)))
+        self.calls = 0
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        assert images.dtype == torch.uint8
+        self.calls += len(images)
+        f = F.adaptive_avg_pool2d(images.float() / 255, 4).flatten(1) @ self.w
+        return {"pool": f[:, :8], "spatial": f[:, 8:15], "logits": 4 * f[:, 15:]}
+
+
+class StubLPIPS(nn.Module):
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a.float() - b.float()).abs().mean(dim=(1, 2, 3)) / 255
+
+
+def install_stubs() -> None:
+    from vfmvae.evaluation import online
+
+    online._load_inception = lambda spec, device: (StubInception().to(device), {"inception_sha256": f"stub-{spec}"})
+    online._load_lpips = lambda spec, device: (StubLPIPS().to(device), {"lpips_sha256": f"stub-{spec}"})
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    for name in ("tokenizer", "dit", "data", "ref", "run", "out"):
+        p.add_argument(f"--{name}", type=Path, required=True)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    install_stubs()
+    from vfmvae.diffusion import DiffusionTransformer
+    from vfmvae.evaluation.online import EvalConfig, build_evaluator
+    from vfmvae.sampling.pipeline import LatentStats
+    from vfmvae.tokenizer import VFMVAE
+
+    dist_utils.init_distributed(device="cpu")
+    tok = VFMVAE.from_pretrained(args.tokenizer)
+    common = dict(enabled=True, every=1, batch_size=4, inception="random-init:7", seed=3)
+    recon = build_evaluator(EvalConfig(**common, data=str(args.data), num_images=13, lpips="random-init:7", grid=4),
+                            args.run / "tok", kind="tokenizer")
+    stats = LatentStats(torch.full((8,), 0.1), torch.full((8,), 2.0))
+    gen = build_evaluator(EvalConfig(**common, ref=str(args.ref), num_samples=11, sampler={"steps": 3}),
+                          args.run / "dit", kind="diffusion", tokenizer=tok, latent_stats=stats, preset="reg-sde")
+    dit = DiffusionTransformer.from_pretrained(args.dit)
+    records = [recon.maybe_run(model=tok, step=1, images=8), gen.maybe_run(model=dit, step=1, images=8)]
+    if dist_utils.is_main_process():
+        args.out.write_text(json.dumps(records))
+    dist_utils.destroy_distributed()
+
+
+if __name__ == "__main__":
+    main()

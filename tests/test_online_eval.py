@@ -1,0 +1,223 @@
+"""Evaluation while training (vfmvae.evaluation.online): rank-split metrics, resume, RNG isolation, weights.
+
+Inception and LPIPS are small stand-ins (tests/dist/online_eval.py) so that these tests take seconds; the
+evaluator, the tiny official-format tokenizer and the tiny REG model are the real ones.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent / "dist"))
+from helpers import perturbed_reg_export, tiny_official_tokenizer  # noqa: E402
+from online_eval import install_stubs  # noqa: E402
+
+from vfmvae.evaluation.online import EvalConfig, build_evaluator, read_eval_records  # noqa: E402
+
+SCRIPT = Path(__file__).parent / "dist" / "online_eval.py"
+STATS = {"mean": [0.1] * 8, "std": [2.0] * 8}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """The tiny tokenizer (64 px, 8x4x4 latents), a tiny REG model on it, held-out images and a reference batch."""
+    from vfmvae.data.synthetic import SyntheticConfig, write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("online")
+    tok = tiny_official_tokenizer(root / "tok")
+    dit = perturbed_reg_export(root / "dit", tok, STATS)
+    write_synthetic_dataset(SyntheticConfig(out=root / "data", num=16, classes=4, size=64), progress=False)
+    rng = np.random.default_rng(0)
+    np.savez(root / "ref.npz", arr_0=rng.integers(0, 256, (12, 64, 64, 3), dtype=np.uint8))
+    return {"tok": tok, "dit": dit, "data": root / "data" / "images", "ref": root / "ref.npz"}
+
+
+@pytest.fixture
+def stubs(monkeypatch):
+    from vfmvae.evaluation import online
+
+    monkeypatch.setattr(online, "_load_inception", online._load_inception)
+    monkeypatch.setattr(online, "_load_lpips", online._load_lpips)
+    install_stubs()
+
+
+def _tokenizer(path):
+    from vfmvae.tokenizer import VFMVAE
+
+    return VFMVAE.from_pretrained(path)
+
+
+def _recon_cfg(models, **kw):
+    return EvalConfig(**{"enabled": True, "every": 2, "data": str(models["data"]), "num_images": 12, "batch_size": 8,
+                         "inception": "random-init:7", "lpips": "random-init:7", "grid": 4, **kw})
+
+
+def _metrics(record):
+    return {k: v for k, v in record.items() if k.startswith("eval/") and k not in ("eval/seconds", "eval/images_per_s",
+                                                                                  "eval/protocol")}
+
+
+def _run(cmd):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.distributed
+def test_two_processes_give_the_metrics_of_one(tmp_path, models):
+    args = ["--tokenizer", str(models["tok"]), "--dit", str(models["dit"]), "--data", str(models["data"]),
+            "--ref", str(models["ref"])]
+    _run([sys.executable, str(SCRIPT), *args, "--run", str(tmp_path / "one"), "--out", str(tmp_path / "one.json")])
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(SCRIPT), *args,
+          "--run", str(tmp_path / "two"), "--out", str(tmp_path / "two.json")])
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    for a, b in zip(one, two):
+        assert set(_metrics(a)) == set(_metrics(b))
+        for key, value in _metrics(a).items():
+            if value is None:
+                assert _metrics(b)[key] is None, key
+            else:  # float summation order inside batched kernels differs (other batch composition per rank)
+                assert _metrics(b)[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    recon, gen = one
+    assert {k for k, v in _metrics(recon).items() if v is None} == set()  # every tokenizer metric computed
+    assert recon["eval/psnr"] > 5 and 0 < recon["eval/rfid"] and 0 < recon["eval/lpips"]
+    assert gen["eval/fid"] > 0 and gen["eval/precision"] is not None and gen["eval/protocol"]["preset"] == "reg-sde"
+    # the reference statistics were cached once per run, the grid written by rank 0
+    for run in ("one", "two"):
+        assert len(list((tmp_path / run / "tok" / "eval").glob("reference-*.npz"))) == 1
+        assert len(list((tmp_path / run / "dit" / "eval").glob("reference-*.npz"))) == 1
+        assert (tmp_path / run / "tok" / "eval" / "grids" / "step-00000001.png").is_file()
+
+
+def test_resume_neither_re_evaluates_nor_loses_finished_points(tmp_path, models, stubs):
+    tok = _tokenizer(models["tok"])
+    first = build_evaluator(_recon_cfg(models), tmp_path, kind="tokenizer")
+    assert first.maybe_run(model=tok, step=1, images=8) is None  # not an evaluation point
+    done = first.maybe_run(model=tok, step=2, images=16)
+    task = first.task
+
+    def killed(model, step):
+        raise KeyboardInterrupt  # the run is killed in the middle of the evaluation at step 4
+
+    task.evaluate = killed
+    with pytest.raises(KeyboardInterrupt):
+        first.maybe_run(model=tok, step=4, images=32)
+    with open(tmp_path / "eval" / "records.jsonl", "a") as f:
+        f.write('{"step": 4, "images": 3')  # and a record torn by the kill
+    resumed = build_evaluator(_recon_cfg(models), tmp_path, kind="tokenizer")
+    calls = []
+    original = resumed.task.evaluate
+    resumed.task.evaluate = lambda model, step: calls.append(step) or original(model, step)
+    assert resumed.maybe_run(model=tok, step=2, images=16) is None  # finished before the kill
+    again = resumed.maybe_run(model=tok, step=4, images=32)  # not finished: evaluated now
+    assert calls == [4] and again is not None
+    assert _metrics(again) == pytest.approx(_metrics(done))  # same model, same seeds
+    assert [r["step"] for r in read_eval_records(tmp_path)] == [2, 4]
+    # the reference statistics came from the cache written by the first run
+    assert len(list((tmp_path / "eval").glob("reference-*.npz"))) == 1
+    assert resumed.task._nets["inception"].calls == 12  # the 12 reconstructions; the originals' statistics were cached
+
+
+def test_reference_cache_is_keyed_by_data_and_settings(tmp_path, models, stubs):
+    tok = _tokenizer(models["tok"])
+    build_evaluator(_recon_cfg(models), tmp_path, kind="tokenizer").maybe_run(model=tok, step=2, images=16)
+    other = build_evaluator(_recon_cfg(models, crop="adm_center"), tmp_path, kind="tokenizer")
+    other.maybe_run(model=tok, step=4, images=32)
+    assert len(list((tmp_path / "eval").glob("reference-*.npz"))) == 2  # another crop: other originals, new key
+    assert other.task._nets["inception"].calls == 2 * 12
+
+
+def test_evaluation_leaves_weights_rng_and_modes_untouched(tmp_path, models, stubs):
+    import random
+
+    tok = _tokenizer(models["tok"]).train()
+    tok.mapping.eval()  # a mixed state must come back as it was
+    before = {k: v.clone() for k, v in tok.state_dict().items()}
+    modes = {name: m.training for name, m in tok.named_modules()}
+    evaluator = build_evaluator(_recon_cfg(models), tmp_path, kind="tokenizer")
+
+    def draws():
+        return torch.rand(3).tolist(), np.random.rand(2).tolist(), random.random()
+
+    torch.manual_seed(5), np.random.seed(5), random.seed(5)
+    expected = draws()
+    torch.manual_seed(5), np.random.seed(5), random.seed(5)
+    assert evaluator.maybe_run(model=tok, step=2, images=16) is not None
+    assert draws() == expected
+    assert {name: m.training for name, m in tok.named_modules()} == modes
+    for key, value in tok.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_missing_weights_give_one_warning_and_skip(tmp_path, models, stubs):
+    tok = _tokenizer(models["tok"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        evaluator = build_evaluator(_recon_cfg(models, inception=None, lpips=None), tmp_path / "tok", kind="tokenizer")
+        first = evaluator.maybe_run(model=tok, step=2, images=16)
+        evaluator.maybe_run(model=tok, step=4, images=32)
+    ours = [w for w in caught if "online evaluation" in str(w.message)]
+    assert len(ours) == 1 and "rfid and ris" in str(ours[0].message) and "lpips" in str(ours[0].message)
+    assert first["eval/rfid"] is first["eval/ris"] is first["eval/lpips"] is None
+    assert first["eval/psnr"] > 5 and first["eval/protocol"]["skipped"]
+    # diffusion metrics all need the Inception: the evaluation is off, with one warning
+    from vfmvae.sampling.pipeline import LatentStats
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gen = build_evaluator(EvalConfig(enabled=True, every=1, ref=str(models["ref"])), tmp_path / "dit",
+                              kind="diffusion", tokenizer=tok, latent_stats=LatentStats(torch.zeros(8), torch.ones(8)))
+        assert gen.maybe_run(model=None, step=1, images=8) is None
+    assert len([w for w in caught if "eval.inception" in str(w.message)]) == 1
+    # a weights file that is named but not there is a mistake, not a reason to skip
+    with pytest.raises(FileNotFoundError, match="eval.inception: weights file not found"):
+        build_evaluator(_recon_cfg(models, inception=str(tmp_path / "nope.pth")), tmp_path / "x", kind="tokenizer")
+
+
+def test_keep_best_keeps_the_best_model_and_never_replaces_a_foreign_folder(tmp_path, models, stubs):
+    tok = _tokenizer(models["tok"])
+    evaluator = build_evaluator(_recon_cfg(models, keep_best="psnr"), tmp_path, kind="tokenizer")
+    values = iter([10.0, 12.0, 11.0])
+    evaluator.task.evaluate = lambda model, step: ({"psnr": next(values)}, 12)
+    for step in (2, 4, 6):
+        evaluator.maybe_run(model=tok, step=step, images=8 * step)
+    marker = json.loads((tmp_path / "best" / "best.json").read_text())
+    assert (marker["step"], marker["value"]) == (4, 12.0)
+    assert (tmp_path / "best" / "config.json").is_file() and not list(tmp_path.glob(".best.*"))
+    # after a restart the best so far comes from the records: a worse value does not replace it
+    resumed = build_evaluator(_recon_cfg(models, keep_best="psnr"), tmp_path, kind="tokenizer")
+    resumed.task.evaluate = lambda model, step: ({"psnr": 11.5}, 12)
+    resumed.maybe_run(model=tok, step=8, images=64)
+    assert json.loads((tmp_path / "best" / "best.json").read_text())["step"] == 4
+    foreign = tmp_path / "other"
+    (foreign / "best").mkdir(parents=True)
+    (foreign / "best" / "mine.txt").write_text("not yours")
+    with pytest.raises(FileExistsError, match="not written by eval.keep_best"):
+        build_evaluator(_recon_cfg(models, keep_best="psnr"), foreign, kind="tokenizer")
+    assert (foreign / "best" / "mine.txt").read_text() == "not yours"
+    with pytest.raises(ValueError, match="not a tokenizer metric"):
+        build_evaluator(_recon_cfg(models, keep_best="fid"), tmp_path / "y", kind="tokenizer")
+
+
+def test_eval_section_is_validated_before_any_work(tmp_path):
+    from vfmvae.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match="bogus"):
+        config_from_dict(EvalConfig, {"enabled": True, "bogus": 1}, source="recipe.yaml")
+    with pytest.raises(ValueError, match="eval.every"):
+        EvalConfig(every=0)
+    with pytest.raises(ValueError, match="eval.keep_best"):
+        EvalConfig(keep_best="accuracy")
+    with pytest.raises(ValueError, match="eval.data"):
+        build_evaluator(EvalConfig(enabled=True), tmp_path, kind="tokenizer")
+    with pytest.raises(FileNotFoundError, match="eval.ref"):
+        build_evaluator(EvalConfig(enabled=True, ref=str(tmp_path / "none.npz")), tmp_path, kind="diffusion",
+                        tokenizer="tok", latent_stats=object())
+    assert not build_evaluator(None, tmp_path, kind="tokenizer").active  # off by default

@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent / "dist"))
 from helpers import perturbed_reg_export, tiny_official_tokenizer  # noqa: E402
-from online_eval import install_stubs  # noqa: E402
+from online_eval import install_stubs, small_tokenizer  # noqa: E402
 
 from vfmvae.evaluation.online import EvalConfig, build_evaluator, read_eval_records  # noqa: E402
 
@@ -27,16 +27,21 @@ STATS = {"mean": [0.1] * 8, "std": [2.0] * 8}
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """The tiny tokenizer (64 px, 8x4x4 latents), a tiny REG model on it, held-out images and a reference batch."""
+    """32-px held-out images and a 64-px reference batch."""
     from vfmvae.data.synthetic import SyntheticConfig, write_synthetic_dataset
 
     root = tmp_path_factory.mktemp("online")
-    tok = tiny_official_tokenizer(root / "tok")
-    dit = perturbed_reg_export(root / "dit", tok, STATS)
-    write_synthetic_dataset(SyntheticConfig(out=root / "data", num=16, classes=4, size=64), progress=False)
+    write_synthetic_dataset(SyntheticConfig(out=root / "data", num=12, classes=4, size=32), progress=False)
     rng = np.random.default_rng(0)
     np.savez(root / "ref.npz", arr_0=rng.integers(0, 256, (12, 64, 64, 3), dtype=np.uint8))
-    return {"tok": tok, "dit": dit, "data": root / "data" / "images", "ref": root / "ref.npz"}
+    return {"data": root / "data" / "images", "ref": root / "ref.npz"}
+
+
+@pytest.fixture
+def official(tmp_path, models):
+    """The tiny official tokenizer (64 px, 8x4x4 latents) and a tiny REG model on it."""
+    tok = tiny_official_tokenizer(tmp_path / "tok")
+    return {**models, "tok": tok, "dit": perturbed_reg_export(tmp_path / "dit", tok, STATS)}
 
 
 @pytest.fixture
@@ -48,14 +53,12 @@ def stubs(monkeypatch):
     install_stubs()
 
 
-def _tokenizer(path):
-    from vfmvae.tokenizer import VFMVAE
-
-    return VFMVAE.from_pretrained(path)
+def _tokenizer():
+    return small_tokenizer()
 
 
 def _recon_cfg(models, **kw):
-    return EvalConfig(**{"enabled": True, "every": 2, "data": str(models["data"]), "num_images": 12, "batch_size": 8,
+    return EvalConfig(**{"enabled": True, "every": 2, "data": str(models["data"]), "num_images": 10, "batch_size": 10,
                          "inception": "random-init:7", "lpips": "random-init:7", "grid": 4, **kw})
 
 
@@ -70,10 +73,11 @@ def _run(cmd):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
-def test_two_processes_give_the_metrics_of_one(tmp_path, models):
-    args = ["--tokenizer", str(models["tok"]), "--dit", str(models["dit"]), "--data", str(models["data"]),
-            "--ref", str(models["ref"])]
+def test_two_processes_give_the_metrics_of_one(tmp_path, official):
+    args = ["--tokenizer", str(official["tok"]), "--dit", str(official["dit"]), "--data", str(official["data"]),
+            "--ref", str(official["ref"])]
     _run([sys.executable, str(SCRIPT), *args, "--run", str(tmp_path / "one"), "--out", str(tmp_path / "one.json")])
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(SCRIPT), *args,
           "--run", str(tmp_path / "two"), "--out", str(tmp_path / "two.json")])
@@ -97,7 +101,7 @@ def test_two_processes_give_the_metrics_of_one(tmp_path, models):
 
 
 def test_resume_neither_re_evaluates_nor_loses_finished_points(tmp_path, models, stubs):
-    tok = _tokenizer(models["tok"])
+    tok = _tokenizer()
     first = build_evaluator(_recon_cfg(models), tmp_path, kind="tokenizer")
     assert first.maybe_run(model=tok, step=1, images=8) is None  # not an evaluation point
     done = first.maybe_run(model=tok, step=2, images=16)
@@ -122,22 +126,22 @@ def test_resume_neither_re_evaluates_nor_loses_finished_points(tmp_path, models,
     assert [r["step"] for r in read_eval_records(tmp_path)] == [2, 4]
     # the reference statistics came from the cache written by the first run
     assert len(list((tmp_path / "eval").glob("reference-*.npz"))) == 1
-    assert resumed.task._nets["inception"].calls == 12  # the 12 reconstructions; the originals' statistics were cached
+    assert resumed.task._nets["inception"].calls == 10  # the 10 reconstructions; the originals' statistics were cached
 
 
 def test_reference_cache_is_keyed_by_data_and_settings(tmp_path, models, stubs):
-    tok = _tokenizer(models["tok"])
+    tok = _tokenizer()
     build_evaluator(_recon_cfg(models), tmp_path, kind="tokenizer").maybe_run(model=tok, step=2, images=16)
     other = build_evaluator(_recon_cfg(models, crop="adm_center"), tmp_path, kind="tokenizer")
     other.maybe_run(model=tok, step=4, images=32)
     assert len(list((tmp_path / "eval").glob("reference-*.npz"))) == 2  # another crop: other originals, new key
-    assert other.task._nets["inception"].calls == 2 * 12
+    assert other.task._nets["inception"].calls == 2 * 10
 
 
 def test_evaluation_leaves_weights_rng_and_modes_untouched(tmp_path, models, stubs):
     import random
 
-    tok = _tokenizer(models["tok"]).train()
+    tok = _tokenizer().train()
     tok.mapping.eval()  # a mixed state must come back as it was
     before = {k: v.clone() for k, v in tok.state_dict().items()}
     modes = {name: m.training for name, m in tok.named_modules()}
@@ -157,12 +161,12 @@ def test_evaluation_leaves_weights_rng_and_modes_untouched(tmp_path, models, stu
 
 
 def test_missing_weights_give_one_warning_and_skip(tmp_path, models, stubs):
-    tok = _tokenizer(models["tok"])
+    tok = _tokenizer()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         evaluator = build_evaluator(_recon_cfg(models, inception=None, lpips=None), tmp_path / "tok", kind="tokenizer")
         first = evaluator.maybe_run(model=tok, step=2, images=16)
-        evaluator.maybe_run(model=tok, step=4, images=32)
+        evaluator.maybe_run(model=tok, step=3, images=24)
     ours = [w for w in caught if "online evaluation" in str(w.message)]
     assert len(ours) == 1 and "rfid and ris" in str(ours[0].message) and "lpips" in str(ours[0].message)
     assert first["eval/rfid"] is first["eval/ris"] is first["eval/lpips"] is None
@@ -182,10 +186,10 @@ def test_missing_weights_give_one_warning_and_skip(tmp_path, models, stubs):
 
 
 def test_keep_best_keeps_the_best_model_and_never_replaces_a_foreign_folder(tmp_path, models, stubs):
-    tok = _tokenizer(models["tok"])
+    tok = _tokenizer()
     evaluator = build_evaluator(_recon_cfg(models, keep_best="psnr"), tmp_path, kind="tokenizer")
     values = iter([10.0, 12.0, 11.0])
-    evaluator.task.evaluate = lambda model, step: ({"psnr": next(values)}, 12)
+    evaluator.task.evaluate = lambda model, step: ({"psnr": next(values)}, 10)
     for step in (2, 4, 6):
         evaluator.maybe_run(model=tok, step=step, images=8 * step)
     marker = json.loads((tmp_path / "best" / "best.json").read_text())
@@ -193,7 +197,7 @@ def test_keep_best_keeps_the_best_model_and_never_replaces_a_foreign_folder(tmp_
     assert (tmp_path / "best" / "config.json").is_file() and not list(tmp_path.glob(".best.*"))
     # after a restart the best so far comes from the records: a worse value does not replace it
     resumed = build_evaluator(_recon_cfg(models, keep_best="psnr"), tmp_path, kind="tokenizer")
-    resumed.task.evaluate = lambda model, step: ({"psnr": 11.5}, 12)
+    resumed.task.evaluate = lambda model, step: ({"psnr": 11.5}, 10)
     resumed.maybe_run(model=tok, step=8, images=64)
     assert json.loads((tmp_path / "best" / "best.json").read_text())["step"] == 4
     foreign = tmp_path / "other"
@@ -221,3 +225,55 @@ def test_eval_section_is_validated_before_any_work(tmp_path):
         build_evaluator(EvalConfig(enabled=True, ref=str(tmp_path / "none.npz")), tmp_path, kind="diffusion",
                         tokenizer="tok", latent_stats=object())
     assert not build_evaluator(None, tmp_path, kind="tokenizer").active  # off by default
+
+
+def _tokenizer_run(root: Path) -> Path:
+    """A tokenizer run as training leaves it, with two evaluation points (one also logged in metrics.jsonl)."""
+    run = root / "tok-run"
+    (run / "eval" / "grids").mkdir(parents=True)
+    (run / "config.yaml").write_text("run: {batch_size: 8}\nloss: {kl: 1.0e-6}\n")
+    lines = [{"step": s, "images": 8 * s, "loss/kl": 600.0 / s, "loss/rec": 0.2 - 0.001 * s, "loss/gan": -0.1 + 0.01 * s}
+             for s in range(1, 41)]
+    protocol = {"inception_weights": "RANDOM-INIT (seed 0): not the FID Inception, values compare with nothing"}
+    evals = [{"step": s, "images": 8 * s, "eval/psnr": 10.0 + s / 10, "eval/rfid": 50.0 - s / 2,
+              "eval/seconds": 1.5, "eval/images_per_s": 6.7, "eval/protocol": protocol} for s in (20, 40)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines + evals[1:]))
+    (run / "eval" / "records.jsonl").write_text(json.dumps(evals[0]) + "\n")
+    from PIL import Image
+
+    Image.fromarray(np.zeros((32, 64, 3), np.uint8)).save(run / "eval" / "grids" / "step-00000040.png")
+    return run
+
+
+def test_report_draws_one_panel_per_term_against_images_and_the_evaluation_curves(tmp_path):
+    from vfmvae.report import _eval_records, _records, _x_axis, build_report, panel_scale
+
+    run = _tokenizer_run(tmp_path)
+    page = build_report(run)
+    text = page.read_text()
+    assert "plots/tok-run-losses.png" in text and "plots/tok-run-eval.png" in text
+    assert "eval/grids/step-00000040.png" in text and "RANDOM-INIT" in text
+    assert (page.parent / "plots" / "tok-run-eval.png").stat().st_size > 5000
+    # both evaluation points, from the evaluator's log and from metrics.jsonl
+    assert [r["step"] for r in _eval_records(run, _records(run))] == [20, 40]
+    # the KL falls over decades (log panel); the others stay linear on their own scale
+    assert panel_scale([600.0 / s for s in range(1, 41)]) == "log"
+    assert panel_scale([0.2 - 0.001 * s for s in range(1, 41)]) == "linear"
+    assert panel_scale([-0.1, 0.3]) == "linear"
+    # x is images: from the records, or step x batch size for diffusion logs written before records had images
+    assert _x_axis([{"step": 3, "images": 24}], {})[0] == "images"
+    label, x_of = _x_axis([{"step": 3}], {"run": {"batch_size": 32}})
+    assert label.startswith("images") and x_of({"step": 3}) == 96
+    assert _x_axis([{"step": 3}], {"run": {}})[0] == "step"
+
+
+def test_report_with_evaluation_renders_in_chromium(tmp_path):
+    pytest.importorskip("playwright")
+    from vfmvae.report import build_report
+    from vfmvae.report_check import check_page, find_chromium
+
+    if find_chromium() is None:
+        pytest.skip("no Chromium found")
+    result = check_page(build_report(_tokenizer_run(tmp_path)))
+    assert result.ok, result.problems()
+    assert result.images >= 3  # loss panels, evaluation panels, evaluation grid

@@ -1,7 +1,8 @@
 """`vfmvae report RUN_DIR`: one HTML page for a tokenizer run, a diffusion run or a whole demo folder.
 
 The page is built from what runs leave behind, never from memory: `metrics.jsonl` (loss curves, drawn as PNG
-plots), `config.yaml`, snapshot and sample grids, `recon-*.json` (reconstruction metrics), `samples/settings.json`,
+plots: one small panel per term, x in images), `eval/records.jsonl` (evaluation while training, as curves beside
+them), `config.yaml`, snapshot and sample grids, `recon-*.json` (reconstruction metrics), `samples/settings.json`,
 `align_report/se_cknna.json`, and `commands.json` (the commands that produced the folder, with their full-scale
 counterparts, written by the demo). Images are linked by relative paths, so the folder can be copied as a whole.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from typing import Any
 from vfmvae.checkpoint.atomic import atomic_write_text
 from vfmvae.config import read_yaml
 
-__all__ = ["build_report", "find_runs"]
+__all__ = ["build_report", "find_runs", "panel_scale"]
 
 
 def find_runs(root: Path) -> list[Path]:
@@ -45,28 +47,112 @@ def _records(run: Path) -> list[dict[str, Any]]:
     return out
 
 
-def _plot_losses(records: list[dict[str, Any]], path: Path, title: str) -> Path | None:
-    keys = sorted({k for r in records for k, v in r.items() if k.startswith("loss") and isinstance(v, (int, float))})
-    if not records or not keys:
+def _x_axis(records: list[dict[str, Any]], config: dict[str, Any]) -> tuple[str, Any]:
+    """Images seen for both trainers: the records' "images", else step x the run's batch size (diffusion logs
+    written before records carried images), else the step."""
+    batch = (config.get("run") or {}).get("batch_size") if isinstance(config, dict) else None
+    if records and all(isinstance(r.get("images"), (int, float)) for r in records):
+        return "images", lambda r: r["images"]
+    if isinstance(batch, int) and batch > 0:
+        return "images (step x batch size)", lambda r: r["images"] if isinstance(r.get("images"), (int, float)) \
+            else r["step"] * batch
+    return "step", lambda r: r["step"]
+
+
+def _series(records: list[dict[str, Any]], keys: list[str], x_of) -> dict[str, list[tuple[float, float]]]:
+    out = {}
+    for key in keys:
+        points = [(x_of(r), r[key]) for r in records if isinstance(r.get(key), (int, float)) and "step" in r
+                  and math.isfinite(r[key])]
+        if points:
+            out[key] = points
+    return out
+
+
+def panel_scale(values: list[float]) -> str:
+    """"log" for a positive term that spans more than 1.5 decades (a loss falling from 600 to 2), else "linear"."""
+    return "log" if values and min(values) > 0 and max(values) / min(values) > 10**1.5 else "linear"
+
+
+def _plot_panels(series: dict[str, list[tuple[float, float]]], path: Path, title: str, xlabel: str,
+                 note: str = "") -> Path | None:
+    """One small panel per term, each with its own y scale (log where the term is positive and spans more than
+    1.5 decades), so that a large term (the tokenizer's KL, ~600) does not flatten the others to a line."""
+    if not series:
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 3.4))
-    for key in keys:
-        points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
-        ax.plot([p[0] for p in points], [p[1] for p in points], label=key)
-    ax.set_xlabel("step")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    cols = min(3, len(series))
+    rows = -(-len(series) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.3 * rows + 0.5), squeeze=False)
+    for ax, (key, points) in zip(axes.flat, series.items()):
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        ax.plot(xs, ys, marker="o" if len(points) < 12 else None, markersize=3, linewidth=1.2)
+        ax.set_yscale(panel_scale(ys))
+        ax.set_title(f"{key}{' (log)' if ax.get_yscale() == 'log' else ''}: {ys[-1]:.4g}", fontsize=8)
+        ax.tick_params(which="both", labelsize=7)
+        ax.grid(alpha=0.3)
+        ax.set_xlabel(xlabel, fontsize=7)
+    for ax in list(axes.flat)[len(series):]:
+        ax.set_visible(False)
+    fig.suptitle(title + (f"\n{note}" if note else ""), fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _plot_losses(records: list[dict[str, Any]], path: Path, title: str, config: dict[str, Any] | None = None) -> Path | None:
+    keys = sorted({k for r in records for k, v in r.items() if k.startswith("loss") and isinstance(v, (int, float))})
+    xlabel, x_of = _x_axis(records, config or {})
+    return _plot_panels(_series(records, keys, x_of), path, title, xlabel)
+
+
+EVAL_TIMING = ("eval/seconds", "eval/images_per_s")
+
+
+def _eval_records(run: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Evaluation points: RUN/eval/records.jsonl (the evaluator's own log), plus eval/ keys found in metrics.jsonl
+    at steps that file does not hold; one record per step, in step order."""
+    from vfmvae.evaluation.online import read_eval_records
+
+    by_step = {r["step"]: r for r in records if "step" in r and any(k.startswith("eval/") for k in r)}
+    by_step.update({r["step"]: r for r in read_eval_records(run)})
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def _eval_section(run: Path, page: Path, records: list[dict[str, Any]], config: dict[str, Any]) -> list[str]:
+    evals = _eval_records(run, records)
+    if not evals:
+        return []
+    keys = sorted({k for r in evals for k, v in r.items() if k.startswith("eval/") and k not in EVAL_TIMING
+                   and isinstance(v, (int, float))})
+    xlabel, x_of = _x_axis(evals, config)
+    protocol = evals[-1].get("eval/protocol") or {}
+    weights = " ".join(str(protocol.get(k, "")) for k in ("inception_weights", "lpips_weights"))
+    note = "RANDOM-INIT metric networks: the values show the pipeline, they compare with nothing" \
+        if "RANDOM-INIT" in weights else ""
+    parts = []
+    plot = _plot_panels(_series(evals, keys, x_of), page.parent / "plots" / f"{run.name}-eval.png",
+                        f"evaluation while training ({run.name})", xlabel, note)
+    if plot:
+        parts.append(_img(plot, page, f"evaluation curves of {run.name} (RUN/eval/records.jsonl)"
+                          + (f"; {note}" if note else "")))
+    last = evals[-1]
+    shown = {"step": last["step"], **{k[len("eval/"):]: v for k, v in last.items()
+                                      if k.startswith("eval/") and isinstance(v, (int, float))}}
+    parts.append("<p>Last evaluation (seconds and images/s of the evaluation itself):</p>" + _table([shown], list(shown)))
+    if protocol:
+        parts.append("<details><summary>evaluation protocol</summary><pre>" + html.escape(json.dumps(protocol, indent=1))
+                     + "</pre></details>")
+    grids = sorted((run / "eval" / "grids").glob("*.png"))
+    if grids:
+        parts.append(_img(grids[-1], page, f"{grids[-1].name}: held-out inputs beside EMA reconstructions (evaluation)"))
+    return parts
 
 
 def _rel(path: Path, page: Path) -> str:
@@ -89,13 +175,15 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 def _run_section(run: Path, page: Path) -> str:
     kind, records = _kind(run), _records(run)
+    config = read_yaml((run / "config.yaml").read_text(), str(run / "config.yaml")) or {}
     parts = [f"<h2>{kind} run: {html.escape(str(run))}</h2>"]
-    plot = _plot_losses(records, page.parent / "plots" / f"{run.name}-losses.png", f"{kind} losses ({run.name})")
+    plot = _plot_losses(records, page.parent / "plots" / f"{run.name}-losses.png", f"{kind} losses ({run.name})", config)
     if plot:
-        parts.append(_img(plot, page, f"loss curves of {run.name} (from metrics.jsonl)"))
+        parts.append(_img(plot, page, f"loss curves of {run.name} (from metrics.jsonl), one panel per term"))
+    parts += _eval_section(run, page, records, config)
     if records:
-        last = records[-1]
-        shown = {k: v for k, v in last.items() if isinstance(v, (int, float))}
+        last = next((r for r in reversed(records) if any(k.startswith("loss") for k in r)), records[-1])
+        shown = {k: v for k, v in last.items() if isinstance(v, (int, float)) and not k.startswith("eval/")}
         parts.append("<p>Last logged record:</p>" + _table([shown], list(shown)))
     grids = sorted((run / ("snapshots" if kind == "tokenizer" else "samples")).glob("*.png"))
     if grids:

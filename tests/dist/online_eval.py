@@ -41,6 +41,22 @@ class StubLPIPS(nn.Module):
         return (a.float() - b.float()).abs().mean(dim=(1, 2, 3)) / 255
 
 
+def small_tokenizer():
+    """A VFMVAE of the real architecture at 32 px around a 2-layer random ViT (4x2x2 latents): seconds per batch."""
+    from vfmvae.tokenizer import VFMVAE
+    from vfmvae.tokenizer.model import VFMVAEConfig
+
+    vit = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=16,
+               image_size=64)
+    cfg = VFMVAEConfig(vfm_name="custom", vfm_arch=vit, layers=(0, -1), layer_dims=(32, 32), proj_dims=(8, 8),
+                       image_size=32, z_dim=4, w_dim=32, num_blocks=3, inject_blocks=(0, 1, 2), inject_dims=(16, 16, 16),
+                       attn_blocks=(0,), attn_depths=(1,), attn_heads=2, channel_base=4096, channel_max=32,
+                       extra_convnext=False, legacy_noise=False, decompress_factor=4)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return VFMVAE(cfg).eval()
+
+
 def install_stubs() -> None:
     from vfmvae.evaluation import online
 
@@ -61,15 +77,15 @@ def main() -> None:
     from vfmvae.tokenizer import VFMVAE
 
     dist_utils.init_distributed(device="cpu")
-    tok = VFMVAE.from_pretrained(args.tokenizer)
+    tok = VFMVAE.from_pretrained(args.tokenizer)  # decodes the REG model's 8x4x4 latents
     common = dict(enabled=True, every=1, batch_size=4, inception="random-init:7", seed=3)
-    recon = build_evaluator(EvalConfig(**common, data=str(args.data), num_images=13, lpips="random-init:7", grid=4),
+    recon = build_evaluator(EvalConfig(**common, data=str(args.data), num_images=11, lpips="random-init:7", grid=3),
                             args.run / "tok", kind="tokenizer")
     stats = LatentStats(torch.full((8,), 0.1), torch.full((8,), 2.0))
-    gen = build_evaluator(EvalConfig(**common, ref=str(args.ref), num_samples=11, sampler={"steps": 3}),
+    gen = build_evaluator(EvalConfig(**common, ref=str(args.ref), num_samples=10, sampler={"steps": 3}),
                           args.run / "dit", kind="diffusion", tokenizer=tok, latent_stats=stats, preset="reg-sde")
     dit = DiffusionTransformer.from_pretrained(args.dit)
-    records = [recon.maybe_run(model=tok, step=1, images=8), gen.maybe_run(model=dit, step=1, images=8)]
+    records = [recon.maybe_run(model=small_tokenizer(), step=1, images=8), gen.maybe_run(model=dit, step=1, images=8)]
     if dist_utils.is_main_process():
         args.out.write_text(json.dumps(records))
     dist_utils.destroy_distributed()

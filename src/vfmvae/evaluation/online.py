@@ -260,7 +260,6 @@ class ReconstructionTask:
         self._share: tuple[torch.Tensor, int] | None = None  # (this rank's uint8 images, total)
         self._reference: dict[str, np.ndarray] | None = None
         self._nets: dict[str, Any] | None = None
-        self._grid_images: torch.Tensor | None = None
 
     def warning(self) -> str | None:
         return (f"online evaluation: {' and '.join(self.skipped)} skipped: give the weight files in the recipe's "
@@ -312,11 +311,12 @@ class ReconstructionTask:
         nets = self._nets_loaded()
         inception, lpips = nets.get("inception"), nets.get("lpips")
         bs = self.cfg.batch_size
-        per_image, pool, logits = [], [], []
+        per_image, pool, logits, grid = [], [], [], []
         for start in range(0, len(mine), bs):
             idx = mine[start : start + bs]
             real = images[start : start + bs]
             fake = self._reconstruct(model, real, idx)
+            grid.append(fake[[j for j, i in enumerate(idx) if i < self.cfg.grid]])
             values = [psnr(real, fake), ssim_signed(real, fake)]
             values.append(lpips(real.to(self.device), fake.to(self.device)).double().cpu() if lpips is not None
                           else torch.full((len(idx),), math.nan, dtype=torch.float64))
@@ -341,8 +341,8 @@ class ReconstructionTask:
                 warnings.simplefilter("ignore")  # small sets: singular covariances (noted in the protocol)
                 result["rfid"] = frechet_distance(*gaussian_stats(pool_all), ref["mu"], ref["sigma"])
             result["ris"] = inception_score_torch_fidelity(logits_all)[0]
-        if rank == 0 and self.cfg.grid:
-            self._grid(model, images if world == 1 else None, step)
+        if self.cfg.grid:
+            self._grid(images, torch.cat(grid), min(self.cfg.grid, total), step)
         return result, total
 
     def _reference_stats(self, inception: nn.Module, images: torch.Tensor, total: int) -> dict[str, np.ndarray]:
@@ -369,20 +369,16 @@ class ReconstructionTask:
             write_npz_atomic(path, mu=mu, sigma=sigma)
         return self._reference
 
-    def _grid(self, model: nn.Module, images: torch.Tensor | None, step: int) -> None:
-        """The first `grid` held-out images beside their reconstructions (same seeds as the metrics)."""
+    def _grid(self, images: torch.Tensor, recon: torch.Tensor, n: int, step: int) -> None:
+        """The first `n` held-out images beside their reconstructions (those of the metrics, gathered from the ranks
+        that made them)."""
         from vfmvae.vis import save_grid
 
-        n = min(self.cfg.grid, self._share[1])
-        if images is None:  # several ranks: the first images are spread over them, so rank 0 reads them once
-            if self._grid_images is None:
-                self._grid_images = load_held_out(self.cfg.data, n, model.config.image_size, self.cfg.crop,
-                                                  rank=0, world=1)[0]
-            images = self._grid_images
-        real = images[:n]
-        fake = self._reconstruct(model, real, list(range(len(real))))
-        pairs = torch.stack([t for pair in zip(real, fake) for t in pair]).float() / 255.0
-        save_grid(pairs, self.eval_dir / "grids" / f"step-{step:08d}.png", nrow=min(8, len(pairs)))
+        mine = len(range(dist_utils.rank(), n, dist_utils.world_size()))  # indices below n are this rank's first
+        real, fake = gather_rows(images[:mine], n), gather_rows(recon[:mine], n)
+        if dist_utils.is_main_process():
+            pairs = torch.stack([t for pair in zip(real, fake) for t in pair]).float() / 255.0
+            save_grid(pairs, self.eval_dir / "grids" / f"step-{step:08d}.png", nrow=min(8, len(pairs)))
 
     def protocol(self) -> dict[str, Any]:
         nets = self._nets["provenance"] if self._nets else {}

@@ -78,9 +78,9 @@ def _run(cmd):
 def test_two_processes_give_the_metrics_of_one(tmp_path, official):
     args = ["--tokenizer", str(official["tok"]), "--dit", str(official["dit"]), "--data", str(official["data"]),
             "--ref", str(official["ref"])]
-    _run([sys.executable, str(SCRIPT), *args, "--run", str(tmp_path / "one"), "--out", str(tmp_path / "one.json")])
+    _run([sys.executable, str(SCRIPT), *args, "--root", str(tmp_path / "one"), "--out", str(tmp_path / "one.json")])
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(SCRIPT), *args,
-          "--run", str(tmp_path / "two"), "--out", str(tmp_path / "two.json")])
+          "--root", str(tmp_path / "two"), "--out", str(tmp_path / "two.json")])
     one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     for a, b in zip(one, two):
         assert set(_metrics(a)) == set(_metrics(b))

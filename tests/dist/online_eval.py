@@ -1,6 +1,6 @@
 """Online evaluation of a tiny tokenizer and a tiny REG model, as one process or under torchrun.
 
-    python online_eval.py --tokenizer TOK --dit DIT --data DIR --ref REF.npz --run RUN --out metrics.json
+    python online_eval.py --tokenizer TOK --dit DIT --data DIR --ref REF.npz --root RUN --out metrics.json
     torchrun --nproc-per-node=2 online_eval.py ...
 
 Inception and LPIPS are replaced by the small stand-ins below (the real networks take seconds per image on a
@@ -66,7 +66,7 @@ def install_stubs() -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    for name in ("tokenizer", "dit", "data", "ref", "run", "out"):
+    for name in ("tokenizer", "dit", "data", "ref", "root", "out"):
         p.add_argument(f"--{name}", type=Path, required=True)
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -80,10 +80,10 @@ def main() -> None:
     tok = VFMVAE.from_pretrained(args.tokenizer)  # decodes the REG model's 8x4x4 latents
     common = dict(enabled=True, every=1, batch_size=4, inception="random-init:7", seed=3)
     recon = build_evaluator(EvalConfig(**common, data=str(args.data), num_images=11, lpips="random-init:7", grid=3),
-                            args.run / "tok", kind="tokenizer")
+                            args.root / "tok", kind="tokenizer")
     stats = LatentStats(torch.full((8,), 0.1), torch.full((8,), 2.0))
     gen = build_evaluator(EvalConfig(**common, ref=str(args.ref), num_samples=10, sampler={"steps": 3}),
-                          args.run / "dit", kind="diffusion", tokenizer=tok, latent_stats=stats, preset="reg-sde")
+                          args.root / "dit", kind="diffusion", tokenizer=tok, latent_stats=stats, preset="reg-sde")
     dit = DiffusionTransformer.from_pretrained(args.dit)
     records = [recon.maybe_run(model=small_tokenizer(), step=1, images=8), gen.maybe_run(model=dit, step=1, images=8)]
     if dist_utils.is_main_process():

@@ -237,6 +237,11 @@ def _inception_features(net: nn.Module, images: torch.Tensor, batch_size: int, d
     return {k: torch.cat(v) if v else torch.zeros(0) for k, v in out.items()}
 
 
+def _cat_rows(parts: list[torch.Tensor], width: int) -> torch.Tensor:
+    """The rows of `parts`, or an empty (0, width) block on a rank without images."""
+    return torch.cat(parts) if parts else torch.zeros(0, width)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # the two tasks
 
@@ -334,15 +339,15 @@ class ReconstructionTask:
             "rfid": None, "ris": None,
         }
         if inception is not None:
-            pool_all = gather_rows(torch.cat(pool), total).numpy()
-            logits_all = gather_rows(torch.cat(logits), total).numpy()
+            pool_all = gather_rows(_cat_rows(pool, 2048), total).numpy()
+            logits_all = gather_rows(_cat_rows(logits, 1008), total).numpy()
             ref = self._reference_stats(inception, images, total)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # small sets: singular covariances (noted in the protocol)
                 result["rfid"] = frechet_distance(*gaussian_stats(pool_all), ref["mu"], ref["sigma"])
             result["ris"] = inception_score_torch_fidelity(logits_all)[0]
         if self.cfg.grid:
-            self._grid(images, torch.cat(grid), min(self.cfg.grid, total), step)
+            self._grid(images, torch.cat(grid) if grid else images[:0], min(self.cfg.grid, total), step)
         return result, total
 
     def _reference_stats(self, inception: nn.Module, images: torch.Tensor, total: int) -> dict[str, np.ndarray]:
@@ -428,7 +433,8 @@ def load_held_out(source: str, num: int, resolution: int, crop: str, *, rank: in
             if total % world == rank:
                 images.append(item["image"])
             total += 1
-    return torch.stack(images), total
+    empty = torch.zeros((0, 3, resolution, resolution), dtype=torch.uint8)  # more ranks than images
+    return (torch.stack(images) if images else empty), total
 
 
 class GenerationTask:
@@ -497,7 +503,8 @@ class GenerationTask:
                 feats[k].append(v)
         for m, mode in tokenizer_modes:
             m.training = mode
-        every = {k: gather_rows(torch.cat(v), n).numpy() for k, v in feats.items()}
+        widths = {"pool": 2048, "spatial": 2023, "logits": 1008}
+        every = {k: gather_rows(_cat_rows(v, widths[k]), n).numpy() for k, v in feats.items()}
         ref = self._reference_stats(net)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # small sample counts: singular covariances (noted in the protocol)
@@ -544,10 +551,10 @@ class GenerationTask:
                     x = torch.from_numpy(np.ascontiguousarray(batch[rows])).permute(0, 3, 1, 2)
                     for k, v in _inception_features(net, x, self.cfg.batch_size, self.device, tuple(mine)).items():
                         mine[k].append(v)
-            pool = gather_rows(torch.cat(mine["pool"]), total).numpy()
+            pool = gather_rows(_cat_rows(mine["pool"], 2048), total).numpy()
             ref["pool"] = pool
             if "mu" not in ref:  # no stored statistics: from the images, as `vfmvae eval gen`
-                spatial = gather_rows(torch.cat(mine["spatial"]), total).numpy()
+                spatial = gather_rows(_cat_rows(mine["spatial"], 2023), total).numpy()
                 (ref["mu"], ref["sigma"]), (ref["mu_s"], ref["sigma_s"]) = gaussian_stats(pool), gaussian_stats(spatial)
         elif "mu" not in ref:
             raise ValueError(f"eval.ref {ref_path}: neither statistics (mu, sigma, mu_s, sigma_s) nor images (arr_0)")

@@ -189,6 +189,14 @@ def test_old_spellings_work_with_a_one_line_note_and_are_hidden(argv, old, new, 
     assert new in parser.format_help()
 
 
+def test_a_flag_that_became_the_default_is_accepted_with_a_note(capsys):
+    args = build_parser().parse_args(["reconstruct", "--tokenizer", "T", "--data", "D", "--out", "O", "--sample"])
+    assert args.mode is False and not hasattr(args, "sample")
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--sample is deprecated" in err and "posterior sample is the default" in err
+    assert "--sample" not in dict(_parsers())[("reconstruct",)].format_help()
+
+
 def test_old_spelling_of_a_required_option_is_not_named_in_the_missing_message(capsys):
     with pytest.raises(SystemExit):
         main(["sample", "--diffusion", "d", "--out", "o"])

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["CLIParser", "CLIHelpFormatter", "add_option", "VERBOSE_HELP"]
+__all__ = ["CLIParser", "CLIHelpFormatter", "DeprecatedFlag", "add_option", "VERBOSE_HELP"]
 
 VERBOSE_HELP = ("debug logging from vfmvae (third-party libraries such as PIL stay at INFO) and full tracebacks "
                 "instead of one-line errors; accepted before or after the command (default: off)")
@@ -142,6 +142,20 @@ class _DeprecatedAliasStore(argparse._StoreAction):
             print(f"{parser.prog}: {option_string} is deprecated and will be removed in the next release; "
                   f"write {new}", file=sys.stderr)
         super().__call__(parser, namespace, values, option_string)
+
+
+class DeprecatedFlag(argparse.Action):
+    """A flag that no longer does anything (its behaviour became the default): accepted for one release, with a note.
+
+    `parser.add_argument("--sample", action=DeprecatedFlag, note="sampling is the default")`"""
+
+    def __init__(self, option_strings: list[str], dest: str, note: str = "", **kwargs: Any) -> None:
+        super().__init__(option_strings, argparse.SUPPRESS, nargs=0, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        self.note = note
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog}: {option_string} is deprecated and will be removed in the next release; {self.note}",
+              file=sys.stderr)
 
 
 def add_option(parser: argparse.ArgumentParser, *names: str, deprecated: Sequence[str] = (),

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from vfmvae.cli.common import positive_int
-from vfmvae.cli.parser import add_option
+from vfmvae.cli.parser import DeprecatedFlag, add_option
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     r.add_argument("--mode", action="store_true", help="decode the posterior mean instead of a posterior sample "
                    "(default: off, i.e. sample z, as the official tools/reconstruct/reconstruct.py)")
-    r.add_argument("--sample", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
+    r.add_argument("--sample", action=DeprecatedFlag, note="decoding a posterior sample is the default; drop the flag")
     r.add_argument("--seed", type=int, default=0, help="seed of the posterior samples")
     r.add_argument("--crop", choices=("resize_center", "adm_center"), default="resize_center",
                    help="resize_center = torchvision Resize + CenterCrop as the official reconstruct.py, "

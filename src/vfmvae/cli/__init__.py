@@ -29,8 +29,8 @@ from vfmvae.distributed import parse_device
 __all__ = ["main", "build_parser"]
 
 # Order of appearance in `vfmvae --help`. Only commands that work are listed.
-COMMAND_GROUPS = (data_cmd, vfm_cmd, convert_cmd, reconstruct_cmd, train_cmd, cache_latents_cmd, diffusion_cmd, sample_cmd,
-                  eval_cmd, align_cmd, report_cmd, export_cmd, info_cmd)
+COMMAND_GROUPS = (data_cmd, vfm_cmd, convert_cmd, reconstruct_cmd, train_cmd, cache_latents_cmd, diffusion_cmd,
+                  sample_cmd, eval_cmd, align_cmd, report_cmd, export_cmd, info_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

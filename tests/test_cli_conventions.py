@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import re
 import shlex
 import subprocess
@@ -142,7 +143,7 @@ def test_verbose_does_not_flood_the_terminal_with_pil_debug_lines(tmp_path):
         Image.new("RGB", (20, 20), (i * 100, 0, 0)).save(tmp_path / "images" / "a" / f"{i}.png")
     proc = subprocess.run([sys.executable, "-m", "vfmvae", "data", "inspect", "--data", str(tmp_path / "images"),
                            "--resolution", "16", "-v"], capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT / "src")})
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     assert proc.returncode == 0, proc.stderr
     assert "2 images" in proc.stdout
     assert "PIL" not in proc.stderr and "STREAM" not in proc.stderr, proc.stderr

@@ -254,7 +254,7 @@ def run_rows(out: Path, dry: bool, timeout: float = 600) -> list[dict]:
     def eval_gen():
         start = time.perf_counter()
         ref, result = out / "ref.npz", out / "gen.json"
-        _run([sys.executable, "-m", "vfmvae", "eval", "ref-stats", "--images", str(images), "--out", str(ref),
+        _run([sys.executable, "-m", "vfmvae", "eval", "ref-stats", "--data", str(images), "--out", str(ref),
               "--inception", str(weights["inception"]), "--device", device], out / "ref-stats.log", timeout)
         _run([sys.executable, "-m", "vfmvae", "eval", "gen", "--samples", str(out / "samples" / "samples.npz"),
               "--ref", str(ref), "--inception", str(weights["inception"]), "--json", str(result), "--device", device],

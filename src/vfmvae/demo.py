@@ -98,13 +98,13 @@ def run(out: Path, tokenizer_steps: int = 300, diffusion_steps: int = 400) -> No
           ["sample", "--diffusion", str(diffusion / "export"), "--num-samples", "64", "--out", str(samples),
            "--steps", "25", "--cfg", "2", "--batch-size", "32", "--classes", "balanced"], FULL["sample"])
     _step("12. the semantic-equivariant image set for SE-CKNNA",
-          ["align", "transforms", "--images", str(heldout / "images"), "--out", str(out / "align"), "--size", "64"])
+          ["align", "transforms", "--data", str(heldout / "images"), "--out", str(out / "align"), "--size", "64"])
     config = out / "align_report.yaml"
     config.write_text(f"images: {out / 'align'}\nout: {out / 'align_report'}\nreference: vfm:dinov2-test\n"
                       f"models: [vfm:siglip2-test, 'tokenizer:{tokenizer / 'export'}', 'diffusion:{diffusion / 'export'}@1']\n"
                       "transformations: [clean, equivariance, noise_0.100, noise_0.200]\n")
     _step("13. SE-CKNNA of a tiny random SigLIP2, the tokenizer latents and diffusion block 1 against a tiny random DINOv2",
-          ["align", "report", "--config", str(config)])
+          ["align", "report", "--recipe", str(config)])
     (out / "commands.json").write_text(json.dumps(_LOG, indent=2) + "\n")
     _step("14. the HTML report of everything above", ["report", str(out)])
     print(f"\nDemo finished: open {out / 'report' / 'index.html'} (held-out PSNR {psnr['before']:.2f} -> "

@@ -1,7 +1,8 @@
 """Registries by name, after timm's `register_model` / `create_model`.
 
 Each component family (VFM encoders, tokenizers, diffusion models, ...) keeps one `Registry`. An entry
-is a factory taking keyword overrides; every family registers tiny `*-test` variants for the tests.
+is a factory taking keyword overrides. Tiny random-init variants for the tests: VFMs are `*-test` (each stands in
+for a named pretrained checkpoint), diffusion transformers are `*-tiny` (the smallest size of the DiT size ladder).
 """
 
 from __future__ import annotations

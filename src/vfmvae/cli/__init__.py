@@ -1,4 +1,4 @@
-"""The `vfmvae` command: one parser, one module per command group, each a thin call into the library."""
+"""The `vfmvae` command: one parser, one module per command (named after it), each a thin call into the library."""
 
 from __future__ import annotations
 
@@ -10,39 +10,39 @@ import sys
 from collections.abc import Sequence
 
 from vfmvae.cli import align as align_cmd
+from vfmvae.cli import cache_latents as cache_latents_cmd
 from vfmvae.cli import convert as convert_cmd
 from vfmvae.cli import data as data_cmd
 from vfmvae.cli import diffusion as diffusion_cmd
-from vfmvae.cli import evaluate as eval_cmd
+from vfmvae.cli import eval as eval_cmd
 from vfmvae.cli import export as export_cmd
 from vfmvae.cli import info as info_cmd
-from vfmvae.cli import latents as latents_cmd
+from vfmvae.cli import reconstruct as reconstruct_cmd
 from vfmvae.cli import report as report_cmd
 from vfmvae.cli import sample as sample_cmd
-from vfmvae.cli import tokenizer as tokenizer_cmd
 from vfmvae.cli import train as train_cmd
 from vfmvae.cli import vfm as vfm_cmd
+from vfmvae.cli.parser import CLIParser
 from vfmvae.config import ConfigError
 from vfmvae.distributed import parse_device
 
 __all__ = ["main", "build_parser"]
 
 # Order of appearance in `vfmvae --help`. Only commands that work are listed.
-COMMAND_GROUPS = (data_cmd, vfm_cmd, convert_cmd, tokenizer_cmd, train_cmd, latents_cmd, diffusion_cmd, sample_cmd, eval_cmd,
-                  align_cmd, report_cmd, export_cmd, info_cmd)
+COMMAND_GROUPS = (data_cmd, vfm_cmd, convert_cmd, reconstruct_cmd, train_cmd, cache_latents_cmd, diffusion_cmd,
+                  sample_cmd, eval_cmd, align_cmd, report_cmd, export_cmd, info_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from vfmvae import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = CLIParser(
         prog="vfmvae",
         description="VFM-VAE tokenizers and latent diffusion: data, training, sampling, evaluation, analysis.",
         epilog="Run `vfmvae COMMAND --help` for each command's options. Under torchrun: "
         "`torchrun --nproc-per-node=N -m vfmvae COMMAND ...`.",
     )
     parser.add_argument("--version", action="version", version=f"vfmvae {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for group in COMMAND_GROUPS:
         group.register(sub)
@@ -52,11 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    args.verbose = getattr(args, "verbose", False)  # `-v` may come before or after the command, or not at all
+    configure_logging(args.verbose)
     try:
         if getattr(args, "device", None):
             parse_device(args.device)  # before any expensive work: `--device cuda` on a CPU machine is one line
@@ -79,6 +76,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"vfmvae {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
+
+
+def configure_logging(verbose: bool) -> None:
+    """INFO for everything; with -v, DEBUG for vfmvae only (PIL, urllib3, ... at DEBUG would flood the terminal)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    logging.getLogger("vfmvae").setLevel(logging.DEBUG if verbose else logging.NOTSET)
 
 
 # OS errors that a user fixes (a path, a disk, a permission), reported in one line instead of a traceback.

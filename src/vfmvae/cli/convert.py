@@ -19,6 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "frozen VFM as a local transformers folder, a registry name or a hub id (the VFM weights inside the "
         "checkpoint are used when present).",
     )
+    # --config, not --recipe: this is the official repository's training config, not a vfmvae recipe
     t.add_argument("--config", type=Path, required=True, help="official training config (YAML with G_kwargs)")
     t.add_argument("--weights", type=Path, required=True, help="official checkpoint (.pth or .safetensors)")
     t.add_argument("--vfm", required=True, help="VFM folder, registry name (`vfmvae vfm list`) or hub id")
@@ -38,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         d.add_argument("--arch", required=True, help=f"registry name, e.g. {'lightningdit-xl/1' if family == 'lightningdit' else 'reg-sit-xl/1'}")
         d.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="DiTConfig override, e.g. --set num_classes=1000 (repeatable)")
-        d.add_argument("--which", choices=("ema", "model"), default="ema", help="weights inside a training checkpoint")
+        d.add_argument("--which", choices=("ema", "model"), default="ema", help="weights inside a training checkpoint: "
+                       "the EMA or the raw model")
         d.add_argument("--out", type=Path, required=True, help="output model folder")
         d.set_defaults(func=run_diffusion, family=family)
 

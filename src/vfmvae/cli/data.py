@@ -20,13 +20,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "is visible): OUT/images/<class>/*.png, optionally OUT/shards/*.tar (WebDataset layout), OUT/dataset.json "
         "and OUT/preview.png with one row per class. The same arguments always give identical files.",
     )
-    s.add_argument("--out", type=Path, help="output folder (required unless the recipe sets it)")
-    s.add_argument("--num", type=positive_int, help="number of images (default 512)")
-    s.add_argument("--classes", type=int, help="number of classes (default 8, at most 128)")
-    s.add_argument("--size", type=int, help="image side in pixels (default 64)")
-    s.add_argument("--seed", type=int, help="seed (default 0)")
-    s.add_argument("--shards", action="store_true", default=None, help="also write WebDataset tar shards")
-    s.add_argument("--shard-size", type=int, help="images per shard (default 128)")
+    s.add_argument("--out", type=Path, help="output folder (required unless the recipe sets it; default: none)")
+    s.add_argument("--num", type=positive_int, help="number of images (default: 512, or the recipe's)")
+    s.add_argument("--classes", type=int, help="number of classes, at most 128 (default: 8, or the recipe's)")
+    s.add_argument("--size", type=int, help="image side in pixels (default: 64, or the recipe's)")
+    s.add_argument("--seed", type=int, help="seed (default: 0, or the recipe's)")
+    s.add_argument("--shards", action="store_true", default=None,
+                   help="also write WebDataset tar shards (default: off, or the recipe's)")
+    s.add_argument("--shard-size", type=int, help="images per tar shard (default: 128, or the recipe's)")
     add_recipe_args(s, "synthetic set")
     s.set_defaults(func=run_synthetic)
 
@@ -36,11 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "and skipped files per reason (corrupt, truncated, zero-byte, non-image, too small, too large), and "
         "write a preview grid.",
     )
-    i.add_argument("--data", type=Path, help="image folder, folder of .tar shards, or one .tar")
-    i.add_argument("--resolution", type=int, help="centre-crop size (default 256)")
-    i.add_argument("--grid", type=Path, help="write a preview grid PNG here (one row per class)")
-    i.add_argument("--per-class", type=int, default=8, help="images per grid row (default 8)")
-    i.add_argument("--json", type=Path, help="write the report as JSON")
+    i.add_argument("--data", type=Path, help="image folder, folder of .tar shards, or one .tar (required unless the "
+                   "recipe sets `source`; default: none)")
+    i.add_argument("--resolution", type=int, help="centre-crop size in pixels (default: 256, or the recipe's)")
+    i.add_argument("--grid", type=Path, help="write a preview grid PNG here, one row per class (default: no grid)")
+    i.add_argument("--per-class", type=int, default=8, help="images per grid row")
+    i.add_argument("--json", type=Path, help="write the report as JSON here (default: not written)")
     add_recipe_args(i, "data config (vfmvae.DataConfig)")
     i.set_defaults(func=run_inspect)
 

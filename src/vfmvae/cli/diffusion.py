@@ -12,7 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls = dsub.add_parser("list", help="names, sizes and block flavour",
                          description="List the registered architectures (use a name as `model.arch` in a recipe or "
                          "`--arch` of `vfmvae convert`). Sizes are for 16x16x32 latents unless overridden.")
-    ls.add_argument("--all", action="store_true", help="include the tiny test variants")
+    ls.add_argument("--all", action="store_true", help="include the tiny random `*-tiny` variants used by the tests")
     ls.set_defaults(func=run_list)
 
 

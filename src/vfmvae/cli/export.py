@@ -16,11 +16,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "`import vfmvae.diffusers; DiffusionPipeline.from_pretrained(OUT)` loads; the latent statistics go into the "
         "vae config. With --tokenizer alone: a VFMVAEAutoencoder folder (config.json + "
         "diffusion_pytorch_model.safetensors). Needs `pip install \"vfmvae[diffusers]\"`.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    d.add_argument("--diffusion", type=Path, default=None, help="DiffusionTransformer folder (a training export)")
+    d.add_argument("--diffusion", type=Path, default=None,
+                   help="DiffusionTransformer folder (a training export); default: none, export --tokenizer alone")
     d.add_argument("--tokenizer", type=Path, default=None,
-                   help="tokenizer folder (with --diffusion: default the one named in its latent_stats.json)")
+                   help="tokenizer folder (default with --diffusion: the one named in its latent_stats.json)")
     d.add_argument("--latent-stats", type=Path, default=None,
                    help="latent mean/std file (default with --diffusion: DIFFUSION/latent_stats.json)")
     d.add_argument("--out", type=Path, required=True, help="output folder (must not exist)")

@@ -12,7 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "and sample grids, metric tables, SE-CKNNA, and the commands (with full-scale counterparts) when "
                        "the folder records them (commands.json, written by the demo).")
     r.add_argument("run_dir", type=Path, help="a training run folder, or a folder holding several (e.g. runs/demo)")
-    r.add_argument("--out", type=Path, default=None, help="HTML file (default RUN_DIR/report/index.html)")
+    r.add_argument("--out", type=Path, default=None, help="HTML file (default: RUN_DIR/report/index.html)")
     r.set_defaults(func=run)
 
 

@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from vfmvae.cli.common import positive_int
+from vfmvae.cli.parser import add_option
 from vfmvae.sampling.presets import PRESETS
 
 PRESET_NAMES = tuple(PRESETS)
@@ -48,17 +49,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(torchvision to_pil_image: uint8 = trunc(255 x)). "
         "Multi-GPU: torchrun --nproc-per-node=8 -m vfmvae sample --num-samples 50000 ...",
     )
-    s.add_argument("--diffusion", type=Path, required=True, help="DiffusionTransformer folder (a training export)")
+    s.add_argument("--diffusion", type=Path, required=True,
+                   help="DiffusionTransformer folder (a training export) or Hub id")
     s.add_argument("--tokenizer", type=Path, default=None, help="tokenizer folder (default: the one named in latent_stats.json)")
     s.add_argument("--latent-stats", type=Path, default=None,
                    help="latent mean/std (default: DIFFUSION/latent_stats.json; also cache.json or official latents_stats.pt)")
-    s.add_argument("--num-samples", "--num", dest="num", type=positive_int, required=True,
-                   help="number of samples (under torchrun write --num-samples: torchrun reads --num as its --numa-binding)")
+    # --num: the old spelling, which torchrun itself takes as its --numa-binding
+    add_option(s, "--num-samples", deprecated=("--num",), dest="num", type=positive_int, required=True, metavar="N",
+               help="number of samples, over all processes")
     s.add_argument("--out", type=Path, required=True, help="output folder")
     s.add_argument("--preset", choices=("none", *PRESET_NAMES), default=None,
                    help="official sampler settings (default: the model's recorded preset, else none)")
-    s.add_argument("--sampler", choices=("euler", "heun", "sde"), default=None, help="default: the preset's (euler)")
-    s.add_argument("--steps", type=int, default=None, help="default: the preset's (50)")
+    s.add_argument("--sampler", choices=("euler", "heun", "sde"), default=None,
+                   help="ODE (euler, heun) or SDE (Euler-Maruyama) solver (default: the preset's, euler for none)")
+    s.add_argument("--steps", type=int, default=None, help="sampler steps (default: the preset's, 50 for none)")
     s.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (1 = none; default: the preset's)")
     s.add_argument("--interval", type=_interval, default=None,
                    help="guide while LOW <= t <= HIGH (default: the preset's, else 0,1)")
@@ -69,9 +73,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "else --cfg)")
     s.add_argument("--shift", type=float, default=None, help="ODE time-grid shift (>1 spends more steps near noise; "
                    "default: the preset's, else 1)")
-    s.add_argument("--classes", default="random", help="random (default, seeded, uniform), balanced, or a list like 1,5,9")
-    s.add_argument("--batch-size", type=positive_int, default=16)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--classes", default="random", help="random (seeded, uniform), balanced, or a list like 1,5,9")
+    s.add_argument("--batch-size", type=positive_int, default=16,
+                   help="images per forward pass PER PROCESS (does not change the images)")
+    s.add_argument("--seed", type=int, default=0, help="base seed: sample i uses seed (SEED, i)")
     s.add_argument("--device", default=None, help="default: cuda if available (the local rank's GPU under torchrun)")
     s.set_defaults(func=run)
 

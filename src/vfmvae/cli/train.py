@@ -6,6 +6,13 @@ import argparse
 from pathlib import Path
 
 
+TRAINING_BATCH_SIZES = (
+    "Batch sizes are recipe keys: run.batch_size is the GLOBAL batch of one optimizer step (all processes "
+    "together, in images); run.micro_batch is the PER-PROCESS batch of one forward/backward (default: "
+    "run.batch_size / number of processes; smaller values accumulate gradients). Under torchrun the same recipe "
+    "takes the same optimizer steps on any number of GPUs.")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="train a tokenizer stage or a diffusion transformer",
                        description="Training, as one process (CPU or one GPU) or under torchrun.")
@@ -22,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override a recipe key, e.g. --set run.total_images=1000 (repeatable)")
     k.add_argument("--resume", default="auto",
                    help="auto (default: continue from the newest complete checkpoint of RUN if any), none (start at step 0; refused if RUN holds this run's outputs), fresh (delete RUN's own outputs - checkpoints, metrics, grids, export - and start over), or a checkpoint folder")
+    k.epilog = TRAINING_BATCH_SIZES
     k.set_defaults(func=run_tokenizer)
 
     d = tsub.add_parser(
@@ -37,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override a recipe key, e.g. --set data.cache=runs/latents --set run.total_steps=1000 (repeatable)")
     d.add_argument("--resume", default="auto",
                    help="auto (default: continue from the newest complete checkpoint of RUN if any), none (start at step 0; refused if RUN holds this run's outputs), fresh (delete RUN's own outputs - checkpoints, metrics, grids, export - and start over), or a checkpoint folder")
+    d.epilog = TRAINING_BATCH_SIZES
     d.set_defaults(func=run_diffusion)
 
 

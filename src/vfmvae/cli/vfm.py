@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls = vsub.add_parser("list", help="names, hub ids, patch size, width and layer count",
                          description="List the registered VFMs. Pass a name to `load_vfm(name, path=LOCAL_FOLDER)` "
                          "or a VFMConfig; weights come from the hub id when online or from a local folder.")
-    ls.add_argument("--all", action="store_true", help="include the tiny random *-test variants")
+    ls.add_argument("--all", action="store_true", help="include the tiny random `*-test` variants used by the tests")
     ls.set_defaults(func=run_list)
 
 

@@ -1,4 +1,8 @@
-"""Diffusion transformers by name: `lightningdit-xl/1`, `sit-b/2`, `reg-sit-xl/1`, ..., and tiny test sizes.
+"""Diffusion transformers by name: `lightningdit-xl/1`, `sit-b/2`, `reg-sit-xl/1`, ..., and `*-tiny` test models.
+
+`tiny` is the smallest size of the ladder (2 blocks, 64 wide, patch 1, 8x8x8 latents, 10 classes): random-init,
+CPU-sized models of every family, used by the tests (`vfmvae diffusion list --all`). VFM test models are named
+`*-test` instead, because they stand in for a named pretrained checkpoint rather than a size.
 
 Sizes follow DiT: S (12 blocks, 384 wide, 6 heads), B (12, 768, 12), L (24, 1024, 16), XL (28, 1152, 16).
 Families:
@@ -24,7 +28,9 @@ DIFFUSION_MODELS: Registry[DiTConfig] = Registry("diffusion model")
 
 SIZES = {"s": (12, 384, 6), "b": (12, 768, 12), "l": (24, 1024, 16), "xl": (28, 1152, 16), "tiny": (2, 64, 4)}
 
-FAMILIES: dict[str, dict[str, Any]] = {
+# The DiTConfig fields that make each family (block flavour, time convention, alignment heads); sizes come from SIZES.
+# (Named apart from `vfmvae.vfm`'s family table, which maps VFM families to loaders.)
+FAMILY_CONFIG_FIELDS: dict[str, dict[str, Any]] = {
     "sit": {},
     "lightningdit": dict(norm="rmsnorm", mlp="swiglu", qk_norm="rmsnorm", rope=True, time_convention="data_at_1"),
     "repa-sit": dict(align_depth=8, align_dims=(768,), projector_dim=2048),
@@ -41,7 +47,7 @@ def _register(name: str, base: dict[str, Any]) -> None:
         return replace(DiTConfig(**base), **overrides)
 
 
-for _family, _flags in FAMILIES.items():
+for _family, _flags in FAMILY_CONFIG_FIELDS.items():
     for _size, (_depth, _hidden, _heads) in SIZES.items():
         for _patch in (1, 2) if _size != "tiny" else (1,):
             base = dict(_flags, depth=_depth, hidden_size=_hidden, num_heads=_heads, patch_size=_patch)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from vfmvae.cli.common import positive_int, write_json
+from vfmvae.cli.parser import add_option
 
 _INCEPTION_HELP = ("FID Inception weights: local weights-inception-2015-12-05-6726825d.pth (torch-fidelity's), "
                    "or its URL when online")
@@ -29,10 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     r = esub.add_parser("ref-stats", help="build an ADM-layout reference batch from any image set",
                         description="Write mu/sigma (pool3), mu_s/sigma_s (sFID features) and arr_0 (up to "
                         "--max-images images, used for precision/recall) in the layout of the ADM reference batches.")
-    r.add_argument("--images", type=Path, required=True, help="image folder or .npz (arr_0)")
+    add_option(r, "--data", deprecated=("--images",), type=Path, required=True, help="image folder or .npz (arr_0)")
     r.add_argument("--out", type=Path, required=True, help="output .npz")
     r.add_argument("--inception", required=True, help=_INCEPTION_HELP)
-    r.add_argument("--max-images", type=int, default=10000, help="images kept in arr_0 (default 10000, as ADM)")
+    r.add_argument("--max-images", type=int, default=10000, help="images kept in arr_0 (10000 as ADM)")
     _common(r)
     r.set_defaults(func=run_ref_stats)
 
@@ -41,27 +42,32 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "path), or reconstruct --data with --tokenizer first (written to --out). rFID/rIS need "
                         "--inception and LPIPS needs --lpips (VGG16 weights vgg16-397923af.pth); without them those "
                         "metrics are reported as skipped.")
-    c.add_argument("--reference", type=Path, help="folder of original (centre-cropped) images")
-    c.add_argument("--reconstructions", type=Path, help="folder of reconstructions with the same relative names")
-    c.add_argument("--tokenizer", type=Path, help="tokenizer folder: reconstruct --data first")
-    c.add_argument("--data", type=Path, help="image folder to reconstruct with --tokenizer")
+    c.add_argument("--reference", type=Path, help="folder of original (centre-cropped) images (default: none; "
+                   "with --reconstructions)")
+    c.add_argument("--reconstructions", type=Path, help="folder of reconstructions with the same relative names "
+                   "(default: none; with --reference)")
+    c.add_argument("--tokenizer", type=Path, help="tokenizer folder or Hub id: reconstruct --data first "
+                   "(default: none; instead of --reference/--reconstructions)")
+    c.add_argument("--data", type=Path, help="image folder to reconstruct with --tokenizer (default: none)")
     c.add_argument("--out", type=Path, help="where --tokenizer writes inputs/ and images/ (a new or empty folder; default: a temporary folder, removed after scoring)")
     c.add_argument("--mode", action="store_true", help="with --tokenizer: decode the posterior mean instead of a "
-                   "posterior sample (the official tools/reconstruct/reconstruct.py samples z)")
+                   "posterior sample (default: off; the official tools/reconstruct/reconstruct.py samples z)")
     c.add_argument("--seed", type=int, default=0, help="with --tokenizer: seed of the posterior samples")
     c.add_argument("--crop", choices=("resize_center", "adm_center"), default="resize_center",
                    help="with --tokenizer: how inputs are cut to the tokenizer's size: resize_center = torchvision "
-                   "Resize + CenterCrop as the official reconstruct.py (default), or the ADM centre crop")
-    c.add_argument("--inception", default=None, help=_INCEPTION_HELP + " (optional: rFID, rIS)")
-    c.add_argument("--lpips", default=None, help="VGG16 trunk weights for LPIPS (vgg16-397923af.pth; optional)")
+                   "Resize + CenterCrop as the official reconstruct.py, or the ADM centre crop")
+    c.add_argument("--inception", default=None, help=_INCEPTION_HELP + " (default: none, rFID and rIS skipped)")
+    c.add_argument("--lpips", default=None, help="VGG16 trunk weights for LPIPS (vgg16-397923af.pth; default: none, "
+                   "LPIPS skipped)")
     _common(c)
     c.set_defaults(func=run_recon)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", type=Path, default=None, help="write the results as JSON")
-    p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--device", default=None, help="default: cuda if available")
+    p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here (default: not written)")
+    p.add_argument("--batch-size", type=positive_int, default=64,
+                   help="images per Inception/metric forward pass (one process)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
 
 def _device(args: argparse.Namespace) -> str:
@@ -87,7 +93,7 @@ def run_gen(args: argparse.Namespace) -> int:
 def run_ref_stats(args: argparse.Namespace) -> int:
     from vfmvae.evaluation import build_reference
 
-    info = build_reference(args.images, args.out, args.inception, device=_device(args), batch_size=args.batch_size,
+    info = build_reference(args.data, args.out, args.inception, device=_device(args), batch_size=args.batch_size,
                            max_images=args.max_images)
     print(f"wrote {args.out}: statistics of {info['num_images']} images, {info['num_kept_images']} kept in arr_0")
     write_json(args.json, info)

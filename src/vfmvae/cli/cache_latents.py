@@ -1,4 +1,4 @@
-"""`vfmvae cache-latents`."""
+"""`vfmvae cache-latents`: encode a dataset into a latent cache."""
 
 from __future__ import annotations
 
@@ -16,23 +16,27 @@ def register(sub: argparse._SubParsersAction) -> None:
         "patch features (--vfm-features NAME, for REPA/REG). OUT/cache.json holds the shard list and the per-channel "
         "mean/std that every loader applies. Resumable (re-run the same command); split across torchrun ranks.",
     )
-    c.add_argument("--tokenizer", type=Path, required=True, help="tokenizer folder")
+    c.add_argument("--tokenizer", type=Path, required=True, help="tokenizer folder or Hub id")
     c.add_argument("--data", type=Path, required=True, help="image folder or tar shards")
-    c.add_argument("--out", type=Path, required=True, help="cache folder")
+    c.add_argument("--out", type=Path, required=True, help="cache folder (re-run the same command to resume)")
     c.add_argument("--flip", action="store_true", help="also cache the latents of the flipped images")
-    c.add_argument("--vfm-features", default=None, help="VFM registry name or folder (e.g. dinov2-base) to cache its tokens")
+    c.add_argument("--vfm-features", default=None, help="VFM registry name or folder (e.g. dinov2-base) whose "
+                   "tokens to cache as REPA/REG targets (default: none)")
     c.add_argument("--vfm-resolution", type=int, default=None,
-                   help="feed the VFM at this size (REPA/REG: 224 for DINOv2-B/14 -> 16x16 tokens); default: its registry scale")
+                   help="feed the VFM at this size in pixels (REPA/REG: 224 for DINOv2-B/14 -> 16x16 tokens); "
+                   "default: its registry scale")
     c.add_argument("--sample", action="store_true",
                    help="store one posterior sample per image (and per flip) instead of the mean (LightningDiT's prefetch)")
     c.add_argument("--moments", action="store_true",
                    help="store the posterior mean and std, so that diffusion training draws a fresh sample every step "
                    "(REG's prefetch; recipe key data.posterior_draws)")
-    c.add_argument("--resolution", type=int, default=None, help="default: the tokenizer's training resolution")
-    c.add_argument("--batch-size", type=positive_int, default=32)
-    c.add_argument("--shard-size", type=int, default=1024, help="images per shard")
-    c.add_argument("--workers", type=int, default=2)
-    c.add_argument("--device", default=None)
+    c.add_argument("--resolution", type=int, default=None,
+                   help="image size in pixels (default: the tokenizer's training resolution)")
+    c.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass PER PROCESS")
+    c.add_argument("--shard-size", type=int, default=1024, help="images per cache shard")
+    c.add_argument("--workers", type=int, default=2, help="data-loader worker processes per process")
+    c.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:1 ... (default: cuda if available, the local rank's GPU under torchrun)")
     c.set_defaults(func=run)
 
 

@@ -602,7 +602,7 @@ class OnlineEvaluator:
             self._check_best_folder()
         message = task.warning() if task is not None else None
         if message and dist_utils.is_main_process():
-            warnings.warn(message, stacklevel=2)
+            warnings.warn(message, stacklevel=3)  # at the trainer that builds the evaluator
 
     @property
     def active(self) -> bool:

@@ -209,11 +209,13 @@ def _load_lpips(spec: str, device: torch.device) -> tuple[nn.Module, dict[str, A
     from vfmvae.evaluation.image_metrics import LPIPSMetric, load_lpips
 
     seed = _random_init_seed(spec)
-    if seed is None:
-        return load_lpips(spec, device)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, "lpips"))
-        net = LPIPSMetric(None).to(device)
+    with warnings.catch_warnings():  # torchvision's notes on lpips' `pretrained=` argument, once per run: noise here
+        warnings.filterwarnings("ignore", message=".*(pretrained|weight enum).*", category=UserWarning)
+        if seed is None:
+            return load_lpips(spec, device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(seed, "lpips"))
+            net = LPIPSMetric(None).to(device)
     return net, {"lpips_weights": f"RANDOM-INIT VGG16 trunk (seed {seed}): values compare with nothing",
                  "lpips_sha256": f"random-init-{seed}"}
 

@@ -1,0 +1,79 @@
+"""Compare a regenerated parity folder with the committed one, tensor by tensor.
+
+    python scripts/parity/compare.py NEW_DIR tests/data/lightningdit_reference
+
+For every ``*.safetensors`` file found (recursively) in either folder, prints one line per tensor:
+``file key  dtype shape  max_abs_diff  bitwise``; tensors or files present on one side only are reported as
+such. Exit status 0 when every tensor exists on both sides with equal dtype and shape (whatever the
+differences), 1 otherwise; ``--require-bitwise`` also fails on any value difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+
+def tensor_files(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*.safetensors")}
+
+
+def compare_tensors(a: torch.Tensor, b: torch.Tensor) -> tuple[float, bool]:
+    bitwise = a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+    if a.shape != b.shape:
+        return float("nan"), False
+    if a.is_floating_point() or b.is_floating_point():
+        diff = (a.double() - b.double()).abs()
+        # NaN in the same places counts as equal; elsewhere it is an infinite difference.
+        same_nan = a.isnan() & b.isnan()
+        diff = torch.where(same_nan, torch.zeros_like(diff), diff.nan_to_num(nan=float("inf")))
+    else:
+        diff = (a.long() - b.long()).abs().double()
+    return (diff.max().item() if diff.numel() else 0.0), bitwise
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("new", type=Path, help="regenerated folder")
+    p.add_argument("reference", type=Path, help="committed folder (tests/data/...)")
+    p.add_argument("--require-bitwise", action="store_true", help="exit 1 unless every tensor is bitwise equal")
+    args = p.parse_args()
+    for option, folder in (("new", args.new), ("reference", args.reference)):
+        if not folder.is_dir():
+            raise SystemExit(f"{option} {folder}: not a folder")
+
+    ok, all_bitwise, worst, count = True, True, 0.0, 0
+    new_files, ref_files = tensor_files(args.new), tensor_files(args.reference)
+    for name in sorted(new_files | ref_files):
+        if name not in new_files or name not in ref_files:
+            print(f"{name}: only in {'new' if name in new_files else 'reference'}")
+            ok = False
+            continue
+        new, ref = load_file(args.new / name), load_file(args.reference / name)
+        for key in sorted(new.keys() | ref.keys()):
+            if key not in new or key not in ref:
+                print(f"{name} {key}: only in {'new' if key in new else 'reference'}")
+                ok = False
+                continue
+            a, b = new[key], ref[key]
+            if a.dtype != b.dtype or a.shape != b.shape:
+                print(f"{name} {key}: dtype/shape {a.dtype} {tuple(a.shape)} vs {b.dtype} {tuple(b.shape)}")
+                ok = False
+                continue
+            max_diff, bitwise = compare_tensors(a, b)
+            count += 1
+            worst = max(worst, max_diff)
+            all_bitwise &= bitwise
+            print(f"{name} {key}  {str(a.dtype).removeprefix('torch.')} {tuple(a.shape)}  "
+                  f"max_abs_diff={max_diff:.3e}  bitwise={bitwise}")  # fmt: skip
+    print(f"summary: {count} tensors compared, max_abs_diff={worst:.3e}, all_bitwise={all_bitwise}, "
+          f"structure_ok={ok}")  # fmt: skip
+    return 0 if ok and (all_bitwise or not args.require_bitwise) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -23,7 +23,7 @@ def tensor_files(folder: Path) -> set[str]:
 
 
 def compare_tensors(a: torch.Tensor, b: torch.Tensor) -> tuple[float, bool]:
-    bitwise = a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+    bitwise = a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
     if a.shape != b.shape:
         return float("nan"), False
     if a.is_floating_point() or b.is_floating_point():

@@ -4,13 +4,16 @@
 
 For every ``*.safetensors`` file found (recursively) in either folder, prints one line per tensor:
 ``file key  dtype shape  max_abs_diff  bitwise``; tensors or files present on one side only are reported as
-such. Exit status 0 when every tensor exists on both sides with equal dtype and shape (whatever the
+such. JSON files present on both sides get one line each: their numbers, compared where both documents
+have the same key path (metadata strings are not compared). Exit status 0 when every tensor exists on both sides with equal dtype and shape (whatever the
 differences), 1 otherwise; ``--require-bitwise`` also fails on any value difference.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 from pathlib import Path
 
@@ -34,6 +37,29 @@ def compare_tensors(a: torch.Tensor, b: torch.Tensor) -> tuple[float, bool]:
     else:
         diff = (a.long() - b.long()).abs().double()
     return (diff.max().item() if diff.numel() else 0.0), bitwise
+
+
+def numeric_leaves(value: object, prefix: str = "") -> dict[str, float]:
+    """Flatten the numbers of a JSON document to {"a.b.0": x} (booleans and strings are skipped)."""
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in numeric_leaves(item, f"{prefix}{key}.").items()}
+    if isinstance(value, list):
+        return {k: v for i, item in enumerate(value) for k, v in numeric_leaves(item, f"{prefix}{i}.").items()}
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return {prefix.rstrip("."): float(value)}
+    return {}
+
+
+def compare_json(new: Path, ref: Path) -> str:
+    """One summary line for a JSON file: its numbers are compared where both sides have the same path
+    (metadata such as version strings and call descriptions is not compared)."""
+    a, b = numeric_leaves(json.loads(new.read_text())), numeric_leaves(json.loads(ref.read_text()))
+    shared = sorted(a.keys() & b.keys())
+    diffs = [abs(a[k] - b[k]) if not (math.isnan(a[k]) and math.isnan(b[k])) else 0.0 for k in shared]
+    worst = max(diffs, default=0.0)
+    identical = all(d == 0.0 for d in diffs)
+    return (f"{new.name} (json)  {len(shared)} shared numbers  max_abs_diff={worst:.3e}  identical={identical}  "
+            f"only_in_new={len(a.keys() - b.keys())} only_in_reference={len(b.keys() - a.keys())}")  # fmt: skip
 
 
 def main() -> int:
@@ -70,6 +96,8 @@ def main() -> int:
             all_bitwise &= bitwise
             print(f"{name} {key}  {str(a.dtype).removeprefix('torch.')} {tuple(a.shape)}  "
                   f"max_abs_diff={max_diff:.3e}  bitwise={bitwise}")  # fmt: skip
+    for name in sorted({p.name for p in args.new.glob("*.json")} & {p.name for p in args.reference.glob("*.json")}):
+        print(compare_json(args.new / name, args.reference / name))
     print(f"summary: {count} tensors compared, max_abs_diff={worst:.3e}, all_bitwise={all_bitwise}, "
           f"structure_ok={ok}")  # fmt: skip
     return 0 if ok and (all_bitwise or not args.require_bitwise) else 1

@@ -5,8 +5,9 @@
 For every ``*.safetensors`` file found (recursively) in either folder, prints one line per tensor:
 ``file key  dtype shape  max_abs_diff  bitwise``; tensors or files present on one side only are reported as
 such. JSON files present on both sides get one line each: their numbers, compared where both documents
-have the same key path (metadata strings are not compared). Exit status 0 when every tensor exists on both sides with equal dtype and shape (whatever the
-differences), 1 otherwise; ``--require-bitwise`` also fails on any value difference.
+have the same key path (metadata strings are not compared). Exit status 0 when every tensor exists on both
+sides with equal dtype and shape (whatever the differences), 1 otherwise; ``--require-bitwise`` also fails on
+any value difference.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def tensor_files(folder: Path) -> set[str]:
 
 
 def compare_tensors(a: torch.Tensor, b: torch.Tensor) -> tuple[float, bool]:
-    bitwise = a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
+    same_layout = a.dtype == b.dtype and a.shape == b.shape
+    bitwise = same_layout and torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
     if a.shape != b.shape:
         return float("nan"), False
     if a.is_floating_point() or b.is_floating_point():

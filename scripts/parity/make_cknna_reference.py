@@ -145,7 +145,8 @@ def main() -> None:
             "tools/evaluate_alignment/metrics.py",
             "platonic_rep": "github.com/minyoungg/platonic-rep @ dcd76ba3c950c1b197a2ae8b1c6713535c94ecf9, metrics.py",
         },
-        "versions": {**_common.versions("torch", "numpy"), "device": "cpu", "torch_num_threads": torch.get_num_threads()},
+        "versions": {**_common.versions("torch", "numpy"), "device": "cpu",
+                     "torch_num_threads": torch.get_num_threads()},  # fmt: skip
         "metric_args": "topk=10 for cknna and mutual_knn; cknna(unbiased=True, distance_agnostic=False); "
         "cka(kernel_metric='ip', unbiased=False); unbiased_cka = cka(unbiased=True)",
         "clip_thresholds": thresholds,

@@ -114,7 +114,7 @@ class DrawRecorder:
             setattr(owner, name, original)
 
 
-def transport_losses(transport_pkg: Any, transport_module: Any, model: Any) -> dict[str, Any]:
+def transport_losses(transport_pkg: Any, transport_module: Any, model: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     import numpy as np
     import torch
 

@@ -146,7 +146,12 @@ def loss_record(loss_module: types.ModuleType, model: Any, upstream_loss: types.
         model.train(train)
         recording, dropped = RecordingModel(model), []
         token_drop = model.y_embedder.token_drop
-        model.y_embedder.token_drop = lambda labels, force=None: dropped.append(token_drop(labels, force)) or dropped[-1]
+
+        def recording_token_drop(labels: Any, force_drop_ids: Any = None) -> Any:
+            dropped.append(token_drop(labels, force_drop_ids))
+            return dropped[-1]
+
+        model.y_embedder.token_drop = recording_token_drop
         try:
             torch.manual_seed(seed)
             with torch.no_grad(), DrawRecorder(("rand", "randn_like", "randn")) as draws:
@@ -165,7 +170,8 @@ def loss_record(loss_module: types.ModuleType, model: Any, upstream_loss: types.
         rec.update({
             f"{prefix}.t": draws.draws[0][1], f"{prefix}.noise_x": noise_x, f"{prefix}.noise_cls": noise_cls,
             f"{prefix}.x_t": call["x"], f"{prefix}.cls_t": call["cls"], f"{prefix}.model_t": call["t"],
-            f"{prefix}.model_y": call["y"], f"{prefix}.target_x": noise_x - x, f"{prefix}.target_cls": noise_cls - cls_token,
+            f"{prefix}.model_y": call["y"],
+            f"{prefix}.target_x": noise_x - x, f"{prefix}.target_cls": noise_cls - cls_token,
             f"{prefix}.out.x": out_x, f"{prefix}.out.zs0": out_zs[0], f"{prefix}.out.cls": out_cls,
             f"{prefix}.loss.denoise_per_sample": denoise, f"{prefix}.loss.cls_per_sample": denoise_cls,
             f"{prefix}.loss.proj_per_sample":
@@ -174,19 +180,23 @@ def loss_record(loss_module: types.ModuleType, model: Any, upstream_loss: types.
             f"{prefix}.loss.proj_weighted": proj.mean() * PROJ_COEFF,
             f"{prefix}.loss.cls_weighted": denoise_cls.mean() * CLS_WEIGHT,
         })  # fmt: skip
+        # Summed in the order tools/preprocess_for_reg/train.py uses: loss_mean + proj_loss_mean + loss_mean_cls.
         rec[f"{prefix}.loss.total"] = (
-            rec[f"{prefix}.loss.denoise_mean"] + rec[f"{prefix}.loss.proj_weighted"] + rec[f"{prefix}.loss.cls_weighted"]
+            rec[f"{prefix}.loss.denoise_mean"]
+            + rec[f"{prefix}.loss.proj_weighted"]
+            + rec[f"{prefix}.loss.cls_weighted"]
         )
         if train:
             rec["train.label_drop_rand"] = draws.draws[3][1]
             rec["train.y_effective"] = dropped[0]
+        ours = (denoise, torch.as_tensor(proj), denoise_cls)
+        theirs = (upstream[0], torch.as_tensor(upstream[1]), upstream[4])
         meta[prefix] = {
             "loss_call_seed": seed,
             "draw_order": [f"{name}{tuple(value.shape)}" for name, value in draws.draws],
             "total": rec[f"{prefix}.loss.total"].item(),
-            "upstream_REG_loss_py_identical": all(torch.equal(a, b) for a, b in zip(
-                (denoise, torch.as_tensor(proj), denoise_cls), (upstream[0], torch.as_tensor(upstream[1]), upstream[4]))),
-        }  # fmt: skip
+            "upstream_REG_loss_py_identical": all(torch.equal(a, b) for a, b in zip(ours, theirs)),
+        }
     return rec, meta
 
 
@@ -200,7 +210,8 @@ def sampler_record(reg_samplers: Any, reg_samplers_with_cls: Any, repa_samplers:
     y = torch.tensor([1, 5])
     rec: dict[str, Any] = {"input.z": z, "input.cls_z": cls_z, "input.y": y}
     # Local variables of the samplers, rebuilt with the samplers' own formulas.
-    rec["sde.t_steps"] = torch.cat([torch.linspace(1.0, 0.04, 10, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)])
+    f64 = torch.float64
+    rec["sde.t_steps"] = torch.cat([torch.linspace(1.0, 0.04, 10, dtype=f64), torch.zeros(1, dtype=f64)])
     rec["ode.t_steps"] = torch.linspace(1, 0, 11, dtype=torch.float64)
     meta: dict[str, Any] = {"num_steps": 10}
     for scale in (4.0, 1.0):
@@ -213,8 +224,10 @@ def sampler_record(reg_samplers: Any, reg_samplers_with_cls: Any, repa_samplers:
         torch.manual_seed(7)
         unpatched = reg_samplers.euler_maruyama_sampler(remap_null(model), **kwargs)
         eps = [value for _, value in draws.draws]
-        rec.update({f"{name}.eps_x": torch.stack(eps[0::2]), f"{name}.eps_cls": torch.stack(eps[1::2]),
-                    f"{name}.out.x": out_x, f"{name}.out.x_f32": out_x.to(torch.float32), f"{name}.out.cls": out_cls})  # fmt: skip
+        # Per step the sampler draws the latent noise first, then the class-token noise.
+        rec[f"{name}.eps_x"], rec[f"{name}.eps_cls"] = torch.stack(eps[0::2]), torch.stack(eps[1::2])
+        rec[f"{name}.out.x"], rec[f"{name}.out.cls"] = out_x, out_cls
+        rec[f"{name}.out.x_f32"] = out_x.to(torch.float32)  # what tools/preprocess_for_reg/sample.py keeps
         meta[name] = {"sampler_call_seed": 7, "upstream_unpatched_latent_identical": torch.equal(unpatched, out_x)}
     for scale in (4.0, 1.0):
         name = f"repa_ode_cfg{int(scale)}"
@@ -263,7 +276,8 @@ def main() -> None:
     p.add_argument("--repa", type=Path, required=True, help="checkout of sihyun-yu/REPA at 67f7145")
     args = p.parse_args()
     reg = _common.check_folder(args.official, "samplers.py", "--official")
-    vfm_reg = _common.check_folder(args.vfm_vae, "tools/preprocess_for_reg/sit.py", "--vfm-vae") / "tools/preprocess_for_reg"
+    vfm_vae = _common.check_folder(args.vfm_vae, "tools/preprocess_for_reg/sit.py", "--vfm-vae")
+    vfm_reg = vfm_vae / "tools" / "preprocess_for_reg"
     repa = _common.check_folder(args.repa, "models/sit.py", "--repa")
     out = _common.prepare_out(args.out, OUTPUT_NAMES)
     _common.pin_runtime()
@@ -285,8 +299,8 @@ def main() -> None:
     for variant, extra in REG_VARIANTS.items():
         kwargs = {**BASE_KWARGS, **extra}
         models[variant] = model = build(vfm_sit, kwargs)
-        _common.save_tensors(out / f"{variant}.safetensors",
-                             {f"state.{k}": v for k, v in model.state_dict().items()} | forward_record(model))  # fmt: skip
+        state = {f"state.{k}": v for k, v in model.state_dict().items()}
+        _common.save_tensors(out / f"{variant}.safetensors", state | forward_record(model))
         _common.save_json(out / f"{variant}.json", {
             "reference": "tianciB/VFM-VAE@b3a752a tools/preprocess_for_reg/sit.py, class SiT",
             "constructor_kwargs": kwargs, "state_dict_keys_in_order": list(model.state_dict()), **env})  # fmt: skip

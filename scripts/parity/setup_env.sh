@@ -28,21 +28,22 @@ SOURCES=(
 )
 
 # A bare mirror may lack some large blobs (e.g. VFM-VAE's ImageNet index .pkl files, which no script here
-# reads), so from a mirror we export the files whose blobs are present instead of checking out.
+# reads). From a mirror we therefore check out every file whose blob is present, through a throw-away index
+# (the mirror itself is only read).
 export_from_mirror() {  # git_dir commit dest
-  local git_dir="$1" commit="$2" dest="$3"
+  local git_dir="$1" commit="$2" dest="$3" index
   mkdir -p "$dest"
-  git --git-dir="$git_dir" ls-tree -r "$commit" | awk '$2 == "blob" {print $3}' \
-    | git --git-dir="$git_dir" cat-file --batch-check | awk '$2 == "missing" {print $1}' > "$dest/.missing_blobs"
-  git --git-dir="$git_dir" ls-tree -r -z "$commit" \
-    | python3 -c 'import sys
-missing = set(open(sys.argv[1]).read().split())
-for rec in sys.stdin.buffer.read().split(b"\0"):
-    if rec:
-        meta, path = rec.split(b"\t", 1)
-        if meta.split()[2].decode() not in missing:
-            sys.stdout.buffer.write(path + b"\0")' "$dest/.missing_blobs" \
-    | xargs -0 git --git-dir="$git_dir" archive --format=tar "$commit" -- | tar -x -C "$dest"
+  index="$(mktemp)"
+  (
+    export GIT_DIR="$git_dir" GIT_INDEX_FILE="$index" GIT_WORK_TREE="$dest"
+    git read-tree "$commit"
+    git ls-tree -r "$commit" | awk '$2 == "blob" {print $3}' | git cat-file --batch-check \
+      | awk '$2 == "missing" {print $1}' > "$dest/.missing_blobs"
+    git ls-files --stage | awk 'NR == FNR {missing[$1]; next} ($2 in missing) {sub(/^[^\t]*\t/, ""); print}' \
+      "$dest/.missing_blobs" - | xargs -r git update-index --force-remove
+    git checkout-index --all
+  )
+  rm -f "$index"
   echo "$commit" > "$dest/.parity_commit"
 }
 
@@ -51,7 +52,8 @@ for entry in "${SOURCES[@]}"; do
   dest="$ROOT/src/$folder"
   if [[ -n "${PARITY_GIT_MIRROR:-}" ]]; then
     [[ -f "$dest/.parity_commit" ]] || export_from_mirror "$PARITY_GIT_MIRROR/${repo/\//+}/repo" "$commit" "$dest"
-    echo "$repo @ $(cat "$dest/.parity_commit") -> $dest (from mirror; missing blobs: $(wc -l < "$dest/.missing_blobs"))"
+    echo "$repo @ $(cat "$dest/.parity_commit") -> $dest" \
+      "(from mirror; missing blobs: $(wc -l < "$dest/.missing_blobs"))"
     continue
   fi
   [[ -d "$dest/.git" ]] || git clone --quiet "https://github.com/$repo.git" "$dest"

@@ -9,7 +9,7 @@
 #   ROOT/src/<name>       official sources: VFM-VAE, LightningDiT, REG, REPA, platonic-rep (git clone + checkout)
 # Environment:
 #   PYTHON              interpreter for the venv (default python3.11; the reference data were made with 3.11.7)
-#   PARITY_GIT_MIRROR   optional folder of bare mirrors laid out as <owner>+<name>/repo, cloned instead of GitHub
+#   PARITY_GIT_MIRROR   optional folder of bare mirrors (<owner>+<name>/repo), exported from instead of GitHub
 #   PIP_ARGS            extra arguments for every pip install (e.g. an index URL for CPU-only torch wheels)
 set -euo pipefail
 

@@ -372,13 +372,13 @@ def test_reg_dinov2_targets_resize_bicubic_without_antialias_and_resample_the_ta
 
     from vfmvae.latents.targets import reg_dinov2_targets
     from vfmvae.vfm import FrozenVFM
-    from vfmvae.vfm.families import FAMILIES
+    from vfmvae.vfm.families import VFM_ADAPTERS
 
     # a random DINOv2 with a 10x10 table (80 px / 8) fed 64 px images resized to 48 px -> a 6x6 grid
     arch = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "patch_size": 8,
             "image_size": 80, "layerscale_value": 1.0}
     torch.manual_seed(0)
-    model = FAMILIES["dinov2"].build(arch)
+    model = VFM_ADAPTERS["dinov2"].build(arch)
     today = FrozenVFM(model, "dinov2", scale_factor=0.75)
     reg = reg_dinov2_targets(FrozenVFM(copy.deepcopy(model), "dinov2", scale_factor=0.75), 64)
     images = torch.rand(2, 3, 64, 64)

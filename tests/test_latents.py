@@ -51,7 +51,8 @@ def test_cache_contents_statistics_and_flip(tmp_path, tokenizer, synthetic_dir):
 
     from vfmvae.latents.targets import reg_dinov2_targets
 
-    vfm = reg_dinov2_targets(build_vfm(VFMSpec("dinov2-test", layers=(-1,))), 64)  # DINOv2 targets are cached as REG prepares them
+    # DINOv2 targets are cached as REG prepares them
+    vfm = reg_dinov2_targets(build_vfm(VFMSpec("dinov2-test", layers=(-1,))), 64)
     image = to_float01(ImageFolderDataset(synthetic_dir / "images", 64)[changed[0]]["image"])[None]
     expected = vfm(image.flip(-1)).tokens[0][0].half().float()
     torch.testing.assert_close(flipped[changed[0]]["vfm_features"], expected)

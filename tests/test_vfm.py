@@ -141,7 +141,8 @@ def test_local_folders_load_offline(tmp_path):
 
     dino = build_vfm(VFMSpec("dinov2-test", layers=(-1,)))
     dino.model.save_pretrained(tmp_path / "dino")
-    again = build_vfm(VFMSpec("dinov2-base", path=str(tmp_path / "dino"), layers=(-1,), scale_factor=1.0))  # registry settings, local weights
+    # registry settings, local weights
+    again = build_vfm(VFMSpec("dinov2-base", path=str(tmp_path / "dino"), layers=(-1,), scale_factor=1.0))
     torch.testing.assert_close(again(x).tokens[0], dino(x).tokens[0])
     assert isinstance(again.model, Dinov2Model)
 

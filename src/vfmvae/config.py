@@ -156,7 +156,8 @@ def config_to_dict(config: Any) -> Any:
 
 def yaml_flow(value: Any) -> str:
     """`value` as one line of YAML (`[0, 2, -1]`, `{name: x, path: y}`), for messages that say what to write."""
-    return yaml.safe_dump(config_to_dict(value), default_flow_style=True, width=1 << 16).strip().removesuffix("...").strip()
+    text = yaml.safe_dump(config_to_dict(value), default_flow_style=True, width=1 << 16)
+    return text.strip().removesuffix("...").strip()
 
 
 def dump_yaml(config: Any) -> str:

@@ -74,7 +74,8 @@ _REQUIRED_VALUES = {
 }
 # G_kwargs that only affect training, precision or unused paths
 _IGNORED = {
-    "class_name", "vfm_name", "img_resolution", "patch_in_dimensions", "distmat_margin", "cos_margin", "distmat_weight", "cos_weight",
+    "class_name", "vfm_name", "img_resolution", "patch_in_dimensions", "distmat_margin", "cos_margin", "distmat_weight",
+    "cos_weight",
     "use_kl_loss", "use_vf_loss", "use_adaptive_vf_loss", "equivariance_regularization_p_prior",
     "equivariance_regularization_p_prior_scale", "use_equivariance_regularization", "num_fp16_res", "train_mode",
     "conv_clamp", "label_type", "label_dim", "use_entropy_loss", "entropy_temp", "synthesis_kwargs",

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vfmvae.checkpoint.pretrained import PretrainedMixin
+from vfmvae.config import yaml_flow
 from vfmvae.tokenizer.layers import (
     AttnProjection,
     EqualizedLinear,
@@ -78,8 +79,6 @@ class VFMVAEConfig:
     @staticmethod
     def retired_keys(data: dict[str, Any], prefix: str) -> dict[str, str]:
         """Format-1 keys of the VFM, refused in recipes with what to write instead (config.json files are upgraded)."""
-        from vfmvae.config import yaml_flow
-
         advice = {old: f"the VFM is described once; write {prefix}vfm.{new}: {yaml_flow(data[old])} instead"
                   for old, (new, _) in _FLAT_VFM_KEYS.items() if old in data}
         if "layer_dims" in data:
@@ -88,7 +87,8 @@ class VFMVAEConfig:
 
     def __post_init__(self) -> None:
         if len(self.proj_dims) != len(self.vfm.layers):
-            raise ValueError(f"proj_dims {self.proj_dims} must give one width per VFM tap (vfm.layers {self.vfm.layers})")
+            raise ValueError(f"proj_dims {self.proj_dims} must give one width per VFM tap "
+                             f"(vfm.layers {self.vfm.layers})")
         if 0 not in self.inject_blocks:
             raise ValueError("inject_blocks must contain 0: block 0 takes the injected latent as its only input")
         if len(self.inject_dims) != len(self.inject_blocks) or len(self.attn_depths) != len(self.attn_blocks):

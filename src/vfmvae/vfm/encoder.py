@@ -85,7 +85,7 @@ class FrozenVFM(nn.Module):
     def spec(self) -> VFMSpec:
         """This VFM as a complete spec (family and architecture filled in): what a tokenizer config records, so
         that the tokenizer folder rebuilds its VFM offline, with or without the registry."""
-        source = self.source or VFMSpec(name=self.name, family=self.family, arch=_architecture_of(self))
+        source = self.source or VFMSpec(name=self.name or self.family, family=self.family, arch=_architecture_of(self))
         return replace(source, family=self.family, arch=_architecture_of(self), layers=self.layers,
                        scale_factor=self.scale_factor)
 
@@ -189,7 +189,8 @@ def build_vfm(spec: VFMSpec, *, seed: int = 0, input_range: str = "0,1", autocas
     arch.pop("model_type", None)
     if not spec.has_weights:
         if family is None or not arch:
-            raise VFMLoadError(f"{spec.name}: random weights need the architecture: a registered name, or family and arch")
+            raise VFMLoadError(f"{spec.name}: random weights need the architecture: a registered name, or family "
+                               "and arch")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = VFM_ADAPTERS[family].build(arch)
@@ -199,7 +200,8 @@ def build_vfm(spec: VFMSpec, *, seed: int = 0, input_range: str = "0,1", autocas
     else:
         folder = Path(spec.path)
         if not folder.exists():
-            raise VFMLoadError(f"{spec.path!r} is neither a registered VFM name (`vfmvae vfm list`) nor an existing folder")
+            raise VFMLoadError(f"{spec.path!r} is neither a registered VFM name (`vfmvae vfm list`) nor an existing "
+                               "folder")
         family = family or _family_of_folder(folder)
         model = VFM_ADAPTERS[family].load(folder, arch or None)
     return FrozenVFM(model, family, name=spec.name, layers=spec.layers, scale_factor=spec.resolved_scale_factor(),

@@ -25,12 +25,12 @@ class VFMSpec:
     """
 
     name: str = "siglip2-large-patch16-512"  # registry name (`vfmvae vfm list`), or a label for an unregistered VFM
-    path: str | None = None                  # the weights: a local folder/file or a hub id; None = the registry's hub id
+    path: str | None = None                  # the weights: a local folder/file or a hub id; None = the registry's
     family: str | None = None                # adapter (a VFM_ADAPTERS key); None = the registry's, or the folder's
     arch: dict[str, Any] = field(default_factory=dict)  # architecture config; empty = the registry's, or the folder's
     layers: tuple[int, ...] = (0, 12, -1)    # taps: 0 = embeddings, k = block k, -1 = final (post-LN), -2 = last block
-    scale_factor: float | None = None        # input rescale; None = the registry default for 256-px images (1.0 if unregistered)
-    random_init: bool = False                # random weights of the architecture (tests, benchmarks); test VFMs always are
+    scale_factor: float | None = None        # input rescale; None = the registry's for 256-px images (else 1.0)
+    random_init: bool = False                # random weights (tests, benchmarks); the `*-test` VFMs always have
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -61,7 +61,9 @@ class VFMSpec:
     @property
     def has_weights(self) -> bool:
         """False for random-init specs and the registry's test architectures (which have no weights anywhere)."""
-        return not self.random_init and (self.path is not None or (self.entry is not None and self.entry.hub_id is not None))
+        if self.random_init:
+            return False
+        return self.path is not None or (self.entry is not None and self.entry.hub_id is not None)
 
     def weights_source(self) -> str | None:
         return self.path if self.path is not None else (self.entry.hub_id if self.entry is not None else None)

@@ -36,7 +36,8 @@ def main() -> None:
     with torch.no_grad():
         moments = model.encode_moments(images)
         recon = model.decode(moments[:, : cfg.z_dim])
-    save_file({"images": images, "moments": moments.contiguous(), "reconstruction": recon.contiguous()}, HERE / "reference.safetensors")
+    save_file({"images": images, "moments": moments.contiguous(), "reconstruction": recon.contiguous()},
+              HERE / "reference.safetensors")
 
 
 if __name__ == "__main__":

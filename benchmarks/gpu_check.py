@@ -121,8 +121,8 @@ def _tiny_model_sets() -> list[str]:
     import yaml
 
     tiny = yaml.safe_load((ROOT / "configs" / "tokenizer" / "tiny.yaml").read_text())
-    sets = {"vfm.name": tiny["vfm"]["name"], "data.resolution": tiny["data"]["resolution"]}
-    sets.update({f"model.{k}": v for k, v in tiny["model"].items()})
+    sets = {"data.resolution": tiny["data"]["resolution"]}
+    sets.update({f"model.{k}": v for k, v in tiny["model"].items()})  # model.vfm included: the tiny random VFM
     sets.update({f"disc.{k}": v for k, v in tiny["disc"].items()})
     return [a for k, v in sets.items() for a in ("--set", f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}")]
 
@@ -202,7 +202,7 @@ def run_rows(out: Path, dry: bool, timeout: float = 600) -> list[dict]:
                 "peak_memory_GiB": records[-1].get("peak_memory_GiB"), "steps": records[-1]["step"]}
 
     def stage0():
-        extra = ["--set", "vfm.random_init=true", "--set", "disc.weights=null",
+        extra = ["--set", "model.vfm.random_init=true", "--set", "disc.weights=null",
                  "--set", f"loss.lpips_weights={weights['vgg']}", "--set", f"data.resolution={size}"]
         if dry:
             extra += _tiny_model_sets()

@@ -37,7 +37,7 @@ def main() -> None:
 
         vgg = {f"features.{k}": v for k, v in torchvision.models.vgg16().features.state_dict().items()}
         save_file(vgg, tmp / "vgg16-random.safetensors")
-        overrides = [f"data.source={tmp / 'data' / 'images'}", "data.num_workers=0", "vfm.random_init=true",
+        overrides = [f"data.source={tmp / 'data' / 'images'}", "data.num_workers=0", "model.vfm.random_init=true",
                      f"loss.lpips_weights={tmp / 'vgg16-random.safetensors'}", "disc.weights=null",
                      f"run.dir={tmp / 'run'}", f"run.batch_size={args.batch}",
                      f"run.total_images={args.batch * args.steps}", f"run.precision={args.precision}", "run.log_every=1",

@@ -11,7 +11,7 @@ import time
 import torch
 
 from common import emit
-from vfmvae.vfm import create_vfm
+from vfmvae.vfm import VFMSpec, build_vfm
 
 
 def main() -> None:
@@ -28,8 +28,9 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    kwargs = {} if args.scale_factor is None else {"scale_factor": args.scale_factor}
-    vfm = create_vfm(args.vfm, layers=[int(i) for i in args.layers.split(",")], **kwargs).to(args.device)
+    spec = VFMSpec(args.vfm, layers=tuple(int(i) for i in args.layers.split(",")), scale_factor=args.scale_factor,
+                   random_init=True)
+    vfm = build_vfm(spec).to(args.device)
     images = torch.rand(args.batch, 3, args.size, args.size, device=args.device)
     vfm(images)  # warm-up
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)

@@ -47,11 +47,12 @@ def test_cache_contents_statistics_and_flip(tmp_path, tokenizer, synthetic_dir):
     changed = [i for i in range(16) if not torch.equal(flipped[i]["latents"], ds[i]["latents"])]
     assert changed
     # a flipped item carries the VFM features of the flipped image, not of the original
-    from vfmvae.vfm import vfm_by_name
+    from vfmvae.vfm import VFMSpec, build_vfm
 
     from vfmvae.latents.targets import reg_dinov2_targets
 
-    vfm = reg_dinov2_targets(vfm_by_name("dinov2-test", layers=(-1,)), 64)  # DINOv2 targets are cached as REG prepares them
+    # DINOv2 targets are cached as REG prepares them
+    vfm = reg_dinov2_targets(build_vfm(VFMSpec("dinov2-test", layers=(-1,))), 64)
     image = to_float01(ImageFolderDataset(synthetic_dir / "images", 64)[changed[0]]["image"])[None]
     expected = vfm(image.flip(-1)).tokens[0][0].half().float()
     torch.testing.assert_close(flipped[changed[0]]["vfm_features"], expected)

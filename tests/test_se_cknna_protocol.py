@@ -75,10 +75,10 @@ def test_align_report_pairs_the_reference_on_the_same_transformed_images(tmp_pat
 @pytest.fixture(scope="module")
 def dinov2_patch14(tmp_path_factory):
     """A tiny random DINOv2 (the real class) with the real patch size 14, saved as a local transformers folder."""
-    from vfmvae.vfm.families import FAMILIES
+    from vfmvae.vfm.families import VFM_ADAPTERS
 
     torch.manual_seed(0)
-    model = FAMILIES["dinov2"].build(dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    model = VFM_ADAPTERS["dinov2"].build(dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                           intermediate_size=64, patch_size=14, image_size=518, layerscale_value=1.0))
     folder = tmp_path_factory.mktemp("dinov2") / "dinov2-p14"
     model.save_pretrained(folder)
@@ -94,10 +94,10 @@ def _image(size=256, seed=0):
 def test_dinov2_reference_takes_the_official_224px_input_at_256px(dinov2_patch14):
     from torchvision import transforms
 
-    from vfmvae.vfm import load_vfm
+    from vfmvae.vfm import VFMSpec, build_vfm
 
     model, features = load_source(f"vfm:{dinov2_patch14}")
-    vfm = load_vfm(str(dinov2_patch14), scale_factor=1.0)
+    vfm = build_vfm(VFMSpec.from_name(dinov2_patch14, layers=(-1,), scale_factor=1.0))
     arr = _image()
     x = torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255
     with pytest.raises(ValueError, match="multiple of the patch size"):  # 256 px straight into a patch-14 model
@@ -165,7 +165,7 @@ def test_reg_diffusion_features_use_the_noised_real_class_token_and_proj_keeps_i
     from vfmvae.diffusion import create_diffusion_model
     from vfmvae.tokenizer import VFMVAE
     from vfmvae.tokenizer.posterior import DiagonalGaussian
-    from vfmvae.vfm import vfm_by_name
+    from vfmvae.vfm import VFMSpec, build_vfm
 
     tok = VFMVAE.from_pretrained(tiny_tokenizer)
     size = tok.config.image_size
@@ -186,7 +186,7 @@ def test_reg_diffusion_features_use_the_noised_real_class_token_and_proj_keeps_i
         with torch.no_grad():
             z = (DiagonalGaussian(tok.encode_moments(x)).sample(g) - 0.1) / 2.0
             noise = torch.randn(z.shape, generator=g)
-            cls = 0.5 * vfm_by_name("dinov2-test", layers=(-1,))(x).cls + 0.5 * torch.randn(1, 64, generator=g)
+            cls = 0.5 * build_vfm(VFMSpec("dinov2-test", layers=(-1,)))(x).cls + 0.5 * torch.randn(1, 64, generator=g)
             out = model(0.5 * z + 0.5 * noise, torch.full((1,), 0.5), torch.tensor([4]), cls, hidden_at=(1,))
         return out.projected[0].mean(1) if block == "proj" else out.hidden[1][:, 1:].mean(1)
 

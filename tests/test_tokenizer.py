@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from vfmvae.checkpoint import CheckpointFormatError
 from vfmvae.tokenizer import VFMVAE, VFMVAEConfig
 from vfmvae.tokenizer.convert import convert_official_tokenizer, load_official_weights
+from vfmvae.vfm import VFMSpec
 
 DATA = Path(__file__).parent / "data" / "official_tokenizer_tiny"
 
@@ -140,7 +141,8 @@ def test_default_architecture_shapes_and_bf16():
     torch.manual_seed(0)
     small_vit = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
                      patch_size=16, image_size=512)
-    model = VFMVAE(VFMVAEConfig(vfm_name="custom", vfm_arch=small_vit, layers=(0, 2, -1), layer_dims=(64,) * 3)).eval()
+    vfm = VFMSpec(name="custom", family="siglip", arch=small_vit, layers=(0, 2, -1), scale_factor=2.0)
+    model = VFMVAE(VFMVAEConfig(vfm=vfm)).eval()
     decoder = sum(p.numel() for n, p in model.named_parameters()
                   if n.startswith(("synthesis.", "mapping.", "post_proj.")))
     assert 125e6 < decoder < 130e6  # official: synthesis ~120M + z_convs ~5.5M + post_quant ~1.9M + mapping ~0.5M
@@ -203,7 +205,8 @@ def test_discrete_mode(tmp_path):
     """Multi-codebook normalised VQ (the official discrete option). No official parity data exists for it."""
     tiny_vit = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, patch_size=16,
                     image_size=128)
-    cfg = VFMVAEConfig(vfm_name="custom", vfm_arch=tiny_vit, layers=(0, -1), layer_dims=(64, 64), proj_dims=(16, 16),
+    vfm = VFMSpec(name="custom", family="siglip", arch=tiny_vit, layers=(0, -1), scale_factor=2.0)
+    cfg = VFMVAEConfig(vfm=vfm, proj_dims=(16, 16),
                        image_size=64, compression="discrete", vocab_size=64, vocab_width=16, num_codebooks=4,
                        w_dim=64, inject_dims=(32, 16, 16, 16), channel_base=2048, channel_max=64)
     torch.manual_seed(0)

@@ -15,12 +15,14 @@ from vfmvae.tokenizer_training import (
     vf_alignment_loss,
 )
 from vfmvae.tokenizer_training.equivariance import EquivarianceDraw, transform_latent
+from vfmvae.vfm import VFMSpec
 
 
 def _tiny(vf: bool = True) -> VFMVAE:
     vit = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, patch_size=16,
                image_size=128)
-    cfg = VFMVAEConfig(vfm_name="custom", vfm_arch=vit, layers=(0, -1), layer_dims=(64, 64), proj_dims=(16, 16),
+    vfm = VFMSpec(name="custom", family="siglip", arch=vit, layers=(0, -1), scale_factor=2.0)
+    cfg = VFMVAEConfig(vfm=vfm, proj_dims=(16, 16),
                        image_size=64, z_dim=8, w_dim=64, inject_dims=(32, 16, 16, 16), channel_base=2048,
                        channel_max=64, vf_projection=vf)
     torch.manual_seed(0)

@@ -145,6 +145,11 @@ def _tiny_args(run_dir, data, *extra):
             "--set", "run.checkpoint_every=100", *extra]
 
 
+def _from_export(export):
+    """Start from a previous stage's export: `init`, and no `model` (the tiny recipe's new-model section)."""
+    return ("--set", "model=null", "--set", f"init={export}")
+
+
 @pytest.mark.slow
 def test_next_stage_starts_raw_g_from_raw_ema_from_ema_d_from_d_and_continues_the_image_count(tmp_path, synthetic_dir,
                                                                                             monkeypatch):
@@ -168,7 +173,7 @@ def test_next_stage_starts_raw_g_from_raw_ema_from_ema_d_from_d_and_continues_th
     monkeypatch.setattr(EMA, "update", lambda self, model, images, *a, **k: (seen.append(images), update(self, model, images, *a, **k))[1])
     second = tmp_path / "stage-b"
     # no training step: the checkpoint written at the end holds what the stage started from
-    assert main(_tiny_args(second, data, "--set", "run.total_images=0", "--set", f"init={export}")) == 0
+    assert main(_tiny_args(second, data, "--set", "run.total_images=0", *_from_export(export))) == 0
     start = CheckpointManager(second).load()
     for key, value in raw_a.items():
         assert torch.equal(start.model[key], value), key          # raw G from raw G
@@ -180,7 +185,7 @@ def test_next_stage_starts_raw_g_from_raw_ema_from_ema_d_from_d_and_continues_th
     assert start.state["counters"]["images_before_stage"] == 8
 
     third = tmp_path / "stage-c"  # one step: the EMA ramp-up counts the previous stages' images too
-    assert main(_tiny_args(third, data, "--set", "run.total_images=4", "--set", f"init={export}")) == 0
+    assert main(_tiny_args(third, data, "--set", "run.total_images=4", *_from_export(export))) == 0
     assert seen == [12]
     import json
 
@@ -372,13 +377,13 @@ def test_reg_dinov2_targets_resize_bicubic_without_antialias_and_resample_the_ta
 
     from vfmvae.latents.targets import reg_dinov2_targets
     from vfmvae.vfm import FrozenVFM
-    from vfmvae.vfm.families import FAMILIES
+    from vfmvae.vfm.families import VFM_ADAPTERS
 
     # a random DINOv2 with a 10x10 table (80 px / 8) fed 64 px images resized to 48 px -> a 6x6 grid
     arch = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "patch_size": 8,
             "image_size": 80, "layerscale_value": 1.0}
     torch.manual_seed(0)
-    model = FAMILIES["dinov2"].build(arch)
+    model = VFM_ADAPTERS["dinov2"].build(arch)
     today = FrozenVFM(model, "dinov2", scale_factor=0.75)
     reg = reg_dinov2_targets(FrozenVFM(copy.deepcopy(model), "dinov2", scale_factor=0.75), 64)
     images = torch.rand(2, 3, 64, 64)
@@ -424,7 +429,7 @@ def test_four_stages_chain_each_from_the_previous_export_with_held_out_psnr(tmp_
     previous, psnr = None, {}
     for name, overrides in STAGE_OVERRIDES.items():
         run_dir = tmp_path / name
-        sets = [x for o in overrides + ([f"init={previous}"] if previous else []) for x in ("--set", o)]
+        sets = [x for o in overrides + (["model=null", f"init={previous}"] if previous else []) for x in ("--set", o)]
         assert main(_tiny_args(run_dir, synthetic_dir / "images", "--set", "run.batch_size=2", "--set", "run.total_images=2",
                                *sets)) == 0  # one step per stage
         export = run_dir / "export"
@@ -449,7 +454,7 @@ def test_resume_with_a_hand_off_and_an_active_safe_loss_guard_gives_the_same_wei
 
     data = synthetic_dir / "images"
     assert main(_tiny_args(tmp_path / "a", data, "--set", "run.batch_size=2", "--set", "run.total_images=2")) == 0
-    common = ("--set", "run.batch_size=2", "--set", f"init={tmp_path / 'a' / 'export'}", "--set", "loss.ssim=1.0",
+    common = ("--set", "run.batch_size=2", *_from_export(tmp_path / "a" / "export"), "--set", "loss.ssim=1.0",
               "--set", "loss.safe_loss_after_images=0", "--set", "run.checkpoint_every=1")
     assert main(_tiny_args(tmp_path / "straight", data, "--set", "run.total_images=6", *common)) == 0
     assert main(_tiny_args(tmp_path / "split", data, "--set", "run.total_images=2", *common)) == 0   # stops after 1 step

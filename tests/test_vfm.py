@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vfmvae.vfm import FAMILIES, VFM_REGISTRY, VFMLoadError, create_vfm, load_vfm, list_vfms
+from vfmvae.vfm import VFM_ADAPTERS, VFM_REGISTRY, VFMLoadError, VFMSpec, build_vfm, list_vfms
 
 TEST_VFMS = sorted(n for n in VFM_REGISTRY if n.endswith("-test"))
 MEAN_STD = {  # the families' own normalisation, written out independently of the implementation
@@ -45,7 +45,7 @@ def _direct_taps(vfm, pixels):
 
 @pytest.mark.parametrize("name", TEST_VFMS)
 def test_shapes_layers_and_equality_with_the_underlying_model(name):
-    vfm = create_vfm(name, layers=(0, 1, 2, -2, -1), scale_factor=1.5)
+    vfm = build_vfm(VFMSpec(name, layers=(0, 1, 2, -2, -1), scale_factor=1.5))
     family = vfm.family
     images = torch.rand(2, 3, 32, 48, generator=torch.Generator().manual_seed(0))
     feats = vfm(images)
@@ -69,26 +69,26 @@ def test_shapes_layers_and_equality_with_the_underlying_model(name):
 
 @pytest.mark.parametrize("name", TEST_VFMS)
 def test_frozen_deterministic_and_dynamic_resolution(name):
-    vfm = create_vfm(name, layers=(-1,))
+    vfm = build_vfm(VFMSpec(name, layers=(-1,)))
     assert all(not p.requires_grad for p in vfm.parameters())
     vfm.train()
     assert not vfm.training and not vfm.model.training
     x = torch.rand(1, 3, 32, 32, requires_grad=True)
     a, b = vfm(x), vfm(x)
     assert torch.equal(a.tokens[0], b.tokens[0]) and a.tokens[0].grad_fn is None
-    again = create_vfm(name, layers=(-1,))
+    again = build_vfm(VFMSpec(name, layers=(-1,)))
     assert torch.equal(again(x).tokens[0], a.tokens[0])  # same seed, same random weights
     big = vfm(torch.rand(1, 3, 64, 40))
     assert big.grid == (8, 5) and big.tokens[0].shape == (1, 40, 64)
 
 
 def test_input_range_flag_and_scale_factor():
-    unit = create_vfm("siglip2-test", layers=(-1,), scale_factor=2.0)
-    sym = create_vfm("siglip2-test", layers=(-1,), scale_factor=2.0, input_range="-1,1")
+    unit = build_vfm(VFMSpec("siglip2-test", layers=(-1,), scale_factor=2.0))
+    sym = build_vfm(VFMSpec("siglip2-test", layers=(-1,), scale_factor=2.0), input_range="-1,1")
     x = torch.rand(2, 3, 16, 16)
     torch.testing.assert_close(unit(x).tokens[0], sym(x * 2 - 1).tokens[0], rtol=1e-5, atol=1e-5)
     up = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
-    plain = create_vfm("siglip2-test", layers=(-1,), scale_factor=1.0)
+    plain = build_vfm(VFMSpec("siglip2-test", layers=(-1,), scale_factor=1.0))
     torch.testing.assert_close(unit(x).tokens[0], plain(up).tokens[0], rtol=1e-5, atol=1e-5)
     assert unit(x).grid == (4, 4)
 
@@ -97,13 +97,13 @@ def test_official_siglip2_and_dinov2_extraction():
     """The official VFM-VAE recipe: SigLIP2 taps [0, mid, -1] on 2x bilinear input, (x - 0.5) / 0.5;
     DINOv2 taps with bicubic resize and ImageNet statistics, class token dropped."""
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    siglip = create_vfm("siglip2-test", layers=(0, 2, -1), scale_factor=2.0)
+    siglip = build_vfm(VFMSpec("siglip2-test", layers=(0, 2, -1), scale_factor=2.0))
     out = siglip.model(pixel_values=(F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False) - 0.5) / 0.5,
                        output_hidden_states=True, interpolate_pos_encoding=True)
     expected = [out.hidden_states[0], out.hidden_states[2], out.last_hidden_state]
     for got, exp in zip(siglip(x).tokens, expected):
         torch.testing.assert_close(got, exp, rtol=1e-5, atol=1e-5)
-    dino = create_vfm("dinov2-test", layers=(0, 2, -1), scale_factor=1.75)
+    dino = build_vfm(VFMSpec("dinov2-test", layers=(0, 2, -1), scale_factor=1.75))
     x = torch.rand(2, 3, 32, 32)
     mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     out = dino.model(pixel_values=(F.interpolate(x, scale_factor=1.75, mode="bicubic", align_corners=False) - mean) / std,
@@ -114,7 +114,7 @@ def test_official_siglip2_and_dinov2_extraction():
 
 
 def test_layer_and_size_errors():
-    vfm = create_vfm("dinov2-test")
+    vfm = build_vfm(VFMSpec("dinov2-test", layers=(-1,)))
     with pytest.raises(ValueError, match=r"out of range .* 4 blocks \(valid: -6 .. 5\)"):
         vfm(torch.rand(1, 3, 32, 32), layers=(6,))
     with pytest.raises(ValueError, match="not a multiple of the patch size 8"):
@@ -133,15 +133,16 @@ def test_local_folders_load_offline(tmp_path):
     torch.manual_seed(0)
     full = SiglipModel(SiglipConfig(text_config=text, vision_config=vision)).eval()
     full.save_pretrained(tmp_path / "siglip2-tiny")
-    vfm = load_vfm(tmp_path / "siglip2-tiny", layers=(-1,))
+    vfm = build_vfm(VFMSpec.from_name(tmp_path / "siglip2-tiny", layers=(-1,)))
     assert vfm.family == "siglip" and vfm.num_layers == 2
     x = torch.rand(1, 3, 32, 32)
     expected = full.vision_model(pixel_values=(x - 0.5) / 0.5).last_hidden_state
     torch.testing.assert_close(vfm(x).tokens[0], expected, rtol=1e-5, atol=1e-5)
 
-    dino = create_vfm("dinov2-test")
+    dino = build_vfm(VFMSpec("dinov2-test", layers=(-1,)))
     dino.model.save_pretrained(tmp_path / "dino")
-    again = load_vfm("dinov2-base", path=tmp_path / "dino", scale_factor=1.0)  # registry settings, local weights
+    # registry settings, local weights
+    again = build_vfm(VFMSpec("dinov2-base", path=str(tmp_path / "dino"), layers=(-1,), scale_factor=1.0))
     torch.testing.assert_close(again(x).tokens[0], dino(x).tokens[0])
     assert isinstance(again.model, Dinov2Model)
 
@@ -149,9 +150,9 @@ def test_local_folders_load_offline(tmp_path):
 def test_eva_loads_a_local_weights_file(tmp_path):
     from safetensors.torch import save_file
 
-    eva = create_vfm("eva-test")
+    eva = build_vfm(VFMSpec("eva-test", layers=(-1,)))
     save_file(eva.model.state_dict(), tmp_path / "model.safetensors")
-    model = FAMILIES["eva"].load(tmp_path, VFM_REGISTRY["eva-test"].arch)
+    model = VFM_ADAPTERS["eva"].load(tmp_path, VFM_REGISTRY["eva-test"].arch)
     x = torch.rand(1, 3, 32, 32)
     from vfmvae.vfm import FrozenVFM
 
@@ -160,16 +161,16 @@ def test_eva_loads_a_local_weights_file(tmp_path):
 
 def test_missing_models_say_how_to_provide_them(tmp_path):
     with pytest.raises(VFMLoadError, match=r"huggingface-cli download google/siglip2-large-patch16-512"):
-        load_vfm("siglip2-large-patch16-512")
+        build_vfm(VFMSpec("siglip2-large-patch16-512"))
     with pytest.raises(VFMLoadError, match="neither a registered VFM name"):
-        load_vfm(tmp_path / "absent")
+        build_vfm(VFMSpec.from_name(tmp_path / "absent"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(VFMLoadError, match="no config.json"):
-        load_vfm(tmp_path / "empty")
+        build_vfm(VFMSpec.from_name(tmp_path / "empty"))
     with pytest.raises(VFMLoadError, match="EVA weights not found"):
-        load_vfm("eva02-large-patch14-clip-336", path=tmp_path / "nothing.safetensors")
-    with pytest.raises(KeyError, match="unknown VFM"):
-        create_vfm("dinov9-base")
+        build_vfm(VFMSpec("eva02-large-patch14-clip-336", path=str(tmp_path / "nothing.safetensors")))
+    with pytest.raises(ValueError, match="not a registered VFM"):
+        VFMSpec("dinov9-base")
 
 
 def test_registry_entries_match_their_architectures():
@@ -185,7 +186,7 @@ def test_registry_entries_match_their_architectures():
                                   "mae-base"])
 def test_registered_architectures_build_as_described(name):
     entry = VFM_REGISTRY[name]
-    vfm = create_vfm(name, layers=(-1,), scale_factor=1.0)
+    vfm = build_vfm(VFMSpec(name, layers=(-1,), scale_factor=1.0, random_init=True))
     assert (vfm.patch_size, vfm.width, vfm.num_layers) == (entry.patch_size, entry.width, entry.num_layers)
     size = 2 * entry.patch_size
     assert vfm(torch.rand(1, 3, size, size)).tokens[0].shape == (1, 4, entry.width)

@@ -19,7 +19,7 @@ from vfmvae.tokenizer import VFMVAE, DiagonalGaussian, VFMVAEConfig
 from vfmvae.tokenizer_training.config import TokenizerTrainConfig
 from vfmvae.tokenizer_training.trainer import train_tokenizer
 from vfmvae.training import EMA, optimizer_step
-from vfmvae.vfm import FrozenVFM, VFMConfig, VFMFeatures, create_vfm, load_vfm
+from vfmvae.vfm import FrozenVFM, VFMFeatures, VFMSpec, build_vfm
 
 __all__ = [
     "__version__",
@@ -43,17 +43,16 @@ __all__ = [
     "TarShardDataset",
     "TokenizerTrainConfig",
     "TransportConfig",
-    "VFMConfig",
     "VFMVAE",
     "VFMVAEConfig",
     "VFMVAEPipeline",
     "VFMFeatures",
+    "VFMSpec",
+    "build_vfm",
     "cache_latents",
     "create_diffusion_model",
-    "create_vfm",
     "load_config",
     "load_pretrained",
-    "load_vfm",
     "optimizer_step",
     "train_diffusion",
     "train_tokenizer",

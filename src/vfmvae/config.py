@@ -6,7 +6,10 @@ time and with the dotted key and the file named in the message:
 
 * unknown keys (a typo never silently means "feature off", unlike dict-based configs);
 * values of the wrong type (strings are converted only where unambiguous: "1e-4" for a float field);
-* paths that must exist but do not (fields annotated with `ExistingPath`).
+* paths that must exist but do not (fields annotated with `ExistingPath`);
+* keys that a config class has retired: a class may define `retired_keys(data, prefix) -> {key: what to write
+  instead}`,
+  and a recipe that still uses one is refused with that advice in one line.
 
 Supported field types: bool, int, float, str, Path, ExistingPath, Literal[...], X | None, tuple[X, ...],
 tuple[X, Y], list[X], dict[str, X] and nested dataclasses.
@@ -33,6 +36,7 @@ __all__ = [
     "apply_overrides",
     "parse_override",
     "dump_yaml",
+    "yaml_flow",
     "read_yaml",
     "require_positive",
 ]
@@ -150,6 +154,12 @@ def config_to_dict(config: Any) -> Any:
     return config
 
 
+def yaml_flow(value: Any) -> str:
+    """`value` as one line of YAML (`[0, 2, -1]`, `{name: x, path: y}`), for messages that say what to write."""
+    text = yaml.safe_dump(config_to_dict(value), default_flow_style=True, width=1 << 16)
+    return text.strip().removesuffix("...").strip()
+
+
 def dump_yaml(config: Any) -> str:
     """The config as a YAML recipe that `load_config` reads back to an equal object."""
     return yaml.safe_dump(config_to_dict(config), sort_keys=False)
@@ -199,6 +209,9 @@ def _build_dataclass(cls: type[T], data: Any, *, prefix: str, source: str) -> T:
     where = prefix.rstrip(".") or "<top level>"
     if not isinstance(data, typing.Mapping):
         raise ConfigError(f"{source}: {where}: expected a mapping for {cls.__name__}, got {data!r}")
+    retired = getattr(cls, "retired_keys", None)
+    for key, advice in (retired(data, prefix) if retired is not None else {}).items():
+        raise ConfigError(f"{source}: {prefix}{key} is no longer a recipe key: {advice}")
     hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields]

@@ -37,7 +37,7 @@ def _step(title: str, argv: list[str], full_scale: str = "") -> None:
 # The same steps at full scale (8 GPUs; paths are placeholders for your data and model folders).
 FULL = {
     "tokenizer": "torchrun --nproc-per-node=8 -m vfmvae train tokenizer --recipe configs/tokenizer/stage0.yaml "
-                 "--set data.source=/data/imagenet-wds/train --set vfm.path=/models/siglip2-large-patch16-512 "
+                 "--set data.source=/data/imagenet-wds/train --set model.vfm.path=/models/siglip2-large-patch16-512 "
                  "--set loss.lpips_weights=/models/vgg16-397923af.pth --set disc.weights=/models/dino-vits16.safetensors",
     "recon": "vfmvae eval recon --tokenizer runs/vfmvae-stage3/export --data /data/imagenet/val "
              "--inception /models/pt_inception-2015-12-05.pth --lpips /models/vgg16-397923af.pth --json recon.json",

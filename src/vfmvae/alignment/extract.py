@@ -68,9 +68,10 @@ def load_source(source: str, device: str = "cpu", *, posterior: str = "sample", 
     """(model, features) where `features(x, scale, equivariance, index)` is one (1, D) vector for image `index`."""
     kind, _, spec = source.partition(":")
     if kind == "vfm":
-        from vfmvae.vfm import vfm_by_name
+        from vfmvae.vfm import VFMSpec, build_vfm
 
-        model = vfm_by_name(spec, layers=(-1,), scale_factor=1.0)  # fed at image size, as the official SigLIP2 extractor
+        # fed at image size, as the official SigLIP2 extractor
+        model = build_vfm(VFMSpec.from_name(spec, layers=(-1,), scale_factor=1.0))
         if model.family.startswith("dinov2"):
             def features(x: torch.Tensor, scale: float, equivariance: bool, index: int) -> torch.Tensor:
                 return model(dinov2_input(x, scale, equivariance, model.patch_size)).tokens[0].mean(1)
@@ -104,7 +105,7 @@ def _reg_class_token_source(stats: dict, folder: str, device: str):
     """The DINOv2 class token of an image as the REG model saw it in training: the VFM of the model's latent cache
     (`cache.json`: vfm_features, vfm_resolution), fed the same way `cache-latents` fed it."""
     from vfmvae.latents.cache import MANIFEST
-    from vfmvae.vfm import vfm_by_name
+    from vfmvae.vfm import VFMSpec, build_vfm
 
     manifest_path = Path(stats.get("cache") or "") / MANIFEST
     if not manifest_path.is_file():
@@ -117,7 +118,7 @@ def _reg_class_token_source(stats: dict, folder: str, device: str):
     resolution = manifest.get("resolution") or manifest.get("image_size")
     extra = ({"scale_factor": manifest["vfm_resolution"] / resolution}
              if manifest.get("vfm_resolution") and resolution else {})
-    vfm = vfm_by_name(manifest["vfm_features"], layers=(-1,), **extra).to(device)
+    vfm = build_vfm(VFMSpec.from_name(manifest["vfm_features"], layers=(-1,), **extra)).to(device)
     return lambda x: vfm(x).cls
 
 

@@ -3,7 +3,8 @@
 A model folder is self-describing: `config.json` (architecture name, format version, package version
 and the constructor config) plus `model.safetensors`. Models take one frozen dataclass config; the
 mixin rebuilds the model from it and loads the weights strictly, listing every missing, unexpected or
-mis-shaped key when they do not match.
+mis-shaped key when they do not match. Each architecture has its own format version: when the shape of its
+config changes, it bumps `format_version` and `upgrade_config` reads the older folders (they are not rewritten).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ __all__ = [
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # the first format version of every architecture; see PretrainedMixin.format_version
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 M = TypeVar("M", bound="PretrainedMixin")
@@ -117,12 +118,20 @@ def read_model_config(directory: str | Path) -> dict[str, Any]:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise CheckpointFormatError(f"{path}: corrupt JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointFormatError(f"{path}: expected a JSON object")
     for key in ("architecture", "config"):
         if key not in meta:
             raise CheckpointFormatError(f"{path}: missing key {key!r}")
-    if meta.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+    version = meta.setdefault("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointFormatError(f"{path}: format_version must be a positive integer, got {version!r}")
+    known = _ARCHITECTURES.get(meta["architecture"])
+    newest = known.format_version if known is not None else max(
+        [FORMAT_VERSION, *(c.format_version for c in _ARCHITECTURES.values())])
+    if version > newest:
         raise CheckpointFormatError(
-            f"{path}: format_version {meta['format_version']} is newer than this vfmvae supports ({FORMAT_VERSION}); upgrade vfmvae"
+            f"{path}: format_version {version} is newer than this vfmvae supports ({newest}); upgrade vfmvae"
         )
     return meta
 
@@ -177,6 +186,7 @@ class PretrainedMixin:
 
     config_class: ClassVar[type]
     architecture: ClassVar[str]
+    format_version: ClassVar[int] = FORMAT_VERSION  # bump when the config's shape changes; see upgrade_config
     config: Any
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -184,6 +194,11 @@ class PretrainedMixin:
         if "architecture" not in cls.__dict__:
             cls.architecture = cls.__name__
         _ARCHITECTURES[cls.architecture] = cls
+
+    @classmethod
+    def upgrade_config(cls, config: dict[str, Any], version: int) -> dict[str, Any]:
+        """The `config` of a folder written at format `version` (< `format_version`), in today's shape."""
+        return config
 
     # Hooks a model can override, e.g. to leave frozen, separately loaded weights out of its file.
     def pretrained_state_dict(self) -> dict[str, torch.Tensor]:
@@ -204,7 +219,7 @@ class PretrainedMixin:
         directory = check_model_output_dir(directory)
         meta = {
             "architecture": self.architecture,
-            "format_version": FORMAT_VERSION,
+            "format_version": self.format_version,
             "vfmvae_version": __version__,
             "config": config_to_dict(self.config),
         }
@@ -229,7 +244,7 @@ class PretrainedMixin:
             raise CheckpointFormatError(
                 f"{directory / CONFIG_NAME}: this is a {meta['architecture']!r} checkpoint, not {cls.architecture!r}"
             )
-        raw = dict(meta["config"], **config_overrides)
+        raw = dict(cls.upgrade_config(dict(meta["config"]), meta["format_version"]), **config_overrides)
         try:
             config = config_from_dict(cls.config_class, raw, source=str(directory / CONFIG_NAME))
         except ConfigError as err:

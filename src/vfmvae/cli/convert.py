@@ -54,7 +54,7 @@ def run_tokenizer(args: argparse.Namespace) -> int:
     model = convert_official_tokenizer(args.config, args.weights, args.vfm, args.out)
     n = sum(p.numel() for p in model.trainable_parameters())
     print(f"converted {args.weights} -> {args.out} ({n / 1e6:.1f}M tokenizer parameters + frozen "
-          f"{model.config.vfm_name} VFM; latent {model.config.z_dim} x {model.config.image_size // model.config.downsample}"
+          f"{model.config.vfm.name} VFM; latent {model.config.z_dim} x {model.config.image_size // model.config.downsample}"
           f"^2 at {model.config.image_size} px)")
     return 0
 

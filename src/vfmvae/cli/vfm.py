@@ -11,8 +11,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "target and in SE-CKNNA analysis.")
     vsub = p.add_subparsers(dest="vfm_command", metavar="SUBCOMMAND", required=True)
     ls = vsub.add_parser("list", help="names, hub ids, patch size, width and layer count",
-                         description="List the registered VFMs. Pass a name to `load_vfm(name, path=LOCAL_FOLDER)` "
-                         "or a VFMConfig; weights come from the hub id when online or from a local folder.")
+                         description="List the registered VFMs. Build one with `build_vfm(VFMSpec(name, "
+                         "path=LOCAL_FOLDER))`, or name it in a tokenizer recipe as model.vfm.name; weights come from "
+                         "the hub id when online or from a local folder (model.vfm.path).")
     ls.add_argument("--all", action="store_true", help="include the tiny random `*-test` variants used by the tests")
     ls.set_defaults(func=run_list)
 

@@ -20,7 +20,7 @@ from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.models.modeling_utils import ModelMixin
 
 from vfmvae.config import config_from_dict, config_to_dict
-from vfmvae.tokenizer.model import VFMVAE, VFMVAEConfig
+from vfmvae.tokenizer.model import VFMVAE, VFMVAEConfig, upgrade_flat_vfm_keys
 
 __all__ = ["VFMVAEAutoencoder", "ModelMixin"]  # ModelMixin: diffusers' loader looks it up in this module
 
@@ -41,7 +41,9 @@ class VFMVAEAutoencoder(ModelMixin, ConfigMixin):
         latents_std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
-        cfg = config_from_dict(VFMVAEConfig, tokenizer_config or {}, source="VFMVAEAutoencoder config.json")
+        # folders written before the VFM became one spec hold the flat keys: read them in today's shape
+        cfg = config_from_dict(VFMVAEConfig, upgrade_flat_vfm_keys(dict(tokenizer_config or {})),
+                               source="VFMVAEAutoencoder config.json")
         if cfg.compression != "continuous":
             raise ValueError("VFMVAEAutoencoder wraps continuous tokenizers; this config is a discrete (VQ) one")
         for name, values in (("latents_mean", latents_mean), ("latents_std", latents_std)):

@@ -74,11 +74,11 @@ def cache_latents(tokenizer: str | Path, data: str | Path, out: str | Path, *, r
     vfm = None
     if vfm_features:
         from vfmvae.latents.targets import reg_dinov2_targets
-        from vfmvae.vfm import vfm_by_name
+        from vfmvae.vfm import VFMSpec, build_vfm
 
         # REPA/REG feed DINOv2 224 px (16x16 tokens); default: the registry's scale for this resolution
         scale = {"scale_factor": vfm_resolution / resolution} if vfm_resolution else {}
-        vfm = reg_dinov2_targets(vfm_by_name(vfm_features, layers=(-1,), **scale), resolution).to(dev)
+        vfm = reg_dinov2_targets(build_vfm(VFMSpec.from_name(vfm_features, layers=(-1,), **scale)), resolution).to(dev)
     dataset = build_dataset(DataConfig(source=Path(data), resolution=resolution, hflip=False, num_workers=num_workers),
                             rank=rank, world=world, loop=False)
     # verify what a re-run resumes (tokenizer content, data listing, flags), not item counts: rank 0 records or

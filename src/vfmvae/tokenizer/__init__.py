@@ -1,8 +1,7 @@
 """The VFM-VAE tokenizer: model, posterior, official-checkpoint conversion, reconstruction."""
 
-from vfmvae.tokenizer.model import VFMVAE, VFMVAEConfig, build_vfm, vfm_arch_of
+from vfmvae.tokenizer.model import VFMVAE, VFMVAEConfig
 from vfmvae.tokenizer.posterior import DiagonalGaussian
 from vfmvae.tokenizer.quantizer import MultiCodebookQuantizer, QuantizedLatent
 
-__all__ = ["VFMVAE", "VFMVAEConfig", "DiagonalGaussian", "MultiCodebookQuantizer", "QuantizedLatent",
-           "build_vfm", "vfm_arch_of"]
+__all__ = ["VFMVAE", "VFMVAEConfig", "DiagonalGaussian", "MultiCodebookQuantizer", "QuantizedLatent"]

@@ -25,17 +25,18 @@ from vfmvae.checkpoint.pretrained import load_state_dict_strict
 from vfmvae.checkpoint.serialize import CheckpointFormatError, load_tensors
 from vfmvae.checkpoint.torch_files import load_weights_only
 from vfmvae.config import read_yaml
-from vfmvae.tokenizer.model import VFMVAE, VFMVAEConfig, vfm_arch_of
-from vfmvae.vfm import FrozenVFM, load_vfm
+from vfmvae.tokenizer.model import VFMVAE, VFMVAEConfig
+from vfmvae.vfm import FrozenVFM, VFMSpec, build_vfm
 from vfmvae.vfm.registry import VFM_REGISTRY
 
-__all__ = ["config_from_official", "load_official_weights", "convert_official_state_dict", "convert_official_tokenizer"]
+__all__ = ["config_from_official", "vfm_spec_from_official", "load_official_weights", "convert_official_state_dict",
+           "convert_official_tokenizer"]
 
+# G_kwargs that describe the VFM (official name -> VFMSpec field); patch_in_dimensions must be the VFM's width
+_VFM_RENAMED = {"scale_factor": "scale_factor", "patch_from_layers": "layers"}
+_VFM_DEFAULTS = {"scale_factor": 2.0, "layers": (0, 12, -1)}  # the official SigLIP2 setup, for configs that omit them
 # G_kwargs that map onto VFMVAEConfig (official name -> ours)
 _RENAMED = {
-    "scale_factor": "scale_factor",
-    "patch_from_layers": "layers",
-    "patch_in_dimensions": "layer_dims",
     "patch_out_dimensions": "proj_dims",
     "how_to_compress": "compress",
     "how_to_decompress": "decompress",
@@ -73,19 +74,36 @@ _REQUIRED_VALUES = {
 }
 # G_kwargs that only affect training, precision or unused paths
 _IGNORED = {
-    "class_name", "vfm_name", "img_resolution", "distmat_margin", "cos_margin", "distmat_weight", "cos_weight",
+    "class_name", "vfm_name", "img_resolution", "patch_in_dimensions", "distmat_margin", "cos_margin", "distmat_weight",
+    "cos_weight",
     "use_kl_loss", "use_vf_loss", "use_adaptive_vf_loss", "equivariance_regularization_p_prior",
     "equivariance_regularization_p_prior_scale", "use_equivariance_regularization", "num_fp16_res", "train_mode",
     "conv_clamp", "label_type", "label_dim", "use_entropy_loss", "entropy_temp", "synthesis_kwargs",
 }
 
 
-def config_from_official(official: dict[str, Any], vfm: FrozenVFM, *, source: str = "config") -> VFMVAEConfig:
-    """Translate an official training config (a dict with `G_kwargs`) into a `VFMVAEConfig`."""
+def vfm_spec_from_official(official: dict[str, Any], vfm: str | Path, *, source: str = "config") -> VFMSpec:
+    """The VFM of an official training config (its taps and input scale), with the weights of `vfm`: a registered
+    name (`vfmvae vfm list`) or a local transformers folder."""
+    g = _g_kwargs(official, source)
+    fields = {ours: g.get(theirs, _VFM_DEFAULTS[ours]) for theirs, ours in _VFM_RENAMED.items()}
+    fields["layers"] = tuple(fields["layers"])
+    text = str(vfm)
+    return (VFMSpec(name=text, **fields) if text in VFM_REGISTRY
+            else VFMSpec(name="custom", path=text, **fields))  # an unregistered folder: its own family and arch
+
+
+def _g_kwargs(official: dict[str, Any], source: str) -> dict[str, Any]:
     if "G_kwargs" not in official:
         raise CheckpointFormatError(f"{source}: no G_kwargs section (is this an official VFM-VAE training config?)")
-    g = dict(official["G_kwargs"])
-    unknown = sorted(set(g) - set(_RENAMED) - set(_REQUIRED_VALUES) - _IGNORED)
+    return dict(official["G_kwargs"])
+
+
+def config_from_official(official: dict[str, Any], vfm: FrozenVFM, *, source: str = "config") -> VFMVAEConfig:
+    """Translate an official training config (a dict with `G_kwargs`) into a `VFMVAEConfig` around `vfm`, built
+    from `vfm_spec_from_official` of the same config."""
+    g = _g_kwargs(official, source)
+    unknown = sorted(set(g) - set(_RENAMED) - set(_VFM_RENAMED) - set(_REQUIRED_VALUES) - _IGNORED)
     if unknown:
         raise CheckpointFormatError(f"{source}: unknown G_kwargs keys {unknown}")
     for key, value in _REQUIRED_VALUES.items():
@@ -96,17 +114,19 @@ def config_from_official(official: dict[str, Any], vfm: FrozenVFM, *, source: st
     if bad or synth.get("architecture", "skip") != "skip":
         raise CheckpointFormatError(f"{source}: unsupported synthesis_kwargs {bad or synth}")
     resolution = g.get("img_resolution") or (official.get("training_set_kwargs") or {}).get("resolution") or 256
+    widths = g.get("patch_in_dimensions")
+    if widths is not None and any(int(w) != vfm.width for w in widths):
+        raise CheckpointFormatError(f"{source}: G_kwargs.patch_in_dimensions {list(widths)} do not match the width "
+                                    f"{vfm.width} of the VFM {vfm.name}")
     kwargs: dict[str, Any] = {ours: g[theirs] for theirs, ours in _RENAMED.items() if theirs in g}
-    for key in ("layers", "layer_dims", "proj_dims", "inject_blocks", "inject_dims", "attn_blocks", "attn_depths"):
+    for key in ("proj_dims", "inject_blocks", "inject_dims", "attn_blocks", "attn_depths"):
         if key in kwargs:
             kwargs[key] = tuple(kwargs[key])
     if "inject_dims" in kwargs and "inject_blocks" in kwargs:  # official indexes mapped dims by block index
         dims = g["concat_z_mapped_dims"]
         kwargs["inject_dims"] = tuple(dims[i] for i in g["concat_z_block_indices"])
     kwargs.update({k: synth[k] for k in ("channel_base", "channel_max", "num_res_blocks") if k in synth})
-    name = vfm.name if vfm.name in VFM_REGISTRY else "custom"
-    return VFMVAEConfig(vfm_name=name, vfm_family=vfm.family, vfm_arch=vfm_arch_of(vfm), image_size=int(resolution),
-                        **kwargs)
+    return VFMVAEConfig(vfm=vfm.spec, image_size=int(resolution), **kwargs)
 
 
 def load_official_weights(path: str | Path) -> dict[str, torch.Tensor]:
@@ -233,7 +253,7 @@ def convert_official_tokenizer(config_path: str | Path, weights_path: str | Path
         raise FileNotFoundError(f"official config not found: {config_path}")
     official_cfg = read_yaml(config_path.read_text(), f"official config {config_path}") or {}
     state = load_official_weights(weights_path)
-    frozen = load_vfm(vfm)
+    frozen = build_vfm(vfm_spec_from_official(official_cfg, vfm, source=str(config_path)))
     config = config_from_official(official_cfg, frozen, source=str(config_path))
     if "ldm_adapter.linear_proj.weight" in state:
         from dataclasses import replace

@@ -12,15 +12,15 @@ Everything is resolution-agnostic: a model built for 256 px encodes and decodes 
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vfmvae.checkpoint.pretrained import PretrainedMixin
+from vfmvae.config import yaml_flow
 from vfmvae.tokenizer.layers import (
     AttnProjection,
     EqualizedLinear,
@@ -34,22 +34,17 @@ from vfmvae.tokenizer.layers import (
 )
 from vfmvae.tokenizer.posterior import DiagonalGaussian
 from vfmvae.tokenizer.quantizer import MultiCodebookQuantizer, QuantizedLatent
-from vfmvae.vfm import FAMILIES, VFM_REGISTRY, FrozenVFM
+from vfmvae.vfm import FrozenVFM, VFMSpec, build_vfm
 
-__all__ = ["VFMVAEConfig", "VFMVAE"]
+__all__ = ["VFMVAEConfig", "VFMVAE", "upgrade_flat_vfm_keys"]
 
 
 @dataclass(frozen=True)
 class VFMVAEConfig:
     """The tokenizer architecture. Defaults are the released f16d32 SigLIP2-L model at 256 px."""
 
-    # frozen VFM (encoder)
-    vfm_name: str = "siglip2-large-patch16-512"     # registry name, or "custom" with vfm_family/vfm_arch
-    vfm_family: str = "siglip"
-    vfm_arch: dict[str, Any] = field(default_factory=dict)  # architecture config; empty = the registry's
-    scale_factor: float = 2.0                        # VFM input = image x scale_factor (bilinear for SigLIP)
-    layers: tuple[int, ...] = (0, 12, -1)            # VFM taps (patch_from_layers)
-    layer_dims: tuple[int, ...] = (1024, 1024, 1024)  # their widths (patch_in_dimensions)
+    # frozen VFM (encoder): which VFM, its taps (patch_from_layers) and input scale; tap widths are the VFM's
+    vfm: VFMSpec = field(default_factory=VFMSpec)
     proj_dims: tuple[int, ...] = (64, 64, 64)        # width of each tap after projection (patch_out_dimensions)
     # latent
     image_size: int = 256                            # training resolution; fixes the grid ratios
@@ -81,10 +76,19 @@ class VFMVAEConfig:
     extra_convnext: bool = True                      # 3 ConvNeXt layers per group in blocks 0-3 (else 2)
     legacy_noise: bool = True                        # the released weights need it; new models: False
 
+    @staticmethod
+    def retired_keys(data: dict[str, Any], prefix: str) -> dict[str, str]:
+        """Format-1 keys of the VFM, refused in recipes with what to write instead (config.json files are upgraded)."""
+        advice = {old: f"the VFM is described once; write {prefix}vfm.{new}: {yaml_flow(data[old])} instead"
+                  for old, (new, _) in _FLAT_VFM_KEYS.items() if old in data}
+        if "layer_dims" in data:
+            advice["layer_dims"] = "the tap widths are the VFM's own; delete it"
+        return advice
+
     def __post_init__(self) -> None:
-        n = len(self.layers)
-        if not (len(self.layer_dims) == len(self.proj_dims) == n):
-            raise ValueError("layers, layer_dims and proj_dims must have the same length")
+        if len(self.proj_dims) != len(self.vfm.layers):
+            raise ValueError(f"proj_dims {self.proj_dims} must give one width per VFM tap "
+                             f"(vfm.layers {self.vfm.layers})")
         if 0 not in self.inject_blocks:
             raise ValueError("inject_blocks must contain 0: block 0 takes the injected latent as its only input")
         if len(self.inject_dims) != len(self.inject_blocks) or len(self.attn_depths) != len(self.attn_blocks):
@@ -190,27 +194,27 @@ class VFMVAE(PretrainedMixin, nn.Module):
     """The tokenizer. `encode` takes images in [0, 1]; `decode` returns images in [-1, 1]."""
 
     config_class = VFMVAEConfig
+    format_version: ClassVar[int] = 2  # 2: the VFM as one `vfm` spec (1: flat vfm_name/vfm_family/vfm_arch/layers/...)
 
     def __init__(self, config: VFMVAEConfig, vfm: FrozenVFM | None = None) -> None:
+        """`vfm`: the VFM built from `config.vfm` with its pretrained weights (training, conversion); without it the
+        VFM's architecture is built with random weights, which a checkpoint's weights then replace."""
         super().__init__()
         self.config = cfg = config
-        self.vfm = vfm if vfm is not None else build_vfm(cfg)
-        # The tokenizer's config governs how its VFM is fed, whatever the VFM was loaded with.
-        self.vfm.layers = self.vfm.check_layers(cfg.layers)
-        self.vfm.scale_factor = float(cfg.scale_factor)
-        if any(d != self.vfm.width for d in cfg.layer_dims):
-            raise ValueError(f"layer_dims {cfg.layer_dims} do not match the VFM width {self.vfm.width}")
-        grid = cfg.image_size * cfg.scale_factor / self.vfm.patch_size
+        self.vfm = vfm if vfm is not None else build_vfm(replace(cfg.vfm, random_init=True))
+        _check_vfm_matches(self.vfm, cfg.vfm)
+        grid = cfg.image_size * self.vfm.scale_factor / self.vfm.patch_size
         z_res = cfg.image_size // cfg.downsample
         if grid != int(grid) or int(grid) % z_res:
             raise ValueError(f"VFM token grid {grid} must be an integer multiple of the latent size {z_res}")
         self.unshuffle = int(grid) // z_res
         # encoder projections
+        width = self.vfm.width  # every tap of a ViT has its width (patch_in_dimensions)
         if cfg.compress == "attnproj":
-            self.patch_projs = nn.ModuleList(
-                AttnProjection(i, o, max(1, i // o), cfg.quant_layers) for i, o in zip(cfg.layer_dims, cfg.proj_dims))
+            self.patch_projs = nn.ModuleList(AttnProjection(width, o, max(1, width // o), cfg.quant_layers)
+                                             for o in cfg.proj_dims)
         else:
-            self.patch_projs = nn.ModuleList(nn.Conv2d(i, o, 1) for i, o in zip(cfg.layer_dims, cfg.proj_dims))
+            self.patch_projs = nn.ModuleList(nn.Conv2d(width, o, 1) for o in cfg.proj_dims)
         fused = sum(o * self.unshuffle**2 for o in cfg.proj_dims)
         zc = cfg.latent_channels
         moments = 2 * cfg.z_dim if cfg.compression == "continuous" else cfg.vocab_width
@@ -222,7 +226,10 @@ class VFMVAE(PretrainedMixin, nn.Module):
                           if cfg.decompress == "attnproj" else nn.Conv2d(zc, big_z, 1))
         self.quantizer = (MultiCodebookQuantizer(cfg.vocab_size, cfg.vocab_width, cfg.num_codebooks, cfg.vq_beta)
                           if cfg.compression == "discrete" else None)
-        self.vf_proj = nn.Conv2d(zc, self.vfm.width, 1, bias=False) if cfg.vf_projection else None
+        self.vf_proj = None
+        if cfg.vf_projection:  # 1x1 z -> VFM width for the VF alignment loss, initialised as the official
+            self.vf_proj = nn.Conv2d(zc, width, 1, bias=False)
+            nn.init.xavier_normal_(self.vf_proj.weight, gain=0.5)
         # decoder
         self.mapping = _Mapping(big_z * cfg.pooled_resolution**2, cfg.w_dim)
         self.synthesis = _Synthesis(cfg)
@@ -311,32 +318,35 @@ class VFMVAE(PretrainedMixin, nn.Module):
         return (p for n, p in self.named_parameters() if not n.startswith("vfm."))
 
 
-def vfm_arch_of(vfm: FrozenVFM) -> dict[str, Any]:
-    """The architecture config to store in `VFMVAEConfig.vfm_arch` for a loaded VFM."""
-    cfg = getattr(vfm.model, "config", None)
-    if cfg is not None and hasattr(cfg, "to_diff_dict"):
-        # Only what differs from the family's defaults: compact, and it survives the JSON round trip.
-        arch = cfg.to_diff_dict()
-        for key in ("transformers_version", "architectures", "_name_or_path", "torch_dtype", "dtype", "model_type"):
-            arch.pop(key, None)
-        return json.loads(json.dumps(arch))
-    if vfm.name in VFM_REGISTRY:
-        return dict(VFM_REGISTRY[vfm.name].arch)
-    raise ValueError("cannot record the architecture of this VFM; use a registered name")
+    @classmethod
+    def upgrade_config(cls, config: dict[str, Any], version: int) -> dict[str, Any]:
+        """A `config.json` of an older format version, in today's shape (the folder itself is not rewritten)."""
+        return upgrade_flat_vfm_keys(config) if version < 2 else config
 
 
-def build_vfm(cfg: VFMVAEConfig, seed: int = 0) -> FrozenVFM:
-    """The VFM architecture of `cfg` with random weights (they are replaced by the checkpoint's)."""
-    arch = dict(cfg.vfm_arch)
-    if not arch:
-        if cfg.vfm_name not in VFM_REGISTRY:
-            raise ValueError(f"vfm_arch is empty and {cfg.vfm_name!r} is not a registered VFM")
-        arch = dict(VFM_REGISTRY[cfg.vfm_name].arch)
-    for key in ("model_type",):
-        arch.pop(key, None)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = FAMILIES[cfg.vfm_family].build(arch)
-    return FrozenVFM(model, cfg.vfm_family, name=cfg.vfm_name, layers=cfg.layers, scale_factor=cfg.scale_factor)
+def _check_vfm_matches(vfm: FrozenVFM, spec: VFMSpec) -> None:
+    """A VFM handed to the constructor must be the one the config describes (one description, no silent override)."""
+    expected = {"family": spec.family, "layers": tuple(spec.layers), "scale_factor": spec.scale_factor}
+    found = {"family": vfm.family, "layers": tuple(vfm.layers), "scale_factor": vfm.scale_factor}
+    wrong = [f"{k} {found[k]!r} (config: {v!r})" for k, v in expected.items() if v is not None and found[k] != v]
+    if wrong:
+        raise ValueError(f"the VFM given to VFMVAE does not match config.vfm: {', '.join(wrong)}; build it with "
+                         "build_vfm(config.vfm)")
 
 
+# format version 1 (flat keys; their defaults then) -> the `vfm` spec
+_FLAT_VFM_KEYS = {"vfm_name": ("name", "siglip2-large-patch16-512"), "vfm_family": ("family", "siglip"),
+                  "vfm_arch": ("arch", {}), "layers": ("layers", [0, 12, -1]), "scale_factor": ("scale_factor", 2.0)}
+
+
+def upgrade_flat_vfm_keys(config: dict[str, Any]) -> dict[str, Any]:
+    """A tokenizer config of format version 1 (the VFM as flat `vfm_name`, `vfm_family`, `vfm_arch`, `layers`,
+    `scale_factor` and `layer_dims` keys) as today's `VFMVAEConfig` dict; other configs are returned unchanged.
+
+    `layer_dims` is dropped: the tap widths are the VFM's (the weights' shapes still check them on load).
+    """
+    if "vfm" in config or not any(k in config for k in (*_FLAT_VFM_KEYS, "layer_dims")):
+        return config
+    new = {k: v for k, v in config.items() if k not in _FLAT_VFM_KEYS and k != "layer_dims"}
+    new["vfm"] = {ours: config.get(old, default) for old, (ours, default) in _FLAT_VFM_KEYS.items()}
+    return new

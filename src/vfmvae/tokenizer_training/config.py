@@ -6,11 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from vfmvae.config import require_positive
+from vfmvae.config import require_positive, yaml_flow
 from vfmvae.data.loader import DataConfig
 from vfmvae.distributed import parse_device
 from vfmvae.tokenizer.model import VFMVAEConfig
-from vfmvae.vfm.encoder import VFMConfig
 
 __all__ = ["LossConfig", "DiscConfig", "OptimConfig", "RunConfig", "TokenizerTrainConfig"]
 
@@ -94,10 +93,28 @@ class RunConfig:
 class TokenizerTrainConfig:
     data: DataConfig
     stage: Literal["all", "decoder", "late_decoder"] = "all"
-    init: str | None = None                   # previous stage's exported tokenizer folder; None = new model
-    model: VFMVAEConfig = field(default_factory=VFMVAEConfig)   # architecture of a new model
-    vfm: VFMConfig = field(default_factory=VFMConfig)           # the frozen VFM of a new model
+    # exactly one of: `init`, the previous stage's exported tokenizer folder (its config.json fixes the architecture
+    # and the VFM), or `model`, a new model's architecture with its frozen VFM as `model.vfm`
+    init: str | None = None
+    model: VFMVAEConfig | None = None
     loss: LossConfig = field(default_factory=LossConfig)
     disc: DiscConfig = field(default_factory=DiscConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        if (self.init is None) == (self.model is None):
+            raise ValueError("set exactly one of init (a previous stage's export, which fixes the architecture and its "
+                             "VFM) and model (a new model, its VFM as model.vfm); this recipe sets "
+                             + ("both" if self.init is not None else "neither"))
+        if self.model is not None and self.loss.vf > 0 and -1 not in self.model.vfm.layers:
+            raise ValueError(f"loss.vf > 0 needs the final VFM layer (-1) among model.vfm.layers "
+                             f"({list(self.model.vfm.layers)})")
+
+    @staticmethod
+    def retired_keys(data: dict[str, Any], prefix: str) -> dict[str, str]:
+        """The top-level `vfm:` section of format 1, refused with what to write instead."""
+        if "vfm" not in data:
+            return {}
+        return {"vfm": f"the VFM is described once, inside the model; write {prefix}model.vfm: "
+                       f"{yaml_flow(data['vfm'])} instead (with init, the export's VFM is used: delete it)"}

@@ -24,7 +24,6 @@ from vfmvae.checkpoint import CheckpointManager, capture_rng_state, restore_rng_
 from vfmvae.config import config_to_dict
 from vfmvae.data import DataStream, SkipCounter, to_float01
 from vfmvae.tokenizer import VFMVAE, DiagonalGaussian
-from vfmvae.tokenizer.model import vfm_arch_of
 from vfmvae.tokenizer_training.config import TokenizerTrainConfig
 from vfmvae.tokenizer_training.discriminators import MultiscalePatchGAN, ProjectedDiscriminator
 from vfmvae.tokenizer_training.equivariance import EquivarianceDraw, draw_equivariance, transform_latent, transform_target
@@ -42,28 +41,37 @@ from vfmvae.tokenizer_training.stages import select_trainable
 from vfmvae.training import EMA, fused_optimizer_supported, optimizer_step
 from vfmvae.training.run_folder import claimed_run_folder, write_run_config
 from vfmvae.training.run_log import RunLog, autocast_factory, peak_memory, scalars_to_floats
-from vfmvae.vfm import vfm_from_config
+from vfmvae.vfm import build_vfm
 
 __all__ = ["build_generator", "train_tokenizer"]
 
 
 def build_generator(cfg: TokenizerTrainConfig) -> VFMVAE:
-    """The previous stage's export (`init`), or a new model around the configured VFM."""
+    """The previous stage's export (`init`), or a new model (`model`) around its VFM (`model.vfm`) with pretrained
+    weights. A VF loss needs the VF projection: a new model is created with one; an export without one (a converted
+    checkpoint that had none) is rebuilt with a new one, every other weight kept."""
+    needs_vf = cfg.loss.vf > 0
     if cfg.init is not None:
         model = VFMVAE.from_pretrained(cfg.init)
+        if needs_vf and model.vf_proj is None:
+            with_vf = VFMVAE(replace(model.config, vf_projection=True), vfm=model.vfm)
+            _load_all_but(with_vf, model.state_dict(), new="vf_proj.")
+            model = with_vf
     else:
-        vfm = vfm_from_config(cfg.vfm)
-        arch = replace(cfg.model, vfm_name=cfg.vfm.name, vfm_family=vfm.family, vfm_arch=vfm_arch_of(vfm),
-                       layer_dims=(vfm.width,) * len(cfg.model.layers))
-        model = VFMVAE(arch, vfm=vfm)
-    if cfg.loss.vf > 0:
-        if -1 not in model.config.layers:
-            raise ValueError("loss.vf > 0 needs the final VFM layer (-1) among model.layers")
-        if model.vf_proj is None:  # a new 1x1 projection z -> VFM width, initialised as the official
-            model.config = replace(model.config, vf_projection=True)
-            model.vf_proj = nn.Conv2d(model.config.latent_channels, model.vfm.width, 1, bias=False)
-            nn.init.xavier_normal_(model.vf_proj.weight, gain=0.5)
+        vfm = build_vfm(cfg.model.vfm)
+        # the config records the VFM as built (family, architecture, scale): the export rebuilds it offline
+        model = VFMVAE(replace(cfg.model, vfm=vfm.spec, vf_projection=cfg.model.vf_projection or needs_vf), vfm=vfm)
+    if needs_vf and -1 not in model.config.vfm.layers:
+        where = f"the VFM taps of {cfg.init}" if cfg.init is not None else "model.vfm.layers"
+        raise ValueError(f"loss.vf > 0 needs the final VFM layer (-1) among {where} ({list(model.config.vfm.layers)})")
     return model
+
+
+def _load_all_but(module: nn.Module, state: dict[str, torch.Tensor], *, new: str) -> None:
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    bad = [k for k in missing if not k.startswith(new)] + list(unexpected)
+    if bad:
+        raise RuntimeError(f"cannot add {new.rstrip('.')} to the model: mismatched keys {bad[:8]}")
 
 
 def _without_vfm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

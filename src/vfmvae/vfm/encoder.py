@@ -11,32 +11,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vfmvae.vfm.families import FAMILIES, FamilyAdapter, VFMLoadError, family_of_model_type
+from vfmvae.vfm.families import VFM_ADAPTERS, FamilyAdapter, VFMLoadError, family_of_model_type
 from vfmvae.vfm.registry import VFM_REGISTRY, VFMEntry
+from vfmvae.vfm.spec import VFMSpec
 
-__all__ = ["VFMConfig", "VFMFeatures", "FrozenVFM", "create_vfm", "load_vfm", "list_vfms", "vfm_by_name"]
-
-
-@dataclass(frozen=True)
-class VFMConfig:
-    """Which frozen VFM to use and how to feed it."""
-
-    name: str = "siglip2-large-patch16-512"   # registry name (`vfmvae vfm list`)
-    path: str | None = None                    # local folder/file (or hub id) with the weights; None = the registry hub id
-    layers: tuple[int, ...] = (-1,)            # taps: 0 = embeddings, k = block k, -1 = final (post-LN), -2 = last block
-    scale_factor: float | None = None          # input rescale; None = the registry default for 256-px images
-    input_range: Literal["0,1", "-1,1"] = "0,1"
-    autocast: bool = True                      # bf16 autocast on CUDA
-    random_init: bool = False                  # build the architecture with random weights (tests, benchmarks)
-    seed: int = 0                              # for random_init
+__all__ = ["VFMFeatures", "FrozenVFM", "build_vfm", "list_vfms"]
 
 
 @dataclass
@@ -64,14 +51,16 @@ class FrozenVFM(nn.Module):
         scale_factor: float = 1.0,
         input_range: str = "0,1",
         autocast: bool = True,
+        source: VFMSpec | None = None,
     ) -> None:
         super().__init__()
-        if family not in FAMILIES:
-            raise ValueError(f"unknown VFM family {family!r}; known: {', '.join(FAMILIES)}")
+        if family not in VFM_ADAPTERS:
+            raise ValueError(f"unknown VFM family {family!r}; known: {', '.join(VFM_ADAPTERS)}")
         if scale_factor <= 0:
             raise ValueError("scale_factor must be positive")
-        self.adapter: FamilyAdapter = FAMILIES[family]
+        self.adapter: FamilyAdapter = VFM_ADAPTERS[family]
         self.family, self.name = family, name
+        self.source = source  # the spec it was built from (path, random_init), if any
         self.model = model.eval().requires_grad_(False)
         self.scale_factor = float(scale_factor)
         self.input_range = input_range
@@ -91,6 +80,14 @@ class FrozenVFM(nn.Module):
     @property
     def num_taps(self) -> int:
         return self.num_layers + 2
+
+    @property
+    def spec(self) -> VFMSpec:
+        """This VFM as a complete spec (family and architecture filled in): what a tokenizer config records, so
+        that the tokenizer folder rebuilds its VFM offline, with or without the registry."""
+        source = self.source or VFMSpec(name=self.name or self.family, family=self.family, arch=_architecture_of(self))
+        return replace(source, family=self.family, arch=_architecture_of(self), layers=self.layers,
+                       scale_factor=self.scale_factor)
 
     def check_layers(self, layers: Sequence[int]) -> tuple[int, ...]:
         layers = tuple(int(i) for i in layers)
@@ -150,21 +147,20 @@ def list_vfms(include_test: bool = True) -> list[VFMEntry]:
     return [e for e in VFM_REGISTRY.values() if include_test or not e.name.endswith("-test")]
 
 
-def _entry(name: str) -> VFMEntry:
-    if name not in VFM_REGISTRY:
-        raise KeyError(f"unknown VFM {name!r}; `vfmvae vfm list` shows the names "
-                       f"(e.g. {', '.join(list(VFM_REGISTRY)[:4])}), or pass a local model folder")
-    return VFM_REGISTRY[name]
-
-
-def create_vfm(name: str, *, layers: Sequence[int] = (-1,), seed: int = 0, **kwargs) -> FrozenVFM:
-    """A randomly initialised VFM of a registered architecture (no weights needed)."""
-    entry = _entry(name)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = FAMILIES[entry.family].build(entry.arch)
-    kwargs.setdefault("scale_factor", entry.scale_factor)
-    return FrozenVFM(model, entry.family, name=name, layers=layers, **kwargs)
+def _architecture_of(vfm: FrozenVFM) -> dict[str, Any]:
+    """The architecture config that rebuilds `vfm.model` (the adapter's `build`)."""
+    cfg = getattr(vfm.model, "config", None)
+    if cfg is not None and hasattr(cfg, "to_diff_dict"):
+        # Only what differs from the family's defaults: compact, and it survives the JSON round trip.
+        arch = cfg.to_diff_dict()
+        for key in ("transformers_version", "architectures", "_name_or_path", "torch_dtype", "dtype", "model_type"):
+            arch.pop(key, None)
+        return json.loads(json.dumps(arch))
+    if vfm.source is not None and vfm.source.arch:
+        return dict(vfm.source.arch)
+    if vfm.name in VFM_REGISTRY:
+        return dict(VFM_REGISTRY[vfm.name].arch)
+    raise ValueError(f"cannot record the architecture of the VFM {vfm.name!r}; use a registered name")
 
 
 def _family_of_folder(path: Path) -> str:
@@ -176,43 +172,37 @@ def _family_of_folder(path: Path) -> str:
     return family_of_model_type(model_type)
 
 
-def load_vfm(name_or_path: str | Path, *, path: str | Path | None = None, layers: Sequence[int] = (-1,),
-             scale_factor: float | None = None, **kwargs) -> FrozenVFM:
-    """Load a pretrained VFM.
+def build_vfm(spec: VFMSpec, *, seed: int = 0, input_range: str = "0,1", autocast: bool = True) -> FrozenVFM:
+    """The one way to build a frozen VFM.
 
-    * `load_vfm("dinov2-base")`: the registry's hub id (needs the hub; offline it fails with instructions);
-    * `load_vfm("dinov2-base", path="/models/dinov2-base")`: registry settings, weights from a local folder;
-    * `load_vfm("/models/dinov2-base")`: a local transformers folder; the family is read from config.json.
+    * pretrained weights (`spec.has_weights`): from `spec.path` (a local folder or file) or else the registry's hub
+      id; offline or missing weights fail with a `VFMLoadError` that says how to provide them;
+    * random weights of the architecture (`spec.random_init`, and the registry's tiny `*-test` VFMs, which have no
+      weights), drawn from `seed` without touching the global random state: the architecture is `spec.arch`, else
+      the registry's.
+
+    `input_range` ("0,1" or "-1,1") and `autocast` (bf16 on CUDA) only say how images are fed at run time.
     """
-    text = str(name_or_path)
-    if text in VFM_REGISTRY:
-        entry = VFM_REGISTRY[text]
-        source = path if path is not None else entry.hub_id
-        if source is None:
-            raise VFMLoadError(f"{text} is a random test architecture with no weights; use create_vfm({text!r})")
-        model = FAMILIES[entry.family].load(source, entry.arch)
-        family, default_scale = entry.family, entry.scale_factor
+    entry = spec.entry
+    family = spec.family or (entry.family if entry is not None else None)
+    arch = dict(spec.arch or (entry.arch if entry is not None else {}))
+    arch.pop("model_type", None)
+    if not spec.has_weights:
+        if family is None or not arch:
+            raise VFMLoadError(f"{spec.name}: random weights need the architecture: a registered name, or family "
+                               "and arch")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = VFM_ADAPTERS[family].build(arch)
+        spec = replace(spec, random_init=True)
+    elif entry is not None:
+        model = VFM_ADAPTERS[family].load(spec.weights_source(), arch)
     else:
-        folder = Path(path or name_or_path)
+        folder = Path(spec.path)
         if not folder.exists():
-            raise VFMLoadError(f"{text!r} is neither a registered VFM name (`vfmvae vfm list`) nor an existing folder")
-        family, default_scale = _family_of_folder(folder), 1.0
-        model = FAMILIES[family].load(folder)
-    return FrozenVFM(model, family, name=text, layers=layers,
-                     scale_factor=default_scale if scale_factor is None else scale_factor, **kwargs)
-
-
-def vfm_by_name(name: str, **kwargs) -> FrozenVFM:
-    """A registered tiny `*-test` VFM is built with random weights; anything else is loaded (`load_vfm`)."""
-    if name.endswith("-test") and name in VFM_REGISTRY:
-        return create_vfm(name, **kwargs)
-    return load_vfm(name, **kwargs)
-
-
-def vfm_from_config(cfg: VFMConfig) -> FrozenVFM:
-    kwargs = dict(layers=cfg.layers, input_range=cfg.input_range, autocast=cfg.autocast)
-    if cfg.random_init:
-        if cfg.scale_factor is not None:
-            kwargs["scale_factor"] = cfg.scale_factor
-        return create_vfm(cfg.name, seed=cfg.seed, **kwargs)
-    return load_vfm(cfg.name, path=cfg.path, scale_factor=cfg.scale_factor, **kwargs)
+            raise VFMLoadError(f"{spec.path!r} is neither a registered VFM name (`vfmvae vfm list`) nor an existing "
+                               "folder")
+        family = family or _family_of_folder(folder)
+        model = VFM_ADAPTERS[family].load(folder, arch or None)
+    return FrozenVFM(model, family, name=spec.name, layers=spec.layers, scale_factor=spec.resolved_scale_factor(),
+                     input_range=input_range, autocast=autocast, source=spec)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["FamilyAdapter", "FAMILIES", "family_of_model_type", "VFMLoadError"]
+__all__ = ["FamilyAdapter", "VFM_ADAPTERS", "family_of_model_type", "VFMLoadError"]
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -304,15 +304,16 @@ class EvaAdapter(FamilyAdapter):
         return Taps(taps, self.num_prefix_tokens(model), pooled)
 
 
-FAMILIES: dict[str, FamilyAdapter] = {
+# family name -> its adapter (how to build, load and tap that family's models)
+VFM_ADAPTERS: dict[str, FamilyAdapter] = {
     a.name: a for a in (SiglipAdapter(), Dinov2Adapter(), Dinov2RegAdapter(), Dinov3Adapter(), ClipAdapter(),
                         MaeAdapter(), EvaAdapter())
 }
 
 
 def family_of_model_type(model_type: str) -> str:
-    for name, adapter in FAMILIES.items():
+    for name, adapter in VFM_ADAPTERS.items():
         if model_type in adapter.model_types:
             return name
     raise VFMLoadError(f"unsupported VFM model_type {model_type!r}; supported: "
-                       + ", ".join(t for a in FAMILIES.values() for t in a.model_types))
+                       + ", ".join(t for a in VFM_ADAPTERS.values() for t in a.model_types))

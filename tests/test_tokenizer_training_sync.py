@@ -23,7 +23,7 @@ TRAINING_CODE = ("tokenizer_training/trainer.py", "tokenizer_training/losses.py"
 def _cfg(run_dir, data, *overrides):
     return load_config(TokenizerTrainConfig, ROOT / "configs" / "tokenizer" / "tiny.yaml",
                        [f"run.dir={run_dir}", f"data.source={data}", "data.num_workers=0", "run.batch_size=4",
-                        "run.snapshot_every=1000", *overrides])
+                        "run.grid_every=1000", *overrides])
 
 
 def test_training_loop_reads_nothing_back_between_logging_points(tmp_path, synthetic_dir):

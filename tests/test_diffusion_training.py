@@ -181,7 +181,8 @@ def test_training_loop_reads_nothing_back_between_logging_points(cache, tmp_path
     import vfmvae
 
     package = str(Path(vfmvae.__file__).resolve().parent)
-    training_code = ("diffusion_training/trainer.py", "training/step.py", "training/ema.py", "diffusion/transport.py",
+    training_code = ("diffusion_training/trainer.py", "diffusion_training/draws.py", "training/run.py",
+                     "training/step.py", "training/ema.py", "diffusion/transport.py",
                      "diffusion/model.py", "diffusion/layers.py")
 
     def run(steps: int) -> list[str]:

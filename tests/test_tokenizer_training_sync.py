@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = str(Path(vfmvae.__file__).resolve().parent)
 # the step's code; the equivariance draws and DiffAugment read a host generator (no device sync), data loading
 # reads host tensors
-TRAINING_CODE = ("tokenizer_training/trainer.py", "tokenizer_training/losses.py", "training/step.py", "training/ema.py",
+TRAINING_CODE = ("tokenizer_training/trainer.py", "training/run.py", "tokenizer_training/losses.py", "training/step.py",
+                 "training/ema.py",
                  "tokenizer/model.py", "tokenizer/layers.py", "vfm/encoder.py")
 
 

@@ -170,7 +170,7 @@ def _train_diffusion(cfg: DiffusionTrainConfig, run: TrainingRun) -> dict[str, A
         atomic_write_text(path / SAMPLER_FILE, json.dumps({"preset": cfg.sample_preset}) + "\n")
 
     run.begin(model=model, ema=ema, dataset_size=len(dataset), save=save, grid=grids.save, loss_key="loss",
-              skip_keys=("skipped_steps",))
+              skip_keys=("skipped_steps",), stop_label="non-finite steps")
 
     # ---- the step body: one optimizer step over the micro-batches of this rank, with the step's draws
     def loss_fn(module: nn.Module, batch: dict[str, Any]) -> torch.Tensor:

@@ -272,7 +272,8 @@ def _train_tokenizer(cfg: TokenizerTrainConfig, run: TrainingRun) -> dict[str, A
             _reconstruction_grid(ema.model, fixed[0], path)
 
     run.begin(model=g, ema=ema, dataset_size=_dataset_size(stream), save=save, grid=grid, loss_key="loss/g",
-              skip_keys=("skipped_g", "skipped_d"), images_before=images_before,
+              skip_keys=("skipped_g", "skipped_d"),
+              stop_label="non-finite generator steps (or safe-loss rejections)", images_before=images_before,
               trainable_parameters=sum(t.numel() for t in trainable) + sum(t.numel() for t in d_params))
 
     # ---- the step body: a discriminator step, then a generator step

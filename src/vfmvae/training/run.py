@@ -109,18 +109,20 @@ class TrainingRun:
 
     def begin(self, *, model: nn.Module, ema: EMA, dataset_size: int | None, save: Callable[[], None],
               grid: Callable[[Path], None] | None = None, loss_key: str = "loss", skip_keys: tuple[str, ...] = (),
-              images_before: int = 0, trainable_parameters: int | None = None) -> None:
+              stop_label: str = "skipped steps", images_before: int = 0,
+              trainable_parameters: int | None = None) -> None:
         """Start the loop: config.yaml, the header, the log, the bar and the device counters.
 
         `save()` writes a checkpoint (collective), `grid(path)` a grid of the EMA model (rank 0); `skip_keys` name
-        the skip counters of `end_step`, the first of which counts towards the consecutive-skip stop."""
+        the skip counters of `end_step`, the first of which counts towards the consecutive-skip stop (named
+        `stop_label` in its message)."""
         from tqdm.auto import tqdm
 
         self.model, self.ema, self._save, self._grid, self.loss_key = model, ema, save, grid, loss_key
         self.images_before = images_before
         for key in skip_keys:
             self.counters.setdefault(key, 0)
-        self.skip_keys = skip_keys
+        self.skip_keys, self.stop_label = skip_keys, stop_label
         if trainable_parameters is None:
             trainable_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
         if self.rank == 0:
@@ -203,9 +205,8 @@ class TrainingRun:
         if not self._counted:
             self._images_t.fill_(self.images)
         if self.skip_keys and longest >= self.cfg.max_consecutive_nonfinite:
-            raise RuntimeError(f"{longest} consecutive skipped steps ({self.skip_keys[0]}: a non-finite loss or "
-                               f"gradient, or a safe-loss rejection) by step {self.step}; stopping. The last good "
-                               f"checkpoint is {self.manager.latest()}")
+            raise RuntimeError(f"{longest} consecutive {self.stop_label} by step {self.step}; stopping. "
+                               f"The last good checkpoint is {self.manager.latest()}")
 
     def _log(self, record: Callable[[], dict[str, Any]] | None) -> None:
         if self.rank != 0:

@@ -39,7 +39,7 @@ class _FakeEvaluator:
         return {"eval/fake": float(step)} if step % self.every == 0 else None
 
 
-def _drive(tmp_path: Path, *, applied: list[float], evaluator=None, **run_fields) -> tuple[TrainingRun, list[Path], list]:
+def _drive(tmp_path: Path, *, applied: list[float], evaluator=None, **run_fields):
     """A run of a tiny linear model whose step i is applied (1.0) or skipped (0.0) as `applied[i]` says."""
     cfg = RunConfig(dir=tmp_path / "run", batch_size=4, total_images=4 * len(applied), precision="fp32", log_every=2,
                     grid_every=3, checkpoint_every=100, device="cpu", ema_halflife_images=8, **run_fields)
@@ -115,7 +115,8 @@ def test_both_recipes_share_the_run_section():
 
 
 @pytest.mark.parametrize("override, expected", [
-    ("run.total_steps=400", "run.total_steps is now run.total_images: write run.total_images: 12800 (400 steps x batch 32)"),
+    ("run.total_steps=400",
+     "run.total_steps is now run.total_images: write run.total_images: 12800 (400 steps x batch 32)"),
     ("run.ema_decay=0.99", "write run.ema_halflife_images: 2207 (batch 32 x ln(0.5) / ln(0.99))"),
     ("run.sample_every=50", "run.sample_every is now run.grid_every: write run.grid_every: 50"),
     ("run.sample_steps=10", "write run.grid_steps: 10"),

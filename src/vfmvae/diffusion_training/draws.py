@@ -60,4 +60,5 @@ class StepDraws:
 
     def rows_of(self, rows: torch.Tensor) -> MicroDraws:
         pick = lambda v: None if v is None else v[rows]  # noqa: E731
-        return MicroDraws(self.t[rows], self.noise[rows], pick(self.cls_noise), pick(self.drop), pick(self.posterior_eps))
+        return MicroDraws(self.t[rows], self.noise[rows], pick(self.cls_noise), pick(self.drop),
+                          pick(self.posterior_eps))

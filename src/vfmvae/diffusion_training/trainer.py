@@ -148,7 +148,8 @@ def _train_diffusion(cfg: DiffusionTrainConfig, run: TrainingRun) -> dict[str, A
         net = torch.compile(net)
     scaler = torch.amp.GradScaler(device.type) if rc.precision == "fp16" else None
     autocast = autocast_factory(rc.precision, device)
-    sampler = ResumableSampler(len(dataset), rank=run.rank, world=run.world, seed=rc.seed, start=run.step * rc.batch_size)
+    sampler = ResumableSampler(len(dataset), rank=run.rank, world=run.world, seed=rc.seed,
+                               start=run.step * rc.batch_size)
     loader = iter(DataLoader(dataset, batch_size=run.micro, sampler=sampler, num_workers=cfg.data.num_workers,
                              pin_memory=device.type == "cuda", persistent_workers=cfg.data.num_workers > 0))
     generator = torch.Generator(device=device)
@@ -192,7 +193,8 @@ def _train_diffusion(cfg: DiffusionTrainConfig, run: TrainingRun) -> dict[str, A
     while run.running:
         draws = StepDraws.draw(run.step, seed=rc.seed, batch_size=rc.batch_size, transport=tc, model=mcfg,
                                posterior=cfg.data.posterior_draws, generator=generator)
-        lr = cfg.optim.lr * min(1.0, (run.step + 1) / cfg.optim.warmup_steps) if cfg.optim.warmup_steps else cfg.optim.lr
+        warmup = cfg.optim.warmup_steps
+        lr = cfg.optim.lr * min(1.0, (run.step + 1) / warmup) if warmup else cfg.optim.lr
         for group in opt.param_groups:
             group["lr"] = lr
         batches = []
@@ -232,7 +234,8 @@ class _PipelineGrid:
                 tokenizer = VFMVAE.from_pretrained(self.cfg.tokenizer or self.dataset.manifest["tokenizer"],
                                                    device=next(self.model.parameters()).device)
             except Exception as err:
-                warnings.warn(f"sample grids disabled: cannot load the tokenizer ({err}); set `tokenizer:` in the recipe")
+                warnings.warn(f"sample grids disabled: cannot load the tokenizer ({err}); "
+                              "set `tokenizer:` in the recipe")
                 self.disabled = True
                 return None
             self.pipeline = VFMVAEPipeline(self.model, tokenizer, self.stats, preset=self.cfg.sample_preset)

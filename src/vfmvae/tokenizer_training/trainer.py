@@ -22,6 +22,7 @@ from vfmvae import distributed as dist_utils
 from vfmvae.checkpoint import capture_rng_state
 from vfmvae.config import config_to_dict
 from vfmvae.data import DataStream, SkipCounter, to_float01
+from vfmvae.seeding import derive_seed
 from vfmvae.tokenizer import VFMVAE, DiagonalGaussian
 from vfmvae.tokenizer.model import vfm_arch_of
 from vfmvae.tokenizer_training.config import TokenizerTrainConfig
@@ -38,7 +39,6 @@ from vfmvae.tokenizer_training.losses import (
     vf_alignment_loss,
 )
 from vfmvae.tokenizer_training.stages import select_trainable
-from vfmvae.seeding import derive_seed
 from vfmvae.training import EMA, fused_optimizer_supported, optimizer_step
 from vfmvae.training.run import Evaluator, TrainingRun
 from vfmvae.training.run_log import autocast_factory
@@ -304,7 +304,8 @@ def _train_tokenizer(cfg: TokenizerTrainConfig, run: TrainingRun) -> dict[str, A
         run.end_step(skips={"skipped_g": res_g.applied_t, "skipped_d": res_d.applied_t if res_d else no_d_step},
                      images_t=counted,
                      record=lambda: {"grad_norm_g": res_g.grad_norm, "skipped_images": skips.as_dict()})
-    summary = run.finish(export=lambda path: export_stage(path, g, ema.model, discriminators, images_before + run.images))
+    summary = run.finish(
+        export=lambda path: export_stage(path, g, ema.model, discriminators, images_before + run.images))
     return {**summary, "images_total": images_before + run.images, "skipped_images": skips.as_dict()}
 
 

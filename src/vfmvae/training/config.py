@@ -70,8 +70,8 @@ class RunConfig:
                 halflife = "BATCH x ln(0.5) / ln(DECAY)"
             notes.append(f"{prefix}ema_decay (per step) is now {prefix}ema_halflife_images: write "
                          f"{prefix}ema_halflife_images: {halflife} (batch {batch} x ln(0.5) / ln({decay}))")
-        for old, new in (("sample_every", "grid_every"), ("snapshot_every", "grid_every"), ("sample_steps", "grid_steps"),
-                         ("sample_cfg", "grid_cfg"), ("sample_count", "grid_count")):
+        for old, new in (("sample_every", "grid_every"), ("snapshot_every", "grid_every"),
+                         ("sample_steps", "grid_steps"), ("sample_cfg", "grid_cfg"), ("sample_count", "grid_count")):
             if old in data:
                 notes.append(f"{prefix}{old} is now {prefix}{new}: write {prefix}{new}: {data[old]}")
         return "; ".join(notes) or None

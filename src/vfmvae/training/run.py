@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from vfmvae import distributed as dist_utils
-from vfmvae.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
+from vfmvae.checkpoint import CheckpointManager, restore_rng_state
 from vfmvae.checkpoint.training import TrainingCheckpoint
 from vfmvae.config import ConfigError, config_to_dict
 from vfmvae.training.config import RunConfig
@@ -216,7 +216,8 @@ class TrainingRun:
         steps = max(1, self.step - self._first_step)
         self.write_record({"step": self.step, "images": self.images, **values, **(record() if record else {}),
                            **self.counters, "sec_per_step": elapsed / steps,
-                           "images_per_s": steps * self.cfg.batch_size / max(elapsed, 1e-9), **peak_memory(self.device)})
+                           "images_per_s": steps * self.cfg.batch_size / max(elapsed, 1e-9),
+                           **peak_memory(self.device)})
         if self.loss_key in values:
             self.bar.set_postfix({self.loss_key: f"{values[self.loss_key]:.4f}"})
 

@@ -39,6 +39,8 @@ RESUMABLE_CHANGES = frozenset({
     "run.checkpoint_every", "run.keep_checkpoints", "run.max_consecutive_nonfinite", "run.device", "run.tensorboard",
     "run.compile", "run.gradient_checkpointing", "run.micro_batch", "run.grid_steps", "run.grid_cfg",
     "run.grid_count", "data.num_workers",
+    # the same settings under their names before RUN/grids and run length in images (config.yaml of older runs)
+    "run.total_steps", "run.sample_every", "run.snapshot_every", "run.sample_steps", "run.sample_cfg", "run.sample_count",
 })
 # What a run writes into its folder, and `--resume fresh` removes; nothing else is ever deleted.
 RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "export", "grids", "samples", "snapshots", "tensorboard", "config.yaml")

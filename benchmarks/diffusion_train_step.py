@@ -64,15 +64,14 @@ def main() -> None:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
     def loss_fn(module, batch):
-        # the trainer's StepDraws: every draw on the device, labels dropped outside the model
+        # the trainer's StepDraws (diffusion_training/draws.py): every draw on the device
         t = sample_time(b, transport, g, device=device)
         noise = torch.randn(batch["x"].shape, generator=g, device=device)
         cls_noise = torch.randn(b, c.class_token_dim, generator=g, device=device) if c.class_token_dim else None
         drop = torch.rand(b, generator=g, device=device) < 0.1
-        labels = torch.where(drop, torch.full_like(batch["y"], c.num_classes), batch["y"])
         with autocast:
-            return training_loss(module, batch["x"], labels, transport, t=t, noise=noise, cls_noise=cls_noise,
-                                 align_targets=targets, cls_target=cls, drop_labels=False).loss.mean()
+            return training_loss(module, batch["x"], batch["y"], transport, t=t, noise=noise, cls_noise=cls_noise,
+                                 drop_labels=drop, align_targets=targets, cls_target=cls).loss.mean()
 
     def step(i: int) -> None:
         result = optimizer_step(net, opt, [batch], loss_fn, batch_size_of=lambda x: len(x["y"]), grad_clip=1.0)

@@ -144,7 +144,8 @@ def _dit_flops_per_image(arch_cache: Path, recipe: Path, device: str) -> float:
     x = torch.randn(b, c.in_channels, c.input_size, c.input_size, device=device)
     y = torch.zeros(b, dtype=torch.long, device=device)
     transport = replace(cfg.transport, align_weight=0.0, cls_weight=0.0)  # the heads' few FLOPs are left out
-    flops = count_flops(lambda: training_loss(model, x, y, transport).loss.mean().backward())
+    t, noise = torch.rand(b, device=device), torch.randn_like(x)
+    flops = count_flops(lambda: training_loss(model, x, y, transport, t=t, noise=noise).loss.mean().backward())
     return flops / b
 
 
@@ -194,7 +195,7 @@ def run_rows(out: Path, dry: bool, timeout: float = 600) -> list[dict]:
         _run(_torchrun("train", "tokenizer", "--recipe", str(ROOT / "configs" / "tokenizer" / recipe),
                        "--set", f"data.source={images}", "--set", f"run.batch_size={batch}",
                        "--set", f"run.total_images={batch * steps}", "--set", "run.log_every=1",
-                       "--set", "run.snapshot_every=100000", "--set", "run.checkpoint_every=100000",
+                       "--set", "run.grid_every=100000", "--set", "run.checkpoint_every=100000",
                        *_common_sets(run_dir, s), *extra), out / f"{name}.log", timeout)
         records = _records(run_dir)
         _finite_losses(records)
@@ -225,8 +226,8 @@ def run_rows(out: Path, dry: bool, timeout: float = 600) -> list[dict]:
         run_dir, recipe = out / "diffusion", ROOT / "configs" / "diffusion" / s["dit_recipe"]
         _run(_torchrun("train", "diffusion", "--recipe", str(recipe), "--set", f"data.cache={out / 'cache'}",
                        "--set", "data.flip=false",
-                       "--set", f"run.batch_size={s['dit_batch']}", "--set", f"run.total_steps={s['dit_steps']}",
-                       "--set", f"run.log_every={s['dit_log']}", "--set", "run.sample_every=0",
+                       "--set", f"run.batch_size={s['dit_batch']}", "--set", f"run.total_images={s['dit_steps'] * s['dit_batch']}",
+                       "--set", f"run.log_every={s['dit_log']}", "--set", "run.grid_every=0",
                        "--set", "run.checkpoint_every=100000", *_common_sets(run_dir, s)),
              out / "diffusion.log", timeout)
         records = _records(run_dir)

@@ -144,7 +144,7 @@ def main() -> None:
     noise = torch.randn_like(x)
 
     def loss_ours(model, x, y):
-        return training_loss(model, x, y, cfg, t=t, noise=noise, drop_labels=False).loss.mean()
+        return training_loss(model, x, y, cfg, t=t, noise=noise).loss.mean()
 
     def loss_theirs(model, x, y):  # the same objective in the official time convention
         tt = 1 - t

@@ -41,7 +41,7 @@ def main() -> None:
                      f"loss.lpips_weights={tmp / 'vgg16-random.safetensors'}", "disc.weights=null",
                      f"run.dir={tmp / 'run'}", f"run.batch_size={args.batch}",
                      f"run.total_images={args.batch * args.steps}", f"run.precision={args.precision}", "run.log_every=1",
-                     "run.snapshot_every=100000", "run.checkpoint_every=100000"]
+                     "run.grid_every=100000", "run.checkpoint_every=100000"]
         cfg = load_config(TokenizerTrainConfig, ROOT / "configs" / "tokenizer" / "stage0.yaml", overrides)
         train_tokenizer(cfg, resume="none", progress=False)
         records = [json.loads(line) for line in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -97,6 +97,6 @@ def test_two_process_training_keeps_every_collective_on_the_device(tmp_path, syn
               "--out", str(tmp_path / "cache"), "--batch-size", "16", "--workers", "0", "--device", "cpu", "--flip", "--vfm-features", "dinov2-test")
     _torchrun(2, "train", "diffusion", "--recipe", str(ROOT / "configs" / "diffusion" / "tiny.yaml"),
               "--set", f"data.cache={tmp_path / 'cache'}", "--set", f"run.dir={tmp_path / 'dit'}",
-              "--set", "run.sample_every=0", "--set", "run.total_steps=2", "--set", "run.log_every=1",
+              "--set", "run.grid_every=0", "--set", "run.total_images=64", "--set", "run.log_every=1",
               "--set", "run.checkpoint_every=1", "--set", "data.num_workers=0")
     assert (tmp_path / "dit" / "export").is_dir()

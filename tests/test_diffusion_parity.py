@@ -58,7 +58,7 @@ def test_lightningdit_training_loss_matches_official(tmp_path, case):
     t = ref[f"{case}.t"]
     with torch.no_grad():
         terms = training_loss(model, ref["input.x1"], ref["input.y"], TransportConfig(cosine_weight=1.0),
-                              t=1 - t, noise=ref[f"{case}.x0"], drop_labels=False)
+                              t=1 - t, noise=ref[f"{case}.x0"])
     torch.testing.assert_close(terms.mse, ref[f"{case}.loss"], **TOL)
     torch.testing.assert_close(terms.cosine, ref[f"{case}.cos_loss"], **TOL)
     torch.testing.assert_close(terms.loss.mean(), ref[f"{case}.total"], **TOL)
@@ -119,7 +119,7 @@ def test_reg_training_loss_matches_official(tmp_path, mode):
     with torch.no_grad():
         terms = training_loss(model, ref["input.x"], y, cfg, t=ref[p + "t"].flatten(), noise=ref[p + "noise_x"],
                               cls_noise=ref[p + "noise_cls"], cls_target=ref["input.cls_token"],
-                              align_targets=[ref["input.zs0"]], drop_labels=False)
+                              align_targets=[ref["input.zs0"]])
     torch.testing.assert_close(terms.mse, ref[p + "loss.denoise_per_sample"], **TOL)
     torch.testing.assert_close(terms.cls, ref[p + "loss.cls_per_sample"], **TOL)
     torch.testing.assert_close(terms.align.mean(), ref[p + "loss.proj"], **TOL)

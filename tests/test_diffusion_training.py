@@ -30,7 +30,7 @@ def cache(tmp_path_factory, synthetic_dir):
 
 def _cfg(cache, run_dir, *overrides):
     return load_config(DiffusionTrainConfig, ROOT / "configs" / "diffusion" / "tiny.yaml",
-                       [f"data.cache={cache}", f"run.dir={run_dir}", "run.sample_every=0", *overrides])
+                       [f"data.cache={cache}", f"run.dir={run_dir}", "run.grid_every=0", *overrides])
 
 
 def _losses(run_dir):
@@ -38,8 +38,8 @@ def _losses(run_dir):
 
 
 def test_tiny_recipe_loss_falls_and_exports(cache, tmp_path):
-    summary = train_diffusion(_cfg(cache, tmp_path / "run", "run.total_steps=150", "run.log_every=10",
-                                   "run.sample_every=150"), progress=False)
+    summary = train_diffusion(_cfg(cache, tmp_path / "run", "run.total_images=4800", "run.log_every=10",
+                                   "run.grid_every=150"), progress=False)
     mse = _losses(tmp_path / "run")
     first, last = sum(mse[:2]) / 2, sum(mse[-2:]) / 2
     print(f"tiny LightningDiT+REPA velocity MSE: {first:.3f} -> {last:.3f}")
@@ -52,7 +52,7 @@ def test_tiny_recipe_loss_falls_and_exports(cache, tmp_path):
     assert (model.config.in_channels, model.config.input_size, model.config.num_classes) == (8, 4, 4)
     stats = json.loads((export / "latent_stats.json").read_text())
     assert len(stats["mean"]) == 8 and Path(stats["tokenizer"]).name == "tok"
-    grid = tmp_path / "run" / "samples" / "step-00000150.png"
+    grid = tmp_path / "run" / "grids" / "step-00000150.png"
     assert grid.is_file() and grid.stat().st_size > 1000  # EMA samples decoded by the cache's tokenizer
     # `vfmvae report RUN` draws the loss curves and links the latest sample grid
     from vfmvae.cli import main
@@ -65,9 +65,9 @@ def test_tiny_recipe_loss_falls_and_exports(cache, tmp_path):
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(cache, tmp_path):
     common = ("run.checkpoint_every=3", "run.batch_size=8", "run.log_every=1")
-    train_diffusion(_cfg(cache, tmp_path / "full", "run.total_steps=7", *common), progress=False)
-    train_diffusion(_cfg(cache, tmp_path / "split", "run.total_steps=3", *common), progress=False)  # "killed" at 3
-    train_diffusion(_cfg(cache, tmp_path / "split", "run.total_steps=7", *common), progress=False)  # resumed
+    train_diffusion(_cfg(cache, tmp_path / "full", "run.total_images=56", *common), progress=False)
+    train_diffusion(_cfg(cache, tmp_path / "split", "run.total_images=24", *common), progress=False)  # "killed" at 3
+    train_diffusion(_cfg(cache, tmp_path / "split", "run.total_images=56", *common), progress=False)  # resumed
     ckpts = lambda run: sorted((run / "checkpoints").glob("step-*"))  # noqa: E731
     a, b = ckpts(tmp_path / "full")[-1], ckpts(tmp_path / "split")[-1]
     assert a.name == b.name == "step-00000007"
@@ -79,7 +79,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(cache, tmp_path):
 
 def test_reg_recipe_with_class_token_runs(cache, tmp_path):
     cfg = _cfg(cache, tmp_path / "reg", "model.arch=reg-sit-tiny", "model.overrides={}", "transport.time_sampling=uniform",
-               "transport.cosine_weight=0", "transport.cls_weight=0.03", "run.total_steps=4", "run.log_every=1",
+               "transport.cosine_weight=0", "transport.cls_weight=0.03", "run.total_images=128", "run.log_every=1",
                "run.gradient_checkpointing=true")
     summary = train_diffusion(cfg, progress=False)
     records = [json.loads(x) for x in (tmp_path / "reg" / "metrics.jsonl").read_text().splitlines()]
@@ -99,7 +99,7 @@ def test_train_diffusion_command(cache, tmp_path, capsys):
     from vfmvae.cli import main
 
     assert main(["train", "diffusion", "--recipe", str(ROOT / "configs/diffusion/tiny.yaml"), "--set", f"data.cache={cache}",
-                 "--set", f"run.dir={tmp_path / 'cli'}", "--set", "run.total_steps=2", "--set", "run.sample_every=0"]) == 0
+                 "--set", f"run.dir={tmp_path / 'cli'}", "--set", "run.total_images=64", "--set", "run.grid_every=0"]) == 0
     assert "trained 2 steps" in capsys.readouterr().out
     assert main(["diffusion", "list"]) == 0
     assert "lightningdit-xl/1" in capsys.readouterr().out
@@ -113,7 +113,7 @@ def test_alignment_features_from_diffusion_blocks(cache, tmp_path, synthetic_dir
     from vfmvae.alignment.report import AlignReportConfig, run_report
     from vfmvae.alignment.transforms import make_transformed_set
 
-    summary = train_diffusion(_cfg(cache, tmp_path / "run", "run.total_steps=20"), progress=False)
+    summary = train_diffusion(_cfg(cache, tmp_path / "run", "run.total_images=640"), progress=False)
     export = summary["export"]
     make_transformed_set(synthetic_dir / "images", tmp_path / "t", size=64, progress=False)
     f1 = load(extract_features(f"diffusion:{export}@1", tmp_path / "t", tmp_path / "b1.safetensors", progress=False)["out"])
@@ -141,7 +141,7 @@ def test_recipes_load_and_describe_the_paper_models(tmp_path, recipe, arch, para
         with torch.device("meta"):
             model = DiffusionTransformer(diffusion_config(arch))
         assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(params, abs=0.1)
-        assert cfg.run.batch_size == 1024 and cfg.optim.lr == 2e-4 and cfg.run.ema_decay == 0.9999
+        assert cfg.run.batch_size == 1024 and cfg.optim.lr == 2e-4 and cfg.run.ema_halflife_images == 7_097_472
 
 
 @pytest.mark.slow
@@ -154,7 +154,7 @@ def test_two_processes_and_accumulation_equal_one_process(cache, tmp_path):
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     common = ["train", "diffusion", "--recipe", str(ROOT / "configs/diffusion/tiny.yaml"), "--set", f"data.cache={cache}",
-              "--set", "run.sample_every=0", "--set", "run.batch_size=8", "--set", "run.total_steps=4",
+              "--set", "run.grid_every=0", "--set", "run.batch_size=8", "--set", "run.total_images=32",
               "--set", "run.checkpoint_every=100", "--set", "run.log_every=1"]
     runs = {}
     for name, micro, nproc in (("one", 8, 0), ("accum", 2, 0), ("two", 4, 2)):
@@ -163,7 +163,7 @@ def test_two_processes_and_accumulation_equal_one_process(cache, tmp_path):
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[name] = load_file(tmp_path / name / "checkpoints" / "step-00000004" / "model.safetensors")
-    init = train_diffusion(_cfg(cache, tmp_path / "init", "run.total_steps=0"), progress=False)
+    init = train_diffusion(_cfg(cache, tmp_path / "init", "run.total_images=0"), progress=False)
     start = load_file(Path(init["export"]) / "model.safetensors")  # the EMA of a run without steps: the init
     for name in ("accum", "two"):
         for k in runs["one"]:
@@ -181,7 +181,8 @@ def test_training_loop_reads_nothing_back_between_logging_points(cache, tmp_path
     import vfmvae
 
     package = str(Path(vfmvae.__file__).resolve().parent)
-    training_code = ("diffusion_training/trainer.py", "training/step.py", "training/ema.py", "diffusion/transport.py",
+    training_code = ("diffusion_training/trainer.py", "diffusion_training/draws.py", "training/run.py",
+                     "training/step.py", "training/ema.py", "diffusion/transport.py",
                      "diffusion/model.py", "diffusion/layers.py")
 
     def run(steps: int) -> list[str]:
@@ -193,7 +194,7 @@ def test_training_loop_reads_nothing_back_between_logging_points(cache, tmp_path
                 seen.append(f"{method} {Path(frame.filename).name}:{frame.lineno}")
 
         with on_tensor_readback(record):
-            train_diffusion(_cfg(cache, tmp_path / f"run{steps}", f"run.total_steps={steps}", f"run.log_every={steps}",
+            train_diffusion(_cfg(cache, tmp_path / f"run{steps}", f"run.total_images={32 * steps}", f"run.log_every={steps}",
                                  f"run.checkpoint_every={steps}", "data.num_workers=0"), progress=False)
         return seen
 

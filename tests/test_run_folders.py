@@ -32,8 +32,8 @@ def cache(tmp_path_factory, synthetic_dir):
 
 def _cfg(cache, run_dir, *overrides):
     return load_config(DiffusionTrainConfig, ROOT / "configs" / "diffusion" / "tiny.yaml",
-                       [f"data.cache={cache}", f"run.dir={run_dir}", "run.sample_every=0", "data.flip=false",
-                        "run.batch_size=8", "run.total_steps=2", "run.checkpoint_every=1", "run.log_every=1", *overrides])
+                       [f"data.cache={cache}", f"run.dir={run_dir}", "run.grid_every=0", "data.flip=false",
+                        "run.batch_size=8", "run.total_images=16", "run.checkpoint_every=1", "run.log_every=1", *overrides])
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -74,10 +74,10 @@ def test_resume_none_is_refused_and_fresh_starts_over(cache, tmp_path):
     train_diffusion(_cfg(cache, run), progress=False)
     before = _snapshot(run)
     with pytest.raises(RunFolderError, match="--resume none.*checkpoints.*--resume fresh"):
-        train_diffusion(_cfg(cache, run, "run.total_steps=1"), resume="none", progress=False)
+        train_diffusion(_cfg(cache, run, "run.total_images=8"), resume="none", progress=False)
     assert _snapshot(run) == before
     (run / "my-notes.txt").write_text("keep me")
-    train_diffusion(_cfg(cache, run, "run.total_steps=1", "run.batch_size=4"), resume="fresh", progress=False)
+    train_diffusion(_cfg(cache, run, "run.total_images=4", "run.batch_size=4"), resume="fresh", progress=False)
     assert (run / "my-notes.txt").read_text() == "keep me"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000001"]  # the old run's are gone
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
@@ -110,7 +110,7 @@ def test_checkpoints_without_meta_are_refused_not_restarted(cache, tmp_path):
         (ckpt / "meta.json").unlink()
     before = _snapshot(run)
     with pytest.raises(RunFolderError, match=r"2 checkpoint folder\(s\).*none is complete.*--resume PATH"):
-        train_diffusion(_cfg(cache, run, "run.total_steps=4"), progress=False)
+        train_diffusion(_cfg(cache, run, "run.total_images=32"), progress=False)
     assert _snapshot(run) == before
 
 
@@ -122,4 +122,4 @@ def test_a_same_size_corruption_of_checkpoint_weights_is_detected(cache, tmp_pat
     data[-3] ^= 0x40  # one bit of one weight; the size stays the same
     weights.write_bytes(bytes(data))
     with pytest.raises(CheckpointFormatError, match="model.safetensors: sha256 differs.*corrupted"):
-        train_diffusion(_cfg(cache, run, "run.total_steps=4"), progress=False)
+        train_diffusion(_cfg(cache, run, "run.total_images=32"), progress=False)

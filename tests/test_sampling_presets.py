@@ -174,7 +174,7 @@ def test_train_diffusion_export_records_the_recipe_preset(tmp_path, synthetic_di
     cache_latents(tmp_path / "tok", synthetic_dir / "images", tmp_path / "cache", flip=True, vfm_features="dinov2-test",
                   batch_size=32, shard_size=64, num_workers=0, device="cpu", progress=False)
     base = ["train", "diffusion", "--recipe", str(ROOT / "configs/diffusion/tiny.yaml"), "--set",
-            f"data.cache={tmp_path / 'cache'}", "--set", "run.total_steps=1", "--set", "run.sample_every=0"]
+            f"data.cache={tmp_path / 'cache'}", "--set", "run.total_images=32", "--set", "run.grid_every=0"]
     assert main(base + ["--set", f"run.dir={tmp_path / 'a'}", "--set", "sample_preset=reg-sde"]) == 0
     assert json.loads((tmp_path / "a" / "export" / "sampler.json").read_text()) == {"preset": "reg-sde"}
     assert main(base + ["--set", f"run.dir={tmp_path / 'b'}"]) == 0

@@ -16,14 +16,15 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = str(Path(vfmvae.__file__).resolve().parent)
 # the step's code; the equivariance draws and DiffAugment read a host generator (no device sync), data loading
 # reads host tensors
-TRAINING_CODE = ("tokenizer_training/trainer.py", "tokenizer_training/losses.py", "training/step.py", "training/ema.py",
+TRAINING_CODE = ("tokenizer_training/trainer.py", "training/run.py", "tokenizer_training/losses.py", "training/step.py",
+                 "training/ema.py",
                  "tokenizer/model.py", "tokenizer/layers.py", "vfm/encoder.py")
 
 
 def _cfg(run_dir, data, *overrides):
     return load_config(TokenizerTrainConfig, ROOT / "configs" / "tokenizer" / "tiny.yaml",
                        [f"run.dir={run_dir}", f"data.source={data}", "data.num_workers=0", "run.batch_size=4",
-                        "run.snapshot_every=1000", *overrides])
+                        "run.grid_every=1000", *overrides])
 
 
 def test_training_loop_reads_nothing_back_between_logging_points(tmp_path, synthetic_dir):

@@ -335,26 +335,30 @@ def test_diffusion_draws_a_fresh_posterior_sample_each_step_that_averages_to_the
     from vfmvae.config import ConfigError, load_config
     from vfmvae.diffusion import diffusion_config
     from vfmvae.diffusion_training import DiffusionTrainConfig, train_diffusion
-    from vfmvae.diffusion_training.trainer import StepDraws
+    from vfmvae.diffusion_training.draws import StepDraws
     from vfmvae.latents import LatentDataset, draw_posterior
 
     _cache(official_tokenizer, synthetic_dir / "images", tmp_path / "m", moments=True)
     _cache(official_tokenizer, synthetic_dir / "images", tmp_path / "old")
     recipe = ROOT / "configs" / "diffusion" / "tiny.yaml"
     overrides = [f"data.cache={tmp_path / 'm'}", "data.flip=false", "data.posterior_draws=true", "transport.align_weight=0",
-                 "model.overrides={}", "run.sample_every=0", "run.batch_size=8"]
+                 "model.overrides={}", "run.grid_every=0", "run.batch_size=8"]
     cfg = load_config(DiffusionTrainConfig, recipe, [*overrides, f"run.dir={tmp_path / 'run'}"])
     ds = LatentDataset(tmp_path / "m")
     mcfg = diffusion_config("lightningdit-tiny", in_channels=8, input_size=4, num_classes=4)
-    draws = StepDraws(cfg, mcfg, torch.device("cpu"))
+    generator = torch.Generator()
+
+    def draw(step):
+        return StepDraws.draw(step, seed=cfg.run.seed, batch_size=cfg.run.batch_size, transport=cfg.transport, model=mcfg,
+                              posterior=cfg.data.posterior_draws, generator=generator)
     item = ds[5]
     samples = []
     for step in range(2000):
-        draws.draw(step)
+        draws = draw(step)
         samples.append(draw_posterior(item["latents"], item["latents_std"], draws.posterior_eps[3]))
     samples = torch.stack(samples)
     assert not torch.equal(samples[0], samples[1])                                  # a new draw every step
-    draws.draw(7)
+    draws = draw(7)
     again = draw_posterior(item["latents"], item["latents_std"], draws.posterior_eps[3])
     assert torch.equal(again, samples[7])                                            # seeded by (seed, step): resumable
     spread = item["latents_std"]
@@ -362,7 +366,7 @@ def test_diffusion_draws_a_fresh_posterior_sample_each_step_that_averages_to_the
     torch.testing.assert_close(samples.std(0), spread, rtol=0.1, atol=1e-6)
 
     summary = train_diffusion(load_config(DiffusionTrainConfig, recipe, [*overrides, f"run.dir={tmp_path / 'run'}",
-                                                                         "run.total_steps=2"]), progress=False)
+                                                                         "run.total_images=16"]), progress=False)
     assert summary["steps"] == 2
     with pytest.raises(ConfigError, match="--moments"):
         train_diffusion(load_config(DiffusionTrainConfig, recipe, [*overrides, f"data.cache={tmp_path / 'old'}",

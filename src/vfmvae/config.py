@@ -214,6 +214,10 @@ def _build_dataclass(cls: type[T], data: Any, *, prefix: str, source: str) -> T:
         raise ConfigError(f"{source}: {prefix}{key} is no longer a recipe key: {advice}")
     hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    retired = getattr(cls, "retired_keys", None)  # keys of older recipes: refused with the value to write instead
+    note = retired(data, prefix) if retired is not None else None
+    if note:
+        raise ConfigError(f"{source}: {note}")
     unknown = [k for k in data if k not in fields]
     if unknown:
         known = ", ".join(sorted(fields))

@@ -93,7 +93,7 @@ def run(out: Path, tokenizer_steps: int = 300, diffusion_steps: int = 400) -> No
            "--flip", "--vfm-features", "dinov2-test", "--workers", "0"], FULL["cache"])
     _step(f"10. train a tiny LightningDiT with REPA on the latents ({diffusion_steps} steps)",
           ["train", "diffusion", "--recipe", "configs/diffusion/tiny.yaml", "--set", f"data.cache={latents}",
-           "--set", f"run.dir={diffusion}", "--set", f"run.total_steps={diffusion_steps}"], FULL["diffusion"])
+           "--set", f"run.dir={diffusion}", "--set", f"run.total_images={32 * diffusion_steps}"], FULL["diffusion"])
     _step("11. class-conditional samples (8 per class, Euler, 25 steps, guidance 2): PNGs, ADM .npz, grid",
           ["sample", "--diffusion", str(diffusion / "export"), "--num-samples", "64", "--out", str(samples),
            "--steps", "25", "--cfg", "2", "--batch-size", "32", "--classes", "balanced"], FULL["sample"])

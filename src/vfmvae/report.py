@@ -185,7 +185,9 @@ def _run_section(run: Path, page: Path) -> str:
         last = next((r for r in reversed(records) if any(k.startswith("loss") for k in r)), records[-1])
         shown = {k: v for k, v in last.items() if isinstance(v, (int, float)) and not k.startswith("eval/")}
         parts.append("<p>Last logged record:</p>" + _table([shown], list(shown)))
-    grids = sorted((run / ("snapshots" if kind == "tokenizer" else "samples")).glob("*.png"))
+    # RUN/grids; runs written before it keep theirs in snapshots/ (tokenizer) or samples/ (diffusion)
+    old = "snapshots" if kind == "tokenizer" else "samples"
+    grids = sorted((run / "grids").glob("*.png")) or sorted((run / old).glob("*.png"))
     if grids:
         what = "inputs beside EMA reconstructions" if kind == "tokenizer" else "EMA samples decoded by the tokenizer"
         parts.append(_img(grids[-1], page, f"{grids[-1].name}: {what}"))

@@ -1,4 +1,4 @@
-"""Seeds of named random streams: `derive_seed(seed, *parts)`, a pure function of its arguments."""
+"""One seed helper: every seed of the package is derived from the run's seed and named parts."""
 
 from __future__ import annotations
 
@@ -8,9 +8,13 @@ __all__ = ["derive_seed"]
 
 
 def derive_seed(seed: int, *parts: int | str) -> int:
-    """Fold `parts` into `seed` (s = s * 1_000_003 + part; a string part counts as the CRC-32 of its UTF-8 bytes),
-    result in [0, 2**63). With one int part this is `seed * 1_000_003 + part`, the per-sample seed of sampling."""
+    """A seed for one random stream: fold each part in as s = s * 1_000_003 + p (strings by CRC-32), mod 2**63.
+
+    With one int part this is `seed * 1_000_003 + part`, the per-sample seed used since the first release.
+    String parts name a stream ("labels", "loader", ...), so streams of one run never share a seed.
+    """
     s = int(seed)
     for part in parts:
-        s = s * 1_000_003 + (zlib.crc32(part.encode("utf-8")) if isinstance(part, str) else int(part))
+        p = zlib.crc32(part.encode()) if isinstance(part, str) else int(part)
+        s = s * 1_000_003 + p
     return s % 2**63

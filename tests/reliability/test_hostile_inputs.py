@@ -154,7 +154,7 @@ def test_zero_counts_are_refused_by_the_parser(argv, capsys):
 
 
 @pytest.mark.parametrize("override, key", [("run.checkpoint_every=0", "checkpoint_every"), ("run.log_every=0", "log_every"),
-                                           ("run.batch_size=0", "batch_size"), ("run.ema_decay=1.0", "ema_decay"),
+                                           ("run.batch_size=0", "batch_size"), ("run.ema_halflife_images=0", "ema_halflife_images"),
                                            ("run.device=cuda:7", "device")])
 def test_run_settings_are_validated_at_config_load(override, key, tmp_path):
     from vfmvae.diffusion_training import DiffusionTrainConfig

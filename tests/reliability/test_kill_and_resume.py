@@ -122,8 +122,8 @@ def test_latent_caching_killed_then_rerun_is_complete_and_equal(tmp_path, tokeni
 
 def _train_cmd(cache, run_dir, steps):
     return _vfmvae("train", "diffusion", "--recipe", ROOT / "configs/diffusion/tiny.yaml", "--set", f"data.cache={cache}",
-                   "--set", f"run.dir={run_dir}", "--set", f"run.total_steps={steps}", "--set", "run.batch_size=8",
-                   "--set", "run.checkpoint_every=10", "--set", "run.sample_every=0", "--set", "run.log_every=10",
+                   "--set", f"run.dir={run_dir}", "--set", f"run.total_images={8 * steps}", "--set", "run.batch_size=8",
+                   "--set", "run.checkpoint_every=10", "--set", "run.grid_every=0", "--set", "run.log_every=10",
                    "--set", "model.overrides.align_dims=[]", "--set", "transport.align_weight=0")
 
 

@@ -31,7 +31,7 @@ def cache(tmp_path_factory, synthetic_dir):
 
 def _cfg(cache, run_dir, *overrides):
     return load_config(DiffusionTrainConfig, ROOT / "configs/diffusion/tiny.yaml",
-                       [f"data.cache={cache}", f"run.dir={run_dir}", "run.sample_every=0", "run.batch_size=8",
+                       [f"data.cache={cache}", f"run.dir={run_dir}", "run.grid_every=0", "run.batch_size=8",
                         "run.log_every=1", "model.overrides.align_dims=[]", "transport.align_weight=0", "data.flip=false",
                         *overrides])
 
@@ -60,7 +60,7 @@ def _poison(monkeypatch, bad_calls, where="loss"):
 @pytest.mark.parametrize("where", ["loss", "grad"])
 def test_non_finite_steps_are_skipped_and_counted(cache, tmp_path, monkeypatch, where):
     _poison(monkeypatch, {2, 5}, where)
-    summary = train_diffusion(_cfg(cache, tmp_path / "run", "run.total_steps=8", "run.checkpoint_every=100"), progress=False)
+    summary = train_diffusion(_cfg(cache, tmp_path / "run", "run.total_images=64", "run.checkpoint_every=100"), progress=False)
     assert summary["steps"] == 8 and summary["skipped_steps"] == 2
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["skipped_steps"] for r in records] == [0, 0, 1, 1, 1, 2, 2, 2]
@@ -71,11 +71,11 @@ def test_non_finite_steps_are_skipped_and_counted(cache, tmp_path, monkeypatch, 
 
 def test_consecutive_non_finite_steps_stop_the_run_with_its_checkpoint_intact(cache, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    train_diffusion(_cfg(cache, run, "run.total_steps=4", "run.checkpoint_every=2"), progress=False)
+    train_diffusion(_cfg(cache, run, "run.total_images=32", "run.checkpoint_every=2"), progress=False)
     good = load_file(run / "checkpoints" / "step-00000004" / "model.safetensors")
     _poison(monkeypatch, set(range(100)))  # every step of the continued run
     with pytest.raises(RuntimeError, match=r"3 consecutive non-finite steps by step 7.*step-00000006"):
-        train_diffusion(_cfg(cache, run, "run.total_steps=20", "run.checkpoint_every=2", "run.max_consecutive_nonfinite=3"),
+        train_diffusion(_cfg(cache, run, "run.total_images=160", "run.checkpoint_every=2", "run.max_consecutive_nonfinite=3"),
                         progress=False)
     from vfmvae.checkpoint import CheckpointManager
 

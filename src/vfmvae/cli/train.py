@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     k = tsub.add_parser(
         "tokenizer", help="train a VFM-VAE tokenizer stage from a recipe",
         description="Train one stage (configs/tokenizer/stage0.yaml ... stage3.yaml, or tiny.yaml for CPU). "
-        "Writes RUN/config.yaml, RUN/metrics.jsonl, RUN/snapshots/*.png (inputs beside reconstructions), "
+        "Writes RUN/config.yaml, RUN/metrics.jsonl, RUN/grids/*.png (inputs beside reconstructions), "
         "RUN/checkpoints/ and, at the end, the EMA model as RUN/export (a VFMVAE folder). "
         "Multi-GPU: torchrun --nproc-per-node=8 -m vfmvae train tokenizer --recipe ...",
     )
@@ -36,13 +36,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "diffusion", help="train a diffusion transformer on a latent cache",
         description="Train LightningDiT / SiT / REPA / REG on a `vfmvae cache-latents` folder (configs/diffusion/"
         "lightningdit-xl1.yaml, reg-sit-xl1.yaml, or tiny.yaml for CPU). Writes RUN/config.yaml, RUN/metrics.jsonl, "
-        "RUN/samples/*.png (EMA samples decoded by the tokenizer), RUN/checkpoints/ and, at the end, the EMA model "
+        "RUN/grids/*.png (EMA samples decoded by the tokenizer), RUN/checkpoints/ and, at the end, the EMA model "
         "as RUN/export (a DiffusionTransformer folder with latent_stats.json). "
         "Multi-GPU: torchrun --nproc-per-node=8 -m vfmvae train diffusion --recipe ...",
     )
     d.add_argument("--recipe", type=Path, required=True, help="YAML recipe (vfmvae.diffusion_training.DiffusionTrainConfig)")
     d.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe key, e.g. --set data.cache=runs/latents --set run.total_steps=1000 (repeatable)")
+                   help="override a recipe key, e.g. --set data.cache=runs/latents --set run.total_images=1024000 (repeatable)")
     d.add_argument("--resume", default="auto",
                    help="auto (default: continue from the newest complete checkpoint of RUN if any), none (start at step 0; refused if RUN holds this run's outputs), fresh (delete RUN's own outputs - checkpoints, metrics, grids, export - and start over), or a checkpoint folder")
     d.epilog = TRAINING_BATCH_SIZES

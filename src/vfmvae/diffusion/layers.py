@@ -100,8 +100,8 @@ class TimestepEmbedder(nn.Module):
 class LabelEmbedder(nn.Module):
     """Class labels -> vectors; label `num_classes` is the null class used for classifier-free guidance.
 
-    In training, each label is replaced by the null class with probability `dropout`; the decision comes
-    from `generator` when one is given, so resumed runs draw the same drops.
+    Label dropout for classifier-free guidance is decided by the caller (the training step draws it with its
+    other random draws) and passed as a boolean mask `drop`: a dropped label becomes the null class.
     """
 
     def __init__(self, num_classes: int, hidden: int, dropout: float) -> None:
@@ -109,10 +109,11 @@ class LabelEmbedder(nn.Module):
         self.num_classes, self.dropout = num_classes, dropout
         self.embedding_table = nn.Embedding(num_classes + int(dropout > 0), hidden)
 
-    def forward(self, labels: torch.Tensor, *, drop: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
-        if drop and self.dropout > 0:
-            u = torch.rand(labels.shape, generator=generator).to(labels.device)
-            labels = torch.where(u < self.dropout, torch.full_like(labels, self.num_classes), labels)
+    def forward(self, labels: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
+        if drop is not None:
+            if self.dropout <= 0:
+                raise ValueError("label dropout needs a model with a null class (class_dropout > 0)")
+            labels = torch.where(drop.to(labels.device), torch.full_like(labels, self.num_classes), labels)
         return self.embedding_table(labels)
 
 

@@ -205,11 +205,11 @@ class DiffusionTransformer(PretrainedMixin, nn.Module):
         y: torch.Tensor,
         cls: torch.Tensor | None = None,
         *,
-        drop_labels: bool = False,
-        generator: torch.Generator | None = None,
+        drop_labels: torch.Tensor | None = None,
         hidden_at: Sequence[int] = (),
     ) -> DiTOutput:
-        """The network in its own time convention; output in its own sign."""
+        """The network in its own time convention; output in its own sign. `drop_labels` (B,) bool: labels to
+        replace by the null class (label dropout, drawn by the caller)."""
         cfg = self.config
         if x.shape[1:] != (cfg.in_channels, cfg.input_size, cfg.input_size):
             raise ValueError(f"expected latents (B, {cfg.in_channels}, {cfg.input_size}, {cfg.input_size}), "
@@ -221,7 +221,7 @@ class DiffusionTransformer(PretrainedMixin, nn.Module):
             tokens = torch.cat([self.wg_norm(self.cls_projectors2(cls)).unsqueeze(1), tokens], dim=1)
         h = tokens + self.pos_embed.to(tokens.dtype)
         c = self.t_embedder(t.expand(x.shape[0]) if t.ndim == 0 else t) + self.y_embedder(
-            y, drop=drop_labels, generator=generator)
+            y, drop_labels)
         projected, hidden = None, {}
         if 0 in hidden_at:
             hidden[0] = h

@@ -116,30 +116,25 @@ def training_loss(
     y: torch.Tensor,
     cfg: TransportConfig,
     *,
-    generator: torch.Generator | None = None,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+    cls_noise: torch.Tensor | None = None,
+    drop_labels: torch.Tensor | None = None,
     align_targets: list[torch.Tensor] | None = None,
     cls_target: torch.Tensor | None = None,
-    drop_labels: bool = True,
-    t: torch.Tensor | None = None,
-    noise: torch.Tensor | None = None,
-    cls_noise: torch.Tensor | None = None,
 ) -> LossTerms:
-    """Flow-matching loss for one batch. Random draws (t, noise, label drops) come from `generator`;
-    pass `t`/`noise`/`cls_noise` to replay given draws. `model` is a DiffusionTransformer (or its DDP wrapper).
+    """Flow-matching loss for one batch, from given draws: times `t`, `noise` (like `x`), `cls_noise` (like
+    `cls_target`, REG) and the label-dropout mask `drop_labels` (the training step draws them all, see
+    vfmvae.diffusion_training.draws). `model` is a DiffusionTransformer (or its DDP wrapper).
     """
-    b = x.shape[0]
-    if t is None:
-        t = sample_time(b, cfg, generator)
     t = t.to(x.device, torch.float32)
-    if noise is None:
-        noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
-    x_t, v = interpolate(x, noise, t)
+    x_t, v = interpolate(x, noise.to(x.device, x.dtype), t)
     cls_t = cls_v = None
     if cls_target is not None:
         if cls_noise is None:
-            cls_noise = torch.randn(cls_target.shape, generator=generator).to(x.device, cls_target.dtype)
-        cls_t, cls_v = interpolate(cls_target, cls_noise, t)
-    out = model(x_t, t, y, cls_t, drop_labels=drop_labels, generator=generator)
+            raise ValueError("cls_target needs its noise draw cls_noise")
+        cls_t, cls_v = interpolate(cls_target, cls_noise.to(x.device, cls_target.dtype), t)
+    out = model(x_t, t, y, cls_t, drop_labels=drop_labels)
     pred = out.sample.float()
     mse = (pred - v.float()).pow(2).mean(dim=(1, 2, 3))
     terms = LossTerms(loss=mse, mse=mse, t=t)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,17 +24,18 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from vfmvae import distributed as dist_utils
-from vfmvae.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
+from vfmvae.checkpoint import capture_rng_state
 from vfmvae.checkpoint.atomic import atomic_write_text
 from vfmvae.config import ConfigError, config_from_dict, config_to_dict
 from vfmvae.data.sampler import ResumableSampler
 from vfmvae.diffusion import DiffusionTransformer, DiTConfig, diffusion_config, training_loss
 from vfmvae.diffusion_training.config import DiffusionTrainConfig
+from vfmvae.diffusion_training.draws import StepDraws, global_rows
 from vfmvae.latents import LatentDataset, draw_posterior
-from vfmvae.sampling.pipeline import SAMPLER_FILE
+from vfmvae.sampling.pipeline import SAMPLER_FILE, LatentStats, VFMVAEPipeline
 from vfmvae.training import EMA, fused_optimizer_supported, optimizer_step
-from vfmvae.training.run_folder import claimed_run_folder, write_run_config
-from vfmvae.training.run_log import RunLog, autocast_factory, peak_memory, scalars_to_floats
+from vfmvae.training.run import Evaluator, TrainingRun
+from vfmvae.training.run_log import autocast_factory, scalars_to_floats
 
 __all__ = ["build_model", "train_diffusion", "align_targets"]
 
@@ -93,60 +93,20 @@ def align_targets(model_cfg: DiTConfig, batch: dict[str, torch.Tensor]) -> tuple
     return [feats] * len(model_cfg.align_dims), cls
 
 
-def _batches(loader_iter, accum: int, micro: int, rank: int, world: int, device: torch.device) -> list[dict[str, Any]]:
-    out = []
-    for m in range(accum):
-        batch = next(loader_iter)
-        batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-        # rank r holds global-batch rows r, r + W, r + 2W, ... (the sampler's order)
-        batch["rows"] = rank + world * (m * micro + torch.arange(len(batch["label"]), device=device))
-        out.append(batch)
-    return out
+def train_diffusion(cfg: DiffusionTrainConfig, resume: str = "auto", progress: bool = True,
+                    evaluator: Evaluator | None = None) -> dict[str, Any]:
+    """Run (or continue) a diffusion training run. Returns a summary; the EMA model is exported to RUN/export as a
+    pipeline folder (DiffusionTransformer + latent_stats.json + sampler.json)."""
+    with TrainingRun.open(cfg.run, cfg, kind="diffusion", resume=resume, progress=progress, evaluator=evaluator) as run:
+        return _train_diffusion(cfg, run)
 
 
-class StepDraws:
-    """All random draws of one optimizer step, for the whole global batch, from a (seed, step) generator."""
+def _train_diffusion(cfg: DiffusionTrainConfig, run: TrainingRun) -> dict[str, Any]:
+    device, rc, tc = run.device, cfg.run, cfg.transport
 
-    def __init__(self, cfg: DiffusionTrainConfig, model_cfg: DiTConfig, device: torch.device) -> None:
-        self.cfg, self.model_cfg, self.device = cfg, model_cfg, device
-        self.generator = torch.Generator(device=device)
-
-    def draw(self, step: int) -> None:
-        from vfmvae.diffusion.transport import sample_time
-
-        g, b, c = self.generator, self.cfg.run.batch_size, self.model_cfg
-        g.manual_seed(self.cfg.run.seed * 1_000_003 + step)
-        self.t = sample_time(b, self.cfg.transport, g, device=self.device)
-        self.noise = torch.randn(b, c.in_channels, c.input_size, c.input_size, generator=g, device=self.device)
-        self.cls_noise = torch.randn(b, c.class_token_dim, generator=g, device=self.device) if c.class_token_dim else None
-        self.drop = torch.rand(b, generator=g, device=self.device) < c.class_dropout
-        # drawn last, so that the other draws are the same with or without posterior moments
-        self.posterior_eps = (torch.randn(b, c.in_channels, c.input_size, c.input_size, generator=g, device=self.device)
-                              if self.cfg.data.posterior_draws else None)
-
-
-def train_diffusion(cfg: DiffusionTrainConfig, resume: str = "auto", progress: bool = True) -> dict[str, Any]:
-    """Run (or continue) a diffusion training run. Returns a summary; the EMA model is exported to RUN/export."""
-    dist_utils.init_distributed()
-    # a run folder belongs to one run: locked and checked before anything is written into it
-    with claimed_run_folder(cfg.run.dir, cfg, resume):
-        return _train_diffusion(cfg, resume, progress)
-
-
-def _train_diffusion(cfg: DiffusionTrainConfig, resume: str, progress: bool) -> dict[str, Any]:
-    from tqdm.auto import tqdm
-
-    device = dist_utils.init_distributed(device=cfg.run.device)  # the backend follows the device (NCCL / gloo)
-    rank, world = dist_utils.rank(), dist_utils.world_size()
-    run, tc = cfg.run, cfg.transport
-    micro = run.micro_batch or run.batch_size // world
-    if run.batch_size % (world * micro):
-        raise ConfigError(f"run.batch_size {run.batch_size} is not a multiple of processes ({world}) x run.micro_batch ({micro})")
-    accum = run.batch_size // (world * micro)
-    run_dir = Path(run.dir)
-
-    dataset = LatentDataset(cfg.data.cache, flip=cfg.data.flip, seed=run.seed)
-    torch.manual_seed(run.seed)
+    # ---- build: data, model, optimizer, EMA
+    dataset = LatentDataset(cfg.data.cache, flip=cfg.data.flip, seed=rc.seed)
+    torch.manual_seed(rc.seed)
     model = build_model(cfg, dataset).to(device)
     mcfg = model.config
     if (tc.align_weight or mcfg.class_token_dim) and not dataset.has_vfm_features:
@@ -159,26 +119,19 @@ def _train_diffusion(cfg: DiffusionTrainConfig, resume: str, progress: bool) -> 
         raise ConfigError(f"transport.align_weight > 0 but {cfg.model.arch} has no projector (model.overrides.align_dims)")
     if tc.cls_weight and not mcfg.class_token_dim:
         raise ConfigError(f"transport.cls_weight > 0 but {cfg.model.arch} has no class token (a reg-sit model)")
-
-    model.gradient_checkpointing = run.gradient_checkpointing
+    model.gradient_checkpointing = rc.gradient_checkpointing
     # the fused kernel: one pass over all parameters instead of a loop of small kernels (5x faster on CPU too),
     # and it can skip a non-finite step on the device (found_inf), so the step needs no host synchronisation
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay,
                             eps=cfg.optim.eps, fused=fused_optimizer_supported(device))
-    ema = EMA(model, halflife_images=run.batch_size * math.log(0.5) / math.log(run.ema_decay), rampup_ratio=None)
-    manager = CheckpointManager(run_dir, keep=run.keep_checkpoints)
-    step, counters = 0, {"skipped_steps": 0}
-    if resume not in ("none", "fresh") and (resume != "auto" or manager.latest() is not None):
-        ckpt = manager.load(None if resume == "auto" else resume)
+    ema = EMA(model, rc.ema_halflife_images, rc.ema_rampup)
+
+    # ---- resume
+    ckpt = run.resume()
+    if ckpt is not None:
         model.load_state_dict(ckpt.model)
         ema.load_state_dict(ckpt.ema)
         opt.load_state_dict(ckpt.state["opt"])
-        counters = dict(ckpt.state["counters"])
-        step = ckpt.step
-        restore_rng_state(ckpt.rank_state["rng"])
-        dist_utils.print0(f"resumed from {ckpt.path} (step {step})")
-    if rank == 0:
-        write_run_config(run_dir, cfg)
 
     # A head whose loss weight is 0 (projectors without alignment loss, REG's class-token output without its loss)
     # never gets a gradient. Freeze it before DDP wraps the model: DDP waits for a gradient of every parameter that
@@ -191,141 +144,110 @@ def _train_diffusion(cfg: DiffusionTrainConfig, resume: str, progress: bool) -> 
     net: nn.Module = model
     if dist_utils.is_distributed():
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if run.compile:
+    if rc.compile:
         net = torch.compile(net)
-    scaler = torch.amp.GradScaler(device.type) if run.precision == "fp16" else None
-    autocast = autocast_factory(run.precision, device)
-    sampler = ResumableSampler(len(dataset), rank=rank, world=world, seed=run.seed, start=step * run.batch_size)
-    loader = DataLoader(dataset, batch_size=micro, sampler=sampler, num_workers=cfg.data.num_workers,
-                        pin_memory=device.type == "cuda", persistent_workers=cfg.data.num_workers > 0)
-    loader_iter = iter(loader)
-    log = RunLog(run_dir, tensorboard=run.tensorboard, x_key="step") if rank == 0 else None
-    draws = StepDraws(cfg, mcfg, device)
-    grids = SampleGrid(cfg, dataset)
-    scalars: dict[str, torch.Tensor] = {}  # device tensors, read back only at the logging interval
+    scaler = torch.amp.GradScaler(device.type) if rc.precision == "fp16" else None
+    autocast = autocast_factory(rc.precision, device)
+    sampler = ResumableSampler(len(dataset), rank=run.rank, world=run.world, seed=rc.seed,
+                               start=run.step * rc.batch_size)
+    loader = iter(DataLoader(dataset, batch_size=run.micro, sampler=sampler, num_workers=cfg.data.num_workers,
+                             pin_memory=device.type == "cuda", persistent_workers=cfg.data.num_workers > 0))
+    generator = torch.Generator(device=device)
+    stats = LatentStats(torch.as_tensor(dataset.manifest["mean"]).float().flatten(),
+                        torch.as_tensor(dataset.manifest["std"]).float().flatten())
+    grids = _PipelineGrid(cfg, dataset, ema.model, stats)
 
+    def save() -> None:
+        run.manager.save(run.step, images_seen=run.images, model=model.state_dict(), ema=ema.state_dict(),
+                         state={"opt": opt.state_dict(), "counters": run.counters},
+                         rank_state={"rng": capture_rng_state()}, meta={"config": config_to_dict(cfg)})
+
+    def export(path: Path) -> None:
+        ema.model.save_pretrained(path)
+        stats_file = {"mean": dataset.manifest["mean"], "std": dataset.manifest["std"],
+                      "tokenizer": _absolute(cfg.tokenizer or dataset.manifest["tokenizer"]),
+                      "cache": _absolute(cfg.data.cache)}  # absolute: `sample` reads them from any working directory
+        atomic_write_text(path / "latent_stats.json", json.dumps(stats_file, indent=2) + "\n")
+        atomic_write_text(path / SAMPLER_FILE, json.dumps({"preset": cfg.sample_preset}) + "\n")
+
+    run.begin(model=model, ema=ema, dataset_size=len(dataset), save=save, grid=grids.save, loss_key="loss",
+              skip_keys=("skipped_steps",), stop_label="non-finite steps")
+
+    # ---- the step body: one optimizer step over the micro-batches of this rank, with the step's draws
     def loss_fn(module: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         targets, cls = align_targets(mcfg, batch)
-        rows = batch["rows"]
-        labels = torch.where(draws.drop[rows], torch.full_like(batch["label"], mcfg.num_classes), batch["label"])
+        d = batch["draws"]
         latents = batch["latents"]
-        if draws.posterior_eps is not None:  # a fresh posterior sample per step (REG's sample_posterior)
-            latents = draw_posterior(latents, batch["latents_std"], draws.posterior_eps[rows])
+        if d.posterior_eps is not None:  # a fresh posterior sample per step (REG's sample_posterior)
+            latents = draw_posterior(latents, batch["latents_std"], d.posterior_eps)
         with autocast():
-            terms = training_loss(module, latents, labels, tc, t=draws.t[rows], noise=draws.noise[rows],
-                                  cls_noise=draws.cls_noise[rows] if draws.cls_noise is not None else None,
-                                  align_targets=targets if tc.align_weight else None,
-                                  cls_target=cls if mcfg.class_token_dim else None, drop_labels=False)
+            terms = training_loss(module, latents, batch["label"], tc, t=d.t, noise=d.noise, cls_noise=d.cls_noise,
+                                  drop_labels=d.drop, align_targets=targets if tc.align_weight else None,
+                                  cls_target=cls if mcfg.class_token_dim else None)
         for name in ("loss", "mse", "cosine", "align", "cls"):
             value = getattr(terms, name)
             if value is not None:
-                scalars[f"loss/{name}" if name != "loss" else "loss"] = value.detach().mean()
+                run.scalars[f"loss/{name}" if name != "loss" else "loss"] = value.detach().mean()
         return terms.loss.mean()
 
-    def save() -> None:
-        manager.save(step, images_seen=step * run.batch_size, model=model.state_dict(), ema=ema.state_dict(),
-                     state={"opt": opt.state_dict(), "counters": counters},
-                     rank_state={"rng": capture_rng_state()}, meta={"config": config_to_dict(cfg)})
-
-    bar = tqdm(total=run.total_steps, initial=step, desc="diffusion", unit="step", disable=not (progress and rank == 0))
-    started, first_step = time.perf_counter(), step
-    # skip counters live on the device and are read back at the sync points (logging, checkpoints, the end)
-    skipped_t = torch.zeros((), device=device)      # skipped steps since the last sync point
-    run_t = torch.zeros((), device=device)          # current run of consecutive skipped steps
-    longest_t = torch.zeros((), device=device)      # longest such run since the last sync point
-    while step < run.total_steps:
-        draws.draw(step)
-        lr = cfg.optim.lr * min(1.0, (step + 1) / cfg.optim.warmup_steps) if cfg.optim.warmup_steps else cfg.optim.lr
+    while run.running:
+        draws = StepDraws.draw(run.step, seed=rc.seed, batch_size=rc.batch_size, transport=tc, model=mcfg,
+                               posterior=cfg.data.posterior_draws, generator=generator)
+        warmup = cfg.optim.warmup_steps
+        lr = cfg.optim.lr * min(1.0, (run.step + 1) / warmup) if warmup else cfg.optim.lr
         for group in opt.param_groups:
             group["lr"] = lr
+        batches = []
+        for m in range(run.accum):
+            batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in next(loader).items()}
+            batch["draws"] = draws.rows_of(global_rows(run.rank, run.world, m, run.micro, len(batch["label"]), device))
+            batches.append(batch)
         model.train()
-        result = optimizer_step(net, opt, _batches(loader_iter, accum, micro, rank, world, device), loss_fn,
-                                batch_size_of=lambda b: len(b["label"]), grad_clip=cfg.optim.grad_clip, scaler=scaler)
-        skipped = 1.0 - result.applied_t
-        skipped_t += skipped
-        run_t = (run_t + 1.0) * skipped
-        longest_t = torch.maximum(longest_t, run_t)
-        step += 1
-        ema.update(model, step * run.batch_size, run.batch_size, applied=result.applied_t)
-        bar.update(1)
-        log_now = step % run.log_every == 0 or step == run.total_steps
-        if log_now or step % run.checkpoint_every == 0:
-            # the one host synchronisation of the loop (every rank, so that every rank stops together)
-            new_skips, longest = (int(v) for v in torch.stack([skipped_t, longest_t]).tolist())
-            counters["skipped_steps"] += new_skips
-            skipped_t.zero_()
-            longest_t.copy_(run_t)
-            if longest >= run.max_consecutive_nonfinite:
-                raise RuntimeError(f"{longest} consecutive non-finite steps by step {step}; stopping. "
-                                   f"The last good checkpoint is {manager.latest()}")
-        if rank == 0 and log_now:
-            elapsed = time.perf_counter() - started
-            values = scalars_to_floats(scalars)
-            record = {"step": step, **values, "grad_norm": result.grad_norm, "lr": lr, **counters,
-                      "sec_per_step": elapsed / max(1, step - first_step), **peak_memory(device)}
-            log.write(record)
-            bar.set_postfix(loss=f"{values.get('loss', float('nan')):.4f}")
-        if rank == 0 and run.sample_every and (step % run.sample_every == 0 or step == run.total_steps):
-            grids.save(ema.model, run_dir / "samples" / f"step-{step:08d}.png")
-        if step % run.checkpoint_every == 0 and step < run.total_steps:
-            save()
-    bar.close()
-    if log is not None:
-        log.close()
-    save()
-    export = run_dir / "export"
-    if rank == 0:
-        ema.model.save_pretrained(export)
-        stats = {"mean": dataset.manifest["mean"], "std": dataset.manifest["std"],
-                 "tokenizer": _absolute(cfg.tokenizer or dataset.manifest["tokenizer"]),
-                 "cache": _absolute(cfg.data.cache)}  # absolute: `sample` reads them from any working directory
-        atomic_write_text(export / "latent_stats.json", json.dumps(stats, indent=2) + "\n")
-        atomic_write_text(export / SAMPLER_FILE, json.dumps({"preset": cfg.sample_preset}) + "\n")
-    dist_utils.barrier()
-    return {"steps": step, "export": str(export), **counters, "final": scalars_to_floats(scalars)}
+        result = optimizer_step(net, opt, batches, loss_fn, batch_size_of=lambda b: len(b["label"]),
+                                grad_clip=cfg.optim.grad_clip, scaler=scaler)
+        run.end_step(skips={"skipped_steps": result.applied_t},
+                     record=lambda: {"grad_norm": result.grad_norm, "lr": lr})
+    summary = run.finish(export=export)
+    return {**summary, "final": scalars_to_floats(run.scalars)}
 
 
 def _absolute(path: str | Path) -> str:
     return str(Path(path).resolve())
 
 
-class SampleGrid:
-    """Fixed-seed samples of the EMA model, decoded by the tokenizer. The tokenizer is loaded once, on first use;
-    if it cannot be loaded, grids are switched off for the run with one warning (a grid never stops training)."""
+class _PipelineGrid:
+    """Fixed-seed samples of the EMA model through `VFMVAEPipeline` (the sampler `vfmvae sample` uses, with the
+    recipe's preset and the run's grid steps and guidance). The tokenizer is loaded once, on first use; if it
+    cannot be loaded, grids are switched off for the run with one warning (a grid never stops training)."""
 
-    def __init__(self, cfg: DiffusionTrainConfig, dataset: LatentDataset) -> None:
-        self.cfg, self.dataset = cfg, dataset
-        self.tokenizer = None
+    def __init__(self, cfg: DiffusionTrainConfig, dataset: LatentDataset, model: DiffusionTransformer,
+                 stats: LatentStats) -> None:
+        self.cfg, self.dataset, self.model, self.stats = cfg, dataset, model, stats
+        self.pipeline: VFMVAEPipeline | None = None
         self.disabled = False
 
-    def _load(self, device: torch.device):
+    def _load(self) -> VFMVAEPipeline | None:
         from vfmvae.tokenizer import VFMVAE
 
-        if self.tokenizer is None and not self.disabled:
+        if self.pipeline is None and not self.disabled:
             try:
-                self.tokenizer = VFMVAE.from_pretrained(self.cfg.tokenizer or self.dataset.manifest["tokenizer"],
-                                                        device=device)
+                tokenizer = VFMVAE.from_pretrained(self.cfg.tokenizer or self.dataset.manifest["tokenizer"],
+                                                   device=next(self.model.parameters()).device)
             except Exception as err:
-                warnings.warn(f"sample grids disabled: cannot load the tokenizer ({err}); set `tokenizer:` in the recipe")
+                warnings.warn(f"sample grids disabled: cannot load the tokenizer ({err}); "
+                              "set `tokenizer:` in the recipe")
                 self.disabled = True
-        return self.tokenizer
+                return None
+            self.pipeline = VFMVAEPipeline(self.model, tokenizer, self.stats, preset=self.cfg.sample_preset)
+        return self.pipeline
 
     @torch.no_grad()
-    def save(self, model: DiffusionTransformer, path: Path) -> None:
-        from vfmvae.sampling import euler_ode
+    def save(self, path: Path) -> None:
         from vfmvae.vis import save_grid
 
-        run = self.cfg.run
-        device = next(model.parameters()).device
-        tokenizer = self._load(device)
-        if tokenizer is None:
+        pipe, run = self._load(), self.cfg.run
+        if pipe is None:
             return
-        g = torch.Generator().manual_seed(run.seed)
-        mcfg = model.config
-        noise = torch.randn(run.sample_count, mcfg.in_channels, mcfg.input_size, mcfg.input_size, generator=g).to(device)
-        labels = (torch.arange(run.sample_count) % mcfg.num_classes).to(device)
-        cls_noise = torch.randn(run.sample_count, mcfg.class_token_dim, generator=g).to(device) if mcfg.class_token_dim else None
-        model.eval()
-        z = euler_ode(model, noise, labels, steps=run.sample_steps, cfg_scale=run.sample_cfg, cls_noise=cls_noise)
-        images = tokenizer.decode(self.dataset.denormalize(z)).float().clamp(-1, 1) * 0.5 + 0.5
-        save_grid(images.cpu(), path, nrow=int(math.ceil(math.sqrt(run.sample_count))))
+        labels = torch.arange(run.grid_count) % self.model.config.num_classes
+        images = pipe(labels, seed=run.seed, steps=run.grid_steps, cfg_scale=run.grid_cfg)
+        save_grid(images.float().cpu(), path, nrow=int(math.ceil(math.sqrt(run.grid_count))))

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-from vfmvae.config import require_positive, yaml_flow
+from vfmvae.config import yaml_flow
 from vfmvae.data.loader import DataConfig
-from vfmvae.distributed import parse_device
 from vfmvae.tokenizer.model import VFMVAEConfig
+from vfmvae.training.config import RunConfig  # the shared `run:` section
 
 __all__ = ["LossConfig", "DiscConfig", "OptimConfig", "RunConfig", "TokenizerTrainConfig"]
 
@@ -60,33 +59,6 @@ class OptimConfig:
     d_lr: float = 1e-4
     betas: tuple[float, float] = (0.0, 0.99)
     eps: float = 1e-8
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    dir: Path = Path("runs/tokenizer")
-    seed: int = 0
-    batch_size: int = 512                     # global batch per optimizer step
-    micro_batch: int | None = None            # per process and forward; None = batch_size / world
-    total_images: int = 20_000_000            # images in this stage
-    ema_halflife_images: float = 160_000
-    ema_rampup: float | None = 0.05
-    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
-    log_every: int = 50
-    snapshot_every: int = 1000
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 2
-    max_consecutive_nonfinite: int = 20
-    device: str | None = None                 # default: cuda if available
-    tensorboard: bool = False
-    compile: bool = False                     # torch.compile the G/D forward passes (in place; same checkpoints)
-
-    def __post_init__(self) -> None:
-        require_positive(self, "batch_size", "micro_batch", "total_images", "ema_halflife_images", "ema_rampup",
-                         "log_every", "snapshot_every", "checkpoint_every", "keep_checkpoints",
-                         "max_consecutive_nonfinite", allow_zero=("total_images", "ema_rampup", "snapshot_every"))
-        if self.device is not None:
-            parse_device(self.device)
 
 
 @dataclass(frozen=True)

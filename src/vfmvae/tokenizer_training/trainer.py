@@ -10,8 +10,7 @@ counted; too many in a row stop the run with its last good checkpoint intact.
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from vfmvae import distributed as dist_utils
-from vfmvae.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
+from vfmvae.checkpoint import capture_rng_state
 from vfmvae.config import config_to_dict
 from vfmvae.data import DataStream, SkipCounter, to_float01
+from vfmvae.seeding import derive_seed
 from vfmvae.tokenizer import VFMVAE, DiagonalGaussian
 from vfmvae.tokenizer_training.config import TokenizerTrainConfig
 from vfmvae.tokenizer_training.discriminators import MultiscalePatchGAN, ProjectedDiscriminator
@@ -39,8 +39,8 @@ from vfmvae.tokenizer_training.losses import (
 )
 from vfmvae.tokenizer_training.stages import select_trainable
 from vfmvae.training import EMA, fused_optimizer_supported, optimizer_step
-from vfmvae.training.run_folder import claimed_run_folder, write_run_config
-from vfmvae.training.run_log import RunLog, autocast_factory, peak_memory, scalars_to_floats
+from vfmvae.training.run import Evaluator, TrainingRun
+from vfmvae.training.run_log import autocast_factory
 from vfmvae.vfm import build_vfm
 
 __all__ = ["build_generator", "train_tokenizer"]
@@ -195,28 +195,19 @@ class _Losses:
         return total.float()
 
 
-def train_tokenizer(cfg: TokenizerTrainConfig, resume: str = "auto", progress: bool = True) -> dict[str, Any]:
+def train_tokenizer(cfg: TokenizerTrainConfig, resume: str = "auto", progress: bool = True,
+                    evaluator: Evaluator | None = None) -> dict[str, Any]:
     """Run (or continue) one training stage. Returns a summary; the stage is exported to RUN/export (the EMA
     tokenizer, plus the raw generator and the discriminators that the next stage starts from, see handoff.py)."""
-    dist_utils.init_distributed()
-    # a run folder belongs to one run: locked and checked before anything is written into it
-    with claimed_run_folder(cfg.run.dir, cfg, resume):
-        return _train_tokenizer(cfg, resume, progress)
+    with TrainingRun.open(cfg.run, cfg, kind="tokenizer", resume=resume, progress=progress, evaluator=evaluator) as run:
+        return _train_tokenizer(cfg, run)
 
 
-def _train_tokenizer(cfg: TokenizerTrainConfig, resume: str, progress: bool) -> dict[str, Any]:
-    from tqdm.auto import tqdm
+def _train_tokenizer(cfg: TokenizerTrainConfig, run: TrainingRun) -> dict[str, Any]:
+    device, rc = run.device, cfg.run
 
-    device = dist_utils.init_distributed(device=cfg.run.device)  # the backend follows the device (NCCL / gloo)
-    rank, world = dist_utils.rank(), dist_utils.world_size()
-    run = cfg.run
-    micro = run.micro_batch or run.batch_size // world
-    if run.batch_size % (world * micro):
-        raise ValueError(f"run.batch_size {run.batch_size} is not a multiple of processes ({world}) x run.micro_batch ({micro})")
-    accum = run.batch_size // (world * micro)
-    run_dir = Path(run.dir)
-
-    torch.manual_seed(run.seed)
+    # ---- build: generator, discriminators, LPIPS, optimizers, EMA
+    torch.manual_seed(rc.seed)
     g = build_generator(cfg).to(device)
     trainable = select_trainable(g, cfg.stage)
     d = p = None
@@ -236,135 +227,101 @@ def _train_tokenizer(cfg: TokenizerTrainConfig, resume: str, progress: bool) -> 
         from vfmvae.evaluation.image_metrics import load_lpips
 
         lpips = load_lpips(cfg.loss.lpips_weights, device)[0].net  # differentiable lpips.LPIPS on [-1, 1]
-    if run.compile:
+    if rc.compile:
         _compile_forwards(g, d, p, lpips)
     opt = cfg.optim
     fused = fused_optimizer_supported(device)  # one kernel over all parameters; skips non-finite steps on the device
     opt_g = torch.optim.Adam(trainable, lr=opt.lr, betas=opt.betas, eps=opt.eps, fused=fused)
     opt_d = torch.optim.Adam(d_params, lr=opt.d_lr, betas=opt.betas, eps=opt.eps, fused=fused) if d_params else None
-    ema = EMA(g, run.ema_halflife_images, run.ema_rampup)  # the EMA starts from the previous stage's EMA
+    ema = EMA(g, rc.ema_halflife_images, rc.ema_rampup)  # the EMA starts from the previous stage's EMA
     images_before = 0  # images of the previous stages: the EMA ramp-up continues from there (official cur_nimg)
     if cfg.init is not None:  # official resume_*: raw G from raw G, D from D
         images_before, notes = load_stage(cfg.init, g, discriminators)
         for note in notes:
             dist_utils.print0(f"note: {note}")
-    manager = CheckpointManager(run_dir, keep=run.keep_checkpoints)
-    step, images, data_state, counters = 0, 0, None, {"skipped_g": 0, "skipped_d": 0}
-    guard_state: dict[str, torch.Tensor] = {}
-    if resume not in ("none", "fresh") and (resume != "auto" or manager.latest() is not None):
-        ckpt = manager.load(None if resume == "auto" else resume)
+
+    # ---- resume
+    data_state, guard_state = None, {}
+    ckpt = run.resume()
+    if ckpt is not None:
         _load_without_vfm(g, ckpt.model)
         _load_without_vfm(ema.model, ckpt.ema)
         d_modules.load_state_dict(ckpt.state["disc"])
         opt_g.load_state_dict(ckpt.state["opt_g"])
         if opt_d is not None:
             opt_d.load_state_dict(ckpt.state["opt_d"])
-        counters = dict(ckpt.state["counters"])
-        images_before = int(counters.pop("images_before_stage", images_before))
+        images_before = int(run.counters.pop("images_before_stage", images_before))
         guard_state = ckpt.state.get("safe_loss", {})
-        step, images, data_state = ckpt.step, ckpt.images_seen, ckpt.rank_state["data"]
-        restore_rng_state(ckpt.rank_state["rng"])  # the loop draws from per-step generators; this covers the rest
-        dist_utils.print0(f"resumed from {ckpt.path} (step {step}, {images} images)")
-    if rank == 0:
-        write_run_config(run_dir, cfg)
+        data_state = ckpt.rank_state["data"]
 
     # fp16 needs loss scaling (bf16 and fp32 do not); the scalers' state is small and rebuilt on resume
-    scaler_g = torch.amp.GradScaler(device.type) if run.precision == "fp16" else None
-    scaler_d = torch.amp.GradScaler(device.type) if run.precision == "fp16" and opt_d is not None else None
-    log = RunLog(run_dir, tensorboard=run.tensorboard, x_key="images") if rank == 0 else None
+    scaler_g = torch.amp.GradScaler(device.type) if rc.precision == "fp16" else None
+    scaler_d = torch.amp.GradScaler(device.type) if rc.precision == "fp16" and opt_d is not None else None
     skips = SkipCounter()
-    stream = DataStream(cfg.data, micro, rank=rank, world=world, state=data_state, skips=skips)
-    losses = _Losses(cfg, g, d, p, lpips, autocast_factory(run.precision, device))
+    stream = DataStream(cfg.data, run.micro, rank=run.rank, world=run.world, state=data_state, skips=skips)
+    losses = _Losses(cfg, g, d, p, lpips, autocast_factory(rc.precision, device))
+    losses.scalars = run.scalars  # the run reads them back when it logs
     if losses.guard is not None:
         losses.guard.load_state_dict(guard_state, device)
-    fixed = None
+    fixed: list[torch.Tensor] = []  # rank 0's first inputs: the grid's reconstructions
 
     def save() -> None:
-        manager.save(step, images_seen=images, model=_without_vfm(g.state_dict()), ema=_without_vfm(ema.state_dict()),
-                     state={"disc": d_modules.state_dict(), "opt_g": opt_g.state_dict(),
-                            "opt_d": opt_d.state_dict() if opt_d is not None else {},
-                            "counters": {**counters, "images_before_stage": images_before},
-                            "safe_loss": losses.guard.state_dict() if losses.guard is not None else {}},
-                     rank_state={"data": stream.state_dict(), "rng": capture_rng_state()},
-                     meta={"config": config_to_dict(cfg)})
+        run.manager.save(run.step, images_seen=run.images, model=_without_vfm(g.state_dict()),
+                         ema=_without_vfm(ema.state_dict()),
+                         state={"disc": d_modules.state_dict(), "opt_g": opt_g.state_dict(),
+                                "opt_d": opt_d.state_dict() if opt_d is not None else {},
+                                "counters": {**run.counters, "images_before_stage": images_before},
+                                "safe_loss": losses.guard.state_dict() if losses.guard is not None else {}},
+                         rank_state={"data": stream.state_dict(), "rng": capture_rng_state()},
+                         meta={"config": config_to_dict(cfg)})
 
-    total_steps = -(-run.total_images // run.batch_size)
-    bar = tqdm(total=total_steps, initial=step, desc="tokenizer", unit="step", disable=not (progress and rank == 0))
-    started = time.perf_counter()
-    # No host read between sync points (logging, checkpoints, the end), as in diffusion training: the exact image
-    # count (summed over ranks; a batch is short by any skipped files) and the skip counters stay on the device.
-    # In between, the host plans with the nominal count (batch_size per step), which never undercounts; the run
-    # ends only when a read-back count says so.
-    images_t = torch.full((), images, dtype=torch.int64, device=device)
-    skipped_d_t = torch.zeros((), dtype=torch.int64, device=device)  # skipped D steps since the last sync point
-    skipped_g_t = torch.zeros((), dtype=torch.int64, device=device)  # skipped G steps since the last sync point
-    run_t = torch.zeros((), dtype=torch.int64, device=device)        # current run of consecutive skipped G steps
-    longest_t = torch.zeros((), dtype=torch.int64, device=device)    # longest such run since the last sync point
-    while images < run.total_images:
-        losses.generator.manual_seed(run.seed * 1_000_003 + step * 1_009 + rank)
-        losses.images_seen = images
+    def grid(path: Path) -> None:
+        if fixed:
+            _reconstruction_grid(ema.model, fixed[0], path)
+
+    run.begin(model=g, ema=ema, dataset_size=_dataset_size(stream), save=save, grid=grid, loss_key="loss/g",
+              skip_keys=("skipped_g", "skipped_d"),
+              stop_label="non-finite generator steps (or safe-loss rejections)", images_before=images_before,
+              trainable_parameters=sum(t.numel() for t in trainable) + sum(t.numel() for t in d_params))
+
+    # ---- the step body: a discriminator step, then a generator step
+    size = lambda b: b["n"]  # noqa: E731
+    no_d_step = torch.ones((), device=device)
+    while run.running:
+        losses.generator.manual_seed(derive_seed(rc.seed, "tokenizer-step", run.step, run.rank))
+        losses.images_seen = run.images
         batches = []
-        for _ in range(accum):
+        for _ in range(run.accum):
             batch = next(stream)
             batches.append({"x": to_float01(batch["image"]).to(device), "n": len(batch["label"])})
-        if fixed is None and rank == 0:
-            fixed = batches[0]["x"][:8].clone()
-        size = lambda b: b["n"]  # noqa: E731
+        if not fixed and run.rank == 0:
+            fixed.append(batches[0]["x"][:8].clone())
+        res_d = None
         if opt_d is not None:
             g.train()
             d_modules.requires_grad_(True)
             res_d = optimizer_step(d_modules, opt_d, batches, losses.discriminator, batch_size_of=size, params=d_params,
-                                   sync_gradients=True, scaler=scaler_d)
-            skipped_d_t += (res_d.applied_t < 1).long()
+                                   all_reduce_grads=True, scaler=scaler_d)
             d_modules.requires_grad_(False)
         res_g = optimizer_step(g, opt_g, batches, losses.generator_loss, batch_size_of=size, params=trainable,
-                               sync_gradients=True, scaler=scaler_g)
+                               all_reduce_grads=True, scaler=scaler_g)
         if losses.guard is not None:
             losses.guard.commit(res_g.applied_t)  # an accepted step's terms become the next reference
-        skipped_g = (res_g.applied_t < 1).long()
-        skipped_g_t += skipped_g
-        run_t = (run_t + 1) * skipped_g
-        longest_t = torch.maximum(longest_t, run_t)
         # a fill kernel, not a copy from the host: the count joins the device queue without a synchronisation
-        images_t += dist_utils.all_reduce_sum(torch.full((), sum(b["n"] for b in batches), dtype=torch.int64, device=device))
-        images += run.batch_size
-        ema.update(g, images_before + images, run.batch_size, applied=res_g.applied_t)  # a skipped step leaves the EMA
-        step += 1
-        bar.update(1)
-        log_now = step % run.log_every == 0 or images >= run.total_images
-        if log_now or step % run.checkpoint_every == 0:
-            # the one host synchronisation of the loop (every rank, so that every rank stops together)
-            images, new_d, new_g, longest = torch.stack([images_t, skipped_d_t, skipped_g_t, longest_t]).tolist()
-            counters["skipped_d"] += new_d
-            counters["skipped_g"] += new_g
-            skipped_d_t.zero_()
-            skipped_g_t.zero_()
-            longest_t.copy_(run_t)
-            if longest >= run.max_consecutive_nonfinite:
-                raise RuntimeError(f"{longest} consecutive non-finite generator steps (or safe-loss rejections) by step "
-                                   f"{step}; stopping. "
-                                   f"The last good checkpoint is {manager.latest()}")
-        if rank == 0 and log_now:
-            values = scalars_to_floats(losses.scalars)  # logged values stay on the device until here
-            record = {"step": step, "images": images, "grad_norm_g": res_g.grad_norm, **values, **counters,
-                      "skipped_images": skips.as_dict(), "sec_per_step": (time.perf_counter() - started) / max(1, step),
-                      **peak_memory(device)}
-            log.write(record)
-            bar.set_postfix(loss=f"{values.get('loss/g', float('nan')):.3f}")
-        if rank == 0 and fixed is not None and (step % run.snapshot_every == 0 or images >= run.total_images):
-            _snapshot(ema.model, fixed, run_dir / "snapshots" / f"step-{step:08d}.png")
-        if step % run.checkpoint_every == 0 and images < run.total_images:
-            save()
-    bar.close()
-    if log is not None:
-        log.close()
-    save()
-    export = run_dir / "export"
-    if rank == 0:
-        export_stage(export, g, ema.model, discriminators, images_before + images)
-    dist_utils.barrier()
-    return {"steps": step, "images": images, "images_total": images_before + images, "export": str(export), **counters, "skipped_images": skips.as_dict(),
-            "config": asdict(cfg.run) | {"dir": str(run.dir)}}
+        counted = torch.full((), sum(b["n"] for b in batches), dtype=torch.int64, device=device)
+        run.end_step(skips={"skipped_g": res_g.applied_t, "skipped_d": res_d.applied_t if res_d else no_d_step},
+                     images_t=counted,
+                     record=lambda: {"grad_norm_g": res_g.grad_norm, "skipped_images": skips.as_dict()})
+    summary = run.finish(
+        export=lambda path: export_stage(path, g, ema.model, discriminators, images_before + run.images))
+    return {**summary, "images_total": images_before + run.images, "skipped_images": skips.as_dict()}
+
+
+def _dataset_size(stream: DataStream) -> int | None:
+    try:
+        return len(stream.dataset)
+    except TypeError:  # an iterable of shards has no length
+        return None
 
 
 def _compile_forwards(g: VFMVAE, d: ProjectedDiscriminator | None, p: MultiscalePatchGAN | None,
@@ -383,7 +340,7 @@ def _compile_forwards(g: VFMVAE, d: ProjectedDiscriminator | None, p: Multiscale
 
 
 @torch.no_grad()
-def _snapshot(model: VFMVAE, images01: torch.Tensor, path: Path) -> None:
+def _reconstruction_grid(model: VFMVAE, images01: torch.Tensor, path: Path) -> None:
     """Inputs beside reconstructions (posterior mean) of a fixed batch."""
     from vfmvae.vis import save_grid
 

@@ -35,13 +35,16 @@ __all__ = ["RunFolderError", "RunFolderLock", "claim_run_folder", "claimed_run_f
 # Recipe keys a resumed run may change: they do not alter what the trained weights are.
 RESUMABLE_CHANGES = frozenset({
     "run.dir",  # the folder itself, however it was spelled (relative to another working directory, ...)
-    "run.total_steps", "run.total_images", "run.log_every", "run.sample_every", "run.snapshot_every",
+    "run.total_images", "run.log_every", "run.grid_every",
     "run.checkpoint_every", "run.keep_checkpoints", "run.max_consecutive_nonfinite", "run.device", "run.tensorboard",
-    "run.compile", "run.gradient_checkpointing", "run.micro_batch", "run.sample_steps", "run.sample_cfg",
-    "run.sample_count", "data.num_workers",
+    "run.compile", "run.gradient_checkpointing", "run.micro_batch", "run.grid_steps", "run.grid_cfg",
+    "run.grid_count", "data.num_workers",
+    # the same settings under their names before RUN/grids and run length in images (config.yaml of older runs)
+    "run.total_steps", "run.sample_every", "run.snapshot_every", "run.sample_steps", "run.sample_cfg", "run.sample_count",
 })
 # What a run writes into its folder, and `--resume fresh` removes; nothing else is ever deleted.
-RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "export", "samples", "snapshots", "tensorboard", "config.yaml")
+RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "export", "grids", "samples", "snapshots", "tensorboard", "config.yaml")
+# ("samples" and "snapshots": the grid folders of runs written before RUN/grids)
 
 
 class RunFolderError(ConfigError):

@@ -75,12 +75,12 @@ def optimizer_step(
     grad_clip: float | None = None,
     scaler: torch.amp.GradScaler | None = None,
     params: Sequence[torch.nn.Parameter] | None = None,
-    sync_gradients: bool = False,
+    all_reduce_grads: bool = False,
 ) -> StepResult:
     """Accumulate gradients over `micro_batches`, then step `optimizer` unless something was non-finite.
 
-    `params` restricts clipping and the finiteness check (default: all of `model`'s). `sync_gradients`
-    averages their gradients over ranks by hand, for models that are not wrapped in DDP.
+    `params` restricts clipping and the finiteness check (default: all of `model`'s). `all_reduce_grads`
+    all-reduces (averages) their gradients over ranks by hand, for models that are not wrapped in DDP.
     """
     sizes = [batch_size_of(b) for b in micro_batches]
     total = sum(sizes)
@@ -102,7 +102,7 @@ def optimizer_step(
         finite = ok if finite is None else finite & ok
 
     params = [p for p in (params if params is not None else model.parameters()) if p.grad is not None]
-    if sync_gradients and dist_utils.is_distributed() and params:
+    if all_reduce_grads and dist_utils.is_distributed() and params:
         flat = torch.cat([p.grad.reshape(-1) for p in params])
         dist_utils.all_reduce_mean(flat)
         offset = 0

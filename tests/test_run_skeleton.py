@@ -1,0 +1,138 @@
+"""The run object both trainers share (vfmvae.training.run), the one `run:` section (vfmvae.training.config) and
+the refusal of older run keys with the value to write instead."""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from vfmvae.config import ConfigError, load_config
+from vfmvae.diffusion_training import DiffusionTrainConfig
+from vfmvae.tokenizer_training.config import TokenizerTrainConfig
+from vfmvae.training import EMA
+from vfmvae.training.config import DiffusionRunConfig, RunConfig, halflife_from_decay
+from vfmvae.training.run import TrainingRun, micro_batch_plan
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def _records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+class _FakeEvaluator:
+    """Records its calls; returns a record every `every` steps."""
+
+    def __init__(self, every: int) -> None:
+        self.every, self.calls = every, []
+
+    def maybe_run(self, *, model, step, images):
+        self.calls.append((model, step, images))
+        return {"eval/fake": float(step)} if step % self.every == 0 else None
+
+
+def _drive(tmp_path: Path, *, applied: list[float], evaluator=None, **run_fields):
+    """A run of a tiny linear model whose step i is applied (1.0) or skipped (0.0) as `applied[i]` says."""
+    cfg = RunConfig(dir=tmp_path / "run", batch_size=4, total_images=4 * len(applied), precision="fp32", log_every=2,
+                    grid_every=3, checkpoint_every=100, device="cpu", ema_halflife_images=8, **run_fields)
+    torch.manual_seed(0)
+    model = nn.Linear(2, 2)
+    ema = EMA(model, cfg.ema_halflife_images, cfg.ema_rampup)
+    grids, saves = [], []
+    with TrainingRun.open(cfg, _Recipe(cfg), kind="test", progress=False, evaluator=evaluator) as run:
+        assert run.resume() is None
+        run.begin(model=model, ema=ema, dataset_size=10, save=lambda: saves.append(run.step), grid=grids.append,
+                  skip_keys=("skipped_steps",))
+        while run.running:
+            with torch.no_grad():
+                model.weight.add_(1.0)
+            run.scalars["loss"] = torch.tensor(float(run.step))
+            run.end_step(skips={"skipped_steps": torch.tensor(applied[run.step])}, record=lambda: {"extra": 1})
+        summary = run.finish()
+    return run, grids, [summary, saves, ema]
+
+
+def test_the_run_logs_step_and_images_cadences_grids_and_final_save(tmp_path, capsys):
+    run, grids, (summary, saves, ema) = _drive(tmp_path, applied=[1.0] * 5)
+    records = _records(tmp_path / "run")
+    assert [(r["step"], r["images"]) for r in records] == [(2, 8), (4, 16), (5, 20)]  # log_every 2 and the end
+    assert all(r["extra"] == 1 and "images_per_s" in r and r["skipped_steps"] == 0 for r in records)
+    assert records[0]["loss"] == 1.0  # the step body's scalars, read back when logged
+    assert grids == [tmp_path / "run" / "grids" / "step-00000003.png", tmp_path / "run" / "grids" / "step-00000005.png"]
+    assert saves == [5] and summary["steps"] == 5 and summary["images"] == 20
+    assert (tmp_path / "run" / "config.yaml").is_file()
+    out = capsys.readouterr().out
+    assert "test training: device cpu, 1 process(es), run folder" in out and "dataset 10 images" in out
+    assert "6 trainable parameters" in out and "wall time" in out and "5 steps, 20 images" in out
+
+
+def test_consecutive_skipped_steps_stop_the_run_and_isolated_ones_do_not(tmp_path):
+    # a skipped step in between resets the consecutive count: 2 + 2 skips with max 3 pass
+    run, _, (summary, _, _) = _drive(tmp_path / "a", applied=[0, 0, 1, 0, 0, 1], max_consecutive_nonfinite=3)
+    assert summary["skipped_steps"] == 4
+    with pytest.raises(RuntimeError, match=r"3 consecutive skipped steps by step 4; stopping"):
+        _drive(tmp_path / "b", applied=[1, 0, 0, 0, 1, 1], max_consecutive_nonfinite=3)
+
+
+def test_a_skipped_step_leaves_the_ema_alone(tmp_path):
+    _, _, (_, _, ema) = _drive(tmp_path / "a", applied=[1.0, 0.0])
+    _, _, (_, _, ema_one) = _drive(tmp_path / "b", applied=[1.0])
+    # the second (skipped) step must not blend the (moved) weights into the average
+    torch.testing.assert_close(ema.model.weight, ema_one.model.weight)
+
+
+def test_the_evaluator_hook_sees_the_ema_model_every_step_and_its_records_are_logged(tmp_path):
+    fake = _FakeEvaluator(every=2)
+    _, _, (_, _, ema) = _drive(tmp_path, applied=[1.0] * 5, evaluator=fake)
+    assert [(step, images) for _, step, images in fake.calls] == [(s, 4 * s) for s in range(1, 6)]
+    assert all(model is ema.model for model, _, _ in fake.calls)
+    evals = [r for r in _records(tmp_path / "run") if "eval/fake" in r]
+    assert [(r["step"], r["images"], r["eval/fake"]) for r in evals] == [(2, 8, 2.0), (4, 16, 4.0)]
+
+
+def test_micro_batch_arithmetic_has_one_error_naming_both_keys():
+    assert micro_batch_plan(RunConfig(batch_size=16, micro_batch=2), world=2) == (2, 4)
+    assert micro_batch_plan(RunConfig(batch_size=16), world=4) == (4, 1)
+    with pytest.raises(ConfigError, match=r"run.batch_size 16 is not a multiple of processes \(3\) x run.micro_batch"):
+        micro_batch_plan(RunConfig(batch_size=16, micro_batch=2), world=3)
+
+
+def test_both_recipes_share_the_run_section():
+    shared = {f for f in RunConfig.__dataclass_fields__}
+    assert shared <= set(DiffusionRunConfig.__dataclass_fields__)
+    assert TokenizerTrainConfig.__dataclass_fields__["run"].default_factory is RunConfig
+    assert DiffusionTrainConfig.__dataclass_fields__["run"].default_factory is DiffusionRunConfig
+    # the diffusion default EMA is the former per-step 0.9999 at batch 1024
+    assert 0.5 ** (1024 / DiffusionRunConfig().ema_halflife_images) == pytest.approx(0.9999, abs=1e-9)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("run.total_steps=400",
+     "run.total_steps is now run.total_images: write run.total_images: 12800 (400 steps x batch 32)"),
+    ("run.ema_decay=0.99", "write run.ema_halflife_images: 2207 (batch 32 x ln(0.5) / ln(0.99))"),
+    ("run.sample_every=50", "run.sample_every is now run.grid_every: write run.grid_every: 50"),
+    ("run.sample_steps=10", "write run.grid_steps: 10"),
+])
+def test_older_diffusion_run_keys_are_refused_with_the_value_to_write(override, expected, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(DiffusionTrainConfig, ROOT / "configs/diffusion/tiny.yaml", [f"data.cache={tmp_path}", override])
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+def test_older_tokenizer_run_key_is_refused_with_the_value_to_write(tmp_path):
+    with pytest.raises(ConfigError, match="run.snapshot_every is now run.grid_every: write run.grid_every: 7"):
+        load_config(TokenizerTrainConfig, ROOT / "configs/tokenizer/tiny.yaml", [f"data.source={tmp_path}",
+                                                                                 "run.snapshot_every=7"])
+
+
+def test_halflife_conversion_reproduces_the_per_step_decay():
+    for decay, batch in ((0.9999, 1024), (0.99, 32), (0.999, 256)):
+        assert 0.5 ** (batch / halflife_from_decay(decay, batch)) == pytest.approx(decay, rel=1e-12)

@@ -277,3 +277,119 @@ def test_report_with_evaluation_renders_in_chromium(tmp_path):
     result = check_page(build_report(_tokenizer_run(tmp_path)))
     assert result.ok, result.problems()
     assert result.images >= 3  # loss panels, evaluation panels, evaluation grid
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# hooked into the trainers (the run object calls the evaluator after each step's logging)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def latent_cache(tmp_path_factory, synthetic_dir):
+    """Latents (8x4x4) of the synthetic images by the tiny official tokenizer, with dinov2-test features."""
+    from vfmvae.latents import cache_latents
+
+    root = tmp_path_factory.mktemp("online-diffusion")
+    tok = tiny_official_tokenizer(root / "tok")
+    cache_latents(tok, synthetic_dir / "images", root / "cache", flip=True, vfm_features="dinov2-test",
+                  batch_size=16, shard_size=32, num_workers=0, device="cpu", progress=False)
+    return root / "cache"
+
+
+def _diffusion_cfg(cache, run_dir, ref, *overrides):
+    from vfmvae.config import load_config
+    from vfmvae.diffusion_training import DiffusionTrainConfig
+
+    return load_config(DiffusionTrainConfig, ROOT / "configs" / "diffusion" / "tiny.yaml",
+                       [f"data.cache={cache}", f"run.dir={run_dir}", "run.grid_every=0", "run.batch_size=8",
+                        "run.log_every=1", "run.checkpoint_every=2", f"eval.ref={ref}", "eval.num_samples=10",
+                        "eval.batch_size=10", "eval.inception=random-init:7", "eval.sampler={steps: 2}", *overrides])
+
+
+def _weights(run_dir):
+    from safetensors.torch import load_file
+
+    return load_file(Path(run_dir) / "export" / "model.safetensors")
+
+
+def _assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.slow
+def test_diffusion_run_with_evaluation_trains_the_same_weights(tmp_path, models, latent_cache, stubs):
+    from vfmvae.diffusion_training import train_diffusion
+
+    common = ("run.total_images=32", "eval.every=2")
+    train_diffusion(_diffusion_cfg(latent_cache, tmp_path / "off", models["ref"], *common), progress=False)
+    train_diffusion(_diffusion_cfg(latent_cache, tmp_path / "on", models["ref"], *common, "eval.enabled=true"),
+                    progress=False)
+    _assert_same_weights(_weights(tmp_path / "off"), _weights(tmp_path / "on"))
+    assert [r["step"] for r in read_eval_records(tmp_path / "on")] == [2, 4]
+    logged = [json.loads(line) for line in (tmp_path / "on" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in logged if "eval/fid" in r]
+    assert [r["step"] for r in evals] == [2, 4] and all(r["eval/seconds"] > 0 and r["images"] for r in evals)
+    assert not (tmp_path / "off" / "eval").exists()
+
+
+@pytest.mark.slow
+def test_killed_diffusion_run_resumes_without_re_evaluating(tmp_path, models, latent_cache, stubs, monkeypatch):
+    from vfmvae.diffusion_training import train_diffusion
+    from vfmvae.evaluation import online
+
+    evaluated = []
+    original_evaluate = online.GenerationTask.evaluate
+
+    def counted(self, model, step):
+        evaluated.append(step)
+        return original_evaluate(self, model, step)
+
+    monkeypatch.setattr(online.GenerationTask, "evaluate", counted)
+    original_maybe_run = online.OnlineEvaluator.maybe_run
+
+    def killed_after_step_3(self, **kw):
+        record = original_maybe_run(self, **kw)
+        if kw["step"] == 3:
+            raise KeyboardInterrupt  # the process dies right after evaluating step 3 (last checkpoint: step 2)
+        return record
+
+    cfg = _diffusion_cfg(latent_cache, tmp_path / "run", models["ref"], "run.total_images=48", "eval.every=3",
+                         "eval.enabled=true")
+    monkeypatch.setattr(online.OnlineEvaluator, "maybe_run", killed_after_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train_diffusion(cfg, progress=False)
+    assert evaluated == [3] and [r["step"] for r in read_eval_records(tmp_path / "run")] == [3]
+    monkeypatch.setattr(online.OnlineEvaluator, "maybe_run", original_maybe_run)
+    train_diffusion(cfg, progress=False)  # resumes from step 2: passes step 3 again, evaluates only step 6
+    assert evaluated == [3, 6]
+    assert [r["step"] for r in read_eval_records(tmp_path / "run")] == [3, 6]
+    train_diffusion(_diffusion_cfg(latent_cache, tmp_path / "straight", models["ref"], "run.total_images=48"),
+                    progress=False)
+    _assert_same_weights(_weights(tmp_path / "straight"), _weights(tmp_path / "run"))
+
+
+@pytest.mark.slow
+def test_tokenizer_run_with_evaluation_trains_the_same_weights(tmp_path, synthetic_dir, stubs):
+    from vfmvae.config import load_config
+    from vfmvae.tokenizer_training.config import TokenizerTrainConfig
+    from vfmvae.tokenizer_training.trainer import train_tokenizer
+
+    def cfg(run_dir, *extra):
+        return load_config(TokenizerTrainConfig, ROOT / "configs" / "tokenizer" / "tiny.yaml",
+                           [f"run.dir={run_dir}", f"data.source={synthetic_dir / 'images'}", "data.num_workers=0",
+                            "run.batch_size=4", "run.total_images=8", "run.log_every=1", "run.grid_every=0",
+                            f"eval.data={synthetic_dir / 'images'}", "eval.num_images=10", "eval.batch_size=10",
+                            "eval.every=2", "eval.inception=random-init:7", "eval.grid=2", *extra])
+
+    train_tokenizer(cfg(tmp_path / "off"), progress=False)
+    with pytest.warns(UserWarning, match=r"lpips \(no eval.lpips\) skipped"):
+        train_tokenizer(cfg(tmp_path / "on", "eval.enabled=true", "eval.keep_best=psnr"), progress=False)
+    _assert_same_weights(_weights(tmp_path / "off"), _weights(tmp_path / "on"))
+    (record,) = read_eval_records(tmp_path / "on")
+    assert record["step"] == 2 and record["eval/psnr"] > 0 and record["eval/rfid"] is not None
+    assert record["eval/lpips"] is None  # no eval.lpips: skipped
+    assert (tmp_path / "on" / "eval" / "grids" / "step-00000002.png").is_file()
+    assert json.loads((tmp_path / "on" / "best" / "best.json").read_text())["step"] == 2

@@ -66,6 +66,10 @@ def run(out: Path, tokenizer_steps: int = 300, diffusion_steps: int = 400) -> No
     heldout = out / "heldout"
     _step("4. held-out synthetic images (another seed)",
           ["data", "synthetic", "--out", str(heldout), "--num", "64", "--classes", "8", "--size", "64", "--seed", "1"])
+    reference = _reference_batch(heldout / "images", out / "heldout-ref.npz", 32)
+    # evaluation while training at toy size, with a seeded RANDOM-INIT Inception (and LPIPS trunk): the curves show
+    # the pipeline working, the values compare with nothing (the report says so)
+    evaluate = ["--set", "eval.enabled=true", "--set", "eval.inception=random-init:0"]
     official = Path("tests/data/official_tokenizer_tiny")
     _step("5. import a checkpoint in the official VFM-VAE format (a tiny random model made by the official code)",
           ["convert", "official-tokenizer", "--config", str(official / "config.yaml"), "--weights",
@@ -76,8 +80,12 @@ def run(out: Path, tokenizer_steps: int = 300, diffusion_steps: int = 400) -> No
              "--set", f"run.dir={tokenizer}"]
     _step("6. the untrained starting point (0 steps), for comparison", train[:-1] + [f"run.dir={out / 'tokenizer-step0'}",
           "--set", "run.total_images=0"])
+    every = _eval_every(tokenizer_steps, 3)
     _step(f"7. train a tiny tokenizer for {tokenizer_steps} steps (stage-0 style; tiny RANDOM-INIT SigLIP2-architecture "
-          "VFM, not pretrained)", train + ["--set", f"run.total_images={8 * tokenizer_steps}"], FULL["tokenizer"])
+          f"VFM, not pretrained), evaluated every {every} steps on 16 held-out images (RANDOM-INIT Inception/LPIPS)",
+          train + ["--set", f"run.total_images={8 * tokenizer_steps}", *evaluate, "--set", f"eval.every={every}",
+                   "--set", f"eval.data={heldout / 'images'}", "--set", "eval.num_images=16", "--set",
+                   "eval.lpips=random-init:0", "--set", "eval.grid=8"], FULL["tokenizer"])
     psnr = {}
     for name, folder in (("before", out / "tokenizer-step0"), ("after", tokenizer)):
         shutil.rmtree(out / f"recon-{name}", ignore_errors=True)  # the demo's own earlier reconstructions (a re-run)
@@ -91,9 +99,13 @@ def run(out: Path, tokenizer_steps: int = 300, diffusion_steps: int = 400) -> No
     _step("9. encode the training images into a latent cache (with flips and tiny-DINOv2 features for REPA)",
           ["cache-latents", "--tokenizer", str(tokenizer / "export"), "--data", str(data / "images"), "--out", str(latents),
            "--flip", "--vfm-features", "dinov2-test", "--workers", "0"], FULL["cache"])
-    _step(f"10. train a tiny LightningDiT with REPA on the latents ({diffusion_steps} steps)",
+    every = _eval_every(diffusion_steps, 4)
+    _step(f"10. train a tiny LightningDiT with REPA on the latents ({diffusion_steps} steps), FID etc. of 16 samples "
+          f"every {every} steps against 32 held-out images (RANDOM-INIT Inception)",
           ["train", "diffusion", "--recipe", "configs/diffusion/tiny.yaml", "--set", f"data.cache={latents}",
-           "--set", f"run.dir={diffusion}", "--set", f"run.total_images={32 * diffusion_steps}"], FULL["diffusion"])
+           "--set", f"run.dir={diffusion}", "--set", f"run.total_images={32 * diffusion_steps}", *evaluate,
+           "--set", f"eval.every={every}", "--set", f"eval.ref={reference}", "--set", "eval.num_samples=16"],
+          FULL["diffusion"])
     _step("11. class-conditional samples (8 per class, Euler, 25 steps, guidance 2): PNGs, ADM .npz, grid",
           ["sample", "--diffusion", str(diffusion / "export"), "--num-samples", "64", "--out", str(samples),
            "--steps", "25", "--cfg", "2", "--batch-size", "32", "--classes", "balanced"], FULL["sample"])
@@ -110,6 +122,21 @@ def run(out: Path, tokenizer_steps: int = 300, diffusion_steps: int = 400) -> No
     print(f"\nDemo finished: open {out / 'report' / 'index.html'} (held-out PSNR {psnr['before']:.2f} -> "
           f"{psnr['after']:.2f} dB). Grids: {out / 'recon-after' / 'comparison.png'}, {samples / 'grid.png'}, "
           f"{out / 'align_report' / 'se_cknna.png'}.")
+
+
+def _eval_every(steps: int, points: int) -> int:
+    """Evaluate `points` times over `steps` (once, at the end, for a run too short for that)."""
+    return steps // points if steps >= points else max(1, steps)
+
+
+def _reference_batch(images: Path, path: Path, count: int) -> Path:
+    """The first `count` held-out images as an ADM-layout reference batch (arr_0 only: the evaluator computes the
+    statistics with its own Inception)."""
+    from vfmvae.evaluation.images import open_image_set, write_npz_atomic
+
+    arr = next(open_image_set(images).batches(count))
+    print(f"\n   reference batch for evaluation while training: {path} ({len(arr)} held-out images)", flush=True)
+    return write_npz_atomic(path, arr_0=arr)
 
 
 def _make_dirty_copy(images: Path, dirty: Path) -> Path:

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from vfmvae.config import ExistingPath
 from vfmvae.diffusion.transport import TransportConfig
+from vfmvae.evaluation.online import EvalConfig
 from vfmvae.training.config import DiffusionRunConfig  # the shared `run:` section plus grid settings
 
 __all__ = ["LatentDataConfig", "ModelChoice", "DiffusionOptimConfig", "DiffusionRunConfig", "DiffusionTrainConfig"]
@@ -50,3 +51,4 @@ class DiffusionTrainConfig:
     tokenizer: str | None = None             # for decoding sample grids; default: the cache's tokenizer
     # official sampler settings recorded in the export; `vfmvae sample` uses them (vfmvae.sampling.presets)
     sample_preset: Literal["reg-sde", "lightningdit"] | None = None
+    eval: EvalConfig = field(default_factory=EvalConfig)    # evaluation while training (off by default)

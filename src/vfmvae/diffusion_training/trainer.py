@@ -34,6 +34,7 @@ from vfmvae.diffusion_training.draws import StepDraws, global_rows
 from vfmvae.latents import LatentDataset, draw_posterior
 from vfmvae.sampling.pipeline import SAMPLER_FILE, LatentStats, VFMVAEPipeline
 from vfmvae.training import EMA, fused_optimizer_supported, optimizer_step
+from vfmvae.evaluation.online import build_evaluator
 from vfmvae.training.run import Evaluator, TrainingRun
 from vfmvae.training.run_log import autocast_factory, scalars_to_floats
 
@@ -170,6 +171,10 @@ def _train_diffusion(cfg: DiffusionTrainConfig, run: TrainingRun) -> dict[str, A
         atomic_write_text(path / "latent_stats.json", json.dumps(stats_file, indent=2) + "\n")
         atomic_write_text(path / SAMPLER_FILE, json.dumps({"preset": cfg.sample_preset}) + "\n")
 
+    if run.evaluator is None and cfg.eval.enabled:  # the recipe's `eval:` section (sample FID against eval.ref)
+        run.evaluator = build_evaluator(cfg.eval, run.dir, kind="diffusion", device=device,
+                                        tokenizer=cfg.tokenizer or dataset.manifest["tokenizer"], latent_stats=stats,
+                                        preset=cfg.sample_preset, save_best=lambda _model, path: export(path))
     run.begin(model=model, ema=ema, dataset_size=len(dataset), save=save, grid=grids.save, loss_key="loss",
               skip_keys=("skipped_steps",), stop_label="non-finite steps")
 

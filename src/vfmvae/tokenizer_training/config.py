@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from vfmvae.config import yaml_flow
 from vfmvae.data.loader import DataConfig
+from vfmvae.evaluation.online import EvalConfig
 from vfmvae.tokenizer.model import VFMVAEConfig
 from vfmvae.training.config import RunConfig  # the shared `run:` section
 
@@ -73,6 +74,7 @@ class TokenizerTrainConfig:
     disc: DiscConfig = field(default_factory=DiscConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)    # evaluation while training (off by default)
 
     def __post_init__(self) -> None:
         if (self.init is None) == (self.model is None):

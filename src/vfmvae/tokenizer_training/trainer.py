@@ -39,6 +39,7 @@ from vfmvae.tokenizer_training.losses import (
 )
 from vfmvae.tokenizer_training.stages import select_trainable
 from vfmvae.training import EMA, fused_optimizer_supported, optimizer_step
+from vfmvae.evaluation.online import build_evaluator
 from vfmvae.training.run import Evaluator, TrainingRun
 from vfmvae.training.run_log import autocast_factory
 from vfmvae.vfm import build_vfm
@@ -279,6 +280,8 @@ def _train_tokenizer(cfg: TokenizerTrainConfig, run: TrainingRun) -> dict[str, A
         if fixed:
             _reconstruction_grid(ema.model, fixed[0], path)
 
+    if run.evaluator is None and cfg.eval.enabled:  # the recipe's `eval:` section (held-out reconstructions)
+        run.evaluator = build_evaluator(cfg.eval, run.dir, kind="tokenizer", device=device)
     run.begin(model=g, ema=ema, dataset_size=_dataset_size(stream), save=save, grid=grid, loss_key="loss/g",
               skip_keys=("skipped_g", "skipped_d"),
               stop_label="non-finite generator steps (or safe-loss rejections)", images_before=images_before,

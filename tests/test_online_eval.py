@@ -146,6 +146,13 @@ def test_evaluation_leaves_weights_rng_and_modes_untouched(tmp_path, models, stu
     before = {k: v.clone() for k, v in tok.state_dict().items()}
     modes = {name: m.training for name, m in tok.named_modules()}
     evaluator = build_evaluator(_recon_cfg(models), tmp_path, kind="tokenizer")
+    original = evaluator.task.evaluate
+
+    def drawing(model, step):  # as a metric network would (a random init, dropout): the global generators move
+        torch.rand(5), np.random.rand(5), random.random()
+        return original(model, step)
+
+    evaluator.task.evaluate = drawing
 
     def draws():
         return torch.rand(3).tolist(), np.random.rand(2).tolist(), random.random()

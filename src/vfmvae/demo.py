@@ -67,9 +67,6 @@ def run(out: Path, tokenizer_steps: int = 300, diffusion_steps: int = 400) -> No
     _step("4. held-out synthetic images (another seed)",
           ["data", "synthetic", "--out", str(heldout), "--num", "64", "--classes", "8", "--size", "64", "--seed", "1"])
     reference = _reference_batch(heldout / "images", out / "heldout-ref.npz", 32)
-    # evaluation while training at toy size, with a seeded RANDOM-INIT Inception (and LPIPS trunk): the curves show
-    # the pipeline working, the values compare with nothing (the report says so)
-    evaluate = ["--set", "eval.enabled=true", "--set", "eval.inception=random-init:0"]
     official = Path("tests/data/official_tokenizer_tiny")
     _step("5. import a checkpoint in the official VFM-VAE format (a tiny random model made by the official code)",
           ["convert", "official-tokenizer", "--config", str(official / "config.yaml"), "--weights",
@@ -80,12 +77,11 @@ def run(out: Path, tokenizer_steps: int = 300, diffusion_steps: int = 400) -> No
              "--set", f"run.dir={tokenizer}"]
     _step("6. the untrained starting point (0 steps), for comparison", train[:-1] + [f"run.dir={out / 'tokenizer-step0'}",
           "--set", "run.total_images=0"])
-    every = _eval_every(tokenizer_steps, 3)
+    evaluate, note = _evaluation(tokenizer_steps, 3, "16 held-out images (RANDOM-INIT Inception/LPIPS)",
+                                 f"eval.data={heldout / 'images'}", "eval.num_images=16", "eval.lpips=random-init:0")
     _step(f"7. train a tiny tokenizer for {tokenizer_steps} steps (stage-0 style; tiny RANDOM-INIT SigLIP2-architecture "
-          f"VFM, not pretrained), evaluated every {every} steps on 16 held-out images (RANDOM-INIT Inception/LPIPS)",
-          train + ["--set", f"run.total_images={8 * tokenizer_steps}", *evaluate, "--set", f"eval.every={every}",
-                   "--set", f"eval.data={heldout / 'images'}", "--set", "eval.num_images=16", "--set",
-                   "eval.lpips=random-init:0", "--set", "eval.grid=8"], FULL["tokenizer"])
+          f"VFM, not pretrained){note}", train + ["--set", f"run.total_images={8 * tokenizer_steps}", *evaluate],
+          FULL["tokenizer"])
     psnr = {}
     for name, folder in (("before", out / "tokenizer-step0"), ("after", tokenizer)):
         shutil.rmtree(out / f"recon-{name}", ignore_errors=True)  # the demo's own earlier reconstructions (a re-run)
@@ -99,12 +95,11 @@ def run(out: Path, tokenizer_steps: int = 300, diffusion_steps: int = 400) -> No
     _step("9. encode the training images into a latent cache (with flips and tiny-DINOv2 features for REPA)",
           ["cache-latents", "--tokenizer", str(tokenizer / "export"), "--data", str(data / "images"), "--out", str(latents),
            "--flip", "--vfm-features", "dinov2-test", "--workers", "0"], FULL["cache"])
-    every = _eval_every(diffusion_steps, 4)
-    _step(f"10. train a tiny LightningDiT with REPA on the latents ({diffusion_steps} steps), FID etc. of 16 samples "
-          f"every {every} steps against 32 held-out images (RANDOM-INIT Inception)",
+    evaluate, note = _evaluation(diffusion_steps, 4, "FID etc. of 16 samples against 32 held-out images (RANDOM-INIT "
+                                 "Inception)", f"eval.ref={reference}", "eval.num_samples=16")
+    _step(f"10. train a tiny LightningDiT with REPA on the latents ({diffusion_steps} steps){note}",
           ["train", "diffusion", "--recipe", "configs/diffusion/tiny.yaml", "--set", f"data.cache={latents}",
-           "--set", f"run.dir={diffusion}", "--set", f"run.total_images={32 * diffusion_steps}", *evaluate,
-           "--set", f"eval.every={every}", "--set", f"eval.ref={reference}", "--set", "eval.num_samples=16"],
+           "--set", f"run.dir={diffusion}", "--set", f"run.total_images={32 * diffusion_steps}", *evaluate],
           FULL["diffusion"])
     _step("11. class-conditional samples (8 per class, Euler, 25 steps, guidance 2): PNGs, ADM .npz, grid",
           ["sample", "--diffusion", str(diffusion / "export"), "--num-samples", "64", "--out", str(samples),
@@ -124,9 +119,19 @@ def run(out: Path, tokenizer_steps: int = 300, diffusion_steps: int = 400) -> No
           f"{out / 'align_report' / 'se_cknna.png'}.")
 
 
-def _eval_every(steps: int, points: int) -> int:
-    """Evaluate `points` times over `steps` (once, at the end, for a run too short for that)."""
-    return steps // points if steps >= points else max(1, steps)
+MIN_EVAL_STEPS = 10
+
+
+def _evaluation(steps: int, points: int, what: str, *settings: str) -> tuple[list[str], str]:
+    """`--set` options for evaluation while training, `points` times over `steps`, with a seeded RANDOM-INIT Inception
+    (the curves show the pipeline working; the values compare with nothing, and the report says so), and a note for
+    the step's title. None for a run of fewer than MIN_EVAL_STEPS steps (a wiring check such as tests/test_demo.py:
+    a curve needs points, and the Inception alone costs more than such a run)."""
+    if steps < MIN_EVAL_STEPS:
+        return [], ""
+    every = steps // points
+    options = ["eval.enabled=true", "eval.inception=random-init:0", f"eval.every={every}", *settings]
+    return [arg for option in options for arg in ("--set", option)], f"; evaluated every {every} steps: {what}"
 
 
 def _reference_batch(images: Path, path: Path, count: int) -> Path:

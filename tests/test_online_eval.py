@@ -239,7 +239,8 @@ def _tokenizer_run(root: Path) -> Path:
     run = root / "tok-run"
     (run / "eval" / "grids").mkdir(parents=True)
     (run / "config.yaml").write_text("run: {batch_size: 8}\nloss: {kl: 1.0e-6}\n")
-    lines = [{"step": s, "images": 8 * s, "loss/kl": 600.0 / s, "loss/rec": 0.2 - 0.001 * s, "loss/gan": -0.1 + 0.01 * s}
+    lines = [{"step": s, "images": 8 * s, "loss/kl": 600.0 / s, "loss/rec": 0.2 - 0.001 * s,
+              "loss/gan": -0.1 + 0.01 * s}
              for s in range(1, 41)]
     protocol = {"inception_weights": "RANDOM-INIT (seed 0): not the FID Inception, values compare with nothing"}
     evals = [{"step": s, "images": 8 * s, "eval/psnr": 10.0 + s / 10, "eval/rfid": 50.0 - s / 2,

@@ -106,7 +106,8 @@ def _plot_panels(series: dict[str, list[tuple[float, float]]], path: Path, title
     return path
 
 
-def _plot_losses(records: list[dict[str, Any]], path: Path, title: str, config: dict[str, Any] | None = None) -> Path | None:
+def _plot_losses(records: list[dict[str, Any]], path: Path, title: str,
+                 config: dict[str, Any] | None = None) -> Path | None:
     keys = sorted({k for r in records for k, v in r.items() if k.startswith("loss") and isinstance(v, (int, float))})
     xlabel, x_of = _x_axis(records, config or {})
     return _plot_panels(_series(records, keys, x_of), path, title, xlabel)
@@ -145,13 +146,16 @@ def _eval_section(run: Path, page: Path, records: list[dict[str, Any]], config: 
     last = evals[-1]
     shown = {"step": last["step"], **{k[len("eval/"):]: v for k, v in last.items()
                                       if k.startswith("eval/") and isinstance(v, (int, float))}}
-    parts.append("<p>Last evaluation (seconds and images/s of the evaluation itself):</p>" + _table([shown], list(shown)))
+    parts.append("<p>Last evaluation (seconds and images/s of the evaluation itself):</p>"
+                 + _table([shown], list(shown)))
     if protocol:
-        parts.append("<details><summary>evaluation protocol</summary><pre>" + html.escape(json.dumps(protocol, indent=1))
+        parts.append("<details><summary>evaluation protocol</summary><pre>"
+                     + html.escape(json.dumps(protocol, indent=1))
                      + "</pre></details>")
     grids = sorted((run / "eval" / "grids").glob("*.png"))
     if grids:
-        parts.append(_img(grids[-1], page, f"{grids[-1].name}: held-out inputs beside EMA reconstructions (evaluation)"))
+        parts.append(_img(grids[-1], page,
+                          f"{grids[-1].name}: held-out inputs beside EMA reconstructions (evaluation)"))
     return parts
 
 

@@ -50,7 +50,8 @@ def small_tokenizer():
     vit = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=16,
                image_size=64)
     vfm = VFMSpec(name="custom", family="siglip", arch=vit, layers=(0, -1), scale_factor=2.0)
-    cfg = VFMVAEConfig(vfm=vfm, proj_dims=(8, 8), image_size=32, z_dim=4, w_dim=32, num_blocks=3, inject_blocks=(0, 1, 2), inject_dims=(16, 16, 16),
+    cfg = VFMVAEConfig(vfm=vfm, proj_dims=(8, 8), image_size=32, z_dim=4, w_dim=32, num_blocks=3,
+                       inject_blocks=(0, 1, 2), inject_dims=(16, 16, 16),
                        attn_blocks=(0,), attn_depths=(1,), attn_heads=2, channel_base=4096, channel_max=32,
                        extra_convnext=False, legacy_noise=False, decompress_factor=4)
     with torch.random.fork_rng(devices=[]):

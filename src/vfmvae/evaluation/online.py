@@ -332,7 +332,8 @@ class ReconstructionTask:
                 feats = _inception_features(inception, fake, bs, self.device, ("pool", "logits"))
                 pool.append(feats["pool"])
                 logits.append(feats["logits"])
-        per_image_all = gather_rows(torch.cat(per_image) if per_image else torch.zeros(0, 3, dtype=torch.float64), total)
+        per_image_all = gather_rows(torch.cat(per_image) if per_image else torch.zeros(0, 3, dtype=torch.float64),
+                                    total)
         p = per_image_all[:, 0]
         result: dict[str, Any] = {
             "psnr": float(p[torch.isfinite(p)].mean()) if torch.isfinite(p).any() else float("inf"),
@@ -393,7 +394,8 @@ class ReconstructionTask:
             "task": "held-out reconstruction (EMA)",
             "data": str(self.cfg.data), "num_images": self._share[1] if self._share else self.cfg.num_images,
             "crop": self.cfg.crop, "latent": f"posterior {self.cfg.latent}" + (
-                f" (per-image seeds derive_seed({self.cfg.seed}, 'eval-recon', i))" if self.cfg.latent == "sample" else ""),
+                f" (per-image seeds derive_seed({self.cfg.seed}, 'eval-recon', i))" if self.cfg.latent == "sample"
+                else ""),
             "convention": "vfmvae eval recon: tianciB/VFM-VAE@b3a752a tools/reconstruct (trunc to uint8, "
                           "torch-fidelity rFID/rIS, SSIM data range 2 on [-1, 1], LPIPS-VGG)",
             "rfid_comparable": self.cfg.inception is not None and _random_init_seed(self.cfg.inception) is None

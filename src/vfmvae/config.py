@@ -209,15 +209,14 @@ def _build_dataclass(cls: type[T], data: Any, *, prefix: str, source: str) -> T:
     where = prefix.rstrip(".") or "<top level>"
     if not isinstance(data, typing.Mapping):
         raise ConfigError(f"{source}: {where}: expected a mapping for {cls.__name__}, got {data!r}")
+    # keys of older recipes: refused with what to write instead (`retired_keys(data, prefix) -> {key: advice}`)
     retired = getattr(cls, "retired_keys", None)
-    for key, advice in (retired(data, prefix) if retired is not None else {}).items():
-        raise ConfigError(f"{source}: {prefix}{key} is no longer a recipe key: {advice}")
+    advice = retired(data, prefix) if retired is not None else {}
+    if advice:
+        raise ConfigError(f"{source}: " + "; ".join(f"{prefix}{key} is no longer a recipe key: {text}"
+                                                    for key, text in advice.items()))
     hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    retired = getattr(cls, "retired_keys", None)  # keys of older recipes: refused with the value to write instead
-    note = retired(data, prefix) if retired is not None else None
-    if note:
-        raise ConfigError(f"{source}: {note}")
     unknown = [k for k in data if k not in fields]
     if unknown:
         known = ", ".join(sorted(fields))

@@ -31,7 +31,7 @@ from vfmvae.checkpoint.atomic import atomic_directory, atomic_write_text
 from vfmvae.checkpoint.digest import file_sha256
 from vfmvae.checkpoint.serialize import CheckpointFormatError, load_state, load_tensors, save_state, save_tensors
 
-__all__ = ["CheckpointManager", "TrainingCheckpoint", "capture_rng_state", "restore_rng_state"]
+__all__ = ["CheckpointManager", "TrainingCheckpoint", "capture_rng_state", "load_state_strict", "restore_rng_state"]
 
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
 
@@ -54,6 +54,32 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path, *,
+                      optional_prefixes: tuple[str, ...] = ()) -> None:
+    """`module.load_state_dict(state)`, refusing a state of another architecture in one line.
+
+    The line names `source` and the first parameter (in the module's order) that is missing or has another
+    shape, with both shapes, instead of torch's multi-line dump of every key. Keys under `optional_prefixes`
+    may be absent from `state` (the tokenizer's frozen VFM is not checkpointed).
+    """
+    own = module.state_dict()
+    problems = []
+    for key, value in own.items():
+        if key not in state:
+            if not key.startswith(optional_prefixes):
+                problems.append(f"{key} {tuple(value.shape)} is missing from the checkpoint")
+        elif tuple(state[key].shape) != tuple(value.shape):
+            problems.append(f"{key} is {tuple(state[key].shape)} in the checkpoint but {tuple(value.shape)} in this model")
+    problems += [f"{key} {tuple(state[key].shape)} is in the checkpoint but not in this model"
+                 for key in state if key not in own]
+    if problems:
+        more = f" (and {len(problems) - 1} more mismatches)" if len(problems) > 1 else ""
+        raise CheckpointFormatError(
+            f"{source} was written by a model of another architecture: {problems[0]}{more}; resume it with the "
+            "recipe that wrote it, or start this model in another run.dir (or with --resume fresh)")
+    module.load_state_dict(state, strict=not optional_prefixes)
 
 
 @dataclass

@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from vfmvae import distributed as dist_utils
-from vfmvae.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
+from vfmvae.checkpoint import CheckpointManager, capture_rng_state, load_state_strict, restore_rng_state
 from vfmvae.checkpoint.atomic import atomic_write_text
 from vfmvae.config import ConfigError, config_from_dict, config_to_dict
 from vfmvae.data.sampler import ResumableSampler
@@ -170,7 +170,7 @@ def _train_diffusion(cfg: DiffusionTrainConfig, resume: str, progress: bool) -> 
     step, counters = 0, {"skipped_steps": 0}
     if resume not in ("none", "fresh") and (resume != "auto" or manager.latest() is not None):
         ckpt = manager.load(None if resume == "auto" else resume)
-        model.load_state_dict(ckpt.model)
+        load_state_strict(model, ckpt.model, ckpt.path / "model.safetensors")  # another architecture: one line
         ema.load_state_dict(ckpt.ema)
         opt.load_state_dict(ckpt.state["opt"])
         counters = dict(ckpt.state["counters"])

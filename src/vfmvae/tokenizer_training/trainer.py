@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vfmvae import distributed as dist_utils
-from vfmvae.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
+from vfmvae.checkpoint import CheckpointManager, capture_rng_state, load_state_strict, restore_rng_state
 from vfmvae.config import config_to_dict
 from vfmvae.data import DataStream, SkipCounter, to_float01
 from vfmvae.tokenizer import VFMVAE, DiagonalGaussian
@@ -245,9 +245,9 @@ def _train_tokenizer(cfg: TokenizerTrainConfig, resume: str, progress: bool) -> 
     guard_state: dict[str, torch.Tensor] = {}
     if resume not in ("none", "fresh") and (resume != "auto" or manager.latest() is not None):
         ckpt = manager.load(None if resume == "auto" else resume)
-        _load_without_vfm(g, ckpt.model)
+        load_state_strict(g, ckpt.model, ckpt.path / "model.safetensors", optional_prefixes=("vfm.",))
         _load_without_vfm(ema.model, ckpt.ema)
-        d_modules.load_state_dict(ckpt.state["disc"])
+        load_state_strict(d_modules, ckpt.state["disc"], ckpt.path / "state.safetensors")
         opt_g.load_state_dict(ckpt.state["opt_g"])
         if opt_d is not None:
             opt_d.load_state_dict(ckpt.state["opt_d"])

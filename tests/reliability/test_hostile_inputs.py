@@ -397,3 +397,209 @@ def test_eval_recon_names_an_empty_folder_or_a_file(which, tmp_path, capsys):
     assert main(["eval", "recon", "--reference", str(ref), "--reconstructions", str(rec)]) == 2
     err = capsys.readouterr().err.strip()
     assert (f"no images in {rec}" if which == "empty" else f"{rec} is a file") in err, err
+
+
+# --- issue 24 leftovers: labels when cached, all-bad caching, another architecture, torn files -----------
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    from helpers import tiny_official_tokenizer
+
+    return tiny_official_tokenizer(tmp_path_factory.mktemp("hostile-tok") / "tok")
+
+
+def _shards_with_labels(tmp: Path, labels: list[bytes | None]) -> Path:
+    """One shard of 32-px PNGs whose `.cls` members hold `labels` (None: no .cls member)."""
+    (tmp / "data").mkdir()
+    members = []
+    for i, label in enumerate(labels):
+        members.append((f"{i:03d}.png", _png_bytes()))
+        if label is not None:
+            members.append((f"{i:03d}.cls", label))
+    _tar(tmp / "data" / "s0.tar", members)
+    return tmp / "data"
+
+
+def _flat_folder(tmp: Path) -> Path:
+    (tmp / "data").mkdir()
+    for i in range(3):
+        (tmp / "data" / f"{i}.png").write_bytes(_png_bytes())
+    return tmp / "data"
+
+
+def _all_bad_folder(tmp: Path) -> Path:
+    for c in ("a", "b"):
+        (tmp / "data" / c).mkdir(parents=True)
+        (tmp / "data" / c / "x.png").write_bytes(b"")
+        (tmp / "data" / c / "y.png").write_bytes(b"not a png")
+    return tmp / "data"
+
+
+CACHE_CASES = {  # data builder, extra options, expected message
+    "negative label in a shard": (lambda t: _shards_with_labels(t, [b"1", b"-7"]), [], "001 in {data} has label -7"),
+    "missing .cls label in a shard": (lambda t: _shards_with_labels(t, [b"0", None]), [], "001 in {data} has no class label"),
+    "label of 30,000,000": (lambda t: _shards_with_labels(t, [b"30000000"]), [], "label 30,000,000, outside 0..99,999"),
+    "label beyond --num-classes": (lambda t: _shards_with_labels(t, [b"0", b"4"]), ["--num-classes", "4"],
+                                   "label 4, outside 0..3 (--num-classes 4)"),
+    "flat folder (no labels)": (_flat_folder, [], "has no class label (a flat folder"),
+    "every image bad": (_all_bad_folder, [], "no usable images in {data} (4 skipped ("),
+}
+
+
+@pytest.mark.parametrize("case", list(CACHE_CASES))
+def test_cache_latents_refuses_bad_labels_and_unusable_data_in_one_line(case, tokenizer_dir, tmp_path, capsys):
+    """Labels are checked when cached (a folder's from its listing before anything is encoded, a shard's before
+    its batch is encoded); data without one usable image says so instead of naming a missing progress file."""
+    build, extra, expected = CACHE_CASES[case]
+    data, out = build(tmp_path), tmp_path / "cache"
+    argv = ["cache-latents", "--tokenizer", str(tokenizer_dir), "--data", str(data), "--out", str(out),
+            "--workers", "0", "--batch-size", "8", "--device", "cpu", *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    errors = [line for line in err.splitlines() if line.startswith("vfmvae ")]  # beside the progress bar
+    assert len(errors) == 1 and expected.format(data=data) in errors[0], err
+    assert "Traceback" not in err and "progress-r00" not in err, err
+    assert not list(out.glob("shard-*")) and not (out / "cache.json").exists()  # nothing cached
+
+
+def _fake_cache(path: Path, n: int = 8, shape: tuple[int, int, int] = (8, 4, 4), width: int = 64) -> Path:
+    """A finished latent cache of `n` random latents in the cache format (with flips and VFM features)."""
+    from vfmvae.checkpoint.serialize import save_tensors
+
+    path.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    tensors = {"latents": torch.randn(n, *shape, generator=g), "latents_flip": torch.randn(n, *shape, generator=g),
+               "labels": torch.arange(n) % 4, "vfm_features": torch.randn(n, 16, width, generator=g).half()}
+    save_tensors(path / "shard-r00-00000.safetensors", tensors, metadata={"count": str(n)})
+    manifest = {"kind": "vfmvae-latent-cache", "format_version": 1, "latent_shape": list(shape), "num_items": n,
+                "shards": [{"file": "shard-r00-00000.safetensors", "count": n}], "flip": True,
+                "mean": [0.0] * shape[0], "std": [1.0] * shape[0]}
+    (path / "cache.json").write_text(json.dumps(manifest))
+    return path
+
+
+def _checkpoint_of(run_dir: Path, model: dict[str, torch.Tensor]) -> Path:
+    from vfmvae.checkpoint import CheckpointManager
+
+    return CheckpointManager(run_dir).save(1, images_seen=8, model=model, ema=model, state={}, rank_state={})
+
+
+def test_resuming_a_checkpoint_of_another_architecture_is_one_line(tmp_path, capsys, monkeypatch):
+    """`--resume PATH` of a model with other sizes: the checkpoint and first mismatching parameter, both shapes."""
+    from vfmvae.diffusion import create_diffusion_model
+
+    monkeypatch.chdir(tmp_path)  # relative paths, as typed: the whole line fits the 300-character error
+    other = create_diffusion_model("lightningdit-tiny", in_channels=4, input_size=4, num_classes=4)  # cache: 8 ch
+    ckpt = _checkpoint_of(Path("other"), other.state_dict())
+    argv = ["train", "diffusion", "--recipe", str(ROOT / "configs/diffusion/tiny.yaml"),
+            "--set", f"data.cache={_fake_cache(Path('cache'))}", "--set", "run.dir=run",
+            "--set", "run.device=cpu", "--resume", str(ckpt)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert (f"{ckpt / 'model.safetensors'} is from another architecture: x_embedder.proj.weight "
+            "is (64, 4, 1, 1) in the checkpoint but (64, 8, 1, 1) in this model") in err, err
+    assert err.endswith("or use another run.dir"), err  # the advice is not cut off
+
+
+def test_tokenizer_resume_of_another_architecture_is_one_line(tmp_path, synthetic_dir):
+    from vfmvae.checkpoint import CheckpointFormatError
+    from vfmvae.tokenizer_training.config import TokenizerTrainConfig
+    from vfmvae.tokenizer_training.trainer import build_generator, train_tokenizer
+
+    cfg = load_config(TokenizerTrainConfig, ROOT / "configs/tokenizer/tiny.yaml",
+                      [f"data.source={synthetic_dir / 'images'}", f"run.dir={tmp_path / 'run'}", "run.device=cpu",
+                       "data.num_workers=0"])
+    state = {k: v for k, v in build_generator(cfg).state_dict().items() if not k.startswith("vfm.")}
+    key = next(iter(state))
+    shape = tuple(state[key].shape)
+    state[key] = torch.zeros(shape[0] + 1, *shape[1:])  # one layer of another width
+    ckpt = _checkpoint_of(tmp_path / "other-run", state)
+    with pytest.raises(CheckpointFormatError) as err:
+        train_tokenizer(cfg, resume=str(ckpt), progress=False)
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"{key} is {(shape[0] + 1, *shape[1:])} in the checkpoint but {shape} in this model" in message, message
+
+
+def test_load_state_strict_names_missing_and_unexpected_keys_and_skips_optional_ones():
+    from vfmvae.checkpoint import CheckpointFormatError, load_state_strict
+
+    module = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
+    state = module.state_dict()
+    with pytest.raises(CheckpointFormatError, match=r"^ck is from another architecture: 1\.bias \(1,\) is missing from the checkpoint;"):
+        load_state_strict(module, {k: v for k, v in state.items() if k != "1.bias"}, "ck")
+    with pytest.raises(CheckpointFormatError, match=r"extra \(2,\) is in the checkpoint but not in this model"):
+        load_state_strict(module, {**state, "extra": torch.zeros(2)}, "ck")
+    new = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
+    load_state_strict(new, {k: v for k, v in state.items() if not k.startswith("1.")}, "ck", optional_prefixes=("1.",))
+    torch.testing.assert_close(new[0].weight, module[0].weight)
+
+
+@pytest.fixture(scope="module")
+def sample_models(tokenizer_dir, tmp_path_factory):
+    from vfmvae.diffusion import create_diffusion_model
+
+    root = tmp_path_factory.mktemp("hostile-sample")
+    torch.manual_seed(0)
+    create_diffusion_model("lightningdit-tiny", in_channels=8, input_size=4, num_classes=4).save_pretrained(root / "dit")
+    (root / "dit" / "latent_stats.json").write_text(json.dumps({"mean": [0.0] * 8, "std": [1.0] * 8,
+                                                                "tokenizer": str(tokenizer_dir)}))
+    return root / "dit"
+
+
+def test_torn_pngs_in_a_sample_folder_are_regenerated_on_resume(sample_models, tmp_path, caplog):
+    """A PNG cut short (killed mid-write by an older version, a torn disk) is ours: regenerated, not skipped."""
+    from vfmvae.sampling import SamplerConfig
+    from vfmvae.sampling.generate import generate_samples
+    from vfmvae.sampling.pipeline import VFMVAEPipeline
+
+    pipe = VFMVAEPipeline.from_pretrained(sample_models)
+    run = lambda: generate_samples(pipe, tmp_path / "s", 4, config=SamplerConfig(steps=2), batch_size=4,  # noqa: E731
+                                   progress=False)
+    run()
+    expected = np.load(tmp_path / "s" / "samples.npz")["arr_0"]
+    pngs = [tmp_path / "s" / "images" / f"{i:06d}.png" for i in range(4)]
+    whole = [p.read_bytes() for p in pngs]
+    pngs[0].write_bytes(whole[0][: len(whole[0]) // 2])  # truncated
+    pngs[1].write_bytes(whole[1][:-40] + bytes(40))      # zero-filled tail (a torn disk)
+    pngs[2].write_bytes(b"")                             # empty
+    with caplog.at_level("WARNING", logger="vfmvae.sampling.generate"):
+        run()
+    assert "3 incomplete PNG(s)" in caplog.text
+    assert all(p.read_bytes()[-12:] == w[-12:] for p, w in zip(pngs, whole))
+    assert pngs[3].read_bytes() == whole[3]  # a whole one is kept as it was
+    arr = np.load(tmp_path / "s" / "samples.npz")["arr_0"]
+    # regenerated in a batch of 3, not 4: float32 kernels may differ by one uint8 level
+    assert np.abs(arr.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_report_skips_a_torn_metrics_line_with_a_warning(tmp_path, caplog):
+    from vfmvae.report import _records
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2, "lo\n{"step": 3}\n')
+    with caplog.at_level("WARNING", logger="vfmvae.report"):
+        assert [r["step"] for r in _records(tmp_path)] == [1, 3]
+    assert "skipped 1 torn line(s) (line 2)" in caplog.text
+
+
+def test_tar_special_members_are_counted_as_skipped(tmp_path):
+    """Symlinks, hard links, devices and FIFOs inside a shard are skipped from their headers, never followed."""
+    shard = tmp_path / "s.tar"
+    with tarfile.open(shard, "w") as tar:
+        for name, data in (("000.png", _png_bytes()), ("000.cls", b"1")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name, kind in (("001.png", tarfile.SYMTYPE), ("002.png", tarfile.LNKTYPE), ("003.png", tarfile.CHRTYPE),
+                           ("004.png", tarfile.BLKTYPE), ("005.png", tarfile.FIFOTYPE)):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, "/dev/zero" if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE) else ""
+            tar.addfile(info)
+    reasons = {key: it.reason for key, it in iter_tar_samples(shard) if isinstance(it, shards_mod.BadImage)}
+    assert reasons == {"001.png": "link-member", "002.png": "link-member", "003.png": "special-member",
+                       "004.png": "special-member", "005.png": "special-member"}
+    from vfmvae.data.shards import TarShardDataset
+
+    skips = [it["reason"] for it in TarShardDataset(tmp_path, 32, loop=False) if it.get("bad")]
+    assert sorted(skips) == ["link-member"] * 2 + ["special-member"] * 3

@@ -84,10 +84,9 @@ def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], s
     problems += [f"{key} {tuple(state[key].shape)} is in the checkpoint but not in this model"
                  for key in state if key not in own]
     if problems:
-        more = f" (and {len(problems) - 1} more mismatches)" if len(problems) > 1 else ""
-        raise CheckpointFormatError(
-            f"{source} was written by a model of another architecture: {problems[0]}{more}; resume it with the "
-            "recipe that wrote it, or start this model in another run.dir (or with --resume fresh)")
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise CheckpointFormatError(f"{source} is from another architecture: {problems[0]}{more}; resume it with the "
+                                    "recipe that wrote it, or use another run.dir")
     module.load_state_dict(state, strict=not optional_prefixes)
 
 

@@ -536,25 +536,29 @@ def test_load_state_strict_names_missing_and_unexpected_keys_and_skips_optional_
     torch.testing.assert_close(new[0].weight, module[0].weight)
 
 
-@pytest.fixture(scope="module")
-def sample_models(tokenizer_dir, tmp_path_factory):
-    from vfmvae.diffusion import create_diffusion_model
+class _ConvDecoder(torch.nn.Module):
+    """A stand-in tokenizer (1x1 conv to RGB, upsampled x4): the resume logic does not depend on the decoder, and
+    the tiny real one takes most of a CPU minute under load."""
 
-    root = tmp_path_factory.mktemp("hostile-sample")
-    torch.manual_seed(0)
-    create_diffusion_model("lightningdit-tiny", in_channels=8, input_size=4, num_classes=4).save_pretrained(root / "dit")
-    (root / "dit" / "latent_stats.json").write_text(json.dumps({"mean": [0.0] * 8, "std": [1.0] * 8,
-                                                                "tokenizer": str(tokenizer_dir)}))
-    return root / "dit"
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.to_rgb = torch.nn.Conv2d(8, 3, 1)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(torch.tanh(self.to_rgb(z)), scale_factor=4)
 
 
-def test_torn_pngs_in_a_sample_folder_are_regenerated_on_resume(sample_models, tmp_path, caplog):
+def test_torn_pngs_in_a_sample_folder_are_regenerated_on_resume(tmp_path, caplog):
     """A PNG cut short (killed mid-write by an older version, a torn disk) is ours: regenerated, not skipped."""
+    from vfmvae.diffusion import create_diffusion_model
     from vfmvae.sampling import SamplerConfig
     from vfmvae.sampling.generate import generate_samples
-    from vfmvae.sampling.pipeline import VFMVAEPipeline
+    from vfmvae.sampling.pipeline import LatentStats, VFMVAEPipeline
 
-    pipe = VFMVAEPipeline.from_pretrained(sample_models)
+    torch.manual_seed(0)
+    model = create_diffusion_model("lightningdit-tiny", in_channels=8, input_size=4, num_classes=4)
+    pipe = VFMVAEPipeline(model, _ConvDecoder(), LatentStats(torch.zeros(8), torch.ones(8)))
     run = lambda: generate_samples(pipe, tmp_path / "s", 4, config=SamplerConfig(steps=2), batch_size=4,  # noqa: E731
                                    progress=False)
     run()
@@ -603,3 +607,96 @@ def test_tar_special_members_are_counted_as_skipped(tmp_path):
 
     skips = [it["reason"] for it in TarShardDataset(tmp_path, 32, loop=False) if it.get("bad")]
     assert sorted(skips) == ["link-member"] * 2 + ["special-member"] * 3
+
+
+# A child that saves checkpoints (keep=1) and stops dead at one point of a save, says so, and waits to be killed.
+_STOPPED_SAVE = """
+import os, shutil, sys, threading
+from pathlib import Path
+import torch
+import vfmvae.checkpoint.training as training
+from vfmvae.checkpoint import CheckpointManager
+
+where, run = sys.argv[1], Path(sys.argv[2])
+manager = CheckpointManager(run, keep=1)
+weights = lambda step: {"w": torch.full((1000,), float(step))}
+manager.save(1, images_seen=1, model=weights(1))
+
+def stop():
+    print("STOPPED", flush=True)
+    threading.Event().wait()  # until the SIGKILL
+
+if where == "building":  # the step folder half built under its temporary name
+    real = training.save_tensors
+    training.save_tensors = lambda path, *a, **k: stop() if path.name == "ema.safetensors" else real(path, *a, **k)
+    manager.save(2, images_seen=2, model=weights(2), ema=weights(2))
+elif where == "pruning":  # the old checkpoint half deleted
+    real = shutil.rmtree
+    def rmtree(path, *a, **k):
+        if Path(path).name.startswith(".step-00000001"):
+            os.unlink(Path(path) / "model.safetensors")
+            stop()
+        return real(path, *a, **k)
+    shutil.rmtree = rmtree
+    manager.save(2, images_seen=2, model=weights(2))
+else:  # replacing step 1 in place, between parking the old folder and renaming the new one in
+    real = os.rename
+    def rename(src, dst):
+        if Path(src).name.endswith(".tmp") and Path(dst).name == "step-00000001":
+            stop()
+        return real(src, dst)
+    os.rename = rename
+    manager.save(1, images_seen=1, model=weights(1))
+"""
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("where, debris, last", [
+    ("building", {".staging-step-00000002", ".step-00000002.*.tmp"}, 1),
+    ("pruning", {".step-00000001.pruning"}, 2),
+    ("replacing", {".step-00000001.old", ".step-00000001.*.tmp"}, 1),  # and no step-00000001: parked, restored
+])
+def test_checkpoint_debris_of_a_killed_save_is_removed_at_the_next_start(where, debris, last, tmp_path):
+    """SIGKILL at a point of a save (an event the child reports, not a clock); the next start of a run on the folder
+    removes what the save left, restores a parked checkpoint, and touches nothing that is not ours."""
+    import fnmatch
+    import signal
+
+    from vfmvae.checkpoint import CheckpointManager
+    from vfmvae.training.run_folder import claim_run_folder, write_run_config
+
+    run = tmp_path / "run"
+    cfg = DataConfig(source=tmp_path)
+    run.mkdir()
+    write_run_config(run, cfg)
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    child = subprocess.Popen([sys.executable, "-c", _STOPPED_SAVE, where, str(run)], stdout=subprocess.PIPE, text=True,
+                             env=env)
+    try:
+        assert child.stdout.readline().strip() == "STOPPED"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    names = lambda: sorted(p.name for p in (run / "checkpoints").iterdir())  # noqa: E731
+    left = names()
+    assert all(any(fnmatch.fnmatch(n, pattern) for n in left) for pattern in debris), left  # the kill left them
+    (run / "checkpoints" / "notes.txt").write_text("mine")  # not ours: kept
+    (run / "checkpoints" / ".step-zzz.tmp").mkdir()           # not a name we create: kept
+    claim_run_folder(run, cfg, "auto").release()
+    assert names() == [".step-zzz.tmp", "notes.txt", f"step-{last:08d}"]
+    ckpt = CheckpointManager(run).load()
+    assert ckpt.step == last and float(ckpt.model["w"][0]) == last
+
+
+def test_half_pruned_folders_of_older_versions_are_removed_but_newer_incomplete_ones_kept(tmp_path):
+    """Older versions deleted a pruned checkpoint in place: an incomplete step folder older than the newest complete
+    one is such a leftover. An incomplete folder newer than that is not judged here (the run folder check says)."""
+    from vfmvae.checkpoint import CheckpointManager
+
+    manager = CheckpointManager(tmp_path, keep=3)
+    for step in (1, 2, 3):
+        manager.save(step, images_seen=step, model={"w": torch.zeros(4)})
+    (manager.root / "step-00000001" / "model.safetensors").unlink()  # half deleted by an old prune
+    (manager.root / "step-00000003" / "meta.json").unlink()          # damaged after the newest complete one
+    assert [p.name for p in manager.remove_debris()] == ["step-00000001"]
+    assert sorted(p.name for p in manager.root.iterdir()) == ["step-00000002", "step-00000003"]

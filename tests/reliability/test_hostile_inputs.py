@@ -102,6 +102,27 @@ def _zero_checkpoint_every(tmp: Path) -> list[str]:
             "--set", f"data.cache={tmp}", "--set", "run.checkpoint_every=0"]
 
 
+def _pickle_latent_stats(tmp: Path) -> list[str]:
+    from vfmvae.diffusion import create_diffusion_model
+
+    create_diffusion_model("lightningdit-tiny").save_pretrained(tmp / "dit")
+    torch.save({"mean": Evil()}, tmp / "evil.pt")
+    return ["sample", "--diffusion", str(tmp / "dit"), "--latent-stats", str(tmp / "evil.pt"), "--tokenizer",
+            str(tmp / "tok"), "--num-samples", "2", "--out", str(tmp / "s"), "--device", "cpu"]
+
+
+def _wrong_keys_weights(option: str):
+    def build(tmp: Path) -> list[str]:
+        # 400 long foreign keys: torch's strict load would dump them all (kilobytes) in its error
+        torch.save({f"layer{i}.a_long_foreign_weight_name": torch.zeros(1) for i in range(400)}, tmp / "wrong.pth")
+        for folder in ("ref", "rec"):
+            (tmp / folder).mkdir()
+            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp / folder / "a.png")
+        return ["eval", "recon", "--reference", str(tmp / "ref"), "--reconstructions", str(tmp / "rec"),
+                option, str(tmp / "wrong.pth"), "--device", "cpu"]
+    return build
+
+
 CLI_CASES = {
     "billion-laughs recipe": (_billion_laughs, "expand to more than"),
     "python tag in an official config": (_python_tag_config, "not valid YAML"),
@@ -111,6 +132,10 @@ CLI_CASES = {
     "unknown device": (_unknown_device, "unknown device"),
     "file name too long": (_name_too_long, "File name too long"),
     "run.checkpoint_every=0": (_zero_checkpoint_every, "checkpoint_every must be > 0"),
+    "pickle as --latent-stats": (_pickle_latent_stats, "not a plain tensor file"),
+    "wrong-keys Inception file": (_wrong_keys_weights("--inception"),
+                                  "does not fit this model: Conv2d_1a_3x3.conv.weight (32, 3, 3, 3) is missing"),
+    "wrong-keys LPIPS file": (_wrong_keys_weights("--lpips"), "expected torchvision's vgg16-397923af.pth"),
 }
 
 
@@ -497,9 +522,10 @@ def test_resuming_a_checkpoint_of_another_architecture_is_one_line(tmp_path, cap
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    assert (f"{ckpt / 'model.safetensors'} is from another architecture: x_embedder.proj.weight "
+    assert (f"{ckpt / 'model.safetensors'} does not fit this model: x_embedder.proj.weight "
             "is (64, 4, 1, 1) in the checkpoint but (64, 8, 1, 1) in this model") in err, err
-    assert err.endswith("or use another run.dir"), err  # the advice is not cut off
+    assert err.endswith("written by another architecture: resume it with the recipe that wrote it, or use another "
+                        "run.dir"), err  # the advice is not cut off
 
 
 def test_tokenizer_resume_of_another_architecture_is_one_line(tmp_path, synthetic_dir):
@@ -527,7 +553,7 @@ def test_load_state_strict_names_missing_and_unexpected_keys_and_skips_optional_
 
     module = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
     state = module.state_dict()
-    with pytest.raises(CheckpointFormatError, match=r"^ck is from another architecture: 1\.bias \(1,\) is missing from the checkpoint;"):
+    with pytest.raises(CheckpointFormatError, match=r"^ck does not fit this model: 1\.bias \(1,\) is missing from the checkpoint;"):
         load_state_strict(module, {k: v for k, v in state.items() if k != "1.bias"}, "ck")
     with pytest.raises(CheckpointFormatError, match=r"extra \(2,\) is in the checkpoint but not in this model"):
         load_state_strict(module, {**state, "extra": torch.zeros(2)}, "ck")

@@ -65,13 +65,16 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+RESUME_ADVICE = "it was written by another architecture: resume it with the recipe that wrote it, or use another run.dir"
+
+
 def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path, *,
-                      optional_prefixes: tuple[str, ...] = ()) -> None:
+                      optional_prefixes: tuple[str, ...] = (), advice: str = RESUME_ADVICE) -> None:
     """`module.load_state_dict(state)`, refusing a state of another architecture in one line.
 
     The line names `source` and the first parameter (in the module's order) that is missing or has another
-    shape, with both shapes, instead of torch's multi-line dump of every key. Keys under `optional_prefixes`
-    may be absent from `state` (the tokenizer's frozen VFM is not checkpointed).
+    shape, with both shapes, then `advice`, instead of torch's dump of every key (kilobytes for a wrong file).
+    Keys under `optional_prefixes` may be absent from `state` (the tokenizer's frozen VFM is not checkpointed).
     """
     own = module.state_dict()
     problems = []
@@ -85,8 +88,7 @@ def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], s
                  for key in state if key not in own]
     if problems:
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise CheckpointFormatError(f"{source} is from another architecture: {problems[0]}{more}; resume it with the "
-                                    "recipe that wrote it, or use another run.dir")
+        raise CheckpointFormatError(f"{source} does not fit this model: {problems[0]}{more}; {advice}")
     module.load_state_dict(state, strict=not optional_prefixes)
 
 

@@ -175,7 +175,8 @@ class CheckpointManager:
         for old in complete[: -self.keep]:
             # renamed first, so a kill during the deletion leaves a name that remove_debris() recognises
             doomed = old.with_name(f".{old.name}.pruning")
-            shutil.rmtree(doomed, ignore_errors=True)  # a leftover of the same name would block the rename
+            if doomed.exists():  # a leftover of the same name would block the rename
+                shutil.rmtree(doomed)
             os.rename(old, doomed)
             shutil.rmtree(doomed, ignore_errors=True)
 

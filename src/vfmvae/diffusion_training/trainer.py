@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from vfmvae import distributed as dist_utils
-from vfmvae.checkpoint import capture_rng_state
+from vfmvae.checkpoint import capture_rng_state, load_state_strict
 from vfmvae.checkpoint.atomic import atomic_write_text
 from vfmvae.config import ConfigError, config_from_dict, config_to_dict
 from vfmvae.data.sampler import ResumableSampler
@@ -129,7 +129,7 @@ def _train_diffusion(cfg: DiffusionTrainConfig, run: TrainingRun) -> dict[str, A
     # ---- resume
     ckpt = run.resume()
     if ckpt is not None:
-        model.load_state_dict(ckpt.model)
+        load_state_strict(model, ckpt.model, ckpt.path / "model.safetensors")  # another architecture: one line
         ema.load_state_dict(ckpt.ema)
         opt.load_state_dict(ckpt.state["opt"])
 

@@ -44,6 +44,9 @@ from vfmvae.latents.settings import cache_settings, claim_cache_folder
 __all__ = ["cache_latents", "LatentDataset", "CacheError", "draw_posterior"]
 
 MANIFEST = "cache.json"
+# Labels at or above this are taken for a damaged label file, not a class count (ImageNet-21k has 21,841
+# classes); the bound diffusion training applies too. `num_classes` (`--num-classes`) replaces it.
+MAX_CLASSES = 100_000
 
 
 class CacheError(ValueError):
@@ -58,8 +61,12 @@ def cache_latents(tokenizer: str | Path, data: str | Path, out: str | Path, *, r
                   flip: bool = False, vfm_features: str | None = None, vfm_resolution: int | None = None, sample: bool = False,
                   moments: bool = False, batch_size: int = 32,
                   shard_size: int = 1024, num_workers: int = 2, device: str | None = None, seed: int = 0,
-                  progress: bool = True) -> dict[str, Any]:
-    """Encode `data` with `tokenizer` into `out` (see module docstring). Collective under torchrun."""
+                  progress: bool = True, num_classes: int | None = None) -> dict[str, Any]:
+    """Encode `data` with `tokenizer` into `out` (see module docstring). Collective under torchrun.
+
+    Labels must lie in [0, num_classes) (default bound: `MAX_CLASSES`); a missing, negative or larger one is
+    refused naming the sample, before anything is encoded for a folder, before its batch for tar shards.
+    """
     from tqdm.auto import tqdm
 
     from vfmvae.tokenizer import VFMVAE
@@ -81,6 +88,9 @@ def cache_latents(tokenizer: str | Path, data: str | Path, out: str | Path, *, r
         vfm = reg_dinov2_targets(build_vfm(VFMSpec.from_name(vfm_features, layers=(-1,), **scale)), resolution).to(dev)
     dataset = build_dataset(DataConfig(source=Path(data), resolution=resolution, hflip=False, num_workers=num_workers),
                             rank=rank, world=world, loop=False)
+    label_bound = num_classes or MAX_CLASSES
+    if isinstance(dataset, ImageFolderDataset):  # a folder's labels are known from its listing: check them now
+        _check_labels(dataset.labels, dataset.files, label_bound, num_classes, data)
     # verify what a re-run resumes (tokenizer content, data listing, flags), not item counts: rank 0 records or
     # checks the settings first, then every other rank checks its own against them
     settings = cache_settings(tokenizer, data, dataset, resolution=resolution, flip=flip, vfm_features=vfm_features,
@@ -131,6 +141,7 @@ def cache_latents(tokenizer: str | Path, data: str | Path, out: str | Path, *, r
             bar.update(n_items)
             if "image" not in batch:
                 continue
+            _check_labels(batch["label"].tolist(), batch["name"], label_bound, num_classes, data)
             images = to_float01(batch["image"]).to(dev)
             variants = {"latents": images}
             if flip:
@@ -155,6 +166,10 @@ def cache_latents(tokenizer: str | Path, data: str | Path, out: str | Path, *, r
             if sum(len(t) for t in buffer["labels"]) >= shard_size:
                 flush()
         flush()
+    if not done["shards"]:
+        if world == 1:  # every image was bad: say so, not that a progress file is missing
+            raise CacheError(f"no usable images in {data} ({skips.summary()})")
+        atomic_write_text(progress_file, json.dumps(done))  # an empty part; rank 0 decides whether any rank cached
     dist_utils.barrier()
     if rank == 0:
         _write_manifest(out, model, tokenizer, resolution, world, flip, vfm_features, sample, vfm_resolution, moments, seed)
@@ -163,6 +178,19 @@ def cache_latents(tokenizer: str | Path, data: str | Path, out: str | Path, *, r
         return {**json.loads((out / MANIFEST).read_text()), "skipped": skips.as_dict()}
     own = done["shards"]  # other ranks report their own part
     return {"num_items": sum(s["count"] for s in own), "shards": own, "latent_shape": None, "skipped": skips.as_dict()}
+
+
+def _check_labels(labels: list[int], names: list, bound: int, num_classes: int | None, data) -> None:
+    """Refuse the first label outside [0, bound): -1 is how a flat folder or a sample without `.cls` reads."""
+    for label, name in zip(labels, names):
+        if label == -1:
+            raise CacheError(f"{name} in {data} has no class label (a flat folder, or a tar sample without a .cls "
+                             "member): cached latents need labels 0..K-1 (one class subfolder per class)")
+        if label < 0:
+            raise CacheError(f"{name} in {data} has label {label}: labels must be >= 0")
+        if label >= bound:
+            limit = f"--num-classes {num_classes}" if num_classes else f"the bound {MAX_CLASSES:,} (pass --num-classes)"
+            raise CacheError(f"{name} in {data} has label {label:,}, outside 0..{bound - 1:,} ({limit})")
 
 
 def _write_manifest(out: Path, model, tokenizer, resolution: int, world: int, flip: bool, vfm_features, sample: bool,
@@ -186,7 +214,7 @@ def _write_manifest(out: Path, model, tokenizer, resolution: int, world: int, fl
         total += flat.shape[1]
         latent_shape = list(z.shape[1:])
     if not shards:
-        raise CacheError(f"no images were cached into {out}")
+        raise CacheError(f"no usable images in the data on any of the {world} ranks: nothing was cached into {out}")
     mean = s1 / total
     std = (s2 / total - mean**2).clamp_min(0).sqrt()
     manifest = {

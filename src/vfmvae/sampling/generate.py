@@ -14,6 +14,7 @@ of processes (rank r of W draws the indices r, r + W, ...).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import asdict
@@ -30,6 +31,8 @@ from vfmvae.evaluation.images import write_npz_atomic
 from vfmvae.sampling.pipeline import SamplerConfig, VFMVAEPipeline, sample_seed
 
 __all__ = ["class_labels", "generate_samples", "write_npz"]
+
+log = logging.getLogger(__name__)
 
 
 def class_labels(spec: str, num: int, num_classes: int, seed: int = 0) -> list[int]:
@@ -65,12 +68,35 @@ def _write_png(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk: length 0, type, CRC; always the last 12 bytes
+
+
+def _is_whole_png(path: Path) -> bool:
+    """A PNG that starts with the signature and ends with IEND: a file cut short (a kill mid-write by an older
+    version, a torn disk, a zero-filled tail) fails; two small reads per file, so a resume checks 50k in seconds."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            f.seek(-len(_PNG_END), os.SEEK_END)
+            return head == _PNG_SIGNATURE and f.read() == _PNG_END
+    except OSError:  # shorter than the two reads, unreadable
+        return False
+
+
 def write_npz(out: Path, num: int, labels: list[int]) -> Path:
     """Collect images/000000.png ... into the ADM layout (uint8 NHWC `arr_0`, labels `arr_1`)."""
-    first = np.asarray(Image.open(out / "images" / f"{0:06d}.png").convert("RGB"))
+    def read(i: int) -> np.ndarray:
+        path = out / "images" / f"{i:06d}.png"
+        try:
+            return np.asarray(Image.open(path).convert("RGB"))
+        except OSError as err:  # damaged inside, past what the resume check reads: name it, say how to fix it
+            raise ValueError(f"{path} is damaged ({err}); delete it and re-run the same command to regenerate it") from None
+
+    first = read(0)
     arr = np.empty((num, *first.shape), dtype=np.uint8)
     for i in range(num):
-        arr[i] = np.asarray(Image.open(out / "images" / f"{i:06d}.png").convert("RGB"))
+        arr[i] = read(i)
     return write_npz_atomic(out / "samples.npz", arr_0=arr, arr_1=np.asarray(labels, dtype=np.int64))
 
 
@@ -103,7 +129,11 @@ def generate_samples(pipe: VFMVAEPipeline, out: str | Path, num: int, *, config:
         for stale in (out / "images").glob(".*.tmp-*"):  # left by a killed run; never counted as samples
             stale.unlink(missing_ok=True)
     dist_utils.barrier()  # before any rank writes new temporary files
-    mine = [i for i in range(rank, num, world) if not (out / "images" / f"{i:06d}.png").is_file()]
+    ours = [out / "images" / f"{i:06d}.png" for i in range(rank, num, world)]
+    torn = {p for p in ours if p.is_file() and not _is_whole_png(p)}
+    if torn:  # ours (named by index, in a folder with our settings.json): regenerated, replaced atomically
+        log.warning("%d incomplete PNG(s) in %s (e.g. %s) will be regenerated", len(torn), out / "images", min(torn).name)
+    mine = [i for i, p in zip(range(rank, num, world), ours) if not p.is_file() or p in torn]
     started, done = time.perf_counter(), 0
     with tqdm(total=len(mine), desc="sampling", unit="img", disable=not (progress and rank == 0)) as bar:
         for start in range(0, len(mine), batch_size):

@@ -193,6 +193,7 @@ def test_pipeline_from_a_hub_id_reads_the_statistics_and_preset_of_the_snapshot(
     assert torch.equal(pipe.stats.mean, torch.full((8,), 0.5)) and pipe.tokenizer_dir == models / "tok"
 
 
+@pytest.mark.slow  # one decode by the tiny official decoder: ~25 s on a busy 2-core CPU
 def test_sample_command_takes_a_hub_id_without_latent_stats(models, hub_cache, tmp_path):
     from vfmvae.cli import main
 

@@ -150,7 +150,8 @@ def models(tmp_path_factory):
         next(other.parameters()).add_(1.0)
     other.save_pretrained(root / "other-tok")
     torch.manual_seed(0)
-    create_diffusion_model("lightningdit-tiny", in_channels=8, input_size=4, num_classes=4).save_pretrained(root / "dit")
+    dit = create_diffusion_model("lightningdit-tiny", in_channels=8, input_size=4, num_classes=4)
+    dit.save_pretrained(root / "dit")
     LatentStats(torch.full((8,), 0.5), torch.full((8,), 2.0), tokenizer=str(root / "tok"),
                 tokenizer_sha256=model_folder_digest(root / "tok")).save(root / "dit")
     (root / "dit" / "sampler.json").write_text(json.dumps({"preset": "lightningdit"}))
@@ -203,7 +204,8 @@ def test_sample_command_takes_a_hub_id_without_latent_stats(models, hub_cache, t
     settings = json.loads((out / "settings.json").read_text())
     assert settings["diffusion"] == "acme/tiny-dit" and settings["preset"] == "lightningdit"  # the snapshot's preset
     assert settings["diffusion_sha256"] == model_folder_digest(hub_cache)
-    assert settings["tokenizer_sha256"] == model_folder_digest(models / "tok") and (out / "images" / "000000.png").is_file()
+    assert settings["tokenizer_sha256"] == model_folder_digest(models / "tok")
+    assert (out / "images" / "000000.png").is_file()
 
 
 def test_resuming_a_sample_folder_with_the_old_label_seeds_is_refused(models, tmp_path, capsys):

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     from vfmvae.sampling.pipeline import VFMVAEPipeline
 
     sampler_settings(args)  # bad sampler options fail before a Hub download
-    diffusion_dir = resolve_model_dir(args.diffusion, what="--diffusion")  # a Hub id: its snapshot (sampler.json, stats)
+    diffusion_dir = resolve_model_dir(args.diffusion, what="--diffusion")  # a Hub id: its snapshot folder
     preset, config = sampler_settings(args, diffusion_dir)
     device = dist_utils.init_distributed(device=args.device)
     pipe = VFMVAEPipeline.from_pretrained(diffusion_dir, args.tokenizer, args.latent_stats, device=device)

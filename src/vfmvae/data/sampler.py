@@ -1,8 +1,8 @@
 """Index order for training: an endless, seeded, resumable stream split across ranks.
 
 Global position g = 0, 1, 2, ... maps to epoch g // N and item perm_epoch[g % N], where perm_epoch is
-a permutation seeded by `derive_seed(seed, "shuffle", epoch)`. Rank r of W takes positions r, r + W, r + 2W, ... . Hence one
-optimizer step of W ranks x B items consumes exactly the global positions [s*W*B, (s+1)*W*B), the same
+a permutation seeded by `derive_seed(seed, "shuffle", epoch)`. Rank r of W takes positions r, r + W, r + 2W, ... .
+Hence one optimizer step of W ranks x B items consumes exactly the global positions [s*W*B, (s+1)*W*B), the same
 items one process with batch W*B would take, and resuming needs only the global count consumed.
 """
 

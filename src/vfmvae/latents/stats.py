@@ -92,7 +92,8 @@ class LatentStats:
             path = found[0]
         if not path.is_file():
             raise FileNotFoundError(f"latent statistics not found: {path} (pass --latent-stats FILE: a {STATS_FILE} "
-                                    f"from `vfmvae train diffusion`, a {CACHE_MANIFEST}, or an official latents_stats.pt)")
+                                    f"from `vfmvae train diffusion`, a {CACHE_MANIFEST}, or an official "
+                                    "latents_stats.pt)")
         if path.suffix in (".pt", ".pth"):
             return cls._from_dict(load_weights_only(path, "latent statistics"), path)
         data = cls._read_json(path)
@@ -105,7 +106,8 @@ class LatentStats:
         """The statistics a latent cache measured (its `cache.json`)."""
         path = Path(folder) / CACHE_MANIFEST
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: not a finished latent cache (run `vfmvae cache-latents` to completion)")
+            raise FileNotFoundError(f"{path} not found: not a finished latent cache (run `vfmvae cache-latents` to "
+                                    "completion)")
         return cls.from_manifest(cls._read_json(path), path.parent)
 
     @classmethod
@@ -122,7 +124,8 @@ class LatentStats:
         if missing:
             raise ValueError(f"latent statistics {path}: no {' or '.join(repr(k) for k in missing)} entry "
                              "(expected 'mean' and 'std' per latent channel)")
-        record = {k: (str(data[k]) if data.get(k) is not None else None) for k in ("tokenizer", "tokenizer_sha256", "cache")}
+        keys = ("tokenizer", "tokenizer_sha256", "cache")
+        record = {k: (str(data[k]) if data.get(k) is not None else None) for k in keys}
         return cls(torch.as_tensor(data["mean"]).float().flatten(), torch.as_tensor(data["std"]).float().flatten(),
                    **record, source=path)
 
@@ -136,7 +139,8 @@ class LatentStats:
     def to_dict(self) -> dict[str, Any]:
         """The `latent_stats.json` content: mean, std and whatever is known of their tokenizer and cache."""
         record = {"tokenizer": self.tokenizer, "tokenizer_sha256": self.tokenizer_sha256, "cache": self.cache}
-        return {"mean": self.mean.tolist(), "std": self.std.tolist(), **{k: v for k, v in record.items() if v is not None}}
+        known = {k: v for k, v in record.items() if v is not None}
+        return {"mean": self.mean.tolist(), "std": self.std.tolist(), **known}
 
     def save(self, path: str | Path) -> Path:
         """Write `latent_stats.json` (or `path` when it names a file) atomically; reading it back gives the same
@@ -156,8 +160,8 @@ class LatentStats:
         stored = Path(self.tokenizer)
         path = stored if stored.is_absolute() or self.source is None else self.source.parent / stored
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"tokenizer {stored} named in {self.source} (key 'tokenizer') is not a model folder "
-                                    f"(looked at {path}); pass --tokenizer DIR")
+            raise FileNotFoundError(f"tokenizer {stored} named in {self.source} (key 'tokenizer') is not a model "
+                                    f"folder (looked at {path}); pass --tokenizer DIR")
         return path
 
     def check_tokenizer(self, tokenizer: str | Path) -> None:

@@ -10,10 +10,10 @@ Without a preset (`preset=None`: a model exported before presets existed, or a r
 
 Every sample has its own seed (`vfmvae.seeding.derive_seed(seed, index)` = `seed * 1_000_003 + index`, `index` =
 its position in the whole run), from which its initial noise, its REG class-token noise and its SDE step noises
-are drawn on the CPU; an image therefore depends on its seed and index only, not on the batch it was drawn in or the device count. (The
-arithmetic is another matter: float32 kernels may sum in a different order for another batch size, which moves
-outputs by about 1e-6 and, measured on CPU, flips 3-5 of 73,728 uint8 values by one level; in float64 the images
-are identical. See tests/test_sampling.py.)
+are drawn on the CPU; an image therefore depends on its seed and index only, not on the batch it was drawn in or
+the device count. (The arithmetic is another matter: float32 kernels may sum in a different order for another batch
+size, which moves outputs by about 1e-6 and, measured on CPU, flips 3-5 of 73,728 uint8 values by one level; in
+float64 the images are identical. See tests/test_sampling.py.)
 """
 
 from __future__ import annotations
@@ -96,7 +96,8 @@ class VFMVAEPipeline:
             tokenizer_dir = resolve_model_dir(tokenizer, what="tokenizer")
         stats.check_tokenizer(tokenizer_dir)
         model = DiffusionTransformer.from_pretrained(diffusion_dir, device=device)
-        pipe = cls(model, VFMVAE.from_pretrained(tokenizer_dir, device=device), stats, preset=read_preset(diffusion_dir))
+        tok = VFMVAE.from_pretrained(tokenizer_dir, device=device)
+        pipe = cls(model, tok, stats, preset=read_preset(diffusion_dir))
         pipe.diffusion_dir, pipe.tokenizer_dir = diffusion_dir, tokenizer_dir
         return pipe
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,8 @@ from vfmvae.diffusion import DiffusionTransformer, DiTConfig, diffusion_config, 
 from vfmvae.diffusion_training.config import DiffusionTrainConfig
 from vfmvae.diffusion_training.draws import StepDraws, global_rows
 from vfmvae.latents import LatentDataset, draw_posterior
-from vfmvae.sampling.pipeline import SAMPLER_FILE, LatentStats, VFMVAEPipeline
+from vfmvae.latents.stats import LatentStats
+from vfmvae.sampling.pipeline import SAMPLER_FILE, VFMVAEPipeline
 from vfmvae.training import EMA, fused_optimizer_supported, optimizer_step
 from vfmvae.training.run import Evaluator, TrainingRun
 from vfmvae.training.run_log import autocast_factory, scalars_to_floats
@@ -153,8 +155,7 @@ def _train_diffusion(cfg: DiffusionTrainConfig, run: TrainingRun) -> dict[str, A
     loader = iter(DataLoader(dataset, batch_size=run.micro, sampler=sampler, num_workers=cfg.data.num_workers,
                              pin_memory=device.type == "cuda", persistent_workers=cfg.data.num_workers > 0))
     generator = torch.Generator(device=device)
-    stats = LatentStats(torch.as_tensor(dataset.manifest["mean"]).float().flatten(),
-                        torch.as_tensor(dataset.manifest["std"]).float().flatten())
+    stats = dataset.stats  # the cache's, with its tokenizer's digest: `sample` checks the tokenizer against it
     grids = _PipelineGrid(cfg, dataset, ema.model, stats)
 
     def save() -> None:
@@ -164,10 +165,9 @@ def _train_diffusion(cfg: DiffusionTrainConfig, run: TrainingRun) -> dict[str, A
 
     def export(path: Path) -> None:
         ema.model.save_pretrained(path)
-        stats_file = {"mean": dataset.manifest["mean"], "std": dataset.manifest["std"],
-                      "tokenizer": _absolute(cfg.tokenizer or dataset.manifest["tokenizer"]),
-                      "cache": _absolute(cfg.data.cache)}  # absolute: `sample` reads them from any working directory
-        atomic_write_text(path / "latent_stats.json", json.dumps(stats_file, indent=2) + "\n")
+        # absolute paths: `sample` reads them from any working directory
+        replace(stats, tokenizer=_absolute(cfg.tokenizer or dataset.manifest["tokenizer"]),
+                cache=_absolute(cfg.data.cache)).save(path)
         atomic_write_text(path / SAMPLER_FILE, json.dumps({"preset": cfg.sample_preset}) + "\n")
 
     run.begin(model=model, ema=ema, dataset_size=len(dataset), save=save, grid=grids.save, loss_key="loss",

@@ -3,7 +3,8 @@
 Layout of a cache folder:
 
     cache.json                    manifest: tokenizer, image size, latent shape, shards with their counts,
-                                  and the per-channel mean/std of the latents (applied by `LatentDataset`)
+                                  and the per-channel mean/std of the latents (`LatentStats`, applied by
+                                  `LatentDataset`)
     shard-r00-00000.safetensors   latents (N, C, h, w) float32, labels (N,) int64, and optionally
                                   latents_flip (the horizontally flipped image's latents), vfm_features
                                   (N, T, D) float16 (frozen-VFM final patch tokens, for REPA/REG alignment)
@@ -40,10 +41,12 @@ from vfmvae.data import DataConfig, SkipCounter, build_dataset, collate_skip_bad
 from vfmvae.data.folder import ImageFolderDataset
 from vfmvae.data.transforms import flip_decision
 from vfmvae.latents.settings import cache_settings, claim_cache_folder
+from vfmvae.latents.stats import CACHE_MANIFEST, LatentStats
+from vfmvae.seeding import derive_seed
 
 __all__ = ["cache_latents", "LatentDataset", "CacheError", "draw_posterior"]
 
-MANIFEST = "cache.json"
+MANIFEST = CACHE_MANIFEST
 # Labels at or above this are taken for a damaged label file, not a class count (ImageNet-21k has 21,841
 # classes); the bound diffusion training applies too. `num_classes` (`--num-classes`) replaces it.
 MAX_CLASSES = 100_000
@@ -106,7 +109,7 @@ def cache_latents(tokenizer: str | Path, data: str | Path, out: str | Path, *, r
     progress_file = out / f"progress-r{rank:02d}.json"
     done = json.loads(progress_file.read_text()) if progress_file.is_file() else {"shards": [], "items": 0}
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skip_bad)
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + rank)
+    generator = torch.Generator().manual_seed(derive_seed(seed, rank))  # posterior samples (--sample) of this rank
     skips = SkipCounter()
     buffer: dict[str, list[torch.Tensor]] = {}
     consumed = 0  # items read in this pass, good or bad: the resume position
@@ -205,7 +208,8 @@ def _write_manifest(out: Path, model, tokenizer, resolution: int, world: int, fl
         with safe_open(str(out / shard["file"]), framework="pt") as f:
             z = f.get_tensor("latents").double()
             if moments:
-                g = torch.Generator().manual_seed(seed * 1_000_003 + index)
+                # (per shard; only with moments, where the per-rank `generator` above draws nothing)
+                g = torch.Generator().manual_seed(derive_seed(seed, index))
                 z = z + f.get_tensor("latents_std").double() * torch.randn(z.shape, generator=g, dtype=torch.float64)
         c = z.shape[1]
         flat = z.transpose(0, 1).reshape(c, -1)
@@ -272,8 +276,7 @@ class LatentDataset(Dataset):
             raise CacheError(f"{self.root} has no flipped latents; cache with --flip or load with flip=False")
         if "latents_std" in self.keys and flip and "latents_flip_std" not in self.keys:
             raise CacheError(f"{self.root} has posterior std for the images but not for their flips")
-        self.mean = torch.tensor(self.manifest["mean"]).view(-1, 1, 1).float()
-        self.std = torch.tensor(self.manifest["std"]).view(-1, 1, 1).float()
+        self.stats = LatentStats.from_manifest(self.manifest, self.root)
         self.flip, self.seed, self.epoch = flip, seed, 0
         self._handles: dict[int, Any] = {}
 
@@ -296,11 +299,19 @@ class LatentDataset(Dataset):
         """Whether items carry `latents_std`: `latents` is then the posterior mean (see `draw_posterior`)."""
         return "latents_std" in self.keys
 
+    @property
+    def mean(self) -> torch.Tensor:  # (C, 1, 1), as `stats.mean` broadcasts over an item
+        return self.stats.mean.view(-1, 1, 1)
+
+    @property
+    def std(self) -> torch.Tensor:
+        return self.stats.std.view(-1, 1, 1)
+
     def normalize(self, z: torch.Tensor) -> torch.Tensor:
-        return (z - self.mean) / self.std
+        return self.stats.normalize(z)
 
     def denormalize(self, z: torch.Tensor) -> torch.Tensor:
-        return z * self.std.to(z.device) + self.mean.to(z.device)
+        return self.stats.denormalize(z)
 
     def column(self, key: str) -> torch.Tensor:
         """One stored tensor over the whole cache, raw (e.g. `labels`, or un-normalised `latents`)."""
@@ -328,7 +339,7 @@ class LatentDataset(Dataset):
         z = self._read(index, key)
         item = {"latents": self.normalize(z.float()), "label": int(self._read(index, "labels"))}
         if self.has_moments:  # in normalised units: (mean + std * eps - mu) / sigma = norm(mean) + std / sigma * eps
-            item["latents_std"] = self._read(index, key + "_std").float() / self.std
+            item["latents_std"] = self.stats.normalize_scale(self._read(index, key + "_std").float())
         for name in ("vfm_features", "vfm_cls"):
             if name in self.keys:
                 flipped = name + "_flip"

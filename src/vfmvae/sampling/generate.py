@@ -28,21 +28,27 @@ from PIL import Image
 from vfmvae import distributed as dist_utils
 from vfmvae.checkpoint.atomic import atomic_write_text
 from vfmvae.evaluation.images import write_npz_atomic
-from vfmvae.sampling.pipeline import SamplerConfig, VFMVAEPipeline, sample_seed
+from vfmvae.sampling.pipeline import SamplerConfig, VFMVAEPipeline
+from vfmvae.seeding import derive_seed
 
 __all__ = ["class_labels", "generate_samples", "write_npz"]
 
 log = logging.getLogger(__name__)
+LABEL_SEEDS = 'derive_seed(seed, "labels", i)'  # how `class_labels("random", ...)` seeds label i (in settings.json)
 
 
 def class_labels(spec: str, num: int, num_classes: int, seed: int = 0) -> list[int]:
     """`random` (uniform, seeded per index: the official sample.py files draw `torch.randint` labels),
-    `balanced` (0, 1, ..., K-1, 0, 1, ...) or a comma list cycled (`1,5,9`)."""
+    `balanced` (0, 1, ..., K-1, 0, 1, ...) or a comma list cycled (`1,5,9`).
+
+    Random label i is drawn from its own stream, `derive_seed(seed, "labels", i)`. (It used to be drawn from the seed
+    `seed * 1_000_003 + i + 7919`, which is also the noise seed of sample i + 7919; sample folders written then record
+    no `label_seeds` in settings.json, so resuming one is refused instead of mixing two label draws.)"""
     if spec == "balanced":
         return [i % num_classes for i in range(num)]
     if spec == "random":
-        return [int(torch.randint(num_classes, (1,), generator=torch.Generator().manual_seed(sample_seed(seed, i) + 7919)))
-                for i in range(num)]
+        seeds = (derive_seed(seed, "labels", i) for i in range(num))
+        return [int(torch.randint(num_classes, (1,), generator=torch.Generator().manual_seed(s))) for s in seeds]
     try:
         values = [int(v) for v in spec.split(",") if v.strip()]
     except ValueError:
@@ -112,7 +118,7 @@ def generate_samples(pipe: VFMVAEPipeline, out: str | Path, num: int, *, config:
     (out / "images").mkdir(parents=True, exist_ok=True)
     labels = class_labels(classes, num, pipe.diffusion.config.num_classes, seed)
     settings = {"num": num, "seed": seed, "classes": classes, "sampler": asdict(config), "uint8": UINT8_CONVERSION,
-                **(sources or {})}
+                **({"label_seeds": LABEL_SEEDS} if classes == "random" else {}), **(sources or {})}
     settings_path = out / "settings.json"
     if not settings_path.is_file() and any(p.name != "images" or any(p.iterdir()) for p in out.iterdir()):
         raise ValueError(f"{out} is not empty and holds no settings.json (not a sample folder of ours); its files "

@@ -106,9 +106,10 @@ def write_npz(out: Path, num: int, labels: list[int]) -> Path:
     return write_npz_atomic(out / "samples.npz", arr_0=arr, arr_1=np.asarray(labels, dtype=np.int64))
 
 
-def generate_samples(pipe: VFMVAEPipeline, out: str | Path, num: int, *, config: SamplerConfig = SamplerConfig(),
+def generate_samples(pipe: VFMVAEPipeline, out: str | Path, num: int, *, config: SamplerConfig | None = None,
                      classes: str = "random", seed: int = 0, batch_size: int = 16, progress: bool = True,
                      sources: dict[str, str] | None = None) -> dict[str, Any]:
+    config = config if config is not None else SamplerConfig()
     from tqdm.auto import tqdm
 
     from vfmvae.vis import save_grid

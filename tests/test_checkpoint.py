@@ -167,7 +167,7 @@ def test_sigkill_during_checkpoint_writes_never_loses_the_last_good_one(tmp_path
         """
     )
     rng = random.Random(0)
-    for trial in range(4):
+    for _trial in range(4):
         proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
         proc.stdout.readline()  # at least one checkpoint exists (from this or an earlier trial)
         time.sleep(rng.uniform(0.0, 0.4))

@@ -1,4 +1,4 @@
-from dataclasses import dataclass, field
+from dataclasses import FrozenInstanceError, dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -37,7 +37,7 @@ def test_recipe_and_overrides_build_typed_config(tmp_path):
     assert cfg.optim.betas == (0.9, 0.95)
     assert cfg.optim.clip == 1.0 and isinstance(cfg.optim.clip, float)
     assert cfg.precision == "bf16" and cfg.steps == 5 and cfg.tags == ["x"]
-    with pytest.raises(Exception):
+    with pytest.raises(FrozenInstanceError):
         cfg.steps = 3  # frozen
 
 

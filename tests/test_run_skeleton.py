@@ -116,9 +116,9 @@ def test_both_recipes_share_the_run_section():
 
 @pytest.mark.parametrize("override, expected", [
     ("run.total_steps=400",
-     "run.total_steps is now run.total_images: write run.total_images: 12800 (400 steps x batch 32)"),
+     "run.total_steps is no longer a recipe key: run length is in images now: write run.total_images: 12800 (400 steps x batch 32)"),
     ("run.ema_decay=0.99", "write run.ema_halflife_images: 2207 (batch 32 x ln(0.5) / ln(0.99))"),
-    ("run.sample_every=50", "run.sample_every is now run.grid_every: write run.grid_every: 50"),
+    ("run.sample_every=50", "run.sample_every is no longer a recipe key: renamed: write run.grid_every: 50"),
     ("run.sample_steps=10", "write run.grid_steps: 10"),
 ])
 def test_older_diffusion_run_keys_are_refused_with_the_value_to_write(override, expected, tmp_path):
@@ -128,7 +128,7 @@ def test_older_diffusion_run_keys_are_refused_with_the_value_to_write(override, 
 
 
 def test_older_tokenizer_run_key_is_refused_with_the_value_to_write(tmp_path):
-    with pytest.raises(ConfigError, match="run.snapshot_every is now run.grid_every: write run.grid_every: 7"):
+    with pytest.raises(ConfigError, match="run.snapshot_every is no longer a recipe key: renamed: write run.grid_every: 7"):
         load_config(TokenizerTrainConfig, ROOT / "configs/tokenizer/tiny.yaml", [f"data.source={tmp_path}",
                                                                                  "run.snapshot_every=7"])
 

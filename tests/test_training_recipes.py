@@ -241,7 +241,7 @@ def test_vf_kl_and_multiscale_losses_are_float32_under_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         mixed = (vf_alignment_loss(p, f), kl_loss(mean.bfloat16().float(), logvar), multiscale_l1(outs, target, [0.1]))
         kl_bf16_inputs = kl_loss(mean.bfloat16(), logvar.bfloat16())
-    for got, want in zip(mixed, reference):
+    for got in mixed:
         assert got.dtype == torch.float32
     torch.testing.assert_close(mixed[0], reference[0], rtol=1e-6, atol=0)  # bf16 einsum: off by ~4e-3 relative
     torch.testing.assert_close(mixed[2], reference[2], rtol=1e-6, atol=0)

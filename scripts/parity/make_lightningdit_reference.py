@@ -131,7 +131,7 @@ def transport_losses(transport_pkg: Any, transport_module: Any, model: Any) -> t
         planned: dict[str, Any] = {}
         plan = transport.path_sampler.plan
 
-        def capture_plan(t: Any, x0: Any, x1_: Any) -> Any:
+        def capture_plan(t: Any, x0: Any, x1_: Any, plan=plan, planned=planned) -> Any:
             t_, xt, ut = plan(t, x0, x1_)
             planned.update(t=t_, x0=x0, xt=xt, ut=ut)
             return t_, xt, ut

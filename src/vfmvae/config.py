@@ -209,14 +209,12 @@ def _build_dataclass(cls: type[T], data: Any, *, prefix: str, source: str) -> T:
     where = prefix.rstrip(".") or "<top level>"
     if not isinstance(data, typing.Mapping):
         raise ConfigError(f"{source}: {where}: expected a mapping for {cls.__name__}, got {data!r}")
-    # keys of older recipes, refused with what to write instead: {key: advice} (model configs) or one line (runs)
+    # keys of older recipes: refused with what to write instead (`retired_keys(data, prefix) -> {key: advice}`)
     retired = getattr(cls, "retired_keys", None)
-    note = retired(data, prefix) if retired is not None else None
-    if isinstance(note, typing.Mapping):
-        for key, advice in note.items():
-            raise ConfigError(f"{source}: {prefix}{key} is no longer a recipe key: {advice}")
-    elif note:
-        raise ConfigError(f"{source}: {note}")
+    advice = retired(data, prefix) if retired is not None else {}
+    if advice:
+        raise ConfigError(f"{source}: " + "; ".join(f"{prefix}{key} is no longer a recipe key: {text}"
+                                                    for key, text in advice.items()))
     hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields]

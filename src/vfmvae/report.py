@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -20,6 +21,8 @@ from vfmvae.checkpoint.atomic import atomic_write_text
 from vfmvae.config import read_yaml
 
 __all__ = ["build_report", "find_runs", "panel_scale"]
+
+log = logging.getLogger(__name__)
 
 
 def find_runs(root: Path) -> list[Path]:
@@ -38,12 +41,15 @@ def _kind(run: Path) -> str:
 
 
 def _records(run: Path) -> list[dict[str, Any]]:
-    out = []
-    for line in (run / "metrics.jsonl").read_text().splitlines():
+    out, torn = [], []
+    for number, line in enumerate((run / "metrics.jsonl").read_text().splitlines(), 1):
         try:
             out.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a kill: the rest of the log still counts
-            continue
+        except json.JSONDecodeError:  # a line cut by a kill or a full disk: the rest of the log still counts
+            torn.append(number)
+    if torn:
+        log.warning("%s: skipped %d torn line(s) (line %s)", run / "metrics.jsonl", len(torn),
+                    ", ".join(map(str, torn[:5])) + (", ..." if len(torn) > 5 else ""))
     return out
 
 

@@ -102,6 +102,27 @@ def _zero_checkpoint_every(tmp: Path) -> list[str]:
             "--set", f"data.cache={tmp}", "--set", "run.checkpoint_every=0"]
 
 
+def _pickle_latent_stats(tmp: Path) -> list[str]:
+    from vfmvae.diffusion import create_diffusion_model
+
+    create_diffusion_model("lightningdit-tiny").save_pretrained(tmp / "dit")
+    torch.save({"mean": Evil()}, tmp / "evil.pt")
+    return ["sample", "--diffusion", str(tmp / "dit"), "--latent-stats", str(tmp / "evil.pt"), "--tokenizer",
+            str(tmp / "tok"), "--num-samples", "2", "--out", str(tmp / "s"), "--device", "cpu"]
+
+
+def _wrong_keys_weights(option: str):
+    def build(tmp: Path) -> list[str]:
+        # 400 long foreign keys: torch's strict load would dump them all (kilobytes) in its error
+        torch.save({f"layer{i}.a_long_foreign_weight_name": torch.zeros(1) for i in range(400)}, tmp / "wrong.pth")
+        for folder in ("ref", "rec"):
+            (tmp / folder).mkdir()
+            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp / folder / "a.png")
+        return ["eval", "recon", "--reference", str(tmp / "ref"), "--reconstructions", str(tmp / "rec"),
+                option, str(tmp / "wrong.pth"), "--device", "cpu"]
+    return build
+
+
 CLI_CASES = {
     "billion-laughs recipe": (_billion_laughs, "expand to more than"),
     "python tag in an official config": (_python_tag_config, "not valid YAML"),
@@ -111,6 +132,10 @@ CLI_CASES = {
     "unknown device": (_unknown_device, "unknown device"),
     "file name too long": (_name_too_long, "File name too long"),
     "run.checkpoint_every=0": (_zero_checkpoint_every, "checkpoint_every must be > 0"),
+    "pickle as --latent-stats": (_pickle_latent_stats, "not a plain tensor file"),
+    "wrong-keys Inception file": (_wrong_keys_weights("--inception"),
+                                  "does not fit this model: Conv2d_1a_3x3.conv.weight (32, 3, 3, 3) is missing"),
+    "wrong-keys LPIPS file": (_wrong_keys_weights("--lpips"), "expected torchvision's vgg16-397923af.pth"),
 }
 
 
@@ -397,3 +422,307 @@ def test_eval_recon_names_an_empty_folder_or_a_file(which, tmp_path, capsys):
     assert main(["eval", "recon", "--reference", str(ref), "--reconstructions", str(rec)]) == 2
     err = capsys.readouterr().err.strip()
     assert (f"no images in {rec}" if which == "empty" else f"{rec} is a file") in err, err
+
+
+# --- issue 24 leftovers: labels when cached, all-bad caching, another architecture, torn files -----------
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    from helpers import tiny_official_tokenizer
+
+    return tiny_official_tokenizer(tmp_path_factory.mktemp("hostile-tok") / "tok")
+
+
+def _shards_with_labels(tmp: Path, labels: list[bytes | None]) -> Path:
+    """One shard of 32-px PNGs whose `.cls` members hold `labels` (None: no .cls member)."""
+    (tmp / "data").mkdir()
+    members = []
+    for i, label in enumerate(labels):
+        members.append((f"{i:03d}.png", _png_bytes()))
+        if label is not None:
+            members.append((f"{i:03d}.cls", label))
+    _tar(tmp / "data" / "s0.tar", members)
+    return tmp / "data"
+
+
+def _flat_folder(tmp: Path) -> Path:
+    (tmp / "data").mkdir()
+    for i in range(3):
+        (tmp / "data" / f"{i}.png").write_bytes(_png_bytes())
+    return tmp / "data"
+
+
+def _all_bad_folder(tmp: Path) -> Path:
+    for c in ("a", "b"):
+        (tmp / "data" / c).mkdir(parents=True)
+        (tmp / "data" / c / "x.png").write_bytes(b"")
+        (tmp / "data" / c / "y.png").write_bytes(b"not a png")
+    return tmp / "data"
+
+
+CACHE_CASES = {  # data builder, extra options, expected message
+    "negative label in a shard": (lambda t: _shards_with_labels(t, [b"1", b"-7"]), [], "001 in {data} has label -7"),
+    "missing .cls label in a shard": (lambda t: _shards_with_labels(t, [b"0", None]), [], "001 in {data} has no class label"),
+    "label of 30,000,000": (lambda t: _shards_with_labels(t, [b"30000000"]), [], "label 30,000,000, outside 0..99,999"),
+    "label beyond --num-classes": (lambda t: _shards_with_labels(t, [b"0", b"4"]), ["--num-classes", "4"],
+                                   "label 4, outside 0..3 (--num-classes 4)"),
+    "flat folder (no labels)": (_flat_folder, [], "has no class label (a flat folder"),
+    "every image bad": (_all_bad_folder, [], "no usable images in {data} (4 skipped ("),
+}
+
+
+@pytest.mark.parametrize("case", list(CACHE_CASES))
+def test_cache_latents_refuses_bad_labels_and_unusable_data_in_one_line(case, tokenizer_dir, tmp_path, capsys):
+    """Labels are checked when cached (a folder's from its listing before anything is encoded, a shard's before
+    its batch is encoded); data without one usable image says so instead of naming a missing progress file."""
+    build, extra, expected = CACHE_CASES[case]
+    data, out = build(tmp_path), tmp_path / "cache"
+    argv = ["cache-latents", "--tokenizer", str(tokenizer_dir), "--data", str(data), "--out", str(out),
+            "--workers", "0", "--batch-size", "8", "--device", "cpu", *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    errors = [line for line in err.splitlines() if line.startswith("vfmvae ")]  # beside the progress bar
+    assert len(errors) == 1 and expected.format(data=data) in errors[0], err
+    assert "Traceback" not in err and "progress-r00" not in err, err
+    assert not list(out.glob("shard-*")) and not (out / "cache.json").exists()  # nothing cached
+
+
+def _fake_cache(path: Path, n: int = 8, shape: tuple[int, int, int] = (8, 4, 4), width: int = 64) -> Path:
+    """A finished latent cache of `n` random latents in the cache format (with flips and VFM features)."""
+    from vfmvae.checkpoint.serialize import save_tensors
+
+    path.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    tensors = {"latents": torch.randn(n, *shape, generator=g), "latents_flip": torch.randn(n, *shape, generator=g),
+               "labels": torch.arange(n) % 4, "vfm_features": torch.randn(n, 16, width, generator=g).half()}
+    save_tensors(path / "shard-r00-00000.safetensors", tensors, metadata={"count": str(n)})
+    manifest = {"kind": "vfmvae-latent-cache", "format_version": 1, "latent_shape": list(shape), "num_items": n,
+                "shards": [{"file": "shard-r00-00000.safetensors", "count": n}], "flip": True,
+                "mean": [0.0] * shape[0], "std": [1.0] * shape[0]}
+    (path / "cache.json").write_text(json.dumps(manifest))
+    return path
+
+
+def _checkpoint_of(run_dir: Path, model: dict[str, torch.Tensor]) -> Path:
+    from vfmvae.checkpoint import CheckpointManager
+
+    return CheckpointManager(run_dir).save(1, images_seen=8, model=model, ema=model, state={}, rank_state={})
+
+
+def test_resuming_a_checkpoint_of_another_architecture_is_one_line(tmp_path, capsys, monkeypatch):
+    """`--resume PATH` of a model with other sizes: the checkpoint and first mismatching parameter, both shapes."""
+    from vfmvae.diffusion import create_diffusion_model
+
+    monkeypatch.chdir(tmp_path)  # relative paths, as typed: the whole line fits the 300-character error
+    other = create_diffusion_model("lightningdit-tiny", in_channels=4, input_size=4, num_classes=4)  # cache: 8 ch
+    ckpt = _checkpoint_of(Path("other"), other.state_dict())
+    argv = ["train", "diffusion", "--recipe", str(ROOT / "configs/diffusion/tiny.yaml"),
+            "--set", f"data.cache={_fake_cache(Path('cache'))}", "--set", "run.dir=run",
+            "--set", "run.device=cpu", "--resume", str(ckpt)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert (f"{ckpt / 'model.safetensors'} does not fit this model: x_embedder.proj.weight "
+            "is (64, 4, 1, 1) in the checkpoint but (64, 8, 1, 1) in this model") in err, err
+    assert err.endswith("written by another architecture: resume it with the recipe that wrote it, or use another "
+                        "run.dir"), err  # the advice is not cut off
+
+
+def test_tokenizer_resume_of_another_architecture_is_one_line(tmp_path, synthetic_dir):
+    from vfmvae.checkpoint import CheckpointFormatError
+    from vfmvae.tokenizer_training.config import TokenizerTrainConfig
+    from vfmvae.tokenizer_training.trainer import build_generator, train_tokenizer
+
+    cfg = load_config(TokenizerTrainConfig, ROOT / "configs/tokenizer/tiny.yaml",
+                      [f"data.source={synthetic_dir / 'images'}", f"run.dir={tmp_path / 'run'}", "run.device=cpu",
+                       "data.num_workers=0"])
+    state = {k: v for k, v in build_generator(cfg).state_dict().items() if not k.startswith("vfm.")}
+    key = next(iter(state))
+    shape = tuple(state[key].shape)
+    state[key] = torch.zeros(shape[0] + 1, *shape[1:])  # one layer of another width
+    ckpt = _checkpoint_of(tmp_path / "other-run", state)
+    with pytest.raises(CheckpointFormatError) as err:
+        train_tokenizer(cfg, resume=str(ckpt), progress=False)
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"{key} is {(shape[0] + 1, *shape[1:])} in the checkpoint but {shape} in this model" in message, message
+
+
+def test_load_state_strict_names_missing_and_unexpected_keys_and_skips_optional_ones():
+    from vfmvae.checkpoint import CheckpointFormatError, load_state_strict
+
+    module = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
+    state = module.state_dict()
+    with pytest.raises(CheckpointFormatError, match=r"^ck does not fit this model: 1\.bias \(1,\) is missing from the checkpoint;"):
+        load_state_strict(module, {k: v for k, v in state.items() if k != "1.bias"}, "ck")
+    with pytest.raises(CheckpointFormatError, match=r"extra \(2,\) is in the checkpoint but not in this model"):
+        load_state_strict(module, {**state, "extra": torch.zeros(2)}, "ck")
+    new = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
+    load_state_strict(new, {k: v for k, v in state.items() if not k.startswith("1.")}, "ck", optional_prefixes=("1.",))
+    torch.testing.assert_close(new[0].weight, module[0].weight)
+
+
+class _ConvDecoder(torch.nn.Module):
+    """A stand-in tokenizer (1x1 conv to RGB, upsampled x4): the resume logic does not depend on the decoder, and
+    the tiny real one takes most of a CPU minute under load."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.to_rgb = torch.nn.Conv2d(8, 3, 1)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(torch.tanh(self.to_rgb(z)), scale_factor=4)
+
+
+def test_torn_pngs_in_a_sample_folder_are_regenerated_on_resume(tmp_path, caplog):
+    """A PNG cut short (killed mid-write by an older version, a torn disk) is ours: regenerated, not skipped."""
+    from vfmvae.diffusion import create_diffusion_model
+    from vfmvae.sampling import SamplerConfig
+    from vfmvae.sampling.generate import generate_samples
+    from vfmvae.sampling.pipeline import LatentStats, VFMVAEPipeline
+
+    torch.manual_seed(0)
+    model = create_diffusion_model("lightningdit-tiny", in_channels=8, input_size=4, num_classes=4)
+    pipe = VFMVAEPipeline(model, _ConvDecoder(), LatentStats(torch.zeros(8), torch.ones(8)))
+    run = lambda: generate_samples(pipe, tmp_path / "s", 4, config=SamplerConfig(steps=2), batch_size=4,  # noqa: E731
+                                   progress=False)
+    run()
+    expected = np.load(tmp_path / "s" / "samples.npz")["arr_0"]
+    pngs = [tmp_path / "s" / "images" / f"{i:06d}.png" for i in range(4)]
+    whole = [p.read_bytes() for p in pngs]
+    pngs[0].write_bytes(whole[0][: len(whole[0]) // 2])  # truncated
+    pngs[1].write_bytes(whole[1][:-40] + bytes(40))      # zero-filled tail (a torn disk)
+    pngs[2].write_bytes(b"")                             # empty
+    with caplog.at_level("WARNING", logger="vfmvae.sampling.generate"):
+        run()
+    assert "3 incomplete PNG(s)" in caplog.text
+    assert all(p.read_bytes()[-12:] == w[-12:] for p, w in zip(pngs, whole))
+    assert pngs[3].read_bytes() == whole[3]  # a whole one is kept as it was
+    arr = np.load(tmp_path / "s" / "samples.npz")["arr_0"]
+    # regenerated in a batch of 3, not 4: float32 kernels may differ by one uint8 level
+    assert np.abs(arr.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_report_skips_a_torn_metrics_line_with_a_warning(tmp_path, caplog):
+    from vfmvae.report import _records
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2, "lo\n{"step": 3}\n')
+    with caplog.at_level("WARNING", logger="vfmvae.report"):
+        assert [r["step"] for r in _records(tmp_path)] == [1, 3]
+    assert "skipped 1 torn line(s) (line 2)" in caplog.text
+
+
+def test_tar_special_members_are_counted_as_skipped(tmp_path):
+    """Symlinks, hard links, devices and FIFOs inside a shard are skipped from their headers, never followed."""
+    shard = tmp_path / "s.tar"
+    with tarfile.open(shard, "w") as tar:
+        for name, data in (("000.png", _png_bytes()), ("000.cls", b"1")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name, kind in (("001.png", tarfile.SYMTYPE), ("002.png", tarfile.LNKTYPE), ("003.png", tarfile.CHRTYPE),
+                           ("004.png", tarfile.BLKTYPE), ("005.png", tarfile.FIFOTYPE)):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, "/dev/zero" if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE) else ""
+            tar.addfile(info)
+    reasons = {key: it.reason for key, it in iter_tar_samples(shard) if isinstance(it, shards_mod.BadImage)}
+    assert reasons == {"001.png": "link-member", "002.png": "link-member", "003.png": "special-member",
+                       "004.png": "special-member", "005.png": "special-member"}
+    from vfmvae.data.shards import TarShardDataset
+
+    skips = [it["reason"] for it in TarShardDataset(tmp_path, 32, loop=False) if it.get("bad")]
+    assert sorted(skips) == ["link-member"] * 2 + ["special-member"] * 3
+
+
+# A child that saves checkpoints (keep=1) and stops dead at one point of a save, says so, and waits to be killed.
+_STOPPED_SAVE = """
+import os, shutil, sys, threading
+from pathlib import Path
+import torch
+import vfmvae.checkpoint.training as training
+from vfmvae.checkpoint import CheckpointManager
+
+where, run = sys.argv[1], Path(sys.argv[2])
+manager = CheckpointManager(run, keep=1)
+weights = lambda step: {"w": torch.full((1000,), float(step))}
+manager.save(1, images_seen=1, model=weights(1))
+
+def stop():
+    print("STOPPED", flush=True)
+    threading.Event().wait()  # until the SIGKILL
+
+if where == "building":  # the step folder half built under its temporary name
+    real = training.save_tensors
+    training.save_tensors = lambda path, *a, **k: stop() if path.name == "ema.safetensors" else real(path, *a, **k)
+    manager.save(2, images_seen=2, model=weights(2), ema=weights(2))
+elif where == "pruning":  # the old checkpoint half deleted
+    real = shutil.rmtree
+    def rmtree(path, *a, **k):
+        if Path(path).name.startswith(".step-00000001"):
+            os.unlink(Path(path) / "model.safetensors")
+            stop()
+        return real(path, *a, **k)
+    shutil.rmtree = rmtree
+    manager.save(2, images_seen=2, model=weights(2))
+else:  # replacing step 1 in place, between parking the old folder and renaming the new one in
+    real = os.rename
+    def rename(src, dst):
+        if Path(src).name.endswith(".tmp") and Path(dst).name == "step-00000001":
+            stop()
+        return real(src, dst)
+    os.rename = rename
+    manager.save(1, images_seen=1, model=weights(1))
+"""
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("where, debris, last", [
+    ("building", {".staging-step-00000002", ".step-00000002.*.tmp"}, 1),
+    ("pruning", {".step-00000001.pruning"}, 2),
+    ("replacing", {".step-00000001.old", ".step-00000001.*.tmp"}, 1),  # and no step-00000001: parked, restored
+])
+def test_checkpoint_debris_of_a_killed_save_is_removed_at_the_next_start(where, debris, last, tmp_path):
+    """SIGKILL at a point of a save (an event the child reports, not a clock); the next start of a run on the folder
+    removes what the save left, restores a parked checkpoint, and touches nothing that is not ours."""
+    import fnmatch
+    import signal
+
+    from vfmvae.checkpoint import CheckpointManager
+    from vfmvae.training.run_folder import claim_run_folder, write_run_config
+
+    run = tmp_path / "run"
+    cfg = DataConfig(source=tmp_path)
+    run.mkdir()
+    write_run_config(run, cfg)
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    child = subprocess.Popen([sys.executable, "-c", _STOPPED_SAVE, where, str(run)], stdout=subprocess.PIPE, text=True,
+                             env=env)
+    try:
+        assert child.stdout.readline().strip() == "STOPPED"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    names = lambda: sorted(p.name for p in (run / "checkpoints").iterdir())  # noqa: E731
+    left = names()
+    assert all(any(fnmatch.fnmatch(n, pattern) for n in left) for pattern in debris), left  # the kill left them
+    (run / "checkpoints" / "notes.txt").write_text("mine")  # not ours: kept
+    (run / "checkpoints" / ".step-zzz.tmp").mkdir()           # not a name we create: kept
+    claim_run_folder(run, cfg, "auto").release()
+    assert names() == [".step-zzz.tmp", "notes.txt", f"step-{last:08d}"]
+    ckpt = CheckpointManager(run).load()
+    assert ckpt.step == last and float(ckpt.model["w"][0]) == last
+
+
+def test_half_pruned_folders_of_older_versions_are_removed_but_newer_incomplete_ones_kept(tmp_path):
+    """Older versions deleted a pruned checkpoint in place: an incomplete step folder older than the newest complete
+    one is such a leftover. An incomplete folder newer than that is not judged here (the run folder check says)."""
+    from vfmvae.checkpoint import CheckpointManager
+
+    manager = CheckpointManager(tmp_path, keep=3)
+    for step in (1, 2, 3):
+        manager.save(step, images_seen=step, model={"w": torch.zeros(4)})
+    (manager.root / "step-00000001" / "model.safetensors").unlink()  # half deleted by an old prune
+    (manager.root / "step-00000003" / "meta.json").unlink()          # damaged after the newest complete one
+    assert [p.name for p in manager.remove_debris()] == ["step-00000001"]
+    assert sorted(p.name for p in manager.root.iterdir()) == ["step-00000002", "step-00000003"]

@@ -110,7 +110,7 @@ def test_latent_caching_killed_then_rerun_is_complete_and_equal(tmp_path, tokeni
             return 0
 
     for shards in (2, 5, 9):  # killed three times, after 2, 5 and 9 of its 12 shards, then left to finish
-        assert _kill_at(_cache_cmd(tokenizer, images, killed), lambda: shards_done() >= shards)
+        assert _kill_at(_cache_cmd(tokenizer, images, killed), lambda shards=shards: shards_done() >= shards)
         assert not (killed / "cache.json").exists()
     subprocess.run(_cache_cmd(tokenizer, images, killed), env=ENV, check=True, capture_output=True)
     a, b = LatentDataset(tmp_path / "straight"), LatentDataset(killed)
@@ -134,7 +134,7 @@ def test_diffusion_training_killed_then_resumed_equals_an_uninterrupted_run(tmp_
     subprocess.run(_train_cmd(cache, tmp_path / "straight", steps), env=ENV, check=True, capture_output=True, timeout=600)
     killed = tmp_path / "killed"
     for step in (50, 150):  # killed as soon as these checkpoints exist (mid-run by construction), then resumed
-        assert _kill_at(_train_cmd(cache, killed, steps), lambda: (killed / "checkpoints" / f"step-{step:08d}" / "meta.json").is_file())
+        assert _kill_at(_train_cmd(cache, killed, steps), lambda step=step: (killed / "checkpoints" / f"step-{step:08d}" / "meta.json").is_file())
         assert not (killed / "export").exists()
     subprocess.run(_train_cmd(cache, killed, steps), env=ENV, check=True, capture_output=True, timeout=600)
     last = lambda run: sorted((run / "checkpoints").glob("step-*"))[-1]  # noqa: E731
@@ -185,7 +185,7 @@ def test_sampling_killed_then_rerun_is_complete_and_equal(tmp_path, tokenizer):
     killed = tmp_path / "killed"
     pngs = lambda: len(list((killed / "images").glob("*.png"))) if (killed / "images").is_dir() else 0  # noqa: E731
     for count in (9, 30, 61):  # killed after these many of its 96 samples exist, then left to finish
-        assert _kill_at(cmd(killed), lambda: pngs() >= count)
+        assert _kill_at(cmd(killed), lambda count=count: pngs() >= count)
         assert not (killed / "samples.npz").exists()
     subprocess.run(cmd(killed), env=ENV, check=True, capture_output=True, timeout=600)
     assert not list((killed / "images").glob(".*tmp*"))  # torn temporary files are cleaned up, never taken as samples

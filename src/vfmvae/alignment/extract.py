@@ -34,6 +34,8 @@ from safetensors.torch import save_file
 from vfmvae.data.folder import list_image_folder
 from vfmvae.data.images import decode_image
 from vfmvae.data.transforms import to_float01, to_uint8_tensor
+from vfmvae.latents.stats import STATS_FILE, LatentStats
+from vfmvae.seeding import derive_seed
 
 __all__ = ["extract_features", "load_source", "dinov2_input"]
 
@@ -92,7 +94,7 @@ def load_source(source: str, device: str = "cpu", *, posterior: str = "sample", 
             dist = DiagonalGaussian(model.encode_moments(x, extra_scale=scale))
             if posterior == "mean":
                 return dist.mode().mean((2, 3))
-            g = torch.Generator().manual_seed(seed * 1_000_003 + index)  # per image: independent of batching
+            g = torch.Generator().manual_seed(derive_seed(seed, index))  # per image: independent of batching
             return dist.sample(g).mean((2, 3))  # a posterior sample, spatially averaged
 
         return model, features
@@ -101,13 +103,13 @@ def load_source(source: str, device: str = "cpu", *, posterior: str = "sample", 
     raise ValueError(f"unknown source {source!r}; use vfm:NAME, tokenizer:DIR or diffusion:DIR@BLOCK")
 
 
-def _reg_class_token_source(stats: dict, folder: str, device: str):
+def _reg_class_token_source(stats: LatentStats, folder: str, device: str):
     """The DINOv2 class token of an image as the REG model saw it in training: the VFM of the model's latent cache
     (`cache.json`: vfm_features, vfm_resolution), fed the same way `cache-latents` fed it."""
     from vfmvae.latents.cache import MANIFEST
     from vfmvae.vfm import VFMSpec, build_vfm
 
-    manifest_path = Path(stats.get("cache") or "") / MANIFEST
+    manifest_path = Path(stats.cache or "") / MANIFEST
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{folder} is a REG model: its features need the real DINOv2 class token, read with the "
                                 f"VFM named in its latent cache's {MANIFEST}; {manifest_path} not found (the `cache` "
@@ -139,14 +141,17 @@ def _diffusion_source(spec: str, device: str, t: float = 0.5, seed: int = 0, pos
         tap = int(block)
     else:
         raise ValueError(f"block {block!r} of {folder}: use 0 (embedding) .. {cfg.depth}, or proj")
-    stats_path = Path(folder) / "latent_stats.json"
+    stats_path = Path(folder) / STATS_FILE
     if not stats_path.is_file():
         raise FileNotFoundError(f"{stats_path} not found: diffusion features need the latent statistics and tokenizer "
                                 "that `vfmvae train diffusion` writes next to the export")
-    stats = json.loads(stats_path.read_text())
-    tokenizer = VFMVAE.from_pretrained(stats["tokenizer"]).to(device)
-    mean = torch.tensor(stats["mean"], device=device).view(1, -1, 1, 1)
-    std = torch.tensor(stats["std"], device=device).view(1, -1, 1, 1)
+    stats = LatentStats.load(stats_path)
+    tokenizer_dir = stats.tokenizer_dir()
+    if tokenizer_dir is None:
+        raise ValueError(f"{stats_path} names no tokenizer (key 'tokenizer'): diffusion features encode the images "
+                         "with the tokenizer the model was trained on")
+    stats.check_tokenizer(tokenizer_dir)
+    tokenizer = VFMVAE.from_pretrained(tokenizer_dir).to(device)
     class_token = _reg_class_token_source(stats, folder, device) if cfg.class_token_dim else None
 
     def features(x: torch.Tensor, scale: float, equivariance: bool, index: int) -> torch.Tensor:
@@ -157,10 +162,10 @@ def _diffusion_source(spec: str, device: str, t: float = 0.5, seed: int = 0, pos
 
             small = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False, antialias=True)
             x = F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False).clamp(0, 1)
-        g = torch.Generator().manual_seed(seed * 1_000_003 + index)  # per image: independent of batching
+        g = torch.Generator().manual_seed(derive_seed(seed, index))  # per image: independent of batching
         dist = DiagonalGaussian(tokenizer.encode_moments(x))
         # the official prefetch stores a sampled z (G.encode()); `posterior="mean"` takes the mean
-        z = ((dist.sample(g) if posterior == "sample" else dist.mode()) - mean) / std
+        z = stats.normalize(dist.sample(g) if posterior == "sample" else dist.mode())
         if z.shape[1:] != (cfg.in_channels, cfg.input_size, cfg.input_size):
             raise ValueError(f"latents {tuple(z.shape[1:])} do not fit the diffusion model ({cfg.in_channels}, "
                              f"{cfg.input_size}, {cfg.input_size}); use images at the tokenizer's resolution")

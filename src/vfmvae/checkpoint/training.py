@@ -16,6 +16,8 @@ only considers folders whose `meta.json` exists and whose listed files all have 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import random
 import re
 import shutil
@@ -31,9 +33,16 @@ from vfmvae.checkpoint.atomic import atomic_directory, atomic_write_text
 from vfmvae.checkpoint.digest import file_sha256
 from vfmvae.checkpoint.serialize import CheckpointFormatError, load_state, load_tensors, save_state, save_tensors
 
-__all__ = ["CheckpointManager", "TrainingCheckpoint", "capture_rng_state", "restore_rng_state"]
+__all__ = ["CheckpointManager", "TrainingCheckpoint", "capture_rng_state", "load_state_strict", "restore_rng_state"]
 
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
+# What an interrupted save or prune leaves beside the step folders (nothing else is ever removed):
+_STAGING_DIR = re.compile(r"^\.staging-step-\d{8,}$")              # per-rank files gathered by save()
+_TMP_DIR = re.compile(r"^\.step-\d{8,}\.[A-Za-z0-9_]+\.tmp$")        # atomic_directory's folder being built
+_PRUNING_DIR = re.compile(r"^\.step-\d{8,}\.pruning$")             # an old checkpoint being deleted by _prune
+_OLD_DIR = re.compile(r"^\.(step-\d{8,})\.old$")                   # atomic_directory's replaced copy
+
+log = logging.getLogger(__name__)
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -54,6 +63,33 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+RESUME_ADVICE = "it was written by another architecture: resume it with the recipe that wrote it, or use another run.dir"
+
+
+def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path, *,
+                      optional_prefixes: tuple[str, ...] = (), advice: str = RESUME_ADVICE) -> None:
+    """`module.load_state_dict(state)`, refusing a state of another architecture in one line.
+
+    The line names `source` and the first parameter (in the module's order) that is missing or has another
+    shape, with both shapes, then `advice`, instead of torch's dump of every key (kilobytes for a wrong file).
+    Keys under `optional_prefixes` may be absent from `state` (the tokenizer's frozen VFM is not checkpointed).
+    """
+    own = module.state_dict()
+    problems = []
+    for key, value in own.items():
+        if key not in state:
+            if not key.startswith(optional_prefixes):
+                problems.append(f"{key} {tuple(value.shape)} is missing from the checkpoint")
+        elif tuple(state[key].shape) != tuple(value.shape):
+            problems.append(f"{key} is {tuple(state[key].shape)} in the checkpoint but {tuple(value.shape)} in this model")
+    problems += [f"{key} {tuple(state[key].shape)} is in the checkpoint but not in this model"
+                 for key in state if key not in own]
+    if problems:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise CheckpointFormatError(f"{source} does not fit this model: {problems[0]}{more}; {advice}")
+    module.load_state_dict(state, strict=not optional_prefixes)
 
 
 @dataclass
@@ -137,7 +173,45 @@ class CheckpointManager:
     def _prune(self) -> None:
         complete = self.list()
         for old in complete[: -self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            # renamed first, so a kill during the deletion leaves a name that remove_debris() recognises
+            doomed = old.with_name(f".{old.name}.pruning")
+            if doomed.exists():  # a leftover of the same name would block the rename
+                shutil.rmtree(doomed)
+            os.rename(old, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+
+    def remove_debris(self) -> list[Path]:
+        """Remove what killed saves and prunes left under `checkpoints/`; returns what was removed.
+
+        Only names this class creates are touched: staging and temporary step folders, folders being pruned,
+        `.step-N.old` copies whose `step-N` is complete (one is renamed back when a kill fell between the
+        two renames of a replacement and left no `step-N`), and incomplete `step-N` folders older than the
+        newest complete checkpoint (an older version deleted them in place). Call it only while holding the
+        run folder's lock: a running save's temporary folder looks the same.
+        """
+        if not self.root.is_dir():
+            return []
+        removed = []
+        for path in sorted(self.root.iterdir()):
+            old = _OLD_DIR.match(path.name)
+            if old and not (self.root / old.group(1)).exists() and self.is_complete(path):
+                os.rename(path, self.root / old.group(1))
+                log.warning("restored %s from %s (a replacement was interrupted)", old.group(1), path.name)
+            elif path.is_dir() and (_STAGING_DIR.match(path.name) or _TMP_DIR.match(path.name)
+                                    or _PRUNING_DIR.match(path.name)
+                                    or (old and self.is_complete(self.root / old.group(1)))):
+                removed.append(path)
+        complete = self.list()
+        if complete:
+            newest = int(_STEP_DIR.match(complete[-1].name).group(1))
+            removed += [p for p in self.root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()
+                        and int(m.group(1)) < newest and not self.is_complete(p)]
+        for path in removed:
+            shutil.rmtree(path)
+        if removed:
+            log.warning("removed %d incomplete checkpoint folder(s) left by an interrupted run under %s: %s",
+                        len(removed), self.root, ", ".join(sorted(p.name for p in removed)))
+        return removed
 
     # ---------------------------------------------------------------------------------------------------
     def is_complete(self, path: Path) -> bool:

@@ -37,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--workers", type=int, default=2, help="data-loader worker processes per process")
     c.add_argument("--device", default=None,
                    help="cpu, cuda, cuda:1 ... (default: cuda if available, the local rank's GPU under torchrun)")
+    c.add_argument("--num-classes", type=positive_int, default=None,
+                   help="labels must lie in 0..N-1 (checked as images are read); default: any label below 100,000")
     c.set_defaults(func=run)
 
 
@@ -47,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     info = cache_latents(args.tokenizer, args.data, args.out, resolution=args.resolution, flip=args.flip,
                          vfm_features=args.vfm_features, vfm_resolution=args.vfm_resolution, sample=args.sample,
                          moments=args.moments, batch_size=args.batch_size,
-                         shard_size=args.shard_size, num_workers=args.workers, device=args.device)
+                         shard_size=args.shard_size, num_workers=args.workers, device=args.device,
+                         num_classes=args.num_classes)
     skipped = sum(info["skipped"].values())
     dist_utils.print0(f"cached {info['num_items']} latents of shape {info['latent_shape']} in {len(info['shards'])} "
                       f"shards to {args.out} ({skipped} images skipped on this rank)")

@@ -81,12 +81,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=run)
 
 
-def sampler_settings(args: argparse.Namespace):
-    """(preset name or None, SamplerConfig): the preset (--preset, else the export's), explicit options on top."""
+def sampler_settings(args: argparse.Namespace, diffusion_dir: Path | None = None):
+    """(preset name or None, SamplerConfig): the preset (--preset, else the export's), explicit options on top.
+    `diffusion_dir`: the folder --diffusion resolved to (a Hub id's snapshot); default --diffusion itself."""
     from vfmvae.sampling.pipeline import read_preset
     from vfmvae.sampling.presets import resolve_sampler_config
 
-    preset = args.preset if args.preset is not None else read_preset(args.diffusion)
+    preset = args.preset if args.preset is not None else read_preset(diffusion_dir or args.diffusion)
     channels = args.guide_channels if args.guide_channels != "all" else None
     config = resolve_sampler_config(preset, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg,
                                     interval=args.interval, guide_channels=channels,
@@ -99,16 +100,19 @@ def sampler_settings(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from vfmvae import distributed as dist_utils
     from vfmvae.checkpoint.digest import model_folder_digest
+    from vfmvae.checkpoint.pretrained import resolve_model_dir
     from vfmvae.sampling.generate import generate_samples
     from vfmvae.sampling.pipeline import VFMVAEPipeline
 
-    preset, config = sampler_settings(args)
+    sampler_settings(args)  # bad sampler options fail before a Hub download
+    diffusion_dir = resolve_model_dir(args.diffusion, what="--diffusion")  # a Hub id: its snapshot folder
+    preset, config = sampler_settings(args, diffusion_dir)
     device = dist_utils.init_distributed(device=args.device)
-    pipe = VFMVAEPipeline.from_pretrained(args.diffusion, args.tokenizer, args.latent_stats, device=device)
+    pipe = VFMVAEPipeline.from_pretrained(diffusion_dir, args.tokenizer, args.latent_stats, device=device)
     sources = {"diffusion": str(args.diffusion), "tokenizer": str(args.tokenizer) if args.tokenizer else None,
                "preset": preset or "none"}
     # a resume checks the models' contents too, not just their paths (a folder replaced at the same path)
-    sources.update(diffusion_sha256=model_folder_digest(args.diffusion),
+    sources.update(diffusion_sha256=model_folder_digest(diffusion_dir),
                    tokenizer_sha256=model_folder_digest(pipe.tokenizer_dir) if pipe.tokenizer_dir else None)
     result = generate_samples(pipe, args.out, args.num, config=config, classes=args.classes, seed=args.seed,
                               batch_size=args.batch_size, sources=sources)

@@ -18,7 +18,8 @@ def _loops_back(folder: Path, root: Path) -> bool:
     """A class folder that is a link to `root` or one of its parents would list the dataset again (and again)."""
     target, top = folder.resolve(), root.resolve()
     if top == target or target in top.parents:
-        warnings.warn(f"{folder} links back to {target}, which contains the dataset itself; not followed")
+        warnings.warn(f"{folder} links back to {target}, which contains the dataset itself; not followed",
+                      stacklevel=2)
         return True
     return False
 

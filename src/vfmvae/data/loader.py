@@ -21,6 +21,7 @@ from vfmvae.data.folder import ImageFolderDataset
 from vfmvae.data.images import DEFAULT_MAX_PIXELS, SkipCounter
 from vfmvae.data.sampler import ResumableSampler
 from vfmvae.data.shards import TarShardDataset, list_shards
+from vfmvae.seeding import derive_seed
 
 __all__ = ["DataConfig", "collate_skip_bad", "DataStream", "detect_format", "build_dataset", "NoUsableImages"]
 
@@ -123,7 +124,7 @@ class DataStream:
         self.format = fmt
         # The loader draws worker seeds from this private generator, not from torch's global RNG, so that
         # creating the iterator after a resume does not shift the training noise (found by the resume test).
-        generator = torch.Generator().manual_seed(cfg.seed * 7919 + rank)
+        generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "loader", rank))
         if fmt == "folder":
             self.position = int(state.get("position", 0))
             dataset = build_dataset(cfg)

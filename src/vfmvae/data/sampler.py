@@ -1,8 +1,8 @@
 """Index order for training: an endless, seeded, resumable stream split across ranks.
 
 Global position g = 0, 1, 2, ... maps to epoch g // N and item perm_epoch[g % N], where perm_epoch is
-a permutation seeded by (seed, epoch). Rank r of W takes positions r, r + W, r + 2W, ... . Hence one
-optimizer step of W ranks x B items consumes exactly the global positions [s*W*B, (s+1)*W*B), the same
+a permutation seeded by `derive_seed(seed, "shuffle", epoch)`. Rank r of W takes positions r, r + W, r + 2W, ... .
+Hence one optimizer step of W ranks x B items consumes exactly the global positions [s*W*B, (s+1)*W*B), the same
 items one process with batch W*B would take, and resuming needs only the global count consumed.
 """
 
@@ -12,6 +12,8 @@ from collections.abc import Iterator
 
 import torch
 from torch.utils.data import Sampler
+
+from vfmvae.seeding import derive_seed
 
 __all__ = ["ResumableSampler", "rank_shard"]
 
@@ -52,7 +54,7 @@ class ResumableSampler(Sampler[tuple[int, int]]):
         if not self.shuffle:
             return epoch, offset
         if epoch != self._perm_epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            g = torch.Generator().manual_seed(derive_seed(self.seed, "shuffle", epoch))
             self._perm = torch.randperm(self.num_items, generator=g)
             self._perm_epoch = epoch
         assert self._perm is not None

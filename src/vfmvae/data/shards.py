@@ -23,6 +23,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from vfmvae.data.images import DEFAULT_MAX_PIXELS, BadImage, decode_image
 from vfmvae.data.transforms import crop_image, flip_decision, to_uint8_tensor
+from vfmvae.seeding import derive_seed
 
 __all__ = ["list_shards", "iter_tar_samples", "TarShardDataset", "IMAGE_KEYS", "MAX_IMAGE_MEMBER_BYTES",
            "MAX_OTHER_MEMBER_BYTES"]
@@ -173,7 +174,7 @@ class TarShardDataset(IterableDataset):
     def _shard_order(self, epoch: int) -> list[Path]:
         if not self.shuffle_shards:
             return list(self.shards)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        g = torch.Generator().manual_seed(derive_seed(self.seed, "shuffle", epoch))
         return [self.shards[i] for i in torch.randperm(len(self.shards), generator=g).tolist()]
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

@@ -54,13 +54,18 @@ class VFMVAEAutoencoder(ModelMixin, ConfigMixin):
     # ---- conversion ------------------------------------------------------------------------------------------
     @classmethod
     def from_vfmvae(cls, tokenizer: VFMVAE | str | Path, latent_stats: Any = None) -> VFMVAEAutoencoder:
-        """From our `VFMVAE` (or its folder). `latent_stats`: a `LatentStats` or a file `LatentStats.load` reads."""
-        from vfmvae.sampling.pipeline import LatentStats
+        """From our `VFMVAE` (or its folder). `latent_stats`: a `LatentStats` or a file `LatentStats.load` reads; with
+        a tokenizer folder, the statistics must belong to it (`LatentStats.check_tokenizer`)."""
+        from vfmvae.checkpoint.pretrained import resolve_model_dir
+        from vfmvae.latents.stats import LatentStats
 
-        if not isinstance(tokenizer, VFMVAE):
-            tokenizer = VFMVAE.from_pretrained(tokenizer)
         if latent_stats is not None and not isinstance(latent_stats, LatentStats):
             latent_stats = LatentStats.load(latent_stats)
+        if not isinstance(tokenizer, VFMVAE):
+            folder = resolve_model_dir(tokenizer, what="tokenizer")
+            if latent_stats is not None:
+                latent_stats.check_tokenizer(folder)
+            tokenizer = VFMVAE.from_pretrained(folder)
         stats = {} if latent_stats is None else {"latents_mean": latent_stats.mean.tolist(),
                                                   "latents_std": latent_stats.std.tolist()}
         model = cls(tokenizer_config=config_to_dict(tokenizer.config), **stats)
@@ -75,7 +80,7 @@ class VFMVAEAutoencoder(ModelMixin, ConfigMixin):
     @property
     def latent_stats(self):
         """The config's statistics as our `LatentStats`, or None when the config has none."""
-        from vfmvae.sampling.pipeline import LatentStats
+        from vfmvae.latents.stats import LatentStats
 
         if self.config.latents_mean is None or self.config.latents_std is None:
             return None

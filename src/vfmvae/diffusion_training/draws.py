@@ -1,6 +1,6 @@
 """Every random draw of one diffusion training step, in one place.
 
-The draws are made for the whole global batch from a generator seeded by `derive_seed(run.seed, step)` and each
+The draws are made for the whole global batch from a generator seeded by `derive_seed(run.seed, "diffusion-step", step)` and each
 micro-batch takes the rows of its own samples (`StepDraws.rows_of`), so a run does not depend on the number of
 processes or on gradient accumulation, and a resumed run draws exactly what an uninterrupted one would.
 """
@@ -49,7 +49,7 @@ class StepDraws:
              posterior: bool, generator: torch.Generator) -> StepDraws:
         """The draws of `step`. The order is fixed: t, noise, class-token noise, label drops, posterior eps."""
         g, b, c, dev = generator, batch_size, model, generator.device
-        g.manual_seed(derive_seed(seed, step))
+        g.manual_seed(derive_seed(seed, "diffusion-step", step))
         t = sample_time(b, transport, g, device=dev)
         noise = torch.randn(b, c.in_channels, c.input_size, c.input_size, generator=g, device=dev)
         cls_noise = torch.randn(b, c.class_token_dim, generator=g, device=dev) if c.class_token_dim else None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from vfmvae import distributed as dist_utils
-from vfmvae.checkpoint import capture_rng_state
+from vfmvae.checkpoint import capture_rng_state, load_state_strict
 from vfmvae.checkpoint.atomic import atomic_write_text
 from vfmvae.config import ConfigError, config_from_dict, config_to_dict
 from vfmvae.data.sampler import ResumableSampler
@@ -32,7 +33,8 @@ from vfmvae.diffusion import DiffusionTransformer, DiTConfig, diffusion_config, 
 from vfmvae.diffusion_training.config import DiffusionTrainConfig
 from vfmvae.diffusion_training.draws import StepDraws, global_rows
 from vfmvae.latents import LatentDataset, draw_posterior
-from vfmvae.sampling.pipeline import SAMPLER_FILE, LatentStats, VFMVAEPipeline
+from vfmvae.latents.stats import LatentStats
+from vfmvae.sampling.pipeline import SAMPLER_FILE, VFMVAEPipeline
 from vfmvae.training import EMA, fused_optimizer_supported, optimizer_step
 from vfmvae.evaluation.online import build_evaluator
 from vfmvae.training.run import Evaluator, TrainingRun
@@ -130,7 +132,7 @@ def _train_diffusion(cfg: DiffusionTrainConfig, run: TrainingRun) -> dict[str, A
     # ---- resume
     ckpt = run.resume()
     if ckpt is not None:
-        model.load_state_dict(ckpt.model)
+        load_state_strict(model, ckpt.model, ckpt.path / "model.safetensors")  # another architecture: one line
         ema.load_state_dict(ckpt.ema)
         opt.load_state_dict(ckpt.state["opt"])
 
@@ -154,8 +156,7 @@ def _train_diffusion(cfg: DiffusionTrainConfig, run: TrainingRun) -> dict[str, A
     loader = iter(DataLoader(dataset, batch_size=run.micro, sampler=sampler, num_workers=cfg.data.num_workers,
                              pin_memory=device.type == "cuda", persistent_workers=cfg.data.num_workers > 0))
     generator = torch.Generator(device=device)
-    stats = LatentStats(torch.as_tensor(dataset.manifest["mean"]).float().flatten(),
-                        torch.as_tensor(dataset.manifest["std"]).float().flatten())
+    stats = dataset.stats  # the cache's, with its tokenizer's digest: `sample` checks the tokenizer against it
     grids = _PipelineGrid(cfg, dataset, ema.model, stats)
 
     def save() -> None:
@@ -165,10 +166,9 @@ def _train_diffusion(cfg: DiffusionTrainConfig, run: TrainingRun) -> dict[str, A
 
     def export(path: Path) -> None:
         ema.model.save_pretrained(path)
-        stats_file = {"mean": dataset.manifest["mean"], "std": dataset.manifest["std"],
-                      "tokenizer": _absolute(cfg.tokenizer or dataset.manifest["tokenizer"]),
-                      "cache": _absolute(cfg.data.cache)}  # absolute: `sample` reads them from any working directory
-        atomic_write_text(path / "latent_stats.json", json.dumps(stats_file, indent=2) + "\n")
+        # absolute paths: `sample` reads them from any working directory
+        replace(stats, tokenizer=_absolute(cfg.tokenizer or dataset.manifest["tokenizer"]),
+                cache=_absolute(cfg.data.cache)).save(path)
         atomic_write_text(path / SAMPLER_FILE, json.dumps({"preset": cfg.sample_preset}) + "\n")
 
     if run.evaluator is None and cfg.eval.enabled:  # the recipe's `eval:` section (sample FID against eval.ref)

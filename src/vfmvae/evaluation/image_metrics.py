@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from vfmvae.checkpoint.digest import file_sha256
+from vfmvae.checkpoint.training import load_state_strict
 from vfmvae.evaluation.weights import VGG16_FILE, VGG16_URL, load_weights, resolve_weights
 
 __all__ = ["psnr", "ssim", "ssim_signed", "LPIPSMetric", "load_lpips"]
@@ -92,7 +93,7 @@ _SLICES = [(1, range(0, 4)), (2, range(4, 9)), (3, range(9, 16)), (4, range(16, 
 
 
 class LPIPSMetric(torch.nn.Module):
-    def __init__(self, vgg_features: dict[str, torch.Tensor] | None = None) -> None:
+    def __init__(self, vgg_features: dict[str, torch.Tensor] | None = None, source: str = "state dict") -> None:
         super().__init__()
         import lpips
 
@@ -107,7 +108,7 @@ class LPIPSMetric(torch.nn.Module):
                 index, leaf = key[len("features."):].split(".", 1)
                 slot = next(k for k, r in _SLICES if int(index) in r)
                 mapped[f"slice{slot}.{index}.{leaf}"] = value
-            self.net.net.load_state_dict(mapped, strict=True)
+            load_state_strict(self.net.net, mapped, source, advice=f"expected torchvision's {VGG16_FILE}")
         self.net.eval().requires_grad_(False)
 
     def train(self, mode: bool = True) -> LPIPSMetric:
@@ -122,4 +123,4 @@ class LPIPSMetric(torch.nn.Module):
 
 def load_lpips(weights: str | Path, device: str | torch.device = "cpu") -> tuple[LPIPSMetric, dict]:
     path = resolve_weights(weights, what="VGG16 (LPIPS trunk)", expected_file=VGG16_FILE, url=VGG16_URL)
-    return LPIPSMetric(load_weights(path)).to(device), {"lpips_weights": str(path), "lpips_sha256": file_sha256(path)}
+    return LPIPSMetric(load_weights(path), source=str(path)).to(device), {"lpips_weights": str(path), "lpips_sha256": file_sha256(path)}

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from vfmvae.checkpoint.digest import file_sha256
+from vfmvae.checkpoint.training import load_state_strict
 from vfmvae.evaluation.weights import (
     INCEPTION_FILE,
     INCEPTION_SHA256_PREFIX,
@@ -34,7 +35,7 @@ class InceptionV3(nn.Module):
     `logits` are pool3 @ W^T without bias (ADM's IS logits, torch-fidelity's `logits_unbiased`).
     """
 
-    def __init__(self, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    def __init__(self, state_dict: dict[str, torch.Tensor] | None = None, source: str = "state dict") -> None:
         super().__init__()
         import torch_fidelity.feature_extractor_inceptionv3 as tfi
 
@@ -43,7 +44,7 @@ class InceptionV3(nn.Module):
              mock.patch.object(tfi.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, strict=True: None):
             self.net = tfi.FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"])
         if state_dict is not None:
-            nn.Module.load_state_dict(self.net, state_dict, strict=True)
+            load_state_strict(self.net, state_dict, source, advice=f"expected torch-fidelity's {INCEPTION_FILE}")
         self.net.eval().requires_grad_(False)
         self._spatial: torch.Tensor | None = None
         self.net.Mixed_6d.branch1x1.register_forward_hook(self._keep_spatial)
@@ -72,5 +73,5 @@ def load_inception(weights: str | Path, device: str | torch.device = "cpu") -> t
         warnings.warn(f"{path} is not the pt_inception-2015-12-05 FID Inception ({INCEPTION_FILE}: sha256 "
                       f"{INCEPTION_SHA256_PREFIX}..., this file {digest[:8]}...); its FID/IS are not comparable with "
                       "published numbers", stacklevel=2)
-    net = InceptionV3(load_weights(path)).to(device)
+    net = InceptionV3(load_weights(path), source=str(path)).to(device)
     return net, {"inception_weights": str(path), "inception_sha256": digest, "inception_weights_expected": expected}

@@ -64,6 +64,10 @@ def evaluate_reconstruction(reference: str | Path, reconstructions: str | Path, 
         provenance.update(info)
     else:
         skipped.append("lpips (no --lpips VGG16 weights)")
+    net = None
+    if inception is not None:  # loaded (and checked) before any image is scored, like LPIPS
+        net, info = load_inception(inception, device)
+        provenance.update(info)
     psnrs, ssims, ssims_uint8, lpipss = [], [], [], []
     pairs = zip(ref_set.batches(batch_size), rec_set.batches(batch_size))
     for a, b in tqdm(pairs, total=-(-len(ref_set) // batch_size), desc="pixel metrics", disable=not progress):
@@ -83,9 +87,7 @@ def evaluate_reconstruction(reference: str | Path, reconstructions: str | Path, 
         "ssim_uint8": float(torch.cat(ssims_uint8).mean()),
         "lpips": float(torch.cat(lpipss).mean()) if lpipss else None,
     }
-    if inception is not None:
-        net, info = load_inception(inception, device)
-        provenance.update(info)
+    if net is not None:
         fr = extract_features(net, ref_set, batch_size=batch_size, device=device, desc="reference features", progress=progress)
         fc = extract_features(net, rec_set, batch_size=batch_size, device=device, desc="reconstruction features",
                               progress=progress)

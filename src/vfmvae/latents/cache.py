@@ -3,7 +3,8 @@
 Layout of a cache folder:
 
     cache.json                    manifest: tokenizer, image size, latent shape, shards with their counts,
-                                  and the per-channel mean/std of the latents (applied by `LatentDataset`)
+                                  and the per-channel mean/std of the latents (`LatentStats`, applied by
+                                  `LatentDataset`)
     shard-r00-00000.safetensors   latents (N, C, h, w) float32, labels (N,) int64, and optionally
                                   latents_flip (the horizontally flipped image's latents), vfm_features
                                   (N, T, D) float16 (frozen-VFM final patch tokens, for REPA/REG alignment)
@@ -40,10 +41,15 @@ from vfmvae.data import DataConfig, SkipCounter, build_dataset, collate_skip_bad
 from vfmvae.data.folder import ImageFolderDataset
 from vfmvae.data.transforms import flip_decision
 from vfmvae.latents.settings import cache_settings, claim_cache_folder
+from vfmvae.latents.stats import CACHE_MANIFEST, LatentStats
+from vfmvae.seeding import derive_seed
 
 __all__ = ["cache_latents", "LatentDataset", "CacheError", "draw_posterior"]
 
-MANIFEST = "cache.json"
+MANIFEST = CACHE_MANIFEST
+# Labels at or above this are taken for a damaged label file, not a class count (ImageNet-21k has 21,841
+# classes); the bound diffusion training applies too. `num_classes` (`--num-classes`) replaces it.
+MAX_CLASSES = 100_000
 
 
 class CacheError(ValueError):
@@ -58,8 +64,12 @@ def cache_latents(tokenizer: str | Path, data: str | Path, out: str | Path, *, r
                   flip: bool = False, vfm_features: str | None = None, vfm_resolution: int | None = None, sample: bool = False,
                   moments: bool = False, batch_size: int = 32,
                   shard_size: int = 1024, num_workers: int = 2, device: str | None = None, seed: int = 0,
-                  progress: bool = True) -> dict[str, Any]:
-    """Encode `data` with `tokenizer` into `out` (see module docstring). Collective under torchrun."""
+                  progress: bool = True, num_classes: int | None = None) -> dict[str, Any]:
+    """Encode `data` with `tokenizer` into `out` (see module docstring). Collective under torchrun.
+
+    Labels must lie in [0, num_classes) (default bound: `MAX_CLASSES`); a missing, negative or larger one is
+    refused naming the sample, before anything is encoded for a folder, before its batch for tar shards.
+    """
     from tqdm.auto import tqdm
 
     from vfmvae.tokenizer import VFMVAE
@@ -81,6 +91,9 @@ def cache_latents(tokenizer: str | Path, data: str | Path, out: str | Path, *, r
         vfm = reg_dinov2_targets(build_vfm(VFMSpec.from_name(vfm_features, layers=(-1,), **scale)), resolution).to(dev)
     dataset = build_dataset(DataConfig(source=Path(data), resolution=resolution, hflip=False, num_workers=num_workers),
                             rank=rank, world=world, loop=False)
+    label_bound = num_classes or MAX_CLASSES
+    if isinstance(dataset, ImageFolderDataset):  # a folder's labels are known from its listing: check them now
+        _check_labels(dataset.labels, dataset.files, label_bound, num_classes, data)
     # verify what a re-run resumes (tokenizer content, data listing, flags), not item counts: rank 0 records or
     # checks the settings first, then every other rank checks its own against them
     settings = cache_settings(tokenizer, data, dataset, resolution=resolution, flip=flip, vfm_features=vfm_features,
@@ -96,7 +109,7 @@ def cache_latents(tokenizer: str | Path, data: str | Path, out: str | Path, *, r
     progress_file = out / f"progress-r{rank:02d}.json"
     done = json.loads(progress_file.read_text()) if progress_file.is_file() else {"shards": [], "items": 0}
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skip_bad)
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + rank)
+    generator = torch.Generator().manual_seed(derive_seed(seed, rank))  # posterior samples (--sample) of this rank
     skips = SkipCounter()
     buffer: dict[str, list[torch.Tensor]] = {}
     consumed = 0  # items read in this pass, good or bad: the resume position
@@ -131,6 +144,7 @@ def cache_latents(tokenizer: str | Path, data: str | Path, out: str | Path, *, r
             bar.update(n_items)
             if "image" not in batch:
                 continue
+            _check_labels(batch["label"].tolist(), batch["name"], label_bound, num_classes, data)
             images = to_float01(batch["image"]).to(dev)
             variants = {"latents": images}
             if flip:
@@ -155,6 +169,10 @@ def cache_latents(tokenizer: str | Path, data: str | Path, out: str | Path, *, r
             if sum(len(t) for t in buffer["labels"]) >= shard_size:
                 flush()
         flush()
+    if not done["shards"]:
+        if world == 1:  # every image was bad: say so, not that a progress file is missing
+            raise CacheError(f"no usable images in {data} ({skips.summary()})")
+        atomic_write_text(progress_file, json.dumps(done))  # an empty part; rank 0 decides whether any rank cached
     dist_utils.barrier()
     if rank == 0:
         _write_manifest(out, model, tokenizer, resolution, world, flip, vfm_features, sample, vfm_resolution, moments, seed)
@@ -163,6 +181,19 @@ def cache_latents(tokenizer: str | Path, data: str | Path, out: str | Path, *, r
         return {**json.loads((out / MANIFEST).read_text()), "skipped": skips.as_dict()}
     own = done["shards"]  # other ranks report their own part
     return {"num_items": sum(s["count"] for s in own), "shards": own, "latent_shape": None, "skipped": skips.as_dict()}
+
+
+def _check_labels(labels: list[int], names: list, bound: int, num_classes: int | None, data) -> None:
+    """Refuse the first label outside [0, bound): -1 is how a flat folder or a sample without `.cls` reads."""
+    for label, name in zip(labels, names):
+        if label == -1:
+            raise CacheError(f"{name} in {data} has no class label (a flat folder, or a tar sample without a .cls "
+                             "member): cached latents need labels 0..K-1 (one class subfolder per class)")
+        if label < 0:
+            raise CacheError(f"{name} in {data} has label {label}: labels must be >= 0")
+        if label >= bound:
+            limit = f"--num-classes {num_classes}" if num_classes else f"the bound {MAX_CLASSES:,} (pass --num-classes)"
+            raise CacheError(f"{name} in {data} has label {label:,}, outside 0..{bound - 1:,} ({limit})")
 
 
 def _write_manifest(out: Path, model, tokenizer, resolution: int, world: int, flip: bool, vfm_features, sample: bool,
@@ -177,7 +208,8 @@ def _write_manifest(out: Path, model, tokenizer, resolution: int, world: int, fl
         with safe_open(str(out / shard["file"]), framework="pt") as f:
             z = f.get_tensor("latents").double()
             if moments:
-                g = torch.Generator().manual_seed(seed * 1_000_003 + index)
+                # (per shard; only with moments, where the per-rank `generator` above draws nothing)
+                g = torch.Generator().manual_seed(derive_seed(seed, index))
                 z = z + f.get_tensor("latents_std").double() * torch.randn(z.shape, generator=g, dtype=torch.float64)
         c = z.shape[1]
         flat = z.transpose(0, 1).reshape(c, -1)
@@ -186,7 +218,7 @@ def _write_manifest(out: Path, model, tokenizer, resolution: int, world: int, fl
         total += flat.shape[1]
         latent_shape = list(z.shape[1:])
     if not shards:
-        raise CacheError(f"no images were cached into {out}")
+        raise CacheError(f"no usable images in the data on any of the {world} ranks: nothing was cached into {out}")
     mean = s1 / total
     std = (s2 / total - mean**2).clamp_min(0).sqrt()
     manifest = {
@@ -244,8 +276,7 @@ class LatentDataset(Dataset):
             raise CacheError(f"{self.root} has no flipped latents; cache with --flip or load with flip=False")
         if "latents_std" in self.keys and flip and "latents_flip_std" not in self.keys:
             raise CacheError(f"{self.root} has posterior std for the images but not for their flips")
-        self.mean = torch.tensor(self.manifest["mean"]).view(-1, 1, 1).float()
-        self.std = torch.tensor(self.manifest["std"]).view(-1, 1, 1).float()
+        self.stats = LatentStats.from_manifest(self.manifest, self.root)
         self.flip, self.seed, self.epoch = flip, seed, 0
         self._handles: dict[int, Any] = {}
 
@@ -268,11 +299,19 @@ class LatentDataset(Dataset):
         """Whether items carry `latents_std`: `latents` is then the posterior mean (see `draw_posterior`)."""
         return "latents_std" in self.keys
 
+    @property
+    def mean(self) -> torch.Tensor:  # (C, 1, 1), as `stats.mean` broadcasts over an item
+        return self.stats.mean.view(-1, 1, 1)
+
+    @property
+    def std(self) -> torch.Tensor:
+        return self.stats.std.view(-1, 1, 1)
+
     def normalize(self, z: torch.Tensor) -> torch.Tensor:
-        return (z - self.mean) / self.std
+        return self.stats.normalize(z)
 
     def denormalize(self, z: torch.Tensor) -> torch.Tensor:
-        return z * self.std.to(z.device) + self.mean.to(z.device)
+        return self.stats.denormalize(z)
 
     def column(self, key: str) -> torch.Tensor:
         """One stored tensor over the whole cache, raw (e.g. `labels`, or un-normalised `latents`)."""
@@ -300,7 +339,7 @@ class LatentDataset(Dataset):
         z = self._read(index, key)
         item = {"latents": self.normalize(z.float()), "label": int(self._read(index, "labels"))}
         if self.has_moments:  # in normalised units: (mean + std * eps - mu) / sigma = norm(mean) + std / sigma * eps
-            item["latents_std"] = self._read(index, key + "_std").float() / self.std
+            item["latents_std"] = self.stats.normalize_scale(self._read(index, key + "_std").float())
         for name in ("vfm_features", "vfm_cls"):
             if name in self.keys:
                 flipped = name + "_flip"

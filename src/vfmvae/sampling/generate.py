@@ -14,6 +14,7 @@ of processes (rank r of W draws the indices r, r + W, ...).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import asdict
@@ -27,19 +28,27 @@ from PIL import Image
 from vfmvae import distributed as dist_utils
 from vfmvae.checkpoint.atomic import atomic_write_text
 from vfmvae.evaluation.images import write_npz_atomic
-from vfmvae.sampling.pipeline import SamplerConfig, VFMVAEPipeline, sample_seed
+from vfmvae.sampling.pipeline import SamplerConfig, VFMVAEPipeline
+from vfmvae.seeding import derive_seed
 
 __all__ = ["class_labels", "generate_samples", "write_npz"]
+
+log = logging.getLogger(__name__)
+LABEL_SEEDS = 'derive_seed(seed, "labels", i)'  # how `class_labels("random", ...)` seeds label i (in settings.json)
 
 
 def class_labels(spec: str, num: int, num_classes: int, seed: int = 0) -> list[int]:
     """`random` (uniform, seeded per index: the official sample.py files draw `torch.randint` labels),
-    `balanced` (0, 1, ..., K-1, 0, 1, ...) or a comma list cycled (`1,5,9`)."""
+    `balanced` (0, 1, ..., K-1, 0, 1, ...) or a comma list cycled (`1,5,9`).
+
+    Random label i is drawn from its own stream, `derive_seed(seed, "labels", i)`. (It used to be drawn from the seed
+    `seed * 1_000_003 + i + 7919`, which is also the noise seed of sample i + 7919; sample folders written then record
+    no `label_seeds` in settings.json, so resuming one is refused instead of mixing two label draws.)"""
     if spec == "balanced":
         return [i % num_classes for i in range(num)]
     if spec == "random":
-        return [int(torch.randint(num_classes, (1,), generator=torch.Generator().manual_seed(sample_seed(seed, i) + 7919)))
-                for i in range(num)]
+        seeds = (derive_seed(seed, "labels", i) for i in range(num))
+        return [int(torch.randint(num_classes, (1,), generator=torch.Generator().manual_seed(s))) for s in seeds]
     try:
         values = [int(v) for v in spec.split(",") if v.strip()]
     except ValueError:
@@ -65,18 +74,42 @@ def _write_png(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk: length 0, type, CRC; always the last 12 bytes
+
+
+def _is_whole_png(path: Path) -> bool:
+    """A PNG that starts with the signature and ends with IEND: a file cut short (a kill mid-write by an older
+    version, a torn disk, a zero-filled tail) fails; two small reads per file, so a resume checks 50k in seconds."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            f.seek(-len(_PNG_END), os.SEEK_END)
+            return head == _PNG_SIGNATURE and f.read() == _PNG_END
+    except OSError:  # shorter than the two reads, unreadable
+        return False
+
+
 def write_npz(out: Path, num: int, labels: list[int]) -> Path:
     """Collect images/000000.png ... into the ADM layout (uint8 NHWC `arr_0`, labels `arr_1`)."""
-    first = np.asarray(Image.open(out / "images" / f"{0:06d}.png").convert("RGB"))
+    def read(i: int) -> np.ndarray:
+        path = out / "images" / f"{i:06d}.png"
+        try:
+            return np.asarray(Image.open(path).convert("RGB"))
+        except OSError as err:  # damaged inside, past what the resume check reads: name it, say how to fix it
+            raise ValueError(f"{path} is damaged ({err}); delete it and re-run the same command to regenerate it") from None
+
+    first = read(0)
     arr = np.empty((num, *first.shape), dtype=np.uint8)
     for i in range(num):
-        arr[i] = np.asarray(Image.open(out / "images" / f"{i:06d}.png").convert("RGB"))
+        arr[i] = read(i)
     return write_npz_atomic(out / "samples.npz", arr_0=arr, arr_1=np.asarray(labels, dtype=np.int64))
 
 
-def generate_samples(pipe: VFMVAEPipeline, out: str | Path, num: int, *, config: SamplerConfig = SamplerConfig(),
+def generate_samples(pipe: VFMVAEPipeline, out: str | Path, num: int, *, config: SamplerConfig | None = None,
                      classes: str = "random", seed: int = 0, batch_size: int = 16, progress: bool = True,
                      sources: dict[str, str] | None = None) -> dict[str, Any]:
+    config = config if config is not None else SamplerConfig()
     from tqdm.auto import tqdm
 
     from vfmvae.vis import save_grid
@@ -86,7 +119,7 @@ def generate_samples(pipe: VFMVAEPipeline, out: str | Path, num: int, *, config:
     (out / "images").mkdir(parents=True, exist_ok=True)
     labels = class_labels(classes, num, pipe.diffusion.config.num_classes, seed)
     settings = {"num": num, "seed": seed, "classes": classes, "sampler": asdict(config), "uint8": UINT8_CONVERSION,
-                **(sources or {})}
+                **({"label_seeds": LABEL_SEEDS} if classes == "random" else {}), **(sources or {})}
     settings_path = out / "settings.json"
     if not settings_path.is_file() and any(p.name != "images" or any(p.iterdir()) for p in out.iterdir()):
         raise ValueError(f"{out} is not empty and holds no settings.json (not a sample folder of ours); its files "
@@ -103,7 +136,11 @@ def generate_samples(pipe: VFMVAEPipeline, out: str | Path, num: int, *, config:
         for stale in (out / "images").glob(".*.tmp-*"):  # left by a killed run; never counted as samples
             stale.unlink(missing_ok=True)
     dist_utils.barrier()  # before any rank writes new temporary files
-    mine = [i for i in range(rank, num, world) if not (out / "images" / f"{i:06d}.png").is_file()]
+    ours = [out / "images" / f"{i:06d}.png" for i in range(rank, num, world)]
+    torn = {p for p in ours if p.is_file() and not _is_whole_png(p)}
+    if torn:  # ours (named by index, in a folder with our settings.json): regenerated, replaced atomically
+        log.warning("%d incomplete PNG(s) in %s (e.g. %s) will be regenerated", len(torn), out / "images", min(torn).name)
+    mine = [i for i, p in zip(range(rank, num, world), ours) if not p.is_file() or p in torn]
     started, done = time.perf_counter(), 0
     with tqdm(total=len(mine), desc="sampling", unit="img", disable=not (progress and rank == 0)) as bar:
         for start in range(0, len(mine), batch_size):

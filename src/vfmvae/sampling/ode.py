@@ -22,7 +22,7 @@ import torch
 
 from vfmvae.diffusion.transport import shift_time
 
-__all__ = ["Guidance", "time_grid", "guided_velocity", "sample_ode", "sample_sde", "euler_ode"]
+__all__ = ["Guidance", "time_grid", "guided_velocity", "sample_ode", "sample_sde"]
 
 
 @dataclass(frozen=True)
@@ -115,13 +115,6 @@ def sample_ode(model, noise: torch.Tensor, labels: torch.Tensor, *, steps: int =
         if cls is not None:
             cls = cls + dt * v_cls
     return x
-
-
-def euler_ode(model, noise: torch.Tensor, labels: torch.Tensor, *, steps: int = 50, cfg_scale: float = 1.0,
-              shift: float = 1.0, cls_noise: torch.Tensor | None = None) -> torch.Tensor:
-    """Shorthand used for training grids: Euler, guidance on every channel over the whole trajectory."""
-    return sample_ode(model, noise, labels, steps=steps, guidance=Guidance(scale=cfg_scale), shift=shift,
-                      cls_noise=cls_noise)
 
 
 def _class_token_start(model, noise: torch.Tensor, cls_noise: torch.Tensor | None) -> torch.Tensor | None:

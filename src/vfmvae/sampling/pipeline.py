@@ -8,12 +8,12 @@
 Without a preset (`preset=None`: a model exported before presets existed, or a recipe without
 `sample_preset`) the settings are SamplerConfig's defaults (Euler, 50 steps, no guidance).
 
-Every sample has its own seed (`seed * 1_000_003 + index`, `index` = its position in the whole run), from
-which its initial noise, its REG class-token noise and its SDE step noises are drawn on the CPU; an image
-therefore depends on its seed and index only, not on the batch it was drawn in or the device count. (The
-arithmetic is another matter: float32 kernels may sum in a different order for another batch size, which moves
-outputs by about 1e-6 and, measured on CPU, flips 3-5 of 73,728 uint8 values by one level; in float64 the images
-are identical. See tests/test_sampling.py.)
+Every sample has its own seed (`vfmvae.seeding.derive_seed(seed, index)` = `seed * 1_000_003 + index`, `index` =
+its position in the whole run), from which its initial noise, its REG class-token noise and its SDE step noises
+are drawn on the CPU; an image therefore depends on its seed and index only, not on the batch it was drawn in or
+the device count. (The arithmetic is another matter: float32 kernels may sum in a different order for another batch
+size, which moves outputs by about 1e-6 and, measured on CPU, flips 3-5 of 73,728 uint8 values by one level; in
+float64 the images are identical. See tests/test_sampling.py.)
 """
 
 from __future__ import annotations
@@ -25,17 +25,15 @@ from pathlib import Path
 
 import torch
 
-from vfmvae.checkpoint.torch_files import load_weights_only
+from vfmvae.checkpoint.pretrained import resolve_model_dir
 from vfmvae.diffusion import DiffusionTransformer
+from vfmvae.latents.stats import STATS_FILE, LatentStats  # LatentStats re-exported: its home before latents.stats
 from vfmvae.sampling.ode import Guidance, check_shift, sample_ode, sample_sde
+from vfmvae.seeding import derive_seed
 
-__all__ = ["LatentStats", "SamplerConfig", "VFMVAEPipeline", "read_preset", "sample_seed"]
+__all__ = ["LatentStats", "SamplerConfig", "VFMVAEPipeline", "read_preset"]
 
 SAMPLERS = ("euler", "heun", "sde")
-
-
-def sample_seed(seed: int, index: int) -> int:
-    return seed * 1_000_003 + index
 
 
 @dataclass(frozen=True)
@@ -62,43 +60,6 @@ class SamplerConfig:
                         cls_scale=self.cls_cfg_scale)
 
 
-@dataclass(frozen=True)
-class LatentStats:
-    mean: torch.Tensor  # (C,)
-    std: torch.Tensor
-
-    @classmethod
-    def load(cls, path: str | Path) -> LatentStats:
-        """`latent_stats.json` (ours) or the official `latents_stats.pt` ({'mean', 'std'}, read weights-only)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"latent statistics not found: {path} (pass --latent-stats FILE: a latent_stats.json "
-                                    "from `vfmvae train diffusion`, a cache.json, or an official latents_stats.pt)")
-        if path.suffix == ".pt":
-            data = load_weights_only(path, "latent statistics")
-        else:
-            data = json.loads(path.read_text())
-        missing = [k for k in ("mean", "std") if not isinstance(data, dict) or k not in data]
-        if missing:
-            raise ValueError(f"latent statistics {path}: no {' or '.join(repr(k) for k in missing)} entry "
-                             "(expected 'mean' and 'std' per latent channel)")
-        return cls(torch.as_tensor(data["mean"]).float().flatten(), torch.as_tensor(data["std"]).float().flatten())
-
-    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
-        return z * self.std.to(z.device).view(1, -1, 1, 1) + self.mean.to(z.device).view(1, -1, 1, 1)
-
-
-def _stored_tokenizer(stats_path: Path) -> Path:
-    """The tokenizer named in `latent_stats.json`: a relative path is relative to that file's folder, never to the
-    working directory (which could hold an unrelated `./tok`)."""
-    stored = Path(json.loads(stats_path.read_text())["tokenizer"])
-    path = stored if stored.is_absolute() else stats_path.parent / stored
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"tokenizer {stored} named in {stats_path} (key 'tokenizer') is not a model folder "
-                                f"(looked at {path}); pass --tokenizer DIR")
-    return path
-
-
 SAMPLER_FILE = "sampler.json"  # in a diffusion export: {"preset": name or null}, written by `train diffusion`
 
 
@@ -113,23 +74,31 @@ class VFMVAEPipeline:
         if stats.mean.numel() != diffusion.config.in_channels:
             raise ValueError(f"latent statistics have {stats.mean.numel()} channels, the model {diffusion.config.in_channels}")
         self.diffusion, self.tokenizer, self.stats = diffusion.eval(), tokenizer.eval(), stats
-        self.tokenizer_dir: Path | None = None  # the folder it was loaded from, if any (for resume verification)
+        self.tokenizer_dir: Path | None = None  # the folders they were loaded from, if any (for resume verification)
+        self.diffusion_dir: Path | None = None
         self.preset = preset  # default sampler settings of __call__ (vfmvae.sampling.presets)
 
     @classmethod
     def from_pretrained(cls, diffusion: str | Path, tokenizer: str | Path | None = None,
                         latent_stats: str | Path | None = None, device: str | torch.device = "cpu") -> VFMVAEPipeline:
+        """`diffusion`: an export folder or a Hub id (owner/name[@revision]); the statistics default to its
+        latent_stats.json (inside the downloaded snapshot for a Hub id), the tokenizer to the one they name. The
+        statistics must belong to the tokenizer (`LatentStats.check_tokenizer`)."""
         from vfmvae.tokenizer import VFMVAE
 
-        model = DiffusionTransformer.from_pretrained(diffusion, device=device)
-        stats_path = Path(latent_stats) if latent_stats else Path(diffusion) / "latent_stats.json"
-        stats = LatentStats.load(stats_path)
+        diffusion_dir = resolve_model_dir(diffusion, what="diffusion model")  # a Hub id: its snapshot folder
+        stats = LatentStats.load(latent_stats or diffusion_dir / STATS_FILE)
         if tokenizer is None:
-            if stats_path.suffix != ".json" or "tokenizer" not in json.loads(stats_path.read_text()):
-                raise ValueError(f"no tokenizer given and {stats_path} does not name one; pass --tokenizer DIR")
-            tokenizer = _stored_tokenizer(stats_path)
-        pipe = cls(model, VFMVAE.from_pretrained(tokenizer, device=device), stats, preset=read_preset(diffusion))
-        pipe.tokenizer_dir = Path(tokenizer) if Path(tokenizer).is_dir() else None
+            tokenizer_dir = stats.tokenizer_dir()
+            if tokenizer_dir is None:
+                raise ValueError(f"no tokenizer given and {stats.source} does not name one; pass --tokenizer DIR")
+        else:
+            tokenizer_dir = resolve_model_dir(tokenizer, what="tokenizer")
+        stats.check_tokenizer(tokenizer_dir)
+        model = DiffusionTransformer.from_pretrained(diffusion_dir, device=device)
+        tok = VFMVAE.from_pretrained(tokenizer_dir, device=device)
+        pipe = cls(model, tok, stats, preset=read_preset(diffusion_dir))
+        pipe.diffusion_dir, pipe.tokenizer_dir = diffusion_dir, tokenizer_dir
         return pipe
 
     @property
@@ -138,7 +107,7 @@ class VFMVAEPipeline:
 
     def initial_noise(self, indices: Sequence[int], seed: int) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Generator]]:
         c = self.diffusion.config
-        gens = [torch.Generator().manual_seed(sample_seed(seed, i)) for i in indices]
+        gens = [torch.Generator().manual_seed(derive_seed(seed, i)) for i in indices]
         noise = torch.stack([torch.randn(c.in_channels, c.input_size, c.input_size, generator=g) for g in gens])
         cls = torch.stack([torch.randn(c.class_token_dim, generator=g) for g in gens]) if c.class_token_dim else None
         return noise, cls, gens

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vfmvae import distributed as dist_utils
-from vfmvae.checkpoint import capture_rng_state
+from vfmvae.checkpoint import capture_rng_state, load_state_strict
 from vfmvae.config import config_to_dict
 from vfmvae.data import DataStream, SkipCounter, to_float01
 from vfmvae.seeding import derive_seed
@@ -78,13 +78,6 @@ def _load_all_but(module: nn.Module, state: dict[str, torch.Tensor], *, new: str
 def _without_vfm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # The frozen VFM is rebuilt from `init`/`vfm` on resume; checkpoints need not repeat ~300M parameters.
     return {k: v for k, v in state.items() if not k.startswith("vfm.")}
-
-
-def _load_without_vfm(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    bad = [k for k in missing if not k.startswith("vfm.")] + list(unexpected)
-    if bad:
-        raise RuntimeError(f"checkpoint does not match the model: {bad[:8]}")
 
 
 class _Losses:
@@ -245,9 +238,9 @@ def _train_tokenizer(cfg: TokenizerTrainConfig, run: TrainingRun) -> dict[str, A
     data_state, guard_state = None, {}
     ckpt = run.resume()
     if ckpt is not None:
-        _load_without_vfm(g, ckpt.model)
-        _load_without_vfm(ema.model, ckpt.ema)
-        d_modules.load_state_dict(ckpt.state["disc"])
+        load_state_strict(g, ckpt.model, ckpt.path / "model.safetensors", optional_prefixes=("vfm.",))
+        load_state_strict(ema.model, ckpt.ema, ckpt.path / "ema.safetensors", optional_prefixes=("vfm.",))
+        load_state_strict(d_modules, ckpt.state["disc"], ckpt.path / "state.safetensors")
         opt_g.load_state_dict(ckpt.state["opt_g"])
         if opt_d is not None:
             opt_d.load_state_dict(ckpt.state["opt_d"])

@@ -53,28 +53,28 @@ class RunConfig:
         return -(-self.total_images // self.batch_size)
 
     @classmethod
-    def retired_keys(cls, data: Mapping[str, Any], prefix: str) -> str | None:
-        """One line naming each key of an older recipe in `data` and the value to write instead (None: none)."""
+    def retired_keys(cls, data: Mapping[str, Any], prefix: str) -> dict[str, str]:
+        """Keys of older recipes in `data`, each with the key and value to write instead."""
         batch = data.get("batch_size", cls.batch_size)
-        notes = []
+        advice = {}
         if "total_steps" in data:
             steps = data["total_steps"]
             images = steps * batch if isinstance(steps, int) and isinstance(batch, int) else "STEPS x BATCH"
-            notes.append(f"{prefix}total_steps is now {prefix}total_images: write {prefix}total_images: {images} "
-                         f"({steps} steps x batch {batch})")
+            advice["total_steps"] = (f"run length is in images now: write {prefix}total_images: {images} "
+                                     f"({steps} steps x batch {batch})")
         if "ema_decay" in data:
             decay = data["ema_decay"]
             try:
                 halflife = f"{halflife_from_decay(float(decay), int(batch)):.0f}"
             except (TypeError, ValueError, ZeroDivisionError):
                 halflife = "BATCH x ln(0.5) / ln(DECAY)"
-            notes.append(f"{prefix}ema_decay (per step) is now {prefix}ema_halflife_images: write "
-                         f"{prefix}ema_halflife_images: {halflife} (batch {batch} x ln(0.5) / ln({decay}))")
+            advice["ema_decay"] = (f"the EMA is a half-life in images now: write {prefix}ema_halflife_images: "
+                                   f"{halflife} (batch {batch} x ln(0.5) / ln({decay}))")
         for old, new in (("sample_every", "grid_every"), ("snapshot_every", "grid_every"),
                          ("sample_steps", "grid_steps"), ("sample_cfg", "grid_cfg"), ("sample_count", "grid_count")):
             if old in data:
-                notes.append(f"{prefix}{old} is now {prefix}{new}: write {prefix}{new}: {data[old]}")
-        return "; ".join(notes) or None
+                advice[old] = f"renamed: write {prefix}{new}: {data[old]}"
+        return advice
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,8 @@ def claim_run_folder(run_dir: Path, config: Any, resume: str) -> RunFolderLock:
                 shutil.rmtree(path)
             elif path.exists():
                 path.unlink()
+    else:  # under the lock, so no save is running: what killed saves and prunes left is ours to remove
+        CheckpointManager(run_dir).remove_debris()
     return lock
 
 

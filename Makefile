@@ -5,11 +5,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test gpu-check install lock clean help
+.PHONY: demo test lint gpu-check install lock clean help
 
 help:
 	@echo "make demo   - create .venv, install the pinned dependencies, run the end-to-end CPU demo"
-	@echo "make test   - create .venv, install the pinned dependencies, run the test suite"
+	@echo "make test   - create .venv, install the pinned dependencies, lint (ruff), run the test suite"
+	@echo "make lint   - ruff check + ruff format --check (line length 120; settings in pyproject.toml)"
 	@echo "make gpu-check - on one CUDA GPU (< 8 min): cuda tests, torchrun/NCCL/bf16/compile training, sampling, eval"
 	@echo "make lock   - re-resolve requirements/lock.txt from pyproject.toml (needs the registry)"
 
@@ -22,7 +23,13 @@ $(STAMP): requirements/lock.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-test: $(STAMP)
+LINT_PATHS := src tests benchmarks scripts
+
+lint: $(STAMP)
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+
+test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # One JSON line per row (images/s, peak memory, MFU for LightningDiT-XL/1, pass/fail); see docs/benchmarks.md.

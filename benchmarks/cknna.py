@@ -19,8 +19,8 @@ import types
 from pathlib import Path
 
 import torch
-
 from common import emit
+
 from vfmvae.alignment import cknna, preprocess
 
 
@@ -58,13 +58,24 @@ def main() -> None:
     b = a[:, : args.dim // 2] + torch.randn(args.n, args.dim // 2, generator=g)
     a, b = preprocess(a).to(args.device), preprocess(b).to(args.device)
     value, seconds = _timed(lambda: cknna(a, b, args.topk))
-    result = {"benchmark": "cknna", "n": args.n, "dim": args.dim, "topk": args.topk, "device": args.device,
-              "cknna": value, "seconds": round(seconds, 2)}
+    result = {
+        "benchmark": "cknna",
+        "n": args.n,
+        "dim": args.dim,
+        "topk": args.topk,
+        "device": args.device,
+        "cknna": value,
+        "seconds": round(seconds, 2),
+    }
     if args.official is not None:
         metrics = _platonic_metrics(args.official)
         reference, ref_seconds = _timed(lambda: metrics.cknna(a, b, topk=args.topk))
-        result.update(cknna_official=reference, abs_diff=abs(value - reference), seconds_official=round(ref_seconds, 2),
-                      speedup=round(ref_seconds / seconds, 1))
+        result.update(
+            cknna_official=reference,
+            abs_diff=abs(value - reference),
+            seconds_official=round(ref_seconds, 2),
+            speedup=round(ref_seconds / seconds, 1),
+        )
     emit(result, args.json)
     if args.official is not None and result["abs_diff"] > 1e-5:
         raise SystemExit("CKNNA differs from platonic-rep's: the timing is void")

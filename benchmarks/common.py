@@ -12,7 +12,11 @@ import torch
 
 
 def environment() -> dict:
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()})"
+    device = (
+        torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else f"CPU ({platform.processor() or platform.machine()})"
+    )
     return {
         "date": datetime.date.today().isoformat(),
         "device": device,

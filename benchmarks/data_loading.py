@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from common import emit
+
 from vfmvae.data import DataConfig, DataStream
 from vfmvae.data.synthetic import SyntheticConfig, write_synthetic_dataset
 
@@ -36,10 +37,22 @@ def main() -> None:
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        write_synthetic_dataset(SyntheticConfig(out=root, num=args.num, size=args.size, shards=True, shard_size=64), progress=False)
+        write_synthetic_dataset(
+            SyntheticConfig(out=root, num=args.num, size=args.size, shards=True, shard_size=64), progress=False
+        )
         folder, shards = _rate(root / "images", args), _rate(root / "shards", args)
-    emit({"benchmark": "data_loading", "num": args.num, "size": args.size, "batch": args.batch, "workers": args.workers,
-          "folder_images_per_s": round(folder, 1), "shards_images_per_s": round(shards, 1)}, args.json)
+    emit(
+        {
+            "benchmark": "data_loading",
+            "num": args.num,
+            "size": args.size,
+            "batch": args.batch,
+            "workers": args.workers,
+            "folder_images_per_s": round(folder, 1),
+            "shards_images_per_s": round(shards, 1),
+        },
+        args.json,
+    )
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ import math
 import time
 
 import torch
-
 from common import count_flops, cuda_memory, emit, peak_tflops
+
 from vfmvae.diffusion import TransportConfig, create_diffusion_model, training_loss
 from vfmvae.diffusion.transport import sample_time
 from vfmvae.training import EMA, fused_optimizer_supported, optimizer_step
@@ -34,8 +34,11 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the model (run.compile: true)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute block activations in backward")
     p.add_argument("--no-fused", action="store_true", help="the for-each AdamW instead of the fused kernel")
-    p.add_argument("--check-sync", action="store_true",
-                   help="CUDA only: raise if a timed step synchronises with the host (torch.cuda.set_sync_debug_mode)")
+    p.add_argument(
+        "--check-sync",
+        action="store_true",
+        help="CUDA only: raise if a timed step synchronises with the host (torch.cuda.set_sync_debug_mode)",
+    )
     p.add_argument("--peak-tflops", type=float, default=None, help="the accelerator's dense bf16 peak, for MFU")
     p.add_argument("--json", default=None)
     args = p.parse_args()
@@ -48,16 +51,22 @@ def main() -> None:
     model.gradient_checkpointing = args.gradient_checkpointing
     c = model.config
     align = bool(c.align_dims)
-    transport = TransportConfig(time_sampling="uniform" if align else "lognormal", cosine_weight=0.0 if align else 1.0,
-                                align_weight=0.5 if align else 0.0, cls_weight=0.03 if c.class_token_dim else 0.0)
+    transport = TransportConfig(
+        time_sampling="uniform" if align else "lognormal",
+        cosine_weight=0.0 if align else 1.0,
+        align_weight=0.5 if align else 0.0,
+        cls_weight=0.03 if c.class_token_dim else 0.0,
+    )
     fused = fused_optimizer_supported(device) and not args.no_fused
     opt = torch.optim.AdamW(model.parameters(), lr=2e-4, betas=(0.9, 0.95), weight_decay=0.0, fused=fused)
     ema = EMA(model, halflife_images=args.batch * math.log(0.5) / math.log(0.9999), rampup_ratio=None)
     net = torch.compile(model) if args.compile else model
     g = torch.Generator(device=device).manual_seed(0)
     b = args.batch
-    batch = {"x": torch.randn(b, c.in_channels, c.input_size, c.input_size, device=device),
-             "y": torch.randint(0, c.num_classes, (b,), device=device)}
+    batch = {
+        "x": torch.randn(b, c.in_channels, c.input_size, c.input_size, device=device),
+        "y": torch.randint(0, c.num_classes, (b,), device=device),
+    }
     tokens = model.num_tokens + (1 if c.class_token_dim else 0)
     targets = [torch.randn(b, tokens, d, device=device) for d in c.align_dims] if align else None
     cls = torch.randn(b, c.class_token_dim, device=device) if c.class_token_dim else None
@@ -70,8 +79,18 @@ def main() -> None:
         cls_noise = torch.randn(b, c.class_token_dim, generator=g, device=device) if c.class_token_dim else None
         drop = torch.rand(b, generator=g, device=device) < 0.1
         with autocast:
-            return training_loss(module, batch["x"], batch["y"], transport, t=t, noise=noise, cls_noise=cls_noise,
-                                 drop_labels=drop, align_targets=targets, cls_target=cls).loss.mean()
+            return training_loss(
+                module,
+                batch["x"],
+                batch["y"],
+                transport,
+                t=t,
+                noise=noise,
+                cls_noise=cls_noise,
+                drop_labels=drop,
+                align_targets=targets,
+                cls_target=cls,
+            ).loss.mean()
 
     def step(i: int) -> None:
         result = optimizer_step(net, opt, [batch], loss_fn, batch_size_of=lambda x: len(x["y"]), grad_clip=1.0)
@@ -101,13 +120,27 @@ def main() -> None:
     achieved = flops / per_step / 1e12
     peak = peak_tflops(device, args.peak_tflops)
     n = sum(p.numel() for p in model.parameters())
-    emit({"benchmark": "diffusion_train_step", "arch": args.arch, "params_M": round(n / 1e6, 1),
-          "latent": [c.in_channels, c.input_size, c.input_size], "batch": b, "precision": precision,
-          "compile": args.compile, "gradient_checkpointing": args.gradient_checkpointing, "fused_adamw": fused,
-          "sec_per_step": round(per_step, 4), "latents_per_s": round(b / per_step, 3),
-          "tflops_per_step": round(flops / 1e12, 3), "achieved_tflops": round(achieved, 3),
-          "mfu": round(achieved / peak, 4) if peak else None, "sync_checked": bool(args.check_sync and device.type == "cuda"),
-          **cuda_memory(device)}, args.json)
+    emit(
+        {
+            "benchmark": "diffusion_train_step",
+            "arch": args.arch,
+            "params_M": round(n / 1e6, 1),
+            "latent": [c.in_channels, c.input_size, c.input_size],
+            "batch": b,
+            "precision": precision,
+            "compile": args.compile,
+            "gradient_checkpointing": args.gradient_checkpointing,
+            "fused_adamw": fused,
+            "sec_per_step": round(per_step, 4),
+            "latents_per_s": round(b / per_step, 3),
+            "tflops_per_step": round(flops / 1e12, 3),
+            "achieved_tflops": round(achieved, 3),
+            "mfu": round(achieved / peak, 4) if peak else None,
+            "sync_checked": bool(args.check_sync and device.type == "cuda"),
+            **cuda_memory(device),
+        },
+        args.json,
+    )
 
 
 if __name__ == "__main__":

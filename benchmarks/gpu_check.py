@@ -39,13 +39,40 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 # per mode: data, tokenizer and diffusion sizes. Full: a few steps each, sized for one H100/H200 in < 8 minutes.
 SIZES = {
-    "full": {"images": 256, "tiny_batch": 32, "tiny_steps": 8, "stage0_batch": 8, "stage0_steps": 6,
-             "dit_recipe": "lightningdit-xl1.yaml", "dit_batch": 64, "dit_steps": 30, "dit_log": 10,
-             "samples": 16, "sample_steps": 10, "precision": "bf16", "compile": True, "workers": 4, "cache_args": []},
-    "dry": {"images": 16, "tiny_batch": 4, "tiny_steps": 2, "stage0_batch": 2, "stage0_steps": 2,
-            "dit_recipe": "tiny.yaml", "dit_batch": 4, "dit_steps": 4, "dit_log": 2,
-            "samples": 8, "sample_steps": 2, "precision": "fp32", "compile": False, "workers": 0,
-            "cache_args": ["--vfm-features", "dinov2-test"]},  # the tiny recipe's REPA target (a random tiny DINOv2)
+    "full": {
+        "images": 256,
+        "tiny_batch": 32,
+        "tiny_steps": 8,
+        "stage0_batch": 8,
+        "stage0_steps": 6,
+        "dit_recipe": "lightningdit-xl1.yaml",
+        "dit_batch": 64,
+        "dit_steps": 30,
+        "dit_log": 10,
+        "samples": 16,
+        "sample_steps": 10,
+        "precision": "bf16",
+        "compile": True,
+        "workers": 4,
+        "cache_args": [],
+    },
+    "dry": {
+        "images": 16,
+        "tiny_batch": 4,
+        "tiny_steps": 2,
+        "stage0_batch": 2,
+        "stage0_steps": 2,
+        "dit_recipe": "tiny.yaml",
+        "dit_batch": 4,
+        "dit_steps": 4,
+        "dit_log": 2,
+        "samples": 8,
+        "sample_steps": 2,
+        "precision": "fp32",
+        "compile": False,
+        "workers": 0,
+        "cache_args": ["--vfm-features", "dinov2-test"],
+    },  # the tiny recipe's REPA target (a random tiny DINOv2)
 }
 
 
@@ -86,8 +113,12 @@ def _steady_rate(records: list[dict], batch: int) -> float:
 
 
 def _common_sets(run_dir: Path, s: dict) -> list[str]:
-    sets = {"run.dir": run_dir, "run.precision": s["precision"], "run.compile": str(s["compile"]).lower(),
-            "data.num_workers": s["workers"]}
+    sets = {
+        "run.dir": run_dir,
+        "run.precision": s["precision"],
+        "run.compile": str(s["compile"]).lower(),
+        "data.num_workers": s["workers"],
+    }
     return [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
 
 
@@ -124,14 +155,18 @@ def _tiny_model_sets() -> list[str]:
     sets = {"data.resolution": tiny["data"]["resolution"]}
     sets.update({f"model.{k}": v for k, v in tiny["model"].items()})  # model.vfm included: the tiny random VFM
     sets.update({f"disc.{k}": v for k, v in tiny["disc"].items()})
-    return [a for k, v in sets.items() for a in ("--set", f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}")]
+    return [
+        a
+        for k, v in sets.items()
+        for a in ("--set", f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}")
+    ]
 
 
 def _dit_flops_per_image(arch_cache: Path, recipe: Path, device: str) -> float:
     """FLOPs of one forward + backward per latent, as benchmarks/diffusion_train_step.py counts them."""
     import torch
-
     from common import count_flops
+
     from vfmvae.config import load_config
     from vfmvae.diffusion import training_loss
     from vfmvae.diffusion_training.config import DiffusionTrainConfig
@@ -165,8 +200,8 @@ def run_row(name: str, fn) -> dict:
 
 def run_rows(out: Path, dry: bool, timeout: float = 600) -> list[dict]:
     import torch
-
     from common import peak_tflops
+
     from vfmvae.data.synthetic import SyntheticConfig, write_synthetic_dataset
 
     s = SIZES["dry" if dry else "full"]
@@ -192,19 +227,49 @@ def run_rows(out: Path, dry: bool, timeout: float = 600) -> list[dict]:
 
     def tokenizer(name: str, recipe: str, batch: int, steps: int, extra: list[str]):
         run_dir = out / name
-        _run(_torchrun("train", "tokenizer", "--recipe", str(ROOT / "configs" / "tokenizer" / recipe),
-                       "--set", f"data.source={images}", "--set", f"run.batch_size={batch}",
-                       "--set", f"run.total_images={batch * steps}", "--set", "run.log_every=1",
-                       "--set", "run.grid_every=100000", "--set", "run.checkpoint_every=100000",
-                       *_common_sets(run_dir, s), *extra), out / f"{name}.log", timeout)
+        _run(
+            _torchrun(
+                "train",
+                "tokenizer",
+                "--recipe",
+                str(ROOT / "configs" / "tokenizer" / recipe),
+                "--set",
+                f"data.source={images}",
+                "--set",
+                f"run.batch_size={batch}",
+                "--set",
+                f"run.total_images={batch * steps}",
+                "--set",
+                "run.log_every=1",
+                "--set",
+                "run.grid_every=100000",
+                "--set",
+                "run.checkpoint_every=100000",
+                *_common_sets(run_dir, s),
+                *extra,
+            ),
+            out / f"{name}.log",
+            timeout,
+        )
         records = _records(run_dir)
         _finite_losses(records)
-        return {"images_per_s": round(_steady_rate(records, batch), 2),
-                "peak_memory_GiB": records[-1].get("peak_memory_GiB"), "steps": records[-1]["step"]}
+        return {
+            "images_per_s": round(_steady_rate(records, batch), 2),
+            "peak_memory_GiB": records[-1].get("peak_memory_GiB"),
+            "steps": records[-1]["step"],
+        }
 
     def stage0():
-        extra = ["--set", "model.vfm.random_init=true", "--set", "disc.weights=null",
-                 "--set", f"loss.lpips_weights={weights['vgg']}", "--set", f"data.resolution={size}"]
+        extra = [
+            "--set",
+            "model.vfm.random_init=true",
+            "--set",
+            "disc.weights=null",
+            "--set",
+            f"loss.lpips_weights={weights['vgg']}",
+            "--set",
+            f"data.resolution={size}",
+        ]
         if dry:
             extra += _tiny_model_sets()
         result = tokenizer("tokenizer-stage0", "stage0.yaml", s["stage0_batch"], s["stage0_steps"], extra)
@@ -213,39 +278,98 @@ def run_rows(out: Path, dry: bool, timeout: float = 600) -> list[dict]:
 
     def cache():
         start = time.perf_counter()
-        _run(_torchrun("cache-latents", "--tokenizer", str(state["tokenizer"]), "--data", str(images),
-                       "--out", str(out / "cache"), "--batch-size", "16", "--workers", str(s["workers"]),
-                       "--device", device, *s["cache_args"]), out / "cache-latents.log", timeout)
+        _run(
+            _torchrun(
+                "cache-latents",
+                "--tokenizer",
+                str(state["tokenizer"]),
+                "--data",
+                str(images),
+                "--out",
+                str(out / "cache"),
+                "--batch-size",
+                "16",
+                "--workers",
+                str(s["workers"]),
+                "--device",
+                device,
+                *s["cache_args"],
+            ),
+            out / "cache-latents.log",
+            timeout,
+        )
         manifest = json.loads((out / "cache" / "cache.json").read_text())
         if not all(math.isfinite(v) for v in manifest["mean"] + manifest["std"]):
             raise RowFailed("non-finite latent statistics")
-        return {"images_per_s": round(manifest["num_items"] / (time.perf_counter() - start), 2),
-                "detail": f"latents {manifest['latent_shape']}"}
+        return {
+            "images_per_s": round(manifest["num_items"] / (time.perf_counter() - start), 2),
+            "detail": f"latents {manifest['latent_shape']}",
+        }
 
     def diffusion():
         run_dir, recipe = out / "diffusion", ROOT / "configs" / "diffusion" / s["dit_recipe"]
-        _run(_torchrun("train", "diffusion", "--recipe", str(recipe), "--set", f"data.cache={out / 'cache'}",
-                       "--set", "data.flip=false",
-                       "--set", f"run.batch_size={s['dit_batch']}", "--set", f"run.total_images={s['dit_steps'] * s['dit_batch']}",
-                       "--set", f"run.log_every={s['dit_log']}", "--set", "run.grid_every=0",
-                       "--set", "run.checkpoint_every=100000", *_common_sets(run_dir, s)),
-             out / "diffusion.log", timeout)
+        _run(
+            _torchrun(
+                "train",
+                "diffusion",
+                "--recipe",
+                str(recipe),
+                "--set",
+                f"data.cache={out / 'cache'}",
+                "--set",
+                "data.flip=false",
+                "--set",
+                f"run.batch_size={s['dit_batch']}",
+                "--set",
+                f"run.total_images={s['dit_steps'] * s['dit_batch']}",
+                "--set",
+                f"run.log_every={s['dit_log']}",
+                "--set",
+                "run.grid_every=0",
+                "--set",
+                "run.checkpoint_every=100000",
+                *_common_sets(run_dir, s),
+            ),
+            out / "diffusion.log",
+            timeout,
+        )
         records = _records(run_dir)
         _finite_losses(records)
         rate = _steady_rate(records, s["dit_batch"])
         flops = _dit_flops_per_image(out / "cache", recipe, device)
         peak = peak_tflops(torch.device(device))
         state["diffusion"] = run_dir / "export"
-        return {"images_per_s": round(rate, 2), "peak_memory_GiB": records[-1].get("peak_memory_GiB"),
-                "mfu": round(rate * flops / 1e12 / peak, 4) if peak else None,
-                "tflops_per_image": float(f"{flops / 1e12:.4g}")}
+        return {
+            "images_per_s": round(rate, 2),
+            "peak_memory_GiB": records[-1].get("peak_memory_GiB"),
+            "mfu": round(rate * flops / 1e12 / peak, 4) if peak else None,
+            "tflops_per_image": float(f"{flops / 1e12:.4g}"),
+        }
 
     def sample():
         import numpy as np
 
-        text = _run(_torchrun("sample", "--diffusion", str(state["diffusion"]), "--num-samples", str(s["samples"]),
-                              "--steps", str(s["sample_steps"]), "--sampler", "euler", "--batch-size", str(s["samples"]),
-                              "--out", str(out / "samples"), "--device", device), out / "sample.log", timeout)
+        text = _run(
+            _torchrun(
+                "sample",
+                "--diffusion",
+                str(state["diffusion"]),
+                "--num-samples",
+                str(s["samples"]),
+                "--steps",
+                str(s["sample_steps"]),
+                "--sampler",
+                "euler",
+                "--batch-size",
+                str(s["samples"]),
+                "--out",
+                str(out / "samples"),
+                "--device",
+                device,
+            ),
+            out / "sample.log",
+            timeout,
+        )
         arr = np.load(out / "samples" / "samples.npz")["arr_0"]
         if len(arr) != s["samples"] or arr.std() == 0:
             raise RowFailed(f"{len(arr)} samples, std {arr.std():.3f} (non-finite decodes come out constant)")
@@ -255,20 +379,61 @@ def run_rows(out: Path, dry: bool, timeout: float = 600) -> list[dict]:
     def eval_gen():
         start = time.perf_counter()
         ref, result = out / "ref.npz", out / "gen.json"
-        _run([sys.executable, "-m", "vfmvae", "eval", "ref-stats", "--data", str(images), "--out", str(ref),
-              "--inception", str(weights["inception"]), "--device", device], out / "ref-stats.log", timeout)
-        _run([sys.executable, "-m", "vfmvae", "eval", "gen", "--samples", str(out / "samples" / "samples.npz"),
-              "--ref", str(ref), "--inception", str(weights["inception"]), "--json", str(result), "--device", device],
-             out / "eval-gen.log", timeout)
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "vfmvae",
+                "eval",
+                "ref-stats",
+                "--data",
+                str(images),
+                "--out",
+                str(ref),
+                "--inception",
+                str(weights["inception"]),
+                "--device",
+                device,
+            ],
+            out / "ref-stats.log",
+            timeout,
+        )
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "vfmvae",
+                "eval",
+                "gen",
+                "--samples",
+                str(out / "samples" / "samples.npz"),
+                "--ref",
+                str(ref),
+                "--inception",
+                str(weights["inception"]),
+                "--json",
+                str(result),
+                "--device",
+                device,
+            ],
+            out / "eval-gen.log",
+            timeout,
+        )
         metrics = json.loads(result.read_text())
         if not all(math.isfinite(metrics[k]) for k in ("fid", "sfid", "inception_score")):
             raise RowFailed(f"non-finite metrics {metrics}")
-        return {"images_per_s": round((s["images"] + s["samples"]) / (time.perf_counter() - start), 2),
-                "detail": f"fid {metrics['fid']:.2f} (random Inception weights: a plumbing check, not a score)"}
+        return {
+            "images_per_s": round((s["images"] + s["samples"]) / (time.perf_counter() - start), 2),
+            "detail": f"fid {metrics['fid']:.2f} (random Inception weights: a plumbing check, not a score)",
+        }
 
     row("cuda-tests", cuda_tests)
-    row("tokenizer-tiny", lambda: tokenizer("tokenizer-tiny", "tiny.yaml", s["tiny_batch"], s["tiny_steps"],
-                                            ["--set", f"data.resolution={64}"]))
+    row(
+        "tokenizer-tiny",
+        lambda: tokenizer(
+            "tokenizer-tiny", "tiny.yaml", s["tiny_batch"], s["tiny_steps"], ["--set", f"data.resolution={64}"]
+        ),
+    )
     row("tokenizer-stage0", stage0)
     row("cache-latents", cache)
     row("diffusion-xl1", diffusion)
@@ -287,7 +452,9 @@ def main() -> int:
     import torch
 
     if not args.dry_run and not torch.cuda.is_available():
-        print("gpu_check: no CUDA device; run on a GPU machine, or pass --dry-run for the CPU rehearsal", file=sys.stderr)
+        print(
+            "gpu_check: no CUDA device; run on a GPU machine, or pass --dry-run for the CPU rehearsal", file=sys.stderr
+        )
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         rows = run_rows(args.out or Path(tmp), args.dry_run, args.timeout)

@@ -11,8 +11,8 @@ import argparse
 import time
 
 import torch
-
 from common import emit
+
 from vfmvae.evaluation import InceptionV3
 
 
@@ -45,9 +45,18 @@ def main() -> None:
         pool_ref, logits_ref = reference(images)
         out = net(images)
     diff = max(float((out["pool"] - pool_ref).abs().max()), float((out["logits"] - logits_ref).abs().max()))
-    emit({"benchmark": "inception_features", "image_size": args.size, "batch": args.batch,
-          "images_per_s": round(ours, 2), "torch_fidelity_images_per_s": round(ref_rate, 2),
-          "speedup": round(ours / ref_rate, 3), "max_abs_diff": diff}, args.json)
+    emit(
+        {
+            "benchmark": "inception_features",
+            "image_size": args.size,
+            "batch": args.batch,
+            "images_per_s": round(ours, 2),
+            "torch_fidelity_images_per_s": round(ref_rate, 2),
+            "speedup": round(ours / ref_rate, 3),
+            "max_abs_diff": diff,
+        },
+        args.json,
+    )
     if diff != 0.0:
         raise SystemExit("features differ from torch-fidelity's: the timing is void")
 

@@ -37,19 +37,26 @@ from pathlib import Path
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 
 import torch  # noqa: E402
-
+from common import emit  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from common import emit  # noqa: E402
-from vfmvae.diffusion import DiffusionTransformer  # noqa: E402
-from vfmvae.diffusion import TransportConfig, training_loss  # noqa: E402
+from vfmvae.diffusion import (  # noqa: E402
+    DiffusionTransformer,  # noqa: E402
+    TransportConfig,
+    training_loss,
+)
 from vfmvae.diffusion.convert import official_to_model  # noqa: E402
 from vfmvae.diffusion.registry import diffusion_config  # noqa: E402
 
 
 def _official_class(folder: Path):
-    for name in ("fairscale", "fairscale.nn", "fairscale.nn.model_parallel", "fairscale.nn.model_parallel.initialize",
-                 "fairscale.nn.model_parallel.layers"):
+    for name in (
+        "fairscale",
+        "fairscale.nn",
+        "fairscale.nn.model_parallel",
+        "fairscale.nn.model_parallel.initialize",
+        "fairscale.nn.model_parallel.layers",
+    ):
         sys.modules.setdefault(name, types.ModuleType(name))
     init = sys.modules["fairscale.nn.model_parallel.initialize"]
     init.get_model_parallel_world_size = lambda: 1  # type: ignore[attr-defined]
@@ -101,14 +108,16 @@ def _official_whole_step(model, ema, x, y, loss_fn, decay=0.9999):
 def _our_whole_step(model, x, y, loss_fn):
     from vfmvae.training import EMA, fused_optimizer_supported, optimizer_step
 
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-4, betas=(0.9, 0.95), weight_decay=0,
-                            fused=fused_optimizer_supported(x.device))
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=2e-4, betas=(0.9, 0.95), weight_decay=0, fused=fused_optimizer_supported(x.device)
+    )
     ema = EMA(model, halflife_images=len(y) * math.log(0.5) / math.log(0.9999), rampup_ratio=None)
     seen = [0]
 
     def step():
-        result = optimizer_step(model, opt, [(x, y)], lambda m, b: loss_fn(m, *b), batch_size_of=lambda b: len(b[1]),
-                                grad_clip=1.0)
+        result = optimizer_step(
+            model, opt, [(x, y)], lambda m, b: loss_fn(m, *b), batch_size_of=lambda b: len(b[1]), grad_clip=1.0
+        )
         seen[0] += len(y)
         ema.update(model, seen[0], len(y), applied=result.applied_t)
 
@@ -125,15 +134,31 @@ def main() -> None:
     args = p.parse_args()
     torch.manual_seed(0)
     official_cls = _official_class(args.official)
-    kwargs = dict(input_size=16, patch_size=1, in_channels=32, hidden_size=1152, depth=args.depth, num_heads=16,
-                  mlp_ratio=4.0, class_dropout_prob=0.1, num_classes=1000, learn_sigma=False, use_qknorm=True,
-                  use_swiglu=True, use_rope=True, use_rmsnorm=True, wo_shift=False)
+    kwargs = dict(
+        input_size=16,
+        patch_size=1,
+        in_channels=32,
+        hidden_size=1152,
+        depth=args.depth,
+        num_heads=16,
+        mlp_ratio=4.0,
+        class_dropout_prob=0.1,
+        num_classes=1000,
+        learn_sigma=False,
+        use_qknorm=True,
+        use_swiglu=True,
+        use_rope=True,
+        use_rmsnorm=True,
+        wo_shift=False,
+    )
     theirs = official_cls(**kwargs)
     with torch.no_grad():  # zero-initialised branches would make both outputs zero
         for param in theirs.parameters():
             if param.requires_grad:
                 param.add_(0.02 * torch.randn_like(param))
-    ours = official_to_model(theirs.state_dict(), diffusion_config("lightningdit-xl/1", depth=args.depth), source="official")
+    ours = official_to_model(
+        theirs.state_dict(), diffusion_config("lightningdit-xl/1", depth=args.depth), source="official"
+    )
     theirs.eval()
     x = torch.randn(args.batch, 32, 16, 16)
     t = torch.rand(args.batch)
@@ -166,7 +191,9 @@ def main() -> None:
     theirs.train()
     theirs.y_embedder.dropout_prob = 0.0  # no random label drops while timing
     initial = {k: v.clone() for k, v in theirs.state_dict().items()}
-    opt_theirs = torch.optim.AdamW([q for q in theirs.parameters() if q.requires_grad], lr=2e-4, betas=(0.9, 0.95), weight_decay=0)
+    opt_theirs = torch.optim.AdamW(
+        [q for q in theirs.parameters() if q.requires_grad], lr=2e-4, betas=(0.9, 0.95), weight_decay=0
+    )
     model_only_theirs = _step_time(_model_only_step(theirs, opt_theirs, x, y, loss_theirs), args.steps)
     del opt_theirs
     theirs.zero_grad(set_to_none=True)
@@ -175,8 +202,10 @@ def main() -> None:
     gc.collect()
     whole_theirs = _official_whole_step(theirs, copy.deepcopy(theirs).requires_grad_(False), x, y, loss_theirs)
     whole_theirs()  # the first whole step, from the common initial weights, for the equality check below
-    save_file(official_to_model(theirs.state_dict(), our_config, source="official").state_dict(),
-              str(scratch / "after_official.safetensors"))
+    save_file(
+        official_to_model(theirs.state_dict(), our_config, source="official").state_dict(),
+        str(scratch / "after_official.safetensors"),
+    )
     with torch.no_grad():
         theirs.eval()
         velocity_theirs = theirs(x, t, y).clone()
@@ -205,18 +234,34 @@ def main() -> None:
         velocity_diff = float((ours.forward_native(x, t, y).sample - velocity_theirs).abs().max())
         ours.train()
     sec_whole_ours = _step_time(whole_ours, args.steps)
-    emit({"benchmark": "lightningdit_reference", "depth": args.depth, "batch": args.batch, "max_abs_output_diff": diff,
-          "loss_diff": loss_diff,
-          "model_only": {"sec_per_step_ours": round(model_only_ours, 3), "sec_per_step_official": round(model_only_theirs, 3),
-                         "speedup": round(model_only_theirs / model_only_ours, 3)},
-          "whole_step": {"sec_per_step_ours": round(sec_whole_ours, 3), "sec_per_step_official": round(sec_whole_theirs, 3),
-                         "speedup": round(sec_whole_theirs / sec_whole_ours, 3),
-                         "max_abs_weight_diff_after_one_step": weight_diff, "lr": 2e-4,
-                         "max_abs_velocity_diff_after_one_step": velocity_diff}}, args.json)
+    emit(
+        {
+            "benchmark": "lightningdit_reference",
+            "depth": args.depth,
+            "batch": args.batch,
+            "max_abs_output_diff": diff,
+            "loss_diff": loss_diff,
+            "model_only": {
+                "sec_per_step_ours": round(model_only_ours, 3),
+                "sec_per_step_official": round(model_only_theirs, 3),
+                "speedup": round(model_only_theirs / model_only_ours, 3),
+            },
+            "whole_step": {
+                "sec_per_step_ours": round(sec_whole_ours, 3),
+                "sec_per_step_official": round(sec_whole_theirs, 3),
+                "speedup": round(sec_whole_theirs / sec_whole_ours, 3),
+                "max_abs_weight_diff_after_one_step": weight_diff,
+                "lr": 2e-4,
+                "max_abs_velocity_diff_after_one_step": velocity_diff,
+            },
+        },
+        args.json,
+    )
     # equal outputs, or the timing compares different computations (float32 rounding aside: the two compute the loss
     # in a different order, and the fused and for-each AdamW may differ in the last bits)
     if diff > 1e-5 or loss_diff > 1e-5 or weight_diff > 1e-6 or velocity_diff > 1e-4:
         raise SystemExit("outputs differ from the official implementation: the timing is void")
+
 
 if __name__ == "__main__":
     main()

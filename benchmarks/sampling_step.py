@@ -10,8 +10,8 @@ import argparse
 import time
 
 import torch
-
 from common import cuda_memory, emit
+
 from vfmvae.diffusion import create_diffusion_model
 from vfmvae.sampling import Guidance, sample_ode
 
@@ -44,9 +44,18 @@ def main() -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
     per_step = (time.perf_counter() - start) / args.steps
-    emit({"benchmark": "sampling_step", "arch": args.arch, "batch": args.batch, "cfg": args.cfg,
-          "sec_per_step": round(per_step, 3), "samples_step_per_s": round(args.batch / per_step, 3),
-          **cuda_memory(device)}, args.json)
+    emit(
+        {
+            "benchmark": "sampling_step",
+            "arch": args.arch,
+            "batch": args.batch,
+            "cfg": args.cfg,
+            "sec_per_step": round(per_step, 3),
+            "samples_step_per_s": round(args.batch / per_step, 3),
+            **cuda_memory(device),
+        },
+        args.json,
+    )
 
 
 if __name__ == "__main__":

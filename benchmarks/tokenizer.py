@@ -1,6 +1,6 @@
 """Tokenizer encode / decode throughput for the full-size architecture (random SigLIP2-L + f16d32 decoder).
 
-    python tokenizer.py --batch 4 --iters 2
+python tokenizer.py --batch 4 --iters 2
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import argparse
 import time
 
 import torch
-
 from common import cuda_memory, emit
+
 from vfmvae.tokenizer import VFMVAE, VFMVAEConfig
 
 
@@ -41,9 +41,19 @@ def main() -> None:
                 fn()
             sync()
             results[f"{name}_images_per_s"] = round(args.batch * args.iters / (time.perf_counter() - start), 3)
-    emit({"benchmark": "tokenizer", "image_size": args.size, "batch": args.batch, "latent": list(z.shape[1:]),
-          "bf16": args.bf16, "channels_last": args.channels_last, **results,
-          **cuda_memory(torch.device(args.device))}, args.json)
+    emit(
+        {
+            "benchmark": "tokenizer",
+            "image_size": args.size,
+            "batch": args.batch,
+            "latent": list(z.shape[1:]),
+            "bf16": args.bf16,
+            "channels_last": args.channels_last,
+            **results,
+            **cuda_memory(torch.device(args.device)),
+        },
+        args.json,
+    )
 
 
 if __name__ == "__main__":

@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 import torch
+from common import emit
 from safetensors.torch import load_file
 
-from common import emit
 from vfmvae.tokenizer.convert import convert_official_tokenizer
 
 HERE = Path(__file__).resolve().parent
@@ -37,21 +37,40 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--official", type=Path, required=True, help="a clone of tianciB/VFM-VAE")
     p.add_argument("--official-python", type=Path, required=True, help="the Python of the official environment")
-    p.add_argument("--work", type=Path, default=Path("/tmp/vfmvae-tokenizer-reference"),
-                   help="scratch folder (about 2 GB: a random SigLIP2-L and the official weights)")
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=Path("/tmp/vfmvae-tokenizer-reference"),
+        help="scratch folder (about 2 GB: a random SigLIP2-L and the official weights)",
+    )
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--iters", type=int, default=2)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--json", default=None)
     args = p.parse_args()
-    subprocess.run([str(args.official_python), str(HERE / "reference" / "vfmvae_official_worker.py"),
-                    "--official", str(args.official), "--work", str(args.work), "--batch", str(args.batch),
-                    "--iters", str(args.iters), "--size", str(args.size)], check=True)
+    subprocess.run(
+        [
+            str(args.official_python),
+            str(HERE / "reference" / "vfmvae_official_worker.py"),
+            "--official",
+            str(args.official),
+            "--work",
+            str(args.work),
+            "--batch",
+            str(args.batch),
+            "--iters",
+            str(args.iters),
+            "--size",
+            str(args.size),
+        ],
+        check=True,
+    )
     official = json.loads((args.work / "official_timings.json").read_text())
     ref = load_file(args.work / "official_outputs.safetensors")
 
-    model = convert_official_tokenizer(args.work / "config.yaml", args.work / "official_G.safetensors",
-                                       args.work / "siglip2-large-patch16-512").eval()
+    model = convert_official_tokenizer(
+        args.work / "config.yaml", args.work / "official_G.safetensors", args.work / "siglip2-large-patch16-512"
+    ).eval()
     images, z = ref["images"], ref["z"]
     ours, outputs = {}, {}
     with torch.no_grad():
@@ -64,13 +83,26 @@ def main() -> None:
     rows = {}
     for name in ("encode", "decode"):
         key = f"{name}_images_per_s"
-        rows[name] = {"ours_images_per_s": round(ours[key], 4), "official_images_per_s": round(official[key], 4),
-                      "speedup": round(ours[key] / official[key], 3),
-                      "max_abs_diff": float((outputs[name] - ref[name]).abs().max()),
-                      "output_scale": float(ref[name].abs().max())}
+        rows[name] = {
+            "ours_images_per_s": round(ours[key], 4),
+            "official_images_per_s": round(official[key], 4),
+            "speedup": round(ours[key] / official[key], 3),
+            "max_abs_diff": float((outputs[name] - ref[name]).abs().max()),
+            "output_scale": float(ref[name].abs().max()),
+        }
         rows[name]["outputs_match"] = rows[name]["max_abs_diff"] <= TOLERANCE
-    emit({"benchmark": "tokenizer_reference", "image_size": args.size, "batch": args.batch, "iters": args.iters,
-          "official_torch": official["torch"], "tolerance": TOLERANCE, **rows}, args.json)
+    emit(
+        {
+            "benchmark": "tokenizer_reference",
+            "image_size": args.size,
+            "batch": args.batch,
+            "iters": args.iters,
+            "official_torch": official["torch"],
+            "tolerance": TOLERANCE,
+            **rows,
+        },
+        args.json,
+    )
     if not all(row["outputs_match"] for row in rows.values()):
         raise SystemExit("outputs differ from the official implementation beyond the tolerance: the timing is void")
 

@@ -1,6 +1,6 @@
 """Feature-extraction throughput of a frozen VFM (random init of the real architecture; no weights needed).
 
-    python benchmarks/vfm_features.py --vfm siglip2-base-patch16-256 --size 256 --batch 8
+python benchmarks/vfm_features.py --vfm siglip2-base-patch16-256 --size 256 --batch 8
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import argparse
 import time
 
 import torch
-
 from common import emit
+
 from vfmvae.vfm import VFMSpec, build_vfm
 
 
@@ -28,8 +28,9 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    spec = VFMSpec(args.vfm, layers=tuple(int(i) for i in args.layers.split(",")), scale_factor=args.scale_factor,
-                   random_init=True)
+    spec = VFMSpec(
+        args.vfm, layers=tuple(int(i) for i in args.layers.split(",")), scale_factor=args.scale_factor, random_init=True
+    )
     vfm = build_vfm(spec).to(args.device)
     images = torch.rand(args.batch, 3, args.size, args.size, device=args.device)
     vfm(images)  # warm-up
@@ -40,15 +41,18 @@ def main() -> None:
         feats = vfm(images)
     sync()
     seconds = time.perf_counter() - start
-    emit({
-        "benchmark": "vfm_features",
-        "vfm": args.vfm,
-        "image_size": args.size,
-        "vfm_input": args.size * vfm.scale_factor,
-        "grid": list(feats.grid),
-        "batch": args.batch,
-        "images_per_s": round(args.batch * args.iters / seconds, 2),
-    }, args.json)
+    emit(
+        {
+            "benchmark": "vfm_features",
+            "vfm": args.vfm,
+            "image_size": args.size,
+            "vfm_input": args.size * vfm.scale_factor,
+            "grid": list(feats.grid),
+            "batch": args.batch,
+            "images_per_s": round(args.batch * args.iters / seconds, 2),
+        },
+        args.json,
+    )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ def synthetic_dir(tmp_path_factory) -> Path:
     from vfmvae.data.synthetic import SyntheticConfig, write_synthetic_dataset
 
     out = tmp_path_factory.mktemp("synthetic")
-    write_synthetic_dataset(SyntheticConfig(out=out, num=64, classes=4, size=32, shards=True, shard_size=16), progress=False)
+    write_synthetic_dataset(
+        SyntheticConfig(out=out, num=64, classes=4, size=32, shards=True, shard_size=16), progress=False
+    )
     return out
 
 

@@ -72,8 +72,12 @@ def tiny_official_tokenizer(out: Path) -> Path:
     """The tiny official-format tokenizer (tests/data/official_tokenizer_tiny) converted into our folder `out`."""
     from vfmvae.tokenizer.convert import convert_official_tokenizer
 
-    convert_official_tokenizer(TINY_TOKENIZER / "config.yaml", TINY_TOKENIZER / "official_G.safetensors",
-                               TINY_TOKENIZER / "siglip2-tiny-patch16", out)
+    convert_official_tokenizer(
+        TINY_TOKENIZER / "config.yaml",
+        TINY_TOKENIZER / "official_G.safetensors",
+        TINY_TOKENIZER / "siglip2-tiny-patch16",
+        out,
+    )
     return out
 
 

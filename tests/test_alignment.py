@@ -62,7 +62,9 @@ def test_hsic_unbiased_matches_the_o_n3_formula():
     x, y = torch.randn(30, 30, generator=g, dtype=torch.float64), torch.randn(30, 30, generator=g, dtype=torch.float64)
     kt, lt = x.clone().fill_diagonal_(0), y.clone().fill_diagonal_(0)
     m = 30
-    direct = ((kt * lt.T).sum() + kt.sum() * lt.sum() / ((m - 1) * (m - 2)) - 2 * (kt @ lt).sum() / (m - 2)) / (m * (m - 3))
+    direct = ((kt * lt.T).sum() + kt.sum() * lt.sum() / ((m - 1) * (m - 2)) - 2 * (kt @ lt).sum() / (m - 2)) / (
+        m * (m - 3)
+    )
     assert float(hsic_unbiased(x, y)) == pytest.approx(float(direct), rel=1e-12)
 
 
@@ -97,13 +99,41 @@ def test_align_commands(tmp_path, synthetic_dir, capsys):
     a, b = _pair(60)
     save_file({"features": a}, tmp_path / "a.safetensors")
     torch.save({"features": b, "names": [f"{i}.png" for i in range(60)]}, tmp_path / "b.pt")
-    assert main(["align", "metric", "--a", str(tmp_path / "a.safetensors"), "--b", str(tmp_path / "b.pt"),
-                 "--json", str(tmp_path / "m.json")]) == 0
+    assert (
+        main(
+            [
+                "align",
+                "metric",
+                "--a",
+                str(tmp_path / "a.safetensors"),
+                "--b",
+                str(tmp_path / "b.pt"),
+                "--json",
+                str(tmp_path / "m.json"),
+            ]
+        )
+        == 0
+    )
     res = json.loads((tmp_path / "m.json").read_text())
-    assert res["cknna"] == pytest.approx(all_metrics(a, b)["cknna"]) and {"mutual_knn", "cka", "unbiased_cka"} <= set(res)
+    assert res["cknna"] == pytest.approx(all_metrics(a, b)["cknna"]) and {"mutual_knn", "cka", "unbiased_cka"} <= set(
+        res
+    )
 
-    assert main(["align", "transforms", "--images", str(synthetic_dir / "images"), "--out", str(tmp_path / "t"),
-                 "--size", "32"]) == 0
+    assert (
+        main(
+            [
+                "align",
+                "transforms",
+                "--images",
+                str(synthetic_dir / "images"),
+                "--out",
+                str(tmp_path / "t"),
+                "--size",
+                "32",
+            ]
+        )
+        == 0
+    )
     manifest = json.loads((tmp_path / "t" / "manifest.json").read_text())
     assert manifest["num_images"] == 64 and len(list((tmp_path / "t" / "noise_0.200").glob("*.png"))) == 64
     recs = manifest["images"]
@@ -111,16 +141,32 @@ def test_align_commands(tmp_path, synthetic_dir, capsys):
     assert len({(r["rotation"], r["scale"]) for r in recs}) > 4  # per-image seeds give varied transforms
     again = tmp_path / "t2"
     main(["align", "transforms", "--images", str(synthetic_dir / "images"), "--out", str(again), "--size", "32"])
-    assert (again / "noise_0.100" / "000005.png").read_bytes() == (tmp_path / "t" / "noise_0.100" / "000005.png").read_bytes()
+    assert (again / "noise_0.100" / "000005.png").read_bytes() == (
+        tmp_path / "t" / "noise_0.100" / "000005.png"
+    ).read_bytes()
 
     (tmp_path / "cfg.yaml").write_text(
         f"images: {tmp_path / 't'}\nout: {tmp_path / 'report'}\nreference: vfm:dinov2-test\n"
-        "models: [vfm:siglip2-test]\ntransformations: [clean, equivariance, noise_0.100]\n")
+        "models: [vfm:siglip2-test]\ntransformations: [clean, equivariance, noise_0.100]\n"
+    )
     assert main(["align", "report", "--config", str(tmp_path / "cfg.yaml")]) == 0
     report = json.loads((tmp_path / "report" / "se_cknna.json").read_text())
     assert report["table"]["vfm:dinov2-test"]["clean"] == pytest.approx(1.0, abs=1e-3)
     assert 0 < report["table"]["vfm:siglip2-test"]["noise_0.100"] < 1
     assert (tmp_path / "report" / "se_cknna.png").stat().st_size > 5000
-    assert main(["align", "extract", "--source", "diffusion:x@3", "--images", str(tmp_path / "t"),
-                 "--out", str(tmp_path / "d.safetensors")]) == 2
+    assert (
+        main(
+            [
+                "align",
+                "extract",
+                "--source",
+                "diffusion:x@3",
+                "--images",
+                str(tmp_path / "t"),
+                "--out",
+                str(tmp_path / "d.safetensors"),
+            ]
+        )
+        == 2
+    )
     assert "folder not found: x" in capsys.readouterr().err

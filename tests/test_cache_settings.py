@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 import torch
-
 from helpers import tiny_official_tokenizer
+
 from vfmvae.latents import CacheError, cache_latents
 
 

@@ -22,8 +22,8 @@ from vfmvae.checkpoint import (
     load_state,
     restore_rng_state,
     save_state,
+    serialize,
 )
-from vfmvae.checkpoint import serialize
 
 
 def test_save_pretrained_round_trip(tmp_path):
@@ -103,8 +103,9 @@ def test_serialisation_refuses_objects_that_would_need_pickle(tmp_path):
 
 def _save(manager, step, value):
     model = {"w": torch.full((4,), float(value))}
-    return manager.save(step, images_seen=step * 8, model=model, ema=model, state={"v": value},
-                        rank_state={"rng": capture_rng_state()})
+    return manager.save(
+        step, images_seen=step * 8, model=model, ema=model, state={"v": value}, rank_state={"rng": capture_rng_state()}
+    )
 
 
 def test_manager_keeps_last_k_and_loads_latest(tmp_path):

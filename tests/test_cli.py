@@ -30,21 +30,69 @@ def test_console_entry_point_runs():
 
 def test_data_synthetic_and_inspect(tmp_path, capsys):
     out = tmp_path / "syn"
-    assert main(["data", "synthetic", "--out", str(out), "--num", "24", "--classes", "3", "--size", "32",
-                 "--shards", "--shard-size", "10"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "synthetic",
+                "--out",
+                str(out),
+                "--num",
+                "24",
+                "--classes",
+                "3",
+                "--size",
+                "32",
+                "--shards",
+                "--shard-size",
+                "10",
+            ]
+        )
+        == 0
+    )
     manifest = json.loads((out / "dataset.json").read_text())
     assert manifest["num"] == 24 and len(manifest["shards"]) == 3
     assert len(list((out / "images").rglob("*.png"))) == 24 and (out / "preview.png").stat().st_size > 1000
-    assert main(["data", "inspect", "--data", str(out / "shards"), "--resolution", "32",
-                 "--json", str(tmp_path / "r.json"), "--grid", str(tmp_path / "g.png")]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "inspect",
+                "--data",
+                str(out / "shards"),
+                "--resolution",
+                "32",
+                "--json",
+                str(tmp_path / "r.json"),
+                "--grid",
+                str(tmp_path / "g.png"),
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["num_images"] == 24 and report["label_counts"] == {"0": 8, "1": 8, "2": 8}
     assert "24 images, 3 labels, 0 skipped" in capsys.readouterr().out
 
 
 def test_recipe_with_set_override(tmp_path):
-    assert main(["data", "synthetic", "--recipe", str(ROOT / "configs/data/synthetic-demo.yaml"),
-                 "--set", f"out={tmp_path}", "--set", "num=10", "--set", "shards=false"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "synthetic",
+                "--recipe",
+                str(ROOT / "configs/data/synthetic-demo.yaml"),
+                "--set",
+                f"out={tmp_path}",
+                "--set",
+                "num=10",
+                "--set",
+                "shards=false",
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "dataset.json").read_text())["num"] == 10
 
 

@@ -69,9 +69,17 @@ def test_defaults_and_units_are_visible_in_the_help(capsys):
     assert "(default: off)" in helps[(("vfm", "list"), "--all")]
 
 
-@pytest.mark.parametrize("path, word", [(("sample",), "PER PROCESS"), (("cache-latents",), "PER PROCESS"),
-                                        (("reconstruct",), "one process"), (("eval", "gen"), "one process"),
-                                        (("eval", "recon"), "one process"), (("eval", "ref-stats"), "one process")])
+@pytest.mark.parametrize(
+    "path, word",
+    [
+        (("sample",), "PER PROCESS"),
+        (("cache-latents",), "PER PROCESS"),
+        (("reconstruct",), "one process"),
+        (("eval", "gen"), "one process"),
+        (("eval", "recon"), "one process"),
+        (("eval", "ref-stats"), "one process"),
+    ],
+)
 def test_every_batch_size_says_per_process_or_global(path, word):
     parser = dict(_parsers())[path]
     (action,) = [a for a in _options(parser) if a.option_strings[0] == "--batch-size"]
@@ -80,22 +88,31 @@ def test_every_batch_size_says_per_process_or_global(path, word):
 
 def test_every_batch_size_option_is_covered_above():
     with_batch = {p for p, parser in _parsers() if any(a.dest == "batch_size" for a in _options(parser))}
-    assert with_batch == {("sample",), ("cache-latents",), ("reconstruct",), ("eval", "gen"), ("eval", "recon"),
-                          ("eval", "ref-stats")}
+    assert with_batch == {
+        ("sample",),
+        ("cache-latents",),
+        ("reconstruct",),
+        ("eval", "gen"),
+        ("eval", "recon"),
+        ("eval", "ref-stats"),
+    }
     train = dict(_parsers())
     for what in ("tokenizer", "diffusion"):  # training batch sizes are recipe keys: the help says which is global
         epilog = train[("train", what)].epilog
         assert "run.batch_size is the GLOBAL batch" in epilog and "run.micro_batch is the PER-PROCESS" in epilog
 
 
-@pytest.mark.parametrize("argv, usage, suggestion", [
-    (["sample", "--diffusion", "d", "--num-sampels", "4", "--out", "o"], "usage: vfmvae sample", "--num-samples"),
-    (["sample", "--num-sample", "4"], "usage: vfmvae sample", "--num-samples"),  # required options missing too
-    (["align", "metric", "--a", "x", "--b", "y", "--top-k", "5"], "usage: vfmvae align metric", "--topk"),
-    (["eval", "recon", "--tokeniser", "t", "--data", "d"], "usage: vfmvae eval recon", "--tokenizer"),
-    (["reconstruct", "--outptu", "o"], "usage: vfmvae reconstruct", "--out"),  # typo of the old --output
-    (["data", "synthetic", "--out=x", "--seeds=3"], "usage: vfmvae data synthetic", "--seed"),
-])
+@pytest.mark.parametrize(
+    "argv, usage, suggestion",
+    [
+        (["sample", "--diffusion", "d", "--num-sampels", "4", "--out", "o"], "usage: vfmvae sample", "--num-samples"),
+        (["sample", "--num-sample", "4"], "usage: vfmvae sample", "--num-samples"),  # required options missing too
+        (["align", "metric", "--a", "x", "--b", "y", "--top-k", "5"], "usage: vfmvae align metric", "--topk"),
+        (["eval", "recon", "--tokeniser", "t", "--data", "d"], "usage: vfmvae eval recon", "--tokenizer"),
+        (["reconstruct", "--outptu", "o"], "usage: vfmvae reconstruct", "--out"),  # typo of the old --output
+        (["data", "synthetic", "--out=x", "--seeds=3"], "usage: vfmvae data synthetic", "--seed"),
+    ],
+)
 def test_misspelled_option_shows_the_subcommand_usage_and_a_suggestion(argv, usage, suggestion, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)
@@ -111,11 +128,14 @@ def test_misspelled_command_gets_a_suggestion(capsys):
     assert exc.value.code == 2 and "did you mean 'sample'?" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv, prefix", [
-    (["data", "synthetic", "--ou", "OUT", "--num", "2", "--size", "8"], "--ou"),           # prefix of --out
-    (["sample", "--diffusion", "d", "--num-sample", "4", "--out", "o"], "--num-sample"),  # prefix of --num-samples
-    (["reconstruct", "--tok", "t", "--data", "d", "--out", "o"], "--tok"),               # prefix of --tokenizer
-])
+@pytest.mark.parametrize(
+    "argv, prefix",
+    [
+        (["data", "synthetic", "--ou", "OUT", "--num", "2", "--size", "8"], "--ou"),  # prefix of --out
+        (["sample", "--diffusion", "d", "--num-sample", "4", "--out", "o"], "--num-sample"),  # prefix of --num-samples
+        (["reconstruct", "--tok", "t", "--data", "d", "--out", "o"], "--tok"),  # prefix of --tokenizer
+    ],
+)
 def test_no_silent_abbreviations(argv, prefix, capsys, tmp_path):
     argv = [str(tmp_path / "out") if a == "OUT" else a for a in argv]  # (old code wrote the set there)
     with pytest.raises(SystemExit) as exc:
@@ -141,9 +161,24 @@ def test_verbose_does_not_flood_the_terminal_with_pil_debug_lines(tmp_path):
     for i in range(2):
         (tmp_path / "images" / "a").mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (20, 20), (i * 100, 0, 0)).save(tmp_path / "images" / "a" / f"{i}.png")
-    proc = subprocess.run([sys.executable, "-m", "vfmvae", "data", "inspect", "--data", str(tmp_path / "images"),
-                           "--resolution", "16", "-v"], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vfmvae",
+            "data",
+            "inspect",
+            "--data",
+            str(tmp_path / "images"),
+            "--resolution",
+            "16",
+            "-v",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
     assert proc.returncode == 0, proc.stderr
     assert "2 images" in proc.stdout
     assert "PIL" not in proc.stderr and "STREAM" not in proc.stderr, proc.stderr
@@ -219,6 +254,7 @@ def test_cli_modules_are_named_after_their_commands():
 
 # --- every command the README and the docs show parses as written (with the current option names) -------
 
+
 def _shown_commands() -> list[tuple[str, list[str]]]:
     commands = []
     for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
@@ -228,7 +264,7 @@ def _shown_commands() -> list[tuple[str, list[str]]]:
                     continue  # output, not a command
                 words = shlex.split(line.removeprefix("$ "), comments=True)
                 if "vfmvae" in words and (words[0] == "vfmvae" or words[words.index("vfmvae") - 1] == "-m"):
-                    commands.append((doc.name, words[words.index("vfmvae") + 1:]))
+                    commands.append((doc.name, words[words.index("vfmvae") + 1 :]))
     for recipe in sorted((ROOT / "configs").rglob("*.yaml")):  # the commands in the recipes' header comments
         text = re.sub(r"\\\n#\s*", " ", recipe.read_text())
         for line in re.findall(r"^#\s+(vfmvae .*)$", text, flags=re.M):
@@ -252,6 +288,7 @@ def test_readme_docs_and_recipe_commands_parse_with_the_current_names(capsys):
 
 # --- names (issue 20, part 5) ------------------------------------------------------------------------------
 
+
 def test_diffusion_registry_names_say_what_they_are():
     import vfmvae.diffusion.registry as registry
     from vfmvae.diffusion import DIFFUSION_MODELS
@@ -262,8 +299,12 @@ def test_diffusion_registry_names_say_what_they_are():
     diffusion_names, vfm_names = set(DIFFUSION_MODELS.names()), set(VFM_REGISTRY)
     assert not any(n.endswith("-test") for n in diffusion_names) and not any(n.endswith("-tiny") for n in vfm_names)
     # every test-model name the docs, recipes and CLI help mention exists, in the registry its suffix belongs to
-    texts = [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "configs").rglob("*.yaml"),
-             *(ROOT / "src" / "vfmvae" / "cli").glob("*.py")]
+    texts = [
+        ROOT / "README.md",
+        *(ROOT / "docs").glob("*.md"),
+        *(ROOT / "configs").rglob("*.yaml"),
+        *(ROOT / "src" / "vfmvae" / "cli").glob("*.py"),
+    ]
     for path in texts:
         text = path.read_text()
         for name in re.findall(r"\b((?:sit|lightningdit|repa-sit|reg-sit)-(?:tiny|test))\b", text):

@@ -116,12 +116,17 @@ def test_every_shipped_recipe_loads(tmp_path):
 
     root = Path(__file__).resolve().parents[1] / "configs"
     schemas = {"data/synthetic-demo.yaml": SyntheticConfig, "data/imagenet-256.yaml": DataConfig}
-    schemas.update({f"tokenizer/{n}.yaml": TokenizerTrainConfig for n in ("tiny", "stage0", "stage1", "stage2", "stage3")})
+    schemas.update(
+        {f"tokenizer/{n}.yaml": TokenizerTrainConfig for n in ("tiny", "stage0", "stage1", "stage2", "stage3")}
+    )
     schemas.update({f"diffusion/{n}.yaml": DiffusionTrainConfig for n in ("tiny", "lightningdit-xl1", "reg-sit-xl1")})
     recipes = sorted(str(p.relative_to(root)) for p in root.rglob("*.yaml"))
     assert set(recipes) == set(schemas)
     for rel in recipes:
         schema = schemas[rel]
-        overrides = {DataConfig: [f"source={tmp_path}"], TokenizerTrainConfig: [f"data.source={tmp_path}"],
-                     DiffusionTrainConfig: [f"data.cache={tmp_path}"]}.get(schema, [])
+        overrides = {
+            DataConfig: [f"source={tmp_path}"],
+            TokenizerTrainConfig: [f"data.source={tmp_path}"],
+            DiffusionTrainConfig: [f"data.cache={tmp_path}"],
+        }.get(schema, [])
         load_config(schema, root / rel, overrides)

@@ -31,14 +31,21 @@ def _digest(folder: Path) -> str:
 
 
 def test_synthetic_set_is_deterministic_balanced_and_labelled(tmp_path, synthetic_dir):
-    write_synthetic_dataset(SyntheticConfig(out=tmp_path, num=64, classes=4, size=32, shards=True, shard_size=16), progress=False)
+    write_synthetic_dataset(
+        SyntheticConfig(out=tmp_path, num=64, classes=4, size=32, shards=True, shard_size=16), progress=False
+    )
     assert _digest(tmp_path / "images") == _digest(synthetic_dir / "images")
     assert _digest(tmp_path / "shards") == _digest(synthetic_dir / "shards")
     ds = ImageFolderDataset(synthetic_dir / "images", 32)
     assert ds.classes == class_names(4) and len(ds) == 64
     assert np.bincount(ds.labels).tolist() == [16, 16, 16, 16]
     # classes are visibly different: mean colours of class means are far apart
-    means = torch.stack([torch.stack([ds[i]["image"].float().mean((1, 2)) for i in range(64) if ds.labels[i] == c]).mean(0) for c in range(4)])
+    means = torch.stack(
+        [
+            torch.stack([ds[i]["image"].float().mean((1, 2)) for i in range(64) if ds.labels[i] == c]).mean(0)
+            for c in range(4)
+        ]
+    )
     assert torch.cdist(means, means).add(torch.eye(4) * 1e3).min() > 5
 
 
@@ -96,9 +103,17 @@ def test_decode_image_reasons_and_modes():
         except Exception as err:  # noqa: BLE001 - we assert on the category below
             reasons[name] = getattr(err, "reason", repr(err))
     assert reasons == {
-        "good.png": "ok", "truncated.png": "corrupt", "zero.png": "zero-byte", "notes.txt": "not-an-image",
-        "tiny.png": "too-small", "huge.png": "too-large", "cmyk.jpg": "ok", "gray16.png": "ok", "gray.png": "ok",
-        "alpha.png": "ok", "palette.gif": "ok",
+        "good.png": "ok",
+        "truncated.png": "corrupt",
+        "zero.png": "zero-byte",
+        "notes.txt": "not-an-image",
+        "tiny.png": "too-small",
+        "huge.png": "too-large",
+        "cmyk.jpg": "ok",
+        "gray16.png": "ok",
+        "gray.png": "ok",
+        "alpha.png": "ok",
+        "palette.gif": "ok",
     }
     gray16 = np.asarray(decode_image(files["gray16.png"]))
     assert 150 < gray16.mean() < 160  # 40000/65535 of full scale, not clipped to white
@@ -176,8 +191,16 @@ def test_data_stream_resumes_exactly(synthetic_dir, source):
         assert got["name"] == expected["name"]
         assert torch.equal(got["image"], expected["image"])
     # flips are on and applied to some samples but are a function of (seed, epoch, index) only
-    assert any(not torch.equal(a["image"], b["image"]) for a, b in zip(reference, DataStream(
-        DataConfig(source=synthetic_dir / source, resolution=32, num_workers=0, seed=3, hflip=False), batch_size=5)))
+    assert any(
+        not torch.equal(a["image"], b["image"])
+        for a, b in zip(
+            reference,
+            DataStream(
+                DataConfig(source=synthetic_dir / source, resolution=32, num_workers=0, seed=3, hflip=False),
+                batch_size=5,
+            ),
+        )
+    )
 
 
 def test_skip_counter_summary():

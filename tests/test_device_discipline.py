@@ -34,8 +34,13 @@ def _free_port() -> int:
 @pytest.fixture
 def one_process_group(monkeypatch):
     """The environment torchrun gives its only process; the group is torn down afterwards."""
-    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                       "MASTER_PORT": str(_free_port())}.items():
+    for key, value in {
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+    }.items():
         monkeypatch.setenv(key, value)
     yield
     dist_utils.destroy_distributed()
@@ -64,15 +69,28 @@ def test_the_check_rejects_host_tensors_and_accepts_device_tensors(one_process_g
         for host in (torch.tensor([3.0]), torch.zeros(2) + 1, torch.ones(()).cpu()):
             with pytest.raises(RuntimeError, match="device discipline: torch.distributed.all_reduce got a host tensor"):
                 dist_utils.all_reduce_sum(host)
-        for on_device in (torch.tensor([3.0], device=device), torch.zeros(2).to(device), weight.detach() * 2,
-                          torch.full((), 4, dtype=torch.int64, device=device)):
+        for on_device in (
+            torch.tensor([3.0], device=device),
+            torch.zeros(2).to(device),
+            weight.detach() * 2,
+            torch.full((), 4, dtype=torch.int64, device=device),
+        ):
             assert torch.equal(dist_utils.all_reduce_sum(on_device.clone()), on_device)  # one process: unchanged
     dist_utils.all_reduce_sum(torch.tensor([3.0]))  # outside the check, gloo takes it (which NCCL would not)
 
 
 def _torchrun(nproc: int, *args: str, timeout: int = 600) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", str(LAUNCHER),
-           "-m", "vfmvae", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        str(LAUNCHER),
+        "-m",
+        "vfmvae",
+        *args,
+    ]
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
 
@@ -85,18 +103,73 @@ def test_two_process_training_keeps_every_collective_on_the_device(tmp_path, syn
     from vfmvae.tokenizer.convert import convert_official_tokenizer
 
     data = synthetic_dir / "images"
-    _torchrun(2, "train", "tokenizer", "--recipe", str(ROOT / "configs" / "tokenizer" / "tiny.yaml"),
-              "--set", f"run.dir={tmp_path / 'tok'}", "--set", f"data.source={data}", "--set", "data.num_workers=0",
-              "--set", "run.batch_size=4", "--set", "run.total_images=8", "--set", "run.log_every=1",
-              "--set", "run.checkpoint_every=1")
+    _torchrun(
+        2,
+        "train",
+        "tokenizer",
+        "--recipe",
+        str(ROOT / "configs" / "tokenizer" / "tiny.yaml"),
+        "--set",
+        f"run.dir={tmp_path / 'tok'}",
+        "--set",
+        f"data.source={data}",
+        "--set",
+        "data.num_workers=0",
+        "--set",
+        "run.batch_size=4",
+        "--set",
+        "run.total_images=8",
+        "--set",
+        "run.log_every=1",
+        "--set",
+        "run.checkpoint_every=1",
+    )
     assert (tmp_path / "tok" / "export" / "model.safetensors").is_file()
     official = ROOT / "tests" / "data" / "official_tokenizer_tiny"
-    convert_official_tokenizer(official / "config.yaml", official / "official_G.safetensors",
-                               official / "siglip2-tiny-patch16", tmp_path / "converted")
-    _torchrun(2, "cache-latents", "--tokenizer", str(tmp_path / "converted"), "--data", str(data),
-              "--out", str(tmp_path / "cache"), "--batch-size", "16", "--workers", "0", "--device", "cpu", "--flip", "--vfm-features", "dinov2-test")
-    _torchrun(2, "train", "diffusion", "--recipe", str(ROOT / "configs" / "diffusion" / "tiny.yaml"),
-              "--set", f"data.cache={tmp_path / 'cache'}", "--set", f"run.dir={tmp_path / 'dit'}",
-              "--set", "run.grid_every=0", "--set", "run.total_images=64", "--set", "run.log_every=1",
-              "--set", "run.checkpoint_every=1", "--set", "data.num_workers=0")
+    convert_official_tokenizer(
+        official / "config.yaml",
+        official / "official_G.safetensors",
+        official / "siglip2-tiny-patch16",
+        tmp_path / "converted",
+    )
+    _torchrun(
+        2,
+        "cache-latents",
+        "--tokenizer",
+        str(tmp_path / "converted"),
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "cache"),
+        "--batch-size",
+        "16",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--flip",
+        "--vfm-features",
+        "dinov2-test",
+    )
+    _torchrun(
+        2,
+        "train",
+        "diffusion",
+        "--recipe",
+        str(ROOT / "configs" / "diffusion" / "tiny.yaml"),
+        "--set",
+        f"data.cache={tmp_path / 'cache'}",
+        "--set",
+        f"run.dir={tmp_path / 'dit'}",
+        "--set",
+        "run.grid_every=0",
+        "--set",
+        "run.total_images=64",
+        "--set",
+        "run.log_every=1",
+        "--set",
+        "run.checkpoint_every=1",
+        "--set",
+        "data.num_workers=0",
+    )
     assert (tmp_path / "dit" / "export").is_dir()

@@ -15,12 +15,12 @@ pytest.importorskip("diffusers", reason='diffusers is not installed (pip install
 
 from diffusers import DiffusionPipeline  # noqa: E402
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution  # noqa: E402
+from helpers import perturbed_reg_export, tiny_official_tokenizer  # noqa: E402
 
 from vfmvae.checkpoint.serialize import load_tensors  # noqa: E402
 from vfmvae.diffusers import VFMVAEAutoencoder, VFMVAEDiffusionPipeline, VFMVAETransformer2DModel, export_pipeline  # noqa: E402
 from vfmvae.diffusion import DiffusionTransformer  # noqa: E402
 from vfmvae.tokenizer import VFMVAE  # noqa: E402
-from helpers import perturbed_reg_export, tiny_official_tokenizer  # noqa: E402
 
 STATS = {"mean": [0.1, -0.2, 0.0, 0.3, 0.05, -0.1, 0.2, 0.0], "std": [2.0, 1.5, 1.0, 0.5, 2.5, 1.0, 1.2, 0.8]}
 
@@ -52,7 +52,9 @@ def test_tokenizer_round_trip_ours_diffusers_ours(models, tmp_path):
     assert {p.name for p in (tmp_path / "vae").iterdir()} == {"config.json", "diffusion_pytorch_model.safetensors"}
     config = json.loads((tmp_path / "vae" / "config.json").read_text())
     assert config["_class_name"] == "VFMVAEAutoencoder"
-    assert config["latents_mean"] == pytest.approx(STATS["mean"]) and config["latents_std"] == pytest.approx(STATS["std"])
+    assert config["latents_mean"] == pytest.approx(STATS["mean"]) and config["latents_std"] == pytest.approx(
+        STATS["std"]
+    )
 
     loaded = VFMVAEAutoencoder.from_pretrained(tmp_path / "vae")
     loaded.to_vfmvae().save_pretrained(tmp_path / "back")
@@ -115,13 +117,46 @@ def test_diffusers_pipeline_gives_the_images_of_vfmvae_sample(models, pipeline_d
     pipe = DiffusionPipeline.from_pretrained(pipeline_dir)
     assert isinstance(pipe, VFMVAEDiffusionPipeline)
     labels = [2, 0]
-    out = pipe(class_labels=labels, num_inference_steps=2, guidance_scale=cfg, sampler=sampler,
-               guidance_interval=(0.0, 0.8), generator=torch.Generator().manual_seed(7))
+    out = pipe(
+        class_labels=labels,
+        num_inference_steps=2,
+        guidance_scale=cfg,
+        sampler=sampler,
+        guidance_interval=(0.0, 0.8),
+        generator=torch.Generator().manual_seed(7),
+    )
     assert len(out.images) == 2 and all(isinstance(im, Image.Image) and im.size == (64, 64) for im in out.images)
 
-    assert main(["sample", "--diffusion", str(models / "dit"), "--num-samples", "2", "--out", str(tmp_path / "s"),
-                 "--steps", "2", "--sampler", sampler, "--cfg", str(cfg), "--interval", "0,0.8", "--classes", "2,0",
-                 "--seed", "7", "--batch-size", "2", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--diffusion",
+                str(models / "dit"),
+                "--num-samples",
+                "2",
+                "--out",
+                str(tmp_path / "s"),
+                "--steps",
+                "2",
+                "--sampler",
+                sampler,
+                "--cfg",
+                str(cfg),
+                "--interval",
+                "0,0.8",
+                "--classes",
+                "2,0",
+                "--seed",
+                "7",
+                "--batch-size",
+                "2",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     npz = np.load(tmp_path / "s" / "samples.npz")
     assert npz["arr_1"].tolist() == labels
     for i, image in enumerate(out.images):
@@ -143,8 +178,21 @@ def test_pipeline_rejects_bad_arguments(pipeline_dir):
 def test_export_command_writes_loadable_folders_and_refuses_to_overwrite(models, tmp_path, capsys):
     from vfmvae.cli import main
 
-    assert main(["export", "diffusers", "--tokenizer", str(models / "tok"), "--latent-stats",
-                 str(models / "dit" / "latent_stats.json"), "--out", str(tmp_path / "vae")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "diffusers",
+                "--tokenizer",
+                str(models / "tok"),
+                "--latent-stats",
+                str(models / "dit" / "latent_stats.json"),
+                "--out",
+                str(tmp_path / "vae"),
+            ]
+        )
+        == 0
+    )
     vae = VFMVAEAutoencoder.from_pretrained(tmp_path / "vae")
     assert vae.config.latents_std == pytest.approx(STATS["std"])
     assert main(["export", "diffusers", "--diffusion", str(models / "dit"), "--out", str(tmp_path / "pipe")]) == 0

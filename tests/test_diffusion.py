@@ -55,7 +55,9 @@ def test_time_converters_match_lightningdit_convention():
     torch.testing.assert_close(ours_xt, ldit_xt)
     torch.testing.assert_close(velocity_to_native(ours_v, "data_at_1"), x - eps)
     torch.testing.assert_close(from_native_time(t_native, "data_at_1"), t)
-    assert torch.equal(to_native_time(t, "noise_at_1"), t) and torch.equal(velocity_to_native(ours_v, "noise_at_1"), ours_v)
+    assert torch.equal(to_native_time(t, "noise_at_1"), t) and torch.equal(
+        velocity_to_native(ours_v, "noise_at_1"), ours_v
+    )
 
 
 def test_data_at_1_models_are_wrapped_into_the_package_convention():
@@ -125,7 +127,9 @@ def test_repa_gradients_reach_only_the_projector_and_the_blocks_below_it():
     model.zero_grad()
     terms.align.mean().backward()
     got = _grads(model)
-    assert all(got[n] for n in got if n.startswith(("projectors.", "blocks.0.", "blocks.1.", "x_embedder.", "t_embedder.")))
+    assert all(
+        got[n] for n in got if n.startswith(("projectors.", "blocks.0.", "blocks.1.", "x_embedder.", "t_embedder."))
+    )
     assert not any(got[n] for n in got if n.startswith(("blocks.2.", "final_layer.")))
     # the denoising loss, in turn, never trains the projector
     model.zero_grad()
@@ -140,8 +144,15 @@ def test_reg_class_token_loss_trains_its_path_and_not_the_projector():
     x, y = torch.randn(4, 8, 8, 8), torch.tensor([0, 1, 2, 3])
     cls = torch.randn(4, 64)
     cfg = TransportConfig(align_weight=0.5, cls_weight=0.03)
-    terms = training_loss(model, x, y, cfg, **_draws(x, cfg, 0, cls), cls_target=cls,
-                          align_targets=[torch.randn(4, 1 + model.num_tokens, 64)])
+    terms = training_loss(
+        model,
+        x,
+        y,
+        cfg,
+        **_draws(x, cfg, 0, cls),
+        cls_target=cls,
+        align_targets=[torch.randn(4, 1 + model.num_tokens, 64)],
+    )
     model.zero_grad()
     terms.cls.mean().backward()
     got = _grads(model)
@@ -183,9 +194,15 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     for flag in (False, True):
         model.gradient_checkpointing = flag
         model.zero_grad()
-        terms = training_loss(model, x, y, cfg, **_draws(x, cfg, 0, cls),
-                              align_targets=[torch.randn(2, 1 + model.num_tokens, 64, generator=torch.Generator().manual_seed(1))],
-                              cls_target=cls)
+        terms = training_loss(
+            model,
+            x,
+            y,
+            cfg,
+            **_draws(x, cfg, 0, cls),
+            align_targets=[torch.randn(2, 1 + model.num_tokens, 64, generator=torch.Generator().manual_seed(1))],
+            cls_target=cls,
+        )
         terms.loss.mean().backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys()

@@ -34,8 +34,9 @@ def _ldit(tmp_path, variant):
     overrides = dict(depth=kw["depth"], hidden_size=kw["hidden_size"], num_heads=kw["num_heads"])
     if not kw["use_swiglu"]:
         overrides.update(norm="layernorm", mlp="gelu", qk_norm="none", rope=False)
-    model = convert_official_diffusion(_official_file(tmp_path, ref, variant), "lightningdit", "lightningdit-tiny",
-                                       tmp_path / variant, **overrides)
+    model = convert_official_diffusion(
+        _official_file(tmp_path, ref, variant), "lightningdit", "lightningdit-tiny", tmp_path / variant, **overrides
+    )
     return model, ref, kw
 
 
@@ -57,8 +58,9 @@ def test_lightningdit_training_loss_matches_official(tmp_path, case):
     ref = load_file(LDIT / "transport_loss.safetensors")
     t = ref[f"{case}.t"]
     with torch.no_grad():
-        terms = training_loss(model, ref["input.x1"], ref["input.y"], TransportConfig(cosine_weight=1.0),
-                              t=1 - t, noise=ref[f"{case}.x0"])
+        terms = training_loss(
+            model, ref["input.x1"], ref["input.y"], TransportConfig(cosine_weight=1.0), t=1 - t, noise=ref[f"{case}.x0"]
+        )
     torch.testing.assert_close(terms.mse, ref[f"{case}.loss"], **TOL)
     torch.testing.assert_close(terms.cosine, ref[f"{case}.cos_loss"], **TOL)
     torch.testing.assert_close(terms.loss.mean(), ref[f"{case}.total"], **TOL)
@@ -85,10 +87,16 @@ def test_converter_rejects_mismatched_architectures(tmp_path):
 def _reg(tmp_path, variant):
     ref = {k: v.clone() for k, v in load_file(REG / f"reg_{variant}.safetensors").items()}  # aligned copies
     kw = json.loads((REG / f"reg_{variant}.json").read_text())["constructor_kwargs"]
-    overrides = dict(depth=kw["depth"], hidden_size=kw["hidden_size"], num_heads=kw["num_heads"],
-                     align_depth=kw["encoder_depth"], qk_norm="layernorm" if kw["qk_norm"] else "none")
-    model = convert_official_diffusion(_official_file(tmp_path, ref, variant), "reg", "reg-sit-tiny", tmp_path / variant,
-                                       **overrides)
+    overrides = dict(
+        depth=kw["depth"],
+        hidden_size=kw["hidden_size"],
+        num_heads=kw["num_heads"],
+        align_depth=kw["encoder_depth"],
+        qk_norm="layernorm" if kw["qk_norm"] else "none",
+    )
+    model = convert_official_diffusion(
+        _official_file(tmp_path, ref, variant), "reg", "reg-sit-tiny", tmp_path / variant, **overrides
+    )
     return model, ref, kw
 
 
@@ -117,9 +125,17 @@ def test_reg_training_loss_matches_official(tmp_path, mode):
     else:
         y = ref["input.y"]
     with torch.no_grad():
-        terms = training_loss(model, ref["input.x"], y, cfg, t=ref[p + "t"].flatten(), noise=ref[p + "noise_x"],
-                              cls_noise=ref[p + "noise_cls"], cls_target=ref["input.cls_token"],
-                              align_targets=[ref["input.zs0"]])
+        terms = training_loss(
+            model,
+            ref["input.x"],
+            y,
+            cfg,
+            t=ref[p + "t"].flatten(),
+            noise=ref[p + "noise_x"],
+            cls_noise=ref[p + "noise_cls"],
+            cls_target=ref["input.cls_token"],
+            align_targets=[ref["input.zs0"]],
+        )
     torch.testing.assert_close(terms.mse, ref[p + "loss.denoise_per_sample"], **TOL)
     torch.testing.assert_close(terms.cls, ref[p + "loss.cls_per_sample"], **TOL)
     torch.testing.assert_close(terms.align.mean(), ref[p + "loss.proj"], **TOL)
@@ -167,7 +183,13 @@ def test_reg_euler_maruyama_sampler_matches_official(tmp_path, case):
     ref = load_file(REG / "reg_sampler.safetensors")
     torch.testing.assert_close(sde_grid(10), ref["sde.t_steps"])
     scale = 4.0 if case == "sde_cfg4" else 1.0
-    out = sample_sde(model, ref["input.z"], ref["input.y"], steps=10, cls_noise=ref["input.cls_z"],
-                     guidance=Guidance(scale=scale, cls_scale=scale, interval=(0.0, 0.8)),
-                     step_noise=lambda i: (ref[f"{case}.eps_x"][i], ref[f"{case}.eps_cls"][i]))
+    out = sample_sde(
+        model,
+        ref["input.z"],
+        ref["input.y"],
+        steps=10,
+        cls_noise=ref["input.cls_z"],
+        guidance=Guidance(scale=scale, cls_scale=scale, interval=(0.0, 0.8)),
+        step_noise=lambda i: (ref[f"{case}.eps_x"][i], ref[f"{case}.eps_cls"][i]),
+    )
     torch.testing.assert_close(out, ref[f"{case}.out.x"], rtol=1e-4, atol=1e-4)

@@ -22,15 +22,30 @@ def cache(tmp_path_factory, synthetic_dir):
     from vfmvae.tokenizer.convert import convert_official_tokenizer
 
     root = tmp_path_factory.mktemp("diffusion")
-    convert_official_tokenizer(DATA / "config.yaml", DATA / "official_G.safetensors", DATA / "siglip2-tiny-patch16", root / "tok")
-    cache_latents(root / "tok", synthetic_dir / "images", root / "cache", flip=True, vfm_features="dinov2-test",
-                  batch_size=16, shard_size=32, num_workers=0, device="cpu", progress=False)
+    convert_official_tokenizer(
+        DATA / "config.yaml", DATA / "official_G.safetensors", DATA / "siglip2-tiny-patch16", root / "tok"
+    )
+    cache_latents(
+        root / "tok",
+        synthetic_dir / "images",
+        root / "cache",
+        flip=True,
+        vfm_features="dinov2-test",
+        batch_size=16,
+        shard_size=32,
+        num_workers=0,
+        device="cpu",
+        progress=False,
+    )
     return root / "cache"
 
 
 def _cfg(cache, run_dir, *overrides):
-    return load_config(DiffusionTrainConfig, ROOT / "configs" / "diffusion" / "tiny.yaml",
-                       [f"data.cache={cache}", f"run.dir={run_dir}", "run.grid_every=0", *overrides])
+    return load_config(
+        DiffusionTrainConfig,
+        ROOT / "configs" / "diffusion" / "tiny.yaml",
+        [f"data.cache={cache}", f"run.dir={run_dir}", "run.grid_every=0", *overrides],
+    )
 
 
 def _losses(run_dir):
@@ -38,8 +53,9 @@ def _losses(run_dir):
 
 
 def test_tiny_recipe_loss_falls_and_exports(cache, tmp_path):
-    summary = train_diffusion(_cfg(cache, tmp_path / "run", "run.total_images=4800", "run.log_every=10",
-                                   "run.grid_every=150"), progress=False)
+    summary = train_diffusion(
+        _cfg(cache, tmp_path / "run", "run.total_images=4800", "run.log_every=10", "run.grid_every=150"), progress=False
+    )
     mse = _losses(tmp_path / "run")
     first, last = sum(mse[:2]) / 2, sum(mse[-2:]) / 2
     print(f"tiny LightningDiT+REPA velocity MSE: {first:.3f} -> {last:.3f}")
@@ -78,9 +94,18 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(cache, tmp_path):
 
 
 def test_reg_recipe_with_class_token_runs(cache, tmp_path):
-    cfg = _cfg(cache, tmp_path / "reg", "model.arch=reg-sit-tiny", "model.overrides={}", "transport.time_sampling=uniform",
-               "transport.cosine_weight=0", "transport.cls_weight=0.03", "run.total_images=128", "run.log_every=1",
-               "run.gradient_checkpointing=true")
+    cfg = _cfg(
+        cache,
+        tmp_path / "reg",
+        "model.arch=reg-sit-tiny",
+        "model.overrides={}",
+        "transport.time_sampling=uniform",
+        "transport.cosine_weight=0",
+        "transport.cls_weight=0.03",
+        "run.total_images=128",
+        "run.log_every=1",
+        "run.gradient_checkpointing=true",
+    )
     summary = train_diffusion(cfg, progress=False)
     records = [json.loads(x) for x in (tmp_path / "reg" / "metrics.jsonl").read_text().splitlines()]
     assert {"loss/mse", "loss/align", "loss/cls"} <= set(records[-1]) and summary["steps"] == 4
@@ -98,8 +123,25 @@ def test_configuration_errors_name_the_problem(cache, tmp_path, synthetic_dir):
 def test_train_diffusion_command(cache, tmp_path, capsys):
     from vfmvae.cli import main
 
-    assert main(["train", "diffusion", "--recipe", str(ROOT / "configs/diffusion/tiny.yaml"), "--set", f"data.cache={cache}",
-                 "--set", f"run.dir={tmp_path / 'cli'}", "--set", "run.total_images=64", "--set", "run.grid_every=0"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "diffusion",
+                "--recipe",
+                str(ROOT / "configs/diffusion/tiny.yaml"),
+                "--set",
+                f"data.cache={cache}",
+                "--set",
+                f"run.dir={tmp_path / 'cli'}",
+                "--set",
+                "run.total_images=64",
+                "--set",
+                "run.grid_every=0",
+            ]
+        )
+        == 0
+    )
     assert "trained 2 steps" in capsys.readouterr().out
     assert main(["diffusion", "list"]) == 0
     assert "lightningdit-xl/1" in capsys.readouterr().out
@@ -116,26 +158,46 @@ def test_alignment_features_from_diffusion_blocks(cache, tmp_path, synthetic_dir
     summary = train_diffusion(_cfg(cache, tmp_path / "run", "run.total_images=640"), progress=False)
     export = summary["export"]
     make_transformed_set(synthetic_dir / "images", tmp_path / "t", size=64, progress=False)
-    f1 = load(extract_features(f"diffusion:{export}@1", tmp_path / "t", tmp_path / "b1.safetensors", progress=False)["out"])
-    f1_again = load(extract_features(f"diffusion:{export}@1", tmp_path / "t", tmp_path / "b1b.safetensors", progress=False)["out"])
-    f0 = load(extract_features(f"diffusion:{export}@0", tmp_path / "t", tmp_path / "b0.safetensors", progress=False)["out"])
+    f1 = load(
+        extract_features(f"diffusion:{export}@1", tmp_path / "t", tmp_path / "b1.safetensors", progress=False)["out"]
+    )
+    f1_again = load(
+        extract_features(f"diffusion:{export}@1", tmp_path / "t", tmp_path / "b1b.safetensors", progress=False)["out"]
+    )
+    f0 = load(
+        extract_features(f"diffusion:{export}@0", tmp_path / "t", tmp_path / "b0.safetensors", progress=False)["out"]
+    )
     assert f1["features"].shape == (64, 64) and torch.equal(f1["features"], f1_again["features"])  # seeded noise
     assert not torch.allclose(f0["features"], f1["features"])
     with pytest.raises(ValueError, match="use 0 .embedding. .. 2, or proj"):
         extract_features(f"diffusion:{export}@9", tmp_path / "t", tmp_path / "x.safetensors", progress=False)
-    report = run_report(AlignReportConfig(images=tmp_path / "t", out=tmp_path / "report", reference="vfm:dinov2-test",
-                                          models=(f"diffusion:{export}@1", f"diffusion:{export}@proj"),
-                                          transformations=("clean", "noise_0.100")))
+    report = run_report(
+        AlignReportConfig(
+            images=tmp_path / "t",
+            out=tmp_path / "report",
+            reference="vfm:dinov2-test",
+            models=(f"diffusion:{export}@1", f"diffusion:{export}@proj"),
+            transformations=("clean", "noise_0.100"),
+        )
+    )
     row = report["table"][f"diffusion:{export}@proj"]
     assert set(row) == {"clean", "noise_0.100"} and all(-1 <= v <= 1 for v in row.values())
 
 
-@pytest.mark.parametrize("recipe,arch,params", [("lightningdit-xl1", "lightningdit-xl/1", 675.0),
-                                                ("reg-sit-xl1", "reg-sit-xl/1", 684.8), ("tiny", "lightningdit-tiny", None)])
+@pytest.mark.parametrize(
+    "recipe,arch,params",
+    [
+        ("lightningdit-xl1", "lightningdit-xl/1", 675.0),
+        ("reg-sit-xl1", "reg-sit-xl/1", 684.8),
+        ("tiny", "lightningdit-tiny", None),
+    ],
+)
 def test_recipes_load_and_describe_the_paper_models(tmp_path, recipe, arch, params):
     from vfmvae.diffusion import DiffusionTransformer, diffusion_config
 
-    cfg = load_config(DiffusionTrainConfig, ROOT / "configs" / "diffusion" / f"{recipe}.yaml", [f"data.cache={tmp_path}"])
+    cfg = load_config(
+        DiffusionTrainConfig, ROOT / "configs" / "diffusion" / f"{recipe}.yaml", [f"data.cache={tmp_path}"]
+    )
     assert cfg.model.arch == arch
     if params is not None:  # 16x16x32 latents, 1000 classes
         with torch.device("meta"):
@@ -153,13 +215,40 @@ def test_two_processes_and_accumulation_equal_one_process(cache, tmp_path):
     import sys
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    common = ["train", "diffusion", "--recipe", str(ROOT / "configs/diffusion/tiny.yaml"), "--set", f"data.cache={cache}",
-              "--set", "run.grid_every=0", "--set", "run.batch_size=8", "--set", "run.total_images=32",
-              "--set", "run.checkpoint_every=100", "--set", "run.log_every=1"]
+    common = [
+        "train",
+        "diffusion",
+        "--recipe",
+        str(ROOT / "configs/diffusion/tiny.yaml"),
+        "--set",
+        f"data.cache={cache}",
+        "--set",
+        "run.grid_every=0",
+        "--set",
+        "run.batch_size=8",
+        "--set",
+        "run.total_images=32",
+        "--set",
+        "run.checkpoint_every=100",
+        "--set",
+        "run.log_every=1",
+    ]
     runs = {}
     for name, micro, nproc in (("one", 8, 0), ("accum", 2, 0), ("two", 4, 2)):
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] if nproc else [sys.executable]
-        cmd = launcher + ["-m", "vfmvae", *common, "--set", f"run.dir={tmp_path / name}", "--set", f"run.micro_batch={micro}"]
+        launcher = (
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+            if nproc
+            else [sys.executable]
+        )
+        cmd = launcher + [
+            "-m",
+            "vfmvae",
+            *common,
+            "--set",
+            f"run.dir={tmp_path / name}",
+            "--set",
+            f"run.micro_batch={micro}",
+        ]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[name] = load_file(tmp_path / name / "checkpoints" / "step-00000004" / "model.safetensors")
@@ -181,9 +270,16 @@ def test_training_loop_reads_nothing_back_between_logging_points(cache, tmp_path
     import vfmvae
 
     package = str(Path(vfmvae.__file__).resolve().parent)
-    training_code = ("diffusion_training/trainer.py", "diffusion_training/draws.py", "training/run.py",
-                     "training/step.py", "training/ema.py", "diffusion/transport.py",
-                     "diffusion/model.py", "diffusion/layers.py")
+    training_code = (
+        "diffusion_training/trainer.py",
+        "diffusion_training/draws.py",
+        "training/run.py",
+        "training/step.py",
+        "training/ema.py",
+        "diffusion/transport.py",
+        "diffusion/model.py",
+        "diffusion/layers.py",
+    )
 
     def run(steps: int) -> list[str]:
         seen = []
@@ -194,8 +290,17 @@ def test_training_loop_reads_nothing_back_between_logging_points(cache, tmp_path
                 seen.append(f"{method} {Path(frame.filename).name}:{frame.lineno}")
 
         with on_tensor_readback(record):
-            train_diffusion(_cfg(cache, tmp_path / f"run{steps}", f"run.total_images={32 * steps}", f"run.log_every={steps}",
-                                 f"run.checkpoint_every={steps}", "data.num_workers=0"), progress=False)
+            train_diffusion(
+                _cfg(
+                    cache,
+                    tmp_path / f"run{steps}",
+                    f"run.total_images={32 * steps}",
+                    f"run.log_every={steps}",
+                    f"run.checkpoint_every={steps}",
+                    "data.num_workers=0",
+                ),
+                progress=False,
+            )
         return seen
 
     short, long = run(4), run(12)

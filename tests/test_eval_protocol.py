@@ -36,7 +36,8 @@ def test_ris_equals_torch_fidelity_isc_on_class_sorted_logits():
     # N not divisible by the splits: torch-fidelity's chunk bounds i * N // splits
     odd = logits[:197]
     assert inception_score_torch_fidelity(odd)[0] == pytest.approx(
-        isc_features_to_metric(odd, 10, True, 2020)["inception_score_mean"], rel=1e-12)
+        isc_features_to_metric(odd, 10, True, 2020)["inception_score_mean"], rel=1e-12
+    )
 
 
 def test_inception_scores_are_finite_for_peaked_logits():
@@ -55,7 +56,7 @@ def test_inception_scores_are_finite_for_peaked_logits():
     value, _ = inception_score_torch_fidelity(extreme)
     shuffled = extreme[torch.from_numpy(np.random.RandomState(2020).permutation(100))]
     # IS of one-hot predictions = exp(entropy of the class frequencies) per split
-    freqs = [np.bincount(torch.argmax(shuffled[i * 10:(i + 1) * 10], 1).numpy()) / 10 for i in range(10)]
+    freqs = [np.bincount(torch.argmax(shuffled[i * 10 : (i + 1) * 10], 1).numpy()) / 10 for i in range(10)]
     expected = np.mean([np.exp(-sum(f * np.log(f) for f in q if f > 0)) for q in freqs])
     assert np.isfinite(value) and value == pytest.approx(expected, rel=1e-9)
     assert inception_score(extreme) == pytest.approx(10.0, rel=1e-6)  # float32, as ADM
@@ -73,13 +74,15 @@ def test_ssim_signed_equals_torchmetrics_data_range_2_on_signed_images():
     ours = ssim_signed(b, a)
     for i in range(4):
         metric = StructuralSimilarityIndexMeasure(data_range=2.0)
-        assert float(ours[i]) == pytest.approx(float(metric(to_signed(b[i:i + 1]), to_signed(a[i:i + 1]))), abs=1e-4)
+        assert float(ours[i]) == pytest.approx(
+            float(metric(to_signed(b[i : i + 1]), to_signed(a[i : i + 1]))), abs=1e-4
+        )
     batch = StructuralSimilarityIndexMeasure(data_range=2.0)(to_signed(b), to_signed(a))
     assert float(ours.mean()) == pytest.approx(float(batch), abs=1e-4)
     # PSNR per image with data range 2 on [-1, 1] equals our uint8 PSNR
     for i in range(4):
-        tm = PeakSignalNoiseRatio(data_range=2.0)(to_signed(b[i:i + 1]), to_signed(a[i:i + 1]))
-        assert float(psnr(b[i:i + 1], a[i:i + 1])) == pytest.approx(float(tm), abs=1e-4)
+        tm = PeakSignalNoiseRatio(data_range=2.0)(to_signed(b[i : i + 1]), to_signed(a[i : i + 1]))
+        assert float(psnr(b[i : i + 1], a[i : i + 1])) == pytest.approx(float(tm), abs=1e-4)
     # the two SSIM conventions differ a lot near mid-grey (so the choice matters)
     assert float(ssim(b[:1], a[:1])) - float(ours[0]) > 0.05
 
@@ -171,11 +174,36 @@ def test_eval_recon_equals_torch_fidelity_pipeline_and_official_pixel_metrics(tm
     _register_cheap_extractor_in_torch_fidelity()
     monkeypatch.setattr(recon, "load_inception", lambda weights, device: (_OursCheap().to(device), {}))
     ref, rec = _grouped_folders(tmp_path)
-    assert main(["eval", "recon", "--reference", str(ref), "--reconstructions", str(rec), "--inception", "cheap",
-                 "--device", "cpu", "--json", str(tmp_path / "r.json")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "recon",
+                "--reference",
+                str(ref),
+                "--reconstructions",
+                str(rec),
+                "--inception",
+                "cheap",
+                "--device",
+                "cpu",
+                "--json",
+                str(tmp_path / "r.json"),
+            ]
+        )
+        == 0
+    )
     ours = json.loads((tmp_path / "r.json").read_text())
-    theirs = torch_fidelity.calculate_metrics(input1=str(rec), input2=str(ref), cuda=False, fid=True, isc=True,
-                                              feature_extractor="vfmvae-test-cheap", verbose=False, cache=False)
+    theirs = torch_fidelity.calculate_metrics(
+        input1=str(rec),
+        input2=str(ref),
+        cuda=False,
+        fid=True,
+        isc=True,
+        feature_extractor="vfmvae-test-cheap",
+        verbose=False,
+        cache=False,
+    )
     assert ours["rfid"] > 0 and ours["rfid"] == pytest.approx(theirs["frechet_inception_distance"], rel=1e-3)
     assert ours["ris"] == pytest.approx(theirs["inception_score_mean"], rel=1e-3)
     assert ours["ris_std"] == pytest.approx(theirs["inception_score_std"], rel=1e-3, abs=1e-6)
@@ -187,14 +215,22 @@ def test_eval_recon_equals_torch_fidelity_pipeline_and_official_pixel_metrics(tm
 
     assert isc_features_to_metric(logits, 10, shuffle=False)["inception_score_mean"] < 0.8 * ours["ris"]
 
-    load = lambda folder: torch.stack([torch.from_numpy(np.asarray(Image.open(p))).permute(2, 0, 1)  # noqa: E731
-                                       for p in sorted(folder.glob("*.png"))])
+    def load(folder):
+        return torch.stack(
+            [torch.from_numpy(np.asarray(Image.open(p))).permute(2, 0, 1) for p in sorted(folder.glob("*.png"))]
+        )
+
     a, b = load(ref), load(rec)
     signed = lambda t: (t.float() / 255 - 0.5) / 0.5  # noqa: E731
-    tm_ssim = np.mean([float(StructuralSimilarityIndexMeasure(data_range=2.0)(signed(b[i:i + 1]), signed(a[i:i + 1])))
-                       for i in range(len(a))])
-    tm_psnr = np.mean([float(PeakSignalNoiseRatio(data_range=2.0)(signed(b[i:i + 1]), signed(a[i:i + 1])))
-                       for i in range(len(a))])
+    tm_ssim = np.mean(
+        [
+            float(StructuralSimilarityIndexMeasure(data_range=2.0)(signed(b[i : i + 1]), signed(a[i : i + 1])))
+            for i in range(len(a))
+        ]
+    )
+    tm_psnr = np.mean(
+        [float(PeakSignalNoiseRatio(data_range=2.0)(signed(b[i : i + 1]), signed(a[i : i + 1]))) for i in range(len(a))]
+    )
     assert ours["ssim"] == pytest.approx(tm_ssim, abs=1e-4)
     assert ours["psnr"] == pytest.approx(tm_psnr, abs=1e-4)
     assert ours["ssim_uint8"] != pytest.approx(ours["ssim"], abs=1e-3)
@@ -212,16 +248,35 @@ def test_eval_recon_with_a_tokenizer_decodes_a_posterior_sample_by_default(tmp_p
     from vfmvae.tokenizer.convert import convert_official_tokenizer
 
     tiny = Path(__file__).parent / "data" / "official_tokenizer_tiny"
-    convert_official_tokenizer(tiny / "config.yaml", tiny / "official_G.safetensors", tiny / "siglip2-tiny-patch16",
-                               tmp_path / "tok")
+    convert_official_tokenizer(
+        tiny / "config.yaml", tiny / "official_G.safetensors", tiny / "siglip2-tiny-patch16", tmp_path / "tok"
+    )
     data = tmp_path / "data"
     data.mkdir()
     for p in sorted((synthetic_dir / "images").rglob("*.png"))[:3]:
         Image.open(p).save(data / p.name)
     outs = {}
     for name, extra in (("sample", []), ("mode", ["--mode"])):
-        assert main(["eval", "recon", "--tokenizer", str(tmp_path / "tok"), "--data", str(data), "--out",
-                     str(tmp_path / name), "--device", "cpu", "--json", str(tmp_path / f"{name}.json")] + extra) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    "recon",
+                    "--tokenizer",
+                    str(tmp_path / "tok"),
+                    "--data",
+                    str(data),
+                    "--out",
+                    str(tmp_path / name),
+                    "--device",
+                    "cpu",
+                    "--json",
+                    str(tmp_path / f"{name}.json"),
+                ]
+                + extra
+            )
+            == 0
+        )
         outs[name] = json.loads((tmp_path / f"{name}.json").read_text())
     assert outs["sample"]["protocol"]["latent"] == "posterior sample (seed 0)"
     assert outs["mode"]["protocol"]["latent"] == "posterior mean"

@@ -40,7 +40,12 @@ def test_frechet_distance_closed_forms():
     assert rotated == pytest.approx(expected, rel=1e-6)
     s1, s2 = _spd(d, rng), _spd(d, rng)
     a, b = frechet_distance(mu1, s1, mu2, s2), frechet_distance(mu2, s2, mu1, s1)
-    eig = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.sum(np.sqrt(np.linalg.eigvals(s1 @ s2).astype(complex)).real)
+    eig = (
+        np.sum((mu1 - mu2) ** 2)
+        + np.trace(s1)
+        + np.trace(s2)
+        - 2 * np.sum(np.sqrt(np.linalg.eigvals(s1 @ s2).astype(complex)).real)
+    )
     assert a == pytest.approx(b, rel=1e-6) and a == pytest.approx(eig, rel=1e-6)
 
 
@@ -131,8 +136,9 @@ def test_inception_features_and_fid_match_torch_fidelity(inception_weights):
     from vfmvae.evaluation import load_inception
 
     ours, provenance = load_inception(inception_weights)
-    theirs = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
-                                         feature_extractor_weights_path=str(inception_weights)).eval()
+    theirs = FeatureExtractorInceptionV3(
+        "inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=str(inception_weights)
+    ).eval()
     a, b = _images(12, 0), _images(12, 1)
     fa, fb = ours(a), ours(b)
     with torch.no_grad():
@@ -143,8 +149,9 @@ def test_inception_features_and_fid_match_torch_fidelity(inception_weights):
     torch.testing.assert_close(fa["pool"], ta, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(fa["logits"], la, rtol=1e-4, atol=1e-4)
     ours_fid = frechet_distance(*gaussian_stats(fa["pool"]), *gaussian_stats(fb["pool"]))
-    theirs_fid = fid_statistics_to_metric(fid_features_to_statistics(ta.double()), fid_features_to_statistics(tb.double()),
-                                          False)["frechet_inception_distance"]
+    theirs_fid = fid_statistics_to_metric(
+        fid_features_to_statistics(ta.double()), fid_features_to_statistics(tb.double()), False
+    )["frechet_inception_distance"]
     assert ours_fid > 0 and ours_fid == pytest.approx(theirs_fid, rel=1e-3)
     assert len(provenance["inception_sha256"]) == 64
     # batch-size independence
@@ -216,12 +223,44 @@ def test_eval_commands_end_to_end(tmp_path, inception_weights, synthetic_dir, ca
     ref_dir.mkdir()
     for i, p in enumerate(images[20:32]):
         Image.open(p).save(ref_dir / f"{i:03d}.png")
-    assert main(["eval", "ref-stats", "--images", str(ref_dir), "--out", str(tmp_path / "ref.npz"),
-                 "--inception", str(inception_weights), "--batch-size", "16"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "ref-stats",
+                "--images",
+                str(ref_dir),
+                "--out",
+                str(tmp_path / "ref.npz"),
+                "--inception",
+                str(inception_weights),
+                "--batch-size",
+                "16",
+            ]
+        )
+        == 0
+    )
     ref = np.load(tmp_path / "ref.npz")
     assert set(ref.files) == {"arr_0", "mu", "sigma", "mu_s", "sigma_s"} and ref["mu_s"].shape == (2023,)
-    assert main(["eval", "gen", "--samples", str(tmp_path / "samples.npz"), "--ref", str(tmp_path / "ref.npz"),
-                 "--inception", str(inception_weights), "--json", str(tmp_path / "gen.json"), "--batch-size", "16"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "gen",
+                "--samples",
+                str(tmp_path / "samples.npz"),
+                "--ref",
+                str(tmp_path / "ref.npz"),
+                "--inception",
+                str(inception_weights),
+                "--json",
+                str(tmp_path / "gen.json"),
+                "--batch-size",
+                "16",
+            ]
+        )
+        == 0
+    )
     res = json.loads((tmp_path / "gen.json").read_text())
     for key in ("fid", "sfid", "inception_score", "precision", "recall"):
         assert np.isfinite(res[key]), key
@@ -229,8 +268,21 @@ def test_eval_commands_end_to_end(tmp_path, inception_weights, synthetic_dir, ca
     assert res["protocol"]["inception_sha256"] and "FID" in capsys.readouterr().out
 
     # recon: identical folders give infinite PSNR-free metrics: SSIM 1, LPIPS skipped without weights
-    assert main(["eval", "recon", "--reference", str(ref_dir), "--reconstructions", str(ref_dir),
-                 "--json", str(tmp_path / "recon.json")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "recon",
+                "--reference",
+                str(ref_dir),
+                "--reconstructions",
+                str(ref_dir),
+                "--json",
+                str(tmp_path / "recon.json"),
+            ]
+        )
+        == 0
+    )
     rec = json.loads((tmp_path / "recon.json").read_text())
     assert rec["ssim"] == pytest.approx(1.0) and rec["lpips"] is None and rec["rfid"] is None
     assert any("lpips" in s for s in rec["protocol"]["skipped"])
@@ -245,8 +297,21 @@ def test_eval_errors_are_clear(tmp_path, capsys):
     Image.new("RGB", (32, 32)).save(tmp_path / "mixed" / "a.png")
     Image.new("RGB", (48, 32)).save(tmp_path / "mixed" / "b.png")
     np.savez(tmp_path / "ref.npz", mu=np.zeros(2048), sigma=np.eye(2048), mu_s=np.zeros(2023), sigma_s=np.eye(2023))
-    assert main(["eval", "gen", "--samples", str(tmp_path / "mixed"), "--ref", str(tmp_path / "ref.npz"),
-                 "--inception", str(tmp_path / "missing.pth")]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "gen",
+                "--samples",
+                str(tmp_path / "mixed"),
+                "--ref",
+                str(tmp_path / "ref.npz"),
+                "--inception",
+                str(tmp_path / "missing.pth"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "weights-inception-2015-12-05-6726825d.pth" in err and "missing.pth" in err
     from vfmvae.evaluation.images import open_image_set

@@ -18,9 +18,21 @@ ROWS = ["cuda-tests", "tokenizer-tiny", "tokenizer-stage0", "cache-latents", "di
 @pytest.mark.timeout(1800)  # 7 rows of subprocesses; measured 680 s on 2 cores under a load average of 10-13
 def test_gpu_check_dry_run_passes_every_row(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--dry-run", "--out",
-                           str(tmp_path / "work"), "--json", str(tmp_path / "rows.jsonl")],
-                          env=env, capture_output=True, text=True, timeout=1700)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "gpu_check.py"),
+            "--dry-run",
+            "--out",
+            str(tmp_path / "work"),
+            "--json",
+            str(tmp_path / "rows.jsonl"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1700,
+    )
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert [r["row"] for r in rows] == ROWS, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert proc.returncode == 0 and all(r["pass"] for r in rows), rows

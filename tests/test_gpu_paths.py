@@ -16,8 +16,13 @@ def nccl_group(monkeypatch):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                       "MASTER_PORT": str(port)}.items():
+    for key, value in {
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }.items():
         monkeypatch.setenv(key, value)
     device = dist_utils.init_distributed()
     yield device
@@ -44,8 +49,10 @@ def test_fused_training_step_never_synchronises():
     model = TinyNet(TinyNetConfig()).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
     ema = EMA(model, halflife_images=8)
-    batch = {"image": torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8, device=device),
-             "label": torch.randint(0, 4, (4,), device=device)}
+    batch = {
+        "image": torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8, device=device),
+        "label": torch.randint(0, 4, (4,), device=device),
+    }
     optimizer_step(model, opt, [batch], classification_loss, batch_size_of=lambda b: 4, grad_clip=1.0)  # warm-up
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
@@ -74,6 +81,9 @@ def test_bf16_forwards_are_finite(device: str = "cuda"):
     model = create_diffusion_model("lightningdit-xl/1").to(device).eval()
     c = model.config
     with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16):
-        out = model(torch.randn(2, c.in_channels, c.input_size, c.input_size, device=device),
-                    torch.rand(2, device=device), torch.zeros(2, dtype=torch.long, device=device))
+        out = model(
+            torch.randn(2, c.in_channels, c.input_size, c.input_size, device=device),
+            torch.rand(2, device=device),
+            torch.zeros(2, dtype=torch.long, device=device),
+        )
     assert torch.isfinite(out.sample.float()).all()

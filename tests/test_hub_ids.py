@@ -40,7 +40,10 @@ def _equal(a, b):
 
 def test_hub_id_loads_from_the_cache_offline_with_revisions(hub_cache):
     cache, models = hub_cache
-    assert resolve_model_dir("acme/tiny-dit") == (cache / "models--acme--tiny-dit" / "snapshots" / COMMITS["main"]).resolve()
+    assert (
+        resolve_model_dir("acme/tiny-dit")
+        == (cache / "models--acme--tiny-dit" / "snapshots" / COMMITS["main"]).resolve()
+    )
     assert _equal(DiffusionTransformer.from_pretrained("acme/tiny-dit"), models["main"])
     assert _equal(DiffusionTransformer.from_pretrained("acme/tiny-dit@v1"), models["v1"])  # a tag
     assert not _equal(models["main"], models["v1"])
@@ -55,5 +58,5 @@ def test_hub_id_not_in_the_cache_offline_is_one_clear_error(hub_cache):
 
 
 def test_a_hub_id_given_as_a_path_resolves(hub_cache):
-    """The CLI's --model/--tokenizer/--diffusion options are argparse Paths: Path("acme/tiny-dit") must still resolve."""
+    """The CLI's --tokenizer/--diffusion options are argparse Paths: Path("acme/tiny-dit") must still resolve."""
     assert _equal(DiffusionTransformer.from_pretrained(Path("acme/tiny-dit")), hub_cache[1]["main"])

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_official_tokenizer
 from safetensors.torch import save_file
 
-from helpers import tiny_official_tokenizer
 from vfmvae.checkpoint.digest import model_folder_digest
 from vfmvae.latents import LatentDataset
 from vfmvae.latents.stats import LatentStats
@@ -37,10 +37,18 @@ def _fake_tokenizer(folder: Path, weight: float) -> Path:
 def _cache(folder: Path, tokenizer: Path | None = None) -> Path:
     """A two-item latent cache written by hand: shard, manifest and the settings with the tokenizer digest."""
     folder.mkdir(parents=True)
-    save_file({"latents": _z(2, 5, 2, 2), "latents_std": _z(2, 5, 2, 2).abs(), "labels": torch.tensor([0, 1])},
-              str(folder / "shard-r00-00000.safetensors"))
-    manifest = {"tokenizer": str(tokenizer or folder / "tok"), "latent_shape": [5, 2, 2], "num_items": 2,
-                "shards": [{"file": "shard-r00-00000.safetensors", "count": 2}], "mean": MEAN, "std": STD}
+    save_file(
+        {"latents": _z(2, 5, 2, 2), "latents_std": _z(2, 5, 2, 2).abs(), "labels": torch.tensor([0, 1])},
+        str(folder / "shard-r00-00000.safetensors"),
+    )
+    manifest = {
+        "tokenizer": str(tokenizer or folder / "tok"),
+        "latent_shape": [5, 2, 2],
+        "num_items": 2,
+        "shards": [{"file": "shard-r00-00000.safetensors", "count": 2}],
+        "mean": MEAN,
+        "std": STD,
+    }
     (folder / "cache.json").write_text(json.dumps(manifest))
     if tokenizer is not None:
         (folder / "settings.json").write_text(json.dumps({"tokenizer_sha256": model_folder_digest(tokenizer)}))
@@ -77,8 +85,13 @@ def test_the_three_files_give_the_same_statistics_and_save_round_trips(tmp_path)
     tok = _fake_tokenizer(tmp_path / "tok", 1.0)
     from_cache = LatentStats.load(_cache(tmp_path / "cache", tok) / "cache.json")
     assert LatentStats.load(tmp_path / "cache").tokenizer_sha256 == from_cache.tokenizer_sha256  # a cache folder
-    torch.save({"mean": torch.tensor(MEAN, dtype=torch.float64).view(1, -1, 1, 1),
-                "std": torch.tensor(STD, dtype=torch.float64).view(1, -1, 1, 1)}, tmp_path / "latents_stats.pt")
+    torch.save(
+        {
+            "mean": torch.tensor(MEAN, dtype=torch.float64).view(1, -1, 1, 1),
+            "std": torch.tensor(STD, dtype=torch.float64).view(1, -1, 1, 1),
+        },
+        tmp_path / "latents_stats.pt",
+    )
     official = LatentStats.load(tmp_path / "latents_stats.pt")
     (tmp_path / "ours.json").write_text(json.dumps({"mean": MEAN, "std": STD, "tokenizer": "tok"}))
     ours = LatentStats.load(tmp_path / "ours.json")
@@ -91,11 +104,15 @@ def test_the_three_files_give_the_same_statistics_and_save_round_trips(tmp_path)
     (tmp_path / "export").mkdir()
     saved = from_cache.save(tmp_path / "export")
     assert saved == tmp_path / "export" / "latent_stats.json" and sorted(p.name for p in saved.parent.iterdir()) == [
-        "latent_stats.json"]  # atomic: no temporary file left
+        "latent_stats.json"
+    ]  # atomic: no temporary file left
     again = LatentStats.load(tmp_path / "export")  # an export folder
     assert torch.equal(again.mean, from_cache.mean) and torch.equal(again.std, from_cache.std)
     assert (again.tokenizer, again.tokenizer_sha256, again.cache) == (
-        from_cache.tokenizer, from_cache.tokenizer_sha256, from_cache.cache)
+        from_cache.tokenizer,
+        from_cache.tokenizer_sha256,
+        from_cache.cache,
+    )
 
 
 def test_bad_statistics_files_are_one_clear_line(tmp_path):
@@ -124,8 +141,11 @@ def test_check_tokenizer_refuses_another_tokenizer_and_warns_without_a_record(tm
             stats.check_tokenizer(tok)
             stats.check_tokenizer(copy)  # same content elsewhere
     for stats in (recorded_digest, recorded_path):
-        with pytest.raises(ValueError, match=r"belong to the tokenizer .*/tok \(sha256 \w{12}\), not to .*/other "
-                                             r"\(sha256 \w{12}\).*--tokenizer.*--latent-stats"):
+        with pytest.raises(
+            ValueError,
+            match=r"belong to the tokenizer .*/tok \(sha256 \w{12}\), not to .*/other "
+            r"\(sha256 \w{12}\).*--tokenizer.*--latent-stats",
+        ):
             stats.check_tokenizer(other)
     shutil.rmtree(tok)
     with pytest.raises(ValueError, match="not to .*other"):  # the digest still tells
@@ -137,6 +157,7 @@ def test_check_tokenizer_refuses_another_tokenizer_and_warns_without_a_record(tm
 
 
 # --- the pipeline: statistics checked against its tokenizer, and found inside a Hub snapshot ----------------------
+
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
@@ -152,8 +173,12 @@ def models(tmp_path_factory):
     torch.manual_seed(0)
     dit = create_diffusion_model("lightningdit-tiny", in_channels=8, input_size=4, num_classes=4)
     dit.save_pretrained(root / "dit")
-    LatentStats(torch.full((8,), 0.5), torch.full((8,), 2.0), tokenizer=str(root / "tok"),
-                tokenizer_sha256=model_folder_digest(root / "tok")).save(root / "dit")
+    LatentStats(
+        torch.full((8,), 0.5),
+        torch.full((8,), 2.0),
+        tokenizer=str(root / "tok"),
+        tokenizer_sha256=model_folder_digest(root / "tok"),
+    ).save(root / "dit")
     (root / "dit" / "sampler.json").write_text(json.dumps({"preset": "lightningdit"}))
     return root
 
@@ -199,8 +224,26 @@ def test_sample_command_takes_a_hub_id_without_latent_stats(models, hub_cache, t
     from vfmvae.cli import main
 
     out = tmp_path / "s"
-    assert main(["sample", "--diffusion", "acme/tiny-dit", "--num", "1", "--steps", "1", "--cfg", "1",
-                 "--out", str(out), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--diffusion",
+                "acme/tiny-dit",
+                "--num",
+                "1",
+                "--steps",
+                "1",
+                "--cfg",
+                "1",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     settings = json.loads((out / "settings.json").read_text())
     assert settings["diffusion"] == "acme/tiny-dit" and settings["preset"] == "lightningdit"  # the snapshot's preset
     assert settings["diffusion_sha256"] == model_folder_digest(hub_cache)
@@ -212,8 +255,21 @@ def test_resuming_a_sample_folder_with_the_old_label_seeds_is_refused(models, tm
     from vfmvae.cli import main
 
     out = tmp_path / "s"
-    args = ["sample", "--diffusion", str(models / "dit"), "--num", "2", "--steps", "1", "--out", str(out),
-            "--device", "cpu", "--preset", "none"]
+    args = [
+        "sample",
+        "--diffusion",
+        str(models / "dit"),
+        "--num",
+        "2",
+        "--steps",
+        "1",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--preset",
+        "none",
+    ]
     (out / "images").mkdir(parents=True)
     # what an earlier version wrote: the same settings, minus the label stream
     from vfmvae.sampling.generate import UINT8_CONVERSION

@@ -16,7 +16,9 @@ def tokenizer(tmp_path_factory):
     from vfmvae.tokenizer.convert import convert_official_tokenizer
 
     out = tmp_path_factory.mktemp("tok") / "tok"
-    convert_official_tokenizer(DATA / "config.yaml", DATA / "official_G.safetensors", DATA / "siglip2-tiny-patch16", out)
+    convert_official_tokenizer(
+        DATA / "config.yaml", DATA / "official_G.safetensors", DATA / "siglip2-tiny-patch16", out
+    )
     return out
 
 
@@ -26,8 +28,8 @@ def _cache(tokenizer, data, out, **kw):
 
 
 def test_cache_contents_statistics_and_flip(tmp_path, tokenizer, synthetic_dir):
-    from vfmvae.tokenizer import VFMVAE
     from vfmvae.data import ImageFolderDataset, to_float01
+    from vfmvae.tokenizer import VFMVAE
 
     info = _cache(tokenizer, synthetic_dir / "images", tmp_path / "c", flip=True, vfm_features="dinov2-test")
     assert info["num_items"] == 64 and info["latent_shape"] == [8, 4, 4] and len(info["shards"]) == 4
@@ -47,9 +49,8 @@ def test_cache_contents_statistics_and_flip(tmp_path, tokenizer, synthetic_dir):
     changed = [i for i in range(16) if not torch.equal(flipped[i]["latents"], ds[i]["latents"])]
     assert changed
     # a flipped item carries the VFM features of the flipped image, not of the original
-    from vfmvae.vfm import VFMSpec, build_vfm
-
     from vfmvae.latents.targets import reg_dinov2_targets
+    from vfmvae.vfm import VFMSpec, build_vfm
 
     # DINOv2 targets are cached as REG prepares them
     vfm = reg_dinov2_targets(build_vfm(VFMSpec("dinov2-test", layers=(-1,))), 64)
@@ -104,6 +105,24 @@ def test_damaged_caches_give_clear_errors(tmp_path, tokenizer, synthetic_dir):
 def test_cache_latents_command(tmp_path, tokenizer, synthetic_dir, capsys):
     from vfmvae.cli import main
 
-    assert main(["cache-latents", "--tokenizer", str(tokenizer), "--data", str(synthetic_dir / "shards"),
-                 "--out", str(tmp_path / "c"), "--workers", "0", "--device", "cpu", "--batch-size", "16"]) == 0
+    assert (
+        main(
+            [
+                "cache-latents",
+                "--tokenizer",
+                str(tokenizer),
+                "--data",
+                str(synthetic_dir / "shards"),
+                "--out",
+                str(tmp_path / "c"),
+                "--workers",
+                "0",
+                "--device",
+                "cpu",
+                "--batch-size",
+                "16",
+            ]
+        )
+        == 0
+    )
     assert "cached 64 latents" in capsys.readouterr().out

@@ -58,13 +58,27 @@ def _tokenizer():
 
 
 def _recon_cfg(models, **kw):
-    return EvalConfig(**{"enabled": True, "every": 2, "data": str(models["data"]), "num_images": 10, "batch_size": 10,
-                         "inception": "random-init:7", "lpips": "random-init:7", "grid": 4, **kw})
+    return EvalConfig(
+        **{
+            "enabled": True,
+            "every": 2,
+            "data": str(models["data"]),
+            "num_images": 10,
+            "batch_size": 10,
+            "inception": "random-init:7",
+            "lpips": "random-init:7",
+            "grid": 4,
+            **kw,
+        }
+    )
 
 
 def _metrics(record):
-    return {k: v for k, v in record.items() if k.startswith("eval/") and k not in ("eval/seconds", "eval/images_per_s",
-                                                                                  "eval/protocol")}
+    return {
+        k: v
+        for k, v in record.items()
+        if k.startswith("eval/") and k not in ("eval/seconds", "eval/images_per_s", "eval/protocol")
+    }
 
 
 def _run(cmd):
@@ -76,11 +90,32 @@ def _run(cmd):
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_two_processes_give_the_metrics_of_one(tmp_path, official):
-    args = ["--tokenizer", str(official["tok"]), "--dit", str(official["dit"]), "--data", str(official["data"]),
-            "--ref", str(official["ref"])]
+    args = [
+        "--tokenizer",
+        str(official["tok"]),
+        "--dit",
+        str(official["dit"]),
+        "--data",
+        str(official["data"]),
+        "--ref",
+        str(official["ref"]),
+    ]
     _run([sys.executable, str(SCRIPT), *args, "--root", str(tmp_path / "one"), "--out", str(tmp_path / "one.json")])
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(SCRIPT), *args,
-          "--root", str(tmp_path / "two"), "--out", str(tmp_path / "two.json")])
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=2",
+            str(SCRIPT),
+            *args,
+            "--root",
+            str(tmp_path / "two"),
+            "--out",
+            str(tmp_path / "two.json"),
+        ]
+    )
     one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     for a, b in zip(one, two):
         assert set(_metrics(a)) == set(_metrics(b))
@@ -183,8 +218,13 @@ def test_missing_weights_give_one_warning_and_skip(tmp_path, models, stubs):
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        gen = build_evaluator(EvalConfig(enabled=True, every=1, ref=str(models["ref"])), tmp_path / "dit",
-                              kind="diffusion", tokenizer=tok, latent_stats=LatentStats(torch.zeros(8), torch.ones(8)))
+        gen = build_evaluator(
+            EvalConfig(enabled=True, every=1, ref=str(models["ref"])),
+            tmp_path / "dit",
+            kind="diffusion",
+            tokenizer=tok,
+            latent_stats=LatentStats(torch.zeros(8), torch.ones(8)),
+        )
         assert gen.maybe_run(model=None, step=1, images=8) is None
     assert len([w for w in caught if "eval.inception" in str(w.message)]) == 1
     # a weights file that is named but not there is a mistake, not a reason to skip
@@ -229,8 +269,13 @@ def test_eval_section_is_validated_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="eval.data"):
         build_evaluator(EvalConfig(enabled=True), tmp_path, kind="tokenizer")
     with pytest.raises(FileNotFoundError, match="eval.ref"):
-        build_evaluator(EvalConfig(enabled=True, ref=str(tmp_path / "none.npz")), tmp_path, kind="diffusion",
-                        tokenizer="tok", latent_stats=object())
+        build_evaluator(
+            EvalConfig(enabled=True, ref=str(tmp_path / "none.npz")),
+            tmp_path,
+            kind="diffusion",
+            tokenizer="tok",
+            latent_stats=object(),
+        )
     assert not build_evaluator(None, tmp_path, kind="tokenizer").active  # off by default
 
 
@@ -239,12 +284,23 @@ def _tokenizer_run(root: Path) -> Path:
     run = root / "tok-run"
     (run / "eval" / "grids").mkdir(parents=True)
     (run / "config.yaml").write_text("run: {batch_size: 8}\nloss: {kl: 1.0e-6}\n")
-    lines = [{"step": s, "images": 8 * s, "loss/kl": 600.0 / s, "loss/rec": 0.2 - 0.001 * s,
-              "loss/gan": -0.1 + 0.01 * s}
-             for s in range(1, 41)]
+    lines = [
+        {"step": s, "images": 8 * s, "loss/kl": 600.0 / s, "loss/rec": 0.2 - 0.001 * s, "loss/gan": -0.1 + 0.01 * s}
+        for s in range(1, 41)
+    ]
     protocol = {"inception_weights": "RANDOM-INIT (seed 0): not the FID Inception, values compare with nothing"}
-    evals = [{"step": s, "images": 8 * s, "eval/psnr": 10.0 + s / 10, "eval/rfid": 50.0 - s / 2,
-              "eval/seconds": 1.5, "eval/images_per_s": 6.7, "eval/protocol": protocol} for s in (20, 40)]
+    evals = [
+        {
+            "step": s,
+            "images": 8 * s,
+            "eval/psnr": 10.0 + s / 10,
+            "eval/rfid": 50.0 - s / 2,
+            "eval/seconds": 1.5,
+            "eval/images_per_s": 6.7,
+            "eval/protocol": protocol,
+        }
+        for s in (20, 40)
+    ]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines + evals[1:]))
     (run / "eval" / "records.jsonl").write_text(json.dumps(evals[0]) + "\n")
     from PIL import Image
@@ -300,8 +356,18 @@ def latent_cache(tmp_path_factory, synthetic_dir):
 
     root = tmp_path_factory.mktemp("online-diffusion")
     tok = tiny_official_tokenizer(root / "tok")
-    cache_latents(tok, synthetic_dir / "images", root / "cache", flip=True, vfm_features="dinov2-test",
-                  batch_size=16, shard_size=32, num_workers=0, device="cpu", progress=False)
+    cache_latents(
+        tok,
+        synthetic_dir / "images",
+        root / "cache",
+        flip=True,
+        vfm_features="dinov2-test",
+        batch_size=16,
+        shard_size=32,
+        num_workers=0,
+        device="cpu",
+        progress=False,
+    )
     return root / "cache"
 
 
@@ -309,10 +375,24 @@ def _diffusion_cfg(cache, run_dir, ref, *overrides):
     from vfmvae.config import load_config
     from vfmvae.diffusion_training import DiffusionTrainConfig
 
-    return load_config(DiffusionTrainConfig, ROOT / "configs" / "diffusion" / "tiny.yaml",
-                       [f"data.cache={cache}", f"run.dir={run_dir}", "run.grid_every=0", "run.batch_size=8",
-                        "run.log_every=1", "run.checkpoint_every=2", f"eval.ref={ref}", "eval.num_samples=10",
-                        "eval.batch_size=10", "eval.inception=random-init:7", "eval.sampler={steps: 2}", *overrides])
+    return load_config(
+        DiffusionTrainConfig,
+        ROOT / "configs" / "diffusion" / "tiny.yaml",
+        [
+            f"data.cache={cache}",
+            f"run.dir={run_dir}",
+            "run.grid_every=0",
+            "run.batch_size=8",
+            "run.log_every=1",
+            "run.checkpoint_every=2",
+            f"eval.ref={ref}",
+            "eval.num_samples=10",
+            "eval.batch_size=10",
+            "eval.inception=random-init:7",
+            "eval.sampler={steps: 2}",
+            *overrides,
+        ],
+    )
 
 
 def _weights(run_dir):
@@ -333,8 +413,9 @@ def test_diffusion_run_with_evaluation_trains_the_same_weights(tmp_path, models,
 
     common = ("run.total_images=32", "eval.every=2")
     train_diffusion(_diffusion_cfg(latent_cache, tmp_path / "off", models["ref"], *common), progress=False)
-    train_diffusion(_diffusion_cfg(latent_cache, tmp_path / "on", models["ref"], *common, "eval.enabled=true"),
-                    progress=False)
+    train_diffusion(
+        _diffusion_cfg(latent_cache, tmp_path / "on", models["ref"], *common, "eval.enabled=true"), progress=False
+    )
     _assert_same_weights(_weights(tmp_path / "off"), _weights(tmp_path / "on"))
     assert [r["step"] for r in read_eval_records(tmp_path / "on")] == [2, 4]
     logged = [json.loads(line) for line in (tmp_path / "on" / "metrics.jsonl").read_text().splitlines()]
@@ -364,8 +445,9 @@ def test_killed_diffusion_run_resumes_without_re_evaluating(tmp_path, models, la
             raise KeyboardInterrupt  # the process dies right after evaluating step 3 (last checkpoint: step 2)
         return record
 
-    cfg = _diffusion_cfg(latent_cache, tmp_path / "run", models["ref"], "run.total_images=48", "eval.every=3",
-                         "eval.enabled=true")
+    cfg = _diffusion_cfg(
+        latent_cache, tmp_path / "run", models["ref"], "run.total_images=48", "eval.every=3", "eval.enabled=true"
+    )
     monkeypatch.setattr(online.OnlineEvaluator, "maybe_run", killed_after_step_3)
     with pytest.raises(KeyboardInterrupt):
         train_diffusion(cfg, progress=False)
@@ -374,8 +456,9 @@ def test_killed_diffusion_run_resumes_without_re_evaluating(tmp_path, models, la
     train_diffusion(cfg, progress=False)  # resumes from step 2: passes step 3 again, evaluates only step 6
     assert evaluated == [3, 6]
     assert [r["step"] for r in read_eval_records(tmp_path / "run")] == [3, 6]
-    train_diffusion(_diffusion_cfg(latent_cache, tmp_path / "straight", models["ref"], "run.total_images=48"),
-                    progress=False)
+    train_diffusion(
+        _diffusion_cfg(latent_cache, tmp_path / "straight", models["ref"], "run.total_images=48"), progress=False
+    )
     _assert_same_weights(_weights(tmp_path / "straight"), _weights(tmp_path / "run"))
 
 
@@ -386,11 +469,26 @@ def test_tokenizer_run_with_evaluation_trains_the_same_weights(tmp_path, synthet
     from vfmvae.tokenizer_training.trainer import train_tokenizer
 
     def cfg(run_dir, *extra):
-        return load_config(TokenizerTrainConfig, ROOT / "configs" / "tokenizer" / "tiny.yaml",
-                           [f"run.dir={run_dir}", f"data.source={synthetic_dir / 'images'}", "data.num_workers=0",
-                            "run.batch_size=4", "run.total_images=8", "run.log_every=1", "run.grid_every=0",
-                            f"eval.data={synthetic_dir / 'images'}", "eval.num_images=10", "eval.batch_size=10",
-                            "eval.every=2", "eval.inception=random-init:7", "eval.grid=2", *extra])
+        return load_config(
+            TokenizerTrainConfig,
+            ROOT / "configs" / "tokenizer" / "tiny.yaml",
+            [
+                f"run.dir={run_dir}",
+                f"data.source={synthetic_dir / 'images'}",
+                "data.num_workers=0",
+                "run.batch_size=4",
+                "run.total_images=8",
+                "run.log_every=1",
+                "run.grid_every=0",
+                f"eval.data={synthetic_dir / 'images'}",
+                "eval.num_images=10",
+                "eval.batch_size=10",
+                "eval.every=2",
+                "eval.inception=random-init:7",
+                "eval.grid=2",
+                *extra,
+            ],
+        )
 
     train_tokenizer(cfg(tmp_path / "off"), progress=False)
     with pytest.warns(UserWarning, match=r"lpips \(no eval.lpips\) skipped"):

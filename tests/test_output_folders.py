@@ -42,8 +42,18 @@ def test_convert_refuses_a_non_empty_foreign_out_before_loading(tmp_path, capsys
     out = tmp_path / "finished-run"
     out.mkdir()
     (out / "metrics.jsonl").write_text('{"step": 1}\n')
-    rc = main(["convert", "official-reg", "--weights", str(tmp_path / "does-not-matter.pt"), "--arch", "sit-tiny",
-               "--out", str(out)])
+    rc = main(
+        [
+            "convert",
+            "official-reg",
+            "--weights",
+            str(tmp_path / "does-not-matter.pt"),
+            "--arch",
+            "sit-tiny",
+            "--out",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and f"--out {out} is not empty" in err and "new or empty folder" in err
     assert (out / "metrics.jsonl").read_text() == '{"step": 1}\n'

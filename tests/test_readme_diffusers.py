@@ -31,14 +31,20 @@ def test_use_with_diffusers_section_runs_as_written(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     demo = Path("runs/demo")
-    convert_official_tokenizer(DATA / "config.yaml", DATA / "official_G.safetensors", DATA / "siglip2-tiny-patch16",
-                               demo / "tokenizer" / "export")
+    convert_official_tokenizer(
+        DATA / "config.yaml",
+        DATA / "official_G.safetensors",
+        DATA / "siglip2-tiny-patch16",
+        demo / "tokenizer" / "export",
+    )
     torch.manual_seed(0)
     create_diffusion_model("reg-sit-tiny", in_channels=8, input_size=4, num_classes=4).save_pretrained(
-        demo / "diffusion" / "export")
+        demo / "diffusion" / "export"
+    )
     tokenizer = str((demo / "tokenizer" / "export").resolve())  # absolute, as `train diffusion` writes it
     (demo / "diffusion" / "export" / "latent_stats.json").write_text(
-        json.dumps({"mean": [0.1] * 8, "std": [1.5] * 8, "tokenizer": tokenizer}))
+        json.dumps({"mean": [0.1] * 8, "std": [1.5] * 8, "tokenizer": tokenizer})
+    )
 
     namespace: dict = {}
     exec(compile(_readme_block("Use with diffusers"), "README.md: Use with diffusers", "exec"), namespace)
@@ -49,8 +55,32 @@ def test_use_with_diffusers_section_runs_as_written(tmp_path, monkeypatch):
         after = load_tensors(demo / f"{ours}-from-diffusers" / "model.safetensors")
         assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     # the README's claim: seed 0 gives `vfmvae sample --seed 0`'s image (same steps, guidance, labels)
-    assert main(["sample", "--diffusion", str(demo / "diffusion" / "export"), "--num-samples", "2", "--classes", "0,1",
-                 "--steps", "10", "--cfg", "2", "--seed", "0", "--batch-size", "2", "--out", "s", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--diffusion",
+                str(demo / "diffusion" / "export"),
+                "--num-samples",
+                "2",
+                "--classes",
+                "0,1",
+                "--steps",
+                "10",
+                "--cfg",
+                "2",
+                "--seed",
+                "0",
+                "--batch-size",
+                "2",
+                "--out",
+                "s",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     from PIL import Image
 
     with Image.open(demo / "diffusers-sample.png") as image:

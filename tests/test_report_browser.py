@@ -16,7 +16,8 @@ from vfmvae.report_check import check_page, find_chromium
 pytest.importorskip("playwright", reason='playwright is not installed (pip install "vfmvae[dev]")')
 pytestmark = pytest.mark.skipif(
     find_chromium() is None,
-    reason="no Chromium found (apt-get install chromium, or set VFMVAE_CHROMIUM to a Chromium executable)")
+    reason="no Chromium found (apt-get install chromium, or set VFMVAE_CHROMIUM to a Chromium executable)",
+)
 
 
 def _run_folder(root: Path) -> Path:
@@ -24,10 +25,14 @@ def _run_folder(root: Path) -> Path:
     run = root / "run"
     (run / "samples").mkdir(parents=True)
     (run / "config.yaml").write_text("transport: {path: linear}\nrun: {total_steps: 20}\n")
-    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss/mse": 1.0 / s}) + "\n" for s in range(1, 21)))
+    (run / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "loss/mse": 1.0 / s}) + "\n" for s in range(1, 21))
+    )
     rng = np.random.default_rng(0)
     for step in (10, 20):
-        Image.fromarray(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)).save(run / "samples" / f"step-{step:08d}.png")
+        Image.fromarray(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)).save(
+            run / "samples" / f"step-{step:08d}.png"
+        )
     return run
 
 

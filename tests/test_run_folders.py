@@ -24,21 +24,46 @@ def cache(tmp_path_factory, synthetic_dir):
     from vfmvae.tokenizer.convert import convert_official_tokenizer
 
     root = tmp_path_factory.mktemp("runfolders")
-    convert_official_tokenizer(DATA / "config.yaml", DATA / "official_G.safetensors", DATA / "siglip2-tiny-patch16", root / "tok")
-    cache_latents(root / "tok", synthetic_dir / "images", root / "cache", vfm_features="dinov2-test", batch_size=32,
-                  num_workers=0, device="cpu", progress=False)
+    convert_official_tokenizer(
+        DATA / "config.yaml", DATA / "official_G.safetensors", DATA / "siglip2-tiny-patch16", root / "tok"
+    )
+    cache_latents(
+        root / "tok",
+        synthetic_dir / "images",
+        root / "cache",
+        vfm_features="dinov2-test",
+        batch_size=32,
+        num_workers=0,
+        device="cpu",
+        progress=False,
+    )
     return root / "cache"
 
 
 def _cfg(cache, run_dir, *overrides):
-    return load_config(DiffusionTrainConfig, ROOT / "configs" / "diffusion" / "tiny.yaml",
-                       [f"data.cache={cache}", f"run.dir={run_dir}", "run.grid_every=0", "data.flip=false",
-                        "run.batch_size=8", "run.total_images=16", "run.checkpoint_every=1", "run.log_every=1", *overrides])
+    return load_config(
+        DiffusionTrainConfig,
+        ROOT / "configs" / "diffusion" / "tiny.yaml",
+        [
+            f"data.cache={cache}",
+            f"run.dir={run_dir}",
+            "run.grid_every=0",
+            "data.flip=false",
+            "run.batch_size=8",
+            "run.total_images=16",
+            "run.checkpoint_every=1",
+            "run.log_every=1",
+            *overrides,
+        ],
+    )
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
-            and p.name != ".lock"}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +87,11 @@ def test_another_kind_of_run_is_refused_before_writing(finished_run, synthetic_d
     from vfmvae.tokenizer_training.trainer import train_tokenizer
 
     before = _snapshot(finished_run)
-    cfg = load_config(TokenizerTrainConfig, ROOT / "configs" / "tokenizer" / "tiny.yaml",
-                      [f"run.dir={finished_run}", f"data.source={synthetic_dir / 'images'}"])
+    cfg = load_config(
+        TokenizerTrainConfig,
+        ROOT / "configs" / "tokenizer" / "tiny.yaml",
+        [f"run.dir={finished_run}", f"data.source={synthetic_dir / 'images'}"],
+    )
     with pytest.raises(RunFolderError, match="another kind of run"):
         train_tokenizer(cfg, progress=False)
     assert _snapshot(finished_run) == before
@@ -87,11 +115,18 @@ def test_resume_none_is_refused_and_fresh_starts_over(cache, tmp_path):
 def test_a_second_process_on_the_same_run_folder_is_refused(cache, tmp_path):
     run = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from pathlib import Path; from vfmvae.training.run_folder import "
-         f"RunFolderLock; Path({str(run)!r}).mkdir(); lock = RunFolderLock(Path({str(run)!r})); print('locked', "
-         "flush=True); sys.stdin.read()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**__import__("os").environ,
-                                                                       "PYTHONPATH": str(ROOT / "src")})
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from vfmvae.training.run_folder import "
+            f"RunFolderLock; Path({str(run)!r}).mkdir(); lock = RunFolderLock(Path({str(run)!r})); print('locked', "
+            "flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT / "src")},
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"  # an observed event, not a clock
         with pytest.raises(RunFolderError, match=f"in use by process {holder.pid}"):

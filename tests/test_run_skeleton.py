@@ -41,16 +41,32 @@ class _FakeEvaluator:
 
 def _drive(tmp_path: Path, *, applied: list[float], evaluator=None, **run_fields):
     """A run of a tiny linear model whose step i is applied (1.0) or skipped (0.0) as `applied[i]` says."""
-    cfg = RunConfig(dir=tmp_path / "run", batch_size=4, total_images=4 * len(applied), precision="fp32", log_every=2,
-                    grid_every=3, checkpoint_every=100, device="cpu", ema_halflife_images=8, **run_fields)
+    cfg = RunConfig(
+        dir=tmp_path / "run",
+        batch_size=4,
+        total_images=4 * len(applied),
+        precision="fp32",
+        log_every=2,
+        grid_every=3,
+        checkpoint_every=100,
+        device="cpu",
+        ema_halflife_images=8,
+        **run_fields,
+    )
     torch.manual_seed(0)
     model = nn.Linear(2, 2)
     ema = EMA(model, cfg.ema_halflife_images, cfg.ema_rampup)
     grids, saves = [], []
     with TrainingRun.open(cfg, _Recipe(cfg), kind="test", progress=False, evaluator=evaluator) as run:
         assert run.resume() is None
-        run.begin(model=model, ema=ema, dataset_size=10, save=lambda: saves.append(run.step), grid=grids.append,
-                  skip_keys=("skipped_steps",))
+        run.begin(
+            model=model,
+            ema=ema,
+            dataset_size=10,
+            save=lambda: saves.append(run.step),
+            grid=grids.append,
+            skip_keys=("skipped_steps",),
+        )
         while run.running:
             with torch.no_grad():
                 model.weight.add_(1.0)
@@ -114,13 +130,19 @@ def test_both_recipes_share_the_run_section():
     assert 0.5 ** (1024 / DiffusionRunConfig().ema_halflife_images) == pytest.approx(0.9999, abs=1e-9)
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("run.total_steps=400",
-     "run.total_steps is no longer a recipe key: run length is in images now: write run.total_images: 12800 (400 steps x batch 32)"),
-    ("run.ema_decay=0.99", "write run.ema_halflife_images: 2207 (batch 32 x ln(0.5) / ln(0.99))"),
-    ("run.sample_every=50", "run.sample_every is no longer a recipe key: renamed: write run.grid_every: 50"),
-    ("run.sample_steps=10", "write run.grid_steps: 10"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        (
+            "run.total_steps=400",
+            "run.total_steps is no longer a recipe key: run length is in images now: "
+            "write run.total_images: 12800 (400 steps x batch 32)",
+        ),
+        ("run.ema_decay=0.99", "write run.ema_halflife_images: 2207 (batch 32 x ln(0.5) / ln(0.99))"),
+        ("run.sample_every=50", "run.sample_every is no longer a recipe key: renamed: write run.grid_every: 50"),
+        ("run.sample_steps=10", "write run.grid_steps: 10"),
+    ],
+)
 def test_older_diffusion_run_keys_are_refused_with_the_value_to_write(override, expected, tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(DiffusionTrainConfig, ROOT / "configs/diffusion/tiny.yaml", [f"data.cache={tmp_path}", override])
@@ -128,9 +150,14 @@ def test_older_diffusion_run_keys_are_refused_with_the_value_to_write(override, 
 
 
 def test_older_tokenizer_run_key_is_refused_with_the_value_to_write(tmp_path):
-    with pytest.raises(ConfigError, match="run.snapshot_every is no longer a recipe key: renamed: write run.grid_every: 7"):
-        load_config(TokenizerTrainConfig, ROOT / "configs/tokenizer/tiny.yaml", [f"data.source={tmp_path}",
-                                                                                 "run.snapshot_every=7"])
+    with pytest.raises(
+        ConfigError, match="run.snapshot_every is no longer a recipe key: renamed: write run.grid_every: 7"
+    ):
+        load_config(
+            TokenizerTrainConfig,
+            ROOT / "configs/tokenizer/tiny.yaml",
+            [f"data.source={tmp_path}", "run.snapshot_every=7"],
+        )
 
 
 def test_halflife_conversion_reproduces_the_per_step_decay():

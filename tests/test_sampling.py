@@ -1,6 +1,5 @@
 """Samplers (orders of accuracy on an exact flow, guidance), the pipeline and `vfmvae sample`."""
 
-import json
 import math
 import os
 import subprocess
@@ -9,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import perturbed_reg_export, tiny_official_tokenizer
 from torch import nn
 
-from helpers import perturbed_reg_export, tiny_official_tokenizer
 from vfmvae.diffusion import DiTOutput
 from vfmvae.sampling import Guidance, LatentStats, SamplerConfig, VFMVAEPipeline, class_labels, sample_ode, sample_sde
 
@@ -68,7 +67,9 @@ def test_guidance_scale_one_equals_no_guidance_and_guidance_extrapolates():
     assert float(guided[0].mean()) > float(plain[0].mean()) and float(guided[1].mean()) < float(plain[1].mean())
     # an interval holding no evaluated time (Euler never evaluates t = 0) switches it off; channels=1 guides the
     # first channel only
-    torch.testing.assert_close(sample_ode(model, eps, y, steps=20, guidance=Guidance(scale=3.0, interval=(0.0, 0.0))), plain)
+    torch.testing.assert_close(
+        sample_ode(model, eps, y, steps=20, guidance=Guidance(scale=3.0, interval=(0.0, 0.0))), plain
+    )
 
 
 def test_sde_sampler_reaches_the_data_distribution():
@@ -85,7 +86,11 @@ def test_class_labels():
     assert class_labels("balanced", 7, 3) == [0, 1, 2, 0, 1, 2, 0]
     assert class_labels("2,0", 5, 3) == [2, 0, 2, 0, 2]
     rnd = class_labels("random", 50, 10, seed=1)
-    assert rnd == class_labels("random", 50, 10, seed=1) and len(set(rnd)) > 5 and rnd[:10] == class_labels("random", 10, 10, seed=1)
+    assert (
+        rnd == class_labels("random", 50, 10, seed=1)
+        and len(set(rnd)) > 5
+        and rnd[:10] == class_labels("random", 10, 10, seed=1)
+    )
     with pytest.raises(ValueError, match="class ids must be in 0..2"):
         class_labels("1,7", 4, 3)
 
@@ -94,7 +99,9 @@ def test_class_labels():
 def export(tmp_path_factory):
     """A perturbed tiny REG model on the official tiny tokenizer's 8x4x4 latents, exported like a training run."""
     root = tmp_path_factory.mktemp("sampling")
-    return perturbed_reg_export(root / "dit", tiny_official_tokenizer(root / "tok"), {"mean": [0.1] * 8, "std": [2.0] * 8})
+    return perturbed_reg_export(
+        root / "dit", tiny_official_tokenizer(root / "tok"), {"mean": [0.1] * 8, "std": [2.0] * 8}
+    )
 
 
 @pytest.mark.parametrize("sampler", ["euler", "sde"])
@@ -113,9 +120,12 @@ def test_images_do_not_depend_on_batch_size(export, sampler):
 
     together, apart = both(pipe)  # float32
     assert together.shape == (6, 3, 64, 64)
-    torch.testing.assert_close(pipe.latents(labels, seed=3, config=cfg),
-                               torch.cat([pipe.latents([y], seed=3, indices=[i], config=cfg) for i, y in enumerate(labels)]),
-                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        pipe.latents(labels, seed=3, config=cfg),
+        torch.cat([pipe.latents([y], seed=3, indices=[i], config=cfg) for i, y in enumerate(labels)]),
+        rtol=0,
+        atol=1e-5,
+    )
     flips = (to8(together).int() - to8(apart).int()).abs()
     assert int(flips.max()) <= 1 and int((flips > 0).sum()) <= together.numel() // 1000
     assert not torch.equal(to8(together[0]), to8(together[4]))  # same label, other seed
@@ -128,12 +138,33 @@ def test_sample_command_resume_npz_layout_and_settings_check(export, tmp_path, c
     from vfmvae.cli import main
     from vfmvae.evaluation.images import open_image_set
 
-    args = ["sample", "--classes", "balanced", "--diffusion", str(export), "--num", "6", "--out", str(tmp_path / "s"), "--steps", "4",
-            "--batch-size", "4", "--cfg", "1.5", "--device", "cpu"]
+    args = [
+        "sample",
+        "--classes",
+        "balanced",
+        "--diffusion",
+        str(export),
+        "--num",
+        "6",
+        "--out",
+        str(tmp_path / "s"),
+        "--steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--cfg",
+        "1.5",
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     assert "6 samples" in capsys.readouterr().out
     npz = np.load(tmp_path / "s" / "samples.npz")
-    assert npz["arr_0"].shape == (6, 64, 64, 3) and npz["arr_0"].dtype == np.uint8 and npz["arr_1"].tolist() == [0, 1, 2, 3, 0, 1]
+    assert (
+        npz["arr_0"].shape == (6, 64, 64, 3)
+        and npz["arr_0"].dtype == np.uint8
+        and npz["arr_1"].tolist() == [0, 1, 2, 3, 0, 1]
+    )
     image_set = open_image_set(tmp_path / "s" / "samples.npz")  # our ADM-protocol evaluator reads it
     assert len(image_set) == 6 and sum(len(b) for b in image_set.batches(4)) == 6
     before = {p.name: p.read_bytes() for p in (tmp_path / "s" / "images").glob("*.png")}
@@ -151,19 +182,51 @@ def test_sample_command_resume_npz_layout_and_settings_check(export, tmp_path, c
 @pytest.mark.distributed
 def test_two_processes_give_the_same_images_as_one(export, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    common = ["-m", "vfmvae", "sample", "--diffusion", str(export), "--num-samples", "5", "--steps", "4", "--sampler", "sde",
-              "--batch-size", "2", "--device", "cpu"]
-    one = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True)
+    common = [
+        "-m",
+        "vfmvae",
+        "sample",
+        "--diffusion",
+        str(export),
+        "--num-samples",
+        "5",
+        "--steps",
+        "4",
+        "--sampler",
+        "sde",
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+    ]
+    one = subprocess.run(
+        [sys.executable, *common, "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True
+    )
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", *common,
-                          "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=2",
+            *common,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert two.returncode == 0, two.stderr[-2000:]
     a, b = np.load(tmp_path / "one" / "samples.npz"), np.load(tmp_path / "two" / "samples.npz")
     assert np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["arr_1"], b["arr_1"])
 
 
 def test_latent_stats_from_official_file(tmp_path):
-    torch.save({"mean": torch.full((1, 8, 1, 1), 0.5), "std": torch.full((1, 8, 1, 1), 2.0)}, tmp_path / "latents_stats.pt")
+    torch.save(
+        {"mean": torch.full((1, 8, 1, 1), 0.5), "std": torch.full((1, 8, 1, 1), 2.0)}, tmp_path / "latents_stats.pt"
+    )
     stats = LatentStats.load(tmp_path / "latents_stats.pt")
     torch.testing.assert_close(stats.denormalize(torch.ones(1, 8, 2, 2)), torch.full((1, 8, 2, 2), 2.5))
     with pytest.raises(FileNotFoundError, match="--latent-stats"):

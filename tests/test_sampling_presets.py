@@ -40,7 +40,14 @@ def test_lightningdit_preset_is_the_official_sample_config():
 def test_reg_sde_preset_is_the_official_sample_sh():
     """sample.sh: --mode sde --num-steps 250 --cfg-scale 4.0 --cls-cfg-scale 4.0 --guidance-high 0.8 (low 0)."""
     p = PRESETS["reg-sde"]
-    assert (p.sampler, p.steps, p.cfg_scale, p.cls_cfg_scale, p.guide_channels, p.shift) == ("sde", 250, 4.0, 4.0, None, 1.0)
+    assert (p.sampler, p.steps, p.cfg_scale, p.cls_cfg_scale, p.guide_channels, p.shift) == (
+        "sde",
+        250,
+        4.0,
+        4.0,
+        None,
+        1.0,
+    )
     grid = sde_grid(p.steps)
     assert len(grid) == 251 and grid[0] == 1.0 and abs(float(grid[-2]) - 0.04) < 1e-12 and grid[-1] == 0.0
     # REG guides while guidance_low <= t_cur <= guidance_high, on the same time axis
@@ -70,8 +77,11 @@ def test_paper_recipes_record_their_preset(tmp_path):
         cfg = load_config(DiffusionTrainConfig, ROOT / "configs" / "diffusion" / name, [f"data.cache={tmp_path}"])
         assert cfg.sample_preset == preset
     with pytest.raises(ConfigError, match="sample_preset"):
-        load_config(DiffusionTrainConfig, ROOT / "configs" / "diffusion" / "tiny.yaml",
-                     [f"data.cache={tmp_path}", "sample_preset=reg"])
+        load_config(
+            DiffusionTrainConfig,
+            ROOT / "configs" / "diffusion" / "tiny.yaml",
+            [f"data.cache={tmp_path}", "sample_preset=reg"],
+        )
 
 
 # ---------------------------------------------------------------------------------------------- labels, uint8
@@ -115,13 +125,15 @@ def export_with_preset(tmp_path_factory):
 
     tiny = DATA / "official_tokenizer_tiny"
     root = tmp_path_factory.mktemp("presets")
-    convert_official_tokenizer(tiny / "config.yaml", tiny / "official_G.safetensors", tiny / "siglip2-tiny-patch16",
-                               root / "tok")
+    convert_official_tokenizer(
+        tiny / "config.yaml", tiny / "official_G.safetensors", tiny / "siglip2-tiny-patch16", root / "tok"
+    )
     torch.manual_seed(0)
     model = create_diffusion_model("lightningdit-tiny", in_channels=8, input_size=4, num_classes=4)
     model.save_pretrained(root / "dit")
-    (root / "dit" / "latent_stats.json").write_text(json.dumps({"mean": [0.0] * 8, "std": [1.0] * 8,
-                                                                "tokenizer": str(root / "tok")}))
+    (root / "dit" / "latent_stats.json").write_text(
+        json.dumps({"mean": [0.0] * 8, "std": [1.0] * 8, "tokenizer": str(root / "tok")})
+    )
     (root / "dit" / "sampler.json").write_text(json.dumps({"preset": "lightningdit"}))
     return root / "dit"
 
@@ -131,8 +143,26 @@ def test_sample_uses_the_exported_preset_and_explicit_flags_win(export_with_pres
     from vfmvae.sampling import VFMVAEPipeline
 
     out = tmp_path / "s"
-    assert main(["sample", "--diffusion", str(export_with_preset), "--num-samples", "4", "--out", str(out),
-                 "--steps", "2", "--batch-size", "4", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--diffusion",
+                str(export_with_preset),
+                "--num-samples",
+                "4",
+                "--out",
+                str(out),
+                "--steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     settings = json.loads((out / "settings.json").read_text())
     assert settings["preset"] == "lightningdit" and settings["classes"] == "random"
     s = settings["sampler"]
@@ -142,8 +172,26 @@ def test_sample_uses_the_exported_preset_and_explicit_flags_win(export_with_pres
     labels = np.load(out / "samples.npz")["arr_1"].tolist()
     assert labels == class_labels("random", 4, 4, seed=0)
     # --preset none: the package defaults, whatever the export records (rejected here before any sampling)
-    assert main(["sample", "--diffusion", str(export_with_preset), "--num-samples", "2", "--out", str(out),
-                 "--preset", "none", "--steps", "2", "--device", "cpu"]) == 2
+    assert (
+        main(
+            [
+                "sample",
+                "--diffusion",
+                str(export_with_preset),
+                "--num-samples",
+                "2",
+                "--out",
+                str(out),
+                "--preset",
+                "none",
+                "--steps",
+                "2",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
     assert "sampler" in capsys.readouterr().err  # settings differ from the run in `out`: cfg 1, all channels
     # the option parsing alone: --guide-channels all overrides the preset's 3; --preset wins over the export's
     import argparse
@@ -169,12 +217,33 @@ def test_train_diffusion_export_records_the_recipe_preset(tmp_path, synthetic_di
     from vfmvae.tokenizer.convert import convert_official_tokenizer
 
     tiny = DATA / "official_tokenizer_tiny"
-    convert_official_tokenizer(tiny / "config.yaml", tiny / "official_G.safetensors", tiny / "siglip2-tiny-patch16",
-                               tmp_path / "tok")
-    cache_latents(tmp_path / "tok", synthetic_dir / "images", tmp_path / "cache", flip=True, vfm_features="dinov2-test",
-                  batch_size=32, shard_size=64, num_workers=0, device="cpu", progress=False)
-    base = ["train", "diffusion", "--recipe", str(ROOT / "configs/diffusion/tiny.yaml"), "--set",
-            f"data.cache={tmp_path / 'cache'}", "--set", "run.total_images=32", "--set", "run.grid_every=0"]
+    convert_official_tokenizer(
+        tiny / "config.yaml", tiny / "official_G.safetensors", tiny / "siglip2-tiny-patch16", tmp_path / "tok"
+    )
+    cache_latents(
+        tmp_path / "tok",
+        synthetic_dir / "images",
+        tmp_path / "cache",
+        flip=True,
+        vfm_features="dinov2-test",
+        batch_size=32,
+        shard_size=64,
+        num_workers=0,
+        device="cpu",
+        progress=False,
+    )
+    base = [
+        "train",
+        "diffusion",
+        "--recipe",
+        str(ROOT / "configs/diffusion/tiny.yaml"),
+        "--set",
+        f"data.cache={tmp_path / 'cache'}",
+        "--set",
+        "run.total_images=32",
+        "--set",
+        "run.grid_every=0",
+    ]
     assert main(base + ["--set", f"run.dir={tmp_path / 'a'}", "--set", "sample_preset=reg-sde"]) == 0
     assert json.loads((tmp_path / "a" / "export" / "sampler.json").read_text()) == {"preset": "reg-sde"}
     assert main(base + ["--set", f"run.dir={tmp_path / 'b'}"]) == 0

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vfmvae.alignment import cknna
-from vfmvae.alignment.extract import dinov2_input, extract_features, load_source
+from vfmvae.alignment.extract import dinov2_input, load_source
 from vfmvae.alignment.metrics import preprocess
 from vfmvae.alignment.report import se_cknna_table
 
@@ -25,8 +25,11 @@ def test_same_pairing_differs_from_clean_reference_pairing_on_a_constructed_case
     g = torch.Generator().manual_seed(0)
     n, d = 200, 32
     clean = torch.randn(n, d, generator=g)
-    ref = {"clean": clean, "noise_0.050": clean + 0.1 * torch.randn(n, d, generator=g),
-           "noise_0.200": torch.randn(n, d, generator=g)}  # the neighbourhoods are scrambled
+    ref = {
+        "clean": clean,
+        "noise_0.050": clean + 0.1 * torch.randn(n, d, generator=g),
+        "noise_0.200": torch.randn(n, d, generator=g),
+    }  # the neighbourhoods are scrambled
     # a signed permutation of the coordinates: an isometry that the official clipping (95th percentile of |x|) keeps
     q = torch.eye(d)[torch.randperm(d, generator=g)] * torch.where(torch.rand(d, generator=g) < 0.5, -1.0, 1.0)
     model = {t: x @ q for t, x in ref.items()}
@@ -56,8 +59,13 @@ def test_align_report_pairs_the_reference_on_the_same_transformed_images(tmp_pat
     for p in sorted((synthetic_dir / "images").rglob("*.png"))[:16]:
         Image.open(p).save(images / p.name)
     make_transformed_set(images, tmp_path / "t", size=32, progress=False)
-    common = dict(images=tmp_path / "t", reference="vfm:dinov2-test", models=("vfm:siglip2-test",),
-                  transformations=("clean", "noise_0.200"), topk=5)
+    common = dict(
+        images=tmp_path / "t",
+        reference="vfm:dinov2-test",
+        models=("vfm:siglip2-test",),
+        transformations=("clean", "noise_0.200"),
+        topk=5,
+    )
     old = run_report(AlignReportConfig(out=tmp_path / "r", pairing="clean-reference", **common))
     same = run_report(AlignReportConfig(out=tmp_path / "r", **common))  # the same cached features, paired anew
     # the reference against itself: 1 on the same images, below 1 against its clean features
@@ -78,8 +86,17 @@ def dinov2_patch14(tmp_path_factory):
     from vfmvae.vfm.families import VFM_ADAPTERS
 
     torch.manual_seed(0)
-    model = VFM_ADAPTERS["dinov2"].build(dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                          intermediate_size=64, patch_size=14, image_size=518, layerscale_value=1.0))
+    model = VFM_ADAPTERS["dinov2"].build(
+        dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            patch_size=14,
+            image_size=518,
+            layerscale_value=1.0,
+        )
+    )
     folder = tmp_path_factory.mktemp("dinov2") / "dinov2-p14"
     model.save_pretrained(folder)
     return folder
@@ -103,9 +120,13 @@ def test_dinov2_reference_takes_the_official_224px_input_at_256px(dinov2_patch14
     with pytest.raises(ValueError, match="multiple of the patch size"):  # 256 px straight into a patch-14 model
         vfm(x)
     # clean/noise: the official transform (Resize(224, BICUBIC) on PIL, ToTensor, ImageNet Normalize)
-    official = transforms.Compose([transforms.Resize(224, interpolation=transforms.InterpolationMode.BICUBIC),
-                                   transforms.ToTensor(),
-                                   transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])])
+    official = transforms.Compose(
+        [
+            transforms.Resize(224, interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.ToTensor(),
+            transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+        ]
+    )
     pixels = official(Image.fromarray(arr))[None]
     expected = vfm.model(pixel_values=pixels).last_hidden_state[:, 1:].mean(1)
     torch.testing.assert_close(features(x, 1.0, False, 0), expected, rtol=1e-4, atol=1e-5)
@@ -135,7 +156,9 @@ def tiny_tokenizer(tmp_path_factory):
 
     tiny = DATA / "official_tokenizer_tiny"
     out = tmp_path_factory.mktemp("tok") / "tok"
-    convert_official_tokenizer(tiny / "config.yaml", tiny / "official_G.safetensors", tiny / "siglip2-tiny-patch16", out)
+    convert_official_tokenizer(
+        tiny / "config.yaml", tiny / "official_G.safetensors", tiny / "siglip2-tiny-patch16", out
+    )
     return out
 
 
@@ -177,8 +200,11 @@ def test_reg_diffusion_features_use_the_noised_real_class_token_and_proj_keeps_i
     model.save_pretrained(tmp_path / "dit")
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "cache.json").write_text(json.dumps({"vfm_features": "dinov2-test", "resolution": size}))
-    (tmp_path / "dit" / "latent_stats.json").write_text(json.dumps(
-        {"mean": [0.1] * 8, "std": [2.0] * 8, "tokenizer": str(tiny_tokenizer), "cache": str(tmp_path / "cache")}))
+    (tmp_path / "dit" / "latent_stats.json").write_text(
+        json.dumps(
+            {"mean": [0.1] * 8, "std": [2.0] * 8, "tokenizer": str(tiny_tokenizer), "cache": str(tmp_path / "cache")}
+        )
+    )
     x = torch.from_numpy(_image(size, 2)).permute(2, 0, 1)[None].float() / 255
 
     def expected(block: str, index: int) -> torch.Tensor:

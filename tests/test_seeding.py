@@ -51,11 +51,15 @@ def test_parts_other_than_ints_and_strings_are_refused(bad):
 
 
 def test_random_labels_and_shuffles_come_from_their_named_streams():
-    expected = [int(torch.randint(10, (1,), generator=torch.Generator().manual_seed(derive_seed(3, "labels", i))))
-                for i in range(20)]
+    expected = [
+        int(torch.randint(10, (1,), generator=torch.Generator().manual_seed(derive_seed(3, "labels", i))))
+        for i in range(20)
+    ]
     assert class_labels("random", 20, 10, seed=3) == expected
-    old = [int(torch.randint(10, (1,), generator=torch.Generator().manual_seed(3 * 1_000_003 + i + 7919)))
-           for i in range(20)]
+    old = [
+        int(torch.randint(10, (1,), generator=torch.Generator().manual_seed(3 * 1_000_003 + i + 7919)))
+        for i in range(20)
+    ]
     assert expected != old  # the label stream no longer shares a seed with sample i + 7919's noise
     sampler = ResumableSampler(12, seed=4)
     first_epoch = [index for _, (epoch, index) in zip(range(12), iter(sampler))]

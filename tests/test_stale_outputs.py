@@ -8,9 +8,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import tiny_official_tokenizer
 from PIL import Image
 
-from helpers import tiny_official_tokenizer
 from vfmvae.cli import main
 from vfmvae.data.folder import list_image_folder
 from vfmvae.tokenizer.reconstruct import output_names
@@ -36,7 +36,10 @@ def test_eval_recon_without_out_scores_only_the_given_images(tok, synthetic_dir,
         shutil.copy(next(stale.iterdir()), stale / f"old-{i}.png")
         shutil.copy(next(stale.iterdir()), tmp_path / "recon" / "inputs" / f"old-{i}.png")
     data = _four(tmp_path / "data", synthetic_dir)
-    assert main(["eval", "recon", "--tokenizer", str(tok), "--data", str(data), "--json", "r.json", "--device", "cpu"]) == 0
+    assert (
+        main(["eval", "recon", "--tokenizer", str(tok), "--data", str(data), "--json", "r.json", "--device", "cpu"])
+        == 0
+    )
     assert json.loads((tmp_path / "r.json").read_text())["protocol"]["num_images"] == 4
 
 
@@ -55,9 +58,29 @@ def test_reconstruct_keeps_same_stem_images_apart(tok, tmp_path):
         Image.new("RGB", (32, 32), colour).save(folder / f"a.{ext}")
     Image.new("RGB", (32, 32), (9, 9, 9)).save(folder / "b.jpg")
     assert output_names(["a.png", "a.jpg", "a.webp", "b.jpg"]) == {
-        "a.png": "a.png", "a.jpg": "a.jpg.png", "a.webp": "a.webp.png", "b.jpg": "b.png"}
-    assert main(["reconstruct", "--model", str(tok), "--workers", "0", "--input", str(folder), "--output", str(tmp_path / "out"),
-                 "--device", "cpu"]) == 0
+        "a.png": "a.png",
+        "a.jpg": "a.jpg.png",
+        "a.webp": "a.webp.png",
+        "b.jpg": "b.png",
+    }
+    assert (
+        main(
+            [
+                "reconstruct",
+                "--model",
+                str(tok),
+                "--workers",
+                "0",
+                "--input",
+                str(folder),
+                "--output",
+                str(tmp_path / "out"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert sorted(os.listdir(tmp_path / "out" / "images")) == ["a.jpg.png", "a.png", "a.webp.png", "b.png"]
 
 

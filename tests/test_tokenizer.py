@@ -1,8 +1,6 @@
 """VFMVAE: parity with the official implementation, API, persistence and conversion."""
 
-import io
 import pickle
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,9 @@ DATA = Path(__file__).parent / "data" / "official_tokenizer_tiny"
 
 @pytest.fixture(scope="module")
 def official():
-    model = convert_official_tokenizer(DATA / "config.yaml", DATA / "official_G.safetensors", DATA / "siglip2-tiny-patch16")
+    model = convert_official_tokenizer(
+        DATA / "config.yaml", DATA / "official_G.safetensors", DATA / "siglip2-tiny-patch16"
+    )
     return model, load_file(DATA / "reference_outputs.safetensors")
 
 
@@ -69,7 +69,9 @@ def test_save_and_load_round_trip(official, tmp_path):
     again = VFMVAE.from_pretrained(tmp_path / "tok")
     assert again.config == model.config
     with torch.no_grad():
-        torch.testing.assert_close(again.encode_moments(ref["images"]), model.encode_moments(ref["images"]), rtol=0, atol=0)
+        torch.testing.assert_close(
+            again.encode_moments(ref["images"]), model.encode_moments(ref["images"]), rtol=0, atol=0
+        )
         torch.testing.assert_close(again.decode(ref["z"]), model.decode(ref["z"]), rtol=0, atol=0)
 
 
@@ -102,15 +104,21 @@ def test_malicious_pickle_is_refused(tmp_path):
 
 def test_conversion_is_strict(tmp_path):
     state = load_file(DATA / "official_G.safetensors")
-    for extra_key, message in (("discriminator.head.weight", r"unmapped official keys \(1\): discriminator.head.weight"),
-                               ("synthesis.blocks.0.mystery.weight", "unexpected keys: synthesis.blocks.0.mystery.weight")):
+    for extra_key, message in (
+        ("discriminator.head.weight", r"unmapped official keys \(1\): discriminator.head.weight"),
+        ("synthesis.blocks.0.mystery.weight", "unexpected keys: synthesis.blocks.0.mystery.weight"),
+    ):
         save_file(dict(state, **{extra_key: torch.zeros(1)}), tmp_path / "extra.safetensors")
         with pytest.raises(CheckpointFormatError, match=message):
-            convert_official_tokenizer(DATA / "config.yaml", tmp_path / "extra.safetensors", DATA / "siglip2-tiny-patch16")
+            convert_official_tokenizer(
+                DATA / "config.yaml", tmp_path / "extra.safetensors", DATA / "siglip2-tiny-patch16"
+            )
     missing = {k: v for k, v in state.items() if not k.startswith("mapping.mlp.fc1")}
     save_file(missing, tmp_path / "missing.safetensors")
     with pytest.raises(CheckpointFormatError, match=r"missing keys: mapping.fc1.bias, mapping.fc1.weight"):
-        convert_official_tokenizer(DATA / "config.yaml", tmp_path / "missing.safetensors", DATA / "siglip2-tiny-patch16")
+        convert_official_tokenizer(
+            DATA / "config.yaml", tmp_path / "missing.safetensors", DATA / "siglip2-tiny-patch16"
+        )
     bad_cfg = tmp_path / "cfg.yaml"
     bad_cfg.write_text((DATA / "config.yaml").read_text().replace("legacy: True", "legacy: True\n  frobnicate: 3"))
     with pytest.raises(CheckpointFormatError, match=r"unknown G_kwargs keys \['frobnicate'\]"):
@@ -139,12 +147,14 @@ def test_default_architecture_shapes_and_bf16():
     """The released f16d32 layout (full-size decoder) on a small stand-in VFM with SigLIP2's patch 16 and the
     official x2 input scale: 256 px images give 32 x 16 x 16 latents."""
     torch.manual_seed(0)
-    small_vit = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                     patch_size=16, image_size=512)
+    small_vit = dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, patch_size=16, image_size=512
+    )
     vfm = VFMSpec(name="custom", family="siglip", arch=small_vit, layers=(0, 2, -1), scale_factor=2.0)
     model = VFMVAE(VFMVAEConfig(vfm=vfm)).eval()
-    decoder = sum(p.numel() for n, p in model.named_parameters()
-                  if n.startswith(("synthesis.", "mapping.", "post_proj.")))
+    decoder = sum(
+        p.numel() for n, p in model.named_parameters() if n.startswith(("synthesis.", "mapping.", "post_proj."))
+    )
     assert 125e6 < decoder < 130e6  # official: synthesis ~120M + z_convs ~5.5M + post_quant ~1.9M + mapping ~0.5M
     with torch.no_grad():
         post = model.encode(torch.rand(1, 3, 256, 256))
@@ -170,13 +180,43 @@ def test_convert_and_reconstruct_commands(tmp_path, synthetic_dir, capsys):
     from vfmvae.cli import main
     from vfmvae.data.synthetic import SyntheticConfig, write_synthetic_dataset
 
-    assert main(["convert", "official-tokenizer", "--config", str(DATA / "config.yaml"), "--weights",
-                 str(DATA / "official_G.safetensors"), "--vfm", str(DATA / "siglip2-tiny-patch16"),
-                 "--out", str(tmp_path / "tok")]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "official-tokenizer",
+                "--config",
+                str(DATA / "config.yaml"),
+                "--weights",
+                str(DATA / "official_G.safetensors"),
+                "--vfm",
+                str(DATA / "siglip2-tiny-patch16"),
+                "--out",
+                str(tmp_path / "tok"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "tok" / "config.json").is_file()
     write_synthetic_dataset(SyntheticConfig(out=tmp_path / "syn", num=6, classes=2, size=64), progress=False)
-    assert main(["reconstruct", "--model", str(tmp_path / "tok"), "--input", str(tmp_path / "syn" / "images"),
-                 "--output", str(tmp_path / "rec"), "--batch-size", "4", "--workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "reconstruct",
+                "--model",
+                str(tmp_path / "tok"),
+                "--input",
+                str(tmp_path / "syn" / "images"),
+                "--output",
+                str(tmp_path / "rec"),
+                "--batch-size",
+                "4",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     pngs = sorted((tmp_path / "rec" / "images").rglob("*.png"))
     assert len(pngs) == 6 and (tmp_path / "rec" / "comparison.png").is_file()
     import json
@@ -184,8 +224,23 @@ def test_convert_and_reconstruct_commands(tmp_path, synthetic_dir, capsys):
     summary = json.loads((tmp_path / "rec" / "reconstruct.json").read_text())
     assert summary["num_images"] == 6 and summary["latent"] == "posterior sample" and 3 < summary["psnr_mean"] < 40
     assert "PSNR" in capsys.readouterr().out
-    assert main(["convert", "official-tokenizer", "--config", str(DATA / "config.yaml"), "--weights",
-                 str(tmp_path / "nope.pth"), "--vfm", str(DATA / "siglip2-tiny-patch16"), "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "convert",
+                "official-tokenizer",
+                "--config",
+                str(DATA / "config.yaml"),
+                "--weights",
+                str(tmp_path / "nope.pth"),
+                "--vfm",
+                str(DATA / "siglip2-tiny-patch16"),
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "official checkpoint not found" in capsys.readouterr().err
 
 
@@ -203,12 +258,23 @@ def test_full_forward_with_sampling_matches_the_official(official):
 
 def test_discrete_mode(tmp_path):
     """Multi-codebook normalised VQ (the official discrete option). No official parity data exists for it."""
-    tiny_vit = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, patch_size=16,
-                    image_size=128)
+    tiny_vit = dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, patch_size=16, image_size=128
+    )
     vfm = VFMSpec(name="custom", family="siglip", arch=tiny_vit, layers=(0, -1), scale_factor=2.0)
-    cfg = VFMVAEConfig(vfm=vfm, proj_dims=(16, 16),
-                       image_size=64, compression="discrete", vocab_size=64, vocab_width=16, num_codebooks=4,
-                       w_dim=64, inject_dims=(32, 16, 16, 16), channel_base=2048, channel_max=64)
+    cfg = VFMVAEConfig(
+        vfm=vfm,
+        proj_dims=(16, 16),
+        image_size=64,
+        compression="discrete",
+        vocab_size=64,
+        vocab_width=16,
+        num_codebooks=4,
+        w_dim=64,
+        inject_dims=(32, 16, 16, 16),
+        channel_base=2048,
+        channel_max=64,
+    )
     torch.manual_seed(0)
     model = VFMVAE(cfg)
     x = torch.rand(2, 3, 64, 64)

@@ -19,12 +19,21 @@ from vfmvae.vfm import VFMSpec
 
 
 def _tiny(vf: bool = True) -> VFMVAE:
-    vit = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, patch_size=16,
-               image_size=128)
+    vit = dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, patch_size=16, image_size=128
+    )
     vfm = VFMSpec(name="custom", family="siglip", arch=vit, layers=(0, -1), scale_factor=2.0)
-    cfg = VFMVAEConfig(vfm=vfm, proj_dims=(16, 16),
-                       image_size=64, z_dim=8, w_dim=64, inject_dims=(32, 16, 16, 16), channel_base=2048,
-                       channel_max=64, vf_projection=vf)
+    cfg = VFMVAEConfig(
+        vfm=vfm,
+        proj_dims=(16, 16),
+        image_size=64,
+        z_dim=8,
+        w_dim=64,
+        inject_dims=(32, 16, 16, 16),
+        channel_base=2048,
+        channel_max=64,
+        vf_projection=vf,
+    )
     torch.manual_seed(0)
     model = VFMVAE(cfg)
     with torch.no_grad():  # perturb zero-initialised branches so that every parameter is on a gradient path
@@ -87,7 +96,9 @@ def test_loss_terms():
     mean, logvar = torch.randn(2, 4, 3, 3, generator=g), torch.randn(2, 4, 3, 3, generator=g) * 0.1
     from vfmvae.tokenizer import DiagonalGaussian
 
-    assert float(kl_loss(mean, logvar)) == pytest.approx(float(DiagonalGaussian(torch.cat([mean, logvar], 1)).kl().mean()))
+    assert float(kl_loss(mean, logvar)) == pytest.approx(
+        float(DiagonalGaussian(torch.cat([mean, logvar], 1)).kl().mean())
+    )
     f = torch.randn(2, 16, 8, 8, generator=g)
     assert float(vf_alignment_loss(f, f)) == pytest.approx(0.0, abs=1e-6)
     assert float(vf_alignment_loss(torch.randn(2, 16, 8, 8, generator=g), f)) > 0.5

@@ -17,13 +17,35 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def _args(run_dir, data, *extra):
-    return ["train", "tokenizer", "--recipe", str(RECIPE), "--set", f"run.dir={run_dir}", "--set", f"data.source={data}",
-            "--set", "data.num_workers=0", "--set", "run.batch_size=4", "--set", "run.total_images=24",
-            "--set", "run.checkpoint_every=2", "--set", "run.log_every=1", *extra]
+    return [
+        "train",
+        "tokenizer",
+        "--recipe",
+        str(RECIPE),
+        "--set",
+        f"run.dir={run_dir}",
+        "--set",
+        f"data.source={data}",
+        "--set",
+        "data.num_workers=0",
+        "--set",
+        "run.batch_size=4",
+        "--set",
+        "run.total_images=24",
+        "--set",
+        "run.checkpoint_every=2",
+        "--set",
+        "run.log_every=1",
+        *extra,
+    ]
 
 
 def _cli(args, torchrun=0):
-    prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={torchrun}"] if torchrun else [sys.executable]
+    prefix = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={torchrun}"]
+        if torchrun
+        else [sys.executable]
+    )
     return prefix + ["-m", "vfmvae", *args]
 
 
@@ -46,8 +68,9 @@ def test_sigkill_and_resume_auto_ends_with_the_same_weights(tmp_path, synthetic_
     straight = tmp_path / "straight"
     subprocess.run(_cli(_args(straight, data, *longer)), env=ENV, check=True, capture_output=True, timeout=600)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cli(_args(killed, data, *longer)), env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cli(_args(killed, data, *longer)), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 600  # guards against a hang only; the kill waits on the checkpoint (an event)
     while not (killed / "checkpoints" / "step-00000004" / "meta.json").is_file() and proc.poll() is None:
         assert time.monotonic() < deadline, "the step-4 checkpoint never appeared"
@@ -56,7 +79,9 @@ def test_sigkill_and_resume_auto_ends_with_the_same_weights(tmp_path, synthetic_
     os.kill(proc.pid, signal.SIGKILL)  # mid-run, after two checkpoints
     proc.wait()
     assert not (killed / "export").exists()
-    subprocess.run(_cli(_args(killed, data, *longer)), env=ENV, check=True, capture_output=True, timeout=600)  # resume auto
+    subprocess.run(
+        _cli(_args(killed, data, *longer)), env=ENV, check=True, capture_output=True, timeout=600
+    )  # resume auto
     _assert_equal(_export(straight), _export(killed))
     log = (killed / "metrics.jsonl").read_text()
     assert '"step": 10' in log
@@ -67,14 +92,33 @@ def test_sigkill_and_resume_auto_ends_with_the_same_weights(tmp_path, synthetic_
 def test_two_processes_and_accumulation_equal_one_process(tmp_path, synthetic_dir):
     data = synthetic_dir / "images"
     # per-rank randomness (equivariance draws, posterior noise, local batch norm in D) off: exact comparison
-    common = ["--set", "loss.equivariance=false", "--set", "loss.sample_posterior=false", "--set", "loss.gan=0",
-              "--set", "run.total_images=16", "--set", "run.checkpoint_every=100"]
+    common = [
+        "--set",
+        "loss.equivariance=false",
+        "--set",
+        "loss.sample_posterior=false",
+        "--set",
+        "loss.gan=0",
+        "--set",
+        "run.total_images=16",
+        "--set",
+        "run.checkpoint_every=100",
+    ]
     runs = {}
-    for name, extra, nproc in (("init", ["--set", "run.total_images=0"], 0), ("one", ["--set", "run.micro_batch=4"], 0),
-                               ("accum", ["--set", "run.micro_batch=2"], 0), ("two", ["--set", "run.micro_batch=2"], 2)):
+    for name, extra, nproc in (
+        ("init", ["--set", "run.total_images=0"], 0),
+        ("one", ["--set", "run.micro_batch=4"], 0),
+        ("accum", ["--set", "run.micro_batch=2"], 0),
+        ("two", ["--set", "run.micro_batch=2"], 2),
+    ):
         out = tmp_path / name
-        proc = subprocess.run(_cli(_args(out, data, *common, *extra), torchrun=nproc), env=ENV, capture_output=True,
-                              text=True, timeout=600)
+        proc = subprocess.run(
+            _cli(_args(out, data, *common, *extra), torchrun=nproc),
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[name] = _export(out)
     # mapping.w_avg is a running mean updated once per forward pass (official), so it depends on the number of
@@ -91,8 +135,16 @@ def test_fp16_with_loss_scaling_and_tensorboard(tmp_path, synthetic_dir):
     from vfmvae.cli import main
 
     run_dir = tmp_path / "fp16"
-    args = _args(run_dir, synthetic_dir / "images", "--set", "run.precision=fp16", "--set", "run.tensorboard=true",
-                 "--set", "run.total_images=8")
+    args = _args(
+        run_dir,
+        synthetic_dir / "images",
+        "--set",
+        "run.precision=fp16",
+        "--set",
+        "run.tensorboard=true",
+        "--set",
+        "run.total_images=8",
+    )
     assert main(args) == 0
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     import json
@@ -111,9 +163,20 @@ def test_non_finite_losses_are_skipped_then_stop_the_run_with_the_last_checkpoin
     good = CheckpointManager(run_dir).load()
     # continue with a poisoned loss: every generator step is non-finite, skipped, and the run stops after 3
     # (a changed recipe continues a run folder only when the checkpoint is named explicitly)
-    poisoned = base + ["--set", "run.total_images=40", "--set", "loss.l1=.nan", "--set", "run.max_consecutive_nonfinite=3",
-                       "--resume", str(good.path)]
-    with pytest.raises(RuntimeError, match="3 consecutive non-finite generator steps"), pytest.warns(UserWarning, match="loss.l1"):
+    poisoned = base + [
+        "--set",
+        "run.total_images=40",
+        "--set",
+        "loss.l1=.nan",
+        "--set",
+        "run.max_consecutive_nonfinite=3",
+        "--resume",
+        str(good.path),
+    ]
+    with (
+        pytest.raises(RuntimeError, match="3 consecutive non-finite generator steps"),
+        pytest.warns(UserWarning, match="loss.l1"),
+    ):
         main(poisoned)
     after = CheckpointManager(run_dir).load()  # checkpoints written during skipped steps hold the same weights
     for key, value in good.model.items():

@@ -16,15 +16,31 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = str(Path(vfmvae.__file__).resolve().parent)
 # the step's code; the equivariance draws and DiffAugment read a host generator (no device sync), data loading
 # reads host tensors
-TRAINING_CODE = ("tokenizer_training/trainer.py", "training/run.py", "tokenizer_training/losses.py", "training/step.py",
-                 "training/ema.py",
-                 "tokenizer/model.py", "tokenizer/layers.py", "vfm/encoder.py")
+TRAINING_CODE = (
+    "tokenizer_training/trainer.py",
+    "training/run.py",
+    "tokenizer_training/losses.py",
+    "training/step.py",
+    "training/ema.py",
+    "tokenizer/model.py",
+    "tokenizer/layers.py",
+    "vfm/encoder.py",
+)
 
 
 def _cfg(run_dir, data, *overrides):
-    return load_config(TokenizerTrainConfig, ROOT / "configs" / "tokenizer" / "tiny.yaml",
-                       [f"run.dir={run_dir}", f"data.source={data}", "data.num_workers=0", "run.batch_size=4",
-                        "run.grid_every=1000", *overrides])
+    return load_config(
+        TokenizerTrainConfig,
+        ROOT / "configs" / "tokenizer" / "tiny.yaml",
+        [
+            f"run.dir={run_dir}",
+            f"data.source={data}",
+            "data.num_workers=0",
+            "run.batch_size=4",
+            "run.grid_every=1000",
+            *overrides,
+        ],
+    )
 
 
 def test_training_loop_reads_nothing_back_between_logging_points(tmp_path, synthetic_dir):
@@ -40,8 +56,13 @@ def test_training_loop_reads_nothing_back_between_logging_points(tmp_path, synth
             if frame is not None and frame.filename.replace("\\", "/").endswith(TRAINING_CODE):
                 seen.append(f"{method} {Path(frame.filename).name}:{frame.lineno}")
 
-        cfg = _cfg(tmp_path / f"run{steps}", synthetic_dir / "images", f"run.total_images={4 * steps}",
-                   f"run.log_every={steps}", f"run.checkpoint_every={steps}")
+        cfg = _cfg(
+            tmp_path / f"run{steps}",
+            synthetic_dir / "images",
+            f"run.total_images={4 * steps}",
+            f"run.log_every={steps}",
+            f"run.checkpoint_every={steps}",
+        )
         with on_tensor_readback(record):
             train_tokenizer(cfg, resume="none", progress=False)
         return seen
@@ -57,8 +78,11 @@ def test_compile_is_off_by_default_and_wraps_the_heavy_forwards(tmp_path, synthe
     assert _cfg(tmp_path / "x", synthetic_dir).run.compile is False
     compiled = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compiled.append(type(self).__name__))
-    summary = train_tokenizer(_cfg(tmp_path / "run", synthetic_dir / "images", "run.total_images=4", "run.compile=true"),
-                              resume="none", progress=False)
+    summary = train_tokenizer(
+        _cfg(tmp_path / "run", synthetic_dir / "images", "run.total_images=4", "run.compile=true"),
+        resume="none",
+        progress=False,
+    )
     assert summary["steps"] == 1 and set(compiled) >= {"_Synthesis", "_Mapping"}, compiled
     assert "_DiscHead" in compiled and "Block" in compiled, compiled  # D: the backbone's blocks and the heads
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])

@@ -12,8 +12,10 @@ from vfmvae.training import EMA, optimizer_step
 
 def _batch(n, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return {"image": torch.randint(0, 256, (n, 3, 16, 16), generator=g, dtype=torch.uint8),
-            "label": torch.randint(0, 4, (n,), generator=g)}
+    return {
+        "image": torch.randint(0, 256, (n, 3, 16, 16), generator=g, dtype=torch.uint8),
+        "label": torch.randint(0, 4, (n,), generator=g),
+    }
 
 
 def _size(b):
@@ -100,8 +102,9 @@ def test_grad_clipping_bounds_the_update():
     model, _ = _model_and_opt()
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     before = [p.clone() for p in model.parameters()]
-    res = optimizer_step(model, opt, [_batch(4)], lambda m, b: 1e3 * classification_loss(m, b),
-                         batch_size_of=_size, grad_clip=0.5)
+    res = optimizer_step(
+        model, opt, [_batch(4)], lambda m, b: 1e3 * classification_loss(m, b), batch_size_of=_size, grad_clip=0.5
+    )
     step = torch.cat([(p - q).flatten() for p, q in zip(model.parameters(), before)])
     assert res.grad_norm > 0.5 and step.norm().item() == pytest.approx(0.5, rel=1e-4)
 
@@ -145,9 +148,14 @@ def _train(run_dir, synthetic_dir, steps, resume=False, save_every=None):
         step, seen = step + 1, seen + len(batch["label"])
         ema.update(model, seen, len(batch["label"]))
         if save_every and step % save_every == 0:
-            manager.save(step, images_seen=seen, model=model.state_dict(), ema=ema.state_dict(),
-                         state={"optimizer": opt.state_dict()},
-                         rank_state={"rng": capture_rng_state(), "data": stream.state_dict()})
+            manager.save(
+                step,
+                images_seen=seen,
+                model=model.state_dict(),
+                ema=ema.state_dict(),
+                state={"optimizer": opt.state_dict()},
+                rank_state={"rng": capture_rng_state(), "data": stream.state_dict()},
+            )
     return model.state_dict(), ema.state_dict()
 
 

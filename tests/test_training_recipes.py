@@ -49,17 +49,17 @@ def test_safe_loss_guard_skips_a_spike_on_the_device_and_keeps_the_weights():
         guard.commit(res.applied_t)
         return res
 
-    assert not step().skipped                      # first step: no reference yet
+    assert not step().skipped  # first step: no reference yet
     reference = guard.prev["l1"].clone()
     before = [p.detach().clone() for p in model.parameters()]
-    scale["value"] = 1000.0                        # a 1000x spike of L1
+    scale["value"] = 1000.0  # a 1000x spike of L1
     res = step()
     assert res.skipped and float(guard.rejected) == 1.0
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # weights untouched
     assert torch.equal(guard.prev["l1"], reference)  # a rejected step is not the next reference
-    scale["value"] = 5.0                           # below 10x: accepted
+    scale["value"] = 5.0  # below 10x: accepted
     assert not step().skipped
-    guard.active = False                           # before the start window nothing is rejected
+    guard.active = False  # before the start window nothing is rejected
     scale["value"] = 1e6
     assert not step().skipped
 
@@ -79,14 +79,40 @@ def test_safe_loss_guard_in_the_tokenizer_trainer_counts_and_skips_a_spike(tmp_p
 
     monkeypatch.setattr(trainer_module, "ssim_loss", spiking_ssim)
     run_dir = tmp_path / "spike"
-    args = ["train", "tokenizer", "--recipe", str(TINY), "--set", f"run.dir={run_dir}",
-            "--set", f"data.source={synthetic_dir / 'images'}", "--set", "data.num_workers=0", "--set", "run.batch_size=4",
-            "--set", "run.total_images=16", "--set", "run.checkpoint_every=1", "--set", "run.keep_checkpoints=4",
-            "--set", "run.log_every=1", "--set", "loss.gan=0", "--set", "loss.ssim=1.0",
-            "--set", "loss.safe_loss_after_images=0"]
+    args = [
+        "train",
+        "tokenizer",
+        "--recipe",
+        str(TINY),
+        "--set",
+        f"run.dir={run_dir}",
+        "--set",
+        f"data.source={synthetic_dir / 'images'}",
+        "--set",
+        "data.num_workers=0",
+        "--set",
+        "run.batch_size=4",
+        "--set",
+        "run.total_images=16",
+        "--set",
+        "run.checkpoint_every=1",
+        "--set",
+        "run.keep_checkpoints=4",
+        "--set",
+        "run.log_every=1",
+        "--set",
+        "loss.gan=0",
+        "--set",
+        "loss.ssim=1.0",
+        "--set",
+        "loss.safe_loss_after_images=0",
+    ]
     assert main(args) == 0
     manager = CheckpointManager(run_dir)
-    second, third = manager.load(run_dir / "checkpoints" / "step-00000002"), manager.load(run_dir / "checkpoints" / "step-00000003")
+    second, third = (
+        manager.load(run_dir / "checkpoints" / "step-00000002"),
+        manager.load(run_dir / "checkpoints" / "step-00000003"),
+    )
     assert third.state["counters"]["skipped_g"] == 1
     assert float(third.state["safe_loss"]["rejected"]) == 1.0
     for key, value in second.model.items():
@@ -107,7 +133,7 @@ def test_random_square_crop_draws_side_uniform_in_half_to_full_short_side_anywhe
     fractions = draws[:, 2] / 300
     assert fractions.min() >= 0.5 and fractions.max() <= 1.0
     hist, _ = np.histogram(fractions, bins=5, range=(0.5, 1.0))
-    assert hist.min() > 0.8 * 800 and hist.max() < 1.2 * 800   # uniform in [0.5, 1] (800 expected per bin)
+    assert hist.min() > 0.8 * 800 and hist.max() < 1.2 * 800  # uniform in [0.5, 1] (800 expected per bin)
     assert (draws[:, 0] + draws[:, 2] <= 400).all() and (draws[:, 1] + draws[:, 2] <= 300).all()
     assert draws[:, 0].min() == 0 and (draws[:, 0] + draws[:, 2]).max() == 400  # positions reach both edges
 
@@ -140,9 +166,25 @@ def test_training_crop_is_the_official_random_square_lanczos_then_flip_and_evalu
 
 
 def _tiny_args(run_dir, data, *extra):
-    return ["train", "tokenizer", "--recipe", str(TINY), "--set", f"run.dir={run_dir}", "--set", f"data.source={data}",
-            "--set", "data.num_workers=0", "--set", "run.batch_size=4", "--set", "run.log_every=1",
-            "--set", "run.checkpoint_every=100", *extra]
+    return [
+        "train",
+        "tokenizer",
+        "--recipe",
+        str(TINY),
+        "--set",
+        f"run.dir={run_dir}",
+        "--set",
+        f"data.source={data}",
+        "--set",
+        "data.num_workers=0",
+        "--set",
+        "run.batch_size=4",
+        "--set",
+        "run.log_every=1",
+        "--set",
+        "run.checkpoint_every=100",
+        *extra,
+    ]
 
 
 def _from_export(export):
@@ -151,8 +193,9 @@ def _from_export(export):
 
 
 @pytest.mark.slow
-def test_next_stage_starts_raw_g_from_raw_ema_from_ema_d_from_d_and_continues_the_image_count(tmp_path, synthetic_dir,
-                                                                                            monkeypatch):
+def test_next_stage_starts_raw_g_from_raw_ema_from_ema_d_from_d_and_continues_the_image_count(
+    tmp_path, synthetic_dir, monkeypatch
+):
     from safetensors.torch import load_file
 
     from vfmvae.checkpoint import CheckpointManager
@@ -170,16 +213,20 @@ def test_next_stage_starts_raw_g_from_raw_ema_from_ema_d_from_d_and_continues_th
 
     seen = []
     update = EMA.update
-    monkeypatch.setattr(EMA, "update", lambda self, model, images, *a, **k: (seen.append(images), update(self, model, images, *a, **k))[1])
+    monkeypatch.setattr(
+        EMA,
+        "update",
+        lambda self, model, images, *a, **k: (seen.append(images), update(self, model, images, *a, **k))[1],
+    )
     second = tmp_path / "stage-b"
     # no training step: the checkpoint written at the end holds what the stage started from
     assert main(_tiny_args(second, data, "--set", "run.total_images=0", *_from_export(export))) == 0
     start = CheckpointManager(second).load()
     for key, value in raw_a.items():
-        assert torch.equal(start.model[key], value), key          # raw G from raw G
+        assert torch.equal(start.model[key], value), key  # raw G from raw G
     for key, value in start.ema.items():
-        assert torch.equal(value, ema_a[key]), key                # EMA from EMA
-    heads = {k[len("projected."):]: v for k, v in disc_a.items() if k.startswith("projected.")}
+        assert torch.equal(value, ema_a[key]), key  # EMA from EMA
+    heads = {k[len("projected.") :]: v for k, v in disc_a.items() if k.startswith("projected.")}
     for key, value in heads.items():
         assert torch.equal(start.state["disc"][f"0.{key}"], value), key  # D from D
     assert start.state["counters"]["images_before_stage"] == 8
@@ -197,8 +244,13 @@ def test_projected_discriminator_resizes_with_the_vfm_mode(tmp_path, synthetic_d
 
     from vfmvae.tokenizer_training.discriminators import ProjectedDiscriminator
 
-    kwargs = dict(input_size=32, taps=(0, 1), backbone_kwargs={"embed_dim": 32, "depth": 2, "num_heads": 2}, diffaug=False,
-                  crop_probability=0.0)
+    kwargs = dict(
+        input_size=32,
+        taps=(0, 1),
+        backbone_kwargs={"embed_dim": 32, "depth": 2, "num_heads": 2},
+        diffaug=False,
+        crop_probability=0.0,
+    )
     torch.manual_seed(0)
     bicubic = ProjectedDiscriminator(resize_mode="bicubic", **kwargs)
     bilinear = ProjectedDiscriminator(**kwargs)
@@ -246,7 +298,9 @@ def test_vf_kl_and_multiscale_losses_are_float32_under_bf16_autocast():
     torch.testing.assert_close(mixed[0], reference[0], rtol=1e-6, atol=0)  # bf16 einsum: off by ~4e-3 relative
     torch.testing.assert_close(mixed[2], reference[2], rtol=1e-6, atol=0)
     assert kl_bf16_inputs.dtype == torch.float32
-    torch.testing.assert_close(kl_bf16_inputs, kl_loss(mean.bfloat16().float(), logvar.bfloat16().float()), rtol=1e-6, atol=0)
+    torch.testing.assert_close(
+        kl_bf16_inputs, kl_loss(mean.bfloat16().float(), logvar.bfloat16().float()), rtol=1e-6, atol=0
+    )
 
     # adaptive weight: the norm ratio in float32 even when the graph was built under autocast
     w = torch.nn.Parameter(torch.randn(16, 16, generator=g))
@@ -263,19 +317,26 @@ def official_tokenizer(tmp_path_factory):
 
     data = ROOT / "tests" / "data" / "official_tokenizer_tiny"
     out = tmp_path_factory.mktemp("tok") / "tok"
-    convert_official_tokenizer(data / "config.yaml", data / "official_G.safetensors", data / "siglip2-tiny-patch16", out)
+    convert_official_tokenizer(
+        data / "config.yaml", data / "official_G.safetensors", data / "siglip2-tiny-patch16", out
+    )
     return out
 
 
 def _cache(tokenizer, data, out, **kw):
     from vfmvae.latents import cache_latents
 
-    return cache_latents(tokenizer, data, out, **{"batch_size": 16, "shard_size": 32, "num_workers": 0, "device": "cpu",
-                                                 "progress": False, **kw})
+    return cache_latents(
+        tokenizer,
+        data,
+        out,
+        **{"batch_size": 16, "shard_size": 32, "num_workers": 0, "device": "cpu", "progress": False, **kw},
+    )
 
 
 def test_cache_keeps_posterior_moments_stats_from_posterior_samples_and_old_caches_still_load(
-        tmp_path, official_tokenizer, synthetic_dir):
+    tmp_path, official_tokenizer, synthetic_dir
+):
     from vfmvae.data import ImageFolderDataset, to_float01
     from vfmvae.latents import LatentDataset
     from vfmvae.tokenizer import VFMVAE
@@ -301,11 +362,16 @@ def test_cache_keeps_posterior_moments_stats_from_posterior_samples_and_old_cach
         with safe_open(str(tmp_path / "m" / shard["file"]), framework="pt") as f:
             g = torch.Generator().manual_seed(index)
             m = f.get_tensor("latents").double()
-            parts.append(m + f.get_tensor("latents_std").double() * torch.randn(m.shape, generator=g, dtype=torch.float64))
+            parts.append(
+                m + f.get_tensor("latents_std").double() * torch.randn(m.shape, generator=g, dtype=torch.float64)
+            )
     samples = torch.cat(parts)
-    torch.testing.assert_close(torch.tensor(info["mean"], dtype=torch.float64), samples.mean((0, 2, 3)), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(torch.tensor(info["std"], dtype=torch.float64), samples.std((0, 2, 3), unbiased=False),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        torch.tensor(info["mean"], dtype=torch.float64), samples.mean((0, 2, 3)), rtol=1e-5, atol=1e-6
+    )
+    torch.testing.assert_close(
+        torch.tensor(info["std"], dtype=torch.float64), samples.std((0, 2, 3), unbiased=False), rtol=1e-5, atol=1e-6
+    )
     # ... whose spread includes the posterior noise: about sqrt(var(means) + mean(std^2)), above the means' own spread
     expected_var = means.var((0, 2, 3), unbiased=False) + stds.square().mean((0, 2, 3))
     torch.testing.assert_close(torch.tensor(info["std"], dtype=torch.float64).square(), expected_var, rtol=0.3, atol=0)
@@ -318,7 +384,9 @@ def test_cache_keeps_posterior_moments_stats_from_posterior_samples_and_old_cach
 
 
 @pytest.mark.slow
-def test_lightningdit_cache_stores_one_posterior_sample_per_image_and_per_flip(tmp_path, official_tokenizer, synthetic_dir):
+def test_lightningdit_cache_stores_one_posterior_sample_per_image_and_per_flip(
+    tmp_path, official_tokenizer, synthetic_dir
+):
     from vfmvae.latents import LatentDataset
 
     _cache(official_tokenizer, synthetic_dir / "images", tmp_path / "moments", flip=True, moments=True)
@@ -326,12 +394,13 @@ def test_lightningdit_cache_stores_one_posterior_sample_per_image_and_per_flip(t
     moments, sampled = LatentDataset(tmp_path / "moments", flip=True), LatentDataset(tmp_path / "s", flip=True)
     for key in ("latents", "latents_flip"):
         mean, std, s = moments.column(key), moments.column(key + "_std"), sampled.column(key)
-        residual = (s - mean) / std          # a sample of this image's (or its flip's) posterior: standard normal
+        residual = (s - mean) / std  # a sample of this image's (or its flip's) posterior: standard normal
         assert abs(float(residual.mean())) < 0.1 and abs(float(residual.std()) - 1) < 0.1, key
 
 
-def test_diffusion_draws_a_fresh_posterior_sample_each_step_that_averages_to_the_mean(tmp_path, official_tokenizer,
-                                                                                       synthetic_dir):
+def test_diffusion_draws_a_fresh_posterior_sample_each_step_that_averages_to_the_mean(
+    tmp_path, official_tokenizer, synthetic_dir
+):
     from vfmvae.config import ConfigError, load_config
     from vfmvae.diffusion import diffusion_config
     from vfmvae.diffusion_training import DiffusionTrainConfig, train_diffusion
@@ -341,36 +410,59 @@ def test_diffusion_draws_a_fresh_posterior_sample_each_step_that_averages_to_the
     _cache(official_tokenizer, synthetic_dir / "images", tmp_path / "m", moments=True)
     _cache(official_tokenizer, synthetic_dir / "images", tmp_path / "old")
     recipe = ROOT / "configs" / "diffusion" / "tiny.yaml"
-    overrides = [f"data.cache={tmp_path / 'm'}", "data.flip=false", "data.posterior_draws=true", "transport.align_weight=0",
-                 "model.overrides={}", "run.grid_every=0", "run.batch_size=8"]
+    overrides = [
+        f"data.cache={tmp_path / 'm'}",
+        "data.flip=false",
+        "data.posterior_draws=true",
+        "transport.align_weight=0",
+        "model.overrides={}",
+        "run.grid_every=0",
+        "run.batch_size=8",
+    ]
     cfg = load_config(DiffusionTrainConfig, recipe, [*overrides, f"run.dir={tmp_path / 'run'}"])
     ds = LatentDataset(tmp_path / "m")
     mcfg = diffusion_config("lightningdit-tiny", in_channels=8, input_size=4, num_classes=4)
     generator = torch.Generator()
 
     def draw(step):
-        return StepDraws.draw(step, seed=cfg.run.seed, batch_size=cfg.run.batch_size, transport=cfg.transport, model=mcfg,
-                              posterior=cfg.data.posterior_draws, generator=generator)
+        return StepDraws.draw(
+            step,
+            seed=cfg.run.seed,
+            batch_size=cfg.run.batch_size,
+            transport=cfg.transport,
+            model=mcfg,
+            posterior=cfg.data.posterior_draws,
+            generator=generator,
+        )
+
     item = ds[5]
     samples = []
     for step in range(2000):
         draws = draw(step)
         samples.append(draw_posterior(item["latents"], item["latents_std"], draws.posterior_eps[3]))
     samples = torch.stack(samples)
-    assert not torch.equal(samples[0], samples[1])                                  # a new draw every step
+    assert not torch.equal(samples[0], samples[1])  # a new draw every step
     draws = draw(7)
     again = draw_posterior(item["latents"], item["latents_std"], draws.posterior_eps[3])
-    assert torch.equal(again, samples[7])                                            # seeded by (seed, step): resumable
+    assert torch.equal(again, samples[7])  # seeded by (seed, step): resumable
     spread = item["latents_std"]
     assert ((samples.mean(0) - item["latents"]).abs() <= 4 * spread / 2000**0.5 + 1e-6).all()  # averages to the mean
     torch.testing.assert_close(samples.std(0), spread, rtol=0.1, atol=1e-6)
 
-    summary = train_diffusion(load_config(DiffusionTrainConfig, recipe, [*overrides, f"run.dir={tmp_path / 'run'}",
-                                                                         "run.total_images=16"]), progress=False)
+    summary = train_diffusion(
+        load_config(DiffusionTrainConfig, recipe, [*overrides, f"run.dir={tmp_path / 'run'}", "run.total_images=16"]),
+        progress=False,
+    )
     assert summary["steps"] == 2
     with pytest.raises(ConfigError, match="--moments"):
-        train_diffusion(load_config(DiffusionTrainConfig, recipe, [*overrides, f"data.cache={tmp_path / 'old'}",
-                                                                   f"run.dir={tmp_path / 'bad'}"]), progress=False)
+        train_diffusion(
+            load_config(
+                DiffusionTrainConfig,
+                recipe,
+                [*overrides, f"data.cache={tmp_path / 'old'}", f"run.dir={tmp_path / 'bad'}"],
+            ),
+            progress=False,
+        )
 
 
 def test_reg_dinov2_targets_resize_bicubic_without_antialias_and_resample_the_table_once_like_timm():
@@ -384,8 +476,15 @@ def test_reg_dinov2_targets_resize_bicubic_without_antialias_and_resample_the_ta
     from vfmvae.vfm.families import VFM_ADAPTERS
 
     # a random DINOv2 with a 10x10 table (80 px / 8) fed 64 px images resized to 48 px -> a 6x6 grid
-    arch = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "patch_size": 8,
-            "image_size": 80, "layerscale_value": 1.0}
+    arch = {
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "patch_size": 8,
+        "image_size": 80,
+        "layerscale_value": 1.0,
+    }
     torch.manual_seed(0)
     model = VFM_ADAPTERS["dinov2"].build(arch)
     today = FrozenVFM(model, "dinov2", scale_factor=0.75)
@@ -396,7 +495,9 @@ def test_reg_dinov2_targets_resize_bicubic_without_antialias_and_resample_the_ta
     table = reference_model.embeddings.position_embeddings
     table.data = resample_abs_pos_embed(table.data, [6, 6], num_prefix_tokens=1)
     x = F.interpolate(images, size=(48, 48), mode="bicubic", align_corners=False)  # no antialias
-    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(
+        1, 3, 1, 1
+    )
     with torch.no_grad():
         expected = reference_model(pixel_values=x).last_hidden_state
         got = reg(images)
@@ -411,11 +512,29 @@ def test_reg_dinov2_targets_resize_bicubic_without_antialias_and_resample_the_ta
 STAGE_OVERRIDES = {
     "stage0": ["stage=all", "data.crop=random_square"],
     "stage1": ["stage=all", "data.crop=random_square", "loss.multiscale_until_images=0"],
-    "stage2": ["stage=decoder", "data.crop=random_square", "loss.multiscale_until_images=0", "loss.kl=0", "loss.vf=0",
-               "loss.ssim=1.0", "optim.lr=2.5e-4", "optim.d_lr=2.5e-4"],
-    "stage3": ["stage=late_decoder", "data.crop=random_square", "loss.multiscale_until_images=0", "loss.kl=0",
-               "loss.vf=0", "loss.l1=0", "loss.patchgan=1.0", "loss.feature_matching=10.0", "loss.equivariance=false",
-               "optim.lr=2.5e-4", "optim.d_lr=2.5e-4"],
+    "stage2": [
+        "stage=decoder",
+        "data.crop=random_square",
+        "loss.multiscale_until_images=0",
+        "loss.kl=0",
+        "loss.vf=0",
+        "loss.ssim=1.0",
+        "optim.lr=2.5e-4",
+        "optim.d_lr=2.5e-4",
+    ],
+    "stage3": [
+        "stage=late_decoder",
+        "data.crop=random_square",
+        "loss.multiscale_until_images=0",
+        "loss.kl=0",
+        "loss.vf=0",
+        "loss.l1=0",
+        "loss.patchgan=1.0",
+        "loss.feature_matching=10.0",
+        "loss.equivariance=false",
+        "optim.lr=2.5e-4",
+        "optim.d_lr=2.5e-4",
+    ],
 }
 
 
@@ -434,16 +553,27 @@ def test_four_stages_chain_each_from_the_previous_export_with_held_out_psnr(tmp_
     for name, overrides in STAGE_OVERRIDES.items():
         run_dir = tmp_path / name
         sets = [x for o in overrides + (["model=null", f"init={previous}"] if previous else []) for x in ("--set", o)]
-        assert main(_tiny_args(run_dir, synthetic_dir / "images", "--set", "run.batch_size=2", "--set", "run.total_images=2",
-                               *sets)) == 0  # one step per stage
+        assert (
+            main(
+                _tiny_args(
+                    run_dir, synthetic_dir / "images", "--set", "run.batch_size=2", "--set", "run.total_images=2", *sets
+                )
+            )
+            == 0
+        )  # one step per stage
         export = run_dir / "export"
         if previous is not None:  # the export records the cumulative images, the raw generator and the discriminators
             assert json.loads((export / "training.json").read_text())["images_total"] == 2 * (len(psnr) + 1)
         disc = load_file(export / "discriminators.safetensors")
         assert any(k.startswith("projected.") for k in disc)
         assert any(k.startswith("patchgan.") for k in disc) == (name == "stage3")
-        report = reconstruct_folder(VFMVAE.from_pretrained(export), held_out / "images", tmp_path / f"recon-{name}",
-                                    num_workers=0, progress=False)
+        report = reconstruct_folder(
+            VFMVAE.from_pretrained(export),
+            held_out / "images",
+            tmp_path / f"recon-{name}",
+            num_workers=0,
+            progress=False,
+        )
         psnr[name] = report["psnr_mean"]
         print(f"{name}: held-out PSNR {psnr[name]:.2f} dB")
         previous = export
@@ -458,11 +588,20 @@ def test_resume_with_a_hand_off_and_an_active_safe_loss_guard_gives_the_same_wei
 
     data = synthetic_dir / "images"
     assert main(_tiny_args(tmp_path / "a", data, "--set", "run.batch_size=2", "--set", "run.total_images=2")) == 0
-    common = ("--set", "run.batch_size=2", *_from_export(tmp_path / "a" / "export"), "--set", "loss.ssim=1.0",
-              "--set", "loss.safe_loss_after_images=0", "--set", "run.checkpoint_every=1")
+    common = (
+        "--set",
+        "run.batch_size=2",
+        *_from_export(tmp_path / "a" / "export"),
+        "--set",
+        "loss.ssim=1.0",
+        "--set",
+        "loss.safe_loss_after_images=0",
+        "--set",
+        "run.checkpoint_every=1",
+    )
     assert main(_tiny_args(tmp_path / "straight", data, "--set", "run.total_images=6", *common)) == 0
-    assert main(_tiny_args(tmp_path / "split", data, "--set", "run.total_images=2", *common)) == 0   # stops after 1 step
-    assert main(_tiny_args(tmp_path / "split", data, "--set", "run.total_images=6", *common)) == 0   # resumes at step 1
+    assert main(_tiny_args(tmp_path / "split", data, "--set", "run.total_images=2", *common)) == 0  # stops after 1 step
+    assert main(_tiny_args(tmp_path / "split", data, "--set", "run.total_images=6", *common)) == 0  # resumes at step 1
     straight, split = (load_file(tmp_path / n / "export" / "generator_raw.safetensors") for n in ("straight", "split"))
     assert straight.keys() == split.keys()
     for key in straight:

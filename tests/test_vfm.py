@@ -27,8 +27,14 @@ def _direct_taps(vfm, pixels):
     m, family = vfm.model, vfm.family
     if family == "eva":
         n = len(m.blocks)
-        blocks = m.forward_intermediates(pixels, indices=list(range(n)), norm=False, output_fmt="NLC",
-                                         intermediates_only=True, return_prefix_tokens=True)
+        blocks = m.forward_intermediates(
+            pixels,
+            indices=list(range(n)),
+            norm=False,
+            output_fmt="NLC",
+            intermediates_only=True,
+            return_prefix_tokens=True,
+        )
         blocks = [torch.cat([prefix, x], 1) for x, prefix in blocks]
         emb = m._pos_embed(m.patch_embed(pixels))[0]
         return [emb, *blocks, m.forward_features(pixels)]
@@ -98,16 +104,24 @@ def test_official_siglip2_and_dinov2_extraction():
     DINOv2 taps with bicubic resize and ImageNet statistics, class token dropped."""
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     siglip = build_vfm(VFMSpec("siglip2-test", layers=(0, 2, -1), scale_factor=2.0))
-    out = siglip.model(pixel_values=(F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False) - 0.5) / 0.5,
-                       output_hidden_states=True, interpolate_pos_encoding=True)
+    out = siglip.model(
+        pixel_values=(F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False) - 0.5) / 0.5,
+        output_hidden_states=True,
+        interpolate_pos_encoding=True,
+    )
     expected = [out.hidden_states[0], out.hidden_states[2], out.last_hidden_state]
     for got, exp in zip(siglip(x).tokens, expected):
         torch.testing.assert_close(got, exp, rtol=1e-5, atol=1e-5)
     dino = build_vfm(VFMSpec("dinov2-test", layers=(0, 2, -1), scale_factor=1.75))
     x = torch.rand(2, 3, 32, 32)
-    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    out = dino.model(pixel_values=(F.interpolate(x, scale_factor=1.75, mode="bicubic", align_corners=False) - mean) / std,
-                     output_hidden_states=True)
+    mean, std = (
+        torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1),
+        torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1),
+    )
+    out = dino.model(
+        pixel_values=(F.interpolate(x, scale_factor=1.75, mode="bicubic", align_corners=False) - mean) / std,
+        output_hidden_states=True,
+    )
     expected = [out.hidden_states[0][:, 1:], out.hidden_states[2][:, 1:], out.last_hidden_state[:, 1:]]
     for got, exp in zip(dino(x).tokens, expected):
         torch.testing.assert_close(got, exp, rtol=1e-5, atol=1e-5)
@@ -127,9 +141,19 @@ def test_local_folders_load_offline(tmp_path):
     from transformers import Dinov2Model, SiglipConfig, SiglipModel
 
     # a full SigLIP (text + vision) folder, as google/siglip2-* is published: the vision tower is loaded
-    vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8)
-    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=100,
-                bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    vision = dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8
+    )
+    text = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        vocab_size=100,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     torch.manual_seed(0)
     full = SiglipModel(SiglipConfig(text_config=text, vision_config=vision)).eval()
     full.save_pretrained(tmp_path / "siglip2-tiny")
@@ -175,15 +199,26 @@ def test_missing_models_say_how_to_provide_them(tmp_path):
 
 def test_registry_entries_match_their_architectures():
     names = {e.name for e in list_vfms(include_test=False)}
-    assert {"siglip2-large-patch16-512", "dinov2-base", "dinov2-base-reg", "dinov3-vitb16", "clip-vit-large-patch14",
-            "mae-large", "eva02-large-patch14-clip-336", "siglip-so400m-patch14-384"} <= names
+    assert {
+        "siglip2-large-patch16-512",
+        "dinov2-base",
+        "dinov2-base-reg",
+        "dinov3-vitb16",
+        "clip-vit-large-patch14",
+        "mae-large",
+        "eva02-large-patch14-clip-336",
+        "siglip-so400m-patch14-384",
+    } <= names
     default = VFM_REGISTRY["siglip2-large-patch16-512"]
     assert (default.patch_size, default.width, default.num_layers, default.scale_factor) == (16, 1024, 24, 2.0)
-    assert VFM_REGISTRY["dinov2-base"].patch_size == 14 and VFM_REGISTRY["eva02-large-patch14-clip-336"].patch_size == 14
+    assert (
+        VFM_REGISTRY["dinov2-base"].patch_size == 14 and VFM_REGISTRY["eva02-large-patch14-clip-336"].patch_size == 14
+    )
 
 
-@pytest.mark.parametrize("name", ["siglip2-base-patch16-256", "dinov2-small-reg", "dinov3-vits16", "clip-vit-base-patch16",
-                                  "mae-base"])
+@pytest.mark.parametrize(
+    "name", ["siglip2-base-patch16-256", "dinov2-small-reg", "dinov3-vits16", "clip-vit-base-patch16", "mae-base"]
+)
 def test_registered_architectures_build_as_described(name):
     entry = VFM_REGISTRY[name]
     vfm = build_vfm(VFMSpec(name, layers=(-1,), scale_factor=1.0, random_init=True))

@@ -23,24 +23,42 @@ from vfmvae.vfm import VFMSpec, build_vfm
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tokenizer" / "tiny.yaml"
 FORMAT1 = ROOT / "tests" / "data" / "tokenizer_format1"
-TINY_VIT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=16,
-                image_size=64)
+TINY_VIT = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=16, image_size=64
+)
 
 
 def _tiny_config(**changes) -> VFMVAEConfig:
     """The architecture of tests/data/tokenizer_format1 (make.py), in today's shape."""
     vfm = VFMSpec(name="custom", family="siglip", arch=TINY_VIT, layers=(0, -1), scale_factor=2.0)
-    cfg = VFMVAEConfig(vfm=vfm, proj_dims=(8, 8), image_size=32, z_dim=4, w_dim=16, inject_blocks=(0, 1),
-                       inject_dims=(16, 8), attn_blocks=(0,), attn_depths=(1,), num_blocks=3, channel_base=2048,
-                       channel_max=16, num_res_blocks=1, decompress_factor=4, legacy_noise=False)
+    cfg = VFMVAEConfig(
+        vfm=vfm,
+        proj_dims=(8, 8),
+        image_size=32,
+        z_dim=4,
+        w_dim=16,
+        inject_blocks=(0, 1),
+        inject_dims=(16, 8),
+        attn_blocks=(0,),
+        attn_depths=(1,),
+        num_blocks=3,
+        channel_base=2048,
+        channel_max=16,
+        num_res_blocks=1,
+        decompress_factor=4,
+        legacy_noise=False,
+    )
     return replace(cfg, **changes)
 
 
 # ------------------------------------------------------------------------------------------------ the recipe
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["init=runs/stage0/export"], r"exactly one of init .* and model .*; this recipe sets both"),
-    (["model=null"], r"exactly one of init .* and model .*; this recipe sets neither"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["init=runs/stage0/export"], r"exactly one of init .* and model .*; this recipe sets both"),
+        (["model=null"], r"exactly one of init .* and model .*; this recipe sets neither"),
+    ],
+)
 def test_a_recipe_is_init_or_model(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(TokenizerTrainConfig, TINY, [f"data.source={tmp_path}", *overrides])
@@ -51,11 +69,17 @@ def test_a_recipe_is_init_or_model(tmp_path, overrides, message):
 
 def test_the_issue_example_is_refused_with_what_to_write_instead(tmp_path):
     """`--set vfm.scale_factor=1.0 model.vfm_name=nonsense` was accepted and did nothing."""
-    with pytest.raises(ConfigError, match=r"^\S+ \+ --set overrides: vfm is no longer a recipe key: .*write "
-                                          r"model\.vfm: \{scale_factor: 1\.0\} instead"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^\S+ \+ --set overrides: vfm is no longer a recipe key: .*write "
+        r"model\.vfm: \{scale_factor: 1\.0\} instead",
+    ):
         load_config(TokenizerTrainConfig, TINY, [f"data.source={tmp_path}", "vfm.scale_factor=1.0"])
-    with pytest.raises(ConfigError, match=r"model\.vfm_name is no longer a recipe key: .*write model\.vfm\.name: "
-                                          r"nonsense instead"):
+    with pytest.raises(
+        ConfigError,
+        match=r"model\.vfm_name is no longer a recipe key: .*write model\.vfm\.name: "
+        r"nonsense instead",
+    ):
         load_config(TokenizerTrainConfig, TINY, [f"data.source={tmp_path}", "model.vfm_name=nonsense"])
     with pytest.raises(ConfigError, match=r"model\.layers is no longer .*write model\.vfm\.layers: \[0, -1\] instead"):
         load_config(TokenizerTrainConfig, TINY, [f"data.source={tmp_path}", "model.layers=[0,-1]"])
@@ -69,9 +93,22 @@ def test_the_issue_example_is_refused_with_what_to_write_instead(tmp_path):
 def test_the_cli_refuses_the_issue_example_in_one_line(tmp_path, capsys):
     from vfmvae.cli import main
 
-    code = main(["train", "tokenizer", "--recipe", str(TINY), "--set", f"data.source={tmp_path}",
-                 "--set", f"run.dir={tmp_path / 'run'}", "--set", "vfm.scale_factor=1.0",
-                 "--set", "model.vfm_name=nonsense"])
+    code = main(
+        [
+            "train",
+            "tokenizer",
+            "--recipe",
+            str(TINY),
+            "--set",
+            f"data.source={tmp_path}",
+            "--set",
+            f"run.dir={tmp_path / 'run'}",
+            "--set",
+            "vfm.scale_factor=1.0",
+            "--set",
+            "model.vfm_name=nonsense",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code != 0 and len(err.splitlines()) == 1 and "model.vfm:" in err, err
     assert not (tmp_path / "run").exists()
@@ -104,8 +141,9 @@ def test_an_init_without_vf_projection_gets_a_new_one_and_keeps_every_other_weig
 
     torch.manual_seed(0)
     VFMVAE(_tiny_config()).save_pretrained(tmp_path / "export")
-    cfg = load_config(TokenizerTrainConfig, TINY, [f"data.source={tmp_path}", "model=null",
-                                                   f"init={tmp_path / 'export'}"])
+    cfg = load_config(
+        TokenizerTrainConfig, TINY, [f"data.source={tmp_path}", "model=null", f"init={tmp_path / 'export'}"]
+    )
     g = build_generator(cfg)
     assert g.config.vf_projection and g.vf_proj is not None
     saved = load_file(tmp_path / "export" / "model.safetensors")
@@ -126,8 +164,15 @@ def test_a_saved_tokenizer_records_its_vfm_once(tmp_path):
     VFMVAE(_tiny_config()).save_pretrained(tmp_path / "tok")
     meta = json.loads((tmp_path / "tok" / "config.json").read_text())
     assert meta["format_version"] == 2
-    assert meta["config"]["vfm"] == {"name": "custom", "path": None, "family": "siglip", "arch": TINY_VIT,
-                                     "layers": [0, -1], "scale_factor": 2.0, "random_init": False}
+    assert meta["config"]["vfm"] == {
+        "name": "custom",
+        "path": None,
+        "family": "siglip",
+        "arch": TINY_VIT,
+        "layers": [0, -1],
+        "scale_factor": 2.0,
+        "random_init": False,
+    }
     assert not {"vfm_name", "vfm_family", "vfm_arch", "layers", "scale_factor", "layer_dims"} & set(meta["config"])
 
 
@@ -185,6 +230,18 @@ def test_there_is_one_vfm_builder():
     assert not hasattr(vfmvae.tokenizer.model, "build_vfm") or vfmvae.tokenizer.model.build_vfm is vfmvae.vfm.build_vfm
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
-    found = subprocess.run(["git", "grep", "-nE", r"def (build_vfm|create_vfm|load_vfm|vfm_by_name|vfm_from_config)\b",
-                            "--", "src", "benchmarks"], cwd=ROOT, capture_output=True, text=True).stdout.splitlines()
+    found = subprocess.run(
+        [
+            "git",
+            "grep",
+            "-nE",
+            r"def (build_vfm|create_vfm|load_vfm|vfm_by_name|vfm_from_config)\b",
+            "--",
+            "src",
+            "benchmarks",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout.splitlines()
     assert [re.sub(r":\d+:", ":", line).split("(")[0] for line in found] == ["src/vfmvae/vfm/encoder.py:def build_vfm"]

@@ -29,8 +29,14 @@ def siglip2_large(folder: Path) -> None:
 
     if (folder / "config.json").exists():
         return
-    cfg = SiglipVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                             image_size=512, patch_size=16)
+    cfg = SiglipVisionConfig(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=512,
+        patch_size=16,
+    )
     torch.manual_seed(0)
     SiglipVisionModel(cfg).save_pretrained(folder)
 
@@ -55,12 +61,19 @@ def main() -> None:
     full = yaml.safe_load(Path(STAGE_1).read_text())
     kwargs = copy.deepcopy(full["G_kwargs"])
     loss = full["loss_kwargs"]
-    kwargs.update(vfm_name=str(vfm_dir), num_fp16_res=0, img_resolution=args.size, label_dim=1000,
-                  conditional=full["training_set_kwargs"]["conditional"], label_type=full["training_set_kwargs"]["label_type"],
-                  use_kl_loss=loss["kl_loss_weight"] > 0, use_vf_loss=loss["vf_loss_weight"] > 0,
-                  use_adaptive_vf_loss=loss["use_adaptive_vf_loss"],
-                  use_equivariance_regularization=loss["use_equivariance_regularization"],
-                  use_multiscale_output=len(loss["multiscale_block_indices"]) > 0)
+    kwargs.update(
+        vfm_name=str(vfm_dir),
+        num_fp16_res=0,
+        img_resolution=args.size,
+        label_dim=1000,
+        conditional=full["training_set_kwargs"]["conditional"],
+        label_type=full["training_set_kwargs"]["label_type"],
+        use_kl_loss=loss["kl_loss_weight"] > 0,
+        use_vf_loss=loss["vf_loss_weight"] > 0,
+        use_adaptive_vf_loss=loss["use_adaptive_vf_loss"],
+        use_equivariance_regularization=loss["use_equivariance_regularization"],
+        use_multiscale_output=len(loss["multiscale_block_indices"]) > 0,
+    )
     torch.manual_seed(0)
     G = dnnlib.util.construct_class_by_name(**kwargs).eval().requires_grad_(False)
     torch.manual_seed(1)
@@ -69,8 +82,13 @@ def main() -> None:
             if param.is_floating_point():
                 param.add_(0.02 * torch.randn_like(param))
     save_file({k: v.contiguous() for k, v in G.state_dict().items()}, str(work / "official_G.safetensors"))
-    config = {"training_set_kwargs": {"resolution": args.size, **{k: full["training_set_kwargs"][k] for k in ("conditional", "label_type")}},
-              "G_kwargs": {**full["G_kwargs"], "vfm_name": str(vfm_dir), "num_fp16_res": 0}}
+    config = {
+        "training_set_kwargs": {
+            "resolution": args.size,
+            **{k: full["training_set_kwargs"][k] for k in ("conditional", "label_type")},
+        },
+        "G_kwargs": {**full["G_kwargs"], "vfm_name": str(vfm_dir), "num_fp16_res": 0},
+    }
     (work / "config.yaml").write_text(yaml.safe_dump(config))
 
     torch.manual_seed(2)
@@ -80,7 +98,10 @@ def main() -> None:
     z = torch.randn(args.batch, kwargs["z_dimension"], side, side)
     timings, outputs = {}, {"images": images, "z": z}
     with torch.no_grad():
-        for name, fn in (("encode", lambda: G.encode(images, return_z_before_quantize=True)), ("decode", lambda: G.decode(z))):
+        for name, fn in (
+            ("encode", lambda: G.encode(images, return_z_before_quantize=True)),
+            ("decode", lambda: G.decode(z)),
+        ):
             outputs[name] = fn()  # warm-up, and the output compared with ours
             start = time.perf_counter()
             for _ in range(args.iters):
@@ -88,8 +109,11 @@ def main() -> None:
             timings[f"{name}_images_per_s"] = args.batch * args.iters / (time.perf_counter() - start)
     save_file({k: v.contiguous() for k, v in outputs.items()}, str(work / "official_outputs.safetensors"))
     trainable = sum(p.numel() for n, p in G.named_parameters() if not n.startswith("vfm_encoder.encoder"))
-    (work / "official_timings.json").write_text(json.dumps({**timings, "threads": torch.get_num_threads(),
-                                                           "torch": torch.__version__, "params_outside_vfm": trainable}))
+    (work / "official_timings.json").write_text(
+        json.dumps(
+            {**timings, "threads": torch.get_num_threads(), "torch": torch.__version__, "params_outside_vfm": trainable}
+        )
+    )
     print(json.dumps(timings))
 
 

@@ -94,8 +94,12 @@ def clip_info(x: Any) -> dict[str, float | int]:
 def main() -> None:
     p = _common.parser(__doc__.splitlines()[0], "checkout of tianciB/VFM-VAE at b3a752a")
     p.add_argument("--platonic-rep", type=Path, required=True, help="checkout of minyoungg/platonic-rep at dcd76ba")
-    p.add_argument("--features", type=Path, help="take the inputs from this features.safetensors instead of "
-                   "drawing them (checks the metrics alone, e.g. against tests/data/cknna_reference)")
+    p.add_argument(
+        "--features",
+        type=Path,
+        help="take the inputs from this features.safetensors instead of "
+        "drawing them (checks the metrics alone, e.g. against tests/data/cknna_reference)",
+    )
     args = p.parse_args()
     if args.features is not None and not args.features.is_file():
         raise SystemExit(f"--features {args.features}: no such file")
@@ -145,8 +149,11 @@ def main() -> None:
             "tools/evaluate_alignment/metrics.py",
             "platonic_rep": "github.com/minyoungg/platonic-rep @ dcd76ba3c950c1b197a2ae8b1c6713535c94ecf9, metrics.py",
         },
-        "versions": {**_common.versions("torch", "numpy"), "device": "cpu",
-                     "torch_num_threads": torch.get_num_threads()},  # fmt: skip
+        "versions": {
+            **_common.versions("torch", "numpy"),
+            "device": "cpu",
+            "torch_num_threads": torch.get_num_threads(),
+        },  # fmt: skip
         "metric_args": "topk=10 for cknna and mutual_knn; cknna(unbiased=True, distance_agnostic=False); "
         "cka(kernel_metric='ip', unbiased=False); unbiased_cka = cka(unbiased=True)",
         "clip_thresholds": thresholds,

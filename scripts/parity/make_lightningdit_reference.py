@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import sys
 import types
-from pathlib import Path
 from typing import Any
 
 import _common
@@ -94,7 +93,7 @@ class DrawRecorder:
         self._targets = [(torch, "randn_like"), (torch, "rand"), (torch, "randn"), (transport_module.norm, "rvs")]
         self._saved: list[tuple[Any, str, Any]] = []
 
-    def __enter__(self) -> "DrawRecorder":
+    def __enter__(self) -> DrawRecorder:
         for owner, name in self._targets:
             original = getattr(owner, name)
             self._saved.append((owner, name, original))

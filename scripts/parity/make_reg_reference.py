@@ -106,7 +106,7 @@ class DrawRecorder:
     def __init__(self, names: tuple[str, ...]):
         self.names, self.draws, self._saved = names, [], []
 
-    def __enter__(self) -> "DrawRecorder":
+    def __enter__(self) -> DrawRecorder:
         import torch
 
         for name in self.names:

@@ -22,7 +22,7 @@ import json
 import types
 import typing
 from pathlib import Path
-from typing import Any, Annotated, Literal, TypeVar, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 
@@ -98,8 +98,10 @@ def read_yaml(text: str, source: str) -> Any:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)  # cheap: aliases share one node, nothing is copied
         if node is not None and _expanded_size(node, {}, MAX_YAML_VALUES) > MAX_YAML_VALUES:
-            raise ConfigError(f"{source}: its YAML aliases (&anchor / *alias) expand to more than "
-                              f"{MAX_YAML_VALUES:,} values; write the values out instead")
+            raise ConfigError(
+                f"{source}: its YAML aliases (&anchor / *alias) expand to more than "
+                f"{MAX_YAML_VALUES:,} values; write the values out instead"
+            )
         return yaml.safe_load(text)
     except yaml.YAMLError as err:
         first = " ".join(str(err).split())
@@ -213,8 +215,10 @@ def _build_dataclass(cls: type[T], data: Any, *, prefix: str, source: str) -> T:
     retired = getattr(cls, "retired_keys", None)
     advice = retired(data, prefix) if retired is not None else {}
     if advice:
-        raise ConfigError(f"{source}: " + "; ".join(f"{prefix}{key} is no longer a recipe key: {text}"
-                                                    for key, text in advice.items()))
+        raise ConfigError(
+            f"{source}: "
+            + "; ".join(f"{prefix}{key} is no longer a recipe key: {text}" for key, text in advice.items())
+        )
     hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields]

@@ -71,8 +71,9 @@ def launched_by_torchrun() -> bool:
     return all(key in os.environ for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
 
 
-def init_distributed(backend: str | None = None, timeout_minutes: float = 30.0,
-                     device: torch.device | str | None = None) -> torch.device:
+def init_distributed(
+    backend: str | None = None, timeout_minutes: float = 30.0, device: torch.device | str | None = None
+) -> torch.device:
     """Join the torchrun process group when launched by torchrun (even as its only process); otherwise run
     as a single process without a group.
 
@@ -105,8 +106,10 @@ def collective_device() -> torch.device:
 def _check_collective_device(tensor: torch.Tensor) -> None:
     expected = collective_device()
     if tensor.device.type != expected.type:
-        raise RuntimeError(f"a collective got a tensor on {tensor.device}, but the process group ({dist.get_backend()}) "
-                           f"serves {expected}: create it on the run's device")
+        raise RuntimeError(
+            f"a collective got a tensor on {tensor.device}, but the process group ({dist.get_backend()}) "
+            f"serves {expected}: create it on the run's device"
+        )
 
 
 def destroy_distributed() -> None:

@@ -48,8 +48,12 @@ def _records(run: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:  # a line cut by a kill or a full disk: the rest of the log still counts
             torn.append(number)
     if torn:
-        log.warning("%s: skipped %d torn line(s) (line %s)", run / "metrics.jsonl", len(torn),
-                    ", ".join(map(str, torn[:5])) + (", ..." if len(torn) > 5 else ""))
+        log.warning(
+            "%s: skipped %d torn line(s) (line %s)",
+            run / "metrics.jsonl",
+            len(torn),
+            ", ".join(map(str, torn[:5])) + (", ..." if len(torn) > 5 else ""),
+        )
     return out
 
 
@@ -60,28 +64,34 @@ def _x_axis(records: list[dict[str, Any]], config: dict[str, Any]) -> tuple[str,
     if records and all(isinstance(r.get("images"), (int, float)) for r in records):
         return "images", lambda r: r["images"]
     if isinstance(batch, int) and batch > 0:
-        return "images (step x batch size)", lambda r: r["images"] if isinstance(r.get("images"), (int, float)) \
-            else r["step"] * batch
+        return (
+            "images (step x batch size)",
+            lambda r: r["images"] if isinstance(r.get("images"), (int, float)) else r["step"] * batch,
+        )
     return "step", lambda r: r["step"]
 
 
 def _series(records: list[dict[str, Any]], keys: list[str], x_of) -> dict[str, list[tuple[float, float]]]:
     out = {}
     for key in keys:
-        points = [(x_of(r), r[key]) for r in records if isinstance(r.get(key), (int, float)) and "step" in r
-                  and math.isfinite(r[key])]
+        points = [
+            (x_of(r), r[key])
+            for r in records
+            if isinstance(r.get(key), (int, float)) and "step" in r and math.isfinite(r[key])
+        ]
         if points:
             out[key] = points
     return out
 
 
 def panel_scale(values: list[float]) -> str:
-    """"log" for a positive term that spans more than 1.5 decades (a loss falling from 600 to 2), else "linear"."""
+    """ "log" for a positive term that spans more than 1.5 decades (a loss falling from 600 to 2), else "linear"."""
     return "log" if values and min(values) > 0 and max(values) / min(values) > 10**1.5 else "linear"
 
 
-def _plot_panels(series: dict[str, list[tuple[float, float]]], path: Path, title: str, xlabel: str,
-                 note: str = "") -> Path | None:
+def _plot_panels(
+    series: dict[str, list[tuple[float, float]]], path: Path, title: str, xlabel: str, note: str = ""
+) -> Path | None:
     """One small panel per term, each with its own y scale (log where the term is positive and spans more than
     1.5 decades), so that a large term (the tokenizer's KL, ~600) does not flatten the others to a line."""
     if not series:
@@ -102,7 +112,7 @@ def _plot_panels(series: dict[str, list[tuple[float, float]]], path: Path, title
         ax.tick_params(which="both", labelsize=7)
         ax.grid(alpha=0.3)
         ax.set_xlabel(xlabel, fontsize=7)
-    for ax in list(axes.flat)[len(series):]:
+    for ax in list(axes.flat)[len(series) :]:
         ax.set_visible(False)
     fig.suptitle(title + (f"\n{note}" if note else ""), fontsize=9)
     fig.tight_layout()
@@ -112,8 +122,9 @@ def _plot_panels(series: dict[str, list[tuple[float, float]]], path: Path, title
     return path
 
 
-def _plot_losses(records: list[dict[str, Any]], path: Path, title: str,
-                 config: dict[str, Any] | None = None) -> Path | None:
+def _plot_losses(
+    records: list[dict[str, Any]], path: Path, title: str, config: dict[str, Any] | None = None
+) -> Path | None:
     keys = sorted({k for r in records for k, v in r.items() if k.startswith("loss") and isinstance(v, (int, float))})
     xlabel, x_of = _x_axis(records, config or {})
     return _plot_panels(_series(records, keys, x_of), path, title, xlabel)
@@ -136,32 +147,55 @@ def _eval_section(run: Path, page: Path, records: list[dict[str, Any]], config: 
     evals = _eval_records(run, records)
     if not evals:
         return []
-    keys = sorted({k for r in evals for k, v in r.items() if k.startswith("eval/") and k not in EVAL_TIMING
-                   and isinstance(v, (int, float))})
+    keys = sorted(
+        {
+            k
+            for r in evals
+            for k, v in r.items()
+            if k.startswith("eval/") and k not in EVAL_TIMING and isinstance(v, (int, float))
+        }
+    )
     xlabel, x_of = _x_axis(evals, config)
     protocol = evals[-1].get("eval/protocol") or {}
     weights = " ".join(str(protocol.get(k, "")) for k in ("inception_weights", "lpips_weights"))
-    note = "RANDOM-INIT metric networks: the values show the pipeline, they compare with nothing" \
-        if "RANDOM-INIT" in weights else ""
+    note = (
+        "RANDOM-INIT metric networks: the values show the pipeline, they compare with nothing"
+        if "RANDOM-INIT" in weights
+        else ""
+    )
     parts = []
-    plot = _plot_panels(_series(evals, keys, x_of), page.parent / "plots" / f"{run.name}-eval.png",
-                        f"evaluation while training ({run.name})", xlabel, note)
+    plot = _plot_panels(
+        _series(evals, keys, x_of),
+        page.parent / "plots" / f"{run.name}-eval.png",
+        f"evaluation while training ({run.name})",
+        xlabel,
+        note,
+    )
     if plot:
-        parts.append(_img(plot, page, f"evaluation curves of {run.name} (RUN/eval/records.jsonl)"
-                          + (f"; {note}" if note else "")))
+        parts.append(
+            _img(
+                plot, page, f"evaluation curves of {run.name} (RUN/eval/records.jsonl)" + (f"; {note}" if note else "")
+            )
+        )
     last = evals[-1]
-    shown = {"step": last["step"], **{k[len("eval/"):]: v for k, v in last.items()
-                                      if k.startswith("eval/") and isinstance(v, (int, float))}}
-    parts.append("<p>Last evaluation (seconds and images/s of the evaluation itself):</p>"
-                 + _table([shown], list(shown)))
+    shown = {
+        "step": last["step"],
+        **{k[len("eval/") :]: v for k, v in last.items() if k.startswith("eval/") and isinstance(v, (int, float))},
+    }
+    parts.append(
+        "<p>Last evaluation (seconds and images/s of the evaluation itself):</p>" + _table([shown], list(shown))
+    )
     if protocol:
-        parts.append("<details><summary>evaluation protocol</summary><pre>"
-                     + html.escape(json.dumps(protocol, indent=1))
-                     + "</pre></details>")
+        parts.append(
+            "<details><summary>evaluation protocol</summary><pre>"
+            + html.escape(json.dumps(protocol, indent=1))
+            + "</pre></details>"
+        )
     grids = sorted((run / "eval" / "grids").glob("*.png"))
     if grids:
-        parts.append(_img(grids[-1], page,
-                          f"{grids[-1].name}: held-out inputs beside EMA reconstructions (evaluation)"))
+        parts.append(
+            _img(grids[-1], page, f"{grids[-1].name}: held-out inputs beside EMA reconstructions (evaluation)")
+        )
     return parts
 
 
@@ -170,8 +204,10 @@ def _rel(path: Path, page: Path) -> str:
 
 
 def _img(path: Path, page: Path, caption: str) -> str:
-    return (f'<figure><img src="{_rel(path, page)}" alt="{html.escape(caption)}" loading="lazy">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    return (
+        f'<figure><img src="{_rel(path, page)}" alt="{html.escape(caption)}" loading="lazy">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -187,7 +223,9 @@ def _run_section(run: Path, page: Path) -> str:
     kind, records = _kind(run), _records(run)
     config = read_yaml((run / "config.yaml").read_text(), str(run / "config.yaml")) or {}
     parts = [f"<h2>{kind} run: {html.escape(str(run))}</h2>"]
-    plot = _plot_losses(records, page.parent / "plots" / f"{run.name}-losses.png", f"{kind} losses ({run.name})", config)
+    plot = _plot_losses(
+        records, page.parent / "plots" / f"{run.name}-losses.png", f"{kind} losses ({run.name})", config
+    )
     if plot:
         parts.append(_img(plot, page, f"loss curves of {run.name} (from metrics.jsonl), one panel per term"))
     parts += _eval_section(run, page, records, config)
@@ -214,16 +252,23 @@ def build_report(root: str | Path, out: str | Path | None = None) -> Path:
     commands = root / "commands.json"
     steps = json.loads(commands.read_text()) if commands.is_file() else []
     if (root / "data" / "preview.png").is_file():
-        sections.append("<h2>Data</h2>" + _img(root / "data" / "preview.png", page, "the synthetic set, one row per class"))
+        sections.append(
+            "<h2>Data</h2>" + _img(root / "data" / "preview.png", page, "the synthetic set, one row per class")
+        )
     recon = sorted(root.glob("recon-*.json"))
     if recon:
         rows = []
         for path in recon:
             data = json.loads(path.read_text())
             rows.append({"run": path.stem, **{k: v for k, v in data.items() if isinstance(v, (int, float))}})
-        columns = ["run"] + [c for c in ("psnr", "ssim", "lpips", "rfid", "ris", "num_images") if any(c in r for r in rows)]
-        parts = ["<h2>Reconstruction (held-out images)</h2>", _table(rows, columns),
-                 "<p>rFID and LPIPS appear only when their weight files were given; otherwise they were skipped.</p>"]
+        columns = ["run"] + [
+            c for c in ("psnr", "ssim", "lpips", "rfid", "ris", "num_images") if any(c in r for r in rows)
+        ]
+        parts = [
+            "<h2>Reconstruction (held-out images)</h2>",
+            _table(rows, columns),
+            "<p>rFID and LPIPS appear only when their weight files were given; otherwise they were skipped.</p>",
+        ]
         for path in recon:
             grid = root / path.stem / "comparison.png"
             if grid.is_file():
@@ -233,28 +278,50 @@ def build_report(root: str | Path, out: str | Path | None = None) -> Path:
     for settings in sorted(root.glob("*/settings.json")):
         if (settings.parent / "grid.png").is_file():
             cfg = json.loads(settings.read_text())
-            sections.append("<h2>Samples: " + html.escape(settings.parent.name) + "</h2>"
-                            + _img(settings.parent / "grid.png", page, "class-conditional samples, one class per column")
-                            + "<pre>" + html.escape(json.dumps(cfg, indent=1)) + "</pre>")
+            sections.append(
+                "<h2>Samples: "
+                + html.escape(settings.parent.name)
+                + "</h2>"
+                + _img(settings.parent / "grid.png", page, "class-conditional samples, one class per column")
+                + "<pre>"
+                + html.escape(json.dumps(cfg, indent=1))
+                + "</pre>"
+            )
     for align in sorted(root.glob("*/se_cknna.json")):
         data = json.loads(align.read_text())
         transforms = list(next(iter(data["table"].values())))
         se = data.get("se_cknna", {})  # absent in reports written before the mean was added
-        rows = [{"model": m, **row, "SE-CKNNA": "-" if se.get(m) is None else se[m]} for m, row in data["table"].items()]
-        sections.append(f"<h2>SE-CKNNA ({html.escape(align.parent.name)})</h2><p>{html.escape(data['definition'])}</p>"
-                        + _table(rows, ["model", *transforms, "SE-CKNNA"]) + _img(align.parent / "se_cknna.png", page, "SE-CKNNA per transformation"))
+        rows = [
+            {"model": m, **row, "SE-CKNNA": "-" if se.get(m) is None else se[m]} for m, row in data["table"].items()
+        ]
+        sections.append(
+            f"<h2>SE-CKNNA ({html.escape(align.parent.name)})</h2><p>{html.escape(data['definition'])}</p>"
+            + _table(rows, ["model", *transforms, "SE-CKNNA"])
+            + _img(align.parent / "se_cknna.png", page, "SE-CKNNA per transformation")
+        )
     if steps:
-        rows = "".join(f"<tr><td>{html.escape(s['title'])}</td><td><code>{html.escape(s['command'])}</code></td>"
-                       f"<td><code>{html.escape(s.get('full_scale', '') or '-')}</code></td></tr>" for s in steps)
-        sections.append("<h2>Commands</h2><p>What produced this folder, and the same step at full scale.</p>"
-                        f"<table><tr><th>step</th><th>command (this run)</th><th>at full scale</th></tr>{rows}</table>")
+        rows = "".join(
+            f"<tr><td>{html.escape(s['title'])}</td><td><code>{html.escape(s['command'])}</code></td>"
+            f"<td><code>{html.escape(s.get('full_scale', '') or '-')}</code></td></tr>"
+            for s in steps
+        )
+        sections.append(
+            "<h2>Commands</h2><p>What produced this folder, and the same step at full scale.</p>"
+            f"<table><tr><th>step</th><th>command (this run)</th><th>at full scale</th></tr>{rows}</table>"
+        )
     if not sections:
-        raise FileNotFoundError(f"{root} holds no run (metrics.jsonl + config.yaml), samples, reconstructions or reports")
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}img{max-width:100%;"
-             "image-rendering:pixelated}figure{margin:1em 0}table{border-collapse:collapse;margin:.5em 0}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}code,pre{font-size:12px}")
+        raise FileNotFoundError(
+            f"{root} holds no run (metrics.jsonl + config.yaml), samples, reconstructions or reports"
+        )
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}img{max-width:100%;"
+        "image-rendering:pixelated}figure{margin:1em 0}table{border-collapse:collapse;margin:.5em 0}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}code,pre{font-size:12px}"
+    )
     body = "\n".join(f"<section>{s}</section>" for s in sections)
-    text = (f"<!doctype html><html><head><meta charset='utf-8'><title>vfmvae report: {html.escape(str(root))}</title>"
-            f"<style>{style}</style></head><body><h1>vfmvae report: {html.escape(str(root))}</h1>\n{body}\n</body></html>\n")
+    text = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>vfmvae report: {html.escape(str(root))}</title>"
+        f"<style>{style}</style></head><body><h1>vfmvae report: {html.escape(str(root))}</h1>\n{body}\n</body></html>\n"
+    )
     atomic_write_text(page, text)
     return page

@@ -62,8 +62,9 @@ def _is_blank(png: bytes) -> bool:
     return all(a == b for a, b in zip(low, high))
 
 
-def check_page(page_path: str | Path, *, screenshot: str | Path | None = None,
-               executable: str | None = None) -> PageCheck:
+def check_page(
+    page_path: str | Path, *, screenshot: str | Path | None = None, executable: str | None = None
+) -> PageCheck:
     """Load `page_path` (a local HTML file) in headless Chromium and return what was wrong with it."""
     from playwright.sync_api import sync_playwright
 
@@ -81,9 +82,13 @@ def check_page(page_path: str | Path, *, screenshot: str | Path | None = None,
             page.on("requestfailed", lambda req: result.console_errors.append(f"request failed: {req.url}"))
             page.goto(page_path.resolve().as_uri(), wait_until="load")
             # lazy images below the fold load only when scrolled to: force them, then wait for every decode
-            page.evaluate("() => Promise.all([...document.images].map(i => { i.loading = 'eager'; "
-                          "return i.decode().catch(() => null); }))")
-            states = page.evaluate("() => [...document.images].map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
+            page.evaluate(
+                "() => Promise.all([...document.images].map(i => { i.loading = 'eager'; "
+                "return i.decode().catch(() => null); }))"
+            )
+            states = page.evaluate(
+                "() => [...document.images].map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])"
+            )
             png = page.screenshot(full_page=True)
         finally:
             browser.close()

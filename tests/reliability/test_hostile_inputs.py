@@ -33,7 +33,8 @@ from vfmvae.data.shards import iter_tar_samples, list_shards
 ROOT = Path(__file__).resolve().parents[2]
 
 BILLION_LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
-    f"{n}: &{n} [{', '.join(['*' + p] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi"))
+    f"{n}: &{n} [{', '.join(['*' + p] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi")
+)
 
 
 class Evil:
@@ -62,6 +63,7 @@ def _tar(path: Path, members: list[tuple[str, bytes]], *, links: tuple[str, ...]
 
 # --- the command line: one line, exit code 2 -------------------------------------------------------------
 
+
 def _billion_laughs(tmp: Path) -> list[str]:
     (tmp / "bl.yaml").write_text(BILLION_LAUGHS)
     return ["train", "diffusion", "--recipe", str(tmp / "bl.yaml")]
@@ -69,8 +71,18 @@ def _billion_laughs(tmp: Path) -> list[str]:
 
 def _python_tag_config(tmp: Path) -> list[str]:
     (tmp / "official.yaml").write_text("G_kwargs: !!python/object/apply:os.system ['echo pwned']\n")
-    return ["convert", "official-tokenizer", "--config", str(tmp / "official.yaml"), "--weights", str(tmp / "w.pth"),
-            "--vfm", str(tmp / "vfm"), "--out", str(tmp / "out")]
+    return [
+        "convert",
+        "official-tokenizer",
+        "--config",
+        str(tmp / "official.yaml"),
+        "--weights",
+        str(tmp / "w.pth"),
+        "--vfm",
+        str(tmp / "vfm"),
+        "--out",
+        str(tmp / "out"),
+    ]
 
 
 def _pickle_features(tmp: Path) -> list[str]:
@@ -81,8 +93,16 @@ def _pickle_features(tmp: Path) -> list[str]:
 def _pickle_official_weights(tmp: Path) -> list[str]:
     (tmp / "official.yaml").write_text("G_kwargs: {}\n")
     (tmp / "w.pth").write_bytes(pickle.dumps(Evil(), protocol=2))
-    return ["convert", "official-lightningdit", "--weights", str(tmp / "w.pth"), "--arch", "lightningdit-tiny/1",
-            "--out", str(tmp / "out")]
+    return [
+        "convert",
+        "official-lightningdit",
+        "--weights",
+        str(tmp / "w.pth"),
+        "--arch",
+        "lightningdit-tiny/1",
+        "--out",
+        str(tmp / "out"),
+    ]
 
 
 def _cuda_device(tmp: Path) -> list[str]:
@@ -98,8 +118,16 @@ def _name_too_long(tmp: Path) -> list[str]:
 
 
 def _zero_checkpoint_every(tmp: Path) -> list[str]:
-    return ["train", "diffusion", "--recipe", str(ROOT / "configs/diffusion/tiny.yaml"),
-            "--set", f"data.cache={tmp}", "--set", "run.checkpoint_every=0"]
+    return [
+        "train",
+        "diffusion",
+        "--recipe",
+        str(ROOT / "configs/diffusion/tiny.yaml"),
+        "--set",
+        f"data.cache={tmp}",
+        "--set",
+        "run.checkpoint_every=0",
+    ]
 
 
 def _pickle_latent_stats(tmp: Path) -> list[str]:
@@ -107,8 +135,21 @@ def _pickle_latent_stats(tmp: Path) -> list[str]:
 
     create_diffusion_model("lightningdit-tiny").save_pretrained(tmp / "dit")
     torch.save({"mean": Evil()}, tmp / "evil.pt")
-    return ["sample", "--diffusion", str(tmp / "dit"), "--latent-stats", str(tmp / "evil.pt"), "--tokenizer",
-            str(tmp / "tok"), "--num-samples", "2", "--out", str(tmp / "s"), "--device", "cpu"]
+    return [
+        "sample",
+        "--diffusion",
+        str(tmp / "dit"),
+        "--latent-stats",
+        str(tmp / "evil.pt"),
+        "--tokenizer",
+        str(tmp / "tok"),
+        "--num-samples",
+        "2",
+        "--out",
+        str(tmp / "s"),
+        "--device",
+        "cpu",
+    ]
 
 
 def _wrong_keys_weights(option: str):
@@ -118,8 +159,19 @@ def _wrong_keys_weights(option: str):
         for folder in ("ref", "rec"):
             (tmp / folder).mkdir()
             Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp / folder / "a.png")
-        return ["eval", "recon", "--reference", str(tmp / "ref"), "--reconstructions", str(tmp / "rec"),
-                option, str(tmp / "wrong.pth"), "--device", "cpu"]
+        return [
+            "eval",
+            "recon",
+            "--reference",
+            str(tmp / "ref"),
+            "--reconstructions",
+            str(tmp / "rec"),
+            option,
+            str(tmp / "wrong.pth"),
+            "--device",
+            "cpu",
+        ]
+
     return build
 
 
@@ -133,8 +185,10 @@ CLI_CASES = {
     "file name too long": (_name_too_long, "File name too long"),
     "run.checkpoint_every=0": (_zero_checkpoint_every, "checkpoint_every must be > 0"),
     "pickle as --latent-stats": (_pickle_latent_stats, "not a plain tensor file"),
-    "wrong-keys Inception file": (_wrong_keys_weights("--inception"),
-                                  "does not fit this model: Conv2d_1a_3x3.conv.weight (32, 3, 3, 3) is missing"),
+    "wrong-keys Inception file": (
+        _wrong_keys_weights("--inception"),
+        "does not fit this model: Conv2d_1a_3x3.conv.weight (32, 3, 3, 3) is missing",
+    ),
     "wrong-keys LPIPS file": (_wrong_keys_weights("--lpips"), "expected torchvision's vgg16-397923af.pth"),
 }
 
@@ -168,9 +222,14 @@ def test_interrupt_says_how_to_resume(monkeypatch, capsys):
     assert capsys.readouterr().err.strip() == "vfmvae train: interrupted; re-run the same command to resume"
 
 
-@pytest.mark.parametrize("argv", [["sample", "--diffusion", "d", "--num-samples", "0", "--out", "o"],
-                                  ["sample", "--diffusion", "d", "--num-samples", "4", "--out", "o", "--batch-size", "0"],
-                                  ["cache-latents", "--tokenizer", "t", "--data", "d", "--out", "o", "--batch-size", "0"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["sample", "--diffusion", "d", "--num-samples", "0", "--out", "o"],
+        ["sample", "--diffusion", "d", "--num-samples", "4", "--out", "o", "--batch-size", "0"],
+        ["cache-latents", "--tokenizer", "t", "--data", "d", "--out", "o", "--batch-size", "0"],
+    ],
+)
 def test_zero_counts_are_refused_by_the_parser(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)
@@ -178,9 +237,16 @@ def test_zero_counts_are_refused_by_the_parser(argv, capsys):
     assert "must be >= 1, got 0" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("override, key", [("run.checkpoint_every=0", "checkpoint_every"), ("run.log_every=0", "log_every"),
-                                           ("run.batch_size=0", "batch_size"), ("run.ema_halflife_images=0", "ema_halflife_images"),
-                                           ("run.device=cuda:7", "device")])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("run.checkpoint_every=0", "checkpoint_every"),
+        ("run.log_every=0", "log_every"),
+        ("run.batch_size=0", "batch_size"),
+        ("run.ema_halflife_images=0", "ema_halflife_images"),
+        ("run.device=cuda:7", "device"),
+    ],
+)
 def test_run_settings_are_validated_at_config_load(override, key, tmp_path):
     from vfmvae.diffusion_training import DiffusionTrainConfig
 
@@ -190,8 +256,9 @@ def test_run_settings_are_validated_at_config_load(override, key, tmp_path):
         load_config(DiffusionTrainConfig, ROOT / "configs/diffusion/tiny.yaml", [f"data.cache={tmp_path}", override])
 
 
-@pytest.mark.parametrize("override", ["run.log_every=0", "run.checkpoint_every=0", "run.batch_size=0",
-                                      "run.ema_halflife_images=0"])
+@pytest.mark.parametrize(
+    "override", ["run.log_every=0", "run.checkpoint_every=0", "run.batch_size=0", "run.ema_halflife_images=0"]
+)
 def test_tokenizer_run_settings_are_validated_at_config_load(override, tmp_path):
     from vfmvae.tokenizer_training.config import TokenizerTrainConfig
 
@@ -217,12 +284,16 @@ def test_billion_laughs_in_an_override_is_refused():
 
 # --- memory: refused from the headers, under a memory cap ------------------------------------------------
 
+
 def _run_capped(code: str, cap_gib: float = 4.5) -> subprocess.CompletedProcess:
     """Run `code` in a fresh interpreter whose address space is capped (torch alone maps ~3.4 GB)."""
-    prelude = f"import resource; resource.setrlimit(resource.RLIMIT_AS, ({int(cap_gib * 2**30)}, {int(cap_gib * 2**30)}))\n"
+    prelude = (
+        f"import resource; resource.setrlimit(resource.RLIMIT_AS, ({int(cap_gib * 2**30)}, {int(cap_gib * 2**30)}))\n"
+    )
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True, text=True,
-                          env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def _npz_with_declared_shape(path: Path, shape: tuple[int, ...]) -> Path:
@@ -275,6 +346,7 @@ def test_huge_label_does_not_size_the_class_embedding(tmp_path, synthetic_dir):
 
 # --- data: no hangs, bounded members, right decoding ------------------------------------------------------
 
+
 def test_fifo_named_like_a_shard_is_not_listed(tmp_path):
     _tar(tmp_path / "a.tar", [("000.png", _png_bytes()), ("000.cls", b"1")])
     os.mkfifo(tmp_path / "b.tar")  # opening it would block forever
@@ -284,17 +356,25 @@ def test_fifo_named_like_a_shard_is_not_listed(tmp_path):
 def test_compressed_shard_is_refused_unless_asked(tmp_path):
     plain = _tar(tmp_path / "p.tar", [("000.png", _png_bytes()), ("000.cls", b"1")])
     (tmp_path / "z.tar").write_bytes(gzip.compress(plain.read_bytes()))
-    (key, bad), = list(iter_tar_samples(tmp_path / "z.tar"))
+    ((key, bad),) = list(iter_tar_samples(tmp_path / "z.tar"))
     assert bad.reason == "compressed-shard" and "data.compressed_shards=true" in str(bad)
-    (key, files), = list(iter_tar_samples(tmp_path / "z.tar", allow_compressed=True))
+    ((key, files),) = list(iter_tar_samples(tmp_path / "z.tar", allow_compressed=True))
     assert set(files) == {"png", "cls"}
 
 
 def test_members_over_the_caps_and_links_are_skipped_unread(tmp_path, monkeypatch):
     monkeypatch.setattr(shards_mod, "MAX_IMAGE_MEMBER_BYTES", 1000)
     big_png = b"\x89PNG" + bytes(2000)  # over the (lowered) cap: skipped from its header, never decoded
-    shard = _tar(tmp_path / "s.tar", [("000.png", _png_bytes(4)), ("000.json", b"x" * ((1 << 20) + 1)),
-                                      ("001.png", big_png), ("002.png", _png_bytes(4))], links=("003.png",))
+    shard = _tar(
+        tmp_path / "s.tar",
+        [
+            ("000.png", _png_bytes(4)),
+            ("000.json", b"x" * ((1 << 20) + 1)),
+            ("001.png", big_png),
+            ("002.png", _png_bytes(4)),
+        ],
+        links=("003.png",),
+    )
     items = list(iter_tar_samples(shard))
     bad = {key: it.reason for key, it in items if isinstance(it, shards_mod.BadImage)}
     good = {key: sorted(it) for key, it in items if not isinstance(it, shards_mod.BadImage)}
@@ -334,6 +414,7 @@ def test_float_tiff_is_scaled_from_zero_one():
 
 # --- model folders: declared sizes checked against the weights before allocation -------------------------
 
+
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
     from vfmvae.diffusion import create_diffusion_model
@@ -364,7 +445,9 @@ def test_model_config_declaring_huge_sizes_is_refused_before_allocating(tiny_mod
         except CheckpointFormatError as err:
             print("REFUSED", str(err).splitlines()[0])
     """)
-    assert "REFUSED" in result.stdout and "sizes declared in config.json" in result.stdout, result.stdout + result.stderr
+    assert "REFUSED" in result.stdout and "sizes declared in config.json" in result.stdout, (
+        result.stdout + result.stderr
+    )
 
 
 def test_model_config_with_a_negative_size_is_one_error(tiny_model_dir, tmp_path):
@@ -426,6 +509,7 @@ def test_eval_recon_names_an_empty_folder_or_a_file(which, tmp_path, capsys):
 
 # --- issue 24 leftovers: labels when cached, all-bad caching, another architecture, torn files -----------
 
+
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory):
     from helpers import tiny_official_tokenizer
@@ -462,10 +546,17 @@ def _all_bad_folder(tmp: Path) -> Path:
 
 CACHE_CASES = {  # data builder, extra options, expected message
     "negative label in a shard": (lambda t: _shards_with_labels(t, [b"1", b"-7"]), [], "001 in {data} has label -7"),
-    "missing .cls label in a shard": (lambda t: _shards_with_labels(t, [b"0", None]), [], "001 in {data} has no class label"),
+    "missing .cls label in a shard": (
+        lambda t: _shards_with_labels(t, [b"0", None]),
+        [],
+        "001 in {data} has no class label",
+    ),
     "label of 30,000,000": (lambda t: _shards_with_labels(t, [b"30000000"]), [], "label 30,000,000, outside 0..99,999"),
-    "label beyond --num-classes": (lambda t: _shards_with_labels(t, [b"0", b"4"]), ["--num-classes", "4"],
-                                   "label 4, outside 0..3 (--num-classes 4)"),
+    "label beyond --num-classes": (
+        lambda t: _shards_with_labels(t, [b"0", b"4"]),
+        ["--num-classes", "4"],
+        "label 4, outside 0..3 (--num-classes 4)",
+    ),
     "flat folder (no labels)": (_flat_folder, [], "has no class label (a flat folder"),
     "every image bad": (_all_bad_folder, [], "no usable images in {data} (4 skipped ("),
 }
@@ -477,8 +568,22 @@ def test_cache_latents_refuses_bad_labels_and_unusable_data_in_one_line(case, to
     its batch is encoded); data without one usable image says so instead of naming a missing progress file."""
     build, extra, expected = CACHE_CASES[case]
     data, out = build(tmp_path), tmp_path / "cache"
-    argv = ["cache-latents", "--tokenizer", str(tokenizer_dir), "--data", str(data), "--out", str(out),
-            "--workers", "0", "--batch-size", "8", "--device", "cpu", *extra]
+    argv = [
+        "cache-latents",
+        "--tokenizer",
+        str(tokenizer_dir),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--workers",
+        "0",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        *extra,
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     errors = [line for line in err.splitlines() if line.startswith("vfmvae ")]  # beside the progress bar
@@ -493,12 +598,23 @@ def _fake_cache(path: Path, n: int = 8, shape: tuple[int, int, int] = (8, 4, 4),
 
     path.mkdir(parents=True)
     g = torch.Generator().manual_seed(0)
-    tensors = {"latents": torch.randn(n, *shape, generator=g), "latents_flip": torch.randn(n, *shape, generator=g),
-               "labels": torch.arange(n) % 4, "vfm_features": torch.randn(n, 16, width, generator=g).half()}
+    tensors = {
+        "latents": torch.randn(n, *shape, generator=g),
+        "latents_flip": torch.randn(n, *shape, generator=g),
+        "labels": torch.arange(n) % 4,
+        "vfm_features": torch.randn(n, 16, width, generator=g).half(),
+    }
     save_tensors(path / "shard-r00-00000.safetensors", tensors, metadata={"count": str(n)})
-    manifest = {"kind": "vfmvae-latent-cache", "format_version": 1, "latent_shape": list(shape), "num_items": n,
-                "shards": [{"file": "shard-r00-00000.safetensors", "count": n}], "flip": True,
-                "mean": [0.0] * shape[0], "std": [1.0] * shape[0]}
+    manifest = {
+        "kind": "vfmvae-latent-cache",
+        "format_version": 1,
+        "latent_shape": list(shape),
+        "num_items": n,
+        "shards": [{"file": "shard-r00-00000.safetensors", "count": n}],
+        "flip": True,
+        "mean": [0.0] * shape[0],
+        "std": [1.0] * shape[0],
+    }
     (path / "cache.json").write_text(json.dumps(manifest))
     return path
 
@@ -516,16 +632,30 @@ def test_resuming_a_checkpoint_of_another_architecture_is_one_line(tmp_path, cap
     monkeypatch.chdir(tmp_path)  # relative paths, as typed: the whole line fits the 300-character error
     other = create_diffusion_model("lightningdit-tiny", in_channels=4, input_size=4, num_classes=4)  # cache: 8 ch
     ckpt = _checkpoint_of(Path("other"), other.state_dict())
-    argv = ["train", "diffusion", "--recipe", str(ROOT / "configs/diffusion/tiny.yaml"),
-            "--set", f"data.cache={_fake_cache(Path('cache'))}", "--set", "run.dir=run",
-            "--set", "run.device=cpu", "--resume", str(ckpt)]
+    argv = [
+        "train",
+        "diffusion",
+        "--recipe",
+        str(ROOT / "configs/diffusion/tiny.yaml"),
+        "--set",
+        f"data.cache={_fake_cache(Path('cache'))}",
+        "--set",
+        "run.dir=run",
+        "--set",
+        "run.device=cpu",
+        "--resume",
+        str(ckpt),
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    assert (f"{ckpt / 'model.safetensors'} does not fit this model: x_embedder.proj.weight "
-            "is (64, 4, 1, 1) in the checkpoint but (64, 8, 1, 1) in this model") in err, err
-    assert err.endswith("written by another architecture: resume it with the recipe that wrote it, or use another "
-                        "run.dir"), err  # the advice is not cut off
+    assert (
+        f"{ckpt / 'model.safetensors'} does not fit this model: x_embedder.proj.weight "
+        "is (64, 4, 1, 1) in the checkpoint but (64, 8, 1, 1) in this model"
+    ) in err, err
+    assert err.endswith(
+        "written by another architecture: resume it with the recipe that wrote it, or use another run.dir"
+    ), err  # the advice is not cut off
 
 
 def test_tokenizer_resume_of_another_architecture_is_one_line(tmp_path, synthetic_dir):
@@ -533,9 +663,16 @@ def test_tokenizer_resume_of_another_architecture_is_one_line(tmp_path, syntheti
     from vfmvae.tokenizer_training.config import TokenizerTrainConfig
     from vfmvae.tokenizer_training.trainer import build_generator, train_tokenizer
 
-    cfg = load_config(TokenizerTrainConfig, ROOT / "configs/tokenizer/tiny.yaml",
-                      [f"data.source={synthetic_dir / 'images'}", f"run.dir={tmp_path / 'run'}", "run.device=cpu",
-                       "data.num_workers=0"])
+    cfg = load_config(
+        TokenizerTrainConfig,
+        ROOT / "configs/tokenizer/tiny.yaml",
+        [
+            f"data.source={synthetic_dir / 'images'}",
+            f"run.dir={tmp_path / 'run'}",
+            "run.device=cpu",
+            "data.num_workers=0",
+        ],
+    )
     state = {k: v for k, v in build_generator(cfg).state_dict().items() if not k.startswith("vfm.")}
     key = next(iter(state))
     shape = tuple(state[key].shape)
@@ -553,7 +690,9 @@ def test_load_state_strict_names_missing_and_unexpected_keys_and_skips_optional_
 
     module = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
     state = module.state_dict()
-    with pytest.raises(CheckpointFormatError, match=r"^ck does not fit this model: 1\.bias \(1,\) is missing from the checkpoint;"):
+    with pytest.raises(
+        CheckpointFormatError, match=r"^ck does not fit this model: 1\.bias \(1,\) is missing from the checkpoint;"
+    ):
         load_state_strict(module, {k: v for k, v in state.items() if k != "1.bias"}, "ck")
     with pytest.raises(CheckpointFormatError, match=r"extra \(2,\) is in the checkpoint but not in this model"):
         load_state_strict(module, {**state, "extra": torch.zeros(2)}, "ck")
@@ -585,15 +724,24 @@ def test_torn_pngs_in_a_sample_folder_are_regenerated_on_resume(tmp_path, caplog
     torch.manual_seed(0)
     model = create_diffusion_model("lightningdit-tiny", in_channels=8, input_size=4, num_classes=4)
     pipe = VFMVAEPipeline(model, _ConvDecoder(), LatentStats(torch.zeros(8), torch.ones(8)))
-    run = lambda: generate_samples(pipe, tmp_path / "s", 4, config=SamplerConfig(steps=2), batch_size=4,  # noqa: E731
-                                   progress=False)
+
+    def run():
+        return generate_samples(
+            pipe,
+            tmp_path / "s",
+            4,
+            config=SamplerConfig(steps=2),
+            batch_size=4,
+            progress=False,
+        )
+
     run()
     expected = np.load(tmp_path / "s" / "samples.npz")["arr_0"]
     pngs = [tmp_path / "s" / "images" / f"{i:06d}.png" for i in range(4)]
     whole = [p.read_bytes() for p in pngs]
     pngs[0].write_bytes(whole[0][: len(whole[0]) // 2])  # truncated
-    pngs[1].write_bytes(whole[1][:-40] + bytes(40))      # zero-filled tail (a torn disk)
-    pngs[2].write_bytes(b"")                             # empty
+    pngs[1].write_bytes(whole[1][:-40] + bytes(40))  # zero-filled tail (a torn disk)
+    pngs[2].write_bytes(b"")  # empty
     with caplog.at_level("WARNING", logger="vfmvae.sampling.generate"):
         run()
     assert "3 incomplete PNG(s)" in caplog.text
@@ -621,14 +769,24 @@ def test_tar_special_members_are_counted_as_skipped(tmp_path):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-        for name, kind in (("001.png", tarfile.SYMTYPE), ("002.png", tarfile.LNKTYPE), ("003.png", tarfile.CHRTYPE),
-                           ("004.png", tarfile.BLKTYPE), ("005.png", tarfile.FIFOTYPE)):
+        for name, kind in (
+            ("001.png", tarfile.SYMTYPE),
+            ("002.png", tarfile.LNKTYPE),
+            ("003.png", tarfile.CHRTYPE),
+            ("004.png", tarfile.BLKTYPE),
+            ("005.png", tarfile.FIFOTYPE),
+        ):
             info = tarfile.TarInfo(name)
             info.type, info.linkname = kind, "/dev/zero" if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE) else ""
             tar.addfile(info)
     reasons = {key: it.reason for key, it in iter_tar_samples(shard) if isinstance(it, shards_mod.BadImage)}
-    assert reasons == {"001.png": "link-member", "002.png": "link-member", "003.png": "special-member",
-                       "004.png": "special-member", "005.png": "special-member"}
+    assert reasons == {
+        "001.png": "link-member",
+        "002.png": "link-member",
+        "003.png": "special-member",
+        "004.png": "special-member",
+        "005.png": "special-member",
+    }
     from vfmvae.data.shards import TarShardDataset
 
     skips = [it["reason"] for it in TarShardDataset(tmp_path, 32, loop=False) if it.get("bad")]
@@ -677,11 +835,14 @@ else:  # replacing step 1 in place, between parking the old folder and renaming 
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("where, debris, last", [
-    ("building", {".staging-step-00000002", ".step-00000002.*.tmp"}, 1),
-    ("pruning", {".step-00000001.pruning"}, 2),
-    ("replacing", {".step-00000001.old", ".step-00000001.*.tmp"}, 1),  # and no step-00000001: parked, restored
-])
+@pytest.mark.parametrize(
+    "where, debris, last",
+    [
+        ("building", {".staging-step-00000002", ".step-00000002.*.tmp"}, 1),
+        ("pruning", {".step-00000001.pruning"}, 2),
+        ("replacing", {".step-00000001.old", ".step-00000001.*.tmp"}, 1),  # and no step-00000001: parked, restored
+    ],
+)
 def test_checkpoint_debris_of_a_killed_save_is_removed_at_the_next_start(where, debris, last, tmp_path):
     """SIGKILL at a point of a save (an event the child reports, not a clock); the next start of a run on the folder
     removes what the save left, restores a parked checkpoint, and touches nothing that is not ours."""
@@ -696,8 +857,9 @@ def test_checkpoint_debris_of_a_killed_save_is_removed_at_the_next_start(where, 
     run.mkdir()
     write_run_config(run, cfg)
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    child = subprocess.Popen([sys.executable, "-c", _STOPPED_SAVE, where, str(run)], stdout=subprocess.PIPE, text=True,
-                             env=env)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _STOPPED_SAVE, where, str(run)], stdout=subprocess.PIPE, text=True, env=env
+    )
     try:
         assert child.stdout.readline().strip() == "STOPPED"
     finally:
@@ -707,7 +869,7 @@ def test_checkpoint_debris_of_a_killed_save_is_removed_at_the_next_start(where, 
     left = names()
     assert all(any(fnmatch.fnmatch(n, pattern) for n in left) for pattern in debris), left  # the kill left them
     (run / "checkpoints" / "notes.txt").write_text("mine")  # not ours: kept
-    (run / "checkpoints" / ".step-zzz.tmp").mkdir()           # not a name we create: kept
+    (run / "checkpoints" / ".step-zzz.tmp").mkdir()  # not a name we create: kept
     claim_run_folder(run, cfg, "auto").release()
     assert names() == [".step-zzz.tmp", "notes.txt", f"step-{last:08d}"]
     ckpt = CheckpointManager(run).load()
@@ -723,6 +885,6 @@ def test_half_pruned_folders_of_older_versions_are_removed_but_newer_incomplete_
     for step in (1, 2, 3):
         manager.save(step, images_seen=step, model={"w": torch.zeros(4)})
     (manager.root / "step-00000001" / "model.safetensors").unlink()  # half deleted by an old prune
-    (manager.root / "step-00000003" / "meta.json").unlink()          # damaged after the newest complete one
+    (manager.root / "step-00000003" / "meta.json").unlink()  # damaged after the newest complete one
     assert [p.name for p in manager.remove_debris()] == ["step-00000001"]
     assert sorted(p.name for p in manager.root.iterdir()) == ["step-00000002", "step-00000003"]

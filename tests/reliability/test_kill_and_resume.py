@@ -79,7 +79,9 @@ def tokenizer(tmp_path_factory):
     from vfmvae.tokenizer.convert import convert_official_tokenizer
 
     out = tmp_path_factory.mktemp("tok") / "tok"
-    convert_official_tokenizer(DATA / "config.yaml", DATA / "official_G.safetensors", DATA / "siglip2-tiny-patch16", out)
+    convert_official_tokenizer(
+        DATA / "config.yaml", DATA / "official_G.safetensors", DATA / "siglip2-tiny-patch16", out
+    )
     return out
 
 
@@ -93,8 +95,24 @@ def images(tmp_path_factory):
 
 
 def _cache_cmd(tokenizer, images, out):
-    return _vfmvae("cache-latents", "--tokenizer", tokenizer, "--data", images, "--out", out, "--flip",
-                   "--batch-size", "8", "--shard-size", "16", "--workers", "0", "--device", "cpu")
+    return _vfmvae(
+        "cache-latents",
+        "--tokenizer",
+        tokenizer,
+        "--data",
+        images,
+        "--out",
+        out,
+        "--flip",
+        "--batch-size",
+        "8",
+        "--shard-size",
+        "16",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+    )
 
 
 def test_latent_caching_killed_then_rerun_is_complete_and_equal(tmp_path, tokenizer, images):
@@ -121,27 +139,55 @@ def test_latent_caching_killed_then_rerun_is_complete_and_equal(tmp_path, tokeni
 
 
 def _train_cmd(cache, run_dir, steps):
-    return _vfmvae("train", "diffusion", "--recipe", ROOT / "configs/diffusion/tiny.yaml", "--set", f"data.cache={cache}",
-                   "--set", f"run.dir={run_dir}", "--set", f"run.total_images={8 * steps}", "--set", "run.batch_size=8",
-                   "--set", "run.checkpoint_every=10", "--set", "run.grid_every=0", "--set", "run.log_every=10",
-                   "--set", "model.overrides.align_dims=[]", "--set", "transport.align_weight=0")
+    return _vfmvae(
+        "train",
+        "diffusion",
+        "--recipe",
+        ROOT / "configs/diffusion/tiny.yaml",
+        "--set",
+        f"data.cache={cache}",
+        "--set",
+        f"run.dir={run_dir}",
+        "--set",
+        f"run.total_images={8 * steps}",
+        "--set",
+        "run.batch_size=8",
+        "--set",
+        "run.checkpoint_every=10",
+        "--set",
+        "run.grid_every=0",
+        "--set",
+        "run.log_every=10",
+        "--set",
+        "model.overrides.align_dims=[]",
+        "--set",
+        "transport.align_weight=0",
+    )
 
 
 def test_diffusion_training_killed_then_resumed_equals_an_uninterrupted_run(tmp_path, tokenizer, images):
     cache = tmp_path / "cache"
     subprocess.run(_cache_cmd(tokenizer, images, cache), env=ENV, check=True, capture_output=True)
     steps = 300
-    subprocess.run(_train_cmd(cache, tmp_path / "straight", steps), env=ENV, check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        _train_cmd(cache, tmp_path / "straight", steps), env=ENV, check=True, capture_output=True, timeout=600
+    )
     killed = tmp_path / "killed"
     for step in (50, 150):  # killed as soon as these checkpoints exist (mid-run by construction), then resumed
-        assert _kill_at(_train_cmd(cache, killed, steps), lambda step=step: (killed / "checkpoints" / f"step-{step:08d}" / "meta.json").is_file())
+        assert _kill_at(
+            _train_cmd(cache, killed, steps),
+            lambda step=step: (killed / "checkpoints" / f"step-{step:08d}" / "meta.json").is_file(),
+        )
         assert not (killed / "export").exists()
     subprocess.run(_train_cmd(cache, killed, steps), env=ENV, check=True, capture_output=True, timeout=600)
     last = lambda run: sorted((run / "checkpoints").glob("step-*"))[-1]  # noqa: E731
     for name in ("model.safetensors", "ema.safetensors"):
         a, b = load_file(last(tmp_path / "straight") / name), load_file(last(killed) / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
-    a, b = load_file(tmp_path / "straight" / "export" / "model.safetensors"), load_file(killed / "export" / "model.safetensors")
+    a, b = (
+        load_file(tmp_path / "straight" / "export" / "model.safetensors"),
+        load_file(killed / "export" / "model.safetensors"),
+    )
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -177,10 +223,29 @@ def test_sampling_killed_then_rerun_is_complete_and_equal(tmp_path, tokenizer):
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
     model.save_pretrained(tmp_path / "dit")
-    (tmp_path / "dit" / "latent_stats.json").write_text(json.dumps({"mean": [0.0] * 8, "std": [1.0] * 8,
-                                                                     "tokenizer": str(tokenizer)}))
-    cmd = lambda out: _vfmvae("sample", "--diffusion", tmp_path / "dit", "--num-samples", "96", "--out", out,  # noqa: E731
-                              "--steps", "30", "--batch-size", "4", "--cfg", "1.5", "--device", "cpu")
+    (tmp_path / "dit" / "latent_stats.json").write_text(
+        json.dumps({"mean": [0.0] * 8, "std": [1.0] * 8, "tokenizer": str(tokenizer)})
+    )
+
+    def cmd(out):
+        return _vfmvae(
+            "sample",
+            "--diffusion",
+            tmp_path / "dit",
+            "--num-samples",
+            "96",
+            "--out",
+            out,
+            "--steps",
+            "30",
+            "--batch-size",
+            "4",
+            "--cfg",
+            "1.5",
+            "--device",
+            "cpu",
+        )
+
     subprocess.run(cmd(tmp_path / "straight"), env=ENV, check=True, capture_output=True, timeout=600)
     killed = tmp_path / "killed"
     pngs = lambda: len(list((killed / "images").glob("*.png"))) if (killed / "images").is_dir() else 0  # noqa: E731

@@ -24,16 +24,29 @@ def cache(tmp_path_factory, synthetic_dir):
     from vfmvae.tokenizer.convert import convert_official_tokenizer
 
     root = tmp_path_factory.mktemp("rel")
-    convert_official_tokenizer(DATA / "config.yaml", DATA / "official_G.safetensors", DATA / "siglip2-tiny-patch16", root / "tok")
+    convert_official_tokenizer(
+        DATA / "config.yaml", DATA / "official_G.safetensors", DATA / "siglip2-tiny-patch16", root / "tok"
+    )
     cache_latents(root / "tok", synthetic_dir / "images", root / "cache", num_workers=0, device="cpu", progress=False)
     return root / "cache"
 
 
 def _cfg(cache, run_dir, *overrides):
-    return load_config(DiffusionTrainConfig, ROOT / "configs/diffusion/tiny.yaml",
-                       [f"data.cache={cache}", f"run.dir={run_dir}", "run.grid_every=0", "run.batch_size=8",
-                        "run.log_every=1", "model.overrides.align_dims=[]", "transport.align_weight=0", "data.flip=false",
-                        *overrides])
+    return load_config(
+        DiffusionTrainConfig,
+        ROOT / "configs/diffusion/tiny.yaml",
+        [
+            f"data.cache={cache}",
+            f"run.dir={run_dir}",
+            "run.grid_every=0",
+            "run.batch_size=8",
+            "run.log_every=1",
+            "model.overrides.align_dims=[]",
+            "transport.align_weight=0",
+            "data.flip=false",
+            *overrides,
+        ],
+    )
 
 
 def _poison(monkeypatch, bad_calls, where="loss"):
@@ -60,7 +73,9 @@ def _poison(monkeypatch, bad_calls, where="loss"):
 @pytest.mark.parametrize("where", ["loss", "grad"])
 def test_non_finite_steps_are_skipped_and_counted(cache, tmp_path, monkeypatch, where):
     _poison(monkeypatch, {2, 5}, where)
-    summary = train_diffusion(_cfg(cache, tmp_path / "run", "run.total_images=64", "run.checkpoint_every=100"), progress=False)
+    summary = train_diffusion(
+        _cfg(cache, tmp_path / "run", "run.total_images=64", "run.checkpoint_every=100"), progress=False
+    )
     assert summary["steps"] == 8 and summary["skipped_steps"] == 2
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["skipped_steps"] for r in records] == [0, 0, 1, 1, 1, 2, 2, 2]
@@ -75,8 +90,10 @@ def test_consecutive_non_finite_steps_stop_the_run_with_its_checkpoint_intact(ca
     good = load_file(run / "checkpoints" / "step-00000004" / "model.safetensors")
     _poison(monkeypatch, set(range(100)))  # every step of the continued run
     with pytest.raises(RuntimeError, match=r"3 consecutive non-finite steps by step 7.*step-00000006"):
-        train_diffusion(_cfg(cache, run, "run.total_images=160", "run.checkpoint_every=2", "run.max_consecutive_nonfinite=3"),
-                        progress=False)
+        train_diffusion(
+            _cfg(cache, run, "run.total_images=160", "run.checkpoint_every=2", "run.max_consecutive_nonfinite=3"),
+            progress=False,
+        )
     from vfmvae.checkpoint import CheckpointManager
 
     latest = CheckpointManager(run).latest()
@@ -108,7 +125,9 @@ def test_damaged_and_foreign_model_files_give_clear_errors(tmp_path):
     # a folder of another architecture
     from vfmvae.tokenizer.convert import convert_official_tokenizer
 
-    convert_official_tokenizer(DATA / "config.yaml", DATA / "official_G.safetensors", DATA / "siglip2-tiny-patch16", tmp_path / "tok")
+    convert_official_tokenizer(
+        DATA / "config.yaml", DATA / "official_G.safetensors", DATA / "siglip2-tiny-patch16", tmp_path / "tok"
+    )
     with pytest.raises(CheckpointFormatError, match="is a 'VFMVAE' checkpoint, not 'DiffusionTransformer'"):
         DiffusionTransformer.from_pretrained(tmp_path / "tok")
     with pytest.raises(ConfigError, match="unknown key"):

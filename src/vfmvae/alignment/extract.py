@@ -6,7 +6,8 @@ tianciB/VFM-VAE@b3a752a tools/evaluate_alignment/vaes/extract_features_by_vfm_va
 or of the posterior mean with `posterior="mean"`), and
 `diffusion:DIR@BLOCK` (a trained DiffusionTransformer export: the image is encoded by the tokenizer named in
 its `latent_stats.json` (a posterior sample), normalised, noised to t = 0.5 with a per-image seeded noise, and
-run with the null label; the features are the output of block BLOCK (1-based; 0 = the patch embedding), averaged over the image
+run with the null label; the features are the output of block BLOCK (1-based; 0 = the patch embedding), averaged
+over the image
 tokens, class token excluded, or `proj`, the first REPA projector's output averaged over all tokens. REG models
 get the image's real class token (the VFM of their latent cache), noised to t like the latent, as
 tools/evaluate_alignment/diffusions/get_block_features_from_reg.py).
@@ -75,9 +76,11 @@ def load_source(source: str, device: str = "cpu", *, posterior: str = "sample", 
         # fed at image size, as the official SigLIP2 extractor
         model = build_vfm(VFMSpec.from_name(spec, layers=(-1,), scale_factor=1.0))
         if model.family.startswith("dinov2"):
+
             def features(x: torch.Tensor, scale: float, equivariance: bool, index: int) -> torch.Tensor:
                 return model(dinov2_input(x, scale, equivariance, model.patch_size)).tokens[0].mean(1)
         else:
+
             def features(x: torch.Tensor, scale: float, equivariance: bool, index: int) -> torch.Tensor:
                 return model(x, extra_scale=scale).tokens[0].mean(1)
 
@@ -111,15 +114,20 @@ def _reg_class_token_source(stats: LatentStats, folder: str, device: str):
 
     manifest_path = Path(stats.cache or "") / MANIFEST
     if not manifest_path.is_file():
-        raise FileNotFoundError(f"{folder} is a REG model: its features need the real DINOv2 class token, read with the "
-                                f"VFM named in its latent cache's {MANIFEST}; {manifest_path} not found (the `cache` "
-                                "entry of latent_stats.json)")
+        raise FileNotFoundError(
+            f"{folder} is a REG model: its features need the real DINOv2 class token, read with the "
+            f"VFM named in its latent cache's {MANIFEST}; {manifest_path} not found (the `cache` "
+            "entry of latent_stats.json)"
+        )
     manifest = json.loads(manifest_path.read_text())
     if not manifest.get("vfm_features"):
         raise ValueError(f"{manifest_path}: the cache has no vfm_features, so the REG class token is unknown")
     resolution = manifest.get("resolution") or manifest.get("image_size")
-    extra = ({"scale_factor": manifest["vfm_resolution"] / resolution}
-             if manifest.get("vfm_resolution") and resolution else {})
+    extra = (
+        {"scale_factor": manifest["vfm_resolution"] / resolution}
+        if manifest.get("vfm_resolution") and resolution
+        else {}
+    )
     vfm = build_vfm(VFMSpec.from_name(manifest["vfm_features"], layers=(-1,), **extra)).to(device)
     return lambda x: vfm(x).cls
 
@@ -130,7 +138,9 @@ def _diffusion_source(spec: str, device: str, t: float = 0.5, seed: int = 0, pos
 
     folder, sep, block = spec.rpartition("@")
     if not sep or not folder:
-        raise ValueError(f"diffusion source {spec!r} must look like diffusion:DIR@BLOCK (e.g. diffusion:runs/dit/export@8)")
+        raise ValueError(
+            f"diffusion source {spec!r} must look like diffusion:DIR@BLOCK (e.g. diffusion:runs/dit/export@8)"
+        )
     model = DiffusionTransformer.from_pretrained(folder).to(device)
     cfg = model.config
     if block == "proj":
@@ -143,13 +153,17 @@ def _diffusion_source(spec: str, device: str, t: float = 0.5, seed: int = 0, pos
         raise ValueError(f"block {block!r} of {folder}: use 0 (embedding) .. {cfg.depth}, or proj")
     stats_path = Path(folder) / STATS_FILE
     if not stats_path.is_file():
-        raise FileNotFoundError(f"{stats_path} not found: diffusion features need the latent statistics and tokenizer "
-                                "that `vfmvae train diffusion` writes next to the export")
+        raise FileNotFoundError(
+            f"{stats_path} not found: diffusion features need the latent statistics and tokenizer "
+            "that `vfmvae train diffusion` writes next to the export"
+        )
     stats = LatentStats.load(stats_path)
     tokenizer_dir = stats.tokenizer_dir()
     if tokenizer_dir is None:
-        raise ValueError(f"{stats_path} names no tokenizer (key 'tokenizer'): diffusion features encode the images "
-                         "with the tokenizer the model was trained on")
+        raise ValueError(
+            f"{stats_path} names no tokenizer (key 'tokenizer'): diffusion features encode the images "
+            "with the tokenizer the model was trained on"
+        )
     stats.check_tokenizer(tokenizer_dir)
     tokenizer = VFMVAE.from_pretrained(tokenizer_dir).to(device)
     class_token = _reg_class_token_source(stats, folder, device) if cfg.class_token_dim else None
@@ -167,8 +181,10 @@ def _diffusion_source(spec: str, device: str, t: float = 0.5, seed: int = 0, pos
         # the official prefetch stores a sampled z (G.encode()); `posterior="mean"` takes the mean
         z = stats.normalize(dist.sample(g) if posterior == "sample" else dist.mode())
         if z.shape[1:] != (cfg.in_channels, cfg.input_size, cfg.input_size):
-            raise ValueError(f"latents {tuple(z.shape[1:])} do not fit the diffusion model ({cfg.in_channels}, "
-                             f"{cfg.input_size}, {cfg.input_size}); use images at the tokenizer's resolution")
+            raise ValueError(
+                f"latents {tuple(z.shape[1:])} do not fit the diffusion model ({cfg.in_channels}, "
+                f"{cfg.input_size}, {cfg.input_size}); use images at the tokenizer's resolution"
+            )
         noise = torch.randn(z.shape, generator=g).to(device)
         tt = torch.full((z.shape[0],), t, device=device)
         cls = None
@@ -188,8 +204,16 @@ def _diffusion_source(spec: str, device: str, t: float = 0.5, seed: int = 0, pos
 
 
 @torch.no_grad()
-def extract_features(source: str, images: str | Path, out: str | Path, *, transform: str = "clean",
-                     device: str = "cpu", posterior: str = "sample", progress: bool = True) -> dict:
+def extract_features(
+    source: str,
+    images: str | Path,
+    out: str | Path,
+    *,
+    transform: str = "clean",
+    device: str = "cpu",
+    posterior: str = "sample",
+    progress: bool = True,
+) -> dict:
     from tqdm.auto import tqdm
 
     images = Path(images)
@@ -197,7 +221,9 @@ def extract_features(source: str, images: str | Path, out: str | Path, *, transf
     records = json.loads(manifest_path.read_text())["images"] if manifest_path.is_file() else None
     folder = images / ("clean" if transform == "equivariance" else transform) if records is not None else images
     if transform not in ("clean", "equivariance") and records is None:
-        raise FileNotFoundError(f"{manifest_path} not found: transform {transform!r} needs an `align transforms` output")
+        raise FileNotFoundError(
+            f"{manifest_path} not found: transform {transform!r} needs an `align transforms` output"
+        )
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
     files, _, _ = list_image_folder(folder)
@@ -217,8 +243,13 @@ def extract_features(source: str, images: str | Path, out: str | Path, *, transf
             scale = record["scale"]
         rows.append(features(x, scale, transform == "equivariance", index).float().cpu())
     feats = torch.cat(rows)
-    meta = {"source": source, "transform": transform, "images": str(folder), "names": json.dumps(names),
-            "posterior": posterior if source.startswith("tokenizer:") else ""}
+    meta = {
+        "source": source,
+        "transform": transform,
+        "images": str(folder),
+        "names": json.dumps(names),
+        "posterior": posterior if source.startswith("tokenizer:") else "",
+    }
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({"features": feats.contiguous()}, str(out), metadata=meta)

@@ -17,10 +17,21 @@ reference's O(n^3) product 1^T K L 1 becomes (K^T 1) . (L 1). Values are float32
 from __future__ import annotations
 
 import warnings
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["preprocess", "clip_outliers", "knn_indices", "cknna", "mutual_knn", "cka", "unbiased_cka", "hsic_unbiased", "all_metrics"]
+__all__ = [
+    "preprocess",
+    "clip_outliers",
+    "knn_indices",
+    "cknna",
+    "mutual_knn",
+    "cka",
+    "unbiased_cka",
+    "hsic_unbiased",
+    "all_metrics",
+]
 
 
 def clip_outliers(feats: torch.Tensor, q: float = 0.95) -> torch.Tensor:
@@ -63,7 +74,7 @@ def knn_indices(feats: torch.Tensor, topk: int, block: int = 2048) -> torch.Tens
     n = feats.shape[0]
     out = torch.empty(n, topk, dtype=torch.long, device=feats.device)
     for start in range(0, n, block):
-        sims = feats[start : start + block] @ feats.T                           # (b, N)
+        sims = feats[start : start + block] @ feats.T  # (b, N)
         rows = torch.arange(sims.shape[0], device=feats.device)
         sims[rows, rows + start] = float("-inf")
         out[start : start + block] = sims.topk(topk, dim=1).indices
@@ -78,11 +89,11 @@ def _sparse_hsic(rows: torch.Tensor, cols: torch.Tensor, x: torch.Tensor, y: tor
     transposed = cols * n + rows
     pos = torch.searchsorted(sorted_key, transposed).clamp(max=len(sorted_key) - 1)
     hit = sorted_key[pos] == transposed
-    trace_term = (x[hit] * y[order][pos[hit]]).sum()                          # sum_ij X_ij Y_ji
+    trace_term = (x[hit] * y[order][pos[hit]]).sum()  # sum_ij X_ij Y_ji
     col_x = torch.zeros(n, dtype=torch.float64, device=x.device).index_add_(0, cols, x)
     row_y = torch.zeros(n, dtype=torch.float64, device=x.device).index_add_(0, rows, y)
     sums = x.sum() * y.sum() / ((n - 1) * (n - 2))
-    cross = 2 * torch.dot(col_x, row_y) / (n - 2)                             # 2 * 1^T X Y 1 / (n - 2)
+    cross = 2 * torch.dot(col_x, row_y) / (n - 2)  # 2 * 1^T X Y 1 / (n - 2)
     return (trace_term + sums - cross) / (n * (n - 3))
 
 
@@ -107,14 +118,15 @@ def _neighbours(a: torch.Tensor, b: torch.Tensor, topk: int) -> tuple[torch.Tens
     return knn_indices(a, topk), knn_indices(b, topk)
 
 
-def cknna(a: torch.Tensor, b: torch.Tensor, topk: int = 10,
-          neighbours: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
+def cknna(
+    a: torch.Tensor, b: torch.Tensor, topk: int = 10, neighbours: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> float:
     """CKNNA of already-preprocessed features (see `preprocess`); `neighbours`: their `knn_indices`, if known."""
     _check(a, b, topk)
     n = a.shape[0]
     idx_a, idx_b = neighbours if neighbours is not None else _neighbours(a, b, topk)
     rows = torch.arange(n, device=a.device)[:, None].expand(n, topk)
-    shared = (idx_a[:, :, None] == idx_b[:, None, :]).any(-1)                 # j in both neighbourhoods of i
+    shared = (idx_a[:, :, None] == idx_b[:, None, :]).any(-1)  # j in both neighbourhoods of i
     r, c = rows[shared], idx_a[shared]
     s_kl = _sparse_hsic(r, c, _pair_values(a, r, c), _pair_values(b, r, c), n)
     ra, ca = rows.reshape(-1), idx_a.reshape(-1)
@@ -132,13 +144,16 @@ def cknna(a: torch.Tensor, b: torch.Tensor, topk: int = 10,
 def warn_cknna_out_of_range(value: float, n: int, topk: int) -> None:
     """The unbiased HSIC estimates behind CKNNA can leave [-1, 1] when N is small relative to top-k (measured with
     topk=10 on near-identical random features: up to 1.004 for N <= 32, never above 1 for N >= 48)."""
-    warnings.warn(f"CKNNA {value:.4f} is outside [-1, 1]: with N={n} samples for topk={topk} the estimate is "
-                  f"unreliable; use at least N = {MIN_SAMPLES_PER_TOPK * topk} samples ({MIN_SAMPLES_PER_TOPK} x topk)",
-                  stacklevel=3)
+    warnings.warn(
+        f"CKNNA {value:.4f} is outside [-1, 1]: with N={n} samples for topk={topk} the estimate is "
+        f"unreliable; use at least N = {MIN_SAMPLES_PER_TOPK * topk} samples ({MIN_SAMPLES_PER_TOPK} x topk)",
+        stacklevel=3,
+    )
 
 
-def mutual_knn(a: torch.Tensor, b: torch.Tensor, topk: int = 10,
-               neighbours: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
+def mutual_knn(
+    a: torch.Tensor, b: torch.Tensor, topk: int = 10, neighbours: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> float:
     """Mean fraction of shared top-k neighbours (platonic-rep's mutual k-NN)."""
     _check(a, b, topk)
     idx_a, idx_b = neighbours if neighbours is not None else _neighbours(a, b, topk)
@@ -151,8 +166,15 @@ def _gram_terms(a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
     Gram A^T B (d_a x d_b), the column sums and the kernel diagonals ||a_i||^2, all in float64: O(n d^2)
     instead of the O(n^2 d) of the n x n kernels (35 s -> about 3 s at n = 10,000, d = 1,024 on 2 cores)."""
     a, b = a.double(), b.double()
-    return {"cross": a.T @ b, "sum_a": a.sum(0), "sum_b": b.sum(0), "diag_a": a.square().sum(1),
-            "diag_b": b.square().sum(1), "a": a, "b": b}
+    return {
+        "cross": a.T @ b,
+        "sum_a": a.sum(0),
+        "sum_b": b.sum(0),
+        "diag_a": a.square().sum(1),
+        "diag_b": b.square().sum(1),
+        "a": a,
+        "b": b,
+    }
 
 
 def _biased_hsic(t: dict[str, torch.Tensor], n: int) -> torch.Tensor:
@@ -195,10 +217,16 @@ def unbiased_cka(a: torch.Tensor, b: torch.Tensor) -> float:
     return _both_ckas(a, b)[1]
 
 
-def all_metrics(a: torch.Tensor, b: torch.Tensor, topk: int = 10, preprocess_mode: str = "official") -> dict[str, float]:
+def all_metrics(
+    a: torch.Tensor, b: torch.Tensor, topk: int = 10, preprocess_mode: str = "official"
+) -> dict[str, float]:
     a, b = preprocess(a, preprocess_mode), preprocess(b, preprocess_mode)
     _check(a, b, topk)
     neighbours = _neighbours(a, b, topk)  # one k-NN search serves CKNNA and mutual k-NN
     linear, unbiased = _both_ckas(a, b)
-    return {"cknna": cknna(a, b, topk, neighbours), "mutual_knn": mutual_knn(a, b, topk, neighbours), "cka": linear,
-            "unbiased_cka": unbiased}
+    return {
+        "cknna": cknna(a, b, topk, neighbours),
+        "mutual_knn": mutual_knn(a, b, topk, neighbours),
+        "cka": linear,
+        "unbiased_cka": unbiased,
+    }

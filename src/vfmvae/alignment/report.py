@@ -31,15 +31,15 @@ DEFAULT_TRANSFORMS = ("clean", "equivariance", "noise_0.050", "noise_0.100", "no
 
 @dataclass(frozen=True)
 class AlignReportConfig:
-    images: ExistingPath                        # an `align transforms` output folder
-    out: Path                                   # report folder (features are cached in out/features)
-    reference: str                              # the anchor, e.g. vfm:dinov2-base; its clean features are used
-    models: tuple[str, ...]                     # vfm:NAME, tokenizer:DIR, ...
+    images: ExistingPath  # an `align transforms` output folder
+    out: Path  # report folder (features are cached in out/features)
+    reference: str  # the anchor, e.g. vfm:dinov2-base; its clean features are used
+    models: tuple[str, ...]  # vfm:NAME, tokenizer:DIR, ...
     transformations: tuple[str, ...] = DEFAULT_TRANSFORMS
     topk: int = 10
     device: str = "cpu"
     pairing: Literal["same", "clean-reference"] = "same"  # reference on T(x) (paper) or on the clean x
-    posterior: Literal["sample", "mean"] = "sample"       # tokenizer latents: a posterior sample (official) or mean
+    posterior: Literal["sample", "mean"] = "sample"  # tokenizer latents: a posterior sample (official) or mean
 
 
 def _slug(source: str) -> str:
@@ -50,13 +50,18 @@ def _features(cfg: AlignReportConfig, source: str, transform: str) -> Path:
     suffix = f"__{cfg.posterior}" if source.startswith("tokenizer:") else ""
     path = Path(cfg.out) / "features" / f"{_slug(source)}__{transform}{suffix}.safetensors"
     if not path.is_file():
-        extract_features(source, cfg.images, path, transform=transform, device=cfg.device, posterior=cfg.posterior,
-                         progress=False)
+        extract_features(
+            source, cfg.images, path, transform=transform, device=cfg.device, posterior=cfg.posterior, progress=False
+        )
     return path
 
 
-def se_cknna_table(reference: dict[str, torch.Tensor], models: dict[str, dict[str, torch.Tensor]], topk: int = 10,
-                   pairing: str = "same") -> tuple[dict[str, dict[str, float]], dict[str, float | None]]:
+def se_cknna_table(
+    reference: dict[str, torch.Tensor],
+    models: dict[str, dict[str, torch.Tensor]],
+    topk: int = 10,
+    pairing: str = "same",
+) -> tuple[dict[str, dict[str, float]], dict[str, float | None]]:
     """CKNNA per model and transformation, and SE-CKNNA (mean over the transformations other than `clean`).
 
     `reference[T]` and `models[name][T]` are preprocessed feature matrices, rows paired by image. With pairing
@@ -89,19 +94,26 @@ def run_report(cfg: AlignReportConfig) -> dict:
     models = {m: {t: load(m, t) for t in cfg.transformations} for m in (cfg.reference, *cfg.models)}
     table, se = se_cknna_table(reference, models, cfg.topk, cfg.pairing)
     anchor = "T(images), the same transformed images" if cfg.pairing == "same" else "the clean images"
-    result = {"definition": f"CKNNA(model, T) = CKNNA(reference on {anchor}, model on T(images)); "
-                            "SE-CKNNA = mean of CKNNA(model, T) over the transformations other than clean",
-              "protocol": {"pairing": cfg.pairing, "topk": cfg.topk,
-                           "preprocess": "official: clip at the 95th percentile of |x| per file, row L2 norm",
-                           "features": "mean over spatial tokens per image",
-                           "tokenizer_latent": f"posterior {cfg.posterior}",
-                           "dinov2_input": "short side to 224 bicubic (PIL; 16 patches); equivariance: rot90, "
-                                           "bilinear to int(224 s), reflect pad right/bottom to a multiple of 14",
-                           "other_vfm_input": "the image size (official SigLIP2 extractor); equivariance: rot90, "
-                                              "downscale by s (bilinear, antialias)",
-                           "se_cknna_over": [t for t in cfg.transformations if t != "clean"]},
-              "reference": cfg.reference, "num_images": int(next(iter(reference.values())).shape[0]),
-              "table": table, "se_cknna": se}
+    result = {
+        "definition": f"CKNNA(model, T) = CKNNA(reference on {anchor}, model on T(images)); "
+        "SE-CKNNA = mean of CKNNA(model, T) over the transformations other than clean",
+        "protocol": {
+            "pairing": cfg.pairing,
+            "topk": cfg.topk,
+            "preprocess": "official: clip at the 95th percentile of |x| per file, row L2 norm",
+            "features": "mean over spatial tokens per image",
+            "tokenizer_latent": f"posterior {cfg.posterior}",
+            "dinov2_input": "short side to 224 bicubic (PIL; 16 patches); equivariance: rot90, "
+            "bilinear to int(224 s), reflect pad right/bottom to a multiple of 14",
+            "other_vfm_input": "the image size (official SigLIP2 extractor); equivariance: rot90, "
+            "downscale by s (bilinear, antialias)",
+            "se_cknna_over": [t for t in cfg.transformations if t != "clean"],
+        },
+        "reference": cfg.reference,
+        "num_images": int(next(iter(reference.values())).shape[0]),
+        "table": table,
+        "se_cknna": se,
+    }
     atomic_write_text(out / "se_cknna.json", json.dumps(result, indent=2) + "\n")
     _plot(table, cfg, out / "se_cknna.png")
     result["plot"] = str(out / "se_cknna.png")

@@ -60,10 +60,16 @@ def make_transformed_set(images: str | Path, out: str | Path, size: int = 256, p
             folder = out / f"noise_{sigma:.3f}"
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(noisy).save(folder / name)
-        records.append({"index": index, "name": name, "source": str(Path(path).relative_to(images)),
-                        **equivariance_record(index)})
-    manifest = {"size": size, "noise_sigmas": list(NOISE_SIGMAS), "num_images": len(records),
-                "skipped": skips.as_dict(), "transformations": ["clean", "equivariance"] +
-                [f"noise_{s:.3f}" for s in NOISE_SIGMAS], "images": records}
+        records.append(
+            {"index": index, "name": name, "source": str(Path(path).relative_to(images)), **equivariance_record(index)}
+        )
+    manifest = {
+        "size": size,
+        "noise_sigmas": list(NOISE_SIGMAS),
+        "num_images": len(records),
+        "skipped": skips.as_dict(),
+        "transformations": ["clean", "equivariance"] + [f"noise_{s:.3f}" for s in NOISE_SIGMAS],
+        "images": records,
+    }
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     return manifest

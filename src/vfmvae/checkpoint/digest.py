@@ -23,7 +23,9 @@ def file_sha256(path: str | Path) -> str:
 def model_folder_digest(directory: str | Path) -> str:
     """sha256 over the `config.json` and every `*.safetensors` file of a model folder (names and contents)."""
     directory = Path(directory)
-    files = sorted(p for p in directory.iterdir() if p.is_file() and (p.name == "config.json" or p.suffix == ".safetensors"))
+    files = sorted(
+        p for p in directory.iterdir() if p.is_file() and (p.name == "config.json" or p.suffix == ".safetensors")
+    )
     return hashlib.sha256(json.dumps([[p.name, file_sha256(p)] for p in files]).encode()).hexdigest()
 
 

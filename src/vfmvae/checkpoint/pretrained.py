@@ -66,9 +66,13 @@ def resolve_model_dir(path_or_id: str | Path, *, what: str = "model", revision: 
         try:
             from huggingface_hub import constants, snapshot_download
         except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
-            raise FileNotFoundError(f"{what} folder not found: {path} (and huggingface_hub, needed for Hub ids, is missing)") from None
+            raise FileNotFoundError(
+                f"{what} folder not found: {path} (and huggingface_hub, needed for Hub ids, is missing)"
+            ) from None
         try:
-            return Path(snapshot_download(repo_id, revision=revision, allow_patterns=[CONFIG_NAME, "*.safetensors", "*.json"]))
+            return Path(
+                snapshot_download(repo_id, revision=revision, allow_patterns=[CONFIG_NAME, "*.safetensors", "*.json"])
+            )
         except Exception as err:  # offline, unknown repo or revision, no permission, ...
             at = f" at revision {revision!r}" if revision else ""
             if constants.HF_HUB_OFFLINE:
@@ -79,11 +83,14 @@ def resolve_model_dir(path_or_id: str | Path, *, what: str = "model", revision: 
                 ) from None
             raise FileNotFoundError(
                 f"{what} {text!r} is not a local folder and could not be fetched from the Hub{at} "
-                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). On a machine with internet run "
+                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
+                "On a machine with internet run "
                 f"`hf download {repo_id} --local-dir DIR`, copy DIR here and pass its path."
             ) from None
-    raise FileNotFoundError(f"{what} folder not found: {path} (pass a folder containing {CONFIG_NAME} and {WEIGHTS_NAME}, "
-                            "or a Hub repo id owner/name[@revision])")
+    raise FileNotFoundError(
+        f"{what} folder not found: {path} (pass a folder containing {CONFIG_NAME} and {WEIGHTS_NAME}, "
+        "or a Hub repo id owner/name[@revision])"
+    )
 
 
 def check_model_output_dir(directory: str | Path, *, option: str = "output folder") -> Path:
@@ -127,8 +134,11 @@ def read_model_config(directory: str | Path) -> dict[str, Any]:
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise CheckpointFormatError(f"{path}: format_version must be a positive integer, got {version!r}")
     known = _ARCHITECTURES.get(meta["architecture"])
-    newest = known.format_version if known is not None else max(
-        [FORMAT_VERSION, *(c.format_version for c in _ARCHITECTURES.values())])
+    newest = (
+        known.format_version
+        if known is not None
+        else max([FORMAT_VERSION, *(c.format_version for c in _ARCHITECTURES.values())])
+    )
     if version > newest:
         raise CheckpointFormatError(
             f"{path}: format_version {version} is newer than this vfmvae supports ({newest}); upgrade vfmvae"
@@ -136,13 +146,17 @@ def read_model_config(directory: str | Path) -> dict[str, Any]:
     return meta
 
 
-def check_shapes(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], *, source: str,
-                 target: str) -> None:
+def check_shapes(
+    expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], *, source: str, target: str
+) -> None:
     """One readable error listing every missing, unexpected or mis-shaped key (at most 10 of each)."""
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
-    shapes = [f"{k}: file {found[k]} vs model {expected[k]}" for k in sorted(set(found) & set(expected))
-              if tuple(found[k]) != tuple(expected[k])]
+    shapes = [
+        f"{k}: file {found[k]} vs model {expected[k]}"
+        for k in sorted(set(found) & set(expected))
+        if tuple(found[k]) != tuple(expected[k])
+    ]
     if missing or unexpected or shapes:
         lines = [f"{source} does not match {target}:"]
         for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
@@ -154,8 +168,12 @@ def check_shapes(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[in
 
 def load_state_dict_strict(module: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
     """`load_state_dict(strict=True)` with one readable error listing every mismatch."""
-    check_shapes({k: tuple(v.shape) for k, v in module.state_dict().items()},
-                 {k: tuple(v.shape) for k, v in state.items()}, source=source, target=type(module).__name__)
+    check_shapes(
+        {k: tuple(v.shape) for k, v in module.state_dict().items()},
+        {k: tuple(v.shape) for k, v in state.items()},
+        source=source,
+        target=type(module).__name__,
+    )
     module.load_state_dict(state, strict=True)
 
 
@@ -170,11 +188,13 @@ def _check_config_against_weights(cls: type, config: Any, directory: Path) -> No
             probe = cls(config)
     except Exception as err:  # negative sizes, impossible head counts, ...
         reason = " ".join(str(err).split())[:200]
-        raise CheckpointFormatError(f"{directory / CONFIG_NAME}: does not describe a buildable {cls.__name__} "
-                                    f"({type(err).__name__}: {reason})") from None
+        raise CheckpointFormatError(
+            f"{directory / CONFIG_NAME}: does not describe a buildable {cls.__name__} ({type(err).__name__}: {reason})"
+        ) from None
     expected = {k: tuple(v.shape) for k, v in probe.pretrained_state_dict().items()}
-    check_shapes(expected, found, source=f"{directory / WEIGHTS_NAME} (sizes declared in {CONFIG_NAME})",
-                 target=cls.__name__)
+    check_shapes(
+        expected, found, source=f"{directory / WEIGHTS_NAME} (sizes declared in {CONFIG_NAME})", target=cls.__name__
+    )
 
 
 class PretrainedMixin:

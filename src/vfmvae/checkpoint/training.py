@@ -37,10 +37,10 @@ __all__ = ["CheckpointManager", "TrainingCheckpoint", "capture_rng_state", "load
 
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
 # What an interrupted save or prune leaves beside the step folders (nothing else is ever removed):
-_STAGING_DIR = re.compile(r"^\.staging-step-\d{8,}$")              # per-rank files gathered by save()
-_TMP_DIR = re.compile(r"^\.step-\d{8,}\.[A-Za-z0-9_]+\.tmp$")        # atomic_directory's folder being built
-_PRUNING_DIR = re.compile(r"^\.step-\d{8,}\.pruning$")             # an old checkpoint being deleted by _prune
-_OLD_DIR = re.compile(r"^\.(step-\d{8,})\.old$")                   # atomic_directory's replaced copy
+_STAGING_DIR = re.compile(r"^\.staging-step-\d{8,}$")  # per-rank files gathered by save()
+_TMP_DIR = re.compile(r"^\.step-\d{8,}\.[A-Za-z0-9_]+\.tmp$")  # atomic_directory's folder being built
+_PRUNING_DIR = re.compile(r"^\.step-\d{8,}\.pruning$")  # an old checkpoint being deleted by _prune
+_OLD_DIR = re.compile(r"^\.(step-\d{8,})\.old$")  # atomic_directory's replaced copy
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +65,19 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-RESUME_ADVICE = "it was written by another architecture: resume it with the recipe that wrote it, or use another run.dir"
+RESUME_ADVICE = (
+    "it was written by another architecture: resume it with the recipe that wrote it, or use another run.dir"
+)
 
 
-def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path, *,
-                      optional_prefixes: tuple[str, ...] = (), advice: str = RESUME_ADVICE) -> None:
+def load_state_strict(
+    module: torch.nn.Module,
+    state: dict[str, torch.Tensor],
+    source: str | Path,
+    *,
+    optional_prefixes: tuple[str, ...] = (),
+    advice: str = RESUME_ADVICE,
+) -> None:
     """`module.load_state_dict(state)`, refusing a state of another architecture in one line.
 
     The line names `source` and the first parameter (in the module's order) that is missing or has another
@@ -83,9 +91,12 @@ def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], s
             if not key.startswith(optional_prefixes):
                 problems.append(f"{key} {tuple(value.shape)} is missing from the checkpoint")
         elif tuple(state[key].shape) != tuple(value.shape):
-            problems.append(f"{key} is {tuple(state[key].shape)} in the checkpoint but {tuple(value.shape)} in this model")
-    problems += [f"{key} {tuple(state[key].shape)} is in the checkpoint but not in this model"
-                 for key in state if key not in own]
+            problems.append(
+                f"{key} is {tuple(state[key].shape)} in the checkpoint but {tuple(value.shape)} in this model"
+            )
+    problems += [
+        f"{key} {tuple(state[key].shape)} is in the checkpoint but not in this model" for key in state if key not in own
+    ]
     if problems:
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
         raise CheckpointFormatError(f"{source} does not fit this model: {problems[0]}{more}; {advice}")
@@ -101,8 +112,8 @@ class TrainingCheckpoint:
     images_seen: int
     model: dict[str, torch.Tensor]
     ema: dict[str, torch.Tensor] | None
-    state: dict[str, Any]          # shared state (optimizer, scaler, ...), as passed to save()
-    rank_state: dict[str, Any]     # this rank's state (rng, data position, ...)
+    state: dict[str, Any]  # shared state (optimizer, scaler, ...), as passed to save()
+    rank_state: dict[str, Any]  # this rank's state (rng, data position, ...)
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -197,20 +208,33 @@ class CheckpointManager:
             if old and not (self.root / old.group(1)).exists() and self.is_complete(path):
                 os.rename(path, self.root / old.group(1))
                 log.warning("restored %s from %s (a replacement was interrupted)", old.group(1), path.name)
-            elif path.is_dir() and (_STAGING_DIR.match(path.name) or _TMP_DIR.match(path.name)
-                                    or _PRUNING_DIR.match(path.name)
-                                    or (old and self.is_complete(self.root / old.group(1)))):
+            elif path.is_dir() and (
+                _STAGING_DIR.match(path.name)
+                or _TMP_DIR.match(path.name)
+                or _PRUNING_DIR.match(path.name)
+                or (old and self.is_complete(self.root / old.group(1)))
+            ):
                 removed.append(path)
         complete = self.list()
         if complete:
             newest = int(_STEP_DIR.match(complete[-1].name).group(1))
-            removed += [p for p in self.root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()
-                        and int(m.group(1)) < newest and not self.is_complete(p)]
+            removed += [
+                p
+                for p in self.root.iterdir()
+                if (m := _STEP_DIR.match(p.name))
+                and p.is_dir()
+                and int(m.group(1)) < newest
+                and not self.is_complete(p)
+            ]
         for path in removed:
             shutil.rmtree(path)
         if removed:
-            log.warning("removed %d incomplete checkpoint folder(s) left by an interrupted run under %s: %s",
-                        len(removed), self.root, ", ".join(sorted(p.name for p in removed)))
+            log.warning(
+                "removed %d incomplete checkpoint folder(s) left by an interrupted run under %s: %s",
+                len(removed),
+                self.root,
+                ", ".join(sorted(p.name for p in removed)),
+            )
         return removed
 
     # ---------------------------------------------------------------------------------------------------
@@ -251,8 +275,18 @@ class CheckpointManager:
                 "resume with the same number of processes (data position and RNG are per rank)"
             )
         ema_path = path / "ema.safetensors"
-        self._verify_hashes(path, meta, ["model.safetensors", "ema.safetensors", "state.safetensors", "state.json",
-                                         f"rank-{rank:03d}.safetensors", f"rank-{rank:03d}.json"])
+        self._verify_hashes(
+            path,
+            meta,
+            [
+                "model.safetensors",
+                "ema.safetensors",
+                "state.safetensors",
+                "state.json",
+                f"rank-{rank:03d}.safetensors",
+                f"rank-{rank:03d}.json",
+            ],
+        )
         return TrainingCheckpoint(
             path=path,
             step=int(meta["step"]),
@@ -272,4 +306,5 @@ class CheckpointManager:
             if name in recorded and (path / name).exists() and file_sha256(path / name) != recorded[name]:
                 raise CheckpointFormatError(
                     f"{path / name}: sha256 differs from the one recorded in meta.json when it was saved; the file is "
-                    "corrupted. Resume from an earlier checkpoint with --resume PATH (or --resume fresh to start over)")
+                    "corrupted. Resume from an earlier checkpoint with --resume PATH (or --resume fresh to start over)"
+                )

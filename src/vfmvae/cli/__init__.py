@@ -29,8 +29,21 @@ from vfmvae.distributed import parse_device
 __all__ = ["main", "build_parser"]
 
 # Order of appearance in `vfmvae --help`. Only commands that work are listed.
-COMMAND_GROUPS = (data_cmd, vfm_cmd, convert_cmd, reconstruct_cmd, train_cmd, cache_latents_cmd, diffusion_cmd,
-                  sample_cmd, eval_cmd, align_cmd, report_cmd, export_cmd, info_cmd)
+COMMAND_GROUPS = (
+    data_cmd,
+    vfm_cmd,
+    convert_cmd,
+    reconstruct_cmd,
+    train_cmd,
+    cache_latents_cmd,
+    diffusion_cmd,
+    sample_cmd,
+    eval_cmd,
+    align_cmd,
+    report_cmd,
+    export_cmd,
+    info_cmd,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,8 +77,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"vfmvae {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
         return 2
-    except (ConfigError, FileNotFoundError, FileExistsError, KeyError, ValueError, PermissionError, IsADirectoryError,
-            NotADirectoryError, pickle.UnpicklingError) as err:
+    except (
+        ConfigError,
+        FileNotFoundError,
+        FileExistsError,
+        KeyError,
+        ValueError,
+        PermissionError,
+        IsADirectoryError,
+        NotADirectoryError,
+        pickle.UnpicklingError,
+    ) as err:
         # Expected user errors: one clear line, no traceback (use -v for one).
         if args.verbose:
             raise
@@ -80,21 +102,35 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def configure_logging(verbose: bool) -> None:
     """INFO for everything; with -v, DEBUG for vfmvae only (PIL, urllib3, ... at DEBUG would flood the terminal)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     logging.getLogger("vfmvae").setLevel(logging.DEBUG if verbose else logging.NOTSET)
 
 
 # OS errors that a user fixes (a path, a disk, a permission), reported in one line instead of a traceback.
-USER_OS_ERRORS = frozenset({errno.ENAMETOOLONG, errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT,
-                            errno.ENOTDIR, errno.EISDIR, errno.ELOOP})
+USER_OS_ERRORS = frozenset(
+    {
+        errno.ENAMETOOLONG,
+        errno.ENOSPC,
+        errno.EROFS,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EDQUOT,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.ELOOP,
+    }
+)
 
 
 def one_line(err: BaseException) -> str:
     """The error's message on one line, at most 300 characters (a loader's key dump is not a message)."""
     if isinstance(err, pickle.UnpicklingError):
-        return ("refused to unpickle: the file holds pickled Python objects beyond plain tensors, which vfmvae never "
-                "executes; pass a safetensors file or a plain tensor state dict")
+        return (
+            "refused to unpickle: the file holds pickled Python objects beyond plain tensors, which vfmvae never "
+            "executes; pass a safetensors file or a plain tensor state dict"
+        )
     text = " ".join(str(err).split()) or type(err).__name__
     if isinstance(err, KeyError) and len(err.args) == 1:
         text = str(err.args[0])

@@ -24,10 +24,17 @@ def positive_int(text: str) -> int:
 
 
 def add_recipe_args(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("--recipe", type=Path, help=f"YAML recipe for the {what} (keys as in the config dataclass; "
-                        "default: none, the dataclass defaults)")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--recipe",
+        type=Path,
+        help=f"YAML recipe for the {what} (keys as in the config dataclass; default: none, the dataclass defaults)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override one recipe key, dotted for nested keys (repeatable), e.g. --set num=1024",
     )
 

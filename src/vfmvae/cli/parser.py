@@ -20,8 +20,10 @@ from typing import Any
 
 __all__ = ["CLIParser", "CLIHelpFormatter", "DeprecatedFlag", "add_option", "VERBOSE_HELP"]
 
-VERBOSE_HELP = ("debug logging from vfmvae (third-party libraries such as PIL stay at INFO) and full tracebacks "
-                "instead of one-line errors; accepted before or after the command (default: off)")
+VERBOSE_HELP = (
+    "debug logging from vfmvae (third-party libraries such as PIL stay at INFO) and full tracebacks "
+    "instead of one-line errors; accepted before or after the command (default: off)"
+)
 
 
 class CLIHelpFormatter(argparse.HelpFormatter):
@@ -46,9 +48,14 @@ class CLIHelpFormatter(argparse.HelpFormatter):
         hidden = getattr(action, "deprecated_strings", frozenset())
         if not hidden:
             return super()._format_action_invocation(action)
-        shown = argparse.Action([s for s in action.option_strings if s not in hidden], action.dest,
-                                nargs=action.nargs, choices=action.choices, metavar=action.metavar,
-                                help=action.help)
+        shown = argparse.Action(
+            [s for s in action.option_strings if s not in hidden],
+            action.dest,
+            nargs=action.nargs,
+            choices=action.choices,
+            metavar=action.metavar,
+            help=action.help,
+        )
         return super()._format_action_invocation(shown)
 
 
@@ -139,8 +146,10 @@ class _DeprecatedAliasStore(argparse._StoreAction):
     def __call__(self, parser, namespace, values, option_string=None):
         if option_string in self.deprecated_strings:
             new = next(s for s in self.option_strings if s not in self.deprecated_strings)
-            print(f"{parser.prog}: {option_string} is deprecated and will be removed in the next release; "
-                  f"write {new}", file=sys.stderr)
+            print(
+                f"{parser.prog}: {option_string} is deprecated and will be removed in the next release; write {new}",
+                file=sys.stderr,
+            )
         super().__call__(parser, namespace, values, option_string)
 
 
@@ -154,12 +163,15 @@ class DeprecatedFlag(argparse.Action):
         self.note = note
 
     def __call__(self, parser, namespace, values, option_string=None):
-        print(f"{parser.prog}: {option_string} is deprecated and will be removed in the next release; {self.note}",
-              file=sys.stderr)
+        print(
+            f"{parser.prog}: {option_string} is deprecated and will be removed in the next release; {self.note}",
+            file=sys.stderr,
+        )
 
 
-def add_option(parser: argparse.ArgumentParser, *names: str, deprecated: Sequence[str] = (),
-               **kwargs: Any) -> argparse.Action:
+def add_option(
+    parser: argparse.ArgumentParser, *names: str, deprecated: Sequence[str] = (), **kwargs: Any
+) -> argparse.Action:
     """`parser.add_argument(*names, **kwargs)`, also accepting the `deprecated` old spellings (hidden, with a note)."""
     if not deprecated:
         return parser.add_argument(*names, **kwargs)

@@ -7,10 +7,13 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    r = sub.add_parser("report", help="an HTML page of a tokenizer/diffusion run or a demo folder",
-                       description="Build RUN_DIR/report/index.html: loss curves (from metrics.jsonl), reconstruction "
-                       "and sample grids, metric tables, SE-CKNNA, and the commands (with full-scale counterparts) when "
-                       "the folder records them (commands.json, written by the demo).")
+    r = sub.add_parser(
+        "report",
+        help="an HTML page of a tokenizer/diffusion run or a demo folder",
+        description="Build RUN_DIR/report/index.html: loss curves (from metrics.jsonl), reconstruction "
+        "and sample grids, metric tables, SE-CKNNA, and the commands (with full-scale counterparts) when "
+        "the folder records them (commands.json, written by the demo).",
+    )
     r.add_argument("run_dir", type=Path, help="a training run folder, or a folder holding several (e.g. runs/demo)")
     r.add_argument("--out", type=Path, default=None, help="HTML file (default: RUN_DIR/report/index.html)")
     r.set_defaults(func=run)

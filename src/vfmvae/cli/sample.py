@@ -35,7 +35,8 @@ def _channels(text: str) -> int | str:
 
 def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser(
-        "sample", help="generate samples (PNGs, ADM .npz, grid) from a diffusion model",
+        "sample",
+        help="generate samples (PNGs, ADM .npz, grid) from a diffusion model",
         description="Sample N images: OUT/images/*.png, OUT/samples.npz (arr_0 uint8 NHWC, arr_1 labels: the ADM "
         "evaluator's layout, ready for `vfmvae eval gen`), OUT/grid.png and OUT/settings.json. Sample i uses seed "
         "(--seed, i), so images do not depend on --batch-size or the number of processes; re-running the same command "
@@ -49,33 +50,75 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(torchvision to_pil_image: uint8 = trunc(255 x)). "
         "Multi-GPU: torchrun --nproc-per-node=8 -m vfmvae sample --num-samples 50000 ...",
     )
-    s.add_argument("--diffusion", type=Path, required=True,
-                   help="DiffusionTransformer folder (a training export) or Hub id")
-    s.add_argument("--tokenizer", type=Path, default=None, help="tokenizer folder (default: the one named in latent_stats.json)")
-    s.add_argument("--latent-stats", type=Path, default=None,
-                   help="latent mean/std (default: DIFFUSION/latent_stats.json; also cache.json or official latents_stats.pt)")
+    s.add_argument(
+        "--diffusion", type=Path, required=True, help="DiffusionTransformer folder (a training export) or Hub id"
+    )
+    s.add_argument(
+        "--tokenizer", type=Path, default=None, help="tokenizer folder (default: the one named in latent_stats.json)"
+    )
+    s.add_argument(
+        "--latent-stats",
+        type=Path,
+        default=None,
+        help="latent mean/std (default: DIFFUSION/latent_stats.json; also cache.json or official latents_stats.pt)",
+    )
     # --num: the old spelling, which torchrun itself takes as its --numa-binding
-    add_option(s, "--num-samples", deprecated=("--num",), dest="num", type=positive_int, required=True, metavar="N",
-               help="number of samples, over all processes")
+    add_option(
+        s,
+        "--num-samples",
+        deprecated=("--num",),
+        dest="num",
+        type=positive_int,
+        required=True,
+        metavar="N",
+        help="number of samples, over all processes",
+    )
     s.add_argument("--out", type=Path, required=True, help="output folder")
-    s.add_argument("--preset", choices=("none", *PRESET_NAMES), default=None,
-                   help="official sampler settings (default: the model's recorded preset, else none)")
-    s.add_argument("--sampler", choices=("euler", "heun", "sde"), default=None,
-                   help="ODE (euler, heun) or SDE (Euler-Maruyama) solver (default: the preset's, euler for none)")
+    s.add_argument(
+        "--preset",
+        choices=("none", *PRESET_NAMES),
+        default=None,
+        help="official sampler settings (default: the model's recorded preset, else none)",
+    )
+    s.add_argument(
+        "--sampler",
+        choices=("euler", "heun", "sde"),
+        default=None,
+        help="ODE (euler, heun) or SDE (Euler-Maruyama) solver (default: the preset's, euler for none)",
+    )
     s.add_argument("--steps", type=int, default=None, help="sampler steps (default: the preset's, 50 for none)")
-    s.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (1 = none; default: the preset's)")
-    s.add_argument("--interval", type=_interval, default=None,
-                   help="guide while LOW <= t <= HIGH (default: the preset's, else 0,1)")
-    s.add_argument("--guide-channels", type=_channels, default=None,
-                   help="guide only the first K latent channels (3 = official LightningDiT behaviour), or all; "
-                   "default: the preset's, else all")
-    s.add_argument("--cls-cfg", type=float, default=None, help="REG class-token guidance scale (default: the preset's, "
-                   "else --cfg)")
-    s.add_argument("--shift", type=float, default=None, help="ODE time-grid shift (>1 spends more steps near noise; "
-                   "default: the preset's, else 1)")
+    s.add_argument(
+        "--cfg", type=float, default=None, help="classifier-free guidance scale (1 = none; default: the preset's)"
+    )
+    s.add_argument(
+        "--interval",
+        type=_interval,
+        default=None,
+        help="guide while LOW <= t <= HIGH (default: the preset's, else 0,1)",
+    )
+    s.add_argument(
+        "--guide-channels",
+        type=_channels,
+        default=None,
+        help="guide only the first K latent channels (3 = official LightningDiT behaviour), or all; "
+        "default: the preset's, else all",
+    )
+    s.add_argument(
+        "--cls-cfg", type=float, default=None, help="REG class-token guidance scale (default: the preset's, else --cfg)"
+    )
+    s.add_argument(
+        "--shift",
+        type=float,
+        default=None,
+        help="ODE time-grid shift (>1 spends more steps near noise; default: the preset's, else 1)",
+    )
     s.add_argument("--classes", default="random", help="random (seeded, uniform), balanced, or a list like 1,5,9")
-    s.add_argument("--batch-size", type=positive_int, default=16,
-                   help="images per forward pass PER PROCESS (does not change the images)")
+    s.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=16,
+        help="images per forward pass PER PROCESS (does not change the images)",
+    )
     s.add_argument("--seed", type=int, default=0, help="base seed: sample i uses seed (SEED, i)")
     s.add_argument("--device", default=None, help="default: cuda if available (the local rank's GPU under torchrun)")
     s.set_defaults(func=run)
@@ -89,9 +132,16 @@ def sampler_settings(args: argparse.Namespace, diffusion_dir: Path | None = None
 
     preset = args.preset if args.preset is not None else read_preset(diffusion_dir or args.diffusion)
     channels = args.guide_channels if args.guide_channels != "all" else None
-    config = resolve_sampler_config(preset, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg,
-                                    interval=args.interval, guide_channels=channels,
-                                    cls_cfg_scale=args.cls_cfg, shift=args.shift)
+    config = resolve_sampler_config(
+        preset,
+        sampler=args.sampler,
+        steps=args.steps,
+        cfg_scale=args.cfg,
+        interval=args.interval,
+        guide_channels=channels,
+        cls_cfg_scale=args.cls_cfg,
+        shift=args.shift,
+    )
     if args.guide_channels == "all":  # explicit: every channel, whatever the preset says
         config = dataclasses.replace(config, guide_channels=None)
     return preset, config
@@ -109,13 +159,28 @@ def run(args: argparse.Namespace) -> int:
     preset, config = sampler_settings(args, diffusion_dir)
     device = dist_utils.init_distributed(device=args.device)
     pipe = VFMVAEPipeline.from_pretrained(diffusion_dir, args.tokenizer, args.latent_stats, device=device)
-    sources = {"diffusion": str(args.diffusion), "tokenizer": str(args.tokenizer) if args.tokenizer else None,
-               "preset": preset or "none"}
+    sources = {
+        "diffusion": str(args.diffusion),
+        "tokenizer": str(args.tokenizer) if args.tokenizer else None,
+        "preset": preset or "none",
+    }
     # a resume checks the models' contents too, not just their paths (a folder replaced at the same path)
-    sources.update(diffusion_sha256=model_folder_digest(diffusion_dir),
-                   tokenizer_sha256=model_folder_digest(pipe.tokenizer_dir) if pipe.tokenizer_dir else None)
-    result = generate_samples(pipe, args.out, args.num, config=config, classes=args.classes, seed=args.seed,
-                              batch_size=args.batch_size, sources=sources)
-    dist_utils.print0(f"{args.num} samples in {args.out}/images ({result['images_per_s']:.2f} images/s on rank 0); "
-                      f"ADM batch: {result.get('npz')}; grid: {result.get('grid')}")
+    sources.update(
+        diffusion_sha256=model_folder_digest(diffusion_dir),
+        tokenizer_sha256=model_folder_digest(pipe.tokenizer_dir) if pipe.tokenizer_dir else None,
+    )
+    result = generate_samples(
+        pipe,
+        args.out,
+        args.num,
+        config=config,
+        classes=args.classes,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        sources=sources,
+    )
+    dist_utils.print0(
+        f"{args.num} samples in {args.out}/images ({result['images_per_s']:.2f} images/s on rank 0); "
+        f"ADM batch: {result.get('npz')}; grid: {result.get('grid')}"
+    )
     return 0

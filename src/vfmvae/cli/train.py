@@ -5,46 +5,77 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
 TRAINING_BATCH_SIZES = (
     "Batch sizes are recipe keys: run.batch_size is the GLOBAL batch of one optimizer step (all processes "
     "together, in images); run.micro_batch is the PER-PROCESS batch of one forward/backward (default: "
     "run.batch_size / number of processes; smaller values accumulate gradients). Under torchrun the same recipe "
-    "takes the same optimizer steps on any number of GPUs.")
+    "takes the same optimizer steps on any number of GPUs."
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    t = sub.add_parser("train", help="train a tokenizer stage or a diffusion transformer",
-                       description="Training, as one process (CPU or one GPU) or under torchrun.")
+    t = sub.add_parser(
+        "train",
+        help="train a tokenizer stage or a diffusion transformer",
+        description="Training, as one process (CPU or one GPU) or under torchrun.",
+    )
     tsub = t.add_subparsers(dest="train_command", metavar="WHAT", required=True)
     k = tsub.add_parser(
-        "tokenizer", help="train a VFM-VAE tokenizer stage from a recipe",
+        "tokenizer",
+        help="train a VFM-VAE tokenizer stage from a recipe",
         description="Train one stage (configs/tokenizer/stage0.yaml ... stage3.yaml, or tiny.yaml for CPU). "
         "Writes RUN/config.yaml, RUN/metrics.jsonl, RUN/grids/*.png (inputs beside reconstructions), "
         "RUN/checkpoints/ and, at the end, the EMA model as RUN/export (a VFMVAE folder). "
         "Multi-GPU: torchrun --nproc-per-node=8 -m vfmvae train tokenizer --recipe ...",
     )
-    k.add_argument("--recipe", type=Path, required=True, help="YAML recipe (vfmvae.tokenizer_training.TokenizerTrainConfig)")
-    k.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe key, e.g. --set run.total_images=1000 (repeatable)")
-    k.add_argument("--resume", default="auto",
-                   help="auto (default: continue from the newest complete checkpoint of RUN if any), none (start at step 0; refused if RUN holds this run's outputs), fresh (delete RUN's own outputs - checkpoints, metrics, grids, export - and start over), or a checkpoint folder")
+    k.add_argument(
+        "--recipe", type=Path, required=True, help="YAML recipe (vfmvae.tokenizer_training.TokenizerTrainConfig)"
+    )
+    k.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key, e.g. --set run.total_images=1000 (repeatable)",
+    )
+    k.add_argument(
+        "--resume",
+        default="auto",
+        help="auto (default: continue from the newest complete checkpoint of RUN if any), none (start at step 0; "
+        "refused if RUN holds this run's outputs), fresh (delete RUN's own outputs - checkpoints, metrics, grids, "
+        "export - and start over), or a checkpoint folder",
+    )
     k.epilog = TRAINING_BATCH_SIZES
     k.set_defaults(func=run_tokenizer)
 
     d = tsub.add_parser(
-        "diffusion", help="train a diffusion transformer on a latent cache",
+        "diffusion",
+        help="train a diffusion transformer on a latent cache",
         description="Train LightningDiT / SiT / REPA / REG on a `vfmvae cache-latents` folder (configs/diffusion/"
         "lightningdit-xl1.yaml, reg-sit-xl1.yaml, or tiny.yaml for CPU). Writes RUN/config.yaml, RUN/metrics.jsonl, "
         "RUN/grids/*.png (EMA samples decoded by the tokenizer), RUN/checkpoints/ and, at the end, the EMA model "
         "as RUN/export (a DiffusionTransformer folder with latent_stats.json). "
         "Multi-GPU: torchrun --nproc-per-node=8 -m vfmvae train diffusion --recipe ...",
     )
-    d.add_argument("--recipe", type=Path, required=True, help="YAML recipe (vfmvae.diffusion_training.DiffusionTrainConfig)")
-    d.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe key, e.g. --set data.cache=runs/latents --set run.total_images=1024000 (repeatable)")
-    d.add_argument("--resume", default="auto",
-                   help="auto (default: continue from the newest complete checkpoint of RUN if any), none (start at step 0; refused if RUN holds this run's outputs), fresh (delete RUN's own outputs - checkpoints, metrics, grids, export - and start over), or a checkpoint folder")
+    d.add_argument(
+        "--recipe", type=Path, required=True, help="YAML recipe (vfmvae.diffusion_training.DiffusionTrainConfig)"
+    )
+    d.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key, e.g. --set data.cache=runs/latents --set run.total_images=1024000 (repeatable)",
+    )
+    d.add_argument(
+        "--resume",
+        default="auto",
+        help="auto (default: continue from the newest complete checkpoint of RUN if any), none (start at step 0; "
+        "refused if RUN holds this run's outputs), fresh (delete RUN's own outputs - checkpoints, metrics, grids, "
+        "export - and start over), or a checkpoint folder",
+    )
     d.epilog = TRAINING_BATCH_SIZES
     d.set_defaults(func=run_diffusion)
 
@@ -58,8 +89,10 @@ def run_tokenizer(args: argparse.Namespace) -> int:
     summary = train_tokenizer(cfg, resume=args.resume)
     from vfmvae import distributed as dist_utils
 
-    dist_utils.print0(f"trained {summary['steps']} steps ({summary['images']} images); skipped steps: "
-                      f"G {summary['skipped_g']}, D {summary['skipped_d']}; EMA model exported to {summary['export']}")
+    dist_utils.print0(
+        f"trained {summary['steps']} steps ({summary['images']} images); skipped steps: "
+        f"G {summary['skipped_g']}, D {summary['skipped_d']}; EMA model exported to {summary['export']}"
+    )
     return 0
 
 
@@ -71,6 +104,8 @@ def run_diffusion(args: argparse.Namespace) -> int:
     cfg = load_config(DiffusionTrainConfig, args.recipe, args.overrides)
     summary = train_diffusion(cfg, resume=args.resume)
     final = summary["final"]
-    dist_utils.print0(f"trained {summary['steps']} steps (last loss {final.get('loss', float('nan')):.4f}, "
-                      f"{summary['skipped_steps']} skipped); EMA model exported to {summary['export']}")
+    dist_utils.print0(
+        f"trained {summary['steps']} steps (last loss {final.get('loss', float('nan')):.4f}, "
+        f"{summary['skipped_steps']} skipped); EMA model exported to {summary['export']}"
+    )
     return 0

@@ -18,8 +18,7 @@ def _loops_back(folder: Path, root: Path) -> bool:
     """A class folder that is a link to `root` or one of its parents would list the dataset again (and again)."""
     target, top = folder.resolve(), root.resolve()
     if top == target or target in top.parents:
-        warnings.warn(f"{folder} links back to {target}, which contains the dataset itself; not followed",
-                      stacklevel=2)
+        warnings.warn(f"{folder} links back to {target}, which contains the dataset itself; not followed", stacklevel=2)
         return True
     return False
 
@@ -33,7 +32,9 @@ def list_image_folder(root: str | Path) -> tuple[list[Path], list[int], list[str
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and not _loops_back(p, root))
+    subdirs = sorted(
+        p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and not _loops_back(p, root)
+    )
     if subdirs:
         classes = [p.name for p in subdirs]
         files, labels = [], []
@@ -93,8 +94,15 @@ class ImageFolderDataset(Dataset):
             img = decode_image(path, min_size=self.min_size, max_pixels=self.max_pixels)
         except BadImage as err:
             return {"bad": True, "name": str(path), "reason": err.reason, "detail": str(err)}
-        img = crop_image(img, self.resolution, self.crop, seed=self.seed, epoch=epoch, index=index,
-                         min_fraction=self.crop_min_fraction)
+        img = crop_image(
+            img,
+            self.resolution,
+            self.crop,
+            seed=self.seed,
+            epoch=epoch,
+            index=index,
+            min_fraction=self.crop_min_fraction,
+        )
         flip = self.hflip and flip_decision(self.seed, epoch, index)
         image = to_uint8_tensor(img)
         if flip:

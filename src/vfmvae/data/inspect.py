@@ -30,9 +30,8 @@ class InspectReport:
     def summary(self) -> str:
         labels = f"{len(self.label_counts)} labels" if self.label_counts else "unlabeled"
         skipped = ", ".join(f"{k}: {v}" for k, v in self.skipped_by_reason.items())
-        return (
-            f"{self.source} ({self.format}): {self.num_images} images, {labels}, "
-            f"{self.num_skipped} skipped" + (f" ({skipped})" if skipped else "")
+        return f"{self.source} ({self.format}): {self.num_images} images, {labels}, {self.num_skipped} skipped" + (
+            f" ({skipped})" if skipped else ""
         )
 
 
@@ -51,8 +50,9 @@ def inspect_dataset(
 
     dataset = build_dataset(cfg, loop=False)
     is_folder = isinstance(dataset, ImageFolderDataset)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=cfg.num_workers, collate_fn=collate_skip_bad,
-                        shuffle=False)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, num_workers=cfg.num_workers, collate_fn=collate_skip_bad, shuffle=False
+    )
     skips = SkipCounter()
     labels: Counter[int] = Counter()
     preview: dict[int, list[torch.Tensor]] = {}
@@ -84,5 +84,7 @@ def inspect_dataset(
         names = report.class_names
         row_labels = [names[k] if 0 <= k < len(names) else (f"class {k}" if k >= 0 else "") for k in keys]
         images = torch.stack([img for row in rows for img in row])
-        report.grid = str(save_grid(images, grid_path, nrow=per_class, row_labels=row_labels if any(row_labels) else None))
+        report.grid = str(
+            save_grid(images, grid_path, nrow=per_class, row_labels=row_labels if any(row_labels) else None)
+        )
     return report

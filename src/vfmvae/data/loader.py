@@ -30,20 +30,20 @@ __all__ = ["DataConfig", "collate_skip_bad", "DataStream", "detect_format", "bui
 class DataConfig:
     """Where images come from and how they are prepared."""
 
-    source: ExistingPath                     # image folder (class subfolders = labels) or tar shard(s)
+    source: ExistingPath  # image folder (class subfolders = labels) or tar shard(s)
     format: Literal["auto", "folder", "shards"] = "auto"
-    resolution: int = 256                    # crop to this size
+    resolution: int = 256  # crop to this size
     # adm_center: ADM centre crop (evaluation, caching); random_square: the official training augmentation, a
     # square of U(crop_min_fraction, 1) x the short side at a random position, LANCZOS-resized (transforms.py)
     crop: Literal["adm_center", "random_square"] = "adm_center"
     crop_min_fraction: float = 0.5
-    hflip: bool = True                       # random horizontal flip (seeded per sample, see transforms.py)
-    min_size: int = 16                       # images with a shorter side below this are skipped (the official
-                                             # stages 1-2 train on images with a short side >= 256)
-    max_pixels: int = DEFAULT_MAX_PIXELS     # larger images are skipped as decompression bombs
+    hflip: bool = True  # random horizontal flip (seeded per sample, see transforms.py)
+    min_size: int = 16  # images with a shorter side below this are skipped (the official
+    # stages 1-2 train on images with a short side >= 256)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are skipped as decompression bombs
     num_workers: int = 2
     seed: int = 0
-    compressed_shards: bool = False          # read gzip/bz2/xz tar shards (refused by default: decompress them)
+    compressed_shards: bool = False  # read gzip/bz2/xz tar shards (refused by default: decompress them)
 
     def __post_init__(self) -> None:
         if self.resolution <= 0 or self.resolution % 8:
@@ -68,14 +68,26 @@ def build_dataset(
     cfg: DataConfig, *, rank: int = 0, world: int = 1, loop: bool = True, start_ordinals: dict[int, int] | None = None
 ) -> ImageFolderDataset | TarShardDataset:
     fmt = detect_format(cfg.source) if cfg.format == "auto" else cfg.format
-    common = dict(hflip=cfg.hflip, seed=cfg.seed, min_size=cfg.min_size, max_pixels=cfg.max_pixels, crop=cfg.crop,
-                  crop_min_fraction=cfg.crop_min_fraction)
+    common = dict(
+        hflip=cfg.hflip,
+        seed=cfg.seed,
+        min_size=cfg.min_size,
+        max_pixels=cfg.max_pixels,
+        crop=cfg.crop,
+        crop_min_fraction=cfg.crop_min_fraction,
+    )
     if fmt == "folder":
         return ImageFolderDataset(cfg.source, cfg.resolution, **common)
     list_shards(cfg.source)  # fail early with a clear message
     return TarShardDataset(
-        cfg.source, cfg.resolution, rank=rank, world=world, loop=loop, start_ordinals=start_ordinals,
-        allow_compressed=cfg.compressed_shards, **common
+        cfg.source,
+        cfg.resolution,
+        rank=rank,
+        world=world,
+        loop=loop,
+        start_ordinals=start_ordinals,
+        allow_compressed=cfg.compressed_shards,
+        **common,
     )
 
 
@@ -130,15 +142,25 @@ class DataStream:
             dataset = build_dataset(cfg)
             sampler = ResumableSampler(len(dataset), rank=rank, world=world, seed=cfg.seed, start=self.position)
             self.loader = DataLoader(
-                dataset, batch_size=batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                collate_fn=collate_skip_bad, persistent_workers=cfg.num_workers > 0, drop_last=False, generator=generator,
+                dataset,
+                batch_size=batch_size,
+                sampler=sampler,
+                num_workers=cfg.num_workers,
+                collate_fn=collate_skip_bad,
+                persistent_workers=cfg.num_workers > 0,
+                drop_last=False,
+                generator=generator,
             )
         else:
             self.ordinals = {int(k): int(v) for k, v in state.get("ordinals", {}).items()}
             dataset = build_dataset(cfg, rank=rank, world=world, start_ordinals=self.ordinals)
             self.loader = DataLoader(
-                dataset, batch_size=batch_size, num_workers=cfg.num_workers,
-                collate_fn=collate_skip_bad, persistent_workers=cfg.num_workers > 0, generator=generator,
+                dataset,
+                batch_size=batch_size,
+                num_workers=cfg.num_workers,
+                collate_fn=collate_skip_bad,
+                persistent_workers=cfg.num_workers > 0,
+                generator=generator,
             )
         self.dataset = dataset
         self._iter: Iterator[dict[str, Any]] | None = None

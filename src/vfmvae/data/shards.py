@@ -25,14 +25,20 @@ from vfmvae.data.images import DEFAULT_MAX_PIXELS, BadImage, decode_image
 from vfmvae.data.transforms import crop_image, flip_decision, to_uint8_tensor
 from vfmvae.seeding import derive_seed
 
-__all__ = ["list_shards", "iter_tar_samples", "TarShardDataset", "IMAGE_KEYS", "MAX_IMAGE_MEMBER_BYTES",
-           "MAX_OTHER_MEMBER_BYTES"]
+__all__ = [
+    "list_shards",
+    "iter_tar_samples",
+    "TarShardDataset",
+    "IMAGE_KEYS",
+    "MAX_IMAGE_MEMBER_BYTES",
+    "MAX_OTHER_MEMBER_BYTES",
+]
 
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
 # Member size caps, checked from the tar header before a byte is read: a shard is streamed into memory one
 # sample at a time, so one huge member (e.g. 2 GiB behind a 2 MB gzip) must be skipped, not read.
 MAX_IMAGE_MEMBER_BYTES = 64 << 20  # a 64 MB encoded image is already far beyond ImageNet's largest
-MAX_OTHER_MEMBER_BYTES = 1 << 20   # labels and metadata (.cls, .json, .txt) are a few bytes
+MAX_OTHER_MEMBER_BYTES = 1 << 20  # labels and metadata (.cls, .json, .txt) are a few bytes
 # Magic numbers of compressed streams: tar shards are read uncompressed unless compression is allowed.
 _COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
 
@@ -53,8 +59,9 @@ def list_shards(source: str | Path) -> list[Path]:
         paths = [Path(p) for p in braceexpand(text)]
         missing = [p for p in paths if not p.is_file()]  # is_file() is False for FIFOs and devices too
         if missing:
-            raise FileNotFoundError(f"shard pattern {text}: {len(missing)} files missing or not regular files, "
-                                    f"e.g. {missing[0]}")
+            raise FileNotFoundError(
+                f"shard pattern {text}: {len(missing)} files missing or not regular files, e.g. {missing[0]}"
+            )
         return paths
     path = Path(source)
     if path.is_file():
@@ -82,7 +89,9 @@ def _member_problem(member: tarfile.TarInfo, ext: str) -> BadImage | None:
     return None
 
 
-def iter_tar_samples(path: Path, *, allow_compressed: bool = False) -> Iterator[tuple[str, dict[str, bytes] | BadImage]]:
+def iter_tar_samples(
+    path: Path, *, allow_compressed: bool = False
+) -> Iterator[tuple[str, dict[str, bytes] | BadImage]]:
     """Group tar members into samples. A truncated or corrupt tail ends the shard with one BadImage.
 
     Members that are links, special files or over the size caps are yielded as BadImage (counted, never
@@ -94,9 +103,14 @@ def iter_tar_samples(path: Path, *, allow_compressed: bool = False) -> Iterator[
     try:
         compression = compression_of(path)
         if compression is not None and not allow_compressed:
-            yield f"{path.name}:<shard>", BadImage(
-                "compressed-shard", f"{path} is {compression}-compressed; decompress it to a plain .tar, or set "
-                "data.compressed_shards=true to read it as it is")
+            yield (
+                f"{path.name}:<shard>",
+                BadImage(
+                    "compressed-shard",
+                    f"{path} is {compression}-compressed; decompress it to a plain .tar, or set "
+                    "data.compressed_shards=true to read it as it is",
+                ),
+            )
             return
         with tarfile.open(path, mode="r|*" if allow_compressed else "r|") as tar:
             for member in tar:
@@ -189,7 +203,9 @@ class TarShardDataset(IterableDataset):
                         continue  # already consumed before the resume: not even decoded
                     yield self._make_item(key, files, epoch, this, worker)
 
-    def _make_item(self, key: str, files: dict[str, bytes] | BadImage, epoch: int, ordinal: int, worker: int) -> dict[str, Any]:
+    def _make_item(
+        self, key: str, files: dict[str, bytes] | BadImage, epoch: int, ordinal: int, worker: int
+    ) -> dict[str, Any]:
         base = {"name": key, "worker": worker, "ordinal": ordinal, "epoch": epoch}
         try:
             if isinstance(files, BadImage):
@@ -203,8 +219,17 @@ class TarShardDataset(IterableDataset):
             return {**base, "bad": True, "reason": err.reason, "detail": str(err)}
         except (ValueError, UnicodeDecodeError) as err:
             return {**base, "bad": True, "reason": "bad-label", "detail": str(err)}
-        image = to_uint8_tensor(crop_image(img, self.resolution, self.crop, seed=self.seed, epoch=epoch, index=ordinal,
-                                           min_fraction=self.crop_min_fraction))
+        image = to_uint8_tensor(
+            crop_image(
+                img,
+                self.resolution,
+                self.crop,
+                seed=self.seed,
+                epoch=epoch,
+                index=ordinal,
+                min_fraction=self.crop_min_fraction,
+            )
+        )
         if self.hflip and flip_decision(self.seed, epoch, ordinal):
             image = image.flip(-1)
         return {**base, "image": image, "label": label}

@@ -63,7 +63,9 @@ def class_names(num_classes: int) -> list[str]:
     return [f"{c:03d}-{_class_style(c)[0]}-{_class_style(c)[1]}" for c in range(num_classes)]
 
 
-def _polygon(cx: float, cy: float, r: float, n: int, rot: float, inner: float | None = None) -> list[tuple[float, float]]:
+def _polygon(
+    cx: float, cy: float, r: float, n: int, rot: float, inner: float | None = None
+) -> list[tuple[float, float]]:
     pts = []
     steps = n * 2 if inner is not None else n
     for k in range(steps):
@@ -91,7 +93,9 @@ def render_image(label: int, index: int, size: int, seed: int = 0) -> Image.Imag
     if texture == "stripes":
         for k in range(-2, int(big / period) + 3):
             x = k * period
-            draw.polygon([(x, 0), (x + period / 2, 0), (x + period / 2 - big * 0.3, big), (x - big * 0.3, big)], fill=pattern)
+            draw.polygon(
+                [(x, 0), (x + period / 2, 0), (x + period / 2 - big * 0.3, big), (x - big * 0.3, big)], fill=pattern
+            )
     elif texture == "checker":
         n = int(big / period) + 1
         for i in range(n):
@@ -117,7 +121,13 @@ def render_image(label: int, index: int, size: int, seed: int = 0) -> Image.Imag
         draw.polygon(_polygon(cx, cy, r * 1.1, 4, rot), fill=colour)
     elif shape == "diamond":
         pts = _polygon(cx, cy, r * 1.15, 4, rot)
-        draw.polygon([(cx + (x - cx) * (0.6 if k % 2 else 1.0), cy + (y - cy) * (0.6 if k % 2 else 1.0)) for k, (x, y) in enumerate(pts)], fill=colour)
+        draw.polygon(
+            [
+                (cx + (x - cx) * (0.6 if k % 2 else 1.0), cy + (y - cy) * (0.6 if k % 2 else 1.0))
+                for k, (x, y) in enumerate(pts)
+            ],
+            fill=colour,
+        )
     elif shape == "triangle":
         draw.polygon(_polygon(cx, cy, r * 1.2, 3, rot), fill=colour)
     elif shape == "hexagon":
@@ -129,8 +139,15 @@ def render_image(label: int, index: int, size: int, seed: int = 0) -> Image.Imag
         for a in (rot, rot + math.pi / 2):
             dx, dy = math.cos(a), math.sin(a)
             px, py = -dy * w, dx * w
-            draw.polygon([(cx - dx * r + px, cy - dy * r + py), (cx + dx * r + px, cy + dy * r + py),
-                          (cx + dx * r - px, cy + dy * r - py), (cx - dx * r - px, cy - dy * r - py)], fill=colour)
+            draw.polygon(
+                [
+                    (cx - dx * r + px, cy - dy * r + py),
+                    (cx + dx * r + px, cy + dy * r + py),
+                    (cx + dx * r - px, cy + dy * r - py),
+                    (cx - dx * r - px, cy - dy * r - py),
+                ],
+                fill=colour,
+            )
     img = img.resize((size, size), resample=Image.LANCZOS)
     arr = np.asarray(img, dtype=np.float32) + rng.normal(0, 4.0, (size, size, 3))
     return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8))
@@ -160,8 +177,10 @@ def _remove_previous_synthetic(out: Path) -> None:
         if old.get("kind") != "vfmvae-synthetic":
             raise ValueError
     except (OSError, ValueError):
-        raise FileExistsError(f"{out} is not empty and is not a synthetic data set of ours (no dataset.json); "
-                              "refusing to write into it: use a new or empty --out") from None
+        raise FileExistsError(
+            f"{out} is not empty and is not a synthetic data set of ours (no dataset.json); "
+            "refusing to write into it: use a new or empty --out"
+        ) from None
     (out / "dataset.json").unlink()
     for name in old.get("class_names", []):
         folder = out / "images" / name

@@ -18,7 +18,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["CROPS", "center_crop_adm", "resize_center_crop", "draw_square_crop", "random_square_crop", "crop_image", "to_uint8_tensor", "flip_decision", "to_float01"]
+__all__ = [
+    "CROPS",
+    "center_crop_adm",
+    "resize_center_crop",
+    "draw_square_crop",
+    "random_square_crop",
+    "crop_image",
+    "to_uint8_tensor",
+    "flip_decision",
+    "to_float01",
+]
 
 CROPS = ("adm_center", "random_square", "resize_center")
 
@@ -40,7 +50,9 @@ def _sample_rng(seed: int, epoch: int, index: int, purpose: str) -> np.random.Ge
     return np.random.default_rng(int.from_bytes(digest, "little"))
 
 
-def draw_square_crop(width: int, height: int, rng: np.random.Generator, min_fraction: float = 0.5) -> tuple[int, int, int]:
+def draw_square_crop(
+    width: int, height: int, rng: np.random.Generator, min_fraction: float = 0.5
+) -> tuple[int, int, int]:
     """(left, top, side): side = floor(U(min_fraction, 1) x short side), the corner uniform over valid positions."""
     side = max(1, int(min(width, height) * rng.uniform(min_fraction, 1.0)))
     top = int(rng.integers(0, height - side + 1))
@@ -62,8 +74,16 @@ def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     return TF.center_crop(TF.resize(img, size), size)
 
 
-def crop_image(img: Image.Image, size: int, crop: str = "adm_center", *, seed: int = 0, epoch: int = 0, index: int = 0,
-               min_fraction: float = 0.5) -> Image.Image:
+def crop_image(
+    img: Image.Image,
+    size: int,
+    crop: str = "adm_center",
+    *,
+    seed: int = 0,
+    epoch: int = 0,
+    index: int = 0,
+    min_fraction: float = 0.5,
+) -> Image.Image:
     """`adm_center` (evaluation, caching), `random_square` (tokenizer training) or `resize_center` (the official
     reconstruction input) to `size` x `size`."""
     if crop == "adm_center":

@@ -42,8 +42,9 @@ class VFMVAEAutoencoder(ModelMixin, ConfigMixin):
     ) -> None:
         super().__init__()
         # folders written before the VFM became one spec hold the flat keys: read them in today's shape
-        cfg = config_from_dict(VFMVAEConfig, upgrade_flat_vfm_keys(dict(tokenizer_config or {})),
-                               source="VFMVAEAutoencoder config.json")
+        cfg = config_from_dict(
+            VFMVAEConfig, upgrade_flat_vfm_keys(dict(tokenizer_config or {})), source="VFMVAEAutoencoder config.json"
+        )
         if cfg.compression != "continuous":
             raise ValueError("VFMVAEAutoencoder wraps continuous tokenizers; this config is a discrete (VQ) one")
         for name, values in (("latents_mean", latents_mean), ("latents_std", latents_std)):
@@ -66,8 +67,11 @@ class VFMVAEAutoencoder(ModelMixin, ConfigMixin):
             if latent_stats is not None:
                 latent_stats.check_tokenizer(folder)
             tokenizer = VFMVAE.from_pretrained(folder)
-        stats = {} if latent_stats is None else {"latents_mean": latent_stats.mean.tolist(),
-                                                  "latents_std": latent_stats.std.tolist()}
+        stats = (
+            {}
+            if latent_stats is None
+            else {"latents_mean": latent_stats.mean.tolist(), "latents_std": latent_stats.std.tolist()}
+        )
         model = cls(tokenizer_config=config_to_dict(tokenizer.config), **stats)
         model.tokenizer.load_state_dict(tokenizer.state_dict(), strict=True)
         param = next(tokenizer.parameters())
@@ -84,8 +88,10 @@ class VFMVAEAutoencoder(ModelMixin, ConfigMixin):
 
         if self.config.latents_mean is None or self.config.latents_std is None:
             return None
-        return LatentStats(torch.tensor(self.config.latents_mean, dtype=torch.float32),
-                           torch.tensor(self.config.latents_std, dtype=torch.float32))
+        return LatentStats(
+            torch.tensor(self.config.latents_mean, dtype=torch.float32),
+            torch.tensor(self.config.latents_std, dtype=torch.float32),
+        )
 
     # ---- the diffusers interface -----------------------------------------------------------------------------
     def encode(self, x: torch.Tensor, return_dict: bool = True):
@@ -100,8 +106,13 @@ class VFMVAEAutoencoder(ModelMixin, ConfigMixin):
         image = self.tokenizer.decode(z.repeat(2, 1, 1, 1) if len(z) == 1 else z)[: len(z)]
         return DecoderOutput(sample=image) if return_dict else (image,)
 
-    def forward(self, sample: torch.Tensor, sample_posterior: bool = False, return_dict: bool = True,
-                generator: torch.Generator | None = None):
+    def forward(
+        self,
+        sample: torch.Tensor,
+        sample_posterior: bool = False,
+        return_dict: bool = True,
+        generator: torch.Generator | None = None,
+    ):
         posterior = self.encode(sample).latent_dist
         z = posterior.sample(generator=generator) if sample_posterior else posterior.mode()
         return self.decode(z, return_dict=return_dict)

@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import PIL.Image
 import torch
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
@@ -43,8 +42,10 @@ class VFMVAEDiffusionPipeline(DiffusionPipeline):
     @classmethod
     def from_vfmvae(cls, pipe) -> VFMVAEDiffusionPipeline:
         """From our `vfmvae.sampling.VFMVAEPipeline` (its statistics go into the autoencoder's config)."""
-        return cls(transformer=VFMVAETransformer2DModel.from_vfmvae(pipe.diffusion),
-                   vae=VFMVAEAutoencoder.from_vfmvae(pipe.tokenizer, latent_stats=pipe.stats))
+        return cls(
+            transformer=VFMVAETransformer2DModel.from_vfmvae(pipe.diffusion),
+            vae=VFMVAEAutoencoder.from_vfmvae(pipe.tokenizer, latent_stats=pipe.stats),
+        )
 
     def to_vfmvae(self):
         """Our `VFMVAEPipeline` on the same modules."""
@@ -52,8 +53,10 @@ class VFMVAEDiffusionPipeline(DiffusionPipeline):
 
         stats = self.vae.latent_stats
         if stats is None:
-            raise ValueError("the vae config has no latents_mean/latents_std: this pipeline cannot normalise latents; "
-                             "export it with `vfmvae.diffusers.export_pipeline` from a diffusion export")
+            raise ValueError(
+                "the vae config has no latents_mean/latents_std: this pipeline cannot normalise latents; "
+                "export it with `vfmvae.diffusers.export_pipeline` from a diffusion export"
+            )
         return VFMVAEPipeline(self.transformer.to_vfmvae(), self.vae.to_vfmvae(), stats)
 
     # ---- sampling --------------------------------------------------------------------------------------------
@@ -90,10 +93,18 @@ class VFMVAEDiffusionPipeline(DiffusionPipeline):
         labels = torch.as_tensor([class_labels] if isinstance(class_labels, int) else class_labels, dtype=torch.long)
         num_classes = self.transformer.config.transformer_config.get("num_classes", 1000)
         if labels.ndim != 1 or len(labels) == 0 or int(labels.min()) < 0 or int(labels.max()) >= num_classes:
-            raise ValueError(f"class_labels must be a non-empty list of ids in 0..{num_classes - 1}, got {labels.tolist()}")
-        config = SamplerConfig(sampler=sampler, steps=num_inference_steps, cfg_scale=guidance_scale,
-                               interval=tuple(guidance_interval), guide_channels=guidance_channels,
-                               cls_cfg_scale=class_token_guidance_scale, shift=shift)
+            raise ValueError(
+                f"class_labels must be a non-empty list of ids in 0..{num_classes - 1}, got {labels.tolist()}"
+            )
+        config = SamplerConfig(
+            sampler=sampler,
+            steps=num_inference_steps,
+            cfg_scale=guidance_scale,
+            interval=tuple(guidance_interval),
+            guide_channels=guidance_channels,
+            cls_cfg_scale=class_token_guidance_scale,
+            shift=shift,
+        )
         seed = _run_seed(generator)
         ours = self.to_vfmvae()
         if output_type == "latent":
@@ -112,13 +123,20 @@ def _run_seed(generator: torch.Generator | None) -> int:
     if generator is None:
         return int(torch.randint(0, 2**31 - 1, (1,)))
     if isinstance(generator, (list, tuple)):
-        raise ValueError("pass one torch.Generator (image i then uses the per-sample seed (seed, i), as `vfmvae sample`); "
-                         "a list of generators is not supported")
+        raise ValueError(
+            "pass one torch.Generator (image i then uses the per-sample seed (seed, i), as `vfmvae sample`); "
+            "a list of generators is not supported"
+        )
     return int(generator.initial_seed())
 
 
-def export_pipeline(diffusion: str | Path, out: str | Path, *, tokenizer: str | Path | None = None,
-                    latent_stats: str | Path | None = None) -> Path:
+def export_pipeline(
+    diffusion: str | Path,
+    out: str | Path,
+    *,
+    tokenizer: str | Path | None = None,
+    latent_stats: str | Path | None = None,
+) -> Path:
     """Write a diffusers pipeline folder from a diffusion export (as `vfmvae sample --diffusion` takes it).
 
     `out` must not exist yet (or be empty): the folder appears complete in one rename, or not at all.

@@ -1,4 +1,5 @@
-"""`VFMVAETransformer2DModel`: our class-conditional `DiffusionTransformer` (DiT/SiT, LightningDiT, REG) in diffusers form.
+"""`VFMVAETransformer2DModel`: our class-conditional `DiffusionTransformer` (DiT/SiT, LightningDiT, REG) in
+diffusers form.
 
 The time convention is the package's (see `vfmvae.diffusion.transport`): `timestep` runs from 1 (noise) to 0
 (data) and the output `sample` is the velocity d x_t / d t = noise - data, whatever convention the weights were
@@ -24,7 +25,7 @@ __all__ = ["VFMVAETransformer2DModel", "VFMVAETransformerOutput", "ModelMixin"]
 
 @dataclass
 class VFMVAETransformerOutput(BaseOutput):
-    sample: torch.Tensor                              # velocity (B, C, H, W)
+    sample: torch.Tensor  # velocity (B, C, H, W)
     class_token_velocity: torch.Tensor | None = None  # REG only: (B, class_token_dim)
 
 
@@ -36,8 +37,9 @@ class VFMVAETransformer2DModel(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, transformer_config: dict[str, Any] | None = None) -> None:
         super().__init__()
-        self.dit = DiffusionTransformer(config_from_dict(DiTConfig, transformer_config or {},
-                                                         source="VFMVAETransformer2DModel config.json"))
+        self.dit = DiffusionTransformer(
+            config_from_dict(DiTConfig, transformer_config or {}, source="VFMVAETransformer2DModel config.json")
+        )
 
     @classmethod
     def from_vfmvae(cls, model: DiffusionTransformer | str | Path) -> VFMVAETransformer2DModel:
@@ -53,8 +55,14 @@ class VFMVAETransformer2DModel(ModelMixin, ConfigMixin):
         """Our `DiffusionTransformer` (the wrapped module itself, sharing its weights)."""
         return self.dit
 
-    def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor | float, class_labels: torch.Tensor,
-                class_token: torch.Tensor | None = None, return_dict: bool = True):
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor | float,
+        class_labels: torch.Tensor,
+        class_token: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ):
         """hidden_states: normalised latents (B, C, H, W); timestep in [0, 1] (1 = noise); class_labels (B,) with
         `num_classes` as the null label of classifier-free guidance."""
         t = torch.as_tensor(timestep, device=hidden_states.device, dtype=hidden_states.dtype)

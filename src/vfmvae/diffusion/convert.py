@@ -46,15 +46,21 @@ def read_official_state(path: str | Path, which: str = "ema") -> dict[str, torch
         state = load_weights_only(path, "checkpoint")
     if isinstance(state, dict) and which in state and isinstance(state[which], dict):
         state = state[which]
-    elif isinstance(state, dict) and any(k in state for k in ("ema", "model")) and not any(torch.is_tensor(v) for v in state.values()):
+    elif (
+        isinstance(state, dict)
+        and any(k in state for k in ("ema", "model"))
+        and not any(torch.is_tensor(v) for v in state.values())
+    ):
         raise CheckpointFormatError(f"{path} has no {which!r} entry (it has {sorted(state)})")
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise CheckpointFormatError(f"{path}: expected a state dict of tensors (or a training checkpoint with {which!r})")
+        raise CheckpointFormatError(
+            f"{path}: expected a state dict of tensors (or a training checkpoint with {which!r})"
+        )
     clean = {}
     for key, value in state.items():
         for prefix in ("module.", "_orig_mod."):
             while key.startswith(prefix):
-                key = key[len(prefix):]
+                key = key[len(prefix) :]
         clean[key] = value.float() if value.is_floating_point() else value
     return clean
 
@@ -98,16 +104,19 @@ def official_to_model(state: dict[str, torch.Tensor], config: DiTConfig, *, sour
             state[key] = theirs
             continue
         if theirs.numel() != mine.numel():
-            raise CheckpointFormatError(f"{source}: {key} has shape {tuple(theirs.shape)}, the model expects "
-                                        f"{tuple(mine.shape)} (wrong input_size, patch_size or hidden_size?)")
+            raise CheckpointFormatError(
+                f"{source}: {key} has shape {tuple(theirs.shape)}, the model expects "
+                f"{tuple(mine.shape)} (wrong input_size, patch_size or hidden_size?)"
+            )
         if not torch.allclose(theirs.reshape(mine.shape), mine, atol=1e-5):
             raise CheckpointFormatError(f"{source}: {key} differs from the fixed table this architecture computes")
     load_state_dict_strict(model, state, source=source)
     return model.eval()
 
 
-def convert_official_diffusion(weights: str | Path, family: str, arch: str, out: str | Path | None = None, *,
-                               which: str = "ema", **overrides: Any) -> DiffusionTransformer:
+def convert_official_diffusion(
+    weights: str | Path, family: str, arch: str, out: str | Path | None = None, *, which: str = "ema", **overrides: Any
+) -> DiffusionTransformer:
     """`vfmvae convert official-lightningdit|official-reg`: official weights -> a DiffusionTransformer folder."""
     if family not in ("lightningdit", "reg"):
         raise ValueError(f"unknown official family {family!r} (lightningdit, reg)")

@@ -40,7 +40,7 @@ __all__ = ["DiTConfig", "DiTOutput", "DiffusionTransformer"]
 class DiTConfig:
     """Architecture of a class-conditional diffusion transformer on latents."""
 
-    input_size: int = 16                  # latent height = width
+    input_size: int = 16  # latent height = width
     in_channels: int = 32
     patch_size: int = 1
     hidden_size: int = 1152
@@ -48,19 +48,19 @@ class DiTConfig:
     num_heads: int = 16
     mlp_ratio: float = 4.0
     num_classes: int = 1000
-    class_dropout: float = 0.1            # label dropout for classifier-free guidance (0 = no null class)
-    learn_sigma: bool = False             # extra output channels of old checkpoints (ignored at use)
+    class_dropout: float = 0.1  # label dropout for classifier-free guidance (0 = no null class)
+    learn_sigma: bool = False  # extra output channels of old checkpoints (ignored at use)
     # block flavour: DiT/SiT = layernorm/gelu/none/no rope; LightningDiT = rmsnorm/swiglu/rmsnorm/rope
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     mlp: Literal["gelu", "swiglu"] = "gelu"
     qk_norm: Literal["none", "layernorm", "rmsnorm"] = "none"
     rope: bool = False
-    wo_shift: bool = False                # adaLN with scale and gate only (LightningDiT option)
+    wo_shift: bool = False  # adaLN with scale and gate only (LightningDiT option)
     # alignment heads (REPA / REG)
-    align_depth: int = 0                  # projectors read the output of this block (1-based); 0 = none
+    align_depth: int = 0  # projectors read the output of this block (1-based); 0 = none
     projector_dim: int = 2048
-    align_dims: tuple[int, ...] = ()      # one projector per target feature width (e.g. 768 for DINOv2-B)
-    class_token_dim: int = 0              # REG: width of the VFM class token entangled as an extra token
+    align_dims: tuple[int, ...] = ()  # one projector per target feature width (e.g. 768 for DINOv2-B)
+    class_token_dim: int = 0  # REG: width of the VFM class token entangled as an extra token
     time_convention: Literal["noise_at_1", "data_at_1"] = "noise_at_1"
 
     def __post_init__(self) -> None:
@@ -85,8 +85,8 @@ class DiTConfig:
 
 @dataclass
 class DiTOutput:
-    sample: torch.Tensor                       # velocity (B, C, H, W) in the package convention
-    cls: torch.Tensor | None = None            # REG: velocity of the class token (B, class_token_dim)
+    sample: torch.Tensor  # velocity (B, C, H, W) in the package convention
+    cls: torch.Tensor | None = None  # REG: velocity of the class token (B, class_token_dim)
     projected: list[torch.Tensor] | None = None  # REPA/REG: projector outputs (B, tokens, align_dim)
     hidden: dict[int, torch.Tensor] | None = None  # requested block outputs (B, tokens, hidden); 0 = embedder
 
@@ -212,16 +212,16 @@ class DiffusionTransformer(PretrainedMixin, nn.Module):
         replace by the null class (label dropout, drawn by the caller)."""
         cfg = self.config
         if x.shape[1:] != (cfg.in_channels, cfg.input_size, cfg.input_size):
-            raise ValueError(f"expected latents (B, {cfg.in_channels}, {cfg.input_size}, {cfg.input_size}), "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(
+                f"expected latents (B, {cfg.in_channels}, {cfg.input_size}, {cfg.input_size}), got {tuple(x.shape)}"
+            )
         tokens = self.x_embedder(x)
         if cfg.class_token_dim:
             if cls is None:
                 raise ValueError("this model (REG) needs the noisy class token `cls` (B, class_token_dim)")
             tokens = torch.cat([self.wg_norm(self.cls_projectors2(cls)).unsqueeze(1), tokens], dim=1)
         h = tokens + self.pos_embed.to(tokens.dtype)
-        c = self.t_embedder(t.expand(x.shape[0]) if t.ndim == 0 else t) + self.y_embedder(
-            y, drop_labels)
+        c = self.t_embedder(t.expand(x.shape[0]) if t.ndim == 0 else t) + self.y_embedder(y, drop_labels)
         projected, hidden = None, {}
         if 0 in hidden_at:
             hidden[0] = h

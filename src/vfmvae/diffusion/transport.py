@@ -68,14 +68,15 @@ class TransportConfig:
     time_sampling: Literal["uniform", "lognormal"] = "uniform"
     lognormal_mean: float = 0.0
     lognormal_std: float = 1.0
-    time_shift: float = 1.0          # applied to the sampled training times (shift_time)
-    cosine_weight: float = 0.0       # LightningDiT's velocity-direction loss (1 in its recipe)
-    align_weight: float = 0.0        # REPA/REG projection loss coefficient (0.5 in the REG recipe)
-    cls_weight: float = 0.0          # REG class-token denoising loss (0.03 in the REG recipe)
+    time_shift: float = 1.0  # applied to the sampled training times (shift_time)
+    cosine_weight: float = 0.0  # LightningDiT's velocity-direction loss (1 in its recipe)
+    align_weight: float = 0.0  # REPA/REG projection loss coefficient (0.5 in the REG recipe)
+    cls_weight: float = 0.0  # REG class-token denoising loss (0.03 in the REG recipe)
 
 
-def sample_time(n: int, cfg: TransportConfig, generator: torch.Generator | None = None,
-                device: torch.device | str | None = None) -> torch.Tensor:
+def sample_time(
+    n: int, cfg: TransportConfig, generator: torch.Generator | None = None, device: torch.device | str | None = None
+) -> torch.Tensor:
     if device is None and generator is not None:
         device = generator.device
     if cfg.time_sampling == "uniform":
@@ -102,11 +103,11 @@ def repa_loss(projected: list[torch.Tensor], targets: list[torch.Tensor]) -> tor
 
 @dataclass
 class LossTerms:
-    loss: torch.Tensor                 # (B,) the weighted total per sample
-    mse: torch.Tensor                  # (B,) velocity MSE
+    loss: torch.Tensor  # (B,) the weighted total per sample
+    mse: torch.Tensor  # (B,) velocity MSE
     cosine: torch.Tensor | None = None  # (B,) 1 - cos(v_hat, v)
-    align: torch.Tensor | None = None   # (B,) REPA projection loss
-    cls: torch.Tensor | None = None     # (B,) REG class-token velocity MSE
+    align: torch.Tensor | None = None  # (B,) REPA projection loss
+    cls: torch.Tensor | None = None  # (B,) REG class-token velocity MSE
     t: torch.Tensor | None = None
 
 
@@ -143,8 +144,10 @@ def training_loss(
         terms.loss = terms.loss + cfg.cosine_weight * terms.cosine
     if cfg.align_weight:
         if align_targets is None or out.projected is None:
-            raise ValueError("align_weight > 0 needs VFM targets (a latent cache with vfm_features) and a model "
-                             "with projectors (align_dims)")
+            raise ValueError(
+                "align_weight > 0 needs VFM targets (a latent cache with vfm_features) and a model "
+                "with projectors (align_dims)"
+            )
         terms.align = repa_loss(out.projected, align_targets)
         terms.loss = terms.loss + cfg.align_weight * terms.align
     if cfg.cls_weight:

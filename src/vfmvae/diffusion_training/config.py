@@ -15,8 +15,8 @@ __all__ = ["LatentDataConfig", "ModelChoice", "DiffusionOptimConfig", "Diffusion
 
 @dataclass(frozen=True)
 class LatentDataConfig:
-    cache: ExistingPath                      # a finished `vfmvae cache-latents` folder
-    flip: bool = True                        # use the cached flipped copy half of the time (needs --flip)
+    cache: ExistingPath  # a finished `vfmvae cache-latents` folder
+    flip: bool = True  # use the cached flipped copy half of the time (needs --flip)
     # draw z = mean + std * eps afresh every step from a cache of posterior moments (cache-latents --moments), as
     # REG's train.py; false: train on the stored latents (the mean, or the one sample of --sample)
     posterior_draws: bool = False
@@ -25,10 +25,10 @@ class LatentDataConfig:
 
 @dataclass(frozen=True)
 class ModelChoice:
-    arch: str = "lightningdit-xl/1"          # `vfmvae diffusion list`
+    arch: str = "lightningdit-xl/1"  # `vfmvae diffusion list`
     # DiTConfig fields to change; in_channels, input_size and num_classes default to the cache's
     overrides: dict[str, Any] = field(default_factory=dict)
-    init: str | None = None                  # start from these weights (a DiffusionTransformer folder)
+    init: str | None = None  # start from these weights (a DiffusionTransformer folder)
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class DiffusionOptimConfig:
     weight_decay: float = 0.0
     eps: float = 1e-8
     grad_clip: float | None = 1.0
-    warmup_steps: int = 0                    # linear warm-up of the learning rate
+    warmup_steps: int = 0  # linear warm-up of the learning rate
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class DiffusionTrainConfig:
     transport: TransportConfig = field(default_factory=TransportConfig)
     optim: DiffusionOptimConfig = field(default_factory=DiffusionOptimConfig)
     run: DiffusionRunConfig = field(default_factory=DiffusionRunConfig)
-    tokenizer: str | None = None             # for decoding sample grids; default: the cache's tokenizer
+    tokenizer: str | None = None  # for decoding sample grids; default: the cache's tokenizer
     # official sampler settings recorded in the export; `vfmvae sample` uses them (vfmvae.sampling.presets)
     sample_preset: Literal["reg-sde", "lightningdit"] | None = None
-    eval: EvalConfig = field(default_factory=EvalConfig)    # evaluation while training (off by default)
+    eval: EvalConfig = field(default_factory=EvalConfig)  # evaluation while training (off by default)

@@ -1,8 +1,9 @@
 """Every random draw of one diffusion training step, in one place.
 
-The draws are made for the whole global batch from a generator seeded by `derive_seed(run.seed, "diffusion-step", step)` and each
-micro-batch takes the rows of its own samples (`StepDraws.rows_of`), so a run does not depend on the number of
-processes or on gradient accumulation, and a resumed run draws exactly what an uninterrupted one would.
+The draws are made for the whole global batch from a generator seeded by
+`derive_seed(run.seed, "diffusion-step", step)` and each micro-batch takes the rows of its own samples
+(`StepDraws.rows_of`), so a run does not depend on the number of processes or on gradient accumulation, and a
+resumed run draws exactly what an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ class MicroDraws:
     t: torch.Tensor
     noise: torch.Tensor
     cls_noise: torch.Tensor | None
-    drop: torch.Tensor | None            # label dropout mask (None: the model has no null class)
-    posterior_eps: torch.Tensor | None   # eps of z = mean + std * eps (posterior draws only)
+    drop: torch.Tensor | None  # label dropout mask (None: the model has no null class)
+    posterior_eps: torch.Tensor | None  # eps of z = mean + std * eps (posterior draws only)
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,17 @@ class StepDraws:
     posterior_eps: torch.Tensor | None
 
     @classmethod
-    def draw(cls, step: int, *, seed: int, batch_size: int, transport: TransportConfig, model: DiTConfig,
-             posterior: bool, generator: torch.Generator) -> StepDraws:
+    def draw(
+        cls,
+        step: int,
+        *,
+        seed: int,
+        batch_size: int,
+        transport: TransportConfig,
+        model: DiTConfig,
+        posterior: bool,
+        generator: torch.Generator,
+    ) -> StepDraws:
         """The draws of `step`. The order is fixed: t, noise, class-token noise, label drops, posterior eps."""
         g, b, c, dev = generator, batch_size, model, generator.device
         g.manual_seed(derive_seed(seed, "diffusion-step", step))
@@ -60,5 +70,6 @@ class StepDraws:
 
     def rows_of(self, rows: torch.Tensor) -> MicroDraws:
         pick = lambda v: None if v is None else v[rows]  # noqa: E731
-        return MicroDraws(self.t[rows], self.noise[rows], pick(self.cls_noise), pick(self.drop),
-                          pick(self.posterior_eps))
+        return MicroDraws(
+            self.t[rows], self.noise[rows], pick(self.cls_noise), pick(self.drop), pick(self.posterior_eps)
+        )

@@ -13,8 +13,16 @@ from vfmvae.evaluation.inception import InceptionV3
 __all__ = ["extract_features"]
 
 
-def extract_features(net: InceptionV3, images: ImageSet, *, batch_size: int = 64, device: str | torch.device = "cpu",
-                     limit: int | None = None, desc: str = "inception features", progress: bool = True) -> dict[str, np.ndarray]:
+def extract_features(
+    net: InceptionV3,
+    images: ImageSet,
+    *,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    limit: int | None = None,
+    desc: str = "inception features",
+    progress: bool = True,
+) -> dict[str, np.ndarray]:
     from tqdm.auto import tqdm
 
     n = len(images) if limit is None else min(limit, len(images))

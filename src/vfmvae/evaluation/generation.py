@@ -39,11 +39,17 @@ def _check_reference_headers(path: Path) -> list[str]:
                     continue
                 shape, _, dtype, _ = npz_header(zf, name)
                 square = name.startswith("sigma")
-                ok = (dtype.kind == "f" and len(shape) == (2 if square else 1) and 0 < shape[0] <= MAX_STAT_DIM
-                      and (not square or shape[0] == shape[1]))
+                ok = (
+                    dtype.kind == "f"
+                    and len(shape) == (2 if square else 1)
+                    and 0 < shape[0] <= MAX_STAT_DIM
+                    and (not square or shape[0] == shape[1])
+                )
                 if not ok:
-                    raise ValueError(f"reference batch {path}: {name} has shape {shape} and dtype {dtype}; expected "
-                                     f"float {'(D, D)' if square else '(D,)'} with D <= {MAX_STAT_DIM}")
+                    raise ValueError(
+                        f"reference batch {path}: {name} has shape {shape} and dtype {dtype}; expected "
+                        f"float {'(D, D)' if square else '(D,)'} with D <= {MAX_STAT_DIM}"
+                    )
     except (zipfile.BadZipFile, EOFError) as err:
         raise ValueError(f"reference batch {path}: not an .npz file ({err})") from None
     return names
@@ -58,18 +64,31 @@ def _load_reference(path: Path) -> dict[str, np.ndarray]:
     return stats | {"has_images": np.array("arr_0" in names)}
 
 
-def evaluate_generation(samples: str | Path, ref: str | Path, inception: str | Path, *, device: str = "cpu",
-                        batch_size: int = 64, progress: bool = True) -> dict:
+def evaluate_generation(
+    samples: str | Path,
+    ref: str | Path,
+    inception: str | Path,
+    *,
+    device: str = "cpu",
+    batch_size: int = 64,
+    progress: bool = True,
+) -> dict:
     """FID, sFID, IS, precision and recall of `samples` (.npz or folder) against an ADM reference batch."""
     ref = Path(ref)
     reference = _load_reference(ref)
     sample_set = open_image_set(samples)
     net, provenance = load_inception(inception, device)
-    feats = extract_features(net, sample_set, batch_size=batch_size, device=device, desc="sample features",
-                             progress=progress)
+    feats = extract_features(
+        net, sample_set, batch_size=batch_size, device=device, desc="sample features", progress=progress
+    )
     ref_set = open_image_set(ref) if bool(reference["has_images"]) else None
-    ref_feats = (extract_features(net, ref_set, batch_size=batch_size, device=device, desc="reference features",
-                                  progress=progress) if ref_set is not None else None)
+    ref_feats = (
+        extract_features(
+            net, ref_set, batch_size=batch_size, device=device, desc="reference features", progress=progress
+        )
+        if ref_set is not None
+        else None
+    )
     if "mu" in reference:  # ADM: stored statistics win over the images
         mu, sigma, mu_s, sigma_s = (reference[k] for k in ("mu", "sigma", "mu_s", "sigma_s"))
     elif ref_feats is not None:
@@ -99,20 +118,32 @@ def evaluate_generation(samples: str | Path, ref: str | Path, inception: str | P
         "resize": RESIZE,
         "inception_score_splits": f"consecutive chunks of 5000, no shuffle ({-(-len(sample_set) // 5000)} splits)",
         "inception_score_underflow": "float32 softmax as ADM; a probability that underflows to 0 contributes "
-                                     "0 (the limit of p log p) where ADM's float math gives NaN",
+        "0 (the limit of p log p) where ADM's float math gives NaN",
         "precision_recall": "k=3, squared distances in float16 (float32 fallback), reference arr_0 vs samples",
         "sample_images_per_s": round(len(sample_set) / float(feats["seconds"]), 2),
     }
     return result
 
 
-def build_reference(images: str | Path, out: str | Path, inception: str | Path, *, device: str = "cpu",
-                    batch_size: int = 64, max_images: int = 10000, progress: bool = True) -> dict:
+def build_reference(
+    images: str | Path,
+    out: str | Path,
+    inception: str | Path,
+    *,
+    device: str = "cpu",
+    batch_size: int = 64,
+    max_images: int = 10000,
+    progress: bool = True,
+) -> dict:
     """An ADM-layout reference batch: mu, sigma (pool3), mu_s, sigma_s (spatial), arr_0 (first `max_images`)."""
     image_set = open_image_set(images)
     net, provenance = load_inception(inception, device)
     feats = extract_features(net, image_set, batch_size=batch_size, device=device, progress=progress)
     (mu, sigma), (mu_s, sigma_s) = gaussian_stats(feats["pool"]), gaussian_stats(feats["spatial"])
-    kept = np.concatenate(list(image_set.batches(batch_size, max_images))) if max_images else np.zeros((0, 1, 1, 3), np.uint8)
+    kept = (
+        np.concatenate(list(image_set.batches(batch_size, max_images)))
+        if max_images
+        else np.zeros((0, 1, 1, 3), np.uint8)
+    )
     write_npz_atomic(out, arr_0=kept, mu=mu, sigma=sigma, mu_s=mu_s, sigma_s=sigma_s)
     return {"out": str(out), "num_images": len(image_set), "num_kept_images": len(kept), **provenance}

@@ -33,9 +33,11 @@ def _check_pixel_scale(a: torch.Tensor, b: torch.Tensor, data_range: float, name
     high = max(float(a.max()), float(b.max()))
     low = min(float(a.min()), float(b.min()))
     if high <= 1.0 or low < 0 or high > 255.0:
-        raise ValueError(f"{name} expects images on the uint8 scale [0, 255] (uint8 tensors, or floats with data_range "
-                         f"255); got {a.dtype} values in [{low:.3g}, {high:.3g}]. Convert [0, 1] images with "
-                         "(x * 255).round().to(torch.uint8)" + (", or pass data_range=1.0" if name == "ssim" else ""))
+        raise ValueError(
+            f"{name} expects images on the uint8 scale [0, 255] (uint8 tensors, or floats with data_range "
+            f"255); got {a.dtype} values in [{low:.3g}, {high:.3g}]. Convert [0, 1] images with "
+            "(x * 255).round().to(torch.uint8)" + (", or pass data_range=1.0" if name == "ssim" else "")
+        )
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -105,7 +107,7 @@ class LPIPSMetric(torch.nn.Module):
             for key, value in vgg_features.items():
                 if not key.startswith("features."):
                     continue  # the classifier part of torchvision's file is not used
-                index, leaf = key[len("features."):].split(".", 1)
+                index, leaf = key[len("features.") :].split(".", 1)
                 slot = next(k for k, r in _SLICES if int(index) in r)
                 mapped[f"slice{slot}.{index}.{leaf}"] = value
             load_state_strict(self.net.net, mapped, source, advice=f"expected torchvision's {VGG16_FILE}")
@@ -123,4 +125,7 @@ class LPIPSMetric(torch.nn.Module):
 
 def load_lpips(weights: str | Path, device: str | torch.device = "cpu") -> tuple[LPIPSMetric, dict]:
     path = resolve_weights(weights, what="VGG16 (LPIPS trunk)", expected_file=VGG16_FILE, url=VGG16_URL)
-    return LPIPSMetric(load_weights(path), source=str(path)).to(device), {"lpips_weights": str(path), "lpips_sha256": file_sha256(path)}
+    return LPIPSMetric(load_weights(path), source=str(path)).to(device), {
+        "lpips_weights": str(path),
+        "lpips_sha256": file_sha256(path),
+    }

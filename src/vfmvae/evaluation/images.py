@@ -17,7 +17,9 @@ __all__ = ["ImageSet", "open_image_set", "write_npz_atomic"]
 class ImageSet:
     """A sized, re-iterable source of uint8 (B, H, W, 3) batches with one image size."""
 
-    def __init__(self, source: Path, count: int, shape: tuple[int, int, int], kind: str, files: list[Path] | None = None):
+    def __init__(
+        self, source: Path, count: int, shape: tuple[int, int, int], kind: str, files: list[Path] | None = None
+    ):
         self.source, self.count, self.shape, self.kind, self.files = source, count, shape, kind, files
 
     def __len__(self) -> int:
@@ -36,8 +38,10 @@ def _read_rgb(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
     with Image.open(path) as img:
         arr = np.asarray(img.convert("RGB"))
     if arr.shape != shape:
-        raise ValueError(f"mixed image sizes: {path} is {arr.shape[1]}x{arr.shape[0]}, the first image is "
-                         f"{shape[1]}x{shape[0]}; evaluation needs one size (resize/crop first)")
+        raise ValueError(
+            f"mixed image sizes: {path} is {arr.shape[1]}x{arr.shape[0]}, the first image is "
+            f"{shape[1]}x{shape[0]}; evaluation needs one size (resize/crop first)"
+        )
     return arr
 
 

@@ -40,8 +40,10 @@ class InceptionV3(nn.Module):
         import torch_fidelity.feature_extractor_inceptionv3 as tfi
 
         # Build the network without letting torch-fidelity fetch or unpickle anything; load weights ourselves.
-        with mock.patch.object(tfi, "load_state_dict_from_url", lambda *a, **k: {}), \
-             mock.patch.object(tfi.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, strict=True: None):
+        with (
+            mock.patch.object(tfi, "load_state_dict_from_url", lambda *a, **k: {}),
+            mock.patch.object(tfi.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, strict=True: None),
+        ):
             self.net = tfi.FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"])
         if state_dict is not None:
             load_state_strict(self.net, state_dict, source, advice=f"expected torch-fidelity's {INCEPTION_FILE}")
@@ -70,8 +72,11 @@ def load_inception(weights: str | Path, device: str | torch.device = "cpu") -> t
     digest = file_sha256(path)
     expected = digest.startswith(INCEPTION_SHA256_PREFIX)
     if not expected:  # another file gives FID/IS values that cannot be compared with any published number
-        warnings.warn(f"{path} is not the pt_inception-2015-12-05 FID Inception ({INCEPTION_FILE}: sha256 "
-                      f"{INCEPTION_SHA256_PREFIX}..., this file {digest[:8]}...); its FID/IS are not comparable with "
-                      "published numbers", stacklevel=2)
+        warnings.warn(
+            f"{path} is not the pt_inception-2015-12-05 FID Inception ({INCEPTION_FILE}: sha256 "
+            f"{INCEPTION_SHA256_PREFIX}..., this file {digest[:8]}...); its FID/IS are not comparable with "
+            "published numbers",
+            stacklevel=2,
+        )
     net = InceptionV3(load_weights(path), source=str(path)).to(device)
     return net, {"inception_weights": str(path), "inception_sha256": digest, "inception_weights_expected": expected}

@@ -47,8 +47,16 @@ from vfmvae.checkpoint.atomic import atomic_write_text
 from vfmvae.checkpoint.training import capture_rng_state, restore_rng_state
 from vfmvae.seeding import derive_seed
 
-__all__ = ["EvalConfig", "OnlineEvaluator", "build_evaluator", "read_eval_records", "RANDOM_INIT", "EVAL_DIR",
-           "LOWER_IS_BETTER", "HIGHER_IS_BETTER"]
+__all__ = [
+    "EvalConfig",
+    "OnlineEvaluator",
+    "build_evaluator",
+    "read_eval_records",
+    "RANDOM_INIT",
+    "EVAL_DIR",
+    "LOWER_IS_BETTER",
+    "HIGHER_IS_BETTER",
+]
 
 EVAL_DIR = "eval"
 RECORDS = "records.jsonl"
@@ -67,20 +75,20 @@ class EvalConfig:
     """A recipe's `eval:` section. Off by default; `every` counts optimizer steps."""
 
     enabled: bool = False
-    every: int = 10_000                          # evaluate after every `every` optimizer steps
-    seed: int = 0                                # posterior noise / sample noise and labels of the evaluation
-    batch_size: int = 32                         # per process
+    every: int = 10_000  # evaluate after every `every` optimizer steps
+    seed: int = 0  # posterior noise / sample noise and labels of the evaluation
+    batch_size: int = 32  # per process
     # FID Inception (pt_inception-2015-12-05 .pth), or "random-init:SEED" (seeded random weights: the pipeline runs,
     # the values compare with nothing). None: Inception metrics are skipped with one warning.
     inception: str | None = None
-    lpips: str | None = None                     # VGG16 trunk for LPIPS (vgg16-397923af.pth) or "random-init:SEED"
-    keep_best: str | None = None                 # keep RUN/best: the evaluated model with the best value of this metric
+    lpips: str | None = None  # VGG16 trunk for LPIPS (vgg16-397923af.pth) or "random-init:SEED"
+    keep_best: str | None = None  # keep RUN/best: the evaluated model with the best value of this metric
     # tokenizer: a held-out image folder or tar shards, its first `num_images` images (sorted order)
     data: str | None = None
     num_images: int = 1000
     crop: Literal["resize_center", "adm_center"] = "resize_center"  # resize_center: the official reconstruct.py
     latent: Literal["sample", "mode"] = "sample"  # decode a posterior sample (official) or the posterior mean
-    grid: int = 8                                # held-out images in the reconstruction grid (0 = no grid)
+    grid: int = 8  # held-out images in the reconstruction grid (0 = no grid)
     # diffusion: an ADM reference batch (.npz with mu/sigma/mu_s/sigma_s and arr_0 images)
     ref: str | None = None
     num_samples: int = 5000
@@ -94,11 +102,15 @@ class EvalConfig:
             raise ValueError(f"eval.grid must be >= 0, got {self.grid}")
         for name in ("num_images", "num_samples"):
             if getattr(self, name) < 10:
-                raise ValueError(f"eval.{name} must be at least 10 (Inception Score splits and k-NN need a few "
-                                 f"images), got {getattr(self, name)}")
+                raise ValueError(
+                    f"eval.{name} must be at least 10 (Inception Score splits and k-NN need a few "
+                    f"images), got {getattr(self, name)}"
+                )
         if self.keep_best is not None and self.keep_best not in LOWER_IS_BETTER | HIGHER_IS_BETTER:
-            raise ValueError(f"eval.keep_best {self.keep_best!r}: choose one of "
-                             f"{', '.join(TOKENIZER_METRICS + DIFFUSION_METRICS)} (or null)")
+            raise ValueError(
+                f"eval.keep_best {self.keep_best!r}: choose one of "
+                f"{', '.join(TOKENIZER_METRICS + DIFFUSION_METRICS)} (or null)"
+            )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -169,8 +181,13 @@ def gather_rows(local: torch.Tensor, total: int) -> torch.Tensor:
 
 def _pixel_digests(images: torch.Tensor) -> torch.Tensor:
     """A 63-bit digest of every uint8 image's pixels (to key the reference cache by the data itself)."""
-    return torch.tensor([int.from_bytes(hashlib.sha256(x.contiguous().numpy().tobytes()).digest()[:8], "little") >> 1
-                         for x in images.cpu()], dtype=torch.int64)
+    return torch.tensor(
+        [
+            int.from_bytes(hashlib.sha256(x.contiguous().numpy().tobytes()).digest()[:8], "little") >> 1
+            for x in images.cpu()
+        ],
+        dtype=torch.int64,
+    )
 
 
 def _cache_key(*parts: Any) -> str:
@@ -181,7 +198,7 @@ def _random_init_seed(spec: str) -> int | None:
     if not spec.startswith(RANDOM_INIT):
         return None
     try:
-        return int(spec[len(RANDOM_INIT):])
+        return int(spec[len(RANDOM_INIT) :])
     except ValueError:
         raise ValueError(f"{spec!r}: write {RANDOM_INIT}SEED with an integer seed") from None
 
@@ -201,8 +218,10 @@ def _load_inception(spec: str, device: torch.device) -> tuple[nn.Module, dict[st
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
     net = net.to(device)
-    return net, {"inception_weights": f"RANDOM-INIT (seed {seed}): not the FID Inception, values compare with nothing",
-                 "inception_sha256": f"random-init-{seed}"}
+    return net, {
+        "inception_weights": f"RANDOM-INIT (seed {seed}): not the FID Inception, values compare with nothing",
+        "inception_sha256": f"random-init-{seed}",
+    }
 
 
 def _load_lpips(spec: str, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
@@ -216,8 +235,10 @@ def _load_lpips(spec: str, device: torch.device) -> tuple[nn.Module, dict[str, A
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(seed, "lpips"))
             net = LPIPSMetric(None).to(device)
-    return net, {"lpips_weights": f"RANDOM-INIT VGG16 trunk (seed {seed}): values compare with nothing",
-                 "lpips_sha256": f"random-init-{seed}"}
+    return net, {
+        "lpips_weights": f"RANDOM-INIT VGG16 trunk (seed {seed}): values compare with nothing",
+        "lpips_sha256": f"random-init-{seed}",
+    }
 
 
 def _check_weights(spec: str | None, key: str) -> None:
@@ -228,8 +249,9 @@ def _check_weights(spec: str | None, key: str) -> None:
         raise FileNotFoundError(f"eval.{key}: weights file not found: {spec}")
 
 
-def _inception_features(net: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device,
-                        keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
+def _inception_features(
+    net: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device, keys: tuple[str, ...]
+) -> dict[str, torch.Tensor]:
     """Inception features of uint8 (N, 3, H, W) images, float32 on the CPU."""
     out: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     for start in range(0, len(images), batch_size):
@@ -262,15 +284,25 @@ class ReconstructionTask:
         _check_weights(cfg.inception, "inception")
         _check_weights(cfg.lpips, "lpips")
         self.cfg, self.eval_dir, self.device = cfg, eval_dir, device
-        self.skipped = [what for what, spec in (("rfid and ris (no eval.inception)", cfg.inception),
-                                                ("lpips (no eval.lpips)", cfg.lpips)) if spec is None]
+        self.skipped = [
+            what
+            for what, spec in (
+                ("rfid and ris (no eval.inception)", cfg.inception),
+                ("lpips (no eval.lpips)", cfg.lpips),
+            )
+            if spec is None
+        ]
         self._share: tuple[torch.Tensor, int] | None = None  # (this rank's uint8 images, total)
         self._reference: dict[str, np.ndarray] | None = None
         self._nets: dict[str, Any] | None = None
 
     def warning(self) -> str | None:
-        return (f"online evaluation: {' and '.join(self.skipped)} skipped: give the weight files in the recipe's "
-                "eval section" if self.skipped else None)
+        return (
+            f"online evaluation: {' and '.join(self.skipped)} skipped: give the weight files in the recipe's "
+            "eval section"
+            if self.skipped
+            else None
+        )
 
     def _nets_loaded(self) -> dict[str, Any]:
         if self._nets is None:
@@ -289,8 +321,9 @@ class ReconstructionTask:
         if self._share is None:
             self._share = load_held_out(self.cfg.data, self.cfg.num_images, resolution, self.cfg.crop)
             if self._share[1] < 10:
-                raise ValueError(f"eval.data {self.cfg.data}: {self._share[1]} images; online evaluation needs at "
-                                 "least 10")
+                raise ValueError(
+                    f"eval.data {self.cfg.data}: {self._share[1]} images; online evaluation needs at least 10"
+                )
         return self._share
 
     def _latents(self, model: nn.Module, x01: torch.Tensor, indices: list[int]) -> torch.Tensor:
@@ -298,8 +331,15 @@ class ReconstructionTask:
         if self.cfg.latent == "mode" or not hasattr(posterior, "std"):
             return posterior.mode()
         # one generator per image, seeded by its index: the draw does not depend on batches or ranks
-        eps = torch.stack([torch.randn(posterior.mean.shape[1:], generator=torch.Generator().manual_seed(
-            derive_seed(self.cfg.seed, "eval-recon", i))) for i in indices])
+        eps = torch.stack(
+            [
+                torch.randn(
+                    posterior.mean.shape[1:],
+                    generator=torch.Generator().manual_seed(derive_seed(self.cfg.seed, "eval-recon", i)),
+                )
+                for i in indices
+            ]
+        )
         return posterior.mean + posterior.std * eps.to(posterior.mean.device, posterior.mean.dtype)
 
     def _reconstruct(self, model: nn.Module, images: torch.Tensor, indices: list[int]) -> torch.Tensor:
@@ -325,21 +365,26 @@ class ReconstructionTask:
             fake = self._reconstruct(model, real, idx)
             grid.append(fake[[j for j, i in enumerate(idx) if i < self.cfg.grid]])
             values = [psnr(real, fake), ssim_signed(real, fake)]
-            values.append(lpips(real.to(self.device), fake.to(self.device)).double().cpu() if lpips is not None
-                          else torch.full((len(idx),), math.nan, dtype=torch.float64))
+            values.append(
+                lpips(real.to(self.device), fake.to(self.device)).double().cpu()
+                if lpips is not None
+                else torch.full((len(idx),), math.nan, dtype=torch.float64)
+            )
             per_image.append(torch.stack(values, 1))
             if inception is not None:
                 feats = _inception_features(inception, fake, bs, self.device, ("pool", "logits"))
                 pool.append(feats["pool"])
                 logits.append(feats["logits"])
-        per_image_all = gather_rows(torch.cat(per_image) if per_image else torch.zeros(0, 3, dtype=torch.float64),
-                                    total)
+        per_image_all = gather_rows(
+            torch.cat(per_image) if per_image else torch.zeros(0, 3, dtype=torch.float64), total
+        )
         p = per_image_all[:, 0]
         result: dict[str, Any] = {
             "psnr": float(p[torch.isfinite(p)].mean()) if torch.isfinite(p).any() else float("inf"),
             "ssim": float(per_image_all[:, 1].mean()),
             "lpips": float(per_image_all[:, 2].mean()) if lpips is not None else None,
-            "rfid": None, "ris": None,
+            "rfid": None,
+            "ris": None,
         }
         if inception is not None:
             pool_all = gather_rows(_cat_rows(pool, 2048), total).numpy()
@@ -361,8 +406,13 @@ class ReconstructionTask:
         from vfmvae.evaluation.stats import gaussian_stats
 
         digests = gather_rows(_pixel_digests(images), total)
-        key = _cache_key("held-out", digests.tolist(), self._nets_loaded()["provenance"].get("inception_sha256"),
-                         self.cfg.crop, list(images.shape[1:]))
+        key = _cache_key(
+            "held-out",
+            digests.tolist(),
+            self._nets_loaded()["provenance"].get("inception_sha256"),
+            self.cfg.crop,
+            list(images.shape[1:]),
+        )
         path = self.eval_dir / f"reference-{key}.npz"
         if path.is_file():
             with np.load(path) as data:
@@ -392,20 +442,28 @@ class ReconstructionTask:
         nets = self._nets["provenance"] if self._nets else {}
         return {
             "task": "held-out reconstruction (EMA)",
-            "data": str(self.cfg.data), "num_images": self._share[1] if self._share else self.cfg.num_images,
-            "crop": self.cfg.crop, "latent": f"posterior {self.cfg.latent}" + (
-                f" (per-image seeds derive_seed({self.cfg.seed}, 'eval-recon', i))" if self.cfg.latent == "sample"
-                else ""),
+            "data": str(self.cfg.data),
+            "num_images": self._share[1] if self._share else self.cfg.num_images,
+            "crop": self.cfg.crop,
+            "latent": f"posterior {self.cfg.latent}"
+            + (
+                f" (per-image seeds derive_seed({self.cfg.seed}, 'eval-recon', i))"
+                if self.cfg.latent == "sample"
+                else ""
+            ),
             "convention": "vfmvae eval recon: tianciB/VFM-VAE@b3a752a tools/reconstruct (trunc to uint8, "
-                          "torch-fidelity rFID/rIS, SSIM data range 2 on [-1, 1], LPIPS-VGG)",
-            "rfid_comparable": self.cfg.inception is not None and _random_init_seed(self.cfg.inception) is None
-                               and (self._share[1] if self._share else self.cfg.num_images) >= 2048,
-            "skipped": self.skipped, **nets,
+            "torch-fidelity rFID/rIS, SSIM data range 2 on [-1, 1], LPIPS-VGG)",
+            "rfid_comparable": self.cfg.inception is not None
+            and _random_init_seed(self.cfg.inception) is None
+            and (self._share[1] if self._share else self.cfg.num_images) >= 2048,
+            "skipped": self.skipped,
+            **nets,
         }
 
 
-def load_held_out(source: str, num: int, resolution: int, crop: str, *, rank: int | None = None,
-                  world: int | None = None) -> tuple[torch.Tensor, int]:
+def load_held_out(
+    source: str, num: int, resolution: int, crop: str, *, rank: int | None = None, world: int | None = None
+) -> tuple[torch.Tensor, int]:
     """The first `num` images of a folder (sorted) or of tar shards (in shard order), cropped to `resolution`:
     this rank's share (indices rank, rank + world, ...) as uint8 (n, 3, H, W), and the set's size."""
     from vfmvae.data import ImageFolderDataset, TarShardDataset, detect_format
@@ -415,8 +473,10 @@ def load_held_out(source: str, num: int, resolution: int, crop: str, *, rank: in
     images: list[torch.Tensor] = []
 
     def bad(item: dict[str, Any]) -> ValueError:
-        return ValueError(f"eval.data: held-out image {item['name']} cannot be read ({item['reason']}); the "
-                          "evaluation set must be readable as a whole")
+        return ValueError(
+            f"eval.data: held-out image {item['name']} cannot be read ({item['reason']}); the "
+            "evaluation set must be readable as a whole"
+        )
 
     if detect_format(source) == "folder":
         dataset = ImageFolderDataset(source, resolution, hflip=False, crop=crop)
@@ -447,8 +507,16 @@ class GenerationTask:
     kind = "diffusion"
     metrics = DIFFUSION_METRICS
 
-    def __init__(self, cfg: EvalConfig, eval_dir: Path, device: torch.device, *, tokenizer: str | Path | nn.Module,
-                 latent_stats: Any, preset: str | None) -> None:
+    def __init__(
+        self,
+        cfg: EvalConfig,
+        eval_dir: Path,
+        device: torch.device,
+        *,
+        tokenizer: str | Path | nn.Module,
+        latent_stats: Any,
+        preset: str | None,
+    ) -> None:
         from vfmvae.sampling.presets import resolve_sampler_config
 
         if cfg.ref is None:
@@ -467,8 +535,12 @@ class GenerationTask:
         self._reference: dict[str, Any] | None = None
 
     def warning(self) -> str | None:
-        return ("online evaluation: FID, sFID, IS, precision and recall need the Inception weights (eval.inception); "
-                "diffusion evaluation is skipped for this run" if self.skipped else None)
+        return (
+            "online evaluation: FID, sFID, IS, precision and recall need the Inception weights (eval.inception); "
+            "diffusion evaluation is skipped for this run"
+            if self.skipped
+            else None
+        )
 
     @property
     def runnable(self) -> bool:
@@ -516,7 +588,8 @@ class GenerationTask:
                 "fid": frechet_distance(*gaussian_stats(every["pool"]), ref["mu"], ref["sigma"]),
                 "sfid": frechet_distance(*gaussian_stats(every["spatial"]), ref["mu_s"], ref["sigma_s"]),
                 "is": inception_score(every["logits"]),
-                "precision": None, "recall": None,
+                "precision": None,
+                "recall": None,
             }
         if ref.get("pool") is not None:
             result["precision"], result["recall"] = precision_recall(ref["pool"], every["pool"])
@@ -570,14 +643,18 @@ class GenerationTask:
     def protocol(self) -> dict[str, Any]:
         return {
             "task": "samples of the EMA decoded by the run's tokenizer",
-            "ref": str(self.cfg.ref), "num_samples": self.cfg.num_samples,
+            "ref": str(self.cfg.ref),
+            "num_samples": self.cfg.num_samples,
             "labels": f"uniform random, vfmvae.sampling.class_labels('random', seed={self.cfg.seed})",
-            "preset": self.preset, "sampler": json.loads(json.dumps(asdict(self.sampler))),
+            "preset": self.preset,
+            "sampler": json.loads(json.dumps(asdict(self.sampler))),
             "convention": "vfmvae eval gen: ADM evaluator (FID/sFID stored reference statistics, IS in splits of "
-                          "5000, precision/recall k=3 against arr_0)",
-            "fid_comparable": self.cfg.inception is not None and _random_init_seed(self.cfg.inception) is None
-                              and self.cfg.num_samples >= 2048,
-            "skipped": self.skipped, **(self._inception[1] if self._inception else {}),
+            "5000, precision/recall k=3 against arr_0)",
+            "fid_comparable": self.cfg.inception is not None
+            and _random_init_seed(self.cfg.inception) is None
+            and self.cfg.num_samples >= 2048,
+            "skipped": self.skipped,
+            **(self._inception[1] if self._inception else {}),
         }
 
 
@@ -589,8 +666,13 @@ class OnlineEvaluator:
     """Runs its task every `eval.every` steps, appends finished points to RUN/eval/records.jsonl and keeps the best
     model by `eval.keep_best` in RUN/best (see the module docstring)."""
 
-    def __init__(self, cfg: EvalConfig, run_dir: str | Path, task: ReconstructionTask | GenerationTask | None,
-                 save_best: Callable[[nn.Module, Path], None] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: EvalConfig,
+        run_dir: str | Path,
+        task: ReconstructionTask | GenerationTask | None,
+        save_best: Callable[[nn.Module, Path], None] | None = None,
+    ) -> None:
         self.cfg, self.task, self.run_dir = cfg, task, Path(run_dir)
         self.eval_dir = self.run_dir / EVAL_DIR
         self.records_path = self.eval_dir / RECORDS
@@ -600,8 +682,10 @@ class OnlineEvaluator:
         self.best = self._best_of(finished)
         self.keep_best = cfg.keep_best
         if task is not None and self.keep_best is not None and self.keep_best not in task.metrics:
-            raise ValueError(f"eval.keep_best {self.keep_best!r} is not a {task.kind} metric "
-                             f"(choose one of {', '.join(task.metrics)})")
+            raise ValueError(
+                f"eval.keep_best {self.keep_best!r} is not a {task.kind} metric "
+                f"(choose one of {', '.join(task.metrics)})"
+            )
         if self.keep_best is not None:
             self._check_best_folder()
         message = task.warning() if task is not None else None
@@ -627,8 +711,13 @@ class OnlineEvaluator:
         seconds = time.perf_counter() - started
         record: dict[str, Any] = {"step": step, "images": images}
         record.update({f"eval/{k}": v for k, v in metrics.items()})
-        record.update({"eval/seconds": round(seconds, 3), "eval/images_per_s": round(count / max(seconds, 1e-9), 3),
-                       "eval/protocol": self.task.protocol()})
+        record.update(
+            {
+                "eval/seconds": round(seconds, 3),
+                "eval/images_per_s": round(count / max(seconds, 1e-9), 3),
+                "eval/protocol": self.task.protocol(),
+            }
+        )
         if dist_utils.is_main_process():
             if self.keep_best is not None:
                 self._maybe_keep_best(model, record)
@@ -655,8 +744,10 @@ class OnlineEvaluator:
             if stranded and (stranded[-1] / BEST_MARKER).is_file():
                 os.replace(stranded[-1], best)
         if best.exists() and not (best / BEST_MARKER).is_file():
-            raise FileExistsError(f"{best} exists and was not written by eval.keep_best (no {BEST_MARKER}); move it "
-                                  "away or set eval.keep_best: null")
+            raise FileExistsError(
+                f"{best} exists and was not written by eval.keep_best (no {BEST_MARKER}); move it "
+                "away or set eval.keep_best: null"
+            )
 
     def _maybe_keep_best(self, model: nn.Module, record: dict[str, Any]) -> None:
         metric = self.keep_best
@@ -672,10 +763,20 @@ class OnlineEvaluator:
             shutil.rmtree(stale, ignore_errors=True)
         tmp = self.run_dir / f".{BEST_DIR}.tmp-{os.getpid()}"
         self.save_best(model, tmp)
-        atomic_write_text(tmp / BEST_MARKER, json.dumps({"metric": metric, "value": value, "step": record["step"],
-                                                         "images": record["images"],
-                                                         "written_by": "vfmvae online evaluation (eval.keep_best)"},
-                                                        indent=2) + "\n")
+        atomic_write_text(
+            tmp / BEST_MARKER,
+            json.dumps(
+                {
+                    "metric": metric,
+                    "value": value,
+                    "step": record["step"],
+                    "images": record["images"],
+                    "written_by": "vfmvae online evaluation (eval.keep_best)",
+                },
+                indent=2,
+            )
+            + "\n",
+        )
         if best.exists():
             old = self.run_dir / f".{BEST_DIR}.old-{os.getpid()}"
             os.replace(best, old)
@@ -686,10 +787,17 @@ class OnlineEvaluator:
         self.best = (record["step"], value)
 
 
-def build_evaluator(cfg: EvalConfig | None, run_dir: str | Path, *, kind: Literal["tokenizer", "diffusion"],
-                    device: torch.device | str = "cpu", tokenizer: str | Path | nn.Module | None = None,
-                    latent_stats: Any = None, preset: str | None = None,
-                    save_best: Callable[[nn.Module, Path], None] | None = None) -> OnlineEvaluator:
+def build_evaluator(
+    cfg: EvalConfig | None,
+    run_dir: str | Path,
+    *,
+    kind: Literal["tokenizer", "diffusion"],
+    device: torch.device | str = "cpu",
+    tokenizer: str | Path | nn.Module | None = None,
+    latent_stats: Any = None,
+    preset: str | None = None,
+    save_best: Callable[[nn.Module, Path], None] | None = None,
+) -> OnlineEvaluator:
     """The evaluator of a run (an inactive one when `eval.enabled` is false). Validates the section before any
     training work: missing data, reference or a named weights file stop the run with one line."""
     cfg = cfg or EvalConfig()

@@ -22,8 +22,12 @@ from vfmvae.evaluation.features import extract_features
 from vfmvae.evaluation.image_metrics import load_lpips, psnr, ssim, ssim_signed
 from vfmvae.evaluation.images import ImageSet
 from vfmvae.evaluation.inception import load_inception
-from vfmvae.evaluation.stats import (frechet_distance, gaussian_stats, inception_score_torch_fidelity,
-                                     warn_if_too_few_for_fid)
+from vfmvae.evaluation.stats import (
+    frechet_distance,
+    gaussian_stats,
+    inception_score_torch_fidelity,
+    warn_if_too_few_for_fid,
+)
 
 __all__ = ["evaluate_reconstruction", "paired_image_sets"]
 
@@ -32,8 +36,11 @@ def _index(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         what = "is a file; expected a folder of images" if folder.exists() else "not found"
         raise FileNotFoundError(f"image folder {folder} {what}")
-    found = {str(p.relative_to(folder).with_suffix("")): p for p in sorted(folder.rglob("*"))
-             if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS}
+    found = {
+        str(p.relative_to(folder).with_suffix("")): p
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    }
     if not found:
         raise FileNotFoundError(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     return found
@@ -43,18 +50,29 @@ def paired_image_sets(reference: str | Path, reconstructions: str | Path) -> tup
     ref, rec = _index(Path(reference)), _index(Path(reconstructions))
     missing = sorted(set(ref) - set(rec))
     if missing or not ref:
-        raise ValueError(f"{len(missing)} of {len(ref)} reference images have no reconstruction "
-                         f"(e.g. {missing[:3]}); names must match by relative path")
+        raise ValueError(
+            f"{len(missing)} of {len(ref)} reference images have no reconstruction "
+            f"(e.g. {missing[:3]}); names must match by relative path"
+        )
     keys = sorted(ref)
     with Image.open(ref[keys[0]]) as img:
         shape = (img.height, img.width, 3)
-    return (ImageSet(Path(reference), len(keys), shape, "dir", [ref[k] for k in keys]),
-            ImageSet(Path(reconstructions), len(keys), shape, "dir", [rec[k] for k in keys]))
+    return (
+        ImageSet(Path(reference), len(keys), shape, "dir", [ref[k] for k in keys]),
+        ImageSet(Path(reconstructions), len(keys), shape, "dir", [rec[k] for k in keys]),
+    )
 
 
-def evaluate_reconstruction(reference: str | Path, reconstructions: str | Path, *, inception: str | Path | None = None,
-                            lpips_weights: str | Path | None = None, device: str = "cpu", batch_size: int = 32,
-                            progress: bool = True) -> dict:
+def evaluate_reconstruction(
+    reference: str | Path,
+    reconstructions: str | Path,
+    *,
+    inception: str | Path | None = None,
+    lpips_weights: str | Path | None = None,
+    device: str = "cpu",
+    batch_size: int = 32,
+    progress: bool = True,
+) -> dict:
     from tqdm.auto import tqdm
 
     ref_set, rec_set = paired_image_sets(reference, reconstructions)
@@ -88,9 +106,12 @@ def evaluate_reconstruction(reference: str | Path, reconstructions: str | Path, 
         "lpips": float(torch.cat(lpipss).mean()) if lpipss else None,
     }
     if net is not None:
-        fr = extract_features(net, ref_set, batch_size=batch_size, device=device, desc="reference features", progress=progress)
-        fc = extract_features(net, rec_set, batch_size=batch_size, device=device, desc="reconstruction features",
-                              progress=progress)
+        fr = extract_features(
+            net, ref_set, batch_size=batch_size, device=device, desc="reference features", progress=progress
+        )
+        fc = extract_features(
+            net, rec_set, batch_size=batch_size, device=device, desc="reconstruction features", progress=progress
+        )
         warn_if_too_few_for_fid(len(fr["pool"]), "rFID")
         result["rfid"] = frechet_distance(*gaussian_stats(fc["pool"]), *gaussian_stats(fr["pool"]))
         # torch-fidelity lists a folder as sorted(file paths) before its seeded shuffle: use the same order
@@ -105,12 +126,12 @@ def evaluate_reconstruction(reference: str | Path, reconstructions: str | Path, 
         "convention": "tianciB/VFM-VAE@b3a752a tools/reconstruct/evaluate.py and README (torch-fidelity 0.4.0)",
         "psnr": "mean over images of per-image PSNR, data range 2 on [-1, 1] (= 20 log10(255 / RMSE) on uint8 RGB)",
         "ssim": "torchmetrics StructuralSimilarityIndexMeasure(data_range=2.0) on (x/255 - 0.5)/0.5: Gaussian "
-                "11x11, sigma 1.5, reflect padding, mean over images",
+        "11x11, sigma 1.5, reflect padding, mean over images",
         "ssim_uint8": "the same window on uint8 values with data range 255 (not the paper's convention)",
         "lpips": "VGG (lpips 0.1.4 heads = taming LPIPS), inputs x/127.5 - 1 in [-1, 1]",
         "rfid": "torch-fidelity FID: pool3 (2048) of reconstructions vs the same originals, TF1-legacy resize",
         "ris": "torch-fidelity ISC of the reconstructions: logits_unbiased, files in sorted path order shuffled "
-               "by np.random.RandomState(2020).permutation, 10 splits, float64 log-softmax; mean (ris) and std",
+        "by np.random.RandomState(2020).permutation, 10 splits, float64 log-softmax; mean (ris) and std",
         "skipped": skipped,
     }
     return result

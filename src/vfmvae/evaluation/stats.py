@@ -11,8 +11,14 @@ import numpy as np
 import torch
 from scipy import linalg
 
-__all__ = ["gaussian_stats", "frechet_distance", "inception_score", "inception_score_torch_fidelity", "precision_recall",
-           "manifold_radii"]
+__all__ = [
+    "gaussian_stats",
+    "frechet_distance",
+    "inception_score",
+    "inception_score_torch_fidelity",
+    "precision_recall",
+    "manifold_radii",
+]
 
 
 def gaussian_stats(features: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -32,9 +38,12 @@ def warn_if_too_few_for_fid(num: int, what: str = "FID") -> bool:
     """Warn (and return False) when `num` images are too few for a comparable FID."""
     if num >= MIN_FID_SAMPLES:
         return True
-    warnings.warn(f"{what} from {num} images: fewer than {MIN_FID_SAMPLES} (the 2048-d Inception pool3 features), so "
-                  "the covariance is singular and the value is not comparable with published numbers (which use "
-                  "50,000 samples)", stacklevel=3)
+    warnings.warn(
+        f"{what} from {num} images: fewer than {MIN_FID_SAMPLES} (the 2048-d Inception pool3 features), so "
+        "the covariance is singular and the value is not comparable with published numbers (which use "
+        "50,000 samples)",
+        stacklevel=3,
+    )
     return False
 
 
@@ -77,8 +86,9 @@ def inception_score(logits: np.ndarray | torch.Tensor, split_size: int = 5000) -
     return float(np.mean(scores))
 
 
-def inception_score_torch_fidelity(logits: np.ndarray | torch.Tensor, splits: int = 10,
-                                   seed: int = 2020) -> tuple[float, float]:
+def inception_score_torch_fidelity(
+    logits: np.ndarray | torch.Tensor, splits: int = 10, seed: int = 2020
+) -> tuple[float, float]:
     """torch-fidelity 0.4.0's ISC (`metric_isc.isc_features_to_metric`, its defaults): rows shuffled by
     `np.random.RandomState(seed).permutation`, float64 softmax and log-softmax, `splits` chunks with bounds
     i * N // splits, exp(mean KL) per chunk; returns (mean, std) over chunks.
@@ -132,8 +142,13 @@ def manifold_radii(features: torch.Tensor, k: int = 3, block: int = 10000, fp16:
     return radii
 
 
-def precision_recall(reference: np.ndarray | torch.Tensor, samples: np.ndarray | torch.Tensor, k: int = 3,
-                     block: int = 10000, fp16: bool = True) -> tuple[float, float]:
+def precision_recall(
+    reference: np.ndarray | torch.Tensor,
+    samples: np.ndarray | torch.Tensor,
+    k: int = 3,
+    block: int = 10000,
+    fp16: bool = True,
+) -> tuple[float, float]:
     """Kynkäänniemi et al. (2019) as in ADM: precision = share of samples inside some reference k-NN ball,
     recall = share of reference points inside some sample k-NN ball (squared distances, `<=`)."""
     ref = torch.as_tensor(np.asarray(reference), dtype=torch.float32)

@@ -13,7 +13,15 @@ import torch
 from vfmvae.checkpoint.serialize import CheckpointFormatError, load_tensors
 from vfmvae.checkpoint.torch_files import load_weights_only
 
-__all__ = ["resolve_weights", "load_weights", "INCEPTION_FILE", "INCEPTION_SHA256_PREFIX", "INCEPTION_URL", "VGG16_FILE", "VGG16_URL"]
+__all__ = [
+    "resolve_weights",
+    "load_weights",
+    "INCEPTION_FILE",
+    "INCEPTION_SHA256_PREFIX",
+    "INCEPTION_URL",
+    "VGG16_FILE",
+    "VGG16_URL",
+]
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 # torch.hub file-name convention: the part after the last '-' is the start of the file's sha256

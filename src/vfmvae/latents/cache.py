@@ -60,11 +60,25 @@ def _shard_name(rank: int, index: int) -> str:
     return f"shard-r{rank:02d}-{index:05d}.safetensors"
 
 
-def cache_latents(tokenizer: str | Path, data: str | Path, out: str | Path, *, resolution: int | None = None,
-                  flip: bool = False, vfm_features: str | None = None, vfm_resolution: int | None = None, sample: bool = False,
-                  moments: bool = False, batch_size: int = 32,
-                  shard_size: int = 1024, num_workers: int = 2, device: str | None = None, seed: int = 0,
-                  progress: bool = True, num_classes: int | None = None) -> dict[str, Any]:
+def cache_latents(
+    tokenizer: str | Path,
+    data: str | Path,
+    out: str | Path,
+    *,
+    resolution: int | None = None,
+    flip: bool = False,
+    vfm_features: str | None = None,
+    vfm_resolution: int | None = None,
+    sample: bool = False,
+    moments: bool = False,
+    batch_size: int = 32,
+    shard_size: int = 1024,
+    num_workers: int = 2,
+    device: str | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    num_classes: int | None = None,
+) -> dict[str, Any]:
     """Encode `data` with `tokenizer` into `out` (see module docstring). Collective under torchrun.
 
     Labels must lie in [0, num_classes) (default bound: `MAX_CLASSES`); a missing, negative or larger one is
@@ -89,16 +103,31 @@ def cache_latents(tokenizer: str | Path, data: str | Path, out: str | Path, *, r
         # REPA/REG feed DINOv2 224 px (16x16 tokens); default: the registry's scale for this resolution
         scale = {"scale_factor": vfm_resolution / resolution} if vfm_resolution else {}
         vfm = reg_dinov2_targets(build_vfm(VFMSpec.from_name(vfm_features, layers=(-1,), **scale)), resolution).to(dev)
-    dataset = build_dataset(DataConfig(source=Path(data), resolution=resolution, hflip=False, num_workers=num_workers),
-                            rank=rank, world=world, loop=False)
+    dataset = build_dataset(
+        DataConfig(source=Path(data), resolution=resolution, hflip=False, num_workers=num_workers),
+        rank=rank,
+        world=world,
+        loop=False,
+    )
     label_bound = num_classes or MAX_CLASSES
     if isinstance(dataset, ImageFolderDataset):  # a folder's labels are known from its listing: check them now
         _check_labels(dataset.labels, dataset.files, label_bound, num_classes, data)
     # verify what a re-run resumes (tokenizer content, data listing, flags), not item counts: rank 0 records or
     # checks the settings first, then every other rank checks its own against them
-    settings = cache_settings(tokenizer, data, dataset, resolution=resolution, flip=flip, vfm_features=vfm_features,
-                              vfm_resolution=vfm_resolution, sample=sample, batch_size=batch_size,
-                              shard_size=shard_size, seed=seed, world_size=world)
+    settings = cache_settings(
+        tokenizer,
+        data,
+        dataset,
+        resolution=resolution,
+        flip=flip,
+        vfm_features=vfm_features,
+        vfm_resolution=vfm_resolution,
+        sample=sample,
+        batch_size=batch_size,
+        shard_size=shard_size,
+        seed=seed,
+        world_size=world,
+    )
     if rank == 0:
         claim_cache_folder(out, settings, CacheError)
     dist_utils.barrier()
@@ -123,8 +152,10 @@ def cache_latents(tokenizer: str | Path, data: str | Path, out: str | Path, *, r
         name = _shard_name(rank, shard_index)
         bad = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
         if bad:  # NaN tokenizer weights would give an all-NaN cache reported as done
-            raise CacheError(f"non-finite values in {', '.join(bad)} of {out / name} (encoded by {tokenizer}); "
-                             "nothing was written for this shard: check the tokenizer's weights")
+            raise CacheError(
+                f"non-finite values in {', '.join(bad)} of {out / name} (encoded by {tokenizer}); "
+                "nothing was written for this shard: check the tokenizer's weights"
+            )
         save_tensors(out / name, tensors, metadata={"count": str(len(tensors["labels"]))})
         done["shards"].append({"file": name, "count": len(tensors["labels"])})
         done["items"] = consumed
@@ -132,8 +163,16 @@ def cache_latents(tokenizer: str | Path, data: str | Path, out: str | Path, *, r
         shard_index += 1
         buffer = {}
 
-    with torch.no_grad(), tqdm(total=len(dataset) if hasattr(dataset, "__len__") else None, desc="caching latents",
-                               unit="img", disable=not (progress and rank == 0), initial=done["items"]) as bar:
+    with (
+        torch.no_grad(),
+        tqdm(
+            total=len(dataset) if hasattr(dataset, "__len__") else None,
+            desc="caching latents",
+            unit="img",
+            disable=not (progress and rank == 0),
+            initial=done["items"],
+        ) as bar,
+    ):
         for batch in loader:
             n_items = batch["num_items"]
             if consumed + n_items <= done["items"]:  # already in a finished shard
@@ -155,7 +194,9 @@ def cache_latents(tokenizer: str | Path, data: str | Path, out: str | Path, *, r
                 buffer.setdefault(key, []).append(z.float().cpu())
                 if moments:
                     if not hasattr(post, "std"):
-                        raise ValueError(f"{tokenizer} is a discrete tokenizer: it has no posterior std to cache (moments)")
+                        raise ValueError(
+                            f"{tokenizer} is a discrete tokenizer: it has no posterior std to cache (moments)"
+                        )
                     buffer.setdefault(key + "_std", []).append(post.std.float().cpu())
             buffer.setdefault("labels", []).append(batch["label"])
             if vfm is not None:
@@ -175,7 +216,9 @@ def cache_latents(tokenizer: str | Path, data: str | Path, out: str | Path, *, r
         atomic_write_text(progress_file, json.dumps(done))  # an empty part; rank 0 decides whether any rank cached
     dist_utils.barrier()
     if rank == 0:
-        _write_manifest(out, model, tokenizer, resolution, world, flip, vfm_features, sample, vfm_resolution, moments, seed)
+        _write_manifest(
+            out, model, tokenizer, resolution, world, flip, vfm_features, sample, vfm_resolution, moments, seed
+        )
     dist_utils.barrier()
     if rank == 0:
         return {**json.loads((out / MANIFEST).read_text()), "skipped": skips.as_dict()}
@@ -187,8 +230,10 @@ def _check_labels(labels: list[int], names: list, bound: int, num_classes: int |
     """Refuse the first label outside [0, bound): -1 is how a flat folder or a sample without `.cls` reads."""
     for label, name in zip(labels, names):
         if label == -1:
-            raise CacheError(f"{name} in {data} has no class label (a flat folder, or a tar sample without a .cls "
-                             "member): cached latents need labels 0..K-1 (one class subfolder per class)")
+            raise CacheError(
+                f"{name} in {data} has no class label (a flat folder, or a tar sample without a .cls "
+                "member): cached latents need labels 0..K-1 (one class subfolder per class)"
+            )
         if label < 0:
             raise CacheError(f"{name} in {data} has label {label}: labels must be >= 0")
         if label >= bound:
@@ -196,8 +241,19 @@ def _check_labels(labels: list[int], names: list, bound: int, num_classes: int |
             raise CacheError(f"{name} in {data} has label {label:,}, outside 0..{bound - 1:,} ({limit})")
 
 
-def _write_manifest(out: Path, model, tokenizer, resolution: int, world: int, flip: bool, vfm_features, sample: bool,
-                    vfm_resolution: int | None = None, moments: bool = False, seed: int = 0) -> None:
+def _write_manifest(
+    out: Path,
+    model,
+    tokenizer,
+    resolution: int,
+    world: int,
+    flip: bool,
+    vfm_features,
+    sample: bool,
+    vfm_resolution: int | None = None,
+    moments: bool = False,
+    seed: int = 0,
+) -> None:
     shards = []
     for r in range(world):
         shards += json.loads((out / f"progress-r{r:02d}.json").read_text())["shards"]
@@ -252,7 +308,9 @@ class LatentDataset(Dataset):
         self.root = Path(root)
         path = self.root / MANIFEST
         if not path.is_file():
-            raise CacheError(f"{path} not found: not a finished latent cache (run `vfmvae cache-latents` to completion)")
+            raise CacheError(
+                f"{path} not found: not a finished latent cache (run `vfmvae cache-latents` to completion)"
+            )
         self.manifest = json.loads(path.read_text())
         self.keys: set[str] | None = None
         starts, total = [], 0
@@ -264,7 +322,9 @@ class LatentDataset(Dataset):
             except Exception as err:
                 raise CacheError(f"{file}: missing or truncated shard ({type(err).__name__}: {err})") from None
             if set(counts.values()) != {shard["count"]}:
-                raise CacheError(f"{file}: inconsistent shard, tensor lengths {counts} vs {shard['count']} in {MANIFEST}")
+                raise CacheError(
+                    f"{file}: inconsistent shard, tensor lengths {counts} vs {shard['count']} in {MANIFEST}"
+                )
             if self.keys is not None and set(counts) != self.keys:
                 raise CacheError(f"{file}: holds {sorted(counts)}, other shards hold {sorted(self.keys)}")
             self.keys = set(counts)

@@ -40,14 +40,20 @@ def claim_cache_folder(out: Path, settings: dict[str, Any], error: type[Exceptio
     path = out / SETTINGS
     if path.is_file():
         stored = json.loads(path.read_text())
-        changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k) and k != "tokenizer")
+        changed = sorted(
+            k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k) and k != "tokenizer"
+        )
         if changed:
             shown = "; ".join(f"{k}: {stored.get(k)!r} -> {settings.get(k)!r}" for k in changed)
-            raise error(f"{out} holds a cache made with other settings ({shown}); a cache belongs to one tokenizer, "
-                        "data listing and set of flags: use another --out, or delete this one to re-cache")
+            raise error(
+                f"{out} holds a cache made with other settings ({shown}); a cache belongs to one tokenizer, "
+                "data listing and set of flags: use another --out, or delete this one to re-cache"
+            )
         return
     if out.is_dir() and any(out.iterdir()):
-        raise error(f"{out} is not empty and holds no {SETTINGS} (not a cache of this vfmvae version); refusing to "
-                    "cache into it, since its files could not be checked: use a new or empty --out")
+        raise error(
+            f"{out} is not empty and holds no {SETTINGS} (not a cache of this vfmvae version); refusing to "
+            "cache into it, since its files could not be checked: use a new or empty --out"
+        )
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(settings, indent=2) + "\n")

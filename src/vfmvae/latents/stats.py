@@ -55,8 +55,10 @@ class LatentStats:
 
     def __post_init__(self) -> None:
         if self.mean.shape != self.std.shape:
-            raise ValueError(f"latent statistics{self._where()}: mean has shape {tuple(self.mean.shape)}, std "
-                             f"{tuple(self.std.shape)}; expected one value per latent channel in each")
+            raise ValueError(
+                f"latent statistics{self._where()}: mean has shape {tuple(self.mean.shape)}, std "
+                f"{tuple(self.std.shape)}; expected one value per latent channel in each"
+            )
 
     # ---- the normalisation -----------------------------------------------------------------------------------
     @property
@@ -91,9 +93,11 @@ class LatentStats:
                 raise FileNotFoundError(f"latent statistics: {path} holds neither {STATS_FILE} nor {CACHE_MANIFEST}")
             path = found[0]
         if not path.is_file():
-            raise FileNotFoundError(f"latent statistics not found: {path} (pass --latent-stats FILE: a {STATS_FILE} "
-                                    f"from `vfmvae train diffusion`, a {CACHE_MANIFEST}, or an official "
-                                    "latents_stats.pt)")
+            raise FileNotFoundError(
+                f"latent statistics not found: {path} (pass --latent-stats FILE: a {STATS_FILE} "
+                f"from `vfmvae train diffusion`, a {CACHE_MANIFEST}, or an official "
+                "latents_stats.pt)"
+            )
         if path.suffix in (".pt", ".pth"):
             return cls._from_dict(load_weights_only(path, "latent statistics"), path)
         data = cls._read_json(path)
@@ -106,8 +110,9 @@ class LatentStats:
         """The statistics a latent cache measured (its `cache.json`)."""
         path = Path(folder) / CACHE_MANIFEST
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: not a finished latent cache (run `vfmvae cache-latents` to "
-                                    "completion)")
+            raise FileNotFoundError(
+                f"{path} not found: not a finished latent cache (run `vfmvae cache-latents` to completion)"
+            )
         return cls.from_manifest(cls._read_json(path), path.parent)
 
     @classmethod
@@ -122,12 +127,18 @@ class LatentStats:
     def _from_dict(cls, data: Any, path: Path) -> LatentStats:
         missing = [k for k in ("mean", "std") if not isinstance(data, dict) or k not in data]
         if missing:
-            raise ValueError(f"latent statistics {path}: no {' or '.join(repr(k) for k in missing)} entry "
-                             "(expected 'mean' and 'std' per latent channel)")
+            raise ValueError(
+                f"latent statistics {path}: no {' or '.join(repr(k) for k in missing)} entry "
+                "(expected 'mean' and 'std' per latent channel)"
+            )
         keys = ("tokenizer", "tokenizer_sha256", "cache")
         record = {k: (str(data[k]) if data.get(k) is not None else None) for k in keys}
-        return cls(torch.as_tensor(data["mean"]).float().flatten(), torch.as_tensor(data["std"]).float().flatten(),
-                   **record, source=path)
+        return cls(
+            torch.as_tensor(data["mean"]).float().flatten(),
+            torch.as_tensor(data["std"]).float().flatten(),
+            **record,
+            source=path,
+        )
 
     @staticmethod
     def _read_json(path: Path) -> Any:
@@ -160,8 +171,10 @@ class LatentStats:
         stored = Path(self.tokenizer)
         path = stored if stored.is_absolute() or self.source is None else self.source.parent / stored
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"tokenizer {stored} named in {self.source} (key 'tokenizer') is not a model "
-                                    f"folder (looked at {path}); pass --tokenizer DIR")
+            raise FileNotFoundError(
+                f"tokenizer {stored} named in {self.source} (key 'tokenizer') is not a model "
+                f"folder (looked at {path}); pass --tokenizer DIR"
+            )
         return path
 
     def check_tokenizer(self, tokenizer: str | Path) -> None:
@@ -173,8 +186,11 @@ class LatentStats:
         """
         folder = Path(tokenizer)
         if self.tokenizer is None and self.tokenizer_sha256 is None:
-            warnings.warn(f"latent statistics{self._where()} record no tokenizer: cannot check that they belong to "
-                          f"the tokenizer {folder}", stacklevel=2)
+            warnings.warn(
+                f"latent statistics{self._where()} record no tokenizer: cannot check that they belong to "
+                f"the tokenizer {folder}",
+                stacklevel=2,
+            )
             return
         expected, recorded = self.tokenizer_sha256, None
         if expected is None:
@@ -183,15 +199,20 @@ class LatentStats:
             if recorded.resolve() == folder.resolve():
                 return
             if not (recorded / "config.json").is_file():
-                warnings.warn(f"latent statistics{self._where()} were measured with the tokenizer {self.tokenizer}, "
-                              f"which is not on this machine: cannot check that they belong to {folder}", stacklevel=2)
+                warnings.warn(
+                    f"latent statistics{self._where()} were measured with the tokenizer {self.tokenizer}, "
+                    f"which is not on this machine: cannot check that they belong to {folder}",
+                    stacklevel=2,
+                )
                 return
             expected = model_folder_digest(recorded)
         found = model_folder_digest(folder)
         if found != expected:
-            raise ValueError(f"latent statistics{self._where()} belong to the tokenizer {self.tokenizer or '?'} "
-                             f"(sha256 {expected[:12]}), not to {folder} (sha256 {found[:12]}): decode with that "
-                             "tokenizer (--tokenizer), or pass statistics measured with this one (--latent-stats)")
+            raise ValueError(
+                f"latent statistics{self._where()} belong to the tokenizer {self.tokenizer or '?'} "
+                f"(sha256 {expected[:12]}), not to {folder} (sha256 {found[:12]}): decode with that "
+                "tokenizer (--tokenizer), or pass statistics measured with this one (--latent-stats)"
+            )
 
     def _where(self) -> str:
         return f" {self.source}" if self.source is not None else ""

@@ -43,8 +43,10 @@ def reg_dinov2_targets(vfm: FrozenVFM, image_size: int) -> FrozenVFM:
         return vfm
     side = round(image_size * vfm.scale_factor)
     if side % vfm.patch_size:
-        raise ValueError(f"{vfm.name}: {image_size} px x scale {vfm.scale_factor} = {side} px is not a multiple of "
-                         f"the patch size {vfm.patch_size}")
+        raise ValueError(
+            f"{vfm.name}: {image_size} px x scale {vfm.scale_factor} = {side} px is not a multiple of "
+            f"the patch size {vfm.patch_size}"
+        )
     grid = (side // vfm.patch_size, side // vfm.patch_size)
     embeddings = vfm.model.embeddings
     # the register tokens of dinov2-reg sit after the position embeddings' class slot: only the class token is prefix

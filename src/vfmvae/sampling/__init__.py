@@ -2,7 +2,6 @@
 
 from vfmvae.sampling.generate import class_labels, generate_samples
 from vfmvae.sampling.ode import Guidance, guided_velocity, sample_ode, sample_sde, sde_grid, time_grid
-
 from vfmvae.sampling.pipeline import LatentStats, SamplerConfig, VFMVAEPipeline
 from vfmvae.sampling.presets import PRESETS, resolve_sampler_config
 
@@ -14,4 +13,10 @@ __all__ = [
     "class_labels",
     "generate_samples",
     "resolve_sampler_config",
-    "Guidance", "guided_velocity", "sample_ode", "sample_sde", "sde_grid", "time_grid"]
+    "Guidance",
+    "guided_velocity",
+    "sample_ode",
+    "sample_sde",
+    "sde_grid",
+    "time_grid",
+]

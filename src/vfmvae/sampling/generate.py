@@ -92,12 +92,15 @@ def _is_whole_png(path: Path) -> bool:
 
 def write_npz(out: Path, num: int, labels: list[int]) -> Path:
     """Collect images/000000.png ... into the ADM layout (uint8 NHWC `arr_0`, labels `arr_1`)."""
+
     def read(i: int) -> np.ndarray:
         path = out / "images" / f"{i:06d}.png"
         try:
             return np.asarray(Image.open(path).convert("RGB"))
         except OSError as err:  # damaged inside, past what the resume check reads: name it, say how to fix it
-            raise ValueError(f"{path} is damaged ({err}); delete it and re-run the same command to regenerate it") from None
+            raise ValueError(
+                f"{path} is damaged ({err}); delete it and re-run the same command to regenerate it"
+            ) from None
 
     first = read(0)
     arr = np.empty((num, *first.shape), dtype=np.uint8)
@@ -106,9 +109,18 @@ def write_npz(out: Path, num: int, labels: list[int]) -> Path:
     return write_npz_atomic(out / "samples.npz", arr_0=arr, arr_1=np.asarray(labels, dtype=np.int64))
 
 
-def generate_samples(pipe: VFMVAEPipeline, out: str | Path, num: int, *, config: SamplerConfig | None = None,
-                     classes: str = "random", seed: int = 0, batch_size: int = 16, progress: bool = True,
-                     sources: dict[str, str] | None = None) -> dict[str, Any]:
+def generate_samples(
+    pipe: VFMVAEPipeline,
+    out: str | Path,
+    num: int,
+    *,
+    config: SamplerConfig | None = None,
+    classes: str = "random",
+    seed: int = 0,
+    batch_size: int = 16,
+    progress: bool = True,
+    sources: dict[str, str] | None = None,
+) -> dict[str, Any]:
     config = config if config is not None else SamplerConfig()
     from tqdm.auto import tqdm
 
@@ -118,18 +130,29 @@ def generate_samples(pipe: VFMVAEPipeline, out: str | Path, num: int, *, config:
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     labels = class_labels(classes, num, pipe.diffusion.config.num_classes, seed)
-    settings = {"num": num, "seed": seed, "classes": classes, "sampler": asdict(config), "uint8": UINT8_CONVERSION,
-                **({"label_seeds": LABEL_SEEDS} if classes == "random" else {}), **(sources or {})}
+    settings = {
+        "num": num,
+        "seed": seed,
+        "classes": classes,
+        "sampler": asdict(config),
+        "uint8": UINT8_CONVERSION,
+        **({"label_seeds": LABEL_SEEDS} if classes == "random" else {}),
+        **(sources or {}),
+    }
     settings_path = out / "settings.json"
     if not settings_path.is_file() and any(p.name != "images" or any(p.iterdir()) for p in out.iterdir()):
-        raise ValueError(f"{out} is not empty and holds no settings.json (not a sample folder of ours); its files "
-                         "would be mixed with the new samples: use a new or empty --out")
+        raise ValueError(
+            f"{out} is not empty and holds no settings.json (not a sample folder of ours); its files "
+            "would be mixed with the new samples: use a new or empty --out"
+        )
     if settings_path.is_file():  # a resumed run must use the same settings; only `num` may grow
         old = json.loads(settings_path.read_text())
         now = json.loads(json.dumps(settings))  # tuples as lists, as they were stored
         if {k: v for k, v in old.items() if k != "num"} != {k: v for k, v in now.items() if k != "num"}:
-            raise ValueError(f"{settings_path} was written with other settings; use a new --out or the same options "
-                             f"(differences: {sorted(k for k in now if old.get(k) != now[k])})")
+            raise ValueError(
+                f"{settings_path} was written with other settings; use a new --out or the same options "
+                f"(differences: {sorted(k for k in now if old.get(k) != now[k])})"
+            )
     dist_utils.barrier()  # every rank has checked the old settings
     if rank == 0:
         atomic_write_text(settings_path, json.dumps(settings, indent=2) + "\n")
@@ -139,7 +162,9 @@ def generate_samples(pipe: VFMVAEPipeline, out: str | Path, num: int, *, config:
     ours = [out / "images" / f"{i:06d}.png" for i in range(rank, num, world)]
     torn = {p for p in ours if p.is_file() and not _is_whole_png(p)}
     if torn:  # ours (named by index, in a folder with our settings.json): regenerated, replaced atomically
-        log.warning("%d incomplete PNG(s) in %s (e.g. %s) will be regenerated", len(torn), out / "images", min(torn).name)
+        log.warning(
+            "%d incomplete PNG(s) in %s (e.g. %s) will be regenerated", len(torn), out / "images", min(torn).name
+        )
     mine = [i for i, p in zip(range(rank, num, world), ours) if not p.is_file() or p in torn]
     started, done = time.perf_counter(), 0
     with tqdm(total=len(mine), desc="sampling", unit="img", disable=not (progress and rank == 0)) as bar:
@@ -147,15 +172,21 @@ def generate_samples(pipe: VFMVAEPipeline, out: str | Path, num: int, *, config:
             chunk = mine[start : start + batch_size]
             images = pipe([labels[i] for i in chunk], seed=seed, indices=chunk, config=config)
             if not torch.isfinite(images).all():  # NaN latent statistics or weights give black images otherwise
-                raise ValueError(f"non-finite values in samples {chunk[0]}..{chunk[-1]}; nothing was written for them: "
-                                 "check the diffusion weights and the latent statistics (mean/std)")
+                raise ValueError(
+                    f"non-finite values in samples {chunk[0]}..{chunk[-1]}; nothing was written for them: "
+                    "check the diffusion weights and the latent statistics (mean/std)"
+                )
             for i, array in zip(chunk, images_to_uint8(images)):
                 _write_png(out / "images" / f"{i:06d}.png", array)
             done += len(chunk)
             bar.update(len(chunk))
     dist_utils.barrier()
-    result = {"out": str(out), "num": num, "new_on_rank0": done if rank == 0 else None,
-              "images_per_s": done / max(1e-9, time.perf_counter() - started)}
+    result = {
+        "out": str(out),
+        "num": num,
+        "new_on_rank0": done if rank == 0 else None,
+        "images_per_s": done / max(1e-9, time.perf_counter() - started),
+    }
     if rank == 0:
         result["npz"] = str(write_npz(out, num, labels))
         first = torch.from_numpy(np.load(out / "samples.npz")["arr_0"][:64]).permute(0, 3, 1, 2).float() / 255

@@ -27,10 +27,10 @@ __all__ = ["Guidance", "time_grid", "guided_velocity", "sample_ode", "sample_sde
 
 @dataclass(frozen=True)
 class Guidance:
-    scale: float = 1.0                      # 1 = no guidance (one conditional pass)
+    scale: float = 1.0  # 1 = no guidance (one conditional pass)
     interval: tuple[float, float] = (0.0, 1.0)  # guide while low <= t <= high (package time)
-    channels: int | None = None             # None = all latent channels; 3 = LightningDiT compatibility
-    cls_scale: float | None = None          # REG class token; None = same as `scale`
+    channels: int | None = None  # None = all latent channels; 3 = LightningDiT compatibility
+    cls_scale: float | None = None  # REG class token; None = same as `scale`
 
     def __post_init__(self) -> None:
         # refused here, not only in argparse: a negative scale or an empty or out-of-range interval samples
@@ -40,8 +40,10 @@ class Guidance:
                 raise ValueError(f"guidance {name} must be a finite number >= 0 (1 = no guidance), got {value}")
         low, high = self.interval
         if not (0.0 <= low <= high <= 1.0):
-            raise ValueError(f"guidance interval (--interval) must be LOW,HIGH with 0 <= LOW <= HIGH <= 1 "
-                             f"(t = 1 is noise), got {low},{high}")
+            raise ValueError(
+                f"guidance interval (--interval) must be LOW,HIGH with 0 <= LOW <= HIGH <= 1 "
+                f"(t = 1 is noise), got {low},{high}"
+            )
         if self.channels is not None and self.channels < 1:
             raise ValueError(f"guidance channels (--guide-channels) must be >= 1, got {self.channels}")
 
@@ -67,8 +69,9 @@ def check_shift(shift: float) -> None:
         raise ValueError(f"time-grid shift (--shift) must be a finite number > 0 (1 = no shift), got {shift}")
 
 
-def guided_velocity(model, x: torch.Tensor, t: float, y: torch.Tensor, cls: torch.Tensor | None,
-                    guidance: Guidance | float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+def guided_velocity(
+    model, x: torch.Tensor, t: float, y: torch.Tensor, cls: torch.Tensor | None, guidance: Guidance | float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The model's (guided) velocity at time t for latents x (and REG class token `cls`), in x's dtype."""
     g = guidance if isinstance(guidance, Guidance) else Guidance(scale=float(guidance))
     dtype = next(model.parameters()).dtype
@@ -77,12 +80,18 @@ def guided_velocity(model, x: torch.Tensor, t: float, y: torch.Tensor, cls: torc
         out = model(x.to(dtype), tt, y, None if cls is None else cls.to(dtype))
         return out.sample.to(x.dtype), None if out.cls is None else out.cls.to(x.dtype)
     null = torch.full_like(y, model.config.num_classes)
-    both = model(torch.cat([x, x]).to(dtype), torch.cat([tt, tt]), torch.cat([y, null]),
-                 None if cls is None else torch.cat([cls, cls]).to(dtype))
+    both = model(
+        torch.cat([x, x]).to(dtype),
+        torch.cat([tt, tt]),
+        torch.cat([y, null]),
+        None if cls is None else torch.cat([cls, cls]).to(dtype),
+    )
     cond, uncond = both.sample.to(x.dtype).chunk(2)
     k = g.channels if g.channels is not None else cond.shape[1]
     if k > cond.shape[1]:
-        raise ValueError(f"guidance channels (--guide-channels) {k} exceeds the model's {cond.shape[1]} latent channels")
+        raise ValueError(
+            f"guidance channels (--guide-channels) {k} exceeds the model's {cond.shape[1]} latent channels"
+        )
     v = cond.clone()
     v[:, :k] = uncond[:, :k] + g.scale * (cond[:, :k] - uncond[:, :k])
     v_cls = None
@@ -94,9 +103,18 @@ def guided_velocity(model, x: torch.Tensor, t: float, y: torch.Tensor, cls: torc
 
 
 @torch.no_grad()
-def sample_ode(model, noise: torch.Tensor, labels: torch.Tensor, *, steps: int = 50, method: str = "euler",
-               guidance: Guidance | float = 1.0, shift: float = 1.0, cls_noise: torch.Tensor | None = None,
-               grid: torch.Tensor | None = None) -> torch.Tensor:
+def sample_ode(
+    model,
+    noise: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    steps: int = 50,
+    method: str = "euler",
+    guidance: Guidance | float = 1.0,
+    shift: float = 1.0,
+    cls_noise: torch.Tensor | None = None,
+    grid: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Latents (normalised, in noise's dtype) from `noise` at t = 1. `grid` overrides the time grid."""
     if method not in ("euler", "heun"):
         raise ValueError(f"unknown ODE method {method!r} (euler, heun)")
@@ -135,10 +153,17 @@ def sde_grid(steps: int, device: torch.device | str = "cpu", t_last: float = 0.0
 
 
 @torch.no_grad()
-def sample_sde(model, noise: torch.Tensor, labels: torch.Tensor, *, steps: int = 250,
-               guidance: Guidance | float = 1.0, cls_noise: torch.Tensor | None = None,
-               step_noise: Callable[[int], tuple[torch.Tensor, torch.Tensor | None]] | None = None,
-               generators: list[torch.Generator] | None = None) -> torch.Tensor:
+def sample_sde(
+    model,
+    noise: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    steps: int = 250,
+    guidance: Guidance | float = 1.0,
+    cls_noise: torch.Tensor | None = None,
+    step_noise: Callable[[int], tuple[torch.Tensor, torch.Tensor | None]] | None = None,
+    generators: list[torch.Generator] | None = None,
+) -> torch.Tensor:
     """Euler-Maruyama from t = 1 to 0.04, then one noise-free Euler step to 0; states in float64.
 
     Step noise comes from `step_noise(i)` (for replaying recorded draws) or per sample from `generators`

@@ -38,13 +38,13 @@ SAMPLERS = ("euler", "heun", "sde")
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    sampler: str = "euler"                      # euler | heun (ODE) | sde (Euler-Maruyama, REG/SiT)
+    sampler: str = "euler"  # euler | heun (ODE) | sde (Euler-Maruyama, REG/SiT)
     steps: int = 50
     cfg_scale: float = 1.0
     interval: tuple[float, float] = (0.0, 1.0)  # guidance while low <= t <= high (t = 1 noise)
-    guide_channels: int | None = None           # 3 = LightningDiT's published behaviour
-    cls_cfg_scale: float | None = None          # REG class token; None = cfg_scale
-    shift: float = 1.0                          # ODE grid shift (LightningDiT's timestep_shift s is 1/s here)
+    guide_channels: int | None = None  # 3 = LightningDiT's published behaviour
+    cls_cfg_scale: float | None = None  # REG class token; None = cfg_scale
+    shift: float = 1.0  # ODE grid shift (LightningDiT's timestep_shift s is 1/s here)
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -56,8 +56,12 @@ class SamplerConfig:
 
     @property
     def guidance(self) -> Guidance:
-        return Guidance(scale=self.cfg_scale, interval=tuple(self.interval), channels=self.guide_channels,
-                        cls_scale=self.cls_cfg_scale)
+        return Guidance(
+            scale=self.cfg_scale,
+            interval=tuple(self.interval),
+            channels=self.guide_channels,
+            cls_scale=self.cls_cfg_scale,
+        )
 
 
 SAMPLER_FILE = "sampler.json"  # in a diffusion export: {"preset": name or null}, written by `train diffusion`
@@ -70,17 +74,26 @@ def read_preset(diffusion_dir: str | Path) -> str | None:
 
 
 class VFMVAEPipeline:
-    def __init__(self, diffusion: DiffusionTransformer, tokenizer, stats: LatentStats, preset: str | None = None) -> None:
+    def __init__(
+        self, diffusion: DiffusionTransformer, tokenizer, stats: LatentStats, preset: str | None = None
+    ) -> None:
         if stats.mean.numel() != diffusion.config.in_channels:
-            raise ValueError(f"latent statistics have {stats.mean.numel()} channels, the model {diffusion.config.in_channels}")
+            raise ValueError(
+                f"latent statistics have {stats.mean.numel()} channels, the model {diffusion.config.in_channels}"
+            )
         self.diffusion, self.tokenizer, self.stats = diffusion.eval(), tokenizer.eval(), stats
         self.tokenizer_dir: Path | None = None  # the folders they were loaded from, if any (for resume verification)
         self.diffusion_dir: Path | None = None
         self.preset = preset  # default sampler settings of __call__ (vfmvae.sampling.presets)
 
     @classmethod
-    def from_pretrained(cls, diffusion: str | Path, tokenizer: str | Path | None = None,
-                        latent_stats: str | Path | None = None, device: str | torch.device = "cpu") -> VFMVAEPipeline:
+    def from_pretrained(
+        cls,
+        diffusion: str | Path,
+        tokenizer: str | Path | None = None,
+        latent_stats: str | Path | None = None,
+        device: str | torch.device = "cpu",
+    ) -> VFMVAEPipeline:
         """`diffusion`: an export folder or a Hub id (owner/name[@revision]); the statistics default to its
         latent_stats.json (inside the downloaded snapshot for a Hub id), the tokenizer to the one they name. The
         statistics must belong to the tokenizer (`LatentStats.check_tokenizer`)."""
@@ -105,7 +118,9 @@ class VFMVAEPipeline:
     def device(self) -> torch.device:
         return next(self.diffusion.parameters()).device
 
-    def initial_noise(self, indices: Sequence[int], seed: int) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Generator]]:
+    def initial_noise(
+        self, indices: Sequence[int], seed: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Generator]]:
         c = self.diffusion.config
         gens = [torch.Generator().manual_seed(derive_seed(seed, i)) for i in indices]
         noise = torch.stack([torch.randn(c.in_channels, c.input_size, c.input_size, generator=g) for g in gens])
@@ -113,8 +128,14 @@ class VFMVAEPipeline:
         return noise, cls, gens
 
     @torch.no_grad()
-    def latents(self, labels: Sequence[int] | torch.Tensor, *, seed: int = 0, indices: Sequence[int] | None = None,
-                config: SamplerConfig = SamplerConfig()) -> torch.Tensor:
+    def latents(
+        self,
+        labels: Sequence[int] | torch.Tensor,
+        *,
+        seed: int = 0,
+        indices: Sequence[int] | None = None,
+        config: SamplerConfig = SamplerConfig(),
+    ) -> torch.Tensor:
         """Normalised latents for `labels`; sample i uses seed (seed, indices[i]) (default indices 0..B-1)."""
         labels = torch.as_tensor(labels, dtype=torch.long)
         classes = self.diffusion.config.num_classes
@@ -123,23 +144,41 @@ class VFMVAEPipeline:
             raise ValueError(f"class label {bad} is outside this model's classes 0..{classes - 1}")
         indices = list(range(len(labels))) if indices is None else list(indices)
         if config.guide_channels is not None and config.guide_channels > self.diffusion.config.in_channels:
-            raise ValueError(f"--guide-channels {config.guide_channels} exceeds the model's "
-                             f"{self.diffusion.config.in_channels} latent channels")
+            raise ValueError(
+                f"--guide-channels {config.guide_channels} exceeds the model's "
+                f"{self.diffusion.config.in_channels} latent channels"
+            )
         noise, cls, gens = self.initial_noise(indices, seed)
         dev, dtype = self.device, next(self.diffusion.parameters()).dtype  # ODE states in the model's precision
         noise, cls = noise.to(dev, dtype), None if cls is None else cls.to(dev, dtype)
         y = labels.to(dev)
         if config.sampler == "sde":
-            z = sample_sde(self.diffusion, noise, y, steps=config.steps, guidance=config.guidance, cls_noise=cls,
-                           generators=gens)
+            z = sample_sde(
+                self.diffusion, noise, y, steps=config.steps, guidance=config.guidance, cls_noise=cls, generators=gens
+            )
         else:
-            z = sample_ode(self.diffusion, noise, y, steps=config.steps, method=config.sampler,
-                           guidance=config.guidance, shift=config.shift, cls_noise=cls)
+            z = sample_ode(
+                self.diffusion,
+                noise,
+                y,
+                steps=config.steps,
+                method=config.sampler,
+                guidance=config.guidance,
+                shift=config.shift,
+                cls_noise=cls,
+            )
         return z.to(dtype)
 
     @torch.no_grad()
-    def __call__(self, labels: Sequence[int] | torch.Tensor, *, seed: int = 0, indices: Sequence[int] | None = None,
-                 config: SamplerConfig | None = None, **options) -> torch.Tensor:
+    def __call__(
+        self,
+        labels: Sequence[int] | torch.Tensor,
+        *,
+        seed: int = 0,
+        indices: Sequence[int] | None = None,
+        config: SamplerConfig | None = None,
+        **options,
+    ) -> torch.Tensor:
         """Images in [0, 1], (B, 3, H, W). Without `config`, the pipeline's preset with `options` (SamplerConfig
         fields: sampler, steps, cfg_scale, ...) applied on top."""
         from vfmvae.sampling.presets import resolve_sampler_config

@@ -27,34 +27,72 @@ from vfmvae.sampling.pipeline import SamplerConfig
 __all__ = ["PRESETS", "PRESET_SOURCES", "from_lightningdit", "from_reg", "resolve_sampler_config"]
 
 
-def from_reg(*, mode: str = "sde", num_steps: int = 250, cfg_scale: float = 1.0, cls_cfg_scale: float | None = None,
-             guidance_low: float = 0.0, guidance_high: float = 1.0) -> SamplerConfig:
+def from_reg(
+    *,
+    mode: str = "sde",
+    num_steps: int = 250,
+    cfg_scale: float = 1.0,
+    cls_cfg_scale: float | None = None,
+    guidance_low: float = 0.0,
+    guidance_high: float = 1.0,
+) -> SamplerConfig:
     """REG `sample.py` arguments -> ours. Same time axis; `num_steps` counts steps."""
     if mode not in ("sde", "ode"):
         raise ValueError(f"REG mode {mode!r}: expected sde or ode")
-    return SamplerConfig(sampler="sde" if mode == "sde" else "euler", steps=num_steps, cfg_scale=cfg_scale,
-                         cls_cfg_scale=cls_cfg_scale, interval=(guidance_low, guidance_high))
+    return SamplerConfig(
+        sampler="sde" if mode == "sde" else "euler",
+        steps=num_steps,
+        cfg_scale=cfg_scale,
+        cls_cfg_scale=cls_cfg_scale,
+        interval=(guidance_low, guidance_high),
+    )
 
 
-def from_lightningdit(*, sampling_method: str = "euler", num_sampling_steps: int = 250, timestep_shift: float = 0.0,
-                      cfg_scale: float = 1.0, cfg_interval_start: float = 0.0) -> SamplerConfig:
+def from_lightningdit(
+    *,
+    sampling_method: str = "euler",
+    num_sampling_steps: int = 250,
+    timestep_shift: float = 0.0,
+    cfg_scale: float = 1.0,
+    cfg_interval_start: float = 0.0,
+) -> SamplerConfig:
     """LightningDiT `sample:` settings -> ours. Its time runs 0 (noise) -> 1 (data) and `num_sampling_steps` counts
     grid points; its guidance is off while t < cfg_interval_start and acts on the first 3 channels only."""
     if sampling_method not in ("euler", "heun"):
         raise ValueError(f"LightningDiT sampling_method {sampling_method!r}: euler or heun are supported")
-    return SamplerConfig(sampler=sampling_method, steps=num_sampling_steps - 1,
-                         shift=1.0 / timestep_shift if timestep_shift > 0 else 1.0, cfg_scale=cfg_scale,
-                         interval=(0.0, 1.0 - cfg_interval_start), guide_channels=3)
+    return SamplerConfig(
+        sampler=sampling_method,
+        steps=num_sampling_steps - 1,
+        shift=1.0 / timestep_shift if timestep_shift > 0 else 1.0,
+        cfg_scale=cfg_scale,
+        interval=(0.0, 1.0 - cfg_interval_start),
+        guide_channels=3,
+    )
 
 
 PRESET_SOURCES: dict[str, dict[str, Any]] = {
-    "reg-sde": {"code": "tianciB/VFM-VAE@b3a752a tools/preprocess_for_reg/sample.sh (REG sample.py)",
-                "official": {"mode": "sde", "num_steps": 250, "cfg_scale": 4.0, "cls_cfg_scale": 4.0,
-                             "guidance_low": 0.0, "guidance_high": 0.8}},
-    "lightningdit": {"code": "tianciB/VFM-VAE@b3a752a tools/preprocess_for_lightningdit/"
-                             "train_lightningdit_xl_1_stage_1.yaml (LightningDiT Sampler.sample_ode)",
-                     "official": {"sampling_method": "euler", "num_sampling_steps": 250, "timestep_shift": 0.3,
-                                  "cfg_scale": 4.0, "cfg_interval_start": 0.125}},
+    "reg-sde": {
+        "code": "tianciB/VFM-VAE@b3a752a tools/preprocess_for_reg/sample.sh (REG sample.py)",
+        "official": {
+            "mode": "sde",
+            "num_steps": 250,
+            "cfg_scale": 4.0,
+            "cls_cfg_scale": 4.0,
+            "guidance_low": 0.0,
+            "guidance_high": 0.8,
+        },
+    },
+    "lightningdit": {
+        "code": "tianciB/VFM-VAE@b3a752a tools/preprocess_for_lightningdit/"
+        "train_lightningdit_xl_1_stage_1.yaml (LightningDiT Sampler.sample_ode)",
+        "official": {
+            "sampling_method": "euler",
+            "num_sampling_steps": 250,
+            "timestep_shift": 0.3,
+            "cfg_scale": 4.0,
+            "cfg_interval_start": 0.125,
+        },
+    },
 }
 
 PRESETS: dict[str, SamplerConfig] = {

@@ -29,8 +29,13 @@ from vfmvae.tokenizer.model import VFMVAE, VFMVAEConfig
 from vfmvae.vfm import FrozenVFM, VFMSpec, build_vfm
 from vfmvae.vfm.registry import VFM_REGISTRY
 
-__all__ = ["config_from_official", "vfm_spec_from_official", "load_official_weights", "convert_official_state_dict",
-           "convert_official_tokenizer"]
+__all__ = [
+    "config_from_official",
+    "vfm_spec_from_official",
+    "load_official_weights",
+    "convert_official_state_dict",
+    "convert_official_tokenizer",
+]
 
 # G_kwargs that describe the VFM (official name -> VFMSpec field); patch_in_dimensions must be the VFM's width
 _VFM_RENAMED = {"scale_factor": "scale_factor", "patch_from_layers": "layers"}
@@ -74,11 +79,28 @@ _REQUIRED_VALUES = {
 }
 # G_kwargs that only affect training, precision or unused paths
 _IGNORED = {
-    "class_name", "vfm_name", "img_resolution", "patch_in_dimensions", "distmat_margin", "cos_margin", "distmat_weight",
+    "class_name",
+    "vfm_name",
+    "img_resolution",
+    "patch_in_dimensions",
+    "distmat_margin",
+    "cos_margin",
+    "distmat_weight",
     "cos_weight",
-    "use_kl_loss", "use_vf_loss", "use_adaptive_vf_loss", "equivariance_regularization_p_prior",
-    "equivariance_regularization_p_prior_scale", "use_equivariance_regularization", "num_fp16_res", "train_mode",
-    "conv_clamp", "label_type", "label_dim", "use_entropy_loss", "entropy_temp", "synthesis_kwargs",
+    "use_kl_loss",
+    "use_vf_loss",
+    "use_adaptive_vf_loss",
+    "equivariance_regularization_p_prior",
+    "equivariance_regularization_p_prior_scale",
+    "use_equivariance_regularization",
+    "num_fp16_res",
+    "train_mode",
+    "conv_clamp",
+    "label_type",
+    "label_dim",
+    "use_entropy_loss",
+    "entropy_temp",
+    "synthesis_kwargs",
 }
 
 
@@ -89,8 +111,9 @@ def vfm_spec_from_official(official: dict[str, Any], vfm: str | Path, *, source:
     fields = {ours: g.get(theirs, _VFM_DEFAULTS[ours]) for theirs, ours in _VFM_RENAMED.items()}
     fields["layers"] = tuple(fields["layers"])
     text = str(vfm)
-    return (VFMSpec(name=text, **fields) if text in VFM_REGISTRY
-            else VFMSpec(name="custom", path=text, **fields))  # an unregistered folder: its own family and arch
+    return (
+        VFMSpec(name=text, **fields) if text in VFM_REGISTRY else VFMSpec(name="custom", path=text, **fields)
+    )  # an unregistered folder: its own family and arch
 
 
 def _g_kwargs(official: dict[str, Any], source: str) -> dict[str, Any]:
@@ -116,8 +139,10 @@ def config_from_official(official: dict[str, Any], vfm: FrozenVFM, *, source: st
     resolution = g.get("img_resolution") or (official.get("training_set_kwargs") or {}).get("resolution") or 256
     widths = g.get("patch_in_dimensions")
     if widths is not None and any(int(w) != vfm.width for w in widths):
-        raise CheckpointFormatError(f"{source}: G_kwargs.patch_in_dimensions {list(widths)} do not match the width "
-                                    f"{vfm.width} of the VFM {vfm.name}")
+        raise CheckpointFormatError(
+            f"{source}: G_kwargs.patch_in_dimensions {list(widths)} do not match the width "
+            f"{vfm.width} of the VFM {vfm.name}"
+        )
     kwargs: dict[str, Any] = {ours: g[theirs] for theirs, ours in _RENAMED.items() if theirs in g}
     for key in ("proj_dims", "inject_blocks", "inject_dims", "attn_blocks", "attn_depths"):
         if key in kwargs:
@@ -159,10 +184,10 @@ def _map_key(key: str, model: VFMVAE) -> str | object | None:
     if key.startswith("vfm_encoder."):
         if key.endswith("position_ids"):
             return _DROPPED
-        rest = key[len("vfm_encoder.encoder."):]
+        rest = key[len("vfm_encoder.encoder.") :]
         for prefix in ("vision_model.vision_model.", "vision_model."):
             if rest.startswith(prefix):
-                return "vfm.model." + rest[len(prefix):]
+                return "vfm.model." + rest[len(prefix) :]
         return None
     if key.endswith("zero_k_bias") or key.endswith("blur_weight"):
         return _DROPPED
@@ -172,26 +197,30 @@ def _map_key(key: str, model: VFMVAE) -> str | object | None:
         resolutions = model.config.block_resolutions()
         if res not in resolutions:
             return None
-        key = f"synthesis.blocks.{resolutions.index(res)}." + key[m.end():]
-    if (m := _PATCH.match(key)):
-        return f"patch_projs.{m.group(1)}." + key[m.end():]
-    for theirs, ours in (("ldm_adapter.final_quant.", "final_proj."), ("ldm_adapter.post_quant.", "post_proj."),
-                         ("ldm_adapter.quantizer.", "quantizer."),
-                         ("ldm_adapter.linear_proj.", "vf_proj."), ("mapping.mlp.", "mapping.")):
+        key = f"synthesis.blocks.{resolutions.index(res)}." + key[m.end() :]
+    if m := _PATCH.match(key):
+        return f"patch_projs.{m.group(1)}." + key[m.end() :]
+    for theirs, ours in (
+        ("ldm_adapter.final_quant.", "final_proj."),
+        ("ldm_adapter.post_quant.", "post_proj."),
+        ("ldm_adapter.quantizer.", "quantizer."),
+        ("ldm_adapter.linear_proj.", "vf_proj."),
+        ("mapping.mlp.", "mapping."),
+    ):
         if key.startswith(theirs):
-            return ours + key[len(theirs):]
+            return ours + key[len(theirs) :]
     if key == "mapping.x_avg":
         return "mapping.w_avg"
-    if (m := _ZCONV.match(key)):
+    if m := _ZCONV.match(key):
         idx, seq, part, leaf = m.groups()
         conv = model.synthesis.latent_convs[idx]
-        first = 1 if conv.unshuffle > 1 else 0          # PixelUnshuffle occupies slot 0
+        first = 1 if conv.unshuffle > 1 else 0  # PixelUnshuffle occupies slot 0
         second = 2 if (conv.unshuffle > 1 or conv.shuffle > 1) else 1  # a (un)shuffle sits between the two
         names = {first: ("dw", "pw", "norm"), second: ("out_pw", "out_norm")}.get(int(seq))
         if names is None or int(part) >= len(names):
             return None
         return f"synthesis.latent_convs.{idx}.{names[int(part)]}.{leaf}"
-    if (m := _CONV.match(key)):
+    if m := _CONV.match(key):
         prefix, which, j, leaf = m.groups()
         index = 0 if which == "conv0" else int(j) + 1
         leaf = {"pwconv1.weight": "pw1_weight", "pwconv1.bias": "pw1_bias"}.get(leaf, leaf)
@@ -203,7 +232,7 @@ def _map_key(key: str, model: VFMVAE) -> str | object | None:
             head, tail = key.split(".ff.", 1)
             for theirs, ours in _ATTN_FF.items():
                 if tail.startswith(theirs):
-                    return f"{head}.ff.{ours}{tail[len(theirs):]}"
+                    return f"{head}.ff.{ours}{tail[len(theirs) :]}"
             return None
         return key
     return None
@@ -221,7 +250,9 @@ def _check_dropped(key: str, value: torch.Tensor, model: VFMVAE) -> str | None:
     return None
 
 
-def convert_official_state_dict(official: dict[str, torch.Tensor], model: VFMVAE, *, source: str = "checkpoint") -> None:
+def convert_official_state_dict(
+    official: dict[str, torch.Tensor], model: VFMVAE, *, source: str = "checkpoint"
+) -> None:
     """Load official weights into `model` (in place); every key must map, none may be left over."""
     mapped: dict[str, torch.Tensor] = {}
     unknown, problems = [], []
@@ -230,7 +261,7 @@ def convert_official_state_dict(official: dict[str, torch.Tensor], model: VFMVAE
         if ours is None:
             unknown.append(key)
         elif ours is _DROPPED:
-            if (problem := _check_dropped(key, value, model)):
+            if problem := _check_dropped(key, value, model):
                 problems.append(problem)
         else:
             mapped[ours] = value
@@ -245,8 +276,9 @@ def convert_official_state_dict(official: dict[str, torch.Tensor], model: VFMVAE
     load_state_dict_strict(model, mapped, source=source)
 
 
-def convert_official_tokenizer(config_path: str | Path, weights_path: str | Path, vfm: str | Path,
-                               out: str | Path | None = None) -> VFMVAE:
+def convert_official_tokenizer(
+    config_path: str | Path, weights_path: str | Path, vfm: str | Path, out: str | Path | None = None
+) -> VFMVAE:
     """The `vfmvae convert official-tokenizer` command as a function."""
     config_path = Path(config_path)
     if not config_path.is_file():

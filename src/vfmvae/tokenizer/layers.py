@@ -55,14 +55,14 @@ class _ProjAttention(nn.Module):
         b, n, _ = x.shape
         bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
         qkv = F.linear(x, self.qkv.weight, bias).reshape(b, n, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                      # (B, H, N, hd) each
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, N, hd) each
         out = F.scaled_dot_product_attention(q, k, v)
         if self.down:
-            out = out.mean(dim=1)                                            # (B, N, hd): heads averaged
+            out = out.mean(dim=1)  # (B, N, hd): heads averaged
             if self.head_dim != self.out_dim:
                 out = F.adaptive_avg_pool1d(out, self.out_dim)
         else:
-            out = out.transpose(1, 2).reshape(b, n, -1)                      # (B, N, out)
+            out = out.transpose(1, 2).reshape(b, n, -1)  # (B, N, out)
         return self.proj(out)
 
 
@@ -156,8 +156,14 @@ class EqualizedLinear(nn.Module):
     (the mapping network trains at 1/100 of the base rate).
     """
 
-    def __init__(self, in_features: int, out_features: int, lr_multiplier: float = 1.0, bias_init: float = 0.0,
-                 activation: str = "linear") -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        lr_multiplier: float = 1.0,
+        bias_init: float = 0.0,
+        activation: str = "linear",
+    ) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_multiplier)
         self.bias = nn.Parameter(torch.full((out_features,), bias_init / lr_multiplier))
@@ -217,14 +223,14 @@ class ModulatedConvNeXtLayer(nn.Module):
         self.gamma = nn.Parameter(torch.full((1, channels, 1, 1), 1e-5))
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        style = self.affine_pw1(w)                                            # (B, C)
+        style = self.affine_pw1(w)  # (B, C)
         h = self.dwconv(x)
         if hasattr(self, "noise_const"):
             noise = (self.noise_const * self.noise_strength)[None, None]
             h = h + F.interpolate(noise, size=h.shape[-2:], mode="bilinear", align_corners=False)
         h = self.norm(h)
-        weight = self.pw1_weight.squeeze(-1).squeeze(-1)                      # (4C, C)
-        demod = (style.square() @ weight.square().t() + 1e-8).rsqrt()        # (B, 4C): sum_i (W_oi s_bi)^2
+        weight = self.pw1_weight.squeeze(-1).squeeze(-1)  # (4C, C)
+        demod = (style.square() @ weight.square().t() + 1e-8).rsqrt()  # (B, 4C): sum_i (W_oi s_bi)^2
         h = F.conv2d(h * style[:, :, None, None].to(h.dtype), self.pw1_weight)
         h = h * demod[:, :, None, None].to(h.dtype) + self.pw1_bias
         h = self.pwconv2(F.gelu(h))
@@ -267,8 +273,9 @@ class SeparableUpsample(nn.Module):
         self.pointwise = nn.Conv2d(in_channels, 4 * out_channels, 1, bias=False)
         taps = torch.tensor(_BINOMIAL[blur_size])
         kernel = taps[:, None] * taps[None, :]
-        self.register_buffer("blur", (kernel / kernel.sum()).expand(out_channels, 1, blur_size, blur_size).clone(),
-                             persistent=False)
+        self.register_buffer(
+            "blur", (kernel / kernel.sum()).expand(out_channels, 1, blur_size, blur_size).clone(), persistent=False
+        )
         self.pad = blur_size // 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -309,7 +316,7 @@ class _SelfAttention(nn.Module):
         b, c, h, w = x.shape
         x = self.norm(x)
 
-        def heads(t: torch.Tensor) -> torch.Tensor:                          # (B, C, H, W) -> (B, heads, HW, d)
+        def heads(t: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, heads, HW, d)
             return t.reshape(b, self.heads, c // self.heads, h * w).transpose(2, 3)
 
         q, k, v = heads(self.to_q(x)), heads(self.to_k(x)), heads(self.to_v(x))

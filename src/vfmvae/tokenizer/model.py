@@ -45,26 +45,26 @@ class VFMVAEConfig:
 
     # frozen VFM (encoder): which VFM, its taps (patch_from_layers) and input scale; tap widths are the VFM's
     vfm: VFMSpec = field(default_factory=VFMSpec)
-    proj_dims: tuple[int, ...] = (64, 64, 64)        # width of each tap after projection (patch_out_dimensions)
+    proj_dims: tuple[int, ...] = (64, 64, 64)  # width of each tap after projection (patch_out_dimensions)
     # latent
-    image_size: int = 256                            # training resolution; fixes the grid ratios
-    downsample: int = 16                             # image / latent size (resolution_compression_factor)
-    z_dim: int = 32                                  # continuous mode: latent channels
+    image_size: int = 256  # training resolution; fixes the grid ratios
+    downsample: int = 16  # image / latent size (resolution_compression_factor)
+    z_dim: int = 32  # continuous mode: latent channels
     compression: Literal["continuous", "discrete"] = "continuous"
-    vocab_size: int = 32768                          # discrete mode: codes over all codebooks
-    vocab_width: int = 64                            # discrete mode: latent channels
+    vocab_size: int = 32768  # discrete mode: codes over all codebooks
+    vocab_width: int = 64  # discrete mode: latent channels
     num_codebooks: int = 8
     vq_beta: float = 0.25
     compress: Literal["attnproj", "conv"] = "attnproj"
     decompress: Literal["attnproj", "conv"] = "attnproj"
     quant_layers: int = 1
     post_quant_layers: int = 1
-    decompress_factor: int = 16                      # Z width = z_dim x decompress_factor
-    vf_projection: bool = False                      # 1x1 z -> VFM width, for the VF alignment loss
+    decompress_factor: int = 16  # Z width = z_dim x decompress_factor
+    vf_projection: bool = False  # 1x1 z -> VFM width, for the VF alignment loss
     # decoder
     pooled_resolution: int = 1
-    w_dim: int = 512                                 # z_dim_for_mapping_mlp_output
-    inject_blocks: tuple[int, ...] = (0, 1, 2, 3)    # Multi-Scale Latent Fusion targets
+    w_dim: int = 512  # z_dim_for_mapping_mlp_output
+    inject_blocks: tuple[int, ...] = (0, 1, 2, 3)  # Multi-Scale Latent Fusion targets
     inject_dims: tuple[int, ...] = (512, 256, 128, 128)
     attn_blocks: tuple[int, ...] = (0, 1, 2)
     attn_depths: tuple[int, ...] = (2, 2, 2)
@@ -73,22 +73,26 @@ class VFMVAEConfig:
     channel_base: int = 32768
     channel_max: int = 512
     num_res_blocks: int = 2
-    extra_convnext: bool = True                      # 3 ConvNeXt layers per group in blocks 0-3 (else 2)
-    legacy_noise: bool = True                        # the released weights need it; new models: False
+    extra_convnext: bool = True  # 3 ConvNeXt layers per group in blocks 0-3 (else 2)
+    legacy_noise: bool = True  # the released weights need it; new models: False
 
     @staticmethod
     def retired_keys(data: dict[str, Any], prefix: str) -> dict[str, str]:
         """Format-1 keys of the VFM, refused in recipes with what to write instead (config.json files are upgraded)."""
-        advice = {old: f"the VFM is described once; write {prefix}vfm.{new}: {yaml_flow(data[old])} instead"
-                  for old, (new, _) in _FLAT_VFM_KEYS.items() if old in data}
+        advice = {
+            old: f"the VFM is described once; write {prefix}vfm.{new}: {yaml_flow(data[old])} instead"
+            for old, (new, _) in _FLAT_VFM_KEYS.items()
+            if old in data
+        }
         if "layer_dims" in data:
             advice["layer_dims"] = "the tap widths are the VFM's own; delete it"
         return advice
 
     def __post_init__(self) -> None:
         if len(self.proj_dims) != len(self.vfm.layers):
-            raise ValueError(f"proj_dims {self.proj_dims} must give one width per VFM tap "
-                             f"(vfm.layers {self.vfm.layers})")
+            raise ValueError(
+                f"proj_dims {self.proj_dims} must give one width per VFM tap (vfm.layers {self.vfm.layers})"
+            )
         if 0 not in self.inject_blocks:
             raise ValueError("inject_blocks must contain 0: block 0 takes the injected latent as its only input")
         if len(self.inject_dims) != len(self.inject_blocks) or len(self.attn_depths) != len(self.attn_blocks):
@@ -130,16 +134,18 @@ class _Mapping(nn.Module):
 
 
 class _SynthesisBlock(nn.Module):
-    def __init__(self, index: int, in_ch: int, out_ch: int, prev_ch: int | None, cfg: VFMVAEConfig,
-                 resolution: int) -> None:
+    def __init__(
+        self, index: int, in_ch: int, out_ch: int, prev_ch: int | None, cfg: VFMVAEConfig, resolution: int
+    ) -> None:
         super().__init__()
         kernel = 5 if index <= 1 else 7
         blur = 3 if index <= 2 else 5
         self.upsample = SeparableUpsample(in_ch, out_ch, blur, pre_normalize=index > 0)
         per_group = 3 if index <= 3 and cfg.extra_convnext else 2
         noise = 8 * 2**index if cfg.legacy_noise else None  # legacy buffers assume 256 px: 8, 16, ... 256
-        self.layers = nn.ModuleList(ModulatedConvNeXtLayer(out_ch, cfg.w_dim, kernel, noise)
-                                    for _ in range(1 + cfg.num_res_blocks * per_group))
+        self.layers = nn.ModuleList(
+            ModulatedConvNeXtLayer(out_ch, cfg.w_dim, kernel, noise) for _ in range(1 + cfg.num_res_blocks * per_group)
+        )
         depth = cfg.attn_depths[cfg.attn_blocks.index(index)] if index in cfg.attn_blocks else 0
         self.attns = nn.ModuleList(SelfAttentionBlock(out_ch, cfg.attn_heads) for _ in range(depth))
         self.skip_upsample = SeparableUpsample(prev_ch, out_ch, blur) if prev_ch is not None else None
@@ -211,21 +217,30 @@ class VFMVAE(PretrainedMixin, nn.Module):
         # encoder projections
         width = self.vfm.width  # every tap of a ViT has its width (patch_in_dimensions)
         if cfg.compress == "attnproj":
-            self.patch_projs = nn.ModuleList(AttnProjection(width, o, max(1, width // o), cfg.quant_layers)
-                                             for o in cfg.proj_dims)
+            self.patch_projs = nn.ModuleList(
+                AttnProjection(width, o, max(1, width // o), cfg.quant_layers) for o in cfg.proj_dims
+            )
         else:
             self.patch_projs = nn.ModuleList(nn.Conv2d(width, o, 1) for o in cfg.proj_dims)
         fused = sum(o * self.unshuffle**2 for o in cfg.proj_dims)
         zc = cfg.latent_channels
         moments = 2 * cfg.z_dim if cfg.compression == "continuous" else cfg.vocab_width
-        self.final_proj = (AttnProjection(fused, moments, max(1, fused // moments), cfg.quant_layers)
-                           if cfg.compress == "attnproj" else nn.Conv2d(fused, moments, 1))
+        self.final_proj = (
+            AttnProjection(fused, moments, max(1, fused // moments), cfg.quant_layers)
+            if cfg.compress == "attnproj"
+            else nn.Conv2d(fused, moments, 1)
+        )
         big_z = zc * cfg.decompress_factor
-        self.post_proj = (AttnProjection(zc, big_z, max(1, cfg.decompress_factor), cfg.post_quant_layers,
-                                         compress=False)
-                          if cfg.decompress == "attnproj" else nn.Conv2d(zc, big_z, 1))
-        self.quantizer = (MultiCodebookQuantizer(cfg.vocab_size, cfg.vocab_width, cfg.num_codebooks, cfg.vq_beta)
-                          if cfg.compression == "discrete" else None)
+        self.post_proj = (
+            AttnProjection(zc, big_z, max(1, cfg.decompress_factor), cfg.post_quant_layers, compress=False)
+            if cfg.decompress == "attnproj"
+            else nn.Conv2d(zc, big_z, 1)
+        )
+        self.quantizer = (
+            MultiCodebookQuantizer(cfg.vocab_size, cfg.vocab_width, cfg.num_codebooks, cfg.vq_beta)
+            if cfg.compression == "discrete"
+            else None
+        )
         self.vf_proj = None
         if cfg.vf_projection:  # 1x1 z -> VFM width for the VF alignment loss, initialised as the official
             self.vf_proj = nn.Conv2d(zc, width, 1, bias=False)
@@ -248,8 +263,10 @@ class VFMVAE(PretrainedMixin, nn.Module):
     def _encode_tokens(self, feats) -> torch.Tensor:
         gh, gw = feats.grid
         if gh % self.unshuffle or gw % self.unshuffle:
-            raise ValueError(f"VFM grid {feats.grid} is not divisible by the unshuffle factor {self.unshuffle}; "
-                             f"use an image size that is a multiple of {self.config.downsample}")
+            raise ValueError(
+                f"VFM grid {feats.grid} is not divisible by the unshuffle factor {self.unshuffle}; "
+                f"use an image size that is a multiple of {self.config.downsample}"
+            )
         parts = []
         for tokens, proj in zip(feats.tokens, self.patch_projs):
             if isinstance(proj, nn.Conv2d):
@@ -259,10 +276,10 @@ class VFMVAE(PretrainedMixin, nn.Module):
                 tokens = proj(tokens)
             parts.append(tokens_unshuffle(tokens, (gh, gw), self.unshuffle))
         h, w = gh // self.unshuffle, gw // self.unshuffle
-        x = torch.cat(parts, dim=-1)                                          # (B, h*w, fused)
+        x = torch.cat(parts, dim=-1)  # (B, h*w, fused)
         if isinstance(self.final_proj, nn.Conv2d):
             return self.final_proj(x.transpose(1, 2).reshape(x.shape[0], -1, h, w))
-        x = self.final_proj(x)                                                # (B, h*w, 2 z_dim)
+        x = self.final_proj(x)  # (B, h*w, 2 z_dim)
         return x.transpose(1, 2).reshape(x.shape[0], -1, h, w)
 
     def encode(self, images: torch.Tensor) -> DiagonalGaussian | QuantizedLatent:
@@ -293,16 +310,19 @@ class VFMVAE(PretrainedMixin, nn.Module):
         """
         step = self.synthesis.latent_multiple
         if z.shape[-2] % step or z.shape[-1] % step:
-            raise ValueError(f"latent size {tuple(z.shape[-2:])} must be a multiple of {step} for this decoder "
-                             f"(its coarsest block unshuffles the latent by {step})")
+            raise ValueError(
+                f"latent size {tuple(z.shape[-2:])} must be a multiple of {step} for this decoder "
+                f"(its coarsest block unshuffles the latent by {step})"
+            )
         big = self.decompress(z)
         pooled = F.adaptive_avg_pool2d(big, self.config.pooled_resolution).flatten(1)
         w = self.mapping(pooled)
         image, multiscale = self.synthesis(big, w)
         return (image, multiscale) if return_multiscale else image
 
-    def forward(self, images: torch.Tensor, sample_posterior: bool = False,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(
+        self, images: torch.Tensor, sample_posterior: bool = False, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Reconstruct: encode, take the posterior mode (or a sample), decode. Output in [-1, 1]."""
         posterior = self.encode(images)
         z = posterior.sample(generator) if sample_posterior else posterior.mode()
@@ -317,7 +337,6 @@ class VFMVAE(PretrainedMixin, nn.Module):
         """Everything but the frozen VFM."""
         return (p for n, p in self.named_parameters() if not n.startswith("vfm."))
 
-
     @classmethod
     def upgrade_config(cls, config: dict[str, Any], version: int) -> dict[str, Any]:
         """A `config.json` of an older format version, in today's shape (the folder itself is not rewritten)."""
@@ -330,13 +349,20 @@ def _check_vfm_matches(vfm: FrozenVFM, spec: VFMSpec) -> None:
     found = {"family": vfm.family, "layers": tuple(vfm.layers), "scale_factor": vfm.scale_factor}
     wrong = [f"{k} {found[k]!r} (config: {v!r})" for k, v in expected.items() if v is not None and found[k] != v]
     if wrong:
-        raise ValueError(f"the VFM given to VFMVAE does not match config.vfm: {', '.join(wrong)}; build it with "
-                         "build_vfm(config.vfm)")
+        raise ValueError(
+            f"the VFM given to VFMVAE does not match config.vfm: {', '.join(wrong)}; build it with "
+            "build_vfm(config.vfm)"
+        )
 
 
 # format version 1 (flat keys; their defaults then) -> the `vfm` spec
-_FLAT_VFM_KEYS = {"vfm_name": ("name", "siglip2-large-patch16-512"), "vfm_family": ("family", "siglip"),
-                  "vfm_arch": ("arch", {}), "layers": ("layers", [0, 12, -1]), "scale_factor": ("scale_factor", 2.0)}
+_FLAT_VFM_KEYS = {
+    "vfm_name": ("name", "siglip2-large-patch16-512"),
+    "vfm_family": ("family", "siglip"),
+    "vfm_arch": ("arch", {}),
+    "layers": ("layers", [0, 12, -1]),
+    "scale_factor": ("scale_factor", 2.0),
+}
 
 
 def upgrade_flat_vfm_keys(config: dict[str, Any]) -> dict[str, Any]:

@@ -19,8 +19,12 @@ class DiagonalGaussian:
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """mean + std * eps. With `generator`, eps is drawn from it (on the generator's device)."""
-        eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device if generator is None
-                          else generator.device, dtype=self.mean.dtype).to(self.mean.device)
+        eps = torch.randn(
+            self.mean.shape,
+            generator=generator,
+            device=self.mean.device if generator is None else generator.device,
+            dtype=self.mean.dtype,
+        ).to(self.mean.device)
         return self.mean + self.std * eps
 
     def mode(self) -> torch.Tensor:

@@ -32,8 +32,9 @@ class MultiCodebookQuantizer(nn.Module):
         if vocab_size % num_codebooks or vocab_width % num_codebooks:
             raise ValueError("vocab_size and vocab_width must be divisible by num_codebooks")
         self.beta, self.num_codebooks = beta, num_codebooks
-        self.codebooks = nn.ModuleList(_Codebook(vocab_size // num_codebooks, vocab_width // num_codebooks)
-                                       for _ in range(num_codebooks))
+        self.codebooks = nn.ModuleList(
+            _Codebook(vocab_size // num_codebooks, vocab_width // num_codebooks) for _ in range(num_codebooks)
+        )
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """tokens (B, N, vocab_width) -> (quantised tokens with straight-through grads, indices (B, K, N), vq_loss)."""

@@ -31,17 +31,31 @@ def output_names(names: list[str]) -> dict[str, str]:
     counts: dict[str, int] = {}
     for out in plain.values():
         counts[out] = counts.get(out, 0) + 1
-    result = {n: out if counts[out] == 1 else (n if n.lower().endswith(".png") else f"{n}.png") for n, out in plain.items()}
+    result = {
+        n: out if counts[out] == 1 else (n if n.lower().endswith(".png") else f"{n}.png") for n, out in plain.items()
+    }
     if len(set(result.values())) != len(result):
         clash = sorted(n for n in result if list(result.values()).count(result[n]) > 1)
         raise ValueError(f"input names {clash[:4]} map to the same output file; rename them")
     return result
 
 
-def reconstruct_folder(model: VFMVAE, input_dir: str | Path, output_dir: str | Path, *, batch_size: int = 8,
-                       resolution: int | None = None, device: str = "cpu", sample: bool = False, seed: int = 0,
-                       grid_size: int = 8, num_workers: int = 2, progress: bool = True,
-                       save_inputs: bool = False, crop: str = "resize_center") -> dict:
+def reconstruct_folder(
+    model: VFMVAE,
+    input_dir: str | Path,
+    output_dir: str | Path,
+    *,
+    batch_size: int = 8,
+    resolution: int | None = None,
+    device: str = "cpu",
+    sample: bool = False,
+    seed: int = 0,
+    grid_size: int = 8,
+    num_workers: int = 2,
+    progress: bool = True,
+    save_inputs: bool = False,
+    crop: str = "resize_center",
+) -> dict:
     """`save_inputs` also writes the cropped originals to OUTPUT/inputs (the rFID reference). `crop`: the official
     `resize_center` (torchvision Resize + CenterCrop) or `adm_center`."""
     from tqdm.auto import tqdm
@@ -51,8 +65,10 @@ def reconstruct_folder(model: VFMVAE, input_dir: str | Path, output_dir: str | P
     dataset = ImageFolderDataset(input_dir, resolution, hflip=False, crop=crop)
     stale = [d for d in ("images", "inputs") if (output_dir / d).is_dir() and any((output_dir / d).iterdir())]
     if stale:  # old reconstructions would be scored with the new ones
-        raise FileExistsError(f"{output_dir} already holds {' and '.join(f'{d}/' for d in stale)} of an earlier run; "
-                              "use a new or empty output folder (or delete them first)")
+        raise FileExistsError(
+            f"{output_dir} already holds {' and '.join(f'{d}/' for d in stale)} of an earlier run; "
+            "use a new or empty output folder (or delete them first)"
+        )
     names = output_names([str(f.relative_to(dataset.root)) for f in dataset.files])
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skip_bad)
     model = model.to(device).eval()

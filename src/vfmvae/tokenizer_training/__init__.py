@@ -15,5 +15,15 @@ from vfmvae.tokenizer_training.losses import (
 )
 from vfmvae.tokenizer_training.stages import STAGES, select_trainable
 
-__all__ = ["EquivarianceDraw", "STAGES", "adaptive_vf_weight", "draw_equivariance", "kl_loss", "multiscale_l1",
-           "select_trainable", "ssim_loss", "transform_target", "vf_alignment_loss"]
+__all__ = [
+    "EquivarianceDraw",
+    "STAGES",
+    "adaptive_vf_weight",
+    "draw_equivariance",
+    "kl_loss",
+    "multiscale_l1",
+    "select_trainable",
+    "ssim_loss",
+    "transform_target",
+    "vf_alignment_loss",
+]

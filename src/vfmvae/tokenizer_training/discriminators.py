@@ -25,31 +25,36 @@ __all__ = ["diff_augment", "ProjectedDiscriminator", "MultiscalePatchGAN", "Batc
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def diff_augment(x: torch.Tensor, generator: torch.Generator | None = None, translation: float = 0.125,
-                 cutout: float = 0.2) -> torch.Tensor:
+def diff_augment(
+    x: torch.Tensor, generator: torch.Generator | None = None, translation: float = 0.125, cutout: float = 0.2
+) -> torch.Tensor:
     """DiffAugment colour + translation + cutout on [-1, 1] images (differentiable)."""
     b, _, h, w = x.shape
 
     def rand(*shape):
         return torch.rand(*shape, generator=generator).to(x.device, x.dtype)
 
-    x = x + (rand(b, 1, 1, 1) - 0.5)                                                    # brightness
+    x = x + (rand(b, 1, 1, 1) - 0.5)  # brightness
     mean = x.mean(dim=1, keepdim=True)
-    x = (x - mean) * (rand(b, 1, 1, 1) * 2) + mean                                      # saturation
+    x = (x - mean) * (rand(b, 1, 1, 1) * 2) + mean  # saturation
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = (x - mean) * (rand(b, 1, 1, 1) + 0.5) + mean                                    # contrast
-    sh, sw = int(h * translation + 0.5), int(w * translation + 0.5)                     # translation, zero fill
+    x = (x - mean) * (rand(b, 1, 1, 1) + 0.5) + mean  # contrast
+    sh, sw = int(h * translation + 0.5), int(w * translation + 0.5)  # translation, zero fill
     dy = (rand(b) * (2 * sh + 1)).long() - sh
     dx = (rand(b) * (2 * sw + 1)).long() - sw
     padded = F.pad(x, (sw, sw, sh, sh))
     x = torch.stack([padded[i, :, sh - dy[i] : sh - dy[i] + h, sw - dx[i] : sw - dx[i] + w] for i in range(b)])
-    ch, cw = int(h * cutout + 0.5), int(w * cutout + 0.5)                               # one cutout square
+    ch, cw = int(h * cutout + 0.5), int(w * cutout + 0.5)  # one cutout square
     oy = (rand(b) * (h + 1 - ch % 2)).long() - ch // 2
     ox = (rand(b) * (w + 1 - cw % 2)).long() - cw // 2
     ys = torch.arange(h, device=x.device)[None, :, None]
     xs = torch.arange(w, device=x.device)[None, None, :]
-    inside = ((ys >= oy.to(x.device)[:, None, None]) & (ys < (oy + ch).to(x.device)[:, None, None])
-              & (xs >= ox.to(x.device)[:, None, None]) & (xs < (ox + cw).to(x.device)[:, None, None]))
+    inside = (
+        (ys >= oy.to(x.device)[:, None, None])
+        & (ys < (oy + ch).to(x.device)[:, None, None])
+        & (xs >= ox.to(x.device)[:, None, None])
+        & (xs < (ox + cw).to(x.device)[:, None, None])
+    )
     return x * (~inside)[:, None].to(x.dtype)
 
 
@@ -89,13 +94,21 @@ class _DiscHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.main(x)
         h = (self.res(h) + h) / math.sqrt(2)
-        return self.cls(h).flatten(1)                                                   # (B, tokens)
+        return self.cls(h).flatten(1)  # (B, tokens)
 
 
 class ProjectedDiscriminator(nn.Module):
-    def __init__(self, backbone: str = "vit_small_patch16_224.dino", weights: str | Path | None = None,
-                 input_size: int = 224, taps: tuple[int, ...] = (2, 5, 8, 11), backbone_kwargs: dict | None = None,
-                 diffaug: bool = True, crop_probability: float = 0.5, resize_mode: str = "bilinear") -> None:
+    def __init__(
+        self,
+        backbone: str = "vit_small_patch16_224.dino",
+        weights: str | Path | None = None,
+        input_size: int = 224,
+        taps: tuple[int, ...] = (2, 5, 8, 11),
+        backbone_kwargs: dict | None = None,
+        diffaug: bool = True,
+        crop_probability: float = 0.5,
+        resize_mode: str = "bilinear",
+    ) -> None:
         """`resize_mode`: the interpolation of the VFM the tokenizer is built on (official `VFM2INTERPOLATION`:
         bilinear for SigLIP2, bicubic for DINOv2 and the CLIP family), used to resize inputs to `input_size`."""
         super().__init__()
@@ -104,10 +117,13 @@ class ProjectedDiscriminator(nn.Module):
         kwargs = dict(backbone_kwargs or {})
         if weights is not None:
             if not Path(weights).is_file():
-                raise FileNotFoundError(f"DINO discriminator weights not found: {weights} (timm {backbone} weights, "
-                                        "e.g. model.safetensors from the hub; set disc.weights)")
-            self.dino = timm.create_model(backbone, pretrained=True, pretrained_cfg_overlay={"file": str(weights)},
-                                          img_size=input_size, **kwargs)
+                raise FileNotFoundError(
+                    f"DINO discriminator weights not found: {weights} (timm {backbone} weights, "
+                    "e.g. model.safetensors from the hub; set disc.weights)"
+                )
+            self.dino = timm.create_model(
+                backbone, pretrained=True, pretrained_cfg_overlay={"file": str(weights)}, img_size=input_size, **kwargs
+            )
         else:
             self.dino = timm.create_model(backbone, pretrained=False, img_size=input_size, **kwargs)
         self.dino.eval().requires_grad_(False)
@@ -145,7 +161,9 @@ class ProjectedDiscriminator(nn.Module):
             left = int(torch.randint(x.shape[-1] - size + 1, (), generator=generator))
             x = x[..., top : top + size, left : left + size]
         if x.shape[-1] != size or x.shape[-2] != size:
-            x = F.interpolate(x, size=(size, size), mode=self.resize_mode, align_corners=False, antialias=x.shape[-1] > size)
+            x = F.interpolate(
+                x, size=(size, size), mode=self.resize_mode, align_corners=False, antialias=x.shape[-1] > size
+            )
         x = (x - self.mean) / self.std
         return torch.cat([head(f) for head, f in zip(self.heads, self._features(x))], dim=1)
 
@@ -167,10 +185,17 @@ class MultiscalePatchGAN(nn.Module):
     def __init__(self, ndf: int = 64, num_scales: int = 3) -> None:
         super().__init__()
         self.scales = nn.ModuleList(
-            nn.ModuleList([_PatchLayer(3, ndf, 2, False, True), _PatchLayer(ndf, ndf * 2, 2, True, True),
-                           _PatchLayer(ndf * 2, ndf * 4, 2, True, True), _PatchLayer(ndf * 4, ndf * 8, 1, True, True),
-                           _PatchLayer(ndf * 8, 1, 1, False, False)])
-            for _ in range(num_scales))
+            nn.ModuleList(
+                [
+                    _PatchLayer(3, ndf, 2, False, True),
+                    _PatchLayer(ndf, ndf * 2, 2, True, True),
+                    _PatchLayer(ndf * 2, ndf * 4, 2, True, True),
+                    _PatchLayer(ndf * 4, ndf * 8, 1, True, True),
+                    _PatchLayer(ndf * 8, 1, 1, False, False),
+                ]
+            )
+            for _ in range(num_scales)
+        )
 
     def forward(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
         outputs = []

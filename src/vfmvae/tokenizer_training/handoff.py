@@ -37,8 +37,9 @@ def _without_vfm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if not k.startswith("vfm.")}
 
 
-def export_stage(directory: str | Path, raw: VFMVAE, ema: VFMVAE, discriminators: dict[str, nn.Module],
-                 images_total: int) -> Path:
+def export_stage(
+    directory: str | Path, raw: VFMVAE, ema: VFMVAE, discriminators: dict[str, nn.Module], images_total: int
+) -> Path:
     """Write the stage export (see module docstring), replacing `directory` atomically."""
     with atomic_directory(directory) as tmp:
         ema.save_pretrained(tmp)
@@ -69,7 +70,7 @@ def load_stage(directory: str | Path, raw: VFMVAE, discriminators: dict[str, nn.
         notes.append(f"{directory} has no {RAW_GENERATOR}: the raw generator starts from the EMA weights")
     stored = load_tensors(directory / DISCRIMINATORS) if (directory / DISCRIMINATORS).is_file() else {}
     for name, module in discriminators.items():
-        part = {k[len(name) + 1:]: v for k, v in stored.items() if k.startswith(name + ".")}
+        part = {k[len(name) + 1 :]: v for k, v in stored.items() if k.startswith(name + ".")}
         if part:
             module.load_state_dict(part, strict=True)
         else:

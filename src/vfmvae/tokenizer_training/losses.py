@@ -15,7 +15,15 @@ import torch.nn.functional as F
 
 from vfmvae.evaluation.image_metrics import ssim
 
-__all__ = ["ssim_loss", "multiscale_l1", "kl_loss", "vf_alignment_loss", "adaptive_vf_weight", "SafeLossGuard", "discriminator_term_guard"]
+__all__ = [
+    "ssim_loss",
+    "multiscale_l1",
+    "kl_loss",
+    "vf_alignment_loss",
+    "adaptive_vf_weight",
+    "SafeLossGuard",
+    "discriminator_term_guard",
+]
 
 
 def _float32(x: torch.Tensor) -> contextlib.AbstractContextManager:
@@ -32,7 +40,9 @@ def ssim_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     return 1.0 - ssim(fake.clamp(-1, 1), real.clamp(-1, 1), data_range=2.0).float().mean()
 
 
-def multiscale_l1(outputs: list[torch.Tensor], target01: torch.Tensor, weights: list[float], mode: str = "bilinear") -> torch.Tensor:
+def multiscale_l1(
+    outputs: list[torch.Tensor], target01: torch.Tensor, weights: list[float], mode: str = "bilinear"
+) -> torch.Tensor:
     """sum_i w_i L1(resize(target, output_i size) * 2 - 1, output_i); outputs largest first."""
     total = target01.new_zeros((), dtype=torch.float32)
     with _float32(target01):
@@ -50,8 +60,14 @@ def kl_loss(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
         return (0.5 * (mean.square() + logvar.exp() - 1.0 - logvar).sum(dim=(1, 2, 3))).mean()
 
 
-def vf_alignment_loss(projected: torch.Tensor, vfm_features: torch.Tensor, distmat_margin: float = 0.0,
-                      cos_margin: float = 0.0, distmat_weight: float = 1.0, cos_weight: float = 1.0) -> torch.Tensor:
+def vf_alignment_loss(
+    projected: torch.Tensor,
+    vfm_features: torch.Tensor,
+    distmat_margin: float = 0.0,
+    cos_margin: float = 0.0,
+    distmat_weight: float = 1.0,
+    cos_weight: float = 1.0,
+) -> torch.Tensor:
     """VA-VAE's VF loss between projected latents p (B, C, h, w) and detached VFM features f (B, C, H, W).
 
     f is average-pooled to the latent grid. distmat: mean relu(|cos(p_i, p_j) - cos(f_i, f_j)| - m_d) over all
@@ -70,7 +86,9 @@ def vf_alignment_loss(projected: torch.Tensor, vfm_features: torch.Tensor, distm
         return distmat_weight * distmat + cos_weight * cos
 
 
-def adaptive_vf_weight(rec_loss: torch.Tensor, vf_loss: torch.Tensor, last_layer: torch.Tensor, base: float) -> torch.Tensor:
+def adaptive_vf_weight(
+    rec_loss: torch.Tensor, vf_loss: torch.Tensor, last_layer: torch.Tensor, base: float
+) -> torch.Tensor:
     """base * clamp(|grad_W rec| / (|grad_W vf| + 1e-4), 0, 1e8), detached (W: the encoder's last linear layer)."""
     g_rec = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
     g_vf = torch.autograd.grad(vf_loss, last_layer, retain_graph=True)[0]
@@ -142,5 +160,5 @@ class SafeLossGuard:
         return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor], device: torch.device | str = "cpu") -> None:
-        self.prev = {k[len("prev."):]: v.to(device) for k, v in state.items() if k.startswith("prev.")}
+        self.prev = {k[len("prev.") :]: v.to(device) for k, v in state.items() if k.startswith("prev.")}
         self.rejected = state["rejected"].to(device) if "rejected" in state else None

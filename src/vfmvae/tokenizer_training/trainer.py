@@ -22,11 +22,17 @@ from vfmvae import distributed as dist_utils
 from vfmvae.checkpoint import capture_rng_state, load_state_strict
 from vfmvae.config import config_to_dict
 from vfmvae.data import DataStream, SkipCounter, to_float01
+from vfmvae.evaluation.online import build_evaluator
 from vfmvae.seeding import derive_seed
 from vfmvae.tokenizer import VFMVAE, DiagonalGaussian
 from vfmvae.tokenizer_training.config import TokenizerTrainConfig
 from vfmvae.tokenizer_training.discriminators import MultiscalePatchGAN, ProjectedDiscriminator
-from vfmvae.tokenizer_training.equivariance import EquivarianceDraw, draw_equivariance, transform_latent, transform_target
+from vfmvae.tokenizer_training.equivariance import (
+    EquivarianceDraw,
+    draw_equivariance,
+    transform_latent,
+    transform_target,
+)
 from vfmvae.tokenizer_training.handoff import export_stage, load_stage
 from vfmvae.tokenizer_training.losses import (
     SafeLossGuard,
@@ -39,7 +45,6 @@ from vfmvae.tokenizer_training.losses import (
 )
 from vfmvae.tokenizer_training.stages import select_trainable
 from vfmvae.training import EMA, fused_optimizer_supported, optimizer_step
-from vfmvae.evaluation.online import build_evaluator
 from vfmvae.training.run import Evaluator, TrainingRun
 from vfmvae.training.run_log import autocast_factory
 from vfmvae.vfm import build_vfm
@@ -83,8 +88,15 @@ def _without_vfm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 class _Losses:
     """Computes the D and G objectives; keeps the last scalars for logging."""
 
-    def __init__(self, cfg: TokenizerTrainConfig, g: VFMVAE, d: ProjectedDiscriminator | None,
-                 p: MultiscalePatchGAN | None, lpips: nn.Module | None, autocast) -> None:
+    def __init__(
+        self,
+        cfg: TokenizerTrainConfig,
+        g: VFMVAE,
+        d: ProjectedDiscriminator | None,
+        p: MultiscalePatchGAN | None,
+        lpips: nn.Module | None,
+        autocast,
+    ) -> None:
         self.cfg, self.g, self.d, self.p, self.lpips, self.autocast = cfg, g, d, p, lpips, autocast
         self.mode = g.vfm.adapter.resize_mode
         self.generator = torch.Generator()
@@ -94,7 +106,11 @@ class _Losses:
 
     def _draw(self) -> EquivarianceDraw:
         c = self.cfg.loss
-        return draw_equivariance(self.generator, c.eq_p_latent, c.eq_p_prior_scale) if c.equivariance else EquivarianceDraw()
+        return (
+            draw_equivariance(self.generator, c.eq_p_latent, c.eq_p_prior_scale)
+            if c.equivariance
+            else EquivarianceDraw()
+        )
 
     def _fake(self, x: torch.Tensor, draw: EquivarianceDraw, with_vfm: bool):
         moments, feats = self.g.encode_moments(x, extra_scale=draw.input_scale, return_vfm=True)
@@ -116,13 +132,20 @@ class _Losses:
         loss = x.new_zeros(())
         with self.autocast():
             if c.gan and self.d is not None:
-                loss = loss + c.gan * self._d_guard(F.relu(1 - self.d(real, self.generator)).float().mean()
-                                                    + F.relu(1 + self.d(fake, self.generator)).float().mean())
+                loss = loss + c.gan * self._d_guard(
+                    F.relu(1 - self.d(real, self.generator)).float().mean()
+                    + F.relu(1 + self.d(fake, self.generator)).float().mean()
+                )
             if c.patchgan and self.p is not None:
                 pr, pf = self.p(real), self.p(fake)
-                loss = loss + c.patchgan * self._d_guard(sum(
-                    F.mse_loss(r[-1].float(), torch.ones_like(r[-1], dtype=torch.float32))
-                    + F.mse_loss(f[-1].float(), torch.zeros_like(f[-1], dtype=torch.float32)) for r, f in zip(pr, pf)) / len(pr))
+                loss = loss + c.patchgan * self._d_guard(
+                    sum(
+                        F.mse_loss(r[-1].float(), torch.ones_like(r[-1], dtype=torch.float32))
+                        + F.mse_loss(f[-1].float(), torch.zeros_like(f[-1], dtype=torch.float32))
+                        for r, f in zip(pr, pf)
+                    )
+                    / len(pr)
+                )
         self.scalars["loss/d"] = loss.detach()
         return loss.float()
 
@@ -160,11 +183,15 @@ class _Losses:
             if c.vf:
                 with torch.autocast(x.device.type, enabled=False):  # the 1x1 projection in float32, as the official
                     projected = self.g.vf_proj(z.float())
-                vf = vf_alignment_loss(projected, feats.maps()[feats.layers.index(-1)].float(),
-                                       c.vf_distmat_margin, c.vf_cos_margin)
+                vf = vf_alignment_loss(
+                    projected, feats.maps()[feats.layers.index(-1)].float(), c.vf_distmat_margin, c.vf_cos_margin
+                )
                 last = self.g.final_proj.blocks[-1].mlp.w2.weight
-                weight = (adaptive_vf_weight(rec, vf, last, c.vf) if c.vf_adaptive and last.requires_grad
-                          else torch.tensor(c.vf))
+                weight = (
+                    adaptive_vf_weight(rec, vf, last, c.vf)
+                    if c.vf_adaptive and last.requires_grad
+                    else torch.tensor(c.vf)
+                )
                 total = total + weight * vf
                 s["loss/vf"], s["vf_weight"] = vf.detach(), weight.detach()
             if c.gan and self.d is not None:
@@ -189,8 +216,9 @@ class _Losses:
         return total.float()
 
 
-def train_tokenizer(cfg: TokenizerTrainConfig, resume: str = "auto", progress: bool = True,
-                    evaluator: Evaluator | None = None) -> dict[str, Any]:
+def train_tokenizer(
+    cfg: TokenizerTrainConfig, resume: str = "auto", progress: bool = True, evaluator: Evaluator | None = None
+) -> dict[str, Any]:
     """Run (or continue) one training stage. Returns a summary; the stage is exported to RUN/export (the EMA
     tokenizer, plus the raw generator and the discriminators that the next stage starts from, see handoff.py)."""
     with TrainingRun.open(cfg.run, cfg, kind="tokenizer", resume=resume, progress=progress, evaluator=evaluator) as run:
@@ -207,12 +235,21 @@ def _train_tokenizer(cfg: TokenizerTrainConfig, run: TrainingRun) -> dict[str, A
     d = p = None
     if cfg.loss.gan:
         dc = cfg.disc
-        d = ProjectedDiscriminator(dc.backbone, dc.weights, dc.input_size, dc.taps, dc.backbone_kwargs, dc.diffaug,
-                                   resize_mode=g.vfm.adapter.resize_mode).to(device)  # the VFM's mode, as the official
+        d = ProjectedDiscriminator(
+            dc.backbone,
+            dc.weights,
+            dc.input_size,
+            dc.taps,
+            dc.backbone_kwargs,
+            dc.diffaug,
+            resize_mode=g.vfm.adapter.resize_mode,
+        ).to(device)  # the VFM's mode, as the official
     if cfg.loss.patchgan or cfg.loss.feature_matching:
         p = MultiscalePatchGAN(cfg.disc.patchgan_ndf).to(device)
     d_modules = nn.ModuleList([m for m in (d.heads if d is not None else None, p) if m is not None])
-    discriminators = {name: m for name, m in (("projected", d.heads if d is not None else None), ("patchgan", p)) if m is not None}
+    discriminators = {
+        name: m for name, m in (("projected", d.heads if d is not None else None), ("patchgan", p)) if m is not None
+    }
     d_params = list(d_modules.parameters())
     lpips = None
     if cfg.loss.lpips:
@@ -260,14 +297,21 @@ def _train_tokenizer(cfg: TokenizerTrainConfig, run: TrainingRun) -> dict[str, A
     fixed: list[torch.Tensor] = []  # rank 0's first inputs: the grid's reconstructions
 
     def save() -> None:
-        run.manager.save(run.step, images_seen=run.images, model=_without_vfm(g.state_dict()),
-                         ema=_without_vfm(ema.state_dict()),
-                         state={"disc": d_modules.state_dict(), "opt_g": opt_g.state_dict(),
-                                "opt_d": opt_d.state_dict() if opt_d is not None else {},
-                                "counters": {**run.counters, "images_before_stage": images_before},
-                                "safe_loss": losses.guard.state_dict() if losses.guard is not None else {}},
-                         rank_state={"data": stream.state_dict(), "rng": capture_rng_state()},
-                         meta={"config": config_to_dict(cfg)})
+        run.manager.save(
+            run.step,
+            images_seen=run.images,
+            model=_without_vfm(g.state_dict()),
+            ema=_without_vfm(ema.state_dict()),
+            state={
+                "disc": d_modules.state_dict(),
+                "opt_g": opt_g.state_dict(),
+                "opt_d": opt_d.state_dict() if opt_d is not None else {},
+                "counters": {**run.counters, "images_before_stage": images_before},
+                "safe_loss": losses.guard.state_dict() if losses.guard is not None else {},
+            },
+            rank_state={"data": stream.state_dict(), "rng": capture_rng_state()},
+            meta={"config": config_to_dict(cfg)},
+        )
 
     def grid(path: Path) -> None:
         if fixed:
@@ -275,10 +319,18 @@ def _train_tokenizer(cfg: TokenizerTrainConfig, run: TrainingRun) -> dict[str, A
 
     if run.evaluator is None and cfg.eval.enabled:  # the recipe's `eval:` section (held-out reconstructions)
         run.evaluator = build_evaluator(cfg.eval, run.dir, kind="tokenizer", device=device)
-    run.begin(model=g, ema=ema, dataset_size=_dataset_size(stream), save=save, grid=grid, loss_key="loss/g",
-              skip_keys=("skipped_g", "skipped_d"),
-              stop_label="non-finite generator steps (or safe-loss rejections)", images_before=images_before,
-              trainable_parameters=sum(t.numel() for t in trainable) + sum(t.numel() for t in d_params))
+    run.begin(
+        model=g,
+        ema=ema,
+        dataset_size=_dataset_size(stream),
+        save=save,
+        grid=grid,
+        loss_key="loss/g",
+        skip_keys=("skipped_g", "skipped_d"),
+        stop_label="non-finite generator steps (or safe-loss rejections)",
+        images_before=images_before,
+        trainable_parameters=sum(t.numel() for t in trainable) + sum(t.numel() for t in d_params),
+    )
 
     # ---- the step body: a discriminator step, then a generator step
     size = lambda b: b["n"]  # noqa: E731
@@ -296,20 +348,39 @@ def _train_tokenizer(cfg: TokenizerTrainConfig, run: TrainingRun) -> dict[str, A
         if opt_d is not None:
             g.train()
             d_modules.requires_grad_(True)
-            res_d = optimizer_step(d_modules, opt_d, batches, losses.discriminator, batch_size_of=size, params=d_params,
-                                   all_reduce_grads=True, scaler=scaler_d)
+            res_d = optimizer_step(
+                d_modules,
+                opt_d,
+                batches,
+                losses.discriminator,
+                batch_size_of=size,
+                params=d_params,
+                all_reduce_grads=True,
+                scaler=scaler_d,
+            )
             d_modules.requires_grad_(False)
-        res_g = optimizer_step(g, opt_g, batches, losses.generator_loss, batch_size_of=size, params=trainable,
-                               all_reduce_grads=True, scaler=scaler_g)
+        res_g = optimizer_step(
+            g,
+            opt_g,
+            batches,
+            losses.generator_loss,
+            batch_size_of=size,
+            params=trainable,
+            all_reduce_grads=True,
+            scaler=scaler_g,
+        )
         if losses.guard is not None:
             losses.guard.commit(res_g.applied_t)  # an accepted step's terms become the next reference
         # a fill kernel, not a copy from the host: the count joins the device queue without a synchronisation
         counted = torch.full((), sum(b["n"] for b in batches), dtype=torch.int64, device=device)
-        run.end_step(skips={"skipped_g": res_g.applied_t, "skipped_d": res_d.applied_t if res_d else no_d_step},
-                     images_t=counted,
-                     record=lambda: {"grad_norm_g": res_g.grad_norm, "skipped_images": skips.as_dict()})
+        run.end_step(
+            skips={"skipped_g": res_g.applied_t, "skipped_d": res_d.applied_t if res_d else no_d_step},
+            images_t=counted,
+            record=lambda res_g=res_g: {"grad_norm_g": res_g.grad_norm, "skipped_images": skips.as_dict()},
+        )
     summary = run.finish(
-        export=lambda path: export_stage(path, g, ema.model, discriminators, images_before + run.images))
+        export=lambda path: export_stage(path, g, ema.model, discriminators, images_before + run.images)
+    )
     return {**summary, "images_total": images_before + run.images, "skipped_images": skips.as_dict()}
 
 
@@ -320,8 +391,9 @@ def _dataset_size(stream: DataStream) -> int | None:
         return None
 
 
-def _compile_forwards(g: VFMVAE, d: ProjectedDiscriminator | None, p: MultiscalePatchGAN | None,
-                      lpips: nn.Module | None) -> None:
+def _compile_forwards(
+    g: VFMVAE, d: ProjectedDiscriminator | None, p: MultiscalePatchGAN | None, lpips: nn.Module | None
+) -> None:
     """torch.compile the heavy forward passes in place (`nn.Module.compile`: parameter names, checkpoints and
     exports are unchanged). The encoder/decoder wrappers and the discriminator's DiffAugment draw host random
     numbers per call, so they stay eager; the networks they call are compiled. The frozen VFM stays eager too:

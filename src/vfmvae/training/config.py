@@ -26,25 +26,36 @@ def halflife_from_decay(decay: float, batch_size: int) -> float:
 class RunConfig:
     dir: Path = Path("runs/tokenizer")
     seed: int = 0
-    batch_size: int = 512                     # global batch per optimizer step
-    micro_batch: int | None = None            # per process and forward; None = batch_size / world
-    total_images: int = 20_000_000            # run length in images (steps = ceil(total_images / batch_size))
-    ema_halflife_images: float = 160_000      # EMA half-life in images
-    ema_rampup: float | None = 0.05           # cap the half-life at ema_rampup x images seen; None = no ramp-up
+    batch_size: int = 512  # global batch per optimizer step
+    micro_batch: int | None = None  # per process and forward; None = batch_size / world
+    total_images: int = 20_000_000  # run length in images (steps = ceil(total_images / batch_size))
+    ema_halflife_images: float = 160_000  # EMA half-life in images
+    ema_rampup: float | None = 0.05  # cap the half-life at ema_rampup x images seen; None = no ramp-up
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
-    log_every: int = 50                       # optimizer steps between metrics.jsonl records
-    grid_every: int = 1000                    # optimizer steps between RUN/grids/*.png of the EMA model (0 = never)
-    checkpoint_every: int = 1000              # optimizer steps between checkpoints
+    log_every: int = 50  # optimizer steps between metrics.jsonl records
+    grid_every: int = 1000  # optimizer steps between RUN/grids/*.png of the EMA model (0 = never)
+    checkpoint_every: int = 1000  # optimizer steps between checkpoints
     keep_checkpoints: int = 2
-    max_consecutive_nonfinite: int = 20       # this many skipped steps in a row stop the run
-    device: str | None = None                 # default: cuda if available
+    max_consecutive_nonfinite: int = 20  # this many skipped steps in a row stop the run
+    device: str | None = None  # default: cuda if available
     tensorboard: bool = False
-    compile: bool = False                     # torch.compile the forward passes (same checkpoints)
+    compile: bool = False  # torch.compile the forward passes (same checkpoints)
 
     def __post_init__(self) -> None:
-        require_positive(self, "batch_size", "micro_batch", "total_images", "ema_halflife_images", "ema_rampup",
-                         "log_every", "grid_every", "checkpoint_every", "keep_checkpoints",
-                         "max_consecutive_nonfinite", allow_zero=("total_images", "ema_rampup", "grid_every"))
+        require_positive(
+            self,
+            "batch_size",
+            "micro_batch",
+            "total_images",
+            "ema_halflife_images",
+            "ema_rampup",
+            "log_every",
+            "grid_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "max_consecutive_nonfinite",
+            allow_zero=("total_images", "ema_rampup", "grid_every"),
+        )
         if self.device is not None:
             parse_device(self.device)
 
@@ -60,18 +71,26 @@ class RunConfig:
         if "total_steps" in data:
             steps = data["total_steps"]
             images = steps * batch if isinstance(steps, int) and isinstance(batch, int) else "STEPS x BATCH"
-            advice["total_steps"] = (f"run length is in images now: write {prefix}total_images: {images} "
-                                     f"({steps} steps x batch {batch})")
+            advice["total_steps"] = (
+                f"run length is in images now: write {prefix}total_images: {images} ({steps} steps x batch {batch})"
+            )
         if "ema_decay" in data:
             decay = data["ema_decay"]
             try:
                 halflife = f"{halflife_from_decay(float(decay), int(batch)):.0f}"
             except (TypeError, ValueError, ZeroDivisionError):
                 halflife = "BATCH x ln(0.5) / ln(DECAY)"
-            advice["ema_decay"] = (f"the EMA is a half-life in images now: write {prefix}ema_halflife_images: "
-                                   f"{halflife} (batch {batch} x ln(0.5) / ln({decay}))")
-        for old, new in (("sample_every", "grid_every"), ("snapshot_every", "grid_every"),
-                         ("sample_steps", "grid_steps"), ("sample_cfg", "grid_cfg"), ("sample_count", "grid_count")):
+            advice["ema_decay"] = (
+                f"the EMA is a half-life in images now: write {prefix}ema_halflife_images: "
+                f"{halflife} (batch {batch} x ln(0.5) / ln({decay}))"
+            )
+        for old, new in (
+            ("sample_every", "grid_every"),
+            ("snapshot_every", "grid_every"),
+            ("sample_steps", "grid_steps"),
+            ("sample_cfg", "grid_cfg"),
+            ("sample_count", "grid_count"),
+        ):
             if old in data:
                 advice[old] = f"renamed: write {prefix}{new}: {data[old]}"
         return advice
@@ -83,16 +102,16 @@ class DiffusionRunConfig(RunConfig):
 
     dir: Path = Path("runs/diffusion")
     batch_size: int = 1024
-    total_images: int = 409_600_000           # 400k steps of 1024
-    ema_halflife_images: float = 7_097_472    # per-step decay 0.9999 at batch 1024
+    total_images: int = 409_600_000  # 400k steps of 1024
+    ema_halflife_images: float = 7_097_472  # per-step decay 0.9999 at batch 1024
     ema_rampup: float | None = None
     log_every: int = 100
     grid_every: int = 10_000
     checkpoint_every: int = 10_000
-    grid_steps: int = 50                      # sampler steps of the grid (the export's preset sampler)
-    grid_cfg: float = 1.0                     # guidance scale of the grid
-    grid_count: int = 16                      # images in the grid
-    gradient_checkpointing: bool = False      # recompute blocks in backward: less memory, about 30 % more compute
+    grid_steps: int = 50  # sampler steps of the grid (the export's preset sampler)
+    grid_cfg: float = 1.0  # guidance scale of the grid
+    grid_count: int = 16  # images in the grid
+    gradient_checkpointing: bool = False  # recompute blocks in backward: less memory, about 30 % more compute
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -31,8 +31,9 @@ class EMA:
         return 0.5 ** (batch_images / max(halflife, 1e-8))
 
     @torch.no_grad()
-    def update(self, model: nn.Module, images_seen: int, batch_images: int,
-               applied: torch.Tensor | None = None) -> float:
+    def update(
+        self, model: nn.Module, images_seen: int, batch_images: int, applied: torch.Tensor | None = None
+    ) -> float:
         """Blend `model` into the average; `images_seen` counts images including this batch.
 
         `applied` (a 0-d 0/1 device tensor, `StepResult.applied_t`) makes a skipped step a no-op without

@@ -56,16 +56,18 @@ def micro_batch_plan(run: RunConfig, world: int) -> tuple[int, int]:
     """(micro-batch per process and forward, accumulation steps) for `run.batch_size` over `world` processes."""
     micro = run.micro_batch or run.batch_size // world
     if micro < 1 or run.batch_size % (world * micro):
-        raise ConfigError(f"run.batch_size {run.batch_size} is not a multiple of processes ({world}) x "
-                          f"run.micro_batch ({micro})")
+        raise ConfigError(
+            f"run.batch_size {run.batch_size} is not a multiple of processes ({world}) x run.micro_batch ({micro})"
+        )
     return micro, run.batch_size // (world * micro)
 
 
 class TrainingRun:
     """One training run: made by `TrainingRun.open`, driven by `resume`, `begin`, `end_step`, `save`, `finish`."""
 
-    def __init__(self, cfg: RunConfig, recipe: Any, *, kind: str, resume: str, progress: bool,
-                 evaluator: Evaluator | None = None) -> None:
+    def __init__(
+        self, cfg: RunConfig, recipe: Any, *, kind: str, resume: str, progress: bool, evaluator: Evaluator | None = None
+    ) -> None:
         self.cfg, self.recipe, self.kind, self.resume_mode, self.progress = cfg, recipe, kind, resume, progress
         self.evaluator = evaluator
         self.device = dist_utils.init_distributed(device=cfg.device)  # the backend follows the device (NCCL / gloo)
@@ -74,8 +76,8 @@ class TrainingRun:
         self.dir = Path(cfg.dir)
         self.manager = CheckpointManager(self.dir, keep=cfg.keep_checkpoints)
         self.step = 0
-        self.images = 0            # images of this run (nominal between sync points, exact after one)
-        self.images_before = 0     # images of earlier stages: the EMA ramp-up continues from there
+        self.images = 0  # images of this run (nominal between sync points, exact after one)
+        self.images_before = 0  # images of earlier stages: the EMA ramp-up continues from there
         self.counters: dict[str, int] = {}
         self.scalars: dict[str, torch.Tensor] = {}  # the step body's logged values, device tensors until logged
         self.last_record: dict[str, Any] | None = None
@@ -84,8 +86,16 @@ class TrainingRun:
     # ---------------------------------------------------------------------------------------------------- set-up
     @classmethod
     @contextlib.contextmanager
-    def open(cls, cfg: RunConfig, recipe: Any, *, kind: str, resume: str = "auto", progress: bool = True,
-             evaluator: Evaluator | None = None) -> Iterator[TrainingRun]:
+    def open(
+        cls,
+        cfg: RunConfig,
+        recipe: Any,
+        *,
+        kind: str,
+        resume: str = "auto",
+        progress: bool = True,
+        evaluator: Evaluator | None = None,
+    ) -> Iterator[TrainingRun]:
         """Claim the run folder (rank 0 locks and checks it before any rank starts) and set up the device."""
         dist_utils.init_distributed()
         with claimed_run_folder(cfg.dir, recipe, resume):
@@ -107,10 +117,20 @@ class TrainingRun:
         dist_utils.print0(f"resumed from {ckpt.path} (step {self.step}, {self.images:,} images)")
         return ckpt
 
-    def begin(self, *, model: nn.Module, ema: EMA, dataset_size: int | None, save: Callable[[], None],
-              grid: Callable[[Path], None] | None = None, loss_key: str = "loss", skip_keys: tuple[str, ...] = (),
-              stop_label: str = "skipped steps", images_before: int = 0,
-              trainable_parameters: int | None = None) -> None:
+    def begin(
+        self,
+        *,
+        model: nn.Module,
+        ema: EMA,
+        dataset_size: int | None,
+        save: Callable[[], None],
+        grid: Callable[[Path], None] | None = None,
+        loss_key: str = "loss",
+        skip_keys: tuple[str, ...] = (),
+        stop_label: str = "skipped steps",
+        images_before: int = 0,
+        trainable_parameters: int | None = None,
+    ) -> None:
         """Start the loop: config.yaml, the header, the log, the bar and the device counters.
 
         `save()` writes a checkpoint (collective), `grid(path)` a grid of the EMA model (rank 0); `skip_keys` name
@@ -133,16 +153,23 @@ class TrainingRun:
             f"{self.kind} training: device {self.device}, {self.world} process(es), run folder {self.dir}, "
             f"dataset {dataset}, {trainable_parameters:,} trainable parameters, batch {cfg.batch_size} "
             f"= {self.world} x {self.micro} x {self.accum} (processes x micro-batch x accumulation), "
-            f"{cfg.total_images:,} images ({cfg.total_steps:,} steps)")
+            f"{cfg.total_images:,} images ({cfg.total_steps:,} steps)"
+        )
         self.log = RunLog(self.dir, tensorboard=cfg.tensorboard, x_key="images") if self.rank == 0 else None
-        self.bar = tqdm(total=cfg.total_images, initial=self.images, desc=self.kind, unit="img", unit_scale=True,
-                        disable=not (self.progress and self.rank == 0))
+        self.bar = tqdm(
+            total=cfg.total_images,
+            initial=self.images,
+            desc=self.kind,
+            unit="img",
+            unit_scale=True,
+            disable=not (self.progress and self.rank == 0),
+        )
         self._first_step, self._started = self.step, time.perf_counter()
         dev = self.device
         self._images_t = torch.full((), self.images, dtype=torch.int64, device=dev)
         self._counted = False  # whether end_step was given exact image counts
         self._skipped_t = torch.zeros(len(skip_keys), dtype=torch.int64, device=dev)  # since the last sync point
-        self._run_t = torch.zeros((), dtype=torch.int64, device=dev)      # current run of consecutive skips
+        self._run_t = torch.zeros((), dtype=torch.int64, device=dev)  # current run of consecutive skips
         self._longest_t = torch.zeros((), dtype=torch.int64, device=dev)  # longest such run since the last sync
 
     # ---------------------------------------------------------------------------------------------------- loop
@@ -154,8 +181,13 @@ class TrainingRun:
     def finished(self) -> bool:
         return not self.running
 
-    def end_step(self, *, skips: Mapping[str, torch.Tensor], images_t: torch.Tensor | None = None,
-                 record: Callable[[], dict[str, Any]] | None = None) -> None:
+    def end_step(
+        self,
+        *,
+        skips: Mapping[str, torch.Tensor],
+        images_t: torch.Tensor | None = None,
+        record: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         """After the step body: count the step, update the EMA, then log / grid / evaluate / checkpoint when due.
 
         `skips` maps each skip counter to its step's `applied_t` (0-d device tensor, 1 = applied); the first
@@ -182,8 +214,12 @@ class TrainingRun:
             self._sync()
         if log_now:
             self._log(record)
-        if self.rank == 0 and self._grid is not None and cfg.grid_every and (self.step % cfg.grid_every == 0
-                                                                            or self.finished):
+        if (
+            self.rank == 0
+            and self._grid is not None
+            and cfg.grid_every
+            and (self.step % cfg.grid_every == 0 or self.finished)
+        ):
             self._grid(self.dir / "grids" / f"step-{self.step:08d}.png")
         if self.evaluator is not None:
             result = self.evaluator.maybe_run(model=self.ema.model, step=self.step, images=self.images)
@@ -205,8 +241,10 @@ class TrainingRun:
         if not self._counted:
             self._images_t.fill_(self.images)
         if self.skip_keys and longest >= self.cfg.max_consecutive_nonfinite:
-            raise RuntimeError(f"{longest} consecutive {self.stop_label} by step {self.step}; stopping. "
-                               f"The last good checkpoint is {self.manager.latest()}")
+            raise RuntimeError(
+                f"{longest} consecutive {self.stop_label} by step {self.step}; stopping. "
+                f"The last good checkpoint is {self.manager.latest()}"
+            )
 
     def _log(self, record: Callable[[], dict[str, Any]] | None) -> None:
         if self.rank != 0:
@@ -214,10 +252,18 @@ class TrainingRun:
         values = scalars_to_floats(self.scalars)  # logged values stay on the device until here
         elapsed = time.perf_counter() - self._started
         steps = max(1, self.step - self._first_step)
-        self.write_record({"step": self.step, "images": self.images, **values, **(record() if record else {}),
-                           **self.counters, "sec_per_step": elapsed / steps,
-                           "images_per_s": steps * self.cfg.batch_size / max(elapsed, 1e-9),
-                           **peak_memory(self.device)})
+        self.write_record(
+            {
+                "step": self.step,
+                "images": self.images,
+                **values,
+                **(record() if record else {}),
+                **self.counters,
+                "sec_per_step": elapsed / steps,
+                "images_per_s": steps * self.cfg.batch_size / max(elapsed, 1e-9),
+                **peak_memory(self.device),
+            }
+        )
         if self.loss_key in values:
             self.bar.set_postfix({self.loss_key: f"{values[self.loss_key]:.4f}"})
 
@@ -245,10 +291,18 @@ class TrainingRun:
             export(path)
         dist_utils.barrier()
         wall = time.perf_counter() - self._started_wall
-        dist_utils.print0(f"{self.kind} training finished: {self.step:,} steps, {self.images:,} images, wall time "
-                          f"{_hms(wall)} ({wall:.1f} s); export {path}")
-        return {"steps": self.step, "images": self.images, "export": str(path), **self.counters,
-                "wall_s": round(wall, 3), "config": config_to_dict(self.cfg)}
+        dist_utils.print0(
+            f"{self.kind} training finished: {self.step:,} steps, {self.images:,} images, wall time "
+            f"{_hms(wall)} ({wall:.1f} s); export {path}"
+        )
+        return {
+            "steps": self.step,
+            "images": self.images,
+            "export": str(path),
+            **self.counters,
+            "wall_s": round(wall, 3),
+            "config": config_to_dict(self.cfg),
+        }
 
     def _close(self) -> None:
         bar, log = getattr(self, "bar", None), getattr(self, "log", None)

@@ -30,18 +30,43 @@ from vfmvae.checkpoint.atomic import atomic_write_text
 from vfmvae.checkpoint.training import CheckpointManager
 from vfmvae.config import ConfigError, config_to_dict, dump_yaml
 
-__all__ = ["RunFolderError", "RunFolderLock", "claim_run_folder", "claimed_run_folder", "write_run_config", "RESUMABLE_CHANGES"]
+__all__ = [
+    "RunFolderError",
+    "RunFolderLock",
+    "claim_run_folder",
+    "claimed_run_folder",
+    "write_run_config",
+    "RESUMABLE_CHANGES",
+]
 
 # Recipe keys a resumed run may change: they do not alter what the trained weights are.
-RESUMABLE_CHANGES = frozenset({
-    "run.dir",  # the folder itself, however it was spelled (relative to another working directory, ...)
-    "run.total_images", "run.log_every", "run.grid_every",
-    "run.checkpoint_every", "run.keep_checkpoints", "run.max_consecutive_nonfinite", "run.device", "run.tensorboard",
-    "run.compile", "run.gradient_checkpointing", "run.micro_batch", "run.grid_steps", "run.grid_cfg",
-    "run.grid_count", "data.num_workers",
-    # the same settings under their names before RUN/grids and run length in images (config.yaml of older runs)
-    "run.total_steps", "run.sample_every", "run.snapshot_every", "run.sample_steps", "run.sample_cfg", "run.sample_count",
-})
+RESUMABLE_CHANGES = frozenset(
+    {
+        "run.dir",  # the folder itself, however it was spelled (relative to another working directory, ...)
+        "run.total_images",
+        "run.log_every",
+        "run.grid_every",
+        "run.checkpoint_every",
+        "run.keep_checkpoints",
+        "run.max_consecutive_nonfinite",
+        "run.device",
+        "run.tensorboard",
+        "run.compile",
+        "run.gradient_checkpointing",
+        "run.micro_batch",
+        "run.grid_steps",
+        "run.grid_cfg",
+        "run.grid_count",
+        "data.num_workers",
+        # the same settings under their names before RUN/grids and run length in images (config.yaml of older runs)
+        "run.total_steps",
+        "run.sample_every",
+        "run.snapshot_every",
+        "run.sample_steps",
+        "run.sample_cfg",
+        "run.sample_count",
+    }
+)
 # What a run writes into its folder, and `--resume fresh` removes; nothing else is ever deleted.
 RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "export", "grids", "samples", "snapshots", "tensorboard", "config.yaml")
 # ("samples" and "snapshots": the grid folders of runs written before RUN/grids)
@@ -62,8 +87,9 @@ class RunFolderLock:
         except BlockingIOError:
             holder = os.read(self.fd, 64).decode(errors="replace").strip() or "another process"
             os.close(self.fd)
-            raise RunFolderError(f"{run_dir} is in use by {holder} (lock {self.path}); wait for it to finish "
-                                 "or use another run.dir") from None
+            raise RunFolderError(
+                f"{run_dir} is in use by {holder} (lock {self.path}); wait for it to finish or use another run.dir"
+            ) from None
         os.ftruncate(self.fd, 0)
         os.write(self.fd, f"process {os.getpid()}\n".encode())
 
@@ -86,21 +112,29 @@ def _recipe_changes(stored: dict[str, Any], new: dict[str, Any], config_path: Pa
     if set(stored) != set(new):
         raise RunFolderError(
             f"{config_path} belongs to another kind of run (its sections: {', '.join(sorted(stored))}; this run's: "
-            f"{', '.join(sorted(new))}); use another run.dir")
+            f"{', '.join(sorted(new))}); use another run.dir"
+        )
     old_flat, new_flat = _flatten(stored), _flatten(new)
-    changed = sorted(k for k in set(old_flat) | set(new_flat)
-                     if old_flat.get(k, "<unset>") != new_flat.get(k, "<unset>") and k not in RESUMABLE_CHANGES)
+    changed = sorted(
+        k
+        for k in set(old_flat) | set(new_flat)
+        if old_flat.get(k, "<unset>") != new_flat.get(k, "<unset>") and k not in RESUMABLE_CHANGES
+    )
     if changed:
         shown = "; ".join(f"{k}: {old_flat.get(k, '<unset>')!r} -> {new_flat.get(k, '<unset>')!r}" for k in changed[:6])
         more = f" (and {len(changed) - 6} more)" if len(changed) > 6 else ""
         if explicit:  # --resume CHECKPOINT: the user continues that checkpoint on purpose, with a changed recipe
-            warnings.warn(f"continuing with a recipe that differs from {config_path}: {shown}{more}; config.yaml "
-                          "will record the new recipe", stacklevel=4)
+            warnings.warn(
+                f"continuing with a recipe that differs from {config_path}: {shown}{more}; config.yaml "
+                "will record the new recipe",
+                stacklevel=4,
+            )
             return
         raise RunFolderError(
             f"the recipe differs from the run in {config_path}: {shown}{more}. A run folder belongs to one run: "
             "use another run.dir, pass --resume fresh to delete this run's outputs and start over, or name the "
-            "checkpoint to continue with the changed recipe (--resume RUN/checkpoints/step-...)")
+            "checkpoint to continue with the changed recipe (--resume RUN/checkpoints/step-...)"
+        )
 
 
 def _holds_run_outputs(run_dir: Path) -> list[str]:
@@ -140,8 +174,10 @@ def _check(run_dir: Path, config: Any, resume: str) -> None:
     outputs = _holds_run_outputs(run_dir)
     if not config_path.is_file():
         if outputs and resume != "fresh":
-            raise RunFolderError(f"{run_dir} holds {', '.join(outputs)} but no config.yaml, so it cannot be checked "
-                                 "against this recipe; use another run.dir, or pass --resume fresh to start over")
+            raise RunFolderError(
+                f"{run_dir} holds {', '.join(outputs)} but no config.yaml, so it cannot be checked "
+                "against this recipe; use another run.dir, or pass --resume fresh to start over"
+            )
         return
     if resume == "fresh":
         return
@@ -153,7 +189,8 @@ def _check(run_dir: Path, config: Any, resume: str) -> None:
     if resume == "none" and outputs:
         raise RunFolderError(
             f"--resume none, but {run_dir} already holds this run's {', '.join(outputs)}; continue it (--resume auto), "
-            "pass --resume fresh to delete them and start over, or use another run.dir")
+            "pass --resume fresh to delete them and start over, or use another run.dir"
+        )
     if resume == "auto":
         manager = CheckpointManager(run_dir)
         started = sorted(p.name for p in manager.root.glob("step-*")) if manager.root.is_dir() else []
@@ -161,7 +198,8 @@ def _check(run_dir: Path, config: Any, resume: str) -> None:
             raise RunFolderError(
                 f"{manager.root} holds {len(started)} checkpoint folder(s) ({', '.join(started[-3:])}) but none is "
                 "complete (meta.json missing or file sizes differ); refusing to restart from step 0 over them. "
-                "Resume one explicitly with --resume PATH, or pass --resume fresh to start over")
+                "Resume one explicitly with --resume PATH, or pass --resume fresh to start over"
+            )
 
 
 @contextlib.contextmanager

@@ -34,10 +34,10 @@ __all__ = ["StepResult", "fused_optimizer_supported", "optimizer_step"]
 class StepResult:
     """Device tensors of one step; the float/bool properties read them back (a host sync, when asked)."""
 
-    loss_t: torch.Tensor       # sample-weighted mean loss over the micro-batches (this rank), 0-d
-    applied_t: torch.Tensor    # 1.0 when the update was applied, 0.0 when a non-finite value skipped it
+    loss_t: torch.Tensor  # sample-weighted mean loss over the micro-batches (this rank), 0-d
+    applied_t: torch.Tensor  # 1.0 when the update was applied, 0.0 when a non-finite value skipped it
     grad_norm_t: torch.Tensor  # total gradient norm before clipping (nan when skipped), 0-d
-    num_samples: int           # samples this rank processed
+    num_samples: int  # samples this rank processed
 
     @property
     def loss(self) -> float:
@@ -62,7 +62,8 @@ def fused_optimizer_supported(device: torch.device) -> bool:
 def _supports_found_inf(optimizer: torch.optim.Optimizer) -> bool:
     """Fused torch optimizers skip their update on the device when given `found_inf` (as under GradScaler)."""
     return bool(getattr(optimizer, "_step_supports_amp_scaling", False)) and all(
-        g.get("fused") for g in optimizer.param_groups)
+        g.get("fused") for g in optimizer.param_groups
+    )
 
 
 def optimizer_step(

@@ -9,5 +9,14 @@ from vfmvae.vfm.families import VFM_ADAPTERS, VFMLoadError
 from vfmvae.vfm.registry import VFM_REGISTRY, VFMEntry
 from vfmvae.vfm.spec import VFMSpec
 
-__all__ = ["VFM_ADAPTERS", "FrozenVFM", "VFMEntry", "VFMFeatures", "VFMLoadError", "VFMSpec", "VFM_REGISTRY",
-           "build_vfm", "list_vfms"]
+__all__ = [
+    "VFM_ADAPTERS",
+    "FrozenVFM",
+    "VFMEntry",
+    "VFMFeatures",
+    "VFMLoadError",
+    "VFMSpec",
+    "VFM_REGISTRY",
+    "build_vfm",
+    "list_vfms",
+]

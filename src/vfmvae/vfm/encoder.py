@@ -28,10 +28,10 @@ __all__ = ["VFMFeatures", "FrozenVFM", "build_vfm", "list_vfms"]
 
 @dataclass
 class VFMFeatures:
-    tokens: list[torch.Tensor]        # per requested layer: patch tokens (B, N, C), row-major over the grid
-    grid: tuple[int, int]             # (H, W) of the patch grid, N = H * W
+    tokens: list[torch.Tensor]  # per requested layer: patch tokens (B, N, C), row-major over the grid
+    grid: tuple[int, int]  # (H, W) of the patch grid, N = H * W
     layers: tuple[int, ...]
-    cls: torch.Tensor | None = None   # (B, C) class token of the final output, where the family has one
+    cls: torch.Tensor | None = None  # (B, C) class token of the final output, where the family has one
     pooled: torch.Tensor | None = None  # (B, C) the model's pooled output (SigLIP MAP head, CLIP/DINO pooler)
 
     def maps(self) -> list[torch.Tensor]:
@@ -86,15 +86,18 @@ class FrozenVFM(nn.Module):
         """This VFM as a complete spec (family and architecture filled in): what a tokenizer config records, so
         that the tokenizer folder rebuilds its VFM offline, with or without the registry."""
         source = self.source or VFMSpec(name=self.name or self.family, family=self.family, arch=_architecture_of(self))
-        return replace(source, family=self.family, arch=_architecture_of(self), layers=self.layers,
-                       scale_factor=self.scale_factor)
+        return replace(
+            source, family=self.family, arch=_architecture_of(self), layers=self.layers, scale_factor=self.scale_factor
+        )
 
     def check_layers(self, layers: Sequence[int]) -> tuple[int, ...]:
         layers = tuple(int(i) for i in layers)
         bad = [i for i in layers if not -self.num_taps <= i < self.num_taps]
         if bad or not layers:
-            raise ValueError(f"layer indices {bad or '[]'} out of range for {self.name or self.family} with "
-                             f"{self.num_layers} blocks (valid: {-self.num_taps} .. {self.num_taps - 1})")
+            raise ValueError(
+                f"layer indices {bad or '[]'} out of range for {self.name or self.family} with "
+                f"{self.num_layers} blocks (valid: {-self.num_taps} .. {self.num_taps - 1})"
+            )
         return layers
 
     def preprocess(self, images: torch.Tensor, extra_scale: float = 1.0) -> torch.Tensor:
@@ -108,15 +111,21 @@ class FrozenVFM(nn.Module):
         # Same two-step resize as the official encoders: scale factors (not sizes), antialias only when shrinking.
         for s in (extra_scale, self.scale_factor):
             if s != 1.0:
-                x = F.interpolate(x, scale_factor=s, mode=mode, align_corners=False, antialias=s < 1 and self.resize_antialias)
+                x = F.interpolate(
+                    x, scale_factor=s, mode=mode, align_corners=False, antialias=s < 1 and self.resize_antialias
+                )
         h, w = x.shape[-2:]
         if h % self.patch_size or w % self.patch_size:
-            raise ValueError(f"VFM input {h}x{w} (after scale_factor {self.scale_factor}) is not a multiple of the "
-                             f"patch size {self.patch_size}; choose an image size or scale_factor that gives one")
+            raise ValueError(
+                f"VFM input {h}x{w} (after scale_factor {self.scale_factor}) is not a multiple of the "
+                f"patch size {self.patch_size}; choose an image size or scale_factor that gives one"
+            )
         return (x - self.mean) / self.std
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor, layers: Sequence[int] | None = None, extra_scale: float = 1.0) -> VFMFeatures:
+    def forward(
+        self, images: torch.Tensor, layers: Sequence[int] | None = None, extra_scale: float = 1.0
+    ) -> VFMFeatures:
         layers = self.check_layers(layers) if layers is not None else self.layers
         pixels = self.preprocess(images, extra_scale)
         grid = (pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size)
@@ -128,7 +137,9 @@ class FrozenVFM(nn.Module):
         tokens = [out.taps[i][:, prefix:].float() for i in layers]
         expected = grid[0] * grid[1]
         if tokens[0].shape[1] != expected:
-            raise RuntimeError(f"{self.name}: got {tokens[0].shape[1]} patch tokens, expected {expected} for grid {grid}")
+            raise RuntimeError(
+                f"{self.name}: got {tokens[0].shape[1]} patch tokens, expected {expected} for grid {grid}"
+            )
         return VFMFeatures(
             tokens=tokens,
             grid=grid,
@@ -166,8 +177,10 @@ def _architecture_of(vfm: FrozenVFM) -> dict[str, Any]:
 def _family_of_folder(path: Path) -> str:
     config = path / "config.json"
     if not config.is_file():
-        raise VFMLoadError(f"{path} has no config.json: not a transformers model folder. Pass a registry name "
-                           "(`vfmvae vfm list`) together with the folder, or a folder saved by `save_pretrained`.")
+        raise VFMLoadError(
+            f"{path} has no config.json: not a transformers model folder. Pass a registry name "
+            "(`vfmvae vfm list`) together with the folder, or a folder saved by `save_pretrained`."
+        )
     model_type = json.loads(config.read_text()).get("model_type", "")
     return family_of_model_type(model_type)
 
@@ -189,8 +202,9 @@ def build_vfm(spec: VFMSpec, *, seed: int = 0, input_range: str = "0,1", autocas
     arch.pop("model_type", None)
     if not spec.has_weights:
         if family is None or not arch:
-            raise VFMLoadError(f"{spec.name}: random weights need the architecture: a registered name, or family "
-                               "and arch")
+            raise VFMLoadError(
+                f"{spec.name}: random weights need the architecture: a registered name, or family and arch"
+            )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = VFM_ADAPTERS[family].build(arch)
@@ -200,9 +214,18 @@ def build_vfm(spec: VFMSpec, *, seed: int = 0, input_range: str = "0,1", autocas
     else:
         folder = Path(spec.path)
         if not folder.exists():
-            raise VFMLoadError(f"{spec.path!r} is neither a registered VFM name (`vfmvae vfm list`) nor an existing "
-                               "folder")
+            raise VFMLoadError(
+                f"{spec.path!r} is neither a registered VFM name (`vfmvae vfm list`) nor an existing folder"
+            )
         family = family or _family_of_folder(folder)
         model = VFM_ADAPTERS[family].load(folder, arch or None)
-    return FrozenVFM(model, family, name=spec.name, layers=spec.layers, scale_factor=spec.resolved_scale_factor(),
-                     input_range=input_range, autocast=autocast, source=spec)
+    return FrozenVFM(
+        model,
+        family,
+        name=spec.name,
+        layers=spec.layers,
+        scale_factor=spec.resolved_scale_factor(),
+        input_range=input_range,
+        autocast=autocast,
+        source=spec,
+    )

@@ -73,14 +73,18 @@ class FamilyAdapter:
         path = Path(source)
         local = path.exists()
         if not local and _offline():
-            raise VFMLoadError(f"VFM {source!r} is not a local folder and the hub is offline (HF_HUB_OFFLINE=1). "
-                               + _how_to_provide(str(source), "transformers format"))
+            raise VFMLoadError(
+                f"VFM {source!r} is not a local folder and the hub is offline (HF_HUB_OFFLINE=1). "
+                + _how_to_provide(str(source), "transformers format")
+            )
         try:
             return self.model_class().from_pretrained(str(source), local_files_only=local, **self.load_kwargs())
         except (OSError, ValueError) as err:
             where = f"the folder {path}" if local else f"the hub id {source!r}"
-            raise VFMLoadError(f"could not load a {self.name} vision model from {where}: {err}. "
-                               + _how_to_provide(str(source), "transformers format")) from None
+            raise VFMLoadError(
+                f"could not load a {self.name} vision model from {where}: {err}. "
+                + _how_to_provide(str(source), "transformers format")
+            ) from None
 
     def load_kwargs(self) -> dict[str, Any]:
         return {}
@@ -261,23 +265,36 @@ class EvaAdapter(FamilyAdapter):
         import timm
 
         if not arch or "timm_name" not in arch:
-            raise VFMLoadError("EVA models load through a registry name that fixes the timm architecture, "
-                               "e.g. `eva02-large-patch14-clip-336` with a local weights file")
+            raise VFMLoadError(
+                "EVA models load through a registry name that fixes the timm architecture, "
+                "e.g. `eva02-large-patch14-clip-336` with a local weights file"
+            )
         arch = dict(arch)
         name = arch.pop("timm_name")
         path = Path(source)
         if path.is_dir():
-            files = [p for p in (path / "model.safetensors", path / "open_clip_model.safetensors",
-                                 path / "pytorch_model.bin", path / "open_clip_pytorch_model.bin") if p.is_file()]
+            files = [
+                p
+                for p in (
+                    path / "model.safetensors",
+                    path / "open_clip_model.safetensors",
+                    path / "pytorch_model.bin",
+                    path / "open_clip_pytorch_model.bin",
+                )
+                if p.is_file()
+            ]
             if not files:
                 raise VFMLoadError(f"no weights file (model.safetensors, open_clip_pytorch_model.bin, ...) in {path}")
             path = files[0]
         if not path.is_file():
-            raise VFMLoadError(f"EVA weights not found at {source!r}. Download `timm/{name}` on a machine with "
-                               "internet (e.g. `huggingface-cli download timm/<tag> --local-dir DIR`) and pass DIR.")
+            raise VFMLoadError(
+                f"EVA weights not found at {source!r}. Download `timm/{name}` on a machine with "
+                "internet (e.g. `huggingface-cli download timm/<tag> --local-dir DIR`) and pass DIR."
+            )
         # timm reads the local file with its own checkpoint filter (which remaps open_clip key names).
-        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)},
-                                 dynamic_img_size=True, **arch)
+        return timm.create_model(
+            name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, dynamic_img_size=True, **arch
+        )
 
     def patch_size(self, model: nn.Module) -> int:
         return int(model.patch_embed.patch_size[0])
@@ -306,8 +323,16 @@ class EvaAdapter(FamilyAdapter):
 
 # family name -> its adapter (how to build, load and tap that family's models)
 VFM_ADAPTERS: dict[str, FamilyAdapter] = {
-    a.name: a for a in (SiglipAdapter(), Dinov2Adapter(), Dinov2RegAdapter(), Dinov3Adapter(), ClipAdapter(),
-                        MaeAdapter(), EvaAdapter())
+    a.name: a
+    for a in (
+        SiglipAdapter(),
+        Dinov2Adapter(),
+        Dinov2RegAdapter(),
+        Dinov3Adapter(),
+        ClipAdapter(),
+        MaeAdapter(),
+        EvaAdapter(),
+    )
 }
 
 
@@ -315,5 +340,7 @@ def family_of_model_type(model_type: str) -> str:
     for name, adapter in VFM_ADAPTERS.items():
         if model_type in adapter.model_types:
             return name
-    raise VFMLoadError(f"unsupported VFM model_type {model_type!r}; supported: "
-                       + ", ".join(t for a in VFM_ADAPTERS.values() for t in a.model_types))
+    raise VFMLoadError(
+        f"unsupported VFM model_type {model_type!r}; supported: "
+        + ", ".join(t for a in VFM_ADAPTERS.values() for t in a.model_types)
+    )

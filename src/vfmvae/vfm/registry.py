@@ -48,13 +48,27 @@ def register_vfm(entry: VFMEntry) -> VFMEntry:
 
 
 def _vit(hidden: int, layers: int, heads: int, inter: int, patch: int, image: int, **extra: Any) -> dict[str, Any]:
-    return dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=inter,
-                patch_size=patch, image_size=image, **extra)
+    return dict(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=inter,
+        patch_size=patch,
+        image_size=image,
+        **extra,
+    )
 
 
 def _dino2(hidden: int, layers: int, heads: int, **extra: Any) -> dict[str, Any]:
-    return dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, patch_size=14,
-                image_size=518, layerscale_value=1.0, **extra)
+    return dict(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        patch_size=14,
+        image_size=518,
+        layerscale_value=1.0,
+        **extra,
+    )
 
 
 # SigLIP2 (fixed-resolution checkpoints, SiglipVisionModel) and SigLIP v1
@@ -69,22 +83,47 @@ for _name, _arch, _scale in [
 ]:
     register_vfm(VFMEntry(_name, "siglip", f"google/{_name}", _arch, _scale))
 VFM_REGISTRY["siglip2-large-patch16-512"] = VFMEntry(
-    "siglip2-large-patch16-512", "siglip", "google/siglip2-large-patch16-512", _vit(1024, 24, 16, 4096, 16, 512), 2.0,
+    "siglip2-large-patch16-512",
+    "siglip",
+    "google/siglip2-large-patch16-512",
+    _vit(1024, 24, 16, 4096, 16, 512),
+    2.0,
     note="VFM-VAE default",
 )
 
 # DINOv2, with and without registers
-for _size, _arch in [("small", _dino2(384, 12, 6)), ("base", _dino2(768, 12, 12)), ("large", _dino2(1024, 24, 16)),
-                     ("giant", _dino2(1536, 40, 24, use_swiglu_ffn=True))]:
+for _size, _arch in [
+    ("small", _dino2(384, 12, 6)),
+    ("base", _dino2(768, 12, 12)),
+    ("large", _dino2(1024, 24, 16)),
+    ("giant", _dino2(1536, 40, 24, use_swiglu_ffn=True)),
+]:
     register_vfm(VFMEntry(f"dinov2-{_size}", "dinov2", f"facebook/dinov2-{_size}", _arch, 1.75))
-    register_vfm(VFMEntry(f"dinov2-{_size}-reg", "dinov2-reg", f"facebook/dinov2-with-registers-{_size}",
-                          {**_arch, "num_register_tokens": 4}, 1.75))
+    register_vfm(
+        VFMEntry(
+            f"dinov2-{_size}-reg",
+            "dinov2-reg",
+            f"facebook/dinov2-with-registers-{_size}",
+            {**_arch, "num_register_tokens": 4},
+            1.75,
+        )
+    )
 
 # DINOv3 (LVD-1689M ViTs; gated on the hub)
-for _short, _arch in [("vits16", _vit(384, 12, 6, 1536, 16, 224)), ("vitb16", _vit(768, 12, 12, 3072, 16, 224)),
-                      ("vitl16", _vit(1024, 24, 16, 4096, 16, 224))]:
-    register_vfm(VFMEntry(f"dinov3-{_short}", "dinov3", f"facebook/dinov3-{_short}-pretrain-lvd1689m",
-                          {**_arch, "num_register_tokens": 4, "layerscale_value": 1.0, "key_bias": False}, 1.0))
+for _short, _arch in [
+    ("vits16", _vit(384, 12, 6, 1536, 16, 224)),
+    ("vitb16", _vit(768, 12, 12, 3072, 16, 224)),
+    ("vitl16", _vit(1024, 24, 16, 4096, 16, 224)),
+]:
+    register_vfm(
+        VFMEntry(
+            f"dinov3-{_short}",
+            "dinov3",
+            f"facebook/dinov3-{_short}-pretrain-lvd1689m",
+            {**_arch, "num_register_tokens": 4, "layerscale_value": 1.0, "key_bias": False},
+            1.0,
+        )
+    )
 
 # CLIP ViT
 for _name, _arch, _scale in [
@@ -103,20 +142,56 @@ for _name, _hub, _arch, _scale in [
     register_vfm(VFMEntry(_name, "mae", _hub, _arch, _scale))
 
 # EVA through timm
-register_vfm(VFMEntry("eva02-large-patch14-clip-336", "eva", "timm/eva02_large_patch14_clip_336.merged2b",
-                      {"timm_name": "eva02_large_patch14_clip_336", "embed_dim": 1024, "depth": 24}, 1.75))
-register_vfm(VFMEntry("eva-giant-patch14-336", "eva", "timm/eva_giant_patch14_336.clip_ft_in1k",
-                      {"timm_name": "eva_giant_patch14_336", "embed_dim": 1408, "depth": 40}, 1.75))
+register_vfm(
+    VFMEntry(
+        "eva02-large-patch14-clip-336",
+        "eva",
+        "timm/eva02_large_patch14_clip_336.merged2b",
+        {"timm_name": "eva02_large_patch14_clip_336", "embed_dim": 1024, "depth": 24},
+        1.75,
+    )
+)
+register_vfm(
+    VFMEntry(
+        "eva-giant-patch14-336",
+        "eva",
+        "timm/eva_giant_patch14_336.clip_ft_in1k",
+        {"timm_name": "eva_giant_patch14_336", "embed_dim": 1408, "depth": 40},
+        1.75,
+    )
+)
 
 # Tiny random variants of the real classes, for tests.
 _TINY = _vit(64, 4, 4, 128, 8, 32)
 register_vfm(VFMEntry("siglip2-test", "siglip", None, _TINY, 1.0, note="tiny random, tests only"))
-register_vfm(VFMEntry("dinov2-test", "dinov2", None, {**_TINY, "layerscale_value": 1.0}, 1.0, note="tiny random, tests only"))
-register_vfm(VFMEntry("dinov2-reg-test", "dinov2-reg", None, {**_TINY, "num_register_tokens": 4}, 1.0,
-                      note="tiny random, tests only"))
-register_vfm(VFMEntry("dinov3-test", "dinov3", None, {**_TINY, "num_register_tokens": 4}, 1.0, note="tiny random, tests only"))
+register_vfm(
+    VFMEntry("dinov2-test", "dinov2", None, {**_TINY, "layerscale_value": 1.0}, 1.0, note="tiny random, tests only")
+)
+register_vfm(
+    VFMEntry(
+        "dinov2-reg-test", "dinov2-reg", None, {**_TINY, "num_register_tokens": 4}, 1.0, note="tiny random, tests only"
+    )
+)
+register_vfm(
+    VFMEntry("dinov3-test", "dinov3", None, {**_TINY, "num_register_tokens": 4}, 1.0, note="tiny random, tests only")
+)
 register_vfm(VFMEntry("clip-test", "clip", None, _TINY, 1.0, note="tiny random, tests only"))
 register_vfm(VFMEntry("mae-test", "mae", None, _TINY, 1.0, note="tiny random, tests only"))
-register_vfm(VFMEntry("eva-test", "eva", None, {"timm_name": "eva02_base_patch16_clip_224", "img_size": 32, "patch_size": 8,
-                                               "embed_dim": 64, "depth": 4, "num_heads": 4, "ref_feat_shape": (4, 4)},
-                      1.0, note="tiny random, tests only"))
+register_vfm(
+    VFMEntry(
+        "eva-test",
+        "eva",
+        None,
+        {
+            "timm_name": "eva02_base_patch16_clip_224",
+            "img_size": 32,
+            "patch_size": 8,
+            "embed_dim": 64,
+            "depth": 4,
+            "num_heads": 4,
+            "ref_feat_shape": (4, 4),
+        },
+        1.0,
+        note="tiny random, tests only",
+    )
+)

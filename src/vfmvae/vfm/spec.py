@@ -25,12 +25,12 @@ class VFMSpec:
     """
 
     name: str = "siglip2-large-patch16-512"  # registry name (`vfmvae vfm list`), or a label for an unregistered VFM
-    path: str | None = None                  # the weights: a local folder/file or a hub id; None = the registry's
-    family: str | None = None                # adapter (a VFM_ADAPTERS key); None = the registry's, or the folder's
+    path: str | None = None  # the weights: a local folder/file or a hub id; None = the registry's
+    family: str | None = None  # adapter (a VFM_ADAPTERS key); None = the registry's, or the folder's
     arch: dict[str, Any] = field(default_factory=dict)  # architecture config; empty = the registry's, or the folder's
-    layers: tuple[int, ...] = (0, 12, -1)    # taps: 0 = embeddings, k = block k, -1 = final (post-LN), -2 = last block
-    scale_factor: float | None = None        # input rescale; None = the registry's for 256-px images (else 1.0)
-    random_init: bool = False                # random weights (tests, benchmarks); the `*-test` VFMs always have
+    layers: tuple[int, ...] = (0, 12, -1)  # taps: 0 = embeddings, k = block k, -1 = final (post-LN), -2 = last block
+    scale_factor: float | None = None  # input rescale; None = the registry's for 256-px images (else 1.0)
+    random_init: bool = False  # random weights (tests, benchmarks); the `*-test` VFMs always have
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -42,8 +42,10 @@ class VFMSpec:
         if self.scale_factor is not None and self.scale_factor <= 0:
             raise ValueError(f"scale_factor must be > 0, got {self.scale_factor}")
         if self.entry is None and self.path is None and not (self.family and self.arch):
-            raise ValueError(f"{self.name!r} is not a registered VFM (`vfmvae vfm list` shows the names); for another "
-                             "VFM give path (a local transformers folder), or family and arch")
+            raise ValueError(
+                f"{self.name!r} is not a registered VFM (`vfmvae vfm list` shows the names); for another "
+                "VFM give path (a local transformers folder), or family and arch"
+            )
         if self.entry is not None and self.family is not None and self.family != self.entry.family:
             raise ValueError(f"family {self.family!r} contradicts the registered {self.name} ({self.entry.family})")
 

@@ -85,13 +85,20 @@ def _torchrun(*args: str) -> list[str]:
 
 
 def _run(cmd: list[str], log: Path, timeout: float) -> str:
+    """Run `cmd`, its output streamed into `log` as it comes (so a row that times out leaves what it printed)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    log.write_text(" ".join(cmd) + "\n\n" + proc.stdout + "\n" + proc.stderr)
+    with log.open("w") as handle:
+        handle.write(" ".join(cmd) + "\n\n")
+        handle.flush()
+        try:
+            proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise RowFailed(f"timed out after {timeout:.0f} s (log: {log})") from None
+    output = log.read_text()
     if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        tail = output.strip().splitlines()[-3:]
         raise RowFailed(f"exit {proc.returncode}: {' | '.join(tail)} (log: {log})")
-    return proc.stdout
+    return output
 
 
 def _records(run_dir: Path) -> list[dict]:

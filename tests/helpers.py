@@ -47,7 +47,17 @@ READBACK_METHODS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "
 @contextlib.contextmanager
 def on_tensor_readback(hook: Callable[[str], None]) -> Iterator[None]:
     """Calls `hook(method)` before every way of reading a tensor back to Python (each a host sync on a GPU)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
     saved = {name: getattr(torch.Tensor, name) for name in READBACK_METHODS}
+
+    class ScalarReads(TorchDispatchMode):
+        # Reads that no Python method shows: a device tensor passed where an op takes a host Scalar (e.g. the
+        # weight of `torch._foreach_lerp_`) is converted inside torch through `aten._local_scalar_dense`.
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._local_scalar_dense.default:
+                hook("scalar conversion")
+            return func(*args, **(kwargs or {}))
 
     def wrap(name, original):
         def wrapped(self, *args, **kwargs):
@@ -59,7 +69,8 @@ def on_tensor_readback(hook: Callable[[str], None]) -> Iterator[None]:
     try:
         for name, original in saved.items():
             setattr(torch.Tensor, name, wrap(name, original))
-        yield
+        with ScalarReads():
+            yield
     finally:
         for name, original in saved.items():
             setattr(torch.Tensor, name, original)

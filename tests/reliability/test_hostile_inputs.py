@@ -620,9 +620,11 @@ def _fake_cache(path: Path, n: int = 8, shape: tuple[int, int, int] = (8, 4, 4),
 
 
 def _checkpoint_of(run_dir: Path, model: dict[str, torch.Tensor]) -> Path:
-    from vfmvae.checkpoint import CheckpointManager
+    from vfmvae.checkpoint import CheckpointManager, capture_rng_state
 
-    return CheckpointManager(run_dir).save(1, images_seen=8, model=model, ema=model, state={}, rank_state={})
+    return CheckpointManager(run_dir).save(
+        1, images_seen=8, model=model, ema=model, state={}, rank_state={"rng": capture_rng_state()}
+    )
 
 
 def test_resuming_a_checkpoint_of_another_architecture_is_one_line(tmp_path, capsys, monkeypatch):

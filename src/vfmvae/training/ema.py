@@ -15,6 +15,9 @@ from torch import nn
 __all__ = ["EMA"]
 
 
+_CHUNK = 64  # parameters per multi-tensor update when the weight is a device tensor
+
+
 class EMA:
     def __init__(self, model: nn.Module, halflife_images: float, rampup_ratio: float | None = 0.05) -> None:
         """Frozen parameters (requires_grad False in `model` at update time) are not averaged."""
@@ -47,10 +50,19 @@ class EMA:
             if p.requires_grad:  # frozen parameters (e.g. the VFM) are identical in both copies: skip them
                 averaged.append(p_ema)
                 current.append(p.detach().to(p_ema.dtype))
-        if averaged:
-            weight = 1.0 - beta if applied is None else (applied * (1.0 - beta)).to(averaged[0].device)
+        if averaged and applied is None:
             # one multi-tensor kernel instead of a launch per parameter (hundreds for an XL model)
-            torch._foreach_lerp_(averaged, current, weight)
+            torch._foreach_lerp_(averaged, current, 1.0 - beta)
+        elif averaged:
+            # `_foreach_lerp_` takes its weight as a host Scalar: a device tensor would be read back, one
+            # synchronisation per step (found by the GPU check). ema += w * (p - ema), with w on the device; the
+            # difference is formed in chunks to bound the extra memory.
+            weight = (applied * (1.0 - beta)).to(averaged[0].device)
+            for start in range(0, len(averaged), _CHUNK):
+                ema_chunk = averaged[start : start + _CHUNK]
+                delta = torch._foreach_sub(current[start : start + _CHUNK], ema_chunk)
+                torch._foreach_mul_(delta, weight)
+                torch._foreach_add_(ema_chunk, delta)
         source_buffers = dict(model.named_buffers())
         for name, b_ema in self.model.named_buffers():
             b_ema.copy_(source_buffers[name])

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from vfmvae import distributed as dist_utils
-from vfmvae.checkpoint import CheckpointManager, restore_rng_state
+from vfmvae.checkpoint import CheckpointFormatError, CheckpointManager, restore_rng_state
 from vfmvae.checkpoint.training import TrainingCheckpoint
 from vfmvae.config import ConfigError, config_to_dict
 from vfmvae.training.config import RunConfig
@@ -113,6 +113,11 @@ class TrainingRun:
         ckpt = self.manager.load(None if self.resume_mode == "auto" else self.resume_mode)
         self.step, self.images = ckpt.step, ckpt.images_seen
         self.counters = {k: int(v) for k, v in ckpt.state.get("counters", {}).items()}
+        if "rng" not in ckpt.rank_state:
+            raise CheckpointFormatError(
+                f"{ckpt.path}: no RNG state for this rank; not a training checkpoint of vfmvae "
+                "(resume a folder under RUN/checkpoints written by `vfmvae train`)"
+            )
         restore_rng_state(ckpt.rank_state["rng"])  # the loops draw from per-step generators; this covers the rest
         dist_utils.print0(f"resumed from {ckpt.path} (step {self.step}, {self.images:,} images)")
         return ckpt

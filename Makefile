@@ -4,8 +4,6 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
-# the suite runs on both cores of the CI machine (pytest-xdist); PYTEST_WORKERS=0 runs it in one process
-PYTEST_WORKERS ?= 2
 
 .PHONY: demo test lint gpu-check install lock clean help
 
@@ -32,7 +30,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check $(LINT_PATHS)
 
 test: lint
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # One JSON line per row (images/s, peak memory, MFU for LightningDiT-XL/1, pass/fail); see docs/benchmarks.md.
 gpu-check: $(STAMP)

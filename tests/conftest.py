@@ -23,6 +23,30 @@ def synthetic_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_latent_cache(tmp_path_factory, synthetic_dir) -> Path:
+    """Latents (8x4x4) of the 64 synthetic images by the tiny official tokenizer, with flips and dinov2-test
+    features (64 tokens, 64-d, + CLS). Read-only for the tests that share it."""
+    from helpers import tiny_official_tokenizer
+
+    from vfmvae.latents import cache_latents
+
+    root = tmp_path_factory.mktemp("latent-cache")
+    cache_latents(
+        tiny_official_tokenizer(root / "tok"),
+        synthetic_dir / "images",
+        root / "cache",
+        flip=True,
+        vfm_features="dinov2-test",
+        batch_size=16,
+        shard_size=32,
+        num_workers=0,
+        device="cpu",
+        progress=False,
+    )
+    return root / "cache"
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `cuda` need a GPU; without one they are skipped (make gpu-check runs them on a GPU)."""
     if torch.cuda.is_available():

@@ -10,34 +10,13 @@ from safetensors.torch import load_file
 
 from vfmvae.config import ConfigError, load_config
 from vfmvae.diffusion_training import DiffusionTrainConfig, train_diffusion
-from vfmvae.latents import cache_latents
 
 ROOT = Path(__file__).parent.parent
-DATA = Path(__file__).parent / "data" / "official_tokenizer_tiny"
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory, synthetic_dir):
-    """Latents (8x4x4) of the 64 synthetic images with flips and dinov2-test features (64 tokens, 64-d, + CLS)."""
-    from vfmvae.tokenizer.convert import convert_official_tokenizer
-
-    root = tmp_path_factory.mktemp("diffusion")
-    convert_official_tokenizer(
-        DATA / "config.yaml", DATA / "official_G.safetensors", DATA / "siglip2-tiny-patch16", root / "tok"
-    )
-    cache_latents(
-        root / "tok",
-        synthetic_dir / "images",
-        root / "cache",
-        flip=True,
-        vfm_features="dinov2-test",
-        batch_size=16,
-        shard_size=32,
-        num_workers=0,
-        device="cpu",
-        progress=False,
-    )
-    return root / "cache"
+@pytest.fixture
+def cache(tiny_latent_cache):
+    return tiny_latent_cache
 
 
 def _cfg(cache, run_dir, *overrides):

@@ -349,26 +349,9 @@ def test_report_with_evaluation_renders_in_chromium(tmp_path):
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def latent_cache(tmp_path_factory, synthetic_dir):
-    """Latents (8x4x4) of the synthetic images by the tiny official tokenizer, with dinov2-test features."""
-    from vfmvae.latents import cache_latents
-
-    root = tmp_path_factory.mktemp("online-diffusion")
-    tok = tiny_official_tokenizer(root / "tok")
-    cache_latents(
-        tok,
-        synthetic_dir / "images",
-        root / "cache",
-        flip=True,
-        vfm_features="dinov2-test",
-        batch_size=16,
-        shard_size=32,
-        num_workers=0,
-        device="cpu",
-        progress=False,
-    )
-    return root / "cache"
+@pytest.fixture
+def latent_cache(tiny_latent_cache):
+    return tiny_latent_cache
 
 
 def _diffusion_cfg(cache, run_dir, ref, *overrides):

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vfmvae import distributed as dist_utils
@@ -24,25 +23,11 @@ from vfmvae.config import config_to_dict
 from vfmvae.data import DataStream, SkipCounter, to_float01
 from vfmvae.evaluation.online import build_evaluator
 from vfmvae.seeding import derive_seed
-from vfmvae.tokenizer import VFMVAE, DiagonalGaussian
+from vfmvae.tokenizer import VFMVAE
 from vfmvae.tokenizer_training.config import TokenizerTrainConfig
 from vfmvae.tokenizer_training.discriminators import MultiscalePatchGAN, ProjectedDiscriminator
-from vfmvae.tokenizer_training.equivariance import (
-    EquivarianceDraw,
-    draw_equivariance,
-    transform_latent,
-    transform_target,
-)
 from vfmvae.tokenizer_training.handoff import export_stage, load_stage
-from vfmvae.tokenizer_training.losses import (
-    SafeLossGuard,
-    adaptive_vf_weight,
-    discriminator_term_guard,
-    kl_loss,
-    multiscale_l1,
-    ssim_loss,
-    vf_alignment_loss,
-)
+from vfmvae.tokenizer_training.objective import TokenizerObjective
 from vfmvae.tokenizer_training.stages import select_trainable
 from vfmvae.training import EMA, fused_optimizer_supported, optimizer_step
 from vfmvae.training.run import Evaluator, TrainingRun
@@ -83,137 +68,6 @@ def _load_all_but(module: nn.Module, state: dict[str, torch.Tensor], *, new: str
 def _without_vfm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # The frozen VFM is rebuilt from `init`/`vfm` on resume; checkpoints need not repeat ~300M parameters.
     return {k: v for k, v in state.items() if not k.startswith("vfm.")}
-
-
-class _Losses:
-    """Computes the D and G objectives; keeps the last scalars for logging."""
-
-    def __init__(
-        self,
-        cfg: TokenizerTrainConfig,
-        g: VFMVAE,
-        d: ProjectedDiscriminator | None,
-        p: MultiscalePatchGAN | None,
-        lpips: nn.Module | None,
-        autocast,
-    ) -> None:
-        self.cfg, self.g, self.d, self.p, self.lpips, self.autocast = cfg, g, d, p, lpips, autocast
-        self.mode = g.vfm.adapter.resize_mode
-        self.generator = torch.Generator()
-        self.images_seen = 0
-        self.guard = SafeLossGuard(cfg.loss.safe_loss_ratio) if cfg.loss.safe_loss else None
-        self.scalars: dict[str, torch.Tensor] = {}  # detached device tensors, read back when logged
-
-    def _draw(self) -> EquivarianceDraw:
-        c = self.cfg.loss
-        return (
-            draw_equivariance(self.generator, c.eq_p_latent, c.eq_p_prior_scale)
-            if c.equivariance
-            else EquivarianceDraw()
-        )
-
-    def _fake(self, x: torch.Tensor, draw: EquivarianceDraw, with_vfm: bool):
-        moments, feats = self.g.encode_moments(x, extra_scale=draw.input_scale, return_vfm=True)
-        post = DiagonalGaussian(moments.float())
-        if self.cfg.loss.sample_posterior:
-            eps = torch.randn(post.mean.shape, generator=self.generator).to(post.mean.device)
-            z = post.mean + post.std * eps
-        else:
-            z = post.mean
-        fake, multiscale = self.g.decode(transform_latent(z, draw), return_multiscale=True)
-        target = transform_target(x, draw, self.mode) * 2 - 1
-        return fake.float(), [m.float() for m in multiscale], target, post, z, (feats if with_vfm else None)
-
-    def discriminator(self, _module: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        c = self.cfg.loss
-        x = batch["x"]
-        with torch.no_grad(), self.autocast():
-            fake, _, real, *_ = self._fake(x, self._draw(), with_vfm=False)
-        loss = x.new_zeros(())
-        with self.autocast():
-            if c.gan and self.d is not None:
-                loss = loss + c.gan * self._d_guard(
-                    F.relu(1 - self.d(real, self.generator)).float().mean()
-                    + F.relu(1 + self.d(fake, self.generator)).float().mean()
-                )
-            if c.patchgan and self.p is not None:
-                pr, pf = self.p(real), self.p(fake)
-                loss = loss + c.patchgan * self._d_guard(
-                    sum(
-                        F.mse_loss(r[-1].float(), torch.ones_like(r[-1], dtype=torch.float32))
-                        + F.mse_loss(f[-1].float(), torch.zeros_like(f[-1], dtype=torch.float32))
-                        for r, f in zip(pr, pf)
-                    )
-                    / len(pr)
-                )
-        self.scalars["loss/d"] = loss.detach()
-        return loss.float()
-
-    def _guard_active(self) -> bool:
-        return self.images_seen > self.cfg.loss.safe_loss_after_images  # official: 50k images after the stage start
-
-    def _d_guard(self, term: torch.Tensor) -> torch.Tensor:
-        return discriminator_term_guard(term) if self.guard is not None and self._guard_active() else term
-
-    def _watch(self, name: str, value: torch.Tensor) -> torch.Tensor:
-        return self.guard.watch(name, value) if self.guard is not None else value
-
-    def generator_loss(self, _module: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        c, s, w = self.cfg.loss, self.scalars, self._watch
-        x = batch["x"]
-        with self.autocast():
-            fake, multiscale, real, post, z, feats = self._fake(x, self._draw(), with_vfm=c.vf > 0)
-            rec = real.new_zeros(())
-            if c.l1:
-                rec = rec + c.l1 * w("l1", (real - fake).abs().mean())
-            if c.l2:
-                rec = rec + c.l2 * w("l2", (real - fake).square().mean())
-            if c.lpips:
-                rec = rec + c.lpips * w("lpips", self.lpips(fake, real).float().mean())
-            if c.ssim:
-                rec = rec + c.ssim * w("ssim", ssim_loss(fake, real))
-            if any(c.multiscale) and self.images_seen < c.multiscale_until_images:
-                rec = rec + w("multiscale", multiscale_l1(multiscale, (real + 1) / 2, list(c.multiscale), self.mode))
-            total = rec
-            s["loss/rec"] = rec.detach()
-            if c.kl:
-                kl = kl_loss(post.mean, post.logvar)
-                total = total + c.kl * kl
-                s["loss/kl"] = kl.detach()
-            if c.vf:
-                with torch.autocast(x.device.type, enabled=False):  # the 1x1 projection in float32, as the official
-                    projected = self.g.vf_proj(z.float())
-                vf = vf_alignment_loss(
-                    projected, feats.maps()[feats.layers.index(-1)].float(), c.vf_distmat_margin, c.vf_cos_margin
-                )
-                last = self.g.final_proj.blocks[-1].mlp.w2.weight
-                weight = (
-                    adaptive_vf_weight(rec, vf, last, c.vf)
-                    if c.vf_adaptive and last.requires_grad
-                    else torch.tensor(c.vf)
-                )
-                total = total + weight * vf
-                s["loss/vf"], s["vf_weight"] = vf.detach(), weight.detach()
-            if c.gan and self.d is not None:
-                gan = -self.d(fake, self.generator).mean()
-                total = total + c.gan * gan
-                s["loss/gan"] = gan.detach()
-            if (c.patchgan or c.feature_matching) and self.p is not None:
-                pf = self.p(fake)
-                if c.patchgan:
-                    total = total + c.patchgan * sum(F.mse_loss(f[-1], torch.ones_like(f[-1])) for f in pf) / len(pf)
-                if c.feature_matching:
-                    with torch.no_grad():
-                        pr = self.p(real)
-                    fm = sum(F.l1_loss(ff, rf.detach()) for fs, rs in zip(pf, pr) for ff, rf in zip(fs[:-1], rs[:-1]))
-                    total = total + c.feature_matching * fm / len(pf)
-        s["loss/g"] = total.detach()
-        if self.guard is not None:
-            self.guard.active = self._guard_active()
-            total = self.guard(total.float())
-            if self.guard.rejected is not None:
-                s["safe_loss_rejected"] = self.guard.rejected
-        return total.float()
 
 
 def train_tokenizer(
@@ -290,7 +144,7 @@ def _train_tokenizer(cfg: TokenizerTrainConfig, run: TrainingRun) -> dict[str, A
     scaler_d = torch.amp.GradScaler(device.type) if rc.precision == "fp16" and opt_d is not None else None
     skips = SkipCounter()
     stream = DataStream(cfg.data, run.micro, rank=run.rank, world=run.world, state=data_state, skips=skips)
-    losses = _Losses(cfg, g, d, p, lpips, autocast_factory(rc.precision, device))
+    losses = TokenizerObjective(cfg, g, d, p, lpips, autocast_factory(rc.precision, device))
     losses.scalars = run.scalars  # the run reads them back when it logs
     if losses.guard is not None:
         losses.guard.load_state_dict(guard_state, device)

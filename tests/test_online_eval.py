@@ -1,4 +1,4 @@
-"""Evaluation while training (vfmvae.evaluation.online): rank-split metrics, resume, RNG isolation, weights.
+"""Evaluation while training (vfmvae.training.online_eval): rank-split metrics, resume, RNG isolation, weights.
 
 Inception and LPIPS are small stand-ins (tests/dist/online_eval.py) so that these tests take seconds; the
 evaluator, the tiny official-format tokenizer and the tiny REG model are the real ones.
@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent / "dist"))
 from helpers import perturbed_reg_export, tiny_official_tokenizer  # noqa: E402
 from online_eval import install_stubs, small_tokenizer  # noqa: E402
 
-from vfmvae.evaluation.online import EvalConfig, build_evaluator, read_eval_records  # noqa: E402
+from vfmvae.training.eval_config import EvalConfig, build_evaluator, read_eval_records  # noqa: E402
 
 SCRIPT = Path(__file__).parent / "dist" / "online_eval.py"
 STATS = {"mean": [0.1] * 8, "std": [2.0] * 8}
@@ -46,7 +46,7 @@ def official(tmp_path, models):
 
 @pytest.fixture
 def stubs(monkeypatch):
-    from vfmvae.evaluation import online
+    from vfmvae.training import online_eval as online
 
     monkeypatch.setattr(online, "_load_inception", online._load_inception)
     monkeypatch.setattr(online, "_load_lpips", online._load_lpips)
@@ -410,7 +410,7 @@ def test_diffusion_run_with_evaluation_trains_the_same_weights(tmp_path, models,
 @pytest.mark.slow
 def test_killed_diffusion_run_resumes_without_re_evaluating(tmp_path, models, latent_cache, stubs, monkeypatch):
     from vfmvae.diffusion_training import train_diffusion
-    from vfmvae.evaluation import online
+    from vfmvae.training import online_eval as online
 
     evaluated = []
     original_evaluate = online.GenerationTask.evaluate

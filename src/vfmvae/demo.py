@@ -269,7 +269,8 @@ def _evaluation(steps: int, points: int, what: str, *settings: str) -> tuple[lis
 def _reference_batch(images: Path, path: Path, count: int) -> Path:
     """The first `count` held-out images as an ADM-layout reference batch (arr_0 only: the evaluator computes the
     statistics with its own Inception)."""
-    from vfmvae.evaluation.images import open_image_set, write_npz_atomic
+    from vfmvae.checkpoint.atomic import write_npz_atomic
+    from vfmvae.evaluation.images import open_image_set
 
     arr = next(open_image_set(images).batches(count))
     print(f"\n   reference batch for evaluation while training: {path} ({len(arr)} held-out images)", flush=True)

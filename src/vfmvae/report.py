@@ -136,7 +136,7 @@ EVAL_TIMING = ("eval/seconds", "eval/images_per_s")
 def _eval_records(run: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Evaluation points: RUN/eval/records.jsonl (the evaluator's own log), plus eval/ keys found in metrics.jsonl
     at steps that file does not hold; one record per step, in step order."""
-    from vfmvae.evaluation.online import read_eval_records
+    from vfmvae.training.online_eval import read_eval_records
 
     by_step = {r["step"]: r for r in records if "step" in r and any(k.startswith("eval/") for k in r)}
     by_step.update({r["step"]: r for r in read_eval_records(run)})

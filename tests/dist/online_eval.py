@@ -60,7 +60,7 @@ def small_tokenizer():
 
 
 def install_stubs() -> None:
-    from vfmvae.evaluation import online
+    from vfmvae.training import online_eval as online
 
     online._load_inception = lambda spec, device: (StubInception().to(device), {"inception_sha256": f"stub-{spec}"})
     online._load_lpips = lambda spec, device: (StubLPIPS().to(device), {"lpips_sha256": f"stub-{spec}"})
@@ -74,7 +74,7 @@ def main() -> None:
     torch.set_num_threads(1)
     install_stubs()
     from vfmvae.diffusion import DiffusionTransformer
-    from vfmvae.evaluation.online import EvalConfig, build_evaluator
+    from vfmvae.training.eval_config import EvalConfig, build_evaluator
     from vfmvae.sampling.pipeline import LatentStats
     from vfmvae.tokenizer import VFMVAE
 

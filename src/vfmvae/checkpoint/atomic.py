@@ -14,7 +14,17 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_directory", "fsync_dir", "current_umask"]
+import numpy as np
+
+__all__ = [
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_directory",
+    "fsync_dir",
+    "current_umask",
+    "write_npz_atomic",
+]
 
 
 def current_umask() -> int:
@@ -127,3 +137,13 @@ def atomic_directory(final: str | Path, *, replace_whole: bool = False, last: tu
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_npz_atomic(path: str | Path, **arrays: np.ndarray) -> Path:
+    """An .npz (numpy arrays, no pickles) written atomically: a reader sees the old file or the whole new one."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    return atomic_write(Path(path), write)

@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 from vfmvae.config import ExistingPath
 from vfmvae.diffusion.transport import TransportConfig
-from vfmvae.evaluation.online import EvalConfig
 from vfmvae.training.config import DiffusionRunConfig  # the shared `run:` section plus grid settings
+from vfmvae.training.eval_config import EvalConfig
 
 __all__ = ["LatentDataConfig", "ModelChoice", "DiffusionOptimConfig", "DiffusionRunConfig", "DiffusionTrainConfig"]
 

@@ -32,11 +32,11 @@ from vfmvae.data.sampler import ResumableSampler
 from vfmvae.diffusion import DiffusionTransformer, DiTConfig, diffusion_config, training_loss
 from vfmvae.diffusion_training.config import DiffusionTrainConfig
 from vfmvae.diffusion_training.draws import StepDraws, global_rows
-from vfmvae.evaluation.online import build_evaluator
 from vfmvae.latents import LatentDataset, draw_posterior
 from vfmvae.latents.stats import LatentStats
 from vfmvae.sampling.pipeline import SAMPLER_FILE, VFMVAEPipeline
 from vfmvae.training import EMA, fused_optimizer_supported, optimizer_step
+from vfmvae.training.online_eval import build_evaluator
 from vfmvae.training.run import Evaluator, TrainingRun
 from vfmvae.training.run_log import autocast_factory, scalars_to_floats
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from vfmvae.checkpoint.atomic import write_npz_atomic
 from vfmvae.evaluation.features import extract_features
-from vfmvae.evaluation.images import npz_header, open_image_set, write_npz_atomic
+from vfmvae.evaluation.images import npz_header, open_image_set
 from vfmvae.evaluation.inception import load_inception
 from vfmvae.evaluation.stats import (
     frechet_distance,

@@ -11,7 +11,7 @@ from PIL import Image
 
 from vfmvae.data.images import IMAGE_EXTENSIONS
 
-__all__ = ["ImageSet", "open_image_set", "write_npz_atomic"]
+__all__ = ["ImageSet", "open_image_set"]
 
 
 class ImageSet:
@@ -96,13 +96,3 @@ def open_image_set(source: str | Path) -> ImageSet:
             shape = (img.height, img.width, 3)
         return ImageSet(source, len(files), shape, "dir", files)
     raise FileNotFoundError(f"image set not found: {source} (pass an .npz with arr_0 or a folder of images)")
-
-
-def write_npz_atomic(path: str | Path, **arrays: np.ndarray) -> Path:
-    from vfmvae.checkpoint.atomic import atomic_write
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-
-    return atomic_write(Path(path), write)

@@ -26,8 +26,7 @@ import torch
 from PIL import Image
 
 from vfmvae import distributed as dist_utils
-from vfmvae.checkpoint.atomic import atomic_write_text
-from vfmvae.evaluation.images import write_npz_atomic
+from vfmvae.checkpoint.atomic import atomic_write_text, write_npz_atomic
 from vfmvae.sampling.pipeline import SamplerConfig, VFMVAEPipeline
 from vfmvae.seeding import derive_seed
 

@@ -7,9 +7,9 @@ from typing import Any, Literal
 
 from vfmvae.config import yaml_flow
 from vfmvae.data.loader import DataConfig
-from vfmvae.evaluation.online import EvalConfig
 from vfmvae.tokenizer.model import VFMVAEConfig
 from vfmvae.training.config import RunConfig  # the shared `run:` section
+from vfmvae.training.eval_config import EvalConfig
 
 __all__ = ["LossConfig", "DiscConfig", "OptimConfig", "RunConfig", "TokenizerTrainConfig"]
 

@@ -21,7 +21,6 @@ from vfmvae import distributed as dist_utils
 from vfmvae.checkpoint import capture_rng_state, load_state_strict
 from vfmvae.config import config_to_dict
 from vfmvae.data import DataStream, SkipCounter, to_float01
-from vfmvae.evaluation.online import build_evaluator
 from vfmvae.seeding import derive_seed
 from vfmvae.tokenizer import VFMVAE
 from vfmvae.tokenizer_training.config import TokenizerTrainConfig
@@ -30,6 +29,7 @@ from vfmvae.tokenizer_training.handoff import export_stage, load_stage
 from vfmvae.tokenizer_training.objective import TokenizerObjective
 from vfmvae.tokenizer_training.stages import select_trainable
 from vfmvae.training import EMA, fused_optimizer_supported, optimizer_step
+from vfmvae.training.online_eval import build_evaluator
 from vfmvae.training.run import Evaluator, TrainingRun
 from vfmvae.training.run_log import autocast_factory
 from vfmvae.vfm import build_vfm

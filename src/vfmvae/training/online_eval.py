@@ -34,7 +34,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,71 +46,19 @@ from vfmvae import distributed as dist_utils
 from vfmvae.checkpoint.atomic import atomic_write_text
 from vfmvae.checkpoint.training import capture_rng_state, restore_rng_state
 from vfmvae.seeding import derive_seed
+from vfmvae.training.eval_config import (
+    BEST_DIR,
+    BEST_MARKER,
+    DIFFUSION_METRICS,
+    EVAL_DIR,
+    LOWER_IS_BETTER,
+    RANDOM_INIT,
+    RECORDS,
+    TOKENIZER_METRICS,
+    EvalConfig,
+)
 
-__all__ = [
-    "EvalConfig",
-    "OnlineEvaluator",
-    "build_evaluator",
-    "read_eval_records",
-    "RANDOM_INIT",
-    "EVAL_DIR",
-    "LOWER_IS_BETTER",
-    "HIGHER_IS_BETTER",
-]
-
-EVAL_DIR = "eval"
-RECORDS = "records.jsonl"
-BEST_DIR = "best"
-BEST_MARKER = "best.json"  # written into RUN/best by us; a RUN/best without it is never replaced
-RANDOM_INIT = "random-init:"  # `inception: random-init:0`: seeded random weights (demo and tests only)
-
-TOKENIZER_METRICS = ("rfid", "ris", "psnr", "ssim", "lpips")
-DIFFUSION_METRICS = ("fid", "sfid", "is", "precision", "recall")
-LOWER_IS_BETTER = frozenset({"rfid", "fid", "sfid", "lpips"})
-HIGHER_IS_BETTER = frozenset({"ris", "psnr", "ssim", "is", "precision", "recall"})
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """A recipe's `eval:` section. Off by default; `every` counts optimizer steps."""
-
-    enabled: bool = False
-    every: int = 10_000  # evaluate after every `every` optimizer steps
-    seed: int = 0  # posterior noise / sample noise and labels of the evaluation
-    batch_size: int = 32  # per process
-    # FID Inception (pt_inception-2015-12-05 .pth), or "random-init:SEED" (seeded random weights: the pipeline runs,
-    # the values compare with nothing). None: Inception metrics are skipped with one warning.
-    inception: str | None = None
-    lpips: str | None = None  # VGG16 trunk for LPIPS (vgg16-397923af.pth) or "random-init:SEED"
-    keep_best: str | None = None  # keep RUN/best: the evaluated model with the best value of this metric
-    # tokenizer: a held-out image folder or tar shards, its first `num_images` images (sorted order)
-    data: str | None = None
-    num_images: int = 1000
-    crop: Literal["resize_center", "adm_center"] = "resize_center"  # resize_center: the official reconstruct.py
-    latent: Literal["sample", "mode"] = "sample"  # decode a posterior sample (official) or the posterior mean
-    grid: int = 8  # held-out images in the reconstruction grid (0 = no grid)
-    # diffusion: an ADM reference batch (.npz with mu/sigma/mu_s/sigma_s and arr_0 images)
-    ref: str | None = None
-    num_samples: int = 5000
-    sampler: dict[str, Any] = field(default_factory=dict)  # SamplerConfig fields over the recipe's preset
-
-    def __post_init__(self) -> None:
-        for name in ("every", "batch_size", "num_images", "num_samples"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"eval.{name} must be at least 1, got {getattr(self, name)}")
-        if self.grid < 0:
-            raise ValueError(f"eval.grid must be >= 0, got {self.grid}")
-        for name in ("num_images", "num_samples"):
-            if getattr(self, name) < 10:
-                raise ValueError(
-                    f"eval.{name} must be at least 10 (Inception Score splits and k-NN need a few "
-                    f"images), got {getattr(self, name)}"
-                )
-        if self.keep_best is not None and self.keep_best not in LOWER_IS_BETTER | HIGHER_IS_BETTER:
-            raise ValueError(
-                f"eval.keep_best {self.keep_best!r}: choose one of "
-                f"{', '.join(TOKENIZER_METRICS + DIFFUSION_METRICS)} (or null)"
-            )
+__all__ = ["OnlineEvaluator", "build_evaluator", "read_eval_records"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -422,7 +370,7 @@ class ReconstructionTask:
         mu, sigma = gaussian_stats(gather_rows(feats["pool"], total).numpy())
         self._reference = {"mu": mu, "sigma": sigma}
         if dist_utils.is_main_process():
-            from vfmvae.evaluation.images import write_npz_atomic
+            from vfmvae.checkpoint.atomic import write_npz_atomic
 
             write_npz_atomic(path, mu=mu, sigma=sigma)
         return self._reference
@@ -600,9 +548,10 @@ class GenerationTask:
         computed once (split across ranks) and cached in RUN/eval/ under a key of the file and the weights."""
         if self._reference is not None:
             return self._reference
+        from vfmvae.checkpoint.atomic import write_npz_atomic
         from vfmvae.checkpoint.digest import file_sha256
         from vfmvae.evaluation.generation import _load_reference
-        from vfmvae.evaluation.images import open_image_set, write_npz_atomic
+        from vfmvae.evaluation.images import open_image_set
         from vfmvae.evaluation.stats import gaussian_stats
 
         ref_path = Path(self.cfg.ref)

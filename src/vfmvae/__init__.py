@@ -4,8 +4,6 @@ The pipeline, one subpackage per stage (see docs/architecture.md):
 data -> frozen VFM -> tokenizer -> latent cache -> diffusion -> sampling -> evaluation and analysis.
 """
 
-__version__ = "0.1.0.dev0"
-
 from vfmvae.alignment import cknna
 from vfmvae.checkpoint import CheckpointManager, PretrainedMixin, load_pretrained
 from vfmvae.config import ConfigError, load_config
@@ -19,6 +17,7 @@ from vfmvae.tokenizer import VFMVAE, DiagonalGaussian, VFMVAEConfig
 from vfmvae.tokenizer_training.config import TokenizerTrainConfig
 from vfmvae.tokenizer_training.trainer import train_tokenizer
 from vfmvae.training import EMA, optimizer_step
+from vfmvae.version import __version__
 from vfmvae.vfm import FrozenVFM, VFMFeatures, VFMSpec, build_vfm
 
 __all__ = [

@@ -20,6 +20,7 @@ from torch import nn
 from vfmvae.checkpoint.atomic import atomic_directory, atomic_write_text
 from vfmvae.checkpoint.serialize import CheckpointFormatError, load_tensors, save_tensors, tensor_shapes
 from vfmvae.config import ConfigError, config_from_dict, config_to_dict
+from vfmvae.version import __version__
 
 __all__ = [
     "PretrainedMixin",
@@ -234,8 +235,6 @@ class PretrainedMixin:
         (the weights first, `config.json` last) and any other file is kept. A non-empty folder that is not a
         model folder is refused (`check_model_output_dir`).
         """
-        from vfmvae import __version__
-
         directory = check_model_output_dir(directory)
         meta = {
             "architecture": self.architecture,

@@ -20,6 +20,7 @@ from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.models.modeling_utils import ModelMixin
 
 from vfmvae.config import config_from_dict, config_to_dict
+from vfmvae.diffusers.placement import placed_like
 from vfmvae.tokenizer.model import VFMVAE, VFMVAEConfig, upgrade_flat_vfm_keys
 
 __all__ = ["VFMVAEAutoencoder", "ModelMixin"]  # ModelMixin: diffusers' loader looks it up in this module
@@ -75,7 +76,7 @@ class VFMVAEAutoencoder(ModelMixin, ConfigMixin):
         model = cls(tokenizer_config=config_to_dict(tokenizer.config), **stats)
         model.tokenizer.load_state_dict(tokenizer.state_dict(), strict=True)
         param = next(tokenizer.parameters())
-        return _like(model, param)
+        return placed_like(model, param)
 
     def to_vfmvae(self) -> VFMVAE:
         """Our `VFMVAE` (the wrapped module itself, sharing its weights); `.save_pretrained` writes our folder."""
@@ -116,11 +117,3 @@ class VFMVAEAutoencoder(ModelMixin, ConfigMixin):
         posterior = self.encode(sample).latent_dist
         z = posterior.sample(generator=generator) if sample_posterior else posterior.mode()
         return self.decode(z, return_dict=return_dict)
-
-
-def _like(model, param: torch.Tensor):
-    """On the device and in the precision of the source (a float32 model is not cast: diffusers warns on casts)."""
-    model.to(device=param.device)
-    if param.dtype != torch.float32:
-        model.to(dtype=param.dtype)
-    return model.eval()

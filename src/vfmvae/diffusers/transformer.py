@@ -18,6 +18,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
 from vfmvae.config import config_from_dict, config_to_dict
+from vfmvae.diffusers.placement import placed_like
 from vfmvae.diffusion.model import DiffusionTransformer, DiTConfig
 
 __all__ = ["VFMVAETransformer2DModel", "VFMVAETransformerOutput", "ModelMixin"]
@@ -49,7 +50,7 @@ class VFMVAETransformer2DModel(ModelMixin, ConfigMixin):
         out = cls(transformer_config=config_to_dict(model.config))
         out.dit.load_state_dict(model.state_dict(), strict=True)
         param = next(model.parameters())
-        return _like(out, param)
+        return placed_like(out, param)
 
     def to_vfmvae(self) -> DiffusionTransformer:
         """Our `DiffusionTransformer` (the wrapped module itself, sharing its weights)."""
@@ -72,11 +73,3 @@ class VFMVAETransformer2DModel(ModelMixin, ConfigMixin):
         if not return_dict:
             return (out.sample, out.cls)
         return VFMVAETransformerOutput(sample=out.sample, class_token_velocity=out.cls)
-
-
-def _like(model, param: torch.Tensor):
-    """On the device and in the precision of the source (a float32 model is not cast: diffusers warns on casts)."""
-    model.to(device=param.device)
-    if param.dtype != torch.float32:
-        model.to(dtype=param.dtype)
-    return model.eval()

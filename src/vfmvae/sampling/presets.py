@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 from typing import Any
 
-from vfmvae.sampling.pipeline import SamplerConfig
+from vfmvae.sampling.ode import SamplerConfig
 
 __all__ = ["PRESETS", "PRESET_SOURCES", "from_lightningdit", "from_reg", "resolve_sampler_config"]
 

@@ -337,7 +337,7 @@ def _cache(tokenizer, data, out, **kw):
 def test_cache_keeps_posterior_moments_stats_from_posterior_samples_and_old_caches_still_load(
     tmp_path, official_tokenizer, synthetic_dir
 ):
-    from vfmvae.data import ImageFolderDataset, to_float01
+    from vfmvae.data import ImageFolderDataset, ImageOptions, to_float01
     from vfmvae.latents import LatentDataset
     from vfmvae.tokenizer import VFMVAE
 
@@ -346,7 +346,7 @@ def test_cache_keeps_posterior_moments_stats_from_posterior_samples_and_old_cach
     ds = LatentDataset(tmp_path / "m")
     assert ds.has_moments
     model = VFMVAE.from_pretrained(official_tokenizer)
-    image = to_float01(ImageFolderDataset(synthetic_dir / "images", 64)[0]["image"])[None]
+    image = to_float01(ImageFolderDataset(synthetic_dir / "images", ImageOptions(64))[0]["image"])[None]
     with torch.no_grad():
         post = model.encode(image)
     torch.testing.assert_close(ds.denormalize(ds[0]["latents"]), post.mean[0], rtol=1e-4, atol=1e-4)

@@ -789,9 +789,10 @@ def test_tar_special_members_are_counted_as_skipped(tmp_path):
         "004.png": "special-member",
         "005.png": "special-member",
     }
+    from vfmvae.data import ImageOptions
     from vfmvae.data.shards import TarShardDataset
 
-    skips = [it["reason"] for it in TarShardDataset(tmp_path, 32, loop=False) if it.get("bad")]
+    skips = [it["reason"] for it in TarShardDataset(tmp_path, ImageOptions(32), loop=False) if it.get("bad")]
     assert sorted(skips) == ["link-member"] * 2 + ["special-member"] * 3
 
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from vfmvae.data import ImageFolderDataset, SkipCounter, collate_skip_bad, to_float01
+from vfmvae.data import ImageFolderDataset, ImageOptions, SkipCounter, collate_skip_bad, to_float01
 from vfmvae.tokenizer.model import VFMVAE
 from vfmvae.vis import save_grid
 
@@ -62,7 +62,7 @@ def reconstruct_folder(
 
     output_dir = Path(output_dir)
     resolution = resolution or model.config.image_size
-    dataset = ImageFolderDataset(input_dir, resolution, hflip=False, crop=crop)
+    dataset = ImageFolderDataset(input_dir, ImageOptions(resolution, crop=crop))
     stale = [d for d in ("images", "inputs") if (output_dir / d).is_dir() and any((output_dir / d).iterdir())]
     if stale:  # old reconstructions would be scored with the new ones
         raise FileExistsError(

@@ -414,7 +414,7 @@ def load_held_out(
 ) -> tuple[torch.Tensor, int]:
     """The first `num` images of a folder (sorted) or of tar shards (in shard order), cropped to `resolution`:
     this rank's share (indices rank, rank + world, ...) as uint8 (n, 3, H, W), and the set's size."""
-    from vfmvae.data import ImageFolderDataset, TarShardDataset, detect_format
+    from vfmvae.data import ImageFolderDataset, ImageOptions, TarShardDataset, detect_format
 
     rank = dist_utils.rank() if rank is None else rank
     world = dist_utils.world_size() if world is None else world
@@ -427,7 +427,7 @@ def load_held_out(
         )
 
     if detect_format(source) == "folder":
-        dataset = ImageFolderDataset(source, resolution, hflip=False, crop=crop)
+        dataset = ImageFolderDataset(source, ImageOptions(resolution, crop=crop))
         total = min(num, len(dataset))
         for i in range(rank, total, world):
             item = dataset[i]
@@ -435,7 +435,7 @@ def load_held_out(
                 raise bad(item)
             images.append(item["image"])
     else:
-        dataset = TarShardDataset(source, resolution, hflip=False, loop=False, shuffle_shards=False, crop=crop)
+        dataset = TarShardDataset(source, ImageOptions(resolution, crop=crop), loop=False, shuffle_shards=False)
         total = 0
         for item in dataset:
             if total >= num:

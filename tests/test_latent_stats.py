@@ -1,4 +1,4 @@
-"""Issue 20 part 3: one `LatentStats` (vfmvae.latents.stats) for every place that normalises latents or reads their
+"""One `LatentStats` (vfmvae.latents.stats) for every place that normalises latents or reads their
 statistics, with a check that the statistics belong to the tokenizer they are used with, and `vfmvae sample` from a
 Hub id finding the statistics inside the downloaded snapshot."""
 

@@ -1,4 +1,4 @@
-"""Issue 23: a training run folder belongs to one run (recipe, kind, fresh start, lock, incomplete or corrupted
+"""A training run folder belongs to one run (recipe, kind, fresh start, lock, incomplete or corrupted
 checkpoints), and nothing is written into it before the checks pass."""
 
 from __future__ import annotations
@@ -47,12 +47,12 @@ def _cfg(cache, run_dir, *overrides):
         [
             f"data.cache={cache}",
             f"run.dir={run_dir}",
-            "run.grid_every=0",
+            "run.grid_every_images=0",
             "data.flip=false",
             "run.batch_size=8",
             "run.total_images=16",
-            "run.checkpoint_every=1",
-            "run.log_every=1",
+            "run.checkpoint_every_images=8",  # every step
+            "run.log_every_images=8",
             *overrides,
         ],
     )

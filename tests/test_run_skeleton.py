@@ -15,6 +15,7 @@ from vfmvae.tokenizer_training.config import TokenizerTrainConfig
 from vfmvae.training import EMA
 from vfmvae.training.config import DiffusionRunConfig, RunConfig, halflife_from_decay
 from vfmvae.training.run import TrainingRun, micro_batch_plan
+from vfmvae.training.state import CheckpointState
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,15 +41,16 @@ class _FakeEvaluator:
 
 
 def _drive(tmp_path: Path, *, applied: list[float], evaluator=None, **run_fields):
-    """A run of a tiny linear model whose step i is applied (1.0) or skipped (0.0) as `applied[i]` says."""
+    """A run of a tiny linear model whose step i is applied (1.0) or skipped (0.0) as `applied[i]` says, driven as
+    the trainers drive it; reports every 2 steps, grids every 3, no checkpoint before the end."""
     cfg = RunConfig(
         dir=tmp_path / "run",
         batch_size=4,
         total_images=4 * len(applied),
         precision="fp32",
-        log_every=2,
-        grid_every=3,
-        checkpoint_every=100,
+        log_every_images=8,
+        grid_every_images=12,
+        checkpoint_every_images=400,
         device="cpu",
         ema_halflife_images=8,
         **run_fields,
@@ -56,23 +58,27 @@ def _drive(tmp_path: Path, *, applied: list[float], evaluator=None, **run_fields
     torch.manual_seed(0)
     model = nn.Linear(2, 2)
     ema = EMA(model, cfg.ema_halflife_images, cfg.ema_rampup)
-    grids, saves = [], []
+    grids = []
     with TrainingRun.open(cfg, _Recipe(cfg), kind="test", progress=False, evaluator=evaluator) as run:
         assert run.resume() is None
-        run.begin(
-            model=model,
-            ema=ema,
-            dataset_size=10,
-            save=lambda: saves.append(run.step),
-            grid=grids.append,
-            skip_keys=("skipped_steps",),
-        )
+        state = CheckpointState(model=model, ema=ema)
+        run.start(trainable_parameters=6, dataset_size=10, skip_counters=("skipped_steps",))
         while run.running:
             with torch.no_grad():
                 model.weight.add_(1.0)
             run.scalars["loss"] = torch.tensor(float(run.step))
-            run.end_step(skips={"skipped_steps": torch.tensor(applied[run.step])}, record=lambda: {"extra": 1})
-        summary = run.finish()
+            applied_t = torch.tensor(applied[run.step])
+            run.count_step({"skipped_steps": applied_t})
+            ema.update(model, run.images_total, cfg.batch_size, applied=applied_t)
+            if run.report_due:
+                run.report({"extra": 1})
+            if run.grid_due:
+                grids.append(run.grid_path())
+            run.evaluate(ema.model)
+            if run.checkpoint_due:
+                run.save(state)
+        summary = run.finish(state)
+    saves = [int(path.name.removeprefix("step-")) for path in run.manager.list()]  # the steps saved (and kept)
     return run, grids, [summary, saves, ema]
 
 
@@ -139,7 +145,11 @@ def test_both_recipes_share_the_run_section():
             "write run.total_images: 12800 (400 steps x batch 32)",
         ),
         ("run.ema_decay=0.99", "write run.ema_halflife_images: 2207 (batch 32 x ln(0.5) / ln(0.99))"),
-        ("run.sample_every=50", "run.sample_every is no longer a recipe key: renamed: write run.grid_every: 50"),
+        (
+            "run.sample_every=50",
+            "run.sample_every is no longer a recipe key: cadences are in images now: write run.grid_every_images: "
+            "1600 (50 steps x batch 32)",
+        ),
         ("run.sample_steps=10", "write run.grid_steps: 10"),
     ],
 )
@@ -151,7 +161,9 @@ def test_older_diffusion_run_keys_are_refused_with_the_value_to_write(override, 
 
 def test_older_tokenizer_run_key_is_refused_with_the_value_to_write(tmp_path):
     with pytest.raises(
-        ConfigError, match="run.snapshot_every is no longer a recipe key: renamed: write run.grid_every: 7"
+        ConfigError,
+        match=r"run.snapshot_every is no longer a recipe key: cadences are in images now: write "
+        r"run.grid_every_images: 56 \(7 steps x batch 8\)",
     ):
         load_config(
             TokenizerTrainConfig,

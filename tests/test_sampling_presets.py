@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import train_argv
 from safetensors.torch import load_file
 
 from vfmvae.sampling import class_labels, sde_grid, time_grid
@@ -232,19 +233,9 @@ def test_train_diffusion_export_records_the_recipe_preset(tmp_path, synthetic_di
         device="cpu",
         progress=False,
     )
-    base = [
-        "train",
-        "diffusion",
-        "--recipe",
-        str(ROOT / "configs/diffusion/tiny.yaml"),
-        "--set",
-        f"data.cache={tmp_path / 'cache'}",
-        "--set",
-        "run.total_images=32",
-        "--set",
-        "run.grid_every=0",
-    ]
-    assert main(base + ["--set", f"run.dir={tmp_path / 'a'}", "--set", "sample_preset=reg-sde"]) == 0
+    base = (f"data.cache={tmp_path / 'cache'}", "run.total_images=32", "run.grid_every_images=0")
+    recipe = ROOT / "configs/diffusion/tiny.yaml"
+    assert main(train_argv("diffusion", recipe, *base, f"run.dir={tmp_path / 'a'}", "sample_preset=reg-sde")) == 0
     assert json.loads((tmp_path / "a" / "export" / "sampler.json").read_text()) == {"preset": "reg-sde"}
-    assert main(base + ["--set", f"run.dir={tmp_path / 'b'}"]) == 0
+    assert main(train_argv("diffusion", recipe, *base, f"run.dir={tmp_path / 'b'}")) == 0
     assert json.loads((tmp_path / "b" / "export" / "sampler.json").read_text()) == {"preset": None}

@@ -18,7 +18,9 @@ PACKAGE = str(Path(vfmvae.__file__).resolve().parent)
 # reads host tensors
 TRAINING_CODE = (
     "tokenizer_training/trainer.py",
+    "tokenizer_training/objective.py",
     "training/run.py",
+    "training/state.py",
     "tokenizer_training/losses.py",
     "training/step.py",
     "training/ema.py",
@@ -37,7 +39,7 @@ def _cfg(run_dir, data, *overrides):
             f"data.source={data}",
             "data.num_workers=0",
             "run.batch_size=4",
-            "run.grid_every=1000",
+            "run.grid_every_images=4000",
             *overrides,
         ],
     )
@@ -60,8 +62,8 @@ def test_training_loop_reads_nothing_back_between_logging_points(tmp_path, synth
             tmp_path / f"run{steps}",
             synthetic_dir / "images",
             f"run.total_images={4 * steps}",
-            f"run.log_every={steps}",
-            f"run.checkpoint_every={steps}",
+            f"run.log_every_images={4 * steps}",
+            f"run.checkpoint_every_images={4 * steps}",
         )
         with on_tensor_readback(record):
             train_tokenizer(cfg, resume="none", progress=False)

@@ -126,6 +126,7 @@ def run(out: Path, tokenizer_steps: int = 300, diffusion_steps: int = 400) -> No
     )
     evaluate, note = _evaluation(
         tokenizer_steps,
+        8,  # the tiny recipe's batch
         3,
         "16 held-out images (RANDOM-INIT Inception/LPIPS)",
         f"eval.data={heldout / 'images'}",
@@ -184,6 +185,7 @@ def run(out: Path, tokenizer_steps: int = 300, diffusion_steps: int = 400) -> No
     )
     evaluate, note = _evaluation(
         diffusion_steps,
+        32,  # the tiny recipe's batch
         4,
         "FID etc. of 16 samples against 32 held-out images (RANDOM-INIT Inception)",
         f"eval.ref={reference}",
@@ -254,15 +256,21 @@ def run(out: Path, tokenizer_steps: int = 300, diffusion_steps: int = 400) -> No
 MIN_EVAL_STEPS = 10
 
 
-def _evaluation(steps: int, points: int, what: str, *settings: str) -> tuple[list[str], str]:
-    """`--set` options for evaluation while training, `points` times over `steps`, with a seeded RANDOM-INIT Inception
+def _evaluation(steps: int, batch_size: int, points: int, what: str, *settings: str) -> tuple[list[str], str]:
+    """`--set` options for evaluation while training, `points` times over `steps` of `batch_size` images (the
+    cadence is in images), with a seeded RANDOM-INIT Inception
     (the curves show the pipeline working; the values compare with nothing, and the report says so), and a note for
     the step's title. None for a run of fewer than MIN_EVAL_STEPS steps (a wiring check such as tests/test_demo.py:
     a curve needs points, and the Inception alone costs more than such a run)."""
     if steps < MIN_EVAL_STEPS:
         return [], ""
     every = steps // points
-    options = ["eval.enabled=true", "eval.inception=random-init:0", f"eval.every={every}", *settings]
+    options = [
+        "eval.enabled=true",
+        "eval.inception=random-init:0",
+        f"eval.every_images={every * batch_size}",
+        *settings,
+    ]
     return [arg for option in options for arg in ("--set", option)], f"; evaluated every {every} steps: {what}"
 
 

@@ -60,10 +60,13 @@ def small_tokenizer():
 
 
 def install_stubs() -> None:
-    from vfmvae.training import online_eval as online
+    from vfmvae.training import eval_networks
 
-    online._load_inception = lambda spec, device: (StubInception().to(device), {"inception_sha256": f"stub-{spec}"})
-    online._load_lpips = lambda spec, device: (StubLPIPS().to(device), {"lpips_sha256": f"stub-{spec}"})
+    eval_networks.load_inception_network = lambda spec, device: (
+        StubInception().to(device),
+        {"inception_sha256": f"stub-{spec}"},
+    )
+    eval_networks.load_lpips_network = lambda spec, device: (StubLPIPS().to(device), {"lpips_sha256": f"stub-{spec}"})
 
 
 def main() -> None:
@@ -74,13 +77,14 @@ def main() -> None:
     torch.set_num_threads(1)
     install_stubs()
     from vfmvae.diffusion import DiffusionTransformer
-    from vfmvae.training.eval_config import EvalConfig, build_evaluator
+    from vfmvae.training.eval_config import EvalConfig
+    from vfmvae.training.online_eval import build_evaluator
     from vfmvae.sampling.pipeline import LatentStats
     from vfmvae.tokenizer import VFMVAE
 
     dist_utils.init_distributed(device="cpu")
     tok = VFMVAE.from_pretrained(args.tokenizer)  # decodes the REG model's 8x4x4 latents
-    common = dict(enabled=True, every=1, batch_size=4, inception="random-init:7", seed=3)
+    common = dict(enabled=True, every_images=8, batch_size=4, inception="random-init:7", seed=3)
     recon = build_evaluator(EvalConfig(**common, data=str(args.data), num_images=11, lpips="random-init:7", grid=3),
                             args.root / "tok", kind="tokenizer")
     stats = LatentStats(torch.full((8,), 0.1), torch.full((8,), 2.0))

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import train_argv
 from PIL import Image
 
 from vfmvae.cli import main
@@ -118,16 +119,9 @@ def _name_too_long(tmp: Path) -> list[str]:
 
 
 def _zero_checkpoint_every(tmp: Path) -> list[str]:
-    return [
-        "train",
-        "diffusion",
-        "--recipe",
-        str(ROOT / "configs/diffusion/tiny.yaml"),
-        "--set",
-        f"data.cache={tmp}",
-        "--set",
-        "run.checkpoint_every=0",
-    ]
+    return train_argv(
+        "diffusion", ROOT / "configs/diffusion/tiny.yaml", f"data.cache={tmp}", "run.checkpoint_every_images=0"
+    )
 
 
 def _pickle_latent_stats(tmp: Path) -> list[str]:
@@ -183,7 +177,7 @@ CLI_CASES = {
     "--device cuda without CUDA": (_cuda_device, "CUDA is not available"),
     "unknown device": (_unknown_device, "unknown device"),
     "file name too long": (_name_too_long, "File name too long"),
-    "run.checkpoint_every=0": (_zero_checkpoint_every, "checkpoint_every must be > 0"),
+    "run.checkpoint_every_images=0": (_zero_checkpoint_every, "checkpoint_every_images must be > 0"),
     "pickle as --latent-stats": (_pickle_latent_stats, "not a plain tensor file"),
     "wrong-keys Inception file": (
         _wrong_keys_weights("--inception"),
@@ -240,8 +234,8 @@ def test_zero_counts_are_refused_by_the_parser(argv, capsys):
 @pytest.mark.parametrize(
     "override, key",
     [
-        ("run.checkpoint_every=0", "checkpoint_every"),
-        ("run.log_every=0", "log_every"),
+        ("run.checkpoint_every_images=0", "checkpoint_every_images"),
+        ("run.log_every_images=0", "log_every_images"),
         ("run.batch_size=0", "batch_size"),
         ("run.ema_halflife_images=0", "ema_halflife_images"),
         ("run.device=cuda:7", "device"),
@@ -257,7 +251,8 @@ def test_run_settings_are_validated_at_config_load(override, key, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "override", ["run.log_every=0", "run.checkpoint_every=0", "run.batch_size=0", "run.ema_halflife_images=0"]
+    "override",
+    ["run.log_every_images=0", "run.checkpoint_every_images=0", "run.batch_size=0", "run.ema_halflife_images=0"],
 )
 def test_tokenizer_run_settings_are_validated_at_config_load(override, tmp_path):
     from vfmvae.tokenizer_training.config import TokenizerTrainConfig
@@ -313,9 +308,9 @@ def test_reference_npz_with_a_huge_declared_array_is_refused_before_loading(tmp_
     ref = _npz_with_declared_shape(tmp_path / "ref.npz", (2**28,))  # 2 GiB of float64 declared
     result = _run_capped(f"""
         from pathlib import Path
-        from vfmvae.evaluation.generation import _load_reference
+        from vfmvae.evaluation.generation import load_reference
         try:
-            _load_reference(Path({str(ref)!r}))
+            load_reference(Path({str(ref)!r}))
         except ValueError as err:
             print("REFUSED", err)
     """)
@@ -507,7 +502,7 @@ def test_eval_recon_names_an_empty_folder_or_a_file(which, tmp_path, capsys):
     assert (f"no images in {rec}" if which == "empty" else f"{rec} is a file") in err, err
 
 
-# --- issue 24 leftovers: labels when cached, all-bad caching, another architecture, torn files -----------
+# --- labels when cached, all-bad caching, another architecture, torn files ----------------------------------------
 
 
 @pytest.fixture(scope="module")

@@ -186,7 +186,7 @@ def _check_config_against_weights(cls: type, config: Any, directory: Path) -> No
     found = tensor_shapes(directory / WEIGHTS_NAME)
     try:
         with torch.device("meta"):
-            probe = cls(config)
+            probe = cls.build_for_loading(config)
     except Exception as err:  # negative sizes, impossible head counts, ...
         reason = " ".join(str(err).split())[:200]
         raise CheckpointFormatError(
@@ -221,7 +221,13 @@ class PretrainedMixin:
         """The `config` of a folder written at format `version` (< `format_version`), in today's shape."""
         return config
 
-    # Hooks a model can override, e.g. to leave frozen, separately loaded weights out of its file.
+    # Hooks a model can override: how it is built to receive a folder's weights, and which weights its file holds.
+    @classmethod
+    def build_for_loading(cls: type[M], config: Any) -> M:
+        """The model that `from_pretrained` loads a folder's weights into (also built on the meta device to check
+        the folder's sizes before any memory is allocated): `cls(config)`."""
+        return cls(config)  # type: ignore[call-arg]
+
     def pretrained_state_dict(self) -> dict[str, torch.Tensor]:
         return self.state_dict()  # type: ignore[attr-defined]
 
@@ -269,7 +275,7 @@ class PretrainedMixin:
         except ConfigError as err:
             raise CheckpointFormatError(str(err)) from None
         _check_config_against_weights(cls, config, directory)
-        model = cls(config)  # type: ignore[call-arg]
+        model = cls.build_for_loading(config)
         state = load_tensors(directory / WEIGHTS_NAME)
         model.load_pretrained_state_dict(state, source=str(directory / WEIGHTS_NAME))
         model.to(device=device)  # type: ignore[attr-defined]

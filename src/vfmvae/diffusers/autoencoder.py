@@ -51,7 +51,7 @@ class VFMVAEAutoencoder(ModelMixin, ConfigMixin):
         for name, values in (("latents_mean", latents_mean), ("latents_std", latents_std)):
             if values is not None and len(values) != cfg.z_dim:
                 raise ValueError(f"{name} has {len(values)} values; the tokenizer has {cfg.z_dim} latent channels")
-        self.tokenizer = VFMVAE(cfg)
+        self.tokenizer = VFMVAE.build_for_loading(cfg)  # the weights come from a folder or from our VFMVAE
 
     # ---- conversion ------------------------------------------------------------------------------------------
     @classmethod
@@ -97,14 +97,14 @@ class VFMVAEAutoencoder(ModelMixin, ConfigMixin):
     # ---- the diffusers interface -----------------------------------------------------------------------------
     def encode(self, x: torch.Tensor, return_dict: bool = True):
         """x: (B, 3, H, W) in [-1, 1], H and W multiples of the tokenizer's `downsample`."""
-        posterior = DiagonalGaussianDistribution(self.tokenizer.encode_moments((x + 1) / 2))
+        posterior = DiagonalGaussianDistribution(self.tokenizer.encode_moments((x + 1) / 2).moments)
         return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
 
     def decode(self, z: torch.Tensor, return_dict: bool = True, generator: torch.Generator | None = None):
         """z: (B, z_dim, h, w) raw (not normalised) latents -> images in about [-1, 1] (not clamped, as ours)."""
         # GroupNorm refuses a group of one value (a 1x1 map of a single sample in small decoders); its statistics are
         # per sample, so decoding the sample twice and keeping one copy changes nothing (as our VFMVAEPipeline does)
-        image = self.tokenizer.decode(z.repeat(2, 1, 1, 1) if len(z) == 1 else z)[: len(z)]
+        image = self.tokenizer.decode(z.repeat(2, 1, 1, 1) if len(z) == 1 else z).sample[: len(z)]
         return DecoderOutput(sample=image) if return_dict else (image,)
 
     def forward(

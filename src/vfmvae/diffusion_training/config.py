@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from vfmvae.config import ExistingPath
 from vfmvae.diffusion.transport import TransportConfig
-from vfmvae.training.config import DiffusionRunConfig  # the shared `run:` section plus grid settings
+from vfmvae.training.config import DiffusionRunConfig, retired_step_cadences  # `run:` shared, plus grid settings
 from vfmvae.training.eval_config import EvalConfig
 
 __all__ = ["LatentDataConfig", "ModelChoice", "DiffusionOptimConfig", "DiffusionRunConfig", "DiffusionTrainConfig"]
@@ -38,7 +38,7 @@ class DiffusionOptimConfig:
     weight_decay: float = 0.0
     eps: float = 1e-8
     grad_clip: float | None = 1.0
-    warmup_steps: int = 0  # linear warm-up of the learning rate
+    warmup_images: int = 0  # linear warm-up of the learning rate over this many images (0 = none)
 
 
 @dataclass(frozen=True)
@@ -52,3 +52,8 @@ class DiffusionTrainConfig:
     # official sampler settings recorded in the export; `vfmvae sample` uses them (vfmvae.sampling.presets)
     sample_preset: Literal["reg-sde", "lightningdit"] | None = None
     eval: EvalConfig = field(default_factory=EvalConfig)  # evaluation while training (off by default)
+
+    @staticmethod
+    def retired_keys(data: dict[str, Any], prefix: str) -> dict[str, str]:
+        """`eval.every` and `optim.warmup_steps` (optimizer steps), refused with their values in images."""
+        return retired_step_cadences(data, prefix, DiffusionRunConfig.batch_size)

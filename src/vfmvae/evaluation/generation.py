@@ -19,7 +19,7 @@ from vfmvae.evaluation.stats import (
     warn_if_too_few_for_fid,
 )
 
-__all__ = ["evaluate_generation", "build_reference"]
+__all__ = ["evaluate_generation", "build_reference", "load_reference"]
 
 RESIZE = "TF1-legacy bilinear to 299 inside the network (torch-fidelity port of the 2015-12-05 graph)"
 
@@ -56,7 +56,9 @@ def _check_reference_headers(path: Path) -> list[str]:
     return names
 
 
-def _load_reference(path: Path) -> dict[str, np.ndarray]:
+def load_reference(path: Path) -> dict[str, np.ndarray]:
+    """The statistics an ADM reference batch stores (mu, sigma, mu_s, sigma_s, those present) and whether it holds
+    images (`has_images`, for precision/recall); its headers are checked before anything is read."""
     if not path.is_file():
         raise FileNotFoundError(f"reference batch not found: {path}")
     names = _check_reference_headers(path)
@@ -76,7 +78,7 @@ def evaluate_generation(
 ) -> dict:
     """FID, sFID, IS, precision and recall of `samples` (.npz or folder) against an ADM reference batch."""
     ref = Path(ref)
-    reference = _load_reference(ref)
+    reference = load_reference(ref)
     sample_set = open_image_set(samples)
     net, provenance = load_inception(inception, device)
     feats = extract_features(

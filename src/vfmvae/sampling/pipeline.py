@@ -157,5 +157,5 @@ class VFMVAEPipeline:
         # GroupNorm refuses a group of one value (a 1x1 map of a single sample in small decoders); its statistics
         # are per sample, so decoding the sample twice and keeping one copy changes nothing
         z = z.to(next(self.tokenizer.parameters()).dtype)
-        images = self.tokenizer.decode(z.repeat(2, 1, 1, 1) if len(z) == 1 else z)[: len(z)]
+        images = self.tokenizer.decode(z.repeat(2, 1, 1, 1) if len(z) == 1 else z).sample[: len(z)]
         return (images.clamp(-1, 1) + 1) / 2

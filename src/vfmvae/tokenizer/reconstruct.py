@@ -40,6 +40,22 @@ def output_names(names: list[str]) -> dict[str, str]:
     return result
 
 
+def _save_and_score(
+    inputs: torch.Tensor, recon: torch.Tensor, files: list[str], output_dir: Path, save_inputs: bool
+) -> list[float]:
+    """Write the uint8 reconstructions (and the cropped inputs) as PNGs under OUTPUT/images (OUTPUT/inputs); the PSNR
+    of each pair, 20 log10(255 / RMSE) (inf for an exact copy)."""
+    psnrs = []
+    for file, original, out in zip(files, inputs, recon):
+        for folder, image in (("images", out), *((("inputs", original),) if save_inputs else ())):
+            target = output_dir / folder / file
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(target)
+        mse = float(((original.double() - out.double()) ** 2).mean())
+        psnrs.append(float("inf") if mse == 0 else 20 * np.log10(255.0 / np.sqrt(mse)))
+    return psnrs
+
+
 def reconstruct_folder(
     model: VFMVAE,
     input_dir: str | Path,
@@ -86,17 +102,9 @@ def reconstruct_folder(
             inputs = batch["image"]
             posterior = model.encode(to_float01(inputs).to(device))
             z = posterior.sample(generator) if sample else posterior.mode()
-            recon = to_uint8_from_signed(model.decode(z)).cpu()
-            for name, original, out in zip(batch["name"], inputs, recon):
-                target = output_dir / "images" / names[name]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(out.permute(1, 2, 0).numpy()).save(target)
-                if save_inputs:
-                    source = output_dir / "inputs" / names[name]
-                    source.parent.mkdir(parents=True, exist_ok=True)
-                    Image.fromarray(original.permute(1, 2, 0).numpy()).save(source)
-                mse = float(((original.double() - out.double()) ** 2).mean())
-                psnrs.append(float("inf") if mse == 0 else 20 * np.log10(255.0 / np.sqrt(mse)))
+            recon = to_uint8_from_signed(model.decode(z).sample).cpu()
+            files = [names[name] for name in batch["name"]]
+            psnrs += _save_and_score(inputs, recon, files, output_dir, save_inputs)
             take = max(0, grid_size - len(grid_in))
             grid_in.extend(inputs[:take])
             grid_out.extend(recon[:take])

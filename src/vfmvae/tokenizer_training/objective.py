@@ -62,16 +62,17 @@ class TokenizerObjective:
         )
 
     def _fake(self, x: torch.Tensor, draw: EquivarianceDraw, with_vfm: bool):
-        moments, feats = self.g.encode_moments(x, extra_scale=draw.input_scale, return_vfm=True)
-        post = DiagonalGaussian(moments.float())
+        encoded = self.g.encode_moments(x, extra_scale=draw.input_scale)
+        post = DiagonalGaussian(encoded.moments.float())
         if self.cfg.loss.sample_posterior:
             eps = torch.randn(post.mean.shape, generator=self.generator).to(post.mean.device)
             z = post.mean + post.std * eps
         else:
             z = post.mean
-        fake, multiscale = self.g.decode(transform_latent(z, draw), return_multiscale=True)
+        decoded = self.g.decode(transform_latent(z, draw))
         target = transform_target(x, draw, self.mode) * 2 - 1
-        return fake.float(), [m.float() for m in multiscale], target, post, z, (feats if with_vfm else None)
+        multiscale = [m.float() for m in decoded.multiscale]
+        return decoded.sample.float(), multiscale, target, post, z, (encoded.vfm_features if with_vfm else None)
 
     def discriminator(self, _module: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         c = self.cfg.loss

@@ -44,9 +44,9 @@ RESUMABLE_CHANGES = frozenset(
     {
         "run.dir",  # the folder itself, however it was spelled (relative to another working directory, ...)
         "run.total_images",
-        "run.log_every",
-        "run.grid_every",
-        "run.checkpoint_every",
+        "run.log_every_images",
+        "run.grid_every_images",
+        "run.checkpoint_every_images",
         "run.keep_checkpoints",
         "run.max_consecutive_nonfinite",
         "run.device",
@@ -60,6 +60,9 @@ RESUMABLE_CHANGES = frozenset(
         "data.num_workers",
         # the same settings under their names before RUN/grids and run length in images (config.yaml of older runs)
         "run.total_steps",
+        "run.log_every",
+        "run.grid_every",
+        "run.checkpoint_every",
         "run.sample_every",
         "run.snapshot_every",
         "run.sample_steps",
@@ -108,7 +111,24 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: tree}
 
 
+def _in_images(stored: dict[str, Any]) -> dict[str, Any]:
+    """A config.yaml of a run written when `eval.every` and `optim.warmup_steps` counted optimizer steps, with those
+    two in images (x the run's batch size), so that resuming it compares like with like. (The run's own step
+    cadences may change on resume anyway.)"""
+    run = stored.get("run")
+    batch = run.get("batch_size") if isinstance(run, dict) else None
+    if not isinstance(batch, int):
+        return stored
+    upgraded = dict(stored)
+    for section, old, new in (("eval", "every", "every_images"), ("optim", "warmup_steps", "warmup_images")):
+        values = stored.get(section)
+        if isinstance(values, dict) and isinstance(values.get(old), int):
+            upgraded[section] = {(new if k == old else k): (v * batch if k == old else v) for k, v in values.items()}
+    return upgraded
+
+
 def _recipe_changes(stored: dict[str, Any], new: dict[str, Any], config_path: Path, *, explicit: bool) -> None:
+    stored = _in_images(stored)
     if set(stored) != set(new):
         raise RunFolderError(
             f"{config_path} belongs to another kind of run (its sections: {', '.join(sorted(stored))}; this run's: "

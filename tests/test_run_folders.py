@@ -12,32 +12,14 @@ import pytest
 from vfmvae.checkpoint import CheckpointFormatError
 from vfmvae.config import load_config
 from vfmvae.diffusion_training import DiffusionTrainConfig, train_diffusion
-from vfmvae.latents import cache_latents
 from vfmvae.training.run_folder import RunFolderError
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "tests" / "data" / "official_tokenizer_tiny"
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory, synthetic_dir):
-    from vfmvae.tokenizer.convert import convert_official_tokenizer
-
-    root = tmp_path_factory.mktemp("runfolders")
-    convert_official_tokenizer(
-        DATA / "config.yaml", DATA / "official_G.safetensors", DATA / "siglip2-tiny-patch16", root / "tok"
-    )
-    cache_latents(
-        root / "tok",
-        synthetic_dir / "images",
-        root / "cache",
-        vfm_features="dinov2-test",
-        batch_size=32,
-        num_workers=0,
-        device="cpu",
-        progress=False,
-    )
-    return root / "cache"
+@pytest.fixture
+def cache(tiny_latent_cache):
+    return tiny_latent_cache
 
 
 def _cfg(cache, run_dir, *overrides):

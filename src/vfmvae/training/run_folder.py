@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from vfmvae import distributed as dist_utils
 from vfmvae.checkpoint.atomic import atomic_write_text
 from vfmvae.checkpoint.training import CheckpointManager
 from vfmvae.config import ConfigError, config_to_dict, dump_yaml
@@ -58,6 +59,8 @@ RESUMABLE_CHANGES = frozenset(
         "run.grid_cfg",
         "run.grid_count",
         "data.num_workers",
+        # evaluation draws from its own generators and restores the training RNG: its cadence changes no weight
+        "eval.every_images",
         # the same settings under their names before RUN/grids and run length in images (config.yaml of older runs)
         "run.total_steps",
         "run.log_every",
@@ -225,8 +228,6 @@ def _check(run_dir: Path, config: Any, resume: str) -> None:
 @contextlib.contextmanager
 def claimed_run_folder(run_dir: str | Path, config: Any, resume: str) -> Iterator[None]:
     """Rank 0 claims the folder (lock + checks) before any rank starts; the lock is released on exit."""
-    from vfmvae import distributed as dist_utils
-
     if resume not in ("auto", "none", "fresh") and not Path(resume).is_dir():
         raise RunFolderError(f"--resume {resume!r}: expected auto, none, fresh or a checkpoint folder")
     lock = claim_run_folder(Path(run_dir), config, resume) if dist_utils.rank() == 0 else None

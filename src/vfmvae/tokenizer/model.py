@@ -222,6 +222,7 @@ class VFMVAE(PretrainedMixin, nn.Module):
 
     config_class = VFMVAEConfig
     format_version: ClassVar[int] = 2  # 2: the VFM as one `vfm` spec (1: flat vfm_name/vfm_family/vfm_arch/layers/...)
+    frozen_prefix: ClassVar[str] = "vfm."  # the frozen VFM's weights: never trained, rebuilt from `config.vfm`
 
     def __init__(self, config: VFMVAEConfig, *, prebuilt_vfm: FrozenVFM | None = None) -> None:
         """The model `config` describes. Its frozen VFM is built from `config.vfm` (`build_vfm`: pretrained weights
@@ -359,12 +360,12 @@ class VFMVAE(PretrainedMixin, nn.Module):
 
     def trainable_parameters(self):
         """Everything but the frozen VFM."""
-        return (p for n, p in self.named_parameters() if not n.startswith("vfm."))
+        return (p for n, p in self.named_parameters() if not n.startswith(self.frozen_prefix))
 
     def state_dict_without_vfm(self) -> dict[str, torch.Tensor]:
         """The weights but the frozen VFM's: what training checkpoints and stage hand-offs store (the VFM is rebuilt
         from `config.vfm`; checkpoints need not repeat ~300M frozen parameters)."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("vfm.")}
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(self.frozen_prefix)}
 
     @classmethod
     def upgrade_config(cls, config: dict[str, Any], version: int) -> dict[str, Any]:

@@ -93,7 +93,7 @@ def training_loop(cfg: TokenizerTrainConfig, run: TrainingRun) -> dict[str, Any]
     objective = TokenizerObjective(cfg, generator, projected, patchgan, lpips, autocast)
     objective.scalars = run.scalars  # the run reads them back when it reports
     shared = {"disc": heads, "opt_g": opt_g, "opt_d": opt_d, "safe_loss": objective.guard}
-    state = CheckpointState(model=generator, ema=ema, shared=shared, frozen_prefix="vfm.")  # the VFM is rebuilt
+    state = CheckpointState(model=generator, ema=ema, shared=shared, frozen_prefix=VFMVAE.frozen_prefix)
     # images of the previous stages: the EMA ramp-up continues from there (official cur_nimg)
     run.images_before = _continue_stage(cfg.init, generator, discriminators) if cfg.init is not None else 0
 

@@ -17,7 +17,7 @@ from vfmvae.training.run_folder import RunFolderError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def cache(tiny_latent_cache):
     return tiny_latent_cache
 

@@ -30,6 +30,7 @@ from vfmvae.data import shards as shards_mod
 from vfmvae.data.images import decode_image
 from vfmvae.data.loader import DataConfig, DataStream, NoUsableImages
 from vfmvae.data.shards import iter_tar_samples, list_shards
+from vfmvae.tokenizer import DecoderOutput
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -707,8 +708,8 @@ class _ConvDecoder(torch.nn.Module):
         torch.manual_seed(0)
         self.to_rgb = torch.nn.Conv2d(8, 3, 1)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.interpolate(torch.tanh(self.to_rgb(z)), scale_factor=4)
+    def decode(self, z: torch.Tensor) -> DecoderOutput:
+        return DecoderOutput(torch.nn.functional.interpolate(torch.tanh(self.to_rgb(z)), scale_factor=4), [])
 
 
 def test_torn_pngs_in_a_sample_folder_are_regenerated_on_resume(tmp_path, caplog):

@@ -210,8 +210,10 @@ class TrainingRun:
             self._images_t += dist_utils.all_reduce_sum(images_t.to(torch.int64))
         self.images += cfg.batch_size
         self.step += 1
-        # a skipped step leaves the EMA as it is, without a host read
-        self.ema.update(self.model, self.images_before + self.images, cfg.batch_size, applied=applied[0])
+        # a skipped step leaves the EMA as it is, without a host read; the ramp-up counts the images before this
+        # batch (official cur_nimg at the G_ema update)
+        seen_before = self.images_before + self.images - cfg.batch_size
+        self.ema.update(self.model, seen_before, cfg.batch_size, applied=applied[0])
         self.bar.update(cfg.batch_size)
         log_now = self.step % cfg.log_every == 0 or self.finished
         checkpoint_now = self.step % cfg.checkpoint_every == 0

@@ -16,7 +16,7 @@ mapped numbers go to the device without a read-back.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -126,16 +126,6 @@ class AugmentDraw:
             cutout_start=offset - cut_t // 2,
             cutout_size=cut,
             crop=crop,
-        )
-
-    def rows(self, index: slice) -> AugmentDraw:
-        return replace(
-            self,
-            brightness=self.brightness[index],
-            saturation=self.saturation[index],
-            contrast=self.contrast[index],
-            translation=self.translation[index],
-            cutout=self.cutout[index],
         )
 
 

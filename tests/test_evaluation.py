@@ -274,6 +274,8 @@ def test_lpips_with_local_vgg_weights_matches_lpips_package():
         expected = reference(a.float() / 127.5 - 1, b.float() / 127.5 - 1).flatten()
     torch.testing.assert_close(d, expected)
     assert torch.all(ours(a, a).abs() < 1e-6) and torch.allclose(ours(b, a), d) and torch.all(d > 0)
+    # per image: the same values one image at a time (eval mode: the heads' dropout is off)
+    torch.testing.assert_close(torch.cat([ours(a[:1], b[:1]), ours(a[1:], b[1:])]), d, rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------- commands

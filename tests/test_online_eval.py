@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).parent / "dist"))
 from helpers import perturbed_reg_export, tiny_official_tokenizer  # noqa: E402
 from online_eval import install_stubs, small_tokenizer  # noqa: E402
 
-from vfmvae.training.eval_config import EvalConfig, build_evaluator, read_eval_records  # noqa: E402
+from vfmvae.training.eval_config import EvalConfig  # noqa: E402
+from vfmvae.training.online_eval import build_evaluator, read_eval_records  # noqa: E402
 
 SCRIPT = Path(__file__).parent / "dist" / "online_eval.py"
 STATS = {"mean": [0.1] * 8, "std": [2.0] * 8}
@@ -46,11 +47,7 @@ def official(tmp_path, models):
 
 @pytest.fixture
 def stubs(monkeypatch):
-    from vfmvae.training import online_eval as online
-
-    monkeypatch.setattr(online, "_load_inception", online._load_inception)
-    monkeypatch.setattr(online, "_load_lpips", online._load_lpips)
-    install_stubs()
+    install_stubs(monkeypatch.setattr)
 
 
 def _tokenizer():

@@ -87,8 +87,9 @@ def test_reconstruction_metrics_do_not_depend_on_the_batch_size(tmp_path, setup,
             assert online[bs][key] == pytest.approx(offline[bs][key], rel=1e-12, abs=1e-15), (bs, key)
     for bs in BATCH_SIZES[1:]:
         # float32 kernels sum in another order for another batch shape (outputs ~1e-6 apart), which can move a
-        # truncated uint8 value by one level: measured 1-2 of 122,880 values here, metrics within 1e-6 (relative, or absolute for SSIM near 0).
-        # Per-batch noise, padding or normalisation would move every image and the metrics by 1e-2 or more.
+        # truncated uint8 value by one level: measured 1-2 of 122,880 values here, metrics within 1e-6 (relative,
+        # or absolute for SSIM near 0). Per-batch noise, padding or normalisation would move every image and the
+        # metrics by 1e-2 or more.
         assert images[bs].keys() == images[first].keys()
         changes = [np.abs(images[bs][n].astype(int) - images[first][n].astype(int)) for n in images[first]]
         assert max(c.max() for c in changes) <= 1

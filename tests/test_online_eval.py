@@ -47,11 +47,7 @@ def official(tmp_path, models):
 
 @pytest.fixture
 def stubs(monkeypatch):
-    from vfmvae.training import online_eval as online
-
-    monkeypatch.setattr(online, "_load_inception", online._load_inception)
-    monkeypatch.setattr(online, "_load_lpips", online._load_lpips)
-    install_stubs()
+    install_stubs(monkeypatch.setattr)
 
 
 def _tokenizer():

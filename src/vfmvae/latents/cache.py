@@ -97,12 +97,10 @@ def cache_latents(
     resolution = resolution or model.config.image_size
     vfm = None
     if vfm_features:
-        from vfmvae.latents.targets import reg_dinov2_targets
-        from vfmvae.vfm import VFMSpec, build_vfm
+        from vfmvae.latents.targets import build_target_vfm
 
         # REPA/REG feed DINOv2 224 px (16x16 tokens); default: the registry's scale for this resolution
-        scale = {"scale_factor": vfm_resolution / resolution} if vfm_resolution else {}
-        vfm = reg_dinov2_targets(build_vfm(VFMSpec.from_name(vfm_features, layers=(-1,), **scale)), resolution).to(dev)
+        vfm = build_target_vfm(vfm_features, resolution, vfm_resolution).to(dev)
     dataset = build_dataset(
         DataConfig(source=Path(data), resolution=resolution, hflip=False, num_workers=num_workers),
         rank=rank,

@@ -119,10 +119,12 @@ class VFMVAEPipeline:
         return next(self.diffusion.parameters()).device
 
     def initial_noise(
-        self, indices: Sequence[int], seed: int
+        self, indices: Sequence[int], seed: int, sample_seeds: Sequence[int] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Generator]]:
+        """Noise of each sample from its own generator, seeded `derive_seed(seed, index)` (or `sample_seeds[i]`)."""
         c = self.diffusion.config
-        gens = [torch.Generator().manual_seed(derive_seed(seed, i)) for i in indices]
+        seeds = list(sample_seeds) if sample_seeds is not None else [derive_seed(seed, i) for i in indices]
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
         noise = torch.stack([torch.randn(c.in_channels, c.input_size, c.input_size, generator=g) for g in gens])
         cls = torch.stack([torch.randn(c.class_token_dim, generator=g) for g in gens]) if c.class_token_dim else None
         return noise, cls, gens
@@ -135,20 +137,24 @@ class VFMVAEPipeline:
         seed: int = 0,
         indices: Sequence[int] | None = None,
         config: SamplerConfig = SamplerConfig(),
+        sample_seeds: Sequence[int] | None = None,
     ) -> torch.Tensor:
-        """Normalised latents for `labels`; sample i uses seed (seed, indices[i]) (default indices 0..B-1)."""
+        """Normalised latents for `labels`; sample i uses seed (seed, indices[i]) (default indices 0..B-1), or
+        `sample_seeds[i]` as its generator's seed when given (one seed per sample, e.g. from a list of generators)."""
         labels = torch.as_tensor(labels, dtype=torch.long)
         classes = self.diffusion.config.num_classes
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= classes):
             bad = labels[(labels < 0) | (labels >= classes)][0].item()
             raise ValueError(f"class label {bad} is outside this model's classes 0..{classes - 1}")
         indices = list(range(len(labels))) if indices is None else list(indices)
+        if sample_seeds is not None and len(sample_seeds) != len(labels):
+            raise ValueError(f"{len(sample_seeds)} sample seeds for {len(labels)} labels; pass one per label")
         if config.guide_channels is not None and config.guide_channels > self.diffusion.config.in_channels:
             raise ValueError(
                 f"--guide-channels {config.guide_channels} exceeds the model's "
                 f"{self.diffusion.config.in_channels} latent channels"
             )
-        noise, cls, gens = self.initial_noise(indices, seed)
+        noise, cls, gens = self.initial_noise(indices, seed, sample_seeds)
         dev, dtype = self.device, next(self.diffusion.parameters()).dtype  # ODE states in the model's precision
         noise, cls = noise.to(dev, dtype), None if cls is None else cls.to(dev, dtype)
         y = labels.to(dev)
@@ -177,6 +183,7 @@ class VFMVAEPipeline:
         seed: int = 0,
         indices: Sequence[int] | None = None,
         config: SamplerConfig | None = None,
+        sample_seeds: Sequence[int] | None = None,
         **options,
     ) -> torch.Tensor:
         """Images in [0, 1], (B, 3, H, W). Without `config`, the pipeline's preset with `options` (SamplerConfig
@@ -184,7 +191,8 @@ class VFMVAEPipeline:
         from vfmvae.sampling.presets import resolve_sampler_config
 
         config = config or resolve_sampler_config(self.preset, **options)
-        z = self.stats.denormalize(self.latents(labels, seed=seed, indices=indices, config=config))
+        latents = self.latents(labels, seed=seed, indices=indices, config=config, sample_seeds=sample_seeds)
+        z = self.stats.denormalize(latents)
         # GroupNorm refuses a group of one value (a 1x1 map of a single sample in small decoders); its statistics
         # are per sample, so decoding the sample twice and keeping one copy changes nothing
         z = z.to(next(self.tokenizer.parameters()).dtype)

@@ -26,7 +26,7 @@ from vfmvae.evaluation.weights import (
     resolve_weights,
 )
 
-__all__ = ["InceptionV3", "load_inception"]
+__all__ = ["InceptionV3", "RANDOM_INIT", "load_inception", "random_init_seed"]
 
 
 class InceptionV3(nn.Module):
@@ -66,8 +66,26 @@ class InceptionV3(nn.Module):
         return {"pool": pool.float(), "spatial": spatial.float(), "logits": logits.float()}
 
 
+RANDOM_INIT = "random-init:"  # `random-init:0`: seeded random weights (demo and tests only; compare with nothing)
+
+
+def random_init_seed(spec: str | Path) -> int | None:
+    """The seed of a `random-init:SEED` weights spec, else None."""
+    spec = str(spec)
+    if not spec.startswith(RANDOM_INIT):
+        return None
+    try:
+        return int(spec[len(RANDOM_INIT) :])
+    except ValueError:
+        raise ValueError(f"{spec!r}: write {RANDOM_INIT}SEED with an integer seed") from None
+
+
 def load_inception(weights: str | Path, device: str | torch.device = "cpu") -> tuple[InceptionV3, dict]:
-    """The FID Inception from a local file (or URL when online). Returns the network and its provenance."""
+    """The FID Inception from a local file (or URL when online), or `random-init:SEED` (seeded random weights: the
+    pipeline runs, the values compare with nothing). Returns the network and its provenance."""
+    seed = random_init_seed(weights)
+    if seed is not None:
+        return _random_init_inception(seed, device)
     path = resolve_weights(weights, what="Inception (FID)", expected_file=INCEPTION_FILE, url=INCEPTION_URL)
     digest = file_sha256(path)
     expected = digest.startswith(INCEPTION_SHA256_PREFIX)
@@ -80,3 +98,20 @@ def load_inception(weights: str | Path, device: str | torch.device = "cpu") -> t
         )
     net = InceptionV3(load_weights(path), source=str(path)).to(device)
     return net, {"inception_weights": str(path), "inception_sha256": digest, "inception_weights_expected": expected}
+
+
+def _random_init_inception(seed: int, device: str | torch.device) -> tuple[InceptionV3, dict]:
+    from vfmvae.seeding import derive_seed
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, "inception"))
+        net = InceptionV3(None)
+        # He-normal weights keep the activations' scale through the ~20 layers (PyTorch's default init shrinks
+        # them to ~1e-8 there, so every image would get the same features)
+        for module in net.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    return net.to(device), {
+        "inception_weights": f"RANDOM-INIT (seed {seed}): not the FID Inception, values compare with nothing",
+        "inception_sha256": f"random-init-{seed}",
+    }

@@ -24,10 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 
 from vfmvae.checkpoint.pretrained import resolve_model_dir
 from vfmvae.diffusion import DiffusionTransformer
 from vfmvae.latents.stats import STATS_FILE, LatentStats  # LatentStats re-exported: its home before latents.stats
+from vfmvae.sampling.classes import read_class_names
 from vfmvae.sampling.ode import Guidance, check_shift, sample_ode, sample_sde
 from vfmvae.seeding import derive_seed
 
@@ -73,6 +75,40 @@ def read_preset(diffusion_dir: str | Path) -> str | None:
     return json.loads(path.read_text()).get("preset") if path.is_file() else None
 
 
+def check_diffusion_folder(folder: Path) -> None:
+    """Refuse, in one line that says what `folder` is and which folder to pass, a folder given as the diffusion
+    model that is not one: a tokenizer folder, or a training run folder instead of its export."""
+    folder = Path(folder)
+    config = folder / "config.json"
+    if config.is_file():
+        try:
+            architecture = json.loads(config.read_text()).get("architecture")
+        except (ValueError, AttributeError):
+            return  # the loader reports an unreadable config with its own message
+        if architecture == "VFMVAE":
+            raise ValueError(
+                f"--diffusion {folder} is a tokenizer (VFMVAE) folder, not a diffusion model: pass a diffusion "
+                "model folder (a `vfmvae train diffusion` run's RUN/export, or a `vfmvae convert official-reg|"
+                "official-lightningdit` output) as --diffusion, and this folder as --tokenizer"
+            )
+        return
+    if (folder / "config.yaml").is_file() and any((folder / n).exists() for n in ("export", "checkpoints")):
+        try:
+            recipe = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+        except yaml.YAMLError:
+            recipe = {}
+        if isinstance(recipe, dict) and "transport" in recipe:
+            raise ValueError(
+                f"--diffusion {folder} is a diffusion training run folder; pass its export: "
+                f"--diffusion {folder / 'export'}"
+            )
+        raise ValueError(
+            f"--diffusion {folder} is a tokenizer training run folder: its export ({folder / 'export'}) is a "
+            "tokenizer (--tokenizer); --diffusion takes a diffusion model folder (a `vfmvae train diffusion` "
+            "run's RUN/export)"
+        )
+
+
 class VFMVAEPipeline:
     def __init__(
         self, diffusion: DiffusionTransformer, tokenizer, stats: LatentStats, preset: str | None = None
@@ -85,6 +121,7 @@ class VFMVAEPipeline:
         self.tokenizer_dir: Path | None = None  # the folders they were loaded from, if any (for resume verification)
         self.diffusion_dir: Path | None = None
         self.preset = preset  # default sampler settings of __call__ (vfmvae.sampling.presets)
+        self.class_names: list[str] | None = None  # label i's name, when the export records them (class_names.json)
 
     @classmethod
     def from_pretrained(
@@ -100,6 +137,7 @@ class VFMVAEPipeline:
         from vfmvae.tokenizer import VFMVAE
 
         diffusion_dir = resolve_model_dir(diffusion, what="diffusion model")  # a Hub id: its snapshot folder
+        check_diffusion_folder(diffusion_dir)
         stats = LatentStats.load(latent_stats or diffusion_dir / STATS_FILE)
         if tokenizer is None:
             tokenizer_dir = stats.tokenizer_dir()
@@ -112,6 +150,7 @@ class VFMVAEPipeline:
         tok = VFMVAE.from_pretrained(tokenizer_dir, device=device)
         pipe = cls(model, tok, stats, preset=read_preset(diffusion_dir))
         pipe.diffusion_dir, pipe.tokenizer_dir = diffusion_dir, tokenizer_dir
+        pipe.class_names = read_class_names(diffusion_dir)
         return pipe
 
     @property

@@ -31,6 +31,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -45,6 +46,7 @@ from torch import nn
 from vfmvae import distributed as dist_utils
 from vfmvae.checkpoint.atomic import atomic_write_text
 from vfmvae.checkpoint.training import capture_rng_state, restore_rng_state
+from vfmvae.evaluation.inception import random_init_seed
 from vfmvae.seeding import derive_seed
 from vfmvae.training.eval_config import (
     BEST_DIR,
@@ -52,7 +54,6 @@ from vfmvae.training.eval_config import (
     DIFFUSION_METRICS,
     EVAL_DIR,
     LOWER_IS_BETTER,
-    RANDOM_INIT,
     RECORDS,
     TOKENIZER_METRICS,
     EvalConfig,
@@ -142,34 +143,13 @@ def _cache_key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _random_init_seed(spec: str) -> int | None:
-    if not spec.startswith(RANDOM_INIT):
-        return None
-    try:
-        return int(spec[len(RANDOM_INIT) :])
-    except ValueError:
-        raise ValueError(f"{spec!r}: write {RANDOM_INIT}SEED with an integer seed") from None
+_random_init_seed = random_init_seed  # `random-init:SEED` weights (vfmvae.evaluation.inception)
 
 
 def _load_inception(spec: str, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    from vfmvae.evaluation.inception import InceptionV3, load_inception
+    from vfmvae.evaluation.inception import load_inception
 
-    seed = _random_init_seed(spec)
-    if seed is None:
-        return load_inception(spec, device)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, "inception"))
-        net = InceptionV3(None)
-        # He-normal weights keep the activations' scale through the ~20 layers (PyTorch's default init shrinks
-        # them to ~1e-8 there, so every image would get the same features)
-        for module in net.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-    net = net.to(device)
-    return net, {
-        "inception_weights": f"RANDOM-INIT (seed {seed}): not the FID Inception, values compare with nothing",
-        "inception_sha256": f"random-init-{seed}",
-    }
+    return load_inception(spec, device)  # a file, a URL, or random-init:SEED
 
 
 def _load_lpips(spec: str, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
@@ -468,9 +448,12 @@ class GenerationTask:
         from vfmvae.sampling.presets import resolve_sampler_config
 
         if cfg.ref is None:
-            raise ValueError("eval.ref: an ADM reference batch (.npz) is required for diffusion evaluation")
-        if not Path(cfg.ref).is_file():
-            raise FileNotFoundError(f"eval.ref: reference batch not found: {cfg.ref}")
+            raise ValueError(
+                "eval.ref: an ADM reference batch (.npz) or a folder of reference images is required for diffusion "
+                "evaluation (`vfmvae eval ref-stats --data IMAGES --out REF.npz` writes one)"
+            )
+        if not Path(cfg.ref).exists():
+            raise FileNotFoundError(f"eval.ref: reference batch or image folder not found: {cfg.ref}")
         _check_weights(cfg.inception, "inception")
         try:
             self.sampler = resolve_sampler_config(preset, **cfg.sampler)
@@ -555,14 +538,19 @@ class GenerationTask:
         from vfmvae.evaluation.stats import gaussian_stats
 
         ref_path = Path(self.cfg.ref)
-        key = _cache_key("adm-reference", file_sha256(ref_path), self._net()[1].get("inception_sha256"))
+        if ref_path.is_dir():  # a folder of reference images: statistics and features from its images
+            files = open_image_set(ref_path).files
+            content = _cache_key("folder", [[str(f.relative_to(ref_path)), file_sha256(f)] for f in files])
+        else:
+            content = file_sha256(ref_path)
+        key = _cache_key("adm-reference", content, self._net()[1].get("inception_sha256"))
         path = self.eval_dir / f"reference-{key}.npz"
         if path.is_file():
             with np.load(path) as data:
                 self._reference = {k: data[k] for k in data.files}
             self._reference.setdefault("pool", None)
             return self._reference
-        stored = _load_reference(ref_path)
+        stored = {"has_images": np.array(True)} if ref_path.is_dir() else _load_reference(ref_path)
         ref: dict[str, Any] = {k: stored[k] for k in ("mu", "sigma", "mu_s", "sigma_s") if k in stored}
         ref["pool"] = None
         if bool(stored["has_images"]):
@@ -638,8 +626,8 @@ class OnlineEvaluator:
         if self.keep_best is not None:
             self._check_best_folder()
         message = task.warning() if task is not None else None
-        if message and dist_utils.is_main_process():
-            warnings.warn(message, stacklevel=3)  # at the trainer that builds the evaluator
+        if message and dist_utils.is_main_process():  # one line on stderr, not a Python warning with its source line
+            print(f"vfmvae: {message}", file=sys.stderr, flush=True)
 
     @property
     def active(self) -> bool:

@@ -5,8 +5,8 @@
 * a second process on the same folder (an exclusive `flock` on `RUN/.lock`, held until the process exits;
   the kernel releases it when the process dies, so a killed run never leaves a stale lock);
 * a recipe that differs from the folder's `config.yaml` in anything but the keys that may change on resume
-  (lengths, logging and checkpoint intervals, device, workers), unless `--resume CHECKPOINT` names the checkpoint
-  to continue on purpose (then a warning lists the changes), and a run of another kind;
+  (lengths, logging and checkpoint intervals, device, workers, the `eval:` section), unless `--resume CHECKPOINT`
+  names the checkpoint to continue on purpose (then a warning lists the changes), and a run of another kind;
 * `--resume none` on a folder that already holds this run's outputs, unless `--resume fresh` asks to start
   over, which removes only this run's own outputs (RUN_OUTPUTS, each named in the `--resume` help);
 * checkpoint folders that exist but none of which is complete (no `meta.json`): restarting from step 0
@@ -69,6 +69,15 @@ RESUMABLE_CHANGES = frozenset(
         "run.sample_count",
     }
 )
+# Whole sections a resumed run may change: evaluation while training uses its own seeds and restores the training
+# RNG, so the weights do not depend on it (tested); each evaluation point records its own protocol.
+RESUMABLE_SECTIONS = ("eval.",)
+
+
+def _resumable(key: str) -> bool:
+    return key in RESUMABLE_CHANGES or key.startswith(RESUMABLE_SECTIONS)
+
+
 # What a run writes into its folder, and `--resume fresh` removes (its help names each); nothing else is deleted.
 # eval/ and best/ (evaluation while training) go too: a new run must not take the old run's evaluation points as done.
 RUN_OUTPUTS = (
@@ -137,8 +146,20 @@ def _recipe_changes(stored: dict[str, Any], new: dict[str, Any], config_path: Pa
     changed = sorted(
         k
         for k in set(old_flat) | set(new_flat)
-        if old_flat.get(k, "<unset>") != new_flat.get(k, "<unset>") and k not in RESUMABLE_CHANGES
+        if old_flat.get(k, "<unset>") != new_flat.get(k, "<unset>") and not _resumable(k)
     )
+    evaluation = sorted(
+        k
+        for k in set(old_flat) | set(new_flat)
+        if k.startswith(RESUMABLE_SECTIONS) and old_flat.get(k, "<unset>") != new_flat.get(k, "<unset>")
+    )
+    if evaluation and not changed:
+        shown = "; ".join(f"{k}: {old_flat.get(k, '<unset>')!r} -> {new_flat.get(k, '<unset>')!r}" for k in evaluation)
+        print(
+            f"evaluation settings changed for this run ({shown}); points evaluated from now on use them (each "
+            "point records its protocol in RUN/eval/records.jsonl); the trained weights do not depend on them",
+            flush=True,
+        )
     if changed:
         shown = "; ".join(f"{k}: {old_flat.get(k, '<unset>')!r} -> {new_flat.get(k, '<unset>')!r}" for k in changed[:6])
         more = f" (and {len(changed) - 6} more)" if len(changed) > 6 else ""

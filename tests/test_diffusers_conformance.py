@@ -15,7 +15,6 @@ import torch
 
 pytest.importorskip("diffusers", reason='diffusers is not installed (pip install "vfmvae[diffusers]")')
 
-from vfmvae.config import config_to_dict  # noqa: E402
 from vfmvae.diffusers import VFMVAEAutoencoder, VFMVAEDiffusionPipeline, VFMVAETransformer2DModel  # noqa: E402
 from vfmvae.diffusion import create_diffusion_model  # noqa: E402
 
@@ -254,19 +253,18 @@ def test_half_precision_pipelines_generate_images_close_to_float32(
         torch.testing.assert_close(out, reference, rtol=0, atol=tolerance)
 
 
-def test_lightningdit_attention_with_rope_runs_in_half_precision():
-    """RoPE tables are float32 buffers; they must not promote q and k of a half model (SDPA refuses mixed dtypes)."""
+def test_lightningdit_attention_with_rope_runs_in_half_precision(tmp_path):
+    """diffusers' from_pretrained(torch_dtype=...) leaves unsaved buffers (the RoPE tables) in float32; they must not
+    promote q and k (but not v) of a half model: SDPA refuses mixed dtypes."""
     model = micro_transformer("lightningdit-tiny").eval()
     assert model.dit.config.rope
+    model.save_pretrained(tmp_path / "ldit")
     inputs = _transformer_inputs(model)
     with torch.no_grad():
         reference = model(**inputs).sample
-        half = VFMVAETransformer2DModel(transformer_config=config_to_dict(model.dit.config))
-        half.load_state_dict(model.state_dict())
-        half.to(torch.bfloat16)
-        half_inputs = {
-            k: v.to(torch.bfloat16) if v is not None and v.is_floating_point() else v for k, v in inputs.items()
-        }
-        out = half(**half_inputs).sample
-    assert out.dtype == torch.bfloat16
-    torch.testing.assert_close(out.float(), reference, rtol=0, atol=0.05 * reference.abs().max().item())
+        for dtype in (torch.float16, torch.bfloat16):
+            half = VFMVAETransformer2DModel.from_pretrained(tmp_path / "ldit", torch_dtype=dtype)
+            cast = {k: v.to(dtype) if v is not None and v.is_floating_point() else v for k, v in inputs.items()}
+            out = half(**cast).sample
+            assert out.dtype == dtype
+            torch.testing.assert_close(out.float(), reference, rtol=0, atol=0.05 * reference.abs().max().item())

@@ -149,7 +149,7 @@ def test_gradient_checkpointing_switches_and_gives_the_same_loss_and_gradients(w
 
 
 def test_transformer_attention_processors_can_be_listed_and_swapped():
-    from diffusers.models.attention_processor import AttnProcessor2_0
+    from diffusers.models.attention_processor import AttnProcessor, XFormersAttnProcessor
 
     from vfmvae.diffusion.layers import MathProcessor, SDPAProcessor
 
@@ -174,8 +174,11 @@ def test_transformer_attention_processors_can_be_listed_and_swapped():
         assert len(calls) == 2
     with pytest.raises(ValueError, match="number of processors"):
         model.set_attn_processor({"dit.blocks.0.attn.processor": MathProcessor()})
+        model.set_attn_processor(AttnProcessor())  # diffusers' plain processors run as ours
+        assert all(isinstance(p, AttnProcessor) for p in model.attn_processors.values())
+        torch.testing.assert_close(model(**inputs).sample, fused, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="separate to_q/to_k/to_v.*fused qkv"):
-        model.set_attn_processor(AttnProcessor2_0())
+        model.set_attn_processor(XFormersAttnProcessor())
     model.set_default_attn_processor()
     assert all(isinstance(p, SDPAProcessor) for p in model.attn_processors.values())
 

@@ -35,8 +35,9 @@ class VFMVAETransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin):
 
     `attn_processors` / `set_attn_processor(processor or {name: processor})` swap how each block's attention is
     computed (`vfmvae.diffusion.layers.SDPAProcessor`, the default, or `MathProcessor`, or your own callable
-    `processor(attn, hidden_states)` reading `attn.heads_qkv`); diffusers' built-in processors are refused, since
-    they expect separate to_q/to_k/to_v projections and ours is one fused qkv (as in the published checkpoints).
+    `processor(attn, hidden_states)` reading `attn.heads_qkv`); diffusers' AttnProcessor2_0 / AttnProcessor run as
+    those two; its other processors are refused, since they expect separate to_q/to_k/to_v projections and ours is
+    one fused qkv (as in the published checkpoints).
     `enable_gradient_checkpointing()` recomputes each transformer block in the backward pass (training mode only).
     """
 

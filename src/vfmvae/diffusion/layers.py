@@ -187,6 +187,10 @@ class MathProcessor:
         return attn.proj(x.transpose(1, 2).reshape(b, n, c))
 
 
+# diffusers' plain attention processors (by class name: the core package does not import diffusers) -> ours
+_DIFFUSERS_EQUIVALENTS = {"AttnProcessor": MathProcessor, "AttnProcessor2_0": SDPAProcessor}
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with optional per-head q/k normalisation and 2D RoPE; the product itself is
     computed by a swappable processor (`SDPAProcessor` by default, diffusers' `set_processor` interface)."""
@@ -205,7 +209,7 @@ class Attention(nn.Module):
             self.k_norm = make_norm(qk_norm, self.head_dim, affine=True, eps=eps)
         self.proj = nn.Linear(dim, dim)
         self.rope = rope
-        self.processor = SDPAProcessor()
+        self.processor = self._compute = SDPAProcessor()  # what get_processor returns / what runs
 
     def heads_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, N, C) -> q, k, v as (B, heads, N, head_dim), q and k normalised and rotated."""
@@ -220,22 +224,29 @@ class Attention(nn.Module):
         return self.processor
 
     def set_processor(self, processor) -> None:
-        """`processor(attn, hidden_states) -> hidden_states`. diffusers' own processors (AttnProcessor2_0, ...)
-        read separate `to_q`/`to_k`/`to_v` projections, which this layer does not have (its `qkv` is fused, as in
-        the published checkpoints): they are refused here rather than failing at the first forward."""
-        if type(processor).__module__.startswith("diffusers."):
-            raise ValueError(
-                f"{type(processor).__name__} is a diffusers processor for layers with separate to_q/to_k/to_v "
-                "projections; this model's attention has one fused qkv projection. Use "
-                "vfmvae.diffusion.layers.SDPAProcessor (default) or MathProcessor, or a callable "
-                "processor(attn, hidden_states) that reads attn.heads_qkv(hidden_states)"
-            )
-        if not callable(processor):
-            raise TypeError(f"an attention processor must be callable, got {type(processor).__name__}")
+        """`processor(attn, hidden_states) -> hidden_states`. diffusers' plain processors compute what ours do and
+        are run as ours (`AttnProcessor` as `MathProcessor`, `AttnProcessor2_0` as `SDPAProcessor`); its other
+        processors (xformers, added KV, IP-adapter, ...) read separate `to_q`/`to_k`/`to_v` projections, which this
+        layer does not have (its `qkv` is fused, as in the published checkpoints): they are refused here rather than
+        failing at the first forward."""
+        kind = type(processor)
+        if kind.__module__.startswith("diffusers."):
+            if kind.__name__ not in _DIFFUSERS_EQUIVALENTS:
+                raise ValueError(
+                    f"{kind.__name__} is a diffusers processor for layers with separate to_q/to_k/to_v projections; "
+                    "this model's attention has one fused qkv projection. Use AttnProcessor2_0 or AttnProcessor, "
+                    "vfmvae.diffusion.layers.SDPAProcessor (default) or MathProcessor, or a callable "
+                    "processor(attn, hidden_states) that reads attn.heads_qkv(hidden_states)"
+                )
+            self._compute = _DIFFUSERS_EQUIVALENTS[kind.__name__]()
+        elif callable(processor):
+            self._compute = processor
+        else:
+            raise TypeError(f"an attention processor must be callable, got {kind.__name__}")
         self.processor = processor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.processor(self, x)
+        return self._compute(self, x)
 
 
 class GeluMlp(nn.Module):

@@ -160,3 +160,12 @@ def build_reference(
     )
     write_npz_atomic(out, arr_0=kept, mu=mu, sigma=sigma, mu_s=mu_s, sigma_s=sigma_s)
     return {"out": str(out), "num_images": len(image_set), "num_kept_images": len(kept), **provenance}
+
+
+def write_reference_images(images: str | Path, out: str | Path, *, max_images: int = 10000) -> dict:
+    """A reference batch of images only (`arr_0`, the first `max_images` in sorted order): what a recipe's `eval.ref`
+    needs when the evaluator computes the statistics with its own Inception (and what any Inception can use)."""
+    image_set = open_image_set(images)
+    kept = np.concatenate(list(image_set.batches(64, max_images)))
+    write_npz_atomic(out, arr_0=kept)
+    return {"out": str(out), "num_images": len(image_set), "num_kept_images": len(kept), "statistics": None}

@@ -215,7 +215,18 @@ def cache_latents(
     dist_utils.barrier()
     if rank == 0:
         _write_manifest(
-            out, model, tokenizer, resolution, world, flip, vfm_features, sample, vfm_resolution, moments, seed
+            out,
+            model,
+            tokenizer,
+            resolution,
+            world,
+            flip,
+            vfm_features,
+            sample,
+            vfm_resolution,
+            moments,
+            seed,
+            class_names=getattr(dataset, "classes", None) or None,  # image folders: root/<class>/ names, label order
         )
     dist_utils.barrier()
     if rank == 0:
@@ -251,6 +262,7 @@ def _write_manifest(
     vfm_resolution: int | None = None,
     moments: bool = False,
     seed: int = 0,
+    class_names: list[str] | None = None,
 ) -> None:
     shards = []
     for r in range(world):
@@ -287,6 +299,7 @@ def _write_manifest(
         "vfm_features": vfm_features,
         "vfm_resolution": vfm_resolution,
         "num_items": sum(s["count"] for s in shards),
+        "class_names": class_names,  # label i's folder name (None for tar shards: numeric labels only)
         "shards": shards,
         "mean": mean.tolist(),
         "std": std.tolist(),

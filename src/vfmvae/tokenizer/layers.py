@@ -207,7 +207,10 @@ class _GroupNorm32(_GroupNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float64:
             return super().forward(x)
-        return super().forward(x.float()).to(x.dtype)
+        # weights too in float32: a model cast to fp16/bf16 as a whole (diffusers' torch_dtype) holds half weights
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
 
 
 class ModulatedConvNeXtLayer(nn.Module):

@@ -36,6 +36,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -424,9 +425,12 @@ class GenerationTask:
         from vfmvae.sampling.presets import resolve_sampler_config
 
         if cfg.ref is None:
-            raise ValueError("eval.ref: an ADM reference batch (.npz) is required for diffusion evaluation")
-        if not Path(cfg.ref).is_file():
-            raise FileNotFoundError(f"eval.ref: reference batch not found: {cfg.ref}")
+            raise ValueError(
+                "eval.ref: an ADM reference batch (.npz) or a folder of reference images is required for diffusion "
+                "evaluation (`vfmvae eval ref-stats --data IMAGES --out REF.npz` writes one)"
+            )
+        if not Path(cfg.ref).exists():
+            raise FileNotFoundError(f"eval.ref: reference batch or image folder not found: {cfg.ref}")
         _check_weights(cfg.inception, "inception")
         try:
             self.sampler = resolve_sampler_config(preset, **cfg.sampler)
@@ -506,14 +510,19 @@ class GenerationTask:
         from vfmvae.evaluation.stats import gaussian_stats
 
         ref_path = Path(self.cfg.ref)
-        key = _cache_key("adm-reference", file_sha256(ref_path), self._net()[1].get("inception_sha256"))
+        if ref_path.is_dir():  # a folder of reference images: statistics and features from its images
+            files = open_image_set(ref_path).files
+            content = _cache_key("folder", [[str(f.relative_to(ref_path)), file_sha256(f)] for f in files])
+        else:
+            content = file_sha256(ref_path)
+        key = _cache_key("adm-reference", content, self._net()[1].get("inception_sha256"))
         path = self.eval_dir / f"reference-{key}.npz"
         if path.is_file():
             with np.load(path) as data:
                 self._reference = {k: data[k] for k in data.files}
             self._reference.setdefault("pool", None)
             return self._reference
-        stored = _load_reference(ref_path)
+        stored = {"has_images": np.array(True)} if ref_path.is_dir() else _load_reference(ref_path)
         ref: dict[str, Any] = {k: stored[k] for k in ("mu", "sigma", "mu_s", "sigma_s") if k in stored}
         ref["pool"] = None
         if bool(stored["has_images"]):
@@ -590,8 +599,8 @@ class OnlineEvaluator:
         if self.keep_best is not None:
             self._check_best_folder()
         message = task.warning() if task is not None else None
-        if message and dist_utils.is_main_process():
-            warnings.warn(message, stacklevel=3)  # at the trainer that builds the evaluator
+        if message and dist_utils.is_main_process():  # one line on stderr, not a Python warning with its source line
+            print(f"vfmvae: {message}", file=sys.stderr, flush=True)
 
     @property
     def active(self) -> bool:

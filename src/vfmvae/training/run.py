@@ -40,6 +40,7 @@ from vfmvae.checkpoint.training import TrainingCheckpoint
 from vfmvae.config import ConfigError, config_to_dict
 from vfmvae.training.config import RunConfig
 from vfmvae.training.ema import EMA
+from vfmvae.training.exports import publish_export
 from vfmvae.training.run_folder import claimed_run_folder, write_run_config
 from vfmvae.training.run_log import RunLog, peak_memory, scalars_to_floats
 
@@ -294,8 +295,8 @@ class TrainingRun:
             self.log = None
         self.save()
         path = self.dir / "export"
-        if self.rank == 0 and export is not None:
-            export(path)
+        if self.rank == 0 and export is not None:  # RUN/exports/images-N, RUN/export -> the newest (never replaced)
+            publish_export(self.dir, self.images, export)
         dist_utils.barrier()
         wall = time.perf_counter() - self._started_wall
         dist_utils.print0(

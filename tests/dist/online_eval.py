@@ -59,14 +59,27 @@ def small_tokenizer():
         return VFMVAE(cfg).eval()
 
 
-def install_stubs() -> None:
-    from vfmvae.training import eval_networks
+def install_stubs(assign=setattr) -> None:
+    """The stand-ins wherever a metric network is loaded: the online evaluator's two tasks and the offline `eval
+    recon` and `eval gen` (pass `monkeypatch.setattr` as `assign` to undo it after a test)."""
+    from vfmvae.evaluation import generation, reconstruction
+    from vfmvae.training import eval_generation, eval_reconstruction
 
-    eval_networks.load_inception_network = lambda spec, device: (
-        StubInception().to(device),
-        {"inception_sha256": f"stub-{spec}"},
-    )
-    eval_networks.load_lpips_network = lambda spec, device: (StubLPIPS().to(device), {"lpips_sha256": f"stub-{spec}"})
+    def inception(spec, device):
+        return StubInception().to(device), {"inception_sha256": f"stub-{spec}"}
+
+    def lpips(spec, device):
+        return StubLPIPS().to(device), {"lpips_sha256": f"stub-{spec}"}
+
+    for module, name, stub in (
+        (eval_reconstruction, "load_inception", inception),
+        (eval_reconstruction, "load_lpips", lpips),
+        (eval_generation, "load_inception", inception),
+        (reconstruction, "load_inception", inception),
+        (reconstruction, "load_lpips", lpips),
+        (generation, "load_inception", inception),
+    ):
+        assign(module, name, stub)
 
 
 def main() -> None:

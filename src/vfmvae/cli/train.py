@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from vfmvae.cli.common import add_recipe_args
+from vfmvae.training.run_folder import FRESH_HELP
 
 TRAINING_BATCH_SIZES = (
     "Batch sizes are recipe keys: run.batch_size is the GLOBAL batch of one optimizer step (all processes "
@@ -67,8 +68,7 @@ def _add_resume(parser: argparse.ArgumentParser) -> None:
         "--resume",
         default="auto",
         help="auto (default: continue from the newest complete checkpoint of RUN if any), none (start at step 0; "
-        "refused if RUN holds this run's outputs), fresh (delete RUN's own outputs - checkpoints, metrics, grids, "
-        "export - and start over), or a checkpoint folder",
+        f"refused if RUN holds this run's outputs), {FRESH_HELP}, or a checkpoint folder",
     )
 
 

@@ -37,6 +37,7 @@ from vfmvae.diffusion_training.objective import DiffusionObjective
 from vfmvae.latents import LatentDataset
 from vfmvae.latents.cache import MAX_CLASSES
 from vfmvae.latents.stats import LatentStats
+from vfmvae.sampling.classes import write_class_names
 from vfmvae.sampling.pipeline import SAMPLER_FILE, VFMVAEPipeline
 from vfmvae.tokenizer import VFMVAE
 from vfmvae.training import EMA, fused_optimizer_supported, optimizer_step
@@ -160,9 +161,10 @@ def training_loop(cfg: DiffusionTrainConfig, run: TrainingRun) -> dict[str, Any]
         result = optimizer_step(
             net, optimizer, batches, objective, batch_size_of=_labels, grad_clip=cfg.optim.grad_clip, scaler=scaler
         )
-        run.count_step({"skipped_steps": result.applied_t})
-        # maintain EMA: a skipped step leaves it as it is, without a host read
+        # maintain EMA: a skipped step leaves it as it is, without a host read; the ramp-up counts the images before
+        # this batch (the official cur_nimg at the EMA update)
         ema.update(model, run.images_total, batch_size, applied=result.applied_t)
+        run.count_step({"skipped_steps": result.applied_t})
         # report / evaluate / checkpoint, when due
         if run.report_due:
             run.report({"grad_norm": result.grad_norm_t, "lr": lr})
@@ -292,6 +294,7 @@ def export_pipeline_folder(
     tokenizer = cfg.tokenizer or dataset.manifest["tokenizer"]
     replace(stats, tokenizer=_absolute(tokenizer), cache=_absolute(cfg.data.cache)).save(path)
     atomic_write_text(path / SAMPLER_FILE, json.dumps({"preset": cfg.sample_preset}) + "\n")
+    write_class_names(path, dataset.manifest.get("class_names"))  # `vfmvae sample --classes NAME`
 
 
 def _absolute(path: str | Path) -> str:

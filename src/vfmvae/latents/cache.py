@@ -94,7 +94,12 @@ def cache_latents(
     out = Path(out)
     model = VFMVAE.from_pretrained(tokenizer).to(dev).eval()
     resolution = resolution or model.config.image_size
-    vfm = _target_vfm(vfm_features, vfm_resolution, resolution, dev) if vfm_features else None
+    vfm = None
+    if vfm_features:
+        from vfmvae.latents.targets import build_target_vfm
+
+        # REPA/REG feed DINOv2 224 px (16x16 tokens); default: the registry's scale for this resolution
+        vfm = build_target_vfm(vfm_features, resolution, vfm_resolution).to(dev)
     source = DataConfig(source=Path(data), resolution=resolution, hflip=False, num_workers=num_workers)
     dataset = build_dataset(source, rank=rank, world=world, loop=False)
     labels = _LabelCheck(data, num_classes)
@@ -118,6 +123,8 @@ def cache_latents(
         world_size=world,
     )
     _claim_on_every_rank(out, settings, rank)
+    # image folders: label i is the i-th class folder's name (tar shards carry numeric labels only)
+    class_names = list(dataset.classes) if isinstance(dataset, ImageFolderDataset) and dataset.classes else None
     if isinstance(dataset, ImageFolderDataset):
         dataset = Subset(dataset, list(rank_shard(len(dataset), rank, world)))
 
@@ -133,7 +140,7 @@ def cache_latents(
     # ---- the manifest with the statistics, once every rank has finished
     dist_utils.barrier()
     if rank == 0:
-        _write_manifest(out, model, settings, moments=moments)
+        _write_manifest(out, model, settings, moments=moments, class_names=class_names)
     dist_utils.barrier()
     return writer.summary()
 
@@ -146,16 +153,6 @@ def _claim_on_every_rank(out: Path, settings: dict[str, Any], rank: int) -> None
     dist_utils.barrier()
     if rank != 0:
         claim_cache_folder(out, settings, CacheError)
-
-
-def _target_vfm(name: str, vfm_resolution: int | None, resolution: int, device: torch.device):
-    """The VFM whose final tokens are cached as REPA/REG alignment targets, prepared as REG prepares DINOv2."""
-    from vfmvae.latents.targets import reg_dinov2_targets
-    from vfmvae.vfm import VFMSpec, build_vfm
-
-    # REPA/REG feed DINOv2 224 px (16x16 tokens); default: the registry's scale for this resolution
-    scale = {"scale_factor": vfm_resolution / resolution} if vfm_resolution else {}
-    return reg_dinov2_targets(build_vfm(VFMSpec.from_name(name, layers=(-1,), **scale)), resolution).to(device)
 
 
 class _LabelCheck:
@@ -295,7 +292,9 @@ def _encode_all(dataset, writer: _ShardWriter, encode: _Encoder, labels: _LabelC
         writer.flush()
 
 
-def _write_manifest(out: Path, model, settings: dict[str, Any], *, moments: bool) -> None:
+def _write_manifest(
+    out: Path, model, settings: dict[str, Any], *, moments: bool, class_names: list[str] | None
+) -> None:
     """cache.json from every rank's finished shards and `settings` (those `cache_settings` recorded)."""
     world = settings["world_size"]
     shards = []
@@ -318,6 +317,7 @@ def _write_manifest(out: Path, model, settings: dict[str, Any], *, moments: bool
         "vfm_features": settings["vfm_features"],
         "vfm_resolution": settings["vfm_resolution"],
         "num_items": sum(s["count"] for s in shards),
+        "class_names": class_names,  # label i's folder name (None for tar shards: numeric labels only)
         "shards": shards,
         **stats.to_dict(),
     }

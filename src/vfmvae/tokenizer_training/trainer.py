@@ -26,12 +26,13 @@ from vfmvae.tokenizer_training.config import LossConfig, OptimConfig, RunConfig,
 from vfmvae.tokenizer_training.discriminators import MultiscalePatchGAN, ProjectedDiscriminator
 from vfmvae.tokenizer_training.handoff import export_stage, load_stage
 from vfmvae.tokenizer_training.objective import TokenizerObjective
+from vfmvae.tokenizer_training.spectral_norm import upgrade_spectral_norm_keys
 from vfmvae.tokenizer_training.stages import select_trainable
 from vfmvae.training import EMA, fused_optimizer_supported, optimizer_step
 from vfmvae.training.online_eval import build_evaluator
 from vfmvae.training.run import Evaluator, TrainingRun
 from vfmvae.training.run_log import autocast_factory
-from vfmvae.training.state import CheckpointState, restore
+from vfmvae.training.state import CheckpointState, OnDevice, restore
 from vfmvae.vis import save_grid
 
 __all__ = ["build_discriminators", "build_generator", "make_optimizers", "train_tokenizer", "training_loop"]
@@ -88,17 +89,27 @@ def training_loop(cfg: TokenizerTrainConfig, run: TrainingRun) -> dict[str, Any]
     if cfg.run.compile:
         _compile_forwards(generator, projected, patchgan, lpips)
     opt_g, opt_d = make_optimizers(cfg.optim, trainable, list(heads.parameters()), device)
-    ema = EMA(generator, cfg.run.ema_halflife_images, cfg.run.ema_rampup)  # from the previous stage's EMA
+    # every parameter but the frozen VFM is averaged, frozen ones included (official G_ema update): a part that a
+    # stage freezes (stage 2's encoder) converges to the raw weights the decoder trains against
+    ema = EMA(generator, cfg.run.ema_halflife_images, cfg.run.ema_rampup, exclude_prefixes=(VFMVAE.frozen_prefix,))
     autocast = autocast_factory(cfg.run.precision, device)
     objective = TokenizerObjective(cfg, generator, projected, patchgan, lpips, autocast)
     objective.scalars = run.scalars  # the run reads them back when it reports
-    shared = {"disc": heads, "opt_g": opt_g, "opt_d": opt_d, "safe_loss": objective.guard}
+    shared = {
+        "disc": heads,
+        "opt_g": opt_g,
+        "opt_d": opt_d,
+        "safe_loss": OnDevice.wrap(objective.guard, device),
+        "safe_loss_d": OnDevice.wrap(objective.discriminator_guard, device),  # absent in older checkpoints
+    }
     state = CheckpointState(model=generator, ema=ema, shared=shared, frozen_prefix=VFMVAE.frozen_prefix)
     # images of the previous stages: the EMA ramp-up continues from there (official cur_nimg)
     run.images_before = _continue_stage(cfg.init, generator, discriminators) if cfg.init is not None else 0
 
     # ---- resume: weights, optimizers, safe-loss references; the data stream continues from its position
     checkpoint = run.resume()
+    if checkpoint is not None:  # discriminators saved with torch's spectral-norm parametrization: today's keys
+        checkpoint.state["disc"] = upgrade_spectral_norm_keys(checkpoint.state["disc"])
     restore(state, checkpoint)
     skips = SkipCounter()
     stream = state.per_rank["data"] = _data_stream(cfg, run, checkpoint, skips)
@@ -123,17 +134,23 @@ def training_loop(cfg: TokenizerTrainConfig, run: TrainingRun) -> dict[str, Any]
         objective.images_seen = run.images
         batches = [_on_device(next(stream), device) for _ in range(run.accum)]
         grid.remember(batches[0]["x"], run.rank)
-        # evaluate each loss and accumulate its gradients over the micro-batches, then step: D, then G (whose
-        # accepted loss terms become the safe-loss reference of the next step)
+        # evaluate each loss and accumulate its gradients over the micro-batches, then step: D, then G; the safe-loss
+        # guards zero each micro-batch they drop and veto the step when they dropped all of them
         applied_d = discriminator_step(generator, heads, opt_d, batches, objective, scaler_d) if opt_d else no_d_step
         result = optimizer_step(
-            generator, opt_g, batches, objective.generator_loss, **_per_image, params=trainable, scaler=scaler_g
+            generator,
+            opt_g,
+            batches,
+            objective.generator_loss,
+            **_per_image,
+            params=trainable,
+            scaler=scaler_g,
+            accepted=objective.guard.step_accepted if objective.guard is not None else None,
         )
-        if objective.guard is not None:
-            objective.guard.commit(result.applied_t)
-        run.count_step({"skipped_g": result.applied_t, "skipped_d": applied_d}, images_t=_images_in(batches, device))
-        # maintain EMA: a skipped step leaves it as it is, without a host read
+        # maintain EMA: a skipped step leaves it as it is, without a host read; the ramp-up counts the images before
+        # this batch (the official cur_nimg at the G_ema update)
         ema.update(generator, run.images_total, cfg.run.batch_size, applied=result.applied_t)
+        run.count_step({"skipped_g": result.applied_t, "skipped_d": applied_d}, images_t=_images_in(batches, device))
         # report / evaluate / checkpoint, when due
         if run.report_due:
             run.report({"grad_norm_g": result.grad_norm_t, "skipped_images": skips.as_dict()})
@@ -167,8 +184,16 @@ def discriminator_step(
     generator.train()
     heads.requires_grad_(True)
     params = list(heads.parameters())
+    guard = objective.discriminator_guard
     result = optimizer_step(
-        heads, optimizer, batches, objective.discriminator, **_per_image, params=params, scaler=scaler
+        heads,
+        optimizer,
+        batches,
+        objective.discriminator,
+        **_per_image,
+        params=params,
+        scaler=scaler,
+        accepted=guard.step_accepted if guard is not None else None,
     )
     heads.requires_grad_(False)
     return result.applied_t

@@ -1,7 +1,7 @@
 """The diffusion model's evaluation while training: `eval.num_samples` samples of the EMA model (uniformly random
 labels drawn as `vfmvae sample --classes random`, the recipe's sampler preset), decoded by the run's tokenizer and
-scored as `vfmvae eval gen` scores them: FID, sFID, IS, precision and recall against an ADM reference batch
-(`eval.ref`).
+scored as `vfmvae eval gen` scores them (`generation_metrics`, `inception_features`): FID, sFID, IS, precision and
+recall against an ADM reference batch or a folder of reference images (`eval.ref`).
 
 Rank r of W samples images r, r + W, ... (every sample has its own seed, so the images do not depend on the ranks);
 Inception features are gathered in index order, so every rank computes the same metrics. The reference batch's
@@ -24,9 +24,12 @@ from vfmvae import distributed as dist_utils
 from vfmvae.checkpoint.atomic import write_npz_atomic
 from vfmvae.checkpoint.digest import file_sha256
 from vfmvae.distributed import gather_rows
-from vfmvae.evaluation.generation import load_reference
+from vfmvae.evaluation.features import inception_features
+from vfmvae.evaluation.generation import generation_metrics, load_reference
 from vfmvae.evaluation.images import open_image_set
-from vfmvae.evaluation.stats import frechet_distance, gaussian_stats, inception_score, precision_recall
+from vfmvae.evaluation.inception import load_inception
+from vfmvae.evaluation.stats import gaussian_stats
+from vfmvae.evaluation.weights import random_init_seed
 from vfmvae.sampling.generate import class_labels, images_to_uint8
 from vfmvae.sampling.pipeline import VFMVAEPipeline
 from vfmvae.sampling.presets import resolve_sampler_config
@@ -54,9 +57,12 @@ class GenerationTask:
         preset: str | None,
     ) -> None:
         if cfg.ref is None:
-            raise ValueError("eval.ref: an ADM reference batch (.npz) is required for diffusion evaluation")
-        if not Path(cfg.ref).is_file():
-            raise FileNotFoundError(f"eval.ref: reference batch not found: {cfg.ref}")
+            raise ValueError(
+                "eval.ref: an ADM reference batch (.npz) or a folder of reference images is required for diffusion "
+                "evaluation (`vfmvae eval ref-stats --data IMAGES --out REF.npz` writes one)"
+            )
+        if not Path(cfg.ref).exists():
+            raise FileNotFoundError(f"eval.ref: reference batch or image folder not found: {cfg.ref}")
         networks.check_weights(cfg.inception, "inception")
         try:
             self.sampler = resolve_sampler_config(preset, **cfg.sampler)
@@ -88,16 +94,8 @@ class GenerationTask:
         ref = self._reference_stats(net)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # small sample counts: singular covariances (noted in the protocol)
-            result: dict[str, Any] = {
-                "fid": frechet_distance(*gaussian_stats(every["pool"]), ref["mu"], ref["sigma"]),
-                "sfid": frechet_distance(*gaussian_stats(every["spatial"]), ref["mu_s"], ref["sigma_s"]),
-                "is": inception_score(every["logits"]),
-                "precision": None,
-                "recall": None,
-            }
-        if ref.get("pool") is not None:
-            result["precision"], result["recall"] = precision_recall(ref["pool"], every["pool"])
-        return result, n
+            metrics = generation_metrics(every, ref, ref.get("pool"))  # what `vfmvae eval gen` computes
+        return {"is" if k == "inception_score" else k: v for k, v in metrics.items()}, n
 
     def _sample_features(self, model: nn.Module, net: nn.Module) -> dict[str, torch.Tensor]:
         """Inception features (pool, spatial, logits) of this rank's samples, in index order."""
@@ -112,7 +110,7 @@ class GenerationTask:
             chunk = mine[start : start + size]
             images = pipe([labels[i] for i in chunk], seed=self.cfg.seed, indices=chunk, config=self.sampler)
             u8 = torch.from_numpy(images_to_uint8(images)).permute(0, 3, 1, 2)
-            for k, v in networks.inception_features(net, u8, size, self.device, tuple(feats)).items():
+            for k, v in inception_features(net, u8, batch_size=size, device=self.device, keys=tuple(feats)).items():
                 feats[k].append(v)
         for m, mode in tokenizer_modes:
             m.training = mode
@@ -121,7 +119,7 @@ class GenerationTask:
     # ---- what is loaded once ------------------------------------------------------------------------------------
     def _net(self) -> tuple[nn.Module, dict[str, Any]]:
         if self._inception is None:
-            self._inception = networks.load_inception_network(self.cfg.inception, self.device)
+            self._inception = load_inception(self.cfg.inception, self.device)  # also random-init:SEED
         return self._inception
 
     def _decoder(self) -> nn.Module:
@@ -130,19 +128,24 @@ class GenerationTask:
         return self.tokenizer
 
     def _reference_stats(self, net: nn.Module) -> dict[str, Any]:
-        """The reference batch's statistics and, for precision/recall, the Inception features of its images:
-        computed once (split across ranks) and cached in RUN/eval/ under a key of the file and the weights."""
+        """The reference's statistics and, for precision/recall, the Inception features of its images: computed once
+        (split across ranks) and cached in RUN/eval/ under a key of the file (or the folder's files) and the weights."""
         if self._reference is not None:
             return self._reference
         ref_path = Path(self.cfg.ref)
-        key = networks.cache_key("adm-reference", file_sha256(ref_path), self._net()[1].get("inception_sha256"))
+        if ref_path.is_dir():  # a folder of reference images: statistics and features from its images
+            files = open_image_set(ref_path).files
+            content = networks.cache_key("folder", [[str(f.relative_to(ref_path)), file_sha256(f)] for f in files])
+        else:
+            content = file_sha256(ref_path)
+        key = networks.cache_key("adm-reference", content, self._net()[1].get("inception_sha256"))
         path = self.eval_dir / f"reference-{key}.npz"
         if path.is_file():
             with np.load(path) as data:
                 self._reference = {k: data[k] for k in data.files}
             self._reference.setdefault("pool", None)
             return self._reference
-        stored = load_reference(ref_path)
+        stored = {"has_images": np.array(True)} if ref_path.is_dir() else load_reference(ref_path)
         ref: dict[str, Any] = {k: stored[k] for k in ("mu", "sigma", "mu_s", "sigma_s") if k in stored}
         ref["pool"] = None
         if bool(stored["has_images"]):
@@ -168,7 +171,8 @@ class GenerationTask:
             offset += len(batch)
             if rows:
                 x = torch.from_numpy(np.ascontiguousarray(batch[rows])).permute(0, 3, 1, 2)
-                for k, v in networks.inception_features(net, x, self.cfg.batch_size, self.device, tuple(mine)).items():
+                kw = {"batch_size": self.cfg.batch_size, "device": self.device, "keys": tuple(mine)}
+                for k, v in inception_features(net, x, **kw).items():
                     mine[k].append(v)
         widths = networks.FEATURE_WIDTHS
         return tuple(gather_rows(networks.cat_rows(mine[k], widths[k]), total).numpy() for k in ("pool", "spatial"))
@@ -184,7 +188,7 @@ class GenerationTask:
             "convention": "vfmvae eval gen: ADM evaluator (FID/sFID stored reference statistics, IS in splits of "
             "5000, precision/recall k=3 against arr_0)",
             "fid_comparable": self.cfg.inception is not None
-            and networks.random_init_seed(self.cfg.inception) is None
+            and random_init_seed(self.cfg.inception) is None
             and self.cfg.num_samples >= 2048,
             "skipped": self.skipped,
             **(self._inception[1] if self._inception else {}),

@@ -1,50 +1,26 @@
-"""The metric networks of evaluation while training and what both evaluation tasks do with them.
+"""What both evaluation tasks of a training run share around the metric networks.
 
-The Inception and LPIPS networks come from the recipe's weight files (`vfmvae.evaluation`), or for the demo and
-tests from "random-init:SEED" (seeded random weights: the pipeline runs, the values compare with nothing). Features
-are computed per rank and gathered in image-index order (`vfmvae.distributed.gather_rows`); reference statistics
-are cached under a key of the data and the network weights (`cache_key`).
+The networks themselves, their weights (the recipe's files, or "random-init:SEED" for the demo and tests) and their
+features come from the metric library (`vfmvae.evaluation`: `load_inception`, `load_lpips`, `inception_features`),
+the functions the offline commands use. Here: the check that a named weights file exists before training starts,
+the per-rank feature blocks gathered in image-index order (`vfmvae.distributed.gather_rows`), and the key that names
+a cached reference by the data and the network weights (`cache_key`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from vfmvae.evaluation.image_metrics import LPIPSMetric, load_lpips
-from vfmvae.evaluation.inception import InceptionV3, load_inception
-from vfmvae.seeding import derive_seed
-from vfmvae.training.eval_config import RANDOM_INIT
+from vfmvae.evaluation.weights import random_init_seed
 
-__all__ = [
-    "FEATURE_WIDTHS",
-    "cache_key",
-    "cat_rows",
-    "check_weights",
-    "inception_features",
-    "load_inception_network",
-    "load_lpips_network",
-    "pixel_digests",
-    "random_init_seed",
-]
+__all__ = ["FEATURE_WIDTHS", "cache_key", "cat_rows", "check_weights", "pixel_digests"]
 
 FEATURE_WIDTHS = {"pool": 2048, "spatial": 2023, "logits": 1008}  # the FID Inception's outputs
-
-
-def random_init_seed(spec: str) -> int | None:
-    """SEED of "random-init:SEED", None for a weights file."""
-    if not spec.startswith(RANDOM_INIT):
-        return None
-    try:
-        return int(spec[len(RANDOM_INIT) :])
-    except ValueError:
-        raise ValueError(f"{spec!r}: write {RANDOM_INIT}SEED with an integer seed") from None
 
 
 def check_weights(spec: str | None, key: str) -> None:
@@ -53,53 +29,6 @@ def check_weights(spec: str | None, key: str) -> None:
         return
     if not Path(spec).is_file():
         raise FileNotFoundError(f"eval.{key}: weights file not found: {spec}")
-
-
-def load_inception_network(spec: str, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    """The FID Inception of `spec` and its provenance (weights file and sha256) for the evaluation records."""
-    seed = random_init_seed(spec)
-    if seed is None:
-        return load_inception(spec, device)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, "inception"))
-        net = InceptionV3(None)
-        # He-normal weights keep the activations' scale through the ~20 layers (PyTorch's default init shrinks
-        # them to ~1e-8 there, so every image would get the same features)
-        for module in net.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-    return net.to(device), {
-        "inception_weights": f"RANDOM-INIT (seed {seed}): not the FID Inception, values compare with nothing",
-        "inception_sha256": f"random-init-{seed}",
-    }
-
-
-def load_lpips_network(spec: str, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    """LPIPS-VGG of `spec` and its provenance."""
-    seed = random_init_seed(spec)
-    with warnings.catch_warnings():  # torchvision's notes on lpips' `pretrained=` argument, once per run: noise here
-        warnings.filterwarnings("ignore", message=".*(pretrained|weight enum).*", category=UserWarning)
-        if seed is None:
-            return load_lpips(spec, device)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(seed, "lpips"))
-            net = LPIPSMetric(None).to(device)
-    return net, {
-        "lpips_weights": f"RANDOM-INIT VGG16 trunk (seed {seed}): values compare with nothing",
-        "lpips_sha256": f"random-init-{seed}",
-    }
-
-
-def inception_features(
-    net: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device, keys: tuple[str, ...]
-) -> dict[str, torch.Tensor]:
-    """Inception features of uint8 (N, 3, H, W) images, float32 on the CPU."""
-    out: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
-    for start in range(0, len(images), batch_size):
-        feats = net(images[start : start + batch_size].to(device))
-        for k in keys:
-            out[k].append(feats[k].float().cpu())
-    return {k: torch.cat(v) if v else torch.zeros(0) for k, v in out.items()}
 
 
 def cat_rows(parts: list[torch.Tensor], width: int) -> torch.Tensor:

@@ -3,15 +3,17 @@ the conventions of `vfmvae eval recon` (tianciB/VFM-VAE@b3a752a tools/reconstruc
 Resize + CenterCrop, a posterior sample, trunc-to-uint8, torch-fidelity rFID/rIS, torchmetrics SSIM on [-1, 1],
 LPIPS-VGG), plus a fixed reconstruction grid (RUN/eval/grids/).
 
-Rank r of W reconstructs images r, r + W, ...; per-image values and Inception features are gathered in index
-order, so every rank computes the same metrics. Each image's posterior noise comes from its own generator, seeded by
-its index, so the draw depends neither on the batches nor on the ranks.
+Every number comes from the functions `vfmvae eval recon --tokenizer` runs (`reconstruct_images`, `pixel_metrics`,
+`reconstruction_summary`, `inception_features`), on the images in memory: a logged value equals the offline one for
+the same weights, images and seed. Rank r of W reconstructs images r, r + W, ...; per-image values and Inception
+features are gathered in index order, so every rank computes the same metrics. Each image's posterior noise comes
+from its own generator, seeded by its index, so the draw depends neither on the batches nor on the ranks.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +25,23 @@ from vfmvae import distributed as dist_utils
 from vfmvae.checkpoint.atomic import write_npz_atomic
 from vfmvae.data import ImageFolderDataset, ImageOptions, TarShardDataset, detect_format
 from vfmvae.distributed import gather_rows
-from vfmvae.evaluation.image_metrics import psnr, ssim_signed
-from vfmvae.evaluation.stats import frechet_distance, gaussian_stats, inception_score_torch_fidelity
-from vfmvae.seeding import derive_seed
-from vfmvae.tokenizer.reconstruct import to_uint8_from_signed
+from vfmvae.evaluation.features import inception_features
+from vfmvae.evaluation.image_metrics import load_lpips
+from vfmvae.evaluation.inception import load_inception
+from vfmvae.evaluation.reconstruction import (
+    PER_IMAGE_METRICS,
+    fidelity_order,
+    pixel_metrics,
+    reconstruction_summary,
+)
+from vfmvae.evaluation.stats import gaussian_stats
+from vfmvae.evaluation.weights import random_init_seed
+from vfmvae.tokenizer.reconstruct import output_names, reconstruct_images
 from vfmvae.training import eval_networks as networks
 from vfmvae.training.eval_config import TOKENIZER_METRICS, EvalConfig
 from vfmvae.vis import save_grid
 
-__all__ = ["ReconstructionTask", "load_held_out"]
+__all__ = ["HeldOut", "ReconstructionTask", "load_held_out"]
 
 
 class ReconstructionTask:
@@ -56,7 +66,7 @@ class ReconstructionTask:
             )
             if spec is None
         ]
-        self._share: tuple[torch.Tensor, int] | None = None  # (this rank's uint8 images, total)
+        self._held: HeldOut | None = None  # this rank's share of the held-out set, loaded once
         self._reference: dict[str, np.ndarray] | None = None
         self._nets: dict[str, Any] | None = None
 
@@ -71,7 +81,8 @@ class ReconstructionTask:
     # ---- the evaluation -----------------------------------------------------------------------------------------
     def evaluate(self, model: nn.Module, step: int) -> tuple[dict[str, Any], int]:
         """The metrics of `model` (every rank takes part) and the number of images they cover."""
-        images, total = self._held_out(model.config.image_size)
+        held = self._held_out(model.config.image_size)
+        images, total = held.images, held.total
         mine = list(range(dist_utils.rank(), total, dist_utils.world_size()))
         nets = self._nets_loaded()
         inception, lpips = nets.get("inception"), nets.get("lpips")
@@ -79,80 +90,64 @@ class ReconstructionTask:
         per_image, pool, logits, grid = [], [], [], []
         for start in range(0, len(mine), size):
             indices, real = mine[start : start + size], images[start : start + size]
-            fake = self._reconstruct(model, real, indices)
+            fake = reconstruct_images(model, real, indices, sample=self.cfg.latent == "sample", seed=self.cfg.seed)
             grid.append(fake[[j for j, i in enumerate(indices) if i < self.cfg.grid]])
-            per_image.append(self._per_image_metrics(real, fake, lpips))
+            per_image.append(pixel_metrics(real, fake, lpips, self.device))
             if inception is not None:
-                feats = networks.inception_features(inception, fake, size, self.device, ("pool", "logits"))
+                feats = inception_features(
+                    inception, fake, batch_size=size, device=self.device, keys=("pool", "logits")
+                )
                 pool.append(feats["pool"])
                 logits.append(feats["logits"])
-        result = _mean_metrics(gather_rows(networks.cat_rows(per_image, 3).double(), total), lpips is not None)
+        per_image_all = gather_rows(networks.cat_rows(per_image, len(PER_IMAGE_METRICS)).double(), total)
+        features: dict[str, Any] = {}
         if inception is not None:
-            pool_all = gather_rows(networks.cat_rows(pool, networks.FEATURE_WIDTHS["pool"]), total).numpy()
-            logits_all = gather_rows(networks.cat_rows(logits, networks.FEATURE_WIDTHS["logits"]), total).numpy()
             ref = self._reference_stats(inception, images, total)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # small sets: singular covariances (noted in the protocol)
-                result["rfid"] = frechet_distance(*gaussian_stats(pool_all), ref["mu"], ref["sigma"])
-            result["ris"] = inception_score_torch_fidelity(logits_all)[0]
+            features = {
+                "pool": gather_rows(networks.cat_rows(pool, networks.FEATURE_WIDTHS["pool"]), total).numpy(),
+                "logits": gather_rows(networks.cat_rows(logits, networks.FEATURE_WIDTHS["logits"]), total).numpy(),
+                "reference": (ref["mu"], ref["sigma"]),
+                "order": self._fidelity_order(held),
+            }
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # small sets: singular covariances (noted in the protocol)
+            summary = reconstruction_summary(per_image_all, lpips=lpips is not None, **features)
+        result: dict[str, Any] = {name: summary[name] for name in ("psnr", "ssim", "lpips", "rfid", "ris")}
         if self.cfg.grid:
             self._grid(images, torch.cat(grid) if grid else images[:0], min(self.cfg.grid, total), step)
         return result, total
 
-    def _reconstruct(self, model: nn.Module, images: torch.Tensor, indices: list[int]) -> torch.Tensor:
-        """uint8 images -> uint8 reconstructions (decoded from a posterior sample, or the mean; truncated as the
-        official decode tool)."""
-        x01 = images.to(self.device).float() / 255.0
-        return to_uint8_from_signed(model.decode(self._latents(model, x01, indices)).sample).cpu()
-
-    def _latents(self, model: nn.Module, x01: torch.Tensor, indices: list[int]) -> torch.Tensor:
-        posterior = model.encode(x01)
-        if self.cfg.latent == "mode" or not hasattr(posterior, "std"):
-            return posterior.mode()
-        # one generator per image, seeded by its index: the draw does not depend on batches or ranks
-        eps = torch.stack(
-            [
-                torch.randn(
-                    posterior.mean.shape[1:],
-                    generator=torch.Generator().manual_seed(derive_seed(self.cfg.seed, "eval-recon", i)),
-                )
-                for i in indices
-            ]
-        )
-        return posterior.mean + posterior.std * eps.to(posterior.mean.device, posterior.mean.dtype)
-
-    def _per_image_metrics(self, real: torch.Tensor, fake: torch.Tensor, lpips: nn.Module | None) -> torch.Tensor:
-        """(n, 3) float64: PSNR, SSIM and LPIPS (NaN without the LPIPS network) of each image pair."""
-        values = [psnr(real, fake), ssim_signed(real, fake)]
-        values.append(
-            lpips(real.to(self.device), fake.to(self.device)).double().cpu()
-            if lpips is not None
-            else torch.full((len(real),), math.nan, dtype=torch.float64)
-        )
-        return torch.stack(values, 1)
+    @staticmethod
+    def _fidelity_order(held: HeldOut) -> list[int] | None:
+        """rIS reads the reconstructions in the order `eval recon` does: torch-fidelity's listing of the folder that
+        `reconstruct` writes (its sorted output names); a tar-shard set keeps its index order."""
+        if held.names is None:
+            return None
+        outputs = output_names(held.names)
+        return fidelity_order([outputs[name] for name in held.names])
 
     # ---- what is loaded once ------------------------------------------------------------------------------------
     def _nets_loaded(self) -> dict[str, Any]:
         if self._nets is None:
             nets, provenance = {}, {}
             if self.cfg.inception is not None:
-                nets["inception"], info = networks.load_inception_network(self.cfg.inception, self.device)
+                nets["inception"], info = load_inception(self.cfg.inception, self.device)  # also random-init:SEED
                 provenance.update(info)
             if self.cfg.lpips is not None:
-                nets["lpips"], info = networks.load_lpips_network(self.cfg.lpips, self.device)
+                nets["lpips"], info = load_lpips(self.cfg.lpips, self.device)
                 provenance.update(info)
             self._nets = {**nets, "provenance": provenance}
         return self._nets
 
-    def _held_out(self, resolution: int) -> tuple[torch.Tensor, int]:
+    def _held_out(self, resolution: int) -> HeldOut:
         """This rank's share of the held-out set (uint8, loaded once and kept) and the set's size."""
-        if self._share is None:
-            self._share = load_held_out(self.cfg.data, self.cfg.num_images, resolution, self.cfg.crop)
-            if self._share[1] < 10:
+        if self._held is None:
+            self._held = load_held_out(self.cfg.data, self.cfg.num_images, resolution, self.cfg.crop)
+            if self._held.total < 10:
                 raise ValueError(
-                    f"eval.data {self.cfg.data}: {self._share[1]} images; online evaluation needs at least 10"
+                    f"eval.data {self.cfg.data}: {self._held.total} images; online evaluation needs at least 10"
                 )
-        return self._share
+        return self._held
 
     def _reference_stats(self, inception: nn.Module, images: torch.Tensor, total: int) -> dict[str, np.ndarray]:
         """Inception statistics of the held-out originals, computed once and cached in RUN/eval/ under a key of
@@ -172,7 +167,9 @@ class ReconstructionTask:
             with np.load(path) as data:
                 self._reference = {k: data[k] for k in ("mu", "sigma")}
             return self._reference
-        feats = networks.inception_features(inception, images, self.cfg.batch_size, self.device, ("pool",))
+        feats = inception_features(
+            inception, images, batch_size=self.cfg.batch_size, device=self.device, keys=("pool",)
+        )
         mu, sigma = gaussian_stats(gather_rows(feats["pool"], total).numpy())
         self._reference = {"mu": mu, "sigma": sigma}
         if dist_utils.is_main_process():
@@ -190,7 +187,7 @@ class ReconstructionTask:
 
     def protocol(self) -> dict[str, Any]:
         nets = self._nets["provenance"] if self._nets else {}
-        num_images = self._share[1] if self._share else self.cfg.num_images
+        num_images = self._held.total if self._held else self.cfg.num_images
         return {
             "task": "held-out reconstruction (EMA)",
             "data": str(self.cfg.data),
@@ -205,31 +202,27 @@ class ReconstructionTask:
             "convention": "vfmvae eval recon: tianciB/VFM-VAE@b3a752a tools/reconstruct (trunc to uint8, "
             "torch-fidelity rFID/rIS, SSIM data range 2 on [-1, 1], LPIPS-VGG)",
             "rfid_comparable": self.cfg.inception is not None
-            and networks.random_init_seed(self.cfg.inception) is None
+            and random_init_seed(self.cfg.inception) is None
             and num_images >= 2048,
             "skipped": self.skipped,
             **nets,
         }
 
 
-def _mean_metrics(per_image: torch.Tensor, with_lpips: bool) -> dict[str, Any]:
-    """Means over the set of the (N, 3) per-image PSNR, SSIM and LPIPS (a perfect reconstruction's infinite PSNR is
-    left out of the mean; only perfect ones: inf)."""
-    p = per_image[:, 0]
-    return {
-        "psnr": float(p[torch.isfinite(p)].mean()) if torch.isfinite(p).any() else float("inf"),
-        "ssim": float(per_image[:, 1].mean()),
-        "lpips": float(per_image[:, 2].mean()) if with_lpips else None,
-        "rfid": None,
-        "ris": None,
-    }
+@dataclass(frozen=True)
+class HeldOut:
+    """This rank's share of a held-out set."""
+
+    images: torch.Tensor  # uint8 (n, 3, H, W): indices rank, rank + world, ...
+    total: int  # the set's size
+    names: list[str] | None  # relative file names of the whole set in index order (None for tar shards)
 
 
 def load_held_out(
     source: str, num: int, resolution: int, crop: str, *, rank: int | None = None, world: int | None = None
-) -> tuple[torch.Tensor, int]:
+) -> HeldOut:
     """The first `num` images of a folder (sorted) or of tar shards (in shard order), cropped to `resolution`:
-    this rank's share (indices rank, rank + world, ...) as uint8 (n, 3, H, W), and the set's size."""
+    this rank's share, the set's size and its file names."""
     rank = dist_utils.rank() if rank is None else rank
     world = dist_utils.world_size() if world is None else world
     images: list[torch.Tensor] = []
@@ -244,13 +237,14 @@ def load_held_out(
     if detect_format(source) == "folder":
         dataset = ImageFolderDataset(source, options)
         total = min(num, len(dataset))
+        names = [str(f.relative_to(dataset.root)) for f in dataset.files[:total]]
         for i in range(rank, total, world):
             item = dataset[i]
             if item.get("bad"):
                 raise bad(item)
             images.append(item["image"])
     else:
-        total = 0
+        total, names = 0, None
         for item in TarShardDataset(source, options, loop=False, shuffle_shards=False):
             if total >= num:
                 break
@@ -260,4 +254,4 @@ def load_held_out(
                 images.append(item["image"])
             total += 1
     empty = torch.zeros((0, 3, resolution, resolution), dtype=torch.uint8)  # more ranks than images
-    return (torch.stack(images) if images else empty), total
+    return HeldOut(torch.stack(images) if images else empty, total, names)

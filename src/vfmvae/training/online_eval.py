@@ -16,6 +16,11 @@ not depend on the number of processes (up to float summation order inside batche
 reference are computed once and cached in RUN/eval/, under a key made from the data and the network weights, so a
 changed setting is never mixed with an old cache.
 
+Both tasks call the library functions of the offline commands (`reconstruct_images`, `pixel_metrics`,
+`reconstruction_summary`; `VFMVAEPipeline`, `generation_metrics`; `inception_features`; the same weight loaders), so
+a logged number equals what `vfmvae eval recon --tokenizer` (or `vfmvae sample` + `vfmvae eval gen`) reports for the
+same weights, images and seeds (tests/test_online_offline.py); none of them depends on the batch size.
+
 Evaluation draws only from its own generators (seeded by `derive_seed(eval.seed, ...)`) and restores the global
 python/numpy/torch RNG states and every module's train/eval mode afterwards: a run with evaluation on trains the
 same weights as one without. Finished evaluation points are appended to RUN/eval/records.jsonl; a resumed run
@@ -29,8 +34,8 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -120,8 +125,8 @@ class OnlineEvaluator:
         if self.keep_best is not None:
             self._check_best_folder()
         message = task.warning() if task is not None else None
-        if message and dist_utils.is_main_process():
-            warnings.warn(message, stacklevel=3)  # at the trainer that builds the evaluator
+        if message and dist_utils.is_main_process():  # one line on stderr, not a Python warning with its source line
+            print(f"vfmvae: {message}", file=sys.stderr, flush=True)
 
     @property
     def active(self) -> bool:

@@ -11,8 +11,8 @@ the loop itself, its phases named as in NVlabs/edm2 training/training_loop.py, s
         # ---- loop
         while run.running:
             result = optimizer_step(...)                                   # evaluate loss, accumulate, step
-            run.count_step({"skipped_steps": result.applied_t})            # the step's images and skips
             ema.update(model, run.images_total, batch_size, applied=result.applied_t)   # maintain EMA
+            run.count_step({"skipped_steps": result.applied_t})            # the step's images and skips
             if run.report_due:                                             # report / evaluate / checkpoint
                 run.report({"grad_norm": result.grad_norm_t})
             if run.grid_due:
@@ -46,6 +46,7 @@ from vfmvae.checkpoint import CheckpointFormatError, CheckpointManager, capture_
 from vfmvae.checkpoint.training import TrainingCheckpoint
 from vfmvae.config import ConfigError, config_to_dict
 from vfmvae.training.config import RunConfig
+from vfmvae.training.exports import publish_export
 from vfmvae.training.run_folder import claimed_run_folder, write_run_config
 from vfmvae.training.run_log import RunLog, peak_memory, scalars_to_floats
 from vfmvae.training.state import CheckpointState
@@ -321,8 +322,8 @@ class TrainingRun:
             self.log = None
         self.save(state)
         path = self.dir / "export"
-        if self.rank == 0 and export is not None:
-            export(path)
+        if self.rank == 0 and export is not None:  # RUN/exports/images-N, RUN/export -> the newest (never replaced)
+            publish_export(self.dir, self.images, export)
         dist_utils.barrier()
         wall = time.perf_counter() - self._started_wall
         dist_utils.print0(

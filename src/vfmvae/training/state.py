@@ -10,7 +10,8 @@ The files of a checkpoint (vfmvae.checkpoint.training) and what goes where:
     rank-NNN.*          every part of `per_rank` under its name (the data position), and this rank's RNG
 
 A part is anything with `state_dict()` and `load_state_dict(state)`; modules are loaded strictly, with one line
-naming the first mismatch.
+naming the first mismatch. A part whose `load_state_dict` takes the device its tensors belong on (the safe-loss
+guards) is named with `OnDevice.wrap(part, device)`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,25 @@ from torch import nn
 from vfmvae.checkpoint.training import TrainingCheckpoint, load_state_strict
 from vfmvae.training.ema import EMA
 
-__all__ = ["CheckpointState", "restore"]
+__all__ = ["CheckpointState", "OnDevice", "restore"]
+
+
+@dataclass(frozen=True)
+class OnDevice:
+    """A part whose `load_state_dict(state, device)` puts its tensors on `device`."""
+
+    part: Any
+    device: torch.device
+
+    @classmethod
+    def wrap(cls, part: Any, device: torch.device) -> OnDevice | None:
+        return None if part is None else cls(part, device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.part.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.part.load_state_dict(state, self.device)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Inputs and messages a new user meets (issue 33 items 9 and 10): one data-source rule, errors that keep the
+"""Inputs and messages a new user meets: one data-source rule, errors that keep the
 useful part, folders passed to the wrong option, class names, offline evaluation from the CLI, evaluation settings
 of an existing run."""
 

@@ -143,8 +143,9 @@ def test_a_same_size_corruption_of_checkpoint_weights_is_detected(cache, tmp_pat
 
 
 def test_resume_fresh_deletes_exactly_what_its_help_names(tmp_path, capsys):
-    """Issue 33 item 7: fresh removed RUN/samples, snapshots and tensorboard though its help did not name them; it
-    kept RUN/eval and RUN/best, so a new run took the old run's evaluation points as done."""
+    """`--resume fresh` removes exactly the outputs its help names (checkpoints, metrics, grids, exports, tensorboard,
+    RUN/eval and RUN/best: a new run must not take the old run's evaluation points as done) and keeps the rest (a
+    user's RUN/samples, old snapshots, their own files)."""
     from vfmvae.cli import build_parser
     from vfmvae.training.run_folder import RUN_OUTPUTS, claim_run_folder
 
@@ -174,9 +175,8 @@ def test_resume_fresh_deletes_exactly_what_its_help_names(tmp_path, capsys):
 
 
 def test_training_longer_keeps_the_export_others_built_on(cache, tmp_path):
-    """Issue 33 item 6: raising run.total_images rewrote RUN/export in place; now each export has its own folder,
-    RUN/export points at the newest, and what a cache or sample folder recorded (the resolved path and the content
-    digest) stays as it was."""
+    """Raising run.total_images adds an export: each export has its own folder, RUN/export points at the newest, and
+    what a cache or sample folder recorded (the resolved path and the content digest) stays as it was."""
     from vfmvae.checkpoint.digest import model_folder_digest
 
     run = tmp_path / "run"

@@ -42,6 +42,7 @@ from vfmvae.data.folder import ImageFolderDataset
 from vfmvae.data.transforms import flip_decision
 from vfmvae.latents.settings import cache_settings, claim_cache_folder
 from vfmvae.latents.stats import CACHE_MANIFEST, LatentStats
+from vfmvae.latents.targets import build_target_vfm
 from vfmvae.seeding import derive_seed
 
 __all__ = ["cache_latents", "LatentDataset", "CacheError", "draw_posterior"]
@@ -94,12 +95,8 @@ def cache_latents(
     out = Path(out)
     model = VFMVAE.from_pretrained(tokenizer).to(dev).eval()
     resolution = resolution or model.config.image_size
-    vfm = None
-    if vfm_features:
-        from vfmvae.latents.targets import build_target_vfm
-
-        # REPA/REG feed DINOv2 224 px (16x16 tokens); default: the registry's scale for this resolution
-        vfm = build_target_vfm(vfm_features, resolution, vfm_resolution).to(dev)
+    # REPA/REG alignment targets: DINOv2 fed 224 px (16x16 tokens); default: the registry's scale for this resolution
+    vfm = build_target_vfm(vfm_features, resolution, vfm_resolution).to(dev) if vfm_features else None
     source = DataConfig(source=Path(data), resolution=resolution, hflip=False, num_workers=num_workers)
     dataset = build_dataset(source, rank=rank, world=world, loop=False)
     labels = _LabelCheck(data, num_classes)

@@ -28,14 +28,22 @@ from vfmvae.tokenizer_training.handoff import export_stage, load_stage
 from vfmvae.tokenizer_training.objective import TokenizerObjective
 from vfmvae.tokenizer_training.spectral_norm import upgrade_spectral_norm_keys
 from vfmvae.tokenizer_training.stages import select_trainable
-from vfmvae.training import EMA, fused_optimizer_supported, optimizer_step
+from vfmvae.training import EMA, StepResult, fused_optimizer_supported, optimizer_step
 from vfmvae.training.online_eval import build_evaluator
 from vfmvae.training.run import Evaluator, TrainingRun
 from vfmvae.training.run_log import autocast_factory
 from vfmvae.training.state import CheckpointState, OnDevice, restore
 from vfmvae.vis import save_grid
 
-__all__ = ["build_discriminators", "build_generator", "make_optimizers", "train_tokenizer", "training_loop"]
+__all__ = [
+    "build_discriminators",
+    "build_generator",
+    "discriminator_step",
+    "generator_step",
+    "make_optimizers",
+    "train_tokenizer",
+    "training_loop",
+]
 
 
 def build_generator(cfg: TokenizerTrainConfig) -> VFMVAE:
@@ -82,9 +90,8 @@ def training_loop(cfg: TokenizerTrainConfig, run: TrainingRun) -> dict[str, Any]
     generator = build_generator(cfg).to(device)
     trainable = select_trainable(generator, cfg.stage)
     projected, patchgan = build_discriminators(cfg, generator, device)
-    trained = (("projected", projected.heads if projected is not None else None), ("patchgan", patchgan))
-    discriminators = {name: module for name, module in trained if module is not None}
-    heads = nn.ModuleList(discriminators.values())  # what the D step trains (the DINO backbone stays frozen)
+    discriminators = _trained_parts(projected, patchgan)  # the hand-off's names; the DINO backbone stays frozen
+    heads = nn.ModuleList(discriminators.values())  # what the D step trains
     lpips = _lpips(cfg.loss, device)
     if cfg.run.compile:
         _compile_forwards(generator, projected, patchgan, lpips)
@@ -92,16 +99,12 @@ def training_loop(cfg: TokenizerTrainConfig, run: TrainingRun) -> dict[str, Any]
     # every parameter but the frozen VFM is averaged, frozen ones included (official G_ema update): a part that a
     # stage freezes (stage 2's encoder) converges to the raw weights the decoder trains against
     ema = EMA(generator, cfg.run.ema_halflife_images, cfg.run.ema_rampup, exclude_prefixes=(VFMVAE.frozen_prefix,))
-    autocast = autocast_factory(cfg.run.precision, device)
-    objective = TokenizerObjective(cfg, generator, projected, patchgan, lpips, autocast)
+    objective = TokenizerObjective(
+        cfg, generator, projected, patchgan, lpips, autocast_factory(cfg.run.precision, device)
+    )
     objective.scalars = run.scalars  # the run reads them back when it reports
-    shared = {
-        "disc": heads,
-        "opt_g": opt_g,
-        "opt_d": opt_d,
-        "safe_loss": OnDevice.wrap(objective.guard, device),
-        "safe_loss_d": OnDevice.wrap(objective.discriminator_guard, device),  # absent in older checkpoints
-    }
+    shared = {"disc": heads, "opt_g": opt_g, "opt_d": opt_d, "safe_loss": OnDevice.wrap(objective.guard, device)}
+    shared["safe_loss_d"] = OnDevice.wrap(objective.discriminator_guard, device)  # absent in older checkpoints
     state = CheckpointState(model=generator, ema=ema, shared=shared, frozen_prefix=VFMVAE.frozen_prefix)
     # images of the previous stages: the EMA ramp-up continues from there (official cur_nimg)
     run.images_before = _continue_stage(cfg.init, generator, discriminators) if cfg.init is not None else 0
@@ -114,8 +117,7 @@ def training_loop(cfg: TokenizerTrainConfig, run: TrainingRun) -> dict[str, Any]
     skips = SkipCounter()
     stream = state.per_rank["data"] = _data_stream(cfg, run, checkpoint, skips)
     # fp16 needs loss scaling (bf16 and fp32 do not); the scalers' state is small and rebuilt on resume
-    scaler_g = _grad_scaler(cfg.run, device)
-    scaler_d = _grad_scaler(cfg.run, device) if opt_d is not None else None
+    scaler_g, scaler_d = _grad_scaler(cfg.run, device), _grad_scaler(cfg.run, device) if opt_d is not None else None
     if run.evaluator is None and cfg.eval.enabled:  # the recipe's `eval:` section (held-out reconstructions)
         run.evaluator = build_evaluator(cfg.eval, run.dir, kind="tokenizer", device=device)
     run.start(
@@ -134,19 +136,9 @@ def training_loop(cfg: TokenizerTrainConfig, run: TrainingRun) -> dict[str, Any]
         objective.images_seen = run.images
         batches = [_on_device(next(stream), device) for _ in range(run.accum)]
         grid.remember(batches[0]["x"], run.rank)
-        # evaluate each loss and accumulate its gradients over the micro-batches, then step: D, then G; the safe-loss
-        # guards zero each micro-batch they drop and veto the step when they dropped all of them
+        # evaluate each loss and accumulate its gradients over the micro-batches, then step: D, then G
         applied_d = discriminator_step(generator, heads, opt_d, batches, objective, scaler_d) if opt_d else no_d_step
-        result = optimizer_step(
-            generator,
-            opt_g,
-            batches,
-            objective.generator_loss,
-            **_per_image,
-            params=trainable,
-            scaler=scaler_g,
-            accepted=objective.guard.step_accepted if objective.guard is not None else None,
-        )
+        result = generator_step(generator, trainable, opt_g, batches, objective, scaler_g)
         # maintain EMA: a skipped step leaves it as it is, without a host read; the ramp-up counts the images before
         # this batch (the official cur_nimg at the G_ema update)
         ema.update(generator, run.images_total, cfg.run.batch_size, applied=result.applied_t)
@@ -172,6 +164,29 @@ def training_loop(cfg: TokenizerTrainConfig, run: TrainingRun) -> dict[str, Any]
 _per_image = {"batch_size_of": lambda batch: batch["n"], "all_reduce_grads": True}
 
 
+def generator_step(
+    generator: VFMVAE,
+    trainable: list[nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    batches: list[dict[str, Any]],
+    objective: TokenizerObjective,
+    scaler: torch.amp.GradScaler | None,
+) -> StepResult:
+    """One G step over the micro-batches. The safe-loss guard zeroes each micro-batch it drops and vetoes the step
+    when it dropped all of them."""
+    guard = objective.guard
+    return optimizer_step(
+        generator,
+        optimizer,
+        batches,
+        objective.generator_loss,
+        **_per_image,
+        params=trainable,
+        scaler=scaler,
+        accepted=guard.step_accepted if guard is not None else None,
+    )
+
+
 def discriminator_step(
     generator: VFMVAE,
     heads: nn.ModuleList,
@@ -180,7 +195,8 @@ def discriminator_step(
     objective: TokenizerObjective,
     scaler: torch.amp.GradScaler | None,
 ) -> torch.Tensor:
-    """One D step over the micro-batches (the fakes made without gradients); its `applied_t`."""
+    """One D step over the micro-batches (the fakes made without gradients; micro-batches dropped and the step vetoed
+    by the discriminator's safe-loss guard as in `generator_step`); its `applied_t`."""
     generator.train()
     heads.requires_grad_(True)
     params = list(heads.parameters())
@@ -219,6 +235,14 @@ def build_discriminators(
     if cfg.loss.patchgan or cfg.loss.feature_matching:
         patchgan = MultiscalePatchGAN(disc.patchgan_ndf).to(device)
     return projected, patchgan
+
+
+def _trained_parts(
+    projected: ProjectedDiscriminator | None, patchgan: MultiscalePatchGAN | None
+) -> dict[str, nn.Module]:
+    """The discriminator parts the D step trains, by the names the stage hand-off stores them under."""
+    parts = {"projected": projected.heads if projected is not None else None, "patchgan": patchgan}
+    return {name: module for name, module in parts.items() if module is not None}
 
 
 def make_optimizers(

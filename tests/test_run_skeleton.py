@@ -239,7 +239,8 @@ def test_halflife_conversion_reproduces_the_per_step_decay():
 def test_both_trainers_write_the_checkpoint_layout_that_earlier_runs_resume_from(
     tmp_path, synthetic_dir, tiny_latent_cache
 ):
-    """The named checkpoint state writes what the hand-built dicts wrote: the same files, the same keys."""
+    """The named checkpoint state writes what the hand-built dicts wrote (main's trainers, safe_loss_d included):
+    the same files, the same keys."""
     from vfmvae.checkpoint import CheckpointManager
     from vfmvae.diffusion_training import train_diffusion
     from vfmvae.tokenizer_training.trainer import train_tokenizer
@@ -252,7 +253,7 @@ def test_both_trainers_write_the_checkpoint_layout_that_earlier_runs_resume_from
     )
     train_tokenizer(tokenizer, progress=False)
     ckpt = CheckpointManager(tmp_path / "tok").load()
-    assert set(ckpt.state) == {"disc", "opt_g", "opt_d", "counters", "safe_loss"}
+    assert set(ckpt.state) == {"disc", "opt_g", "opt_d", "counters", "safe_loss", "safe_loss_d"}
     assert set(ckpt.state["counters"]) == {"skipped_g", "skipped_d", "images_before_stage"}
     assert set(ckpt.rank_state) == {"data", "rng"} and "config" in ckpt.meta
     assert ckpt.model and not any(k.startswith("vfm.") for k in [*ckpt.model, *ckpt.ema])  # the VFM is rebuilt

@@ -62,7 +62,7 @@ def build_model(cfg: DiffusionTrainConfig, dataset: LatentDataset) -> DiffusionT
     """The recipe's architecture, sized to the cache unless the recipe says otherwise."""
     if cfg.model.init is not None:
         return DiffusionTransformer.from_pretrained(cfg.model.init)
-    c, h, w = dataset.manifest["latent_shape"]
+    channels, height, width = dataset.manifest["latent_shape"]
     labels = dataset.column("labels")
     lowest, highest = int(labels.min()), int(labels.max())
     if lowest < 0:
@@ -75,7 +75,7 @@ def build_model(cfg: DiffusionTrainConfig, dataset: LatentDataset) -> DiffusionT
             f"data.cache {cfg.data.cache}: label {highest:,} would make a {highest + 1:,}-class embedding; "
             f"labels are expected below {MAX_CLASSES:,} (set model.overrides.num_classes if this is meant)"
         )
-    defaults = {"in_channels": c, "input_size": h, "num_classes": highest + 1}
+    defaults = {"in_channels": channels, "input_size": height, "num_classes": highest + 1}
     base = config_to_dict(diffusion_config(cfg.model.arch))
     try:
         model_cfg = config_from_dict(DiTConfig, {**base, **defaults, **cfg.model.overrides}, source="model.overrides")
@@ -86,10 +86,10 @@ def build_model(cfg: DiffusionTrainConfig, dataset: LatentDataset) -> DiffusionT
             f"data.cache {cfg.data.cache}: label {highest} is outside the model's "
             f"{model_cfg.num_classes} classes (model.overrides.num_classes)"
         )
-    if (model_cfg.in_channels, model_cfg.input_size) != (c, h):
+    if (model_cfg.in_channels, model_cfg.input_size) != (channels, height):
         raise ConfigError(
             f"model.overrides: the model takes {model_cfg.in_channels}x{model_cfg.input_size}x"
-            f"{model_cfg.input_size} latents but the cache {cfg.data.cache} holds {c}x{h}x{w}"
+            f"{model_cfg.input_size} latents but the cache {cfg.data.cache} holds {channels}x{height}x{width}"
         )
     return DiffusionTransformer(model_cfg)
 

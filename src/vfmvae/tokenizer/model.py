@@ -302,12 +302,13 @@ class VFMVAE(PretrainedMixin, nn.Module):
             )
         parts = []
         dtype = next(self.final_proj.parameters()).dtype  # the VFM returns float32; a half tokenizer takes its own
-        for tokens, proj in zip((t.to(dtype) for t in feats.tokens), self.patch_projs):
+        for tokens, proj in zip((t.to(dtype) for t in feats.tokens), self.patch_projs):  # tokens (B, gh*gw, D_vfm)
             if isinstance(proj, nn.Conv2d):
-                maps = proj(tokens.transpose(1, 2).reshape(tokens.shape[0], -1, gh, gw))
+                maps = proj(tokens.transpose(1, 2).reshape(tokens.shape[0], -1, gh, gw))  # (B, proj_dim, gh, gw)
                 tokens = maps.flatten(2).transpose(1, 2)
             else:
-                tokens = proj(tokens)
+                tokens = proj(tokens)  # (B, gh*gw, proj_dim)
+            # (B, h*w, proj_dim * unshuffle^2): neighbouring tokens folded into channels, h = gh / unshuffle
             parts.append(tokens_unshuffle(tokens, (gh, gw), self.unshuffle))
         h, w = gh // self.unshuffle, gw // self.unshuffle
         x = torch.cat(parts, dim=-1)  # (B, h*w, fused)

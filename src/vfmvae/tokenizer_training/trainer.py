@@ -305,17 +305,20 @@ def _dataset_size(stream: DataStream) -> int | None:
 
 
 def _compile_forwards(
-    g: VFMVAE, d: ProjectedDiscriminator | None, p: MultiscalePatchGAN | None, lpips: nn.Module | None
+    generator: VFMVAE,
+    projected: ProjectedDiscriminator | None,
+    patchgan: MultiscalePatchGAN | None,
+    lpips: nn.Module | None,
 ) -> None:
     """torch.compile the heavy forward passes in place (`nn.Module.compile`: parameter names, checkpoints and
     exports are unchanged). The encoder/decoder wrappers and the discriminator's DiffAugment draw host random
     numbers per call, so they stay eager; the networks they call are compiled. The frozen VFM stays eager too:
     its wrappers return feature objects and take a per-draw input scale, which would recompile per draw."""
-    modules: list[nn.Module] = [g.mapping, g.synthesis]
-    modules += [m for m in (g.final_proj, g.post_proj) if isinstance(m, nn.Module)]
-    if d is not None:
-        modules += [*d.dino.blocks, *d.heads]
-    modules += [m for m in (p, lpips) if m is not None]
+    modules: list[nn.Module] = [generator.mapping, generator.synthesis]
+    modules += [m for m in (generator.final_proj, generator.post_proj) if isinstance(m, nn.Module)]
+    if projected is not None:
+        modules += [*projected.dino.blocks, *projected.heads]
+    modules += [m for m in (patchgan, lpips) if m is not None]
     for module in modules:
         module.compile()
 

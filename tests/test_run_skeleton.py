@@ -267,3 +267,24 @@ def test_both_trainers_write_the_checkpoint_layout_that_earlier_runs_resume_from
     ckpt = CheckpointManager(tmp_path / "dit").load()
     assert set(ckpt.state) == {"opt", "counters"} and set(ckpt.state["counters"]) == {"skipped_steps"}
     assert set(ckpt.rank_state) == {"rng"} and ckpt.ema.keys() == ckpt.model.keys()
+
+
+def test_restore_puts_the_safe_loss_references_on_the_runs_device_and_starts_absent_parts_empty():
+    """The guards' state is loaded onto the device their next comparisons run on (a stand-in device here, "meta");
+    a guard that a checkpoint predates (safe_loss_d) starts empty."""
+    from vfmvae.checkpoint.training import TrainingCheckpoint
+    from vfmvae.tokenizer_training.losses import DiscriminatorGuard, SafeLossGuard
+    from vfmvae.training.state import OnDevice, restore
+
+    model = nn.Linear(2, 2)
+    guard, discriminator_guard = SafeLossGuard(), DiscriminatorGuard()
+    device = torch.device("meta")
+    shared = {"safe_loss": OnDevice.wrap(guard, device), "safe_loss_d": OnDevice.wrap(discriminator_guard, device)}
+    state = CheckpointState(model=model, ema=EMA(model, 100.0), shared=shared)
+    saved = {"rejected": torch.tensor(3), "prev.l1": torch.tensor(0.5)}
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    ckpt = TrainingCheckpoint(Path("ckpt"), 1, 4, weights, weights, {"safe_loss": saved}, {})
+    restore(state, ckpt)
+    assert guard.rejected.device == device and guard.prev["l1"].device == device
+    assert discriminator_guard.rejected is None
+    assert OnDevice.wrap(None, device) is None  # a guard that is off: nothing to save or restore

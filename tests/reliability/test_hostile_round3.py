@@ -35,7 +35,7 @@ from torch.nn.modules.module import (
 
 from vfmvae.checkpoint import CheckpointFormatError, CheckpointManager
 from vfmvae.cli import main
-from vfmvae.config import ConfigError, load_config, read_yaml
+from vfmvae.config import ConfigError, read_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -682,7 +682,7 @@ def test_eval_recon_removes_the_temporary_folder_of_a_killed_run(tmp_path, monke
     "argv, expected",
     [
         (["sample", "--diffusion", "d", "--out", "o", "--num-samples", str(10**12)], "must be <= 1,000,000, got"),
-        (["sample", "--diffusion", "d", "--out", "o", "--num-samples", "4", "--steps", str(10**9)], "must be <= 10,000"),
+        (["sample", "--diffusion", "d", "--out", "o", "--num-samples", "4", "--steps", str(10**9)], "<= 10,000"),
         (["cache-latents", "--tokenizer", "t", "--data", "d", "--out", "o", "--resolution", str(10**6)], "<= 4,096"),
         (["reconstruct", "--tokenizer", "t", "--data", "d", "--out", "o", "--resolution", str(10**6)], "<= 4,096"),
         (["data", "inspect", "--data", "d", "--resolution", str(10**6)], "must be <= 4,096 pixels"),

@@ -177,8 +177,10 @@ def _generate_samples(
         **(sources or {}),
     }
     settings_path = out / "settings.json"
-    if not settings_path.is_file() and out.is_dir() and any(
-        p.name not in ("images", LOCK_NAME) or (p.is_dir() and any(p.iterdir())) for p in out.iterdir()
+    if (
+        not settings_path.is_file()
+        and out.is_dir()
+        and any(p.name not in ("images", LOCK_NAME) or (p.is_dir() and any(p.iterdir())) for p in out.iterdir())
     ):
         raise ValueError(
             f"{out} is not empty and holds no settings.json (not a sample folder of ours); its files "

@@ -153,8 +153,8 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 # ---- temporary folders that a later run can tell from a living one ----------------------------------------------
 # A folder being built holds an exclusive flock on itself; the kernel drops it when its process dies, however it
 # dies (SIGKILL included). So a temporary folder of ours without that lock was left by a killed run and may be
-# removed. The parent folder's lock (shared while creating, exclusive while sweeping) closes the moment between
-# creating a folder and locking it.
+# removed. A new folder is created and locked under a name no sweep looks at (`.new-...`) and only then renamed to
+# its temporary name (a rename keeps the inode and so the lock): a sweep never sees it unlocked.
 
 
 def _flock(fd: int, how: int) -> bool:
@@ -168,15 +168,19 @@ def _flock(fd: int, how: int) -> bool:
 @contextlib.contextmanager
 def _locked_mkdtemp(parent: Path, prefix: str, suffix: str) -> Iterator[Path]:
     """A new folder `parent/PREFIX*SUFFIX` that carries an exclusive flock until the context ends."""
-    parent_fd = os.open(parent, os.O_RDONLY)
+    staging = Path(tempfile.mkdtemp(prefix=f".new-{prefix}", dir=parent))
+    fd = os.open(staging, os.O_RDONLY)
     try:
-        _flock(parent_fd, fcntl.LOCK_SH)
-        tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))
-        fd = os.open(tmp, os.O_RDONLY)
-    finally:
-        os.close(parent_fd)  # releases the shared lock
+        _flock(fd, fcntl.LOCK_EX)  # uncontended: no sweep looks at `.new-*`
+        tmp = parent / f"{prefix}{staging.name[len(f'.new-{prefix}') :]}{suffix}"
+        if tmp.exists():  # mkdtemp's random part made it unique among `.new-*` names only
+            raise FileExistsError(f"{tmp} exists")
+        os.rename(staging, tmp)
+    except BaseException:
+        os.close(fd)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     try:
-        _flock(fd, fcntl.LOCK_EX)  # uncontended: nobody else knows the name yet
         yield tmp
     finally:
         os.close(fd)
@@ -185,33 +189,28 @@ def _locked_mkdtemp(parent: Path, prefix: str, suffix: str) -> Iterator[Path]:
 def remove_abandoned_directories(parent: Path, pattern: re.Pattern[str]) -> list[Path]:
     """Remove the folders in `parent` whose names match `pattern` and that no living process holds (see above):
     what killed runs left. Folders of other users, and everything when the locks cannot be taken, are left alone."""
-    try:
-        parent_fd = os.open(parent, os.O_RDONLY)
-    except OSError:
-        return []
     removed = []
     try:
-        if not _flock(parent_fd, fcntl.LOCK_EX | fcntl.LOCK_NB):
-            return []  # another process is creating a folder here right now: sweep next time
-        for path in sorted(parent.iterdir()):
-            if not pattern.match(path.name) or path.is_symlink() or not path.is_dir():
-                continue
-            try:
-                if path.stat().st_uid != os.getuid():
-                    continue
-                fd = os.open(path, os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                if _flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB):
-                    shutil.rmtree(path, ignore_errors=True)
-                    removed.append(path)
-            finally:
-                os.close(fd)
-    except OSError:  # a file system without flock: never delete when unsure
+        entries = sorted(parent.iterdir())
+    except OSError:
         return removed
-    finally:
-        os.close(parent_fd)
+    for path in entries:
+        if not pattern.match(path.name) or path.is_symlink() or not path.is_dir():
+            continue
+        try:
+            if path.stat().st_uid != os.getuid():
+                continue
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            if _flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+        except OSError:  # a file system without flock: never delete when unsure
+            pass
+        finally:
+            os.close(fd)
     return removed
 
 

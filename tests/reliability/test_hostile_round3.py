@@ -307,14 +307,38 @@ def _diffusion_argv(cache: Path, run: Path, *sets: str) -> list[str]:
     return argv
 
 
-def test_a_full_disk_during_a_training_checkpoint_is_one_line(tiny_latent_cache, tmp_path, monkeypatch, capsys):
+def _tokenizer_argv(data: Path, run: Path) -> list[str]:
+    argv = ["train", "tokenizer", "--recipe", str(ROOT / "configs/tokenizer/tiny.yaml")]
+    for item in (
+        f"data.source={data}",
+        f"run.dir={run}",
+        "run.device=cpu",
+        "data.num_workers=0",
+        "run.batch_size=4",
+        "run.total_images=8",
+        "run.checkpoint_every=1",
+        "run.grid_every=0",
+        "loss.gan=0",
+    ):
+        argv += ["--set", item]
+    return argv
+
+
+@pytest.mark.parametrize("trainer", ["diffusion", "tokenizer"])
+def test_a_full_disk_during_a_training_checkpoint_is_one_line(
+    trainer, tiny_latent_cache, synthetic_dir, tmp_path, monkeypatch, capsys
+):
     run = tmp_path / "run"
     _enospc_for(monkeypatch, ("model",))
-    argv = _diffusion_argv(tiny_latent_cache, run, "run.total_images=16", "run.checkpoint_every=1")
+    if trainer == "diffusion":
+        argv = _diffusion_argv(tiny_latent_cache, run, "run.total_images=16", "run.checkpoint_every=1")
+    else:
+        argv = _tokenizer_argv(synthetic_dir / "images", run)
     assert main(argv) == 2
     line = _one_line(capsys)
     assert f"No space left on device in {run / 'checkpoints'}: checkpoint step-00000001 (no earlier" in line, line
     assert "needs about" in line and not (run / "export").exists()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == []  # nothing half-written
 
 
 # --- 4. deeply nested YAML ------------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).parent / "dist"))
 from helpers import perturbed_reg_export, tiny_official_tokenizer  # noqa: E402
 from online_eval import install_stubs, small_tokenizer  # noqa: E402
 
-from vfmvae.training.eval_config import EvalConfig, build_evaluator, read_eval_records  # noqa: E402
+from vfmvae.training.eval_config import EvalConfig  # noqa: E402
+from vfmvae.training.online_eval import build_evaluator, read_eval_records  # noqa: E402
 
 SCRIPT = Path(__file__).parent / "dist" / "online_eval.py"
 STATS = {"mean": [0.1] * 8, "std": [2.0] * 8}

@@ -74,7 +74,8 @@ def main() -> None:
     torch.set_num_threads(1)
     install_stubs()
     from vfmvae.diffusion import DiffusionTransformer
-    from vfmvae.training.eval_config import EvalConfig, build_evaluator
+    from vfmvae.training.eval_config import EvalConfig
+    from vfmvae.training.online_eval import build_evaluator
     from vfmvae.sampling.pipeline import LatentStats
     from vfmvae.tokenizer import VFMVAE
 

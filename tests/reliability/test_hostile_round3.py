@@ -202,7 +202,7 @@ def diffusers_export(tok, tmp_path_factory):
 
 DIFFUSERS_CASES = {  # component, key in its config, value, expected
     "num_classes 1e12": ("transformer", "num_classes", 10**12, "(1000000000001,"),
-    "hidden 65536 x depth 64": ("transformer", "hidden_size", 65536, "shape mismatches"),
+    "hidden 65536 x depth 64": ("transformer", "hidden_size", 65536, "declares a larger VFMVAETransformer2DModel"),
     "depth 1000": ("transformer", "depth", 1000, "declares a larger VFMVAETransformer2DModel than"),
     "channel_max 2^20": ("vae", "channel_max", 2**20, "VFMVAEAutoencoder"),  # refused as unbuildable (GroupNorm)
     "attn_depths (1000, ...)": ("vae", "attn_depths", 1000, "declares a larger VFMVAEAutoencoder than"),

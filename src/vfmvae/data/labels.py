@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["parse_label"]
+__all__ = ["parse_label", "is_label"]
 
 _LABEL = re.compile(r"-?[0-9]{1,18}")
 
@@ -19,3 +19,12 @@ def parse_label(text: str) -> int:
     if not _LABEL.fullmatch(stripped):
         raise ValueError(f"label {text[:40]!r} is not an integer written in ASCII digits")
     return int(stripped)
+
+
+def is_label(text: str) -> bool:
+    """Whether `text` is an integer written in ASCII digits (what `parse_label` accepts)."""
+    try:
+        parse_label(text)
+    except ValueError:
+        return False
+    return True

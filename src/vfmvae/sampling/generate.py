@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from PIL import Image
 from vfmvae import distributed as dist_utils
 from vfmvae.checkpoint.atomic import atomic_write_text, write_npz_atomic
 from vfmvae.checkpoint.digest import file_sha256
-from vfmvae.data.labels import parse_label
+from vfmvae.data.labels import is_label
 from vfmvae.limits import MAX_SAMPLES
 from vfmvae.sampling.digests import DIGESTS_NOTE, DigestLog, check_sample_bytes, read_digests, sample_name
 from vfmvae.sampling.pipeline import SamplerConfig, VFMVAEPipeline
@@ -45,9 +46,11 @@ log = logging.getLogger(__name__)
 LABEL_SEEDS = 'derive_seed(seed, "labels", i)'  # how `class_labels("random", ...)` seeds label i (in settings.json)
 
 
-def class_labels(spec: str, num: int, num_classes: int, seed: int = 0) -> list[int]:
+def class_labels(
+    spec: str, num: int, num_classes: int, seed: int = 0, class_names: Sequence[str] | None = None
+) -> list[int]:
     """`random` (uniform, seeded per index: the official sample.py files draw `torch.randint` labels),
-    `balanced` (0, 1, ..., K-1, 0, 1, ...) or a comma list cycled (`1,5,9`).
+    `balanced` (0, 1, ..., K-1, 0, 1, ...) or a comma list cycled (`1,5,9`, or recorded class names `cats,dogs`).
 
     Random label i is drawn from its own stream, `derive_seed(seed, "labels", i)`. (It used to be drawn from the seed
     `seed * 1_000_003 + i + 7919`, which is also the noise seed of sample i + 7919; sample folders written then record
@@ -57,10 +60,15 @@ def class_labels(spec: str, num: int, num_classes: int, seed: int = 0) -> list[i
     if spec == "random":
         seeds = (derive_seed(seed, "labels", i) for i in range(num))
         return [int(torch.randint(num_classes, (1,), generator=torch.Generator().manual_seed(s))) for s in seeds]
-    try:
-        values = [parse_label(v) for v in spec.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"--classes {spec!r}: use balanced, random or a comma-separated list of class ids") from None
+    from vfmvae.sampling.classes import label_of
+
+    words = [v for v in spec.split(",") if v.strip()]
+    if not class_names and any(not is_label(w) for w in words):
+        raise ValueError(
+            f"--classes {spec!r}: use balanced, random or a comma-separated list of class ids (class names only "
+            "for models that record them in class_names.json)"
+        )
+    values = [label_of(w, class_names) for w in words]
     bad = [v for v in values if not 0 <= v < num_classes]
     if not values or bad:
         raise ValueError(f"--classes {spec!r}: class ids must be in 0..{num_classes - 1} (bad: {bad or 'empty list'})")
@@ -165,7 +173,7 @@ def _generate_samples(
     from vfmvae.vis import save_grid
 
     rank, world = dist_utils.rank(), dist_utils.world_size()
-    labels = class_labels(classes, num, pipe.diffusion.config.num_classes, seed)
+    labels = class_labels(classes, num, pipe.diffusion.config.num_classes, seed, pipe.class_names)
     settings = {
         "num": num,
         "seed": seed,

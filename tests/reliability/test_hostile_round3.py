@@ -426,7 +426,8 @@ def test_a_run_whose_every_step_is_skipped_fails_without_an_export(tiny_latent_c
 
     run = tmp_path / "run"
     assert main(_diffusion_argv(tiny_latent_cache, run, "run.total_images=16", "run.checkpoint_every=2")) == 0
-    shutil.rmtree(run / "export")
+    (run / "export").unlink()  # the link to the newest versioned export
+    shutil.rmtree(run / "exports")
     ckpt = CheckpointManager(run).latest()
     for name in ("model.safetensors", "ema.safetensors"):
         weights = {k: torch.full_like(v, float("nan")) for k, v in load_file(ckpt / name).items()}
@@ -442,7 +443,7 @@ def test_a_run_whose_every_step_is_skipped_fails_without_an_export(tiny_latent_c
     assert main(_diffusion_argv(tiny_latent_cache, run, "run.total_images=48", "run.checkpoint_every=2")) == 2
     line = _one_line(capsys)
     assert "every one of the 4 steps of this run was skipped" in line and "no checkpoint or export" in line, line
-    assert not (run / "export").exists()
+    assert not (run / "export").exists() and not list((run / "exports").glob("*"))
 
 
 def _fake_cache(path: Path, shard_file: str = "shard-r00-00000.safetensors") -> Path:
@@ -587,6 +588,9 @@ def test_scoring_a_sample_folder_uses_its_recorded_samples_and_warns_on_extra_fi
     assert "left out 2 other file(s) in images/" in caplog.text
     (out / "images" / "000002.png").write_bytes(_png(3))
     with pytest.raises(ValueError, match="000002.png is not the image"):
+        generation.evaluate_generation(out / "images", ref, "unused")
+    _edit_json(out / "settings.json", lambda settings: settings.update(num=10**12))  # not trusted either
+    with pytest.raises(ValueError, match=r"'num' 1000000000000 is not a number of samples in 0..1,000,000"):
         generation.evaluate_generation(out / "images", ref, "unused")
 
 

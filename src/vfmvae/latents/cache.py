@@ -141,6 +141,8 @@ def _cache_latents(
     dist_utils.barrier()
     if rank != 0:
         claim_cache_folder(out, settings, CacheError)
+    # image folders: label i is the i-th class folder's name (tar shards carry numeric labels only)
+    class_names = list(dataset.classes) if isinstance(dataset, ImageFolderDataset) and dataset.classes else None
     if isinstance(dataset, ImageFolderDataset):
         dataset = Subset(dataset, list(rank_shard(len(dataset), rank, world)))
     progress_file = out / f"progress-r{rank:02d}.json"
@@ -236,7 +238,7 @@ def _cache_latents(
             vfm_resolution,
             moments,
             seed,
-            class_names=getattr(dataset, "classes", None) or None,  # image folders: root/<class>/ names, label order
+            class_names=class_names,
         )
     dist_utils.barrier()
     if rank == 0:

@@ -91,8 +91,10 @@ def recorded_sample_files(folder: str | Path) -> list[Path] | None:
         num = json.loads(settings.read_text())["num"]
     except (ValueError, KeyError, TypeError):
         raise ValueError(f"{settings}: not the settings of a sample folder (no 'num')") from None
-    if not isinstance(num, int) or num < 0:
-        raise ValueError(f"{settings}: 'num' {num!r} is not a number of samples")
+    from vfmvae.limits import MAX_SAMPLES
+
+    if not isinstance(num, int) or isinstance(num, bool) or not 0 <= num <= MAX_SAMPLES:  # not trusted: a list of N
+        raise ValueError(f"{settings}: 'num' {num!r} is not a number of samples in 0..{MAX_SAMPLES:,}")
     images, recorded = out / "images", read_digests(out)
     files = [images / sample_name(i) for i in range(num)]
     missing = [p for p in files if not p.is_file()]

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from vfmvae.data.images import BadImage
+from vfmvae.data.labels import parse_label
 from vfmvae.data.source import expand_pattern, is_pattern
 from vfmvae.data.transforms import ImageOptions
 from vfmvae.seeding import derive_seed
@@ -199,7 +200,7 @@ class TarShardDataset(IterableDataset):
             if ext is None:
                 raise BadImage("no-image-in-sample", f"members: {sorted(files)}")
             image = self.options.prepare(files[ext], epoch=epoch, index=ordinal)
-            label = int(files["cls"].decode().strip()) if "cls" in files else -1
+            label = parse_label(files["cls"].decode()) if "cls" in files else -1
         except BadImage as err:
             return {**base, "bad": True, "reason": err.reason, "detail": str(err)}
         except (ValueError, UnicodeDecodeError) as err:

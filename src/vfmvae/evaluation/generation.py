@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from vfmvae.checkpoint.atomic import write_npz_atomic
+from vfmvae.checkpoint.sample_digests import recorded_sample_files
 from vfmvae.evaluation.features import extract_features
 from vfmvae.evaluation.images import npz_header, open_image_set
 from vfmvae.evaluation.inception import load_inception
@@ -100,7 +101,9 @@ def evaluate_generation(
     """FID, sFID, IS, precision and recall of `samples` (.npz or folder) against an ADM reference batch."""
     ref = Path(ref)
     reference = load_reference(ref)
-    sample_set = open_image_set(samples)
+
+    # a `vfmvae sample` folder: exactly its recorded samples (checked by digest), extra files left out with a warning
+    sample_set = open_image_set(samples, files=recorded_sample_files(samples) if Path(samples).is_dir() else None)
     net, provenance = load_inception(inception, device)
     feats = extract_features(
         net, sample_set, batch_size=batch_size, device=device, desc="sample features", progress=progress

@@ -26,7 +26,9 @@ DINOv2-B features is about 400 KB per image) costs no memory up front.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +63,14 @@ def _shard_name(rank: int, index: int) -> str:
     return f"shard-r{rank:02d}-{index:05d}.safetensors"
 
 
-def cache_latents(
+def cache_latents(tokenizer: str | Path, data: str | Path, out: str | Path, **options: Any) -> dict[str, Any]:
+    """Encode `data` with `tokenizer` into `out` (see the module docstring and `_cache_latents` for the options).
+    Collective under torchrun; rank 0 holds the lock of `out` while caching."""
+    with contextlib.ExitStack() as held:
+        return _cache_latents(tokenizer, data, out, held=held, **options)
+
+
+def _cache_latents(
     tokenizer: str | Path,
     data: str | Path,
     out: str | Path,
@@ -79,6 +88,7 @@ def cache_latents(
     seed: int = 0,
     progress: bool = True,
     num_classes: int | None = None,
+    held: contextlib.ExitStack,
 ) -> dict[str, Any]:
     """Encode `data` with `tokenizer` into `out` (see module docstring). Collective under torchrun.
 
@@ -119,7 +129,7 @@ def cache_latents(
         seed=seed,
         world_size=world,
     )
-    _claim_on_every_rank(out, settings, rank)
+    _claim_on_every_rank(out, settings, rank, held)
     # image folders: label i is the i-th class folder's name (tar shards carry numeric labels only)
     class_names = list(dataset.classes) if isinstance(dataset, ImageFolderDataset) and dataset.classes else None
     if isinstance(dataset, ImageFolderDataset):
@@ -142,11 +152,12 @@ def cache_latents(
     return writer.summary()
 
 
-def _claim_on_every_rank(out: Path, settings: dict[str, Any], rank: int) -> None:
+def _claim_on_every_rank(out: Path, settings: dict[str, Any], rank: int, held: contextlib.ExitStack) -> None:
     """Rank 0 records the settings in `out` (or checks them against a cache there) first, then every other rank
-    checks its own against them."""
+    checks its own against them. Rank 0 locks `out` like a run folder until `held` closes (when caching ends), so
+    that a second cache-latents into the same folder is refused."""
     if rank == 0:
-        claim_cache_folder(out, settings, CacheError)
+        held.callback(claim_cache_folder(out, settings, CacheError, lock=True).release)
     dist_utils.barrier()
     if rank != 0:
         claim_cache_folder(out, settings, CacheError)
@@ -289,6 +300,31 @@ def _encode_all(dataset, writer: _ShardWriter, encode: _Encoder, labels: _LabelC
         writer.flush()
 
 
+_SHARD_FILE = re.compile(r"^shard-r\d{2,}-\d{5,}\.safetensors$")  # the names `_shard_name` gives
+
+
+def shard_entries(record: Any, root: Path, source: Path) -> list[dict[str, Any]]:
+    """The `shards` list of a manifest or progress file, each a file inside `root` named as we name shards, with a
+    count; anything else (an absolute path, `../`, another cache's shard through a link) is refused naming
+    `source`, before any shard is opened."""
+    entries = record.get("shards") if isinstance(record, dict) else None
+    if not isinstance(entries, list):
+        raise CacheError(f"{source}: no list of shards ('shards'); not a latent cache file of vfmvae")
+    for entry in entries:
+        name = entry.get("file") if isinstance(entry, dict) else None
+        count = entry.get("count") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not _SHARD_FILE.match(name):
+            raise CacheError(
+                f"{source}: shard {name!r} is not a shard file name of this cache (shard-rNN-NNNNN.safetensors "
+                f"inside {root}); refusing to read anything outside the cache folder"
+            )
+        if (root / name).is_symlink():
+            raise CacheError(f"{source}: shard {name} is a symbolic link; a cache's shards are its own files")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise CacheError(f"{source}: shard {name} has count {count!r}; expected a number of items")
+    return entries
+
+
 def _write_manifest(
     out: Path, model, settings: dict[str, Any], *, moments: bool, class_names: list[str] | None
 ) -> None:
@@ -296,13 +332,21 @@ def _write_manifest(
     world = settings["world_size"]
     shards = []
     for r in range(world):
-        shards += json.loads((out / f"progress-r{r:02d}.json").read_text())["shards"]
+        progress = out / f"progress-r{r:02d}.json"
+        shards += shard_entries(json.loads(progress.read_text()), out, progress)
     if not shards:
         raise CacheError(f"no usable images in the data on any of the {world} ranks: nothing was cached into {out}")
     mean, std, latent_shape = _channel_statistics(out, shards, moments, settings["seed"])
     # the statistics with the tokenizer they belong to, as LatentStats writes them: its absolute path (training and
     # sampling read it from any directory) and its content digest
-    stats = LatentStats(mean, std, tokenizer=settings["tokenizer"], tokenizer_sha256=settings["tokenizer_sha256"])
+    # (a constant, dead channel is refused by LatentStats here, before anything is written)
+    stats = LatentStats(
+        mean,
+        std,
+        tokenizer=settings["tokenizer"],
+        tokenizer_sha256=settings["tokenizer_sha256"],
+        source=out / MANIFEST,
+    )
     manifest = {
         "kind": "vfmvae-latent-cache",
         "format_version": 1,
@@ -332,10 +376,10 @@ def _channel_statistics(
             z = f.get_tensor("latents").double()
             if moments:
                 # (per shard; only with moments, where the per-rank generator of --sample draws nothing)
-                g = torch.Generator().manual_seed(derive_seed(seed, index))
-                z = z + f.get_tensor("latents_std").double() * torch.randn(z.shape, generator=g, dtype=torch.float64)
-        c = z.shape[1]
-        flat = z.transpose(0, 1).reshape(c, -1)
+                draws = torch.Generator().manual_seed(derive_seed(seed, index))
+                noise = torch.randn(z.shape, generator=draws, dtype=torch.float64)
+                z = z + f.get_tensor("latents_std").double() * noise
+        flat = z.transpose(0, 1).reshape(z.shape[1], -1)  # (C, N*h*w)
         s1 = flat.sum(1) if s1 is None else s1 + flat.sum(1)
         s2 = (flat**2).sum(1) if s2 is None else s2 + (flat**2).sum(1)
         total += flat.shape[1]
@@ -359,10 +403,13 @@ class LatentDataset(Dataset):
             raise CacheError(
                 f"{path} not found: not a finished latent cache (run `vfmvae cache-latents` to completion)"
             )
-        self.manifest = json.loads(path.read_text())
+        try:
+            self.manifest = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+            raise CacheError(f"{path}: not valid JSON ({type(err).__name__})") from None
         self.keys: set[str] | None = None
         starts, total = [], 0
-        for shard in self.manifest["shards"]:
+        for shard in shard_entries(self.manifest, self.root, path):
             file = self.root / shard["file"]
             try:
                 with safe_open(str(file), framework="pt") as f:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from vfmvae.diffusion.transport import shift_time
+from vfmvae.limits import MAX_SAMPLER_STEPS
 
 __all__ = ["Guidance", "SamplerConfig", "SAMPLERS", "time_grid", "guided_velocity", "sample_ode", "sample_sde"]
 
@@ -89,8 +90,8 @@ class SamplerConfig:
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        if self.steps < 1:
-            raise ValueError("steps must be at least 1")
+        if not 1 <= self.steps <= MAX_SAMPLER_STEPS:  # the time grid and its loop are sized by it
+            raise ValueError(f"steps must be in 1..{MAX_SAMPLER_STEPS:,}, got {self.steps:,}")
         check_shift(self.shift)
         self.guidance  # noqa: B018 - builds (and so validates) the guidance settings now, not mid-run
 

@@ -51,7 +51,11 @@ from vfmvae.training.run_folder import claimed_run_folder, write_run_config
 from vfmvae.training.run_log import RunLog, peak_memory, scalars_to_floats
 from vfmvae.training.state import CheckpointState
 
-__all__ = ["Evaluator", "TrainingRun", "cadence_due", "micro_batch_plan"]
+__all__ = ["Evaluator", "TrainingRun", "TrainingStopped", "cadence_due", "micro_batch_plan"]
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped because its steps were skipped (non-finite); the message names the last good checkpoint."""
 
 
 class Evaluator(Protocol):
@@ -160,6 +164,7 @@ class TrainingRun:
         self.loss_key, self.skip_counters, self.stop_label = loss_key, skip_counters, stop_label
         for key in skip_counters:
             self.counters.setdefault(key, 0)
+        self._skipped_before = self.counters[skip_counters[0]] if skip_counters else 0  # of the checkpoint resumed from
         if self.rank == 0:
             write_run_config(self.dir, self.recipe)
         cfg = self.cfg
@@ -252,7 +257,7 @@ class TrainingRun:
         if not self._counted:
             self._images_t.fill_(self.images)
         if self.skip_counters and longest >= self.cfg.max_consecutive_nonfinite:
-            raise RuntimeError(
+            raise TrainingStopped(
                 f"{longest} consecutive {self.stop_label} by step {self.step}; stopping. "
                 f"The last good checkpoint is {self.manager.latest()}"
             )
@@ -320,6 +325,14 @@ class TrainingRun:
         if self.log is not None:
             self.log.close()
             self.log = None
+        steps = self.step - self._first_step
+        if self.skip_counters and steps > 0 and self.counters[self.skip_counters[0]] - self._skipped_before >= steps:
+            # nothing was learned (NaN weights resumed, a poisoned checkpoint): an export would pass for a result
+            raise TrainingStopped(
+                f"every one of the {steps:,} steps of this run was skipped ({self.stop_label}), so no checkpoint or "
+                "export is written; the last good checkpoint is "
+                f"{self.manager.latest()}: check the weights it resumed or started from, the data and the learning rate"
+            )
         self.save(state)
         path = self.dir / "export"
         if self.rank == 0 and export is not None:  # RUN/exports/images-N, RUN/export -> the newest (never replaced)

@@ -187,6 +187,21 @@ def test_the_tokenizer_eval_cadence_in_steps_is_refused_with_the_batch_of_the_re
         )
 
 
+@pytest.mark.parametrize("trainer", ["diffusion", "tokenizer"])
+@pytest.mark.parametrize("key", ["log_every", "grid_every", "checkpoint_every"])
+def test_an_older_recipe_hears_of_its_step_cadences_before_its_data_path(trainer, key, tmp_path):
+    """An older recipe on a machine without its data: the first line names the new key, not the missing path."""
+    cls, path_key = (
+        (DiffusionTrainConfig, "data.cache") if trainer == "diffusion" else (TokenizerTrainConfig, "data.source")
+    )
+    overrides = [f"{path_key}={tmp_path / 'missing'}", f"run.{key}=3"]
+    with pytest.raises(ConfigError) as err:
+        load_config(cls, ROOT / f"configs/{trainer}/tiny.yaml", overrides)
+    message = str(err.value)
+    assert f"run.{key} is no longer a recipe key" in message and f"write run.{key}_images: " in message, message
+    assert "does not exist" not in message and "\n" not in message
+
+
 def test_a_cadence_is_due_at_the_step_whose_images_reach_each_multiple():
     due = lambda every, batch: [s for s in range(1, 13) if cadence_due(every, s, batch)]  # noqa: E731
     assert due(8, 4) == [2, 4, 6, 8, 10, 12]  # a multiple of the batch: every 2 steps, as before in steps

@@ -55,5 +55,6 @@ class DiffusionTrainConfig:
 
     @staticmethod
     def retired_keys(data: dict[str, Any], prefix: str) -> dict[str, str]:
-        """`eval.every` and `optim.warmup_steps` (optimizer steps), refused with their values in images."""
-        return retired_step_cadences(data, prefix, DiffusionRunConfig.batch_size)
+        """The step-counted keys (`run.*_every`, `eval.every`, `optim.warmup_steps`, ...), refused with their values
+        in images."""
+        return retired_step_cadences(data, prefix, DiffusionRunConfig)

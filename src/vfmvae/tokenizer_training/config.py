@@ -90,9 +90,9 @@ class TokenizerTrainConfig:
 
     @staticmethod
     def retired_keys(data: dict[str, Any], prefix: str) -> dict[str, str]:
-        """The top-level `vfm:` section of format 1 and `eval.every` (optimizer steps), refused with what to write
-        instead."""
-        advice = retired_step_cadences(data, prefix, RunConfig.batch_size)
+        """The top-level `vfm:` section of format 1 and the step-counted keys (`run.*_every`, `eval.every`, ...),
+        refused with what to write instead."""
+        advice = retired_step_cadences(data, prefix, RunConfig)
         if "vfm" in data:
             advice["vfm"] = (
                 f"the VFM is described once, inside the model; write {prefix}model.vfm: "

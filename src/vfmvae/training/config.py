@@ -42,11 +42,15 @@ def steps_in_images(key: str, steps: Any, batch: Any) -> str:
     return f"cadences are in images now: write {key}: {images} ({steps} steps x batch {batch})"
 
 
-def retired_step_cadences(data: Mapping[str, Any], prefix: str, default_batch: int) -> dict[str, str]:
-    """`eval.every` and `optim.warmup_steps` of a whole recipe `data`, refused with their values in images (the
-    conversion needs `run.batch_size`, so the recipe checks them, not their own sections)."""
+def retired_step_cadences(data: Mapping[str, Any], prefix: str, run_class: type[RunConfig]) -> dict[str, str]:
+    """The retired keys of a whole recipe `data` that count optimizer steps or predate images: `eval.every`,
+    `optim.warmup_steps` (their conversion needs `run.batch_size`, so the recipe checks them, not their own
+    sections) and the `run:` section's own (`run_class.retired_keys`), each with its value in images. They are
+    checked here, before any section is read, so that an older recipe hears of them first (not of a data path)."""
     run, advice = data.get("run"), {}
-    batch = run.get("batch_size", default_batch) if isinstance(run, Mapping) else default_batch
+    batch = run.get("batch_size", run_class.batch_size) if isinstance(run, Mapping) else run_class.batch_size
+    if isinstance(run, Mapping):
+        advice.update({f"run.{key}": text for key, text in run_class.retired_keys(run, f"{prefix}run.").items()})
     for section, old, new in (("eval", "every", "every_images"), ("optim", "warmup_steps", "warmup_images")):
         values = data.get(section)
         if isinstance(values, Mapping) and old in values:

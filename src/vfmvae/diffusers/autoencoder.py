@@ -19,8 +19,8 @@ from diffusers.models.autoencoders.vae import AutoencoderMixin, DecoderOutput, D
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.models.modeling_utils import ModelMixin
 
-from vfmvae.checkpoint.pretrained import check_diffusers_model_folder
 from vfmvae.config import config_from_dict, config_to_dict
+from vfmvae.diffusers.loading import HeaderCheckedLoading
 from vfmvae.diffusers.placement import placed_like
 from vfmvae.tokenizer.model import VFMVAE, VFMVAEConfig, upgrade_flat_vfm_keys
 
@@ -31,7 +31,7 @@ __all__ = [
 ]  # ModelMixin: diffusers' loader looks it up in this module
 
 
-class VFMVAEAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
+class VFMVAEAutoencoder(HeaderCheckedLoading, ModelMixin, AutoencoderMixin, ConfigMixin):
     """A continuous VFM-VAE tokenizer (frozen VFM encoder included) behind diffusers' autoencoder interface.
 
     `tokenizer_config` is our `VFMVAEConfig` as a dict; the weights are our `VFMVAE`'s under the `tokenizer.` prefix.
@@ -62,13 +62,6 @@ class VFMVAEAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
                 raise ValueError(f"{name} has {len(values)} values; the tokenizer has {cfg.z_dim} latent channels")
         self.tokenizer = VFMVAE.build_for_loading(cfg)  # the weights come from a folder or from our VFMVAE
         self.use_slicing = False  # diffusers' AutoencoderMixin switch: one image per encoder/decoder pass
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """diffusers' loader, after every size in config.json was checked against the weights' header (nothing
-        is built or allocated for a config that declares more than the weights hold)."""
-        check_diffusers_model_folder(cls, pretrained_model_name_or_path, **kwargs)
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     # ---- conversion ------------------------------------------------------------------------------------------
     @classmethod

@@ -124,7 +124,9 @@ def test_fp16_with_loss_scaling_and_tensorboard(tmp_path, synthetic_dir):
     assert records[-1]["step"] == 2 and (run_dir / "export" / "model.safetensors").is_file()
 
 
-def test_non_finite_losses_are_skipped_then_stop_the_run_with_the_last_checkpoint_intact(tmp_path, synthetic_dir):
+def test_non_finite_losses_are_skipped_then_stop_the_run_with_the_last_checkpoint_intact(
+    tmp_path, synthetic_dir, capsys
+):
     from vfmvae.checkpoint import CheckpointManager
     from vfmvae.cli import main
 
@@ -140,11 +142,9 @@ def test_non_finite_losses_are_skipped_then_stop_the_run_with_the_last_checkpoin
         "--resume",
         str(good.path),
     ]
-    with (
-        pytest.raises(RuntimeError, match="3 consecutive non-finite generator steps"),
-        pytest.warns(UserWarning, match="loss.l1"),
-    ):
-        main(poisoned)
+    with pytest.warns(UserWarning, match="loss.l1"):
+        assert main(poisoned) == 2  # TrainingStopped: one line, no traceback
+    assert "3 consecutive non-finite generator steps" in capsys.readouterr().err
     after = CheckpointManager(run_dir).load()  # checkpoints written during skipped steps hold the same weights
     for key, value in good.model.items():
         if key != "mapping.w_avg":  # a running statistic of the forward pass, updated by finite batches only

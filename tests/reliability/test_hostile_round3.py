@@ -37,6 +37,7 @@ from torch.nn.modules.module import (
 from vfmvae.checkpoint import CheckpointFormatError, CheckpointManager
 from vfmvae.cli import main
 from vfmvae.config import ConfigError, read_yaml
+from vfmvae.tokenizer import DecoderOutput
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -518,8 +519,8 @@ class _ConvDecoder(torch.nn.Module):
         torch.manual_seed(0)
         self.to_rgb = torch.nn.Conv2d(8, 3, 1)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.interpolate(torch.tanh(self.to_rgb(z)), scale_factor=2)
+    def decode(self, z: torch.Tensor) -> DecoderOutput:
+        return DecoderOutput(torch.nn.functional.interpolate(torch.tanh(self.to_rgb(z)), scale_factor=2), [])
 
 
 @pytest.fixture

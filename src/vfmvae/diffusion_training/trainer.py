@@ -32,6 +32,7 @@ from vfmvae.data.sampler import ResumableSampler
 from vfmvae.diffusion import DiffusionTransformer, DiTConfig, diffusion_config, training_loss
 from vfmvae.diffusion_training.config import DiffusionTrainConfig
 from vfmvae.diffusion_training.draws import StepDraws, global_rows
+from vfmvae.diffusion_training.start import load_start
 from vfmvae.latents import LatentDataset, draw_posterior
 from vfmvae.latents.stats import LatentStats
 from vfmvae.sampling.pipeline import SAMPLER_FILE, VFMVAEPipeline
@@ -154,6 +155,10 @@ def _train_diffusion(cfg: DiffusionTrainConfig, run: TrainingRun) -> dict[str, A
 
     # ---- resume
     ckpt = run.resume()
+    if ckpt is None and cfg.start_from is not None:  # a later stage's first run (diffusion_training/start.py)
+        ckpt = load_start(cfg.start_from)
+        run.step, run.images = ckpt.step, ckpt.images_seen
+        dist_utils.print0(f"starting from {ckpt.path} (step {run.step}, {run.images:,} images)")
     if ckpt is not None:
         load_state_strict(model, ckpt.model, ckpt.path / "model.safetensors")  # another architecture: one line
         ema.load_state_dict(ckpt.ema)

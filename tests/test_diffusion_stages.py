@@ -67,9 +67,7 @@ def test_a_stage_started_from_a_checkpoint_continues_it_exactly(tiny_latent_cach
     train_diffusion(uniform, progress=False)
     assert _final(tmp_path / "uniform").name == "step-00000003"
     # a restarted stage 1 continues from its own checkpoint, not from stage 0 again
-    longer = _cfg(
-        tiny_latent_cache, tmp_path / "stage1", "run.total_images=48", f"start_from={tmp_path / 'stage0'}"
-    )
+    longer = _cfg(tiny_latent_cache, tmp_path / "stage1", "run.total_images=48", f"start_from={tmp_path / 'stage0'}")
     assert train_diffusion(longer, progress=False)["steps"] == 6
     steps = [json.loads(line)["step"] for line in (tmp_path / "stage1" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [3, 4, 5, 6]

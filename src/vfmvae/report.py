@@ -3,8 +3,9 @@
 The page is built from what runs leave behind, never from memory: `metrics.jsonl` (loss curves, drawn as PNG
 plots: one small panel per term, x in images), `eval/records.jsonl` (evaluation while training, as curves beside
 them), `config.yaml`, snapshot and sample grids, `recon-*.json` (reconstruction metrics), `samples/settings.json`,
-`align_report/se_cknna.json`, and `commands.json` (the commands that produced the folder, with their full-scale
-counterparts, written by the demo). Images are linked by relative paths, so the folder can be copied as a whole.
+`*/se_cknna.json`, and the commands that produced the folder with their full-scale counterparts (`pipeline.json`,
+written by `vfmvae pipeline run`, whose result table beside the paper's figures opens the page; or the
+`commands.json` of older demo folders). Images are linked by relative paths, so the folder can be copied as a whole.
 """
 
 from __future__ import annotations
@@ -242,6 +243,18 @@ def _run_section(run: Path, page: Path) -> str:
     return "\n".join(parts)
 
 
+def _commands(root: Path, summary: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The commands that made the folder: a pipeline's steps (OUT/pipeline.json), else the older demo's
+    commands.json."""
+    if summary is not None:
+        return [
+            {"title": s["title"], "command": s["command"], "full_scale": s.get("full_scale") or s.get("torchrun")}
+            for s in summary["steps"]
+        ]
+    commands = root / "commands.json"
+    return json.loads(commands.read_text()) if commands.is_file() else []
+
+
 def build_report(root: str | Path, out: str | Path | None = None) -> Path:
     root = Path(root)
     if not root.is_dir():
@@ -249,8 +262,12 @@ def build_report(root: str | Path, out: str | Path | None = None) -> Path:
     page = Path(out) if out else root / "report" / "index.html"
     page.parent.mkdir(parents=True, exist_ok=True)
     sections: list[str] = []
-    commands = root / "commands.json"
-    steps = json.loads(commands.read_text()) if commands.is_file() else []
+    from vfmvae.pipeline.table import read_summary, results_html
+
+    results = results_html(root)  # a pipeline folder: the result table beside the paper's figures comes first
+    if results:
+        sections.append(results)
+    steps = _commands(root, read_summary(root))
     if (root / "data" / "preview.png").is_file():
         sections.append(
             "<h2>Data</h2>" + _img(root / "data" / "preview.png", page, "the synthetic set, one row per class")
@@ -306,7 +323,8 @@ def build_report(root: str | Path, out: str | Path | None = None) -> Path:
             for s in steps
         )
         sections.append(
-            "<h2>Commands</h2><p>What produced this folder, and the same step at full scale.</p>"
+            "<h2>Commands</h2><p>What produced this folder, and the same step at full scale (for the steps "
+            "that train, cache or sample: under torchrun).</p>"
             f"<table><tr><th>step</th><th>command (this run)</th><th>at full scale</th></tr>{rows}</table>"
         )
     if not sections:

@@ -17,6 +17,7 @@ from vfmvae.cli import diffusion as diffusion_cmd
 from vfmvae.cli import eval as eval_cmd
 from vfmvae.cli import export as export_cmd
 from vfmvae.cli import info as info_cmd
+from vfmvae.cli import pipeline as pipeline_cmd
 from vfmvae.cli import reconstruct as reconstruct_cmd
 from vfmvae.cli import report as report_cmd
 from vfmvae.cli import sample as sample_cmd
@@ -30,6 +31,7 @@ __all__ = ["main", "build_parser"]
 
 # Order of appearance in `vfmvae --help`. Only commands that work are listed.
 COMMAND_GROUPS = (
+    pipeline_cmd,
     data_cmd,
     vfm_cmd,
     convert_cmd,

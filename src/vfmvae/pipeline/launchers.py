@@ -84,6 +84,13 @@ class SlurmLauncher:
         folder = self.pipeline.out / RECORDS / "slurm"
         folder.mkdir(parents=True, exist_ok=True)
         executor = submitit.AutoExecutor(folder=folder / "%j", cluster=self.cluster)
+        if self.cluster is None and executor.cluster != "slurm":
+            from vfmvae.pipeline.runner import PipelineError
+
+            raise PipelineError(
+                "--launcher slurm: no Slurm on this machine (sbatch not found); run on a Slurm login node, or "
+                "use --launcher local"
+            )
         holds_back = executor.cluster == "slurm"
         jobs: dict[str, Any] = {}
         for name in names:

@@ -82,14 +82,27 @@ def check_runnable(pipeline: Pipeline, statuses: dict[str, StepStatus], requeste
     blocked = [name for name, status in statuses.items() if status.state == "stale" and name not in requested]
     if not blocked:
         return
-    first = blocked[0]
-    lines = "; ".join(f"{name}: {statuses[name].reason}" for name in blocked[:4])
-    more = f" (and {len(blocked) - 4} more)" if len(blocked) > 4 else ""
+    first, rest = blocked[0], blocked[1:]
+    others = f", and {', '.join(rest)} after it" if rest else ""
     raise PipelineError(
-        f"stale steps, not run: {lines}{more}. Re-run them on purpose with --from {first} (it and every step "
-        f"after it) or --redo STEP, or restore the settings they were made with (vfmvae pipeline status "
-        f"{pipeline.source.split(' + ')[0]} shows each step)"
+        f"stale, not run: {first} ({statuses[first].reason}){others}. Re-run on purpose with --from {first} "
+        "(it and every step downstream) or --redo STEP, or restore the settings (vfmvae pipeline status RECIPE)"
     )
+
+
+def check_new_folders(pipeline: Pipeline, statuses: dict[str, StepStatus]) -> None:
+    """Refuse (before anything runs) a step that never ran but whose folder or outputs hold files already."""
+    for name, status in statuses.items():
+        if status.record is not None:
+            continue
+        step = pipeline.step(name)
+        for path in _owned_paths(step):
+            if path.is_file() or (path.is_dir() and any(path.iterdir())):
+                raise PipelineError(
+                    f"step {name}: {path} exists but this pipeline did not write it (no record in "
+                    f"{pipeline.out / RECORDS}); move it away or give the step another folder (--set out=... or "
+                    f"--set steps.{name}.dir=...)"
+                )
 
 
 def run_pipeline(
@@ -105,11 +118,13 @@ def run_pipeline(
             if statuses[dep].state != "done":
                 raise PipelineError(f"step {only} needs {dep}, which is {statuses[dep].state} ({statuses[dep].reason})")
         check_runnable(pipeline, {only: statuses[only]}, requested)
+        check_new_folders(pipeline, {only: statuses[only]})
         run_step(pipeline, step, statuses[only], requested=only in requested, digests=digests)
         statuses[only] = step_status(pipeline, step, statuses, digests)
         write_summary(pipeline, statuses)
         return statuses
     check_runnable(pipeline, statuses, requested)
+    check_new_folders(pipeline, statuses)
     ran = 0
     for step in pipeline.steps:
         status = step_status(pipeline, step, statuses, digests)  # again: an upstream step may have just run
@@ -140,14 +155,8 @@ def _owned_paths(step: Step) -> list[Path]:
 
 def _start_over(pipeline: Pipeline, step: Step, status: StepStatus, requested: bool) -> bool:
     """Whether the step's outputs are removed before it runs (else its command continues from them)."""
-    if status.record is None:  # never started: the folder must be new or empty (nothing of anyone else is touched)
-        for path in _owned_paths(step):
-            if path.is_file() or (path.is_dir() and any(path.iterdir())):
-                raise PipelineError(
-                    f"step {step.name}: {path} exists but this pipeline did not write it (no record in "
-                    f"{pipeline.out / RECORDS}); move it away or give the step another folder (--set out=... or "
-                    f"steps.{step.name}.dir)"
-                )
+    if status.record is None:  # never started: its folder must be new or empty (nothing of anyone else is touched)
+        check_new_folders(pipeline, {step.name: status})
         return False
     if not step.kind.resumes:
         return True

@@ -118,4 +118,4 @@ def step_status(pipeline: Pipeline, step: Step, upstream: dict[str, StepStatus],
         return StepStatus("stale", f"output missing: {missing[0]}", record)
     if outputs_digest(step.outputs) != record.get("outputs_sha256"):
         return StepStatus("stale", "its outputs changed after it finished", record)
-    return StepStatus("done", f"finished {record.get('finished', '?')} ({record.get('seconds', 0):.1f} s)", record)
+    return StepStatus("done", f"finished {record.get('finished', '?')}", record)

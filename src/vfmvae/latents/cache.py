@@ -97,12 +97,10 @@ def cache_latents(
     resolution = resolution or model.config.image_size
     vfm = None
     if vfm_features:
-        from vfmvae.latents.targets import reg_dinov2_targets
-        from vfmvae.vfm import VFMSpec, build_vfm
+        from vfmvae.latents.targets import build_target_vfm
 
         # REPA/REG feed DINOv2 224 px (16x16 tokens); default: the registry's scale for this resolution
-        scale = {"scale_factor": vfm_resolution / resolution} if vfm_resolution else {}
-        vfm = reg_dinov2_targets(build_vfm(VFMSpec.from_name(vfm_features, layers=(-1,), **scale)), resolution).to(dev)
+        vfm = build_target_vfm(vfm_features, resolution, vfm_resolution).to(dev)
     dataset = build_dataset(
         DataConfig(source=Path(data), resolution=resolution, hflip=False, num_workers=num_workers),
         rank=rank,
@@ -133,6 +131,8 @@ def cache_latents(
     dist_utils.barrier()
     if rank != 0:
         claim_cache_folder(out, settings, CacheError)
+    # image folders: label i is the i-th class folder's name (tar shards carry numeric labels only)
+    class_names = list(dataset.classes) if isinstance(dataset, ImageFolderDataset) and dataset.classes else None
     if isinstance(dataset, ImageFolderDataset):
         dataset = Subset(dataset, list(rank_shard(len(dataset), rank, world)))
     progress_file = out / f"progress-r{rank:02d}.json"
@@ -217,7 +217,18 @@ def cache_latents(
     dist_utils.barrier()
     if rank == 0:
         _write_manifest(
-            out, model, tokenizer, resolution, world, flip, vfm_features, sample, vfm_resolution, moments, seed
+            out,
+            model,
+            tokenizer,
+            resolution,
+            world,
+            flip,
+            vfm_features,
+            sample,
+            vfm_resolution,
+            moments,
+            seed,
+            class_names=class_names,
         )
     dist_utils.barrier()
     if rank == 0:
@@ -253,6 +264,7 @@ def _write_manifest(
     vfm_resolution: int | None = None,
     moments: bool = False,
     seed: int = 0,
+    class_names: list[str] | None = None,
 ) -> None:
     shards = []
     for r in range(world):
@@ -289,6 +301,7 @@ def _write_manifest(
         "vfm_features": vfm_features,
         "vfm_resolution": vfm_resolution,
         "num_items": sum(s["count"] for s in shards),
+        "class_names": class_names,  # label i's folder name (None for tar shards: numeric labels only)
         "shards": shards,
         "mean": mean.tolist(),
         "std": std.tolist(),

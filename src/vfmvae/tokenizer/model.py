@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from vfmvae.checkpoint.pretrained import PretrainedMixin
@@ -183,6 +184,7 @@ class _Synthesis(nn.Module):
             prev = channels[idx - 1] if idx > 0 else None
             in_ch = (prev or 0) + injected.get(idx, 0)
             self.blocks.append(_SynthesisBlock(idx, in_ch, channels[idx], prev, cfg, resolutions[idx]))
+        self.gradient_checkpointing = False  # a runtime switch (diffusers' enable_gradient_checkpointing), not config
 
     def forward(self, z: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         x = x_sum = None
@@ -191,7 +193,11 @@ class _Synthesis(nn.Module):
             if idx in self.inject_blocks:
                 injected = self.latent_convs[str(idx)](z)
                 x = injected if x is None else torch.cat([x, injected], dim=1)
-            x, x_sum, image = block(x, x_sum, w)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                # recompute the block in backward: activation memory of one block instead of all
+                x, x_sum, image = torch.utils.checkpoint.checkpoint(block, x, x_sum, w, use_reentrant=False)
+            else:
+                x, x_sum, image = block(x, x_sum, w)
             images.append(image)
         return images[-1], images[-2::-1]  # main image, then the others largest first
 
@@ -268,7 +274,8 @@ class VFMVAE(PretrainedMixin, nn.Module):
                 f"use an image size that is a multiple of {self.config.downsample}"
             )
         parts = []
-        for tokens, proj in zip(feats.tokens, self.patch_projs):
+        dtype = next(self.final_proj.parameters()).dtype  # the VFM returns float32; a half tokenizer takes its own
+        for tokens, proj in zip((t.to(dtype) for t in feats.tokens), self.patch_projs):
             if isinstance(proj, nn.Conv2d):
                 maps = proj(tokens.transpose(1, 2).reshape(tokens.shape[0], -1, gh, gw))
                 tokens = maps.flatten(2).transpose(1, 2)

@@ -38,7 +38,8 @@ def test_released_weights_recipe_runs_on_official_format_files(tmp_path, synthet
 
     monkeypatch.chdir(ROOT)
     val = tmp_path / "val"
-    for i, png in enumerate(sorted((synthetic_dir / "images").rglob("*.png"))[:12]):  # rIS takes 10 splits: at least 10 images
+    # rIS takes 10 splits: at least 10 images
+    for i, png in enumerate(sorted((synthetic_dir / "images").rglob("*.png"))[:12]):
         (val / png.parent.name).mkdir(parents=True, exist_ok=True)
         Image.open(png).save(val / png.parent.name / f"{i:03d}.png")
     inception = write_random_inception(tmp_path / "inception.safetensors")
@@ -65,19 +66,22 @@ def test_released_weights_recipe_runs_on_official_format_files(tmp_path, synthet
     guided = json.loads((out / "sample-cfg" / "settings.json").read_text())
     plain = json.loads((out / "sample-nocfg" / "settings.json").read_text())
     assert guided["preset"] == plain["preset"] == "reg-sde"
-    assert (guided["sampler"]["sampler"], guided["sampler"]["steps"], guided["sampler"]["cfg_scale"]) == ("sde", 250, 4.0)
+    sampler = guided["sampler"]
+    assert (sampler["sampler"], sampler["steps"], sampler["cfg_scale"]) == ("sde", 250, 4.0)
     assert plain["sampler"]["cfg_scale"] == 1.0 and np.load(out / "sample-cfg" / "samples.npz")["arr_0"].shape[0] == 4
 
     rows = {(r["label"], r["guidance"]): r for r in result_rows(out)}
     recon = rows[("released VFM-VAE tokenizer (ImageNet val)", None)]
     assert recon["paper"] == {"rfid": 0.52, "psnr": 22.99, "ssim": 0.593, "lpips": 0.221, "ris": 214.1}
-    assert recon["measured"]["psnr"] > 5 and recon["measured"]["rfid"] is not None and recon["measured"]["lpips"] is None
+    measured = recon["measured"]
+    assert measured["psnr"] > 5 and measured["rfid"] is not None and measured["lpips"] is None
     with_cfg, without = rows[("released REG-SiT-XL/1", "CFG 4")], rows[("released REG-SiT-XL/1", "none")]
     assert with_cfg["paper"]["fid"] == 1.31 and without["paper"]["fid"] == 1.62  # the 640-epoch model's two rows
     assert with_cfg["measured"]["fid"] is not None and with_cfg["protocol"]["samples"] == 4
-    assert with_cfg["protocol"]["Inception"] == json.loads((out / "eval-gen-cfg" / "gen.json").read_text())[
-        "protocol"
-    ]["inception_sha256"][:12]
+    assert (
+        with_cfg["protocol"]["Inception"]
+        == json.loads((out / "eval-gen-cfg" / "gen.json").read_text())["protocol"]["inception_sha256"][:12]
+    )
     assert "seed (0, i)" in with_cfg["protocol"]["seeds"] and "reg-sde" in with_cfg["protocol"]["seeds"]
     text = results_text(out)
     assert "(1.31)" in text and "(22.99)" in text

@@ -174,3 +174,37 @@ def test_a_folder_the_pipeline_did_not_write_is_refused(small, tmp_path):
     assert (mine / "notes.txt").read_text() == "a user's notes" and not (tmp_path / "out" / "images").exists()
     code = main(["pipeline", "run", str(small), "--from", "inspekt"])
     assert code == 2
+
+
+def test_a_recipe_says_how_any_command_runs_its_outputs_inputs_and_whether_it_resumes(small, tmp_path):
+    """A step of a command the runner has no defaults for: its declared outputs are what is checked and handed on,
+    a declared input's change makes it stale, and `resumes` decides whether a re-run after a kill keeps its work."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("read by the step")
+    declared = '    resumes: RESUMES\n    distributed: true\n    outputs: ["{dir}/dataset.json"]\n'
+    declared += f"    inputs: [{notes}]\n"
+    text = small.read_text().replace(
+        "  other:\n    run: data synthetic\n", "  other:\n    run: data synthetic\n" + declared
+    )
+    for resumes, kept in ((True, True), (False, False)):
+        recipe = tmp_path / f"resumes-{resumes}.yaml"
+        recipe.write_text(
+            text.replace("RESUMES", str(resumes).lower()).replace(str(tmp_path / "out"), str(recipe) + ".out")
+        )
+        pipeline = load_pipeline(recipe)
+        step = pipeline.step("other")
+        assert step.outputs == (step.dir / "dataset.json",) and notes in step.inputs and step.kind.resumes is resumes
+        assert step.torchrun_line().startswith("torchrun --nproc-per-node=8 -m vfmvae data synthetic")
+        run_pipeline(pipeline)
+        notes.write_text("changed")
+        assert pipeline_status(load_pipeline(recipe))["other"].reason == f"input {notes} changed"
+        notes.write_text("read by the step")
+        # as a kill inside the step leaves it: the record says running, the folder holds partial work
+        record = json.loads((pipeline.out / ".pipeline" / "other.json").read_text())
+        (pipeline.out / ".pipeline" / "other.json").write_text(json.dumps({**record, "state": "running"}))
+        (step.dir / "partial.txt").write_text("work of the killed run")
+        status = pipeline_status(load_pipeline(recipe))["other"]
+        assert status.state == "pending" and status.reason.endswith("continues it)" if resumes else "starts it over)")
+        run_pipeline(load_pipeline(recipe))
+        assert (step.dir / "partial.txt").exists() is kept and (step.dir / "dataset.json").is_file()
+        assert pipeline_status(load_pipeline(recipe))["other"].state == "done"

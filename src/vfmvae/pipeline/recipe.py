@@ -20,6 +20,17 @@ repeated); `set` renders as `--set key=value` (nested mappings give dotted keys)
 
 A value that names an existing path outside `out` is an input of the step: its content (a file's sha256, a
 folder's listing) is recorded, and a change makes the step stale. `inputs` adds more.
+
+Any command of `vfmvae` (or a `vfmvae.X` module with `main` and `build_parser`) can be a step; the recipe says
+what the runner needs to know about it, where vfmvae.pipeline.commands has no default for that command:
+
+      vfm-pretrain:
+        run: vfm pretrain
+        options: {data: "{steps.data}/images", out: "{dir}"}
+        outputs: ["{dir}/export"]        # what later steps read (default: the step's folder)
+        inputs: [configs/vfm/toy.yaml]   # more external files it reads (paths named in options count already)
+        resumes: true                    # re-run after a kill continues its work (default: starts over)
+        distributed: false               # runs under torchrun at scale (default: train, cache, sample)
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +90,7 @@ class StepSpec:
     inputs: list[str] = field(default_factory=list)
     after: list[str] = field(default_factory=list)
     distributed: bool | None = None  # runs under torchrun at scale; default: the command's (train, cache, sample)
+    resumes: bool | None = None  # a re-run after a kill continues its work; default: the command's (commands.py)
     resources: dict[str, Any] = field(default_factory=dict)  # this step's changes to the recipe's resources
     full_scale: str = ""  # the same step at full scale, for the report (the demo's tiny steps)
     result: ResultSpec | None = None
@@ -196,6 +208,8 @@ def _resolve_step(
     overrides = _flatten(_resolve(spec.set, context, f"{where}.set", refs))
     args = [_scalar(v) for v in _resolve(spec.args, context, f"{where}.args", refs)]
     kind = command_kind(spec.program, spec.run)
+    if spec.resumes is not None:
+        kind = replace(kind, resumes=spec.resumes)
     outputs_spec = (
         spec.outputs if spec.outputs is not None else [str(folder / o) if o else str(folder) for o in kind.outputs]
     )

@@ -50,7 +50,7 @@ class DiffusionTrainConfig:
     run: DiffusionRunConfig = field(default_factory=DiffusionRunConfig)
     tokenizer: str | None = None  # for decoding sample grids; default: the cache's tokenizer
     # official sampler settings recorded in the export; `vfmvae sample` uses them (vfmvae.sampling.presets)
-    sample_preset: Literal["reg-sde", "reg-sde-80ep", "lightningdit", "lightningdit-64ep"] | None = None
+    sample_preset: Literal["reg-sde", "reg-sde-64ep", "reg-sde-80ep", "lightningdit", "lightningdit-64ep"] | None = None
     eval: EvalConfig = field(default_factory=EvalConfig)  # evaluation while training (off by default)
     # a later stage of a longer run (LightningDiT stage 1, as the official train_lightningdit_xl_1_stage_1.yaml
     # `train.resume`): a run folder (its newest complete checkpoint) or a checkpoint folder whose model, EMA,

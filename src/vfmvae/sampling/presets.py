@@ -9,6 +9,9 @@ guided channels against those parameters.
   `sample.py`): `--mode sde` (Euler-Maruyama), `--num-steps 250`, `--cfg-scale 4.0`, `--cls-cfg-scale 4.0`,
   `--guidance-high 0.8` (`--guidance-low` default 0). REG's time is ours, so guidance acts on t in [0, 0.8] as
   written. The script's comment: "for 640 epochs, FID=1.31 with cfg scale=4.0" (and 1.34 for 480 epochs).
+* `reg-sde-64ep` (REG-SiT-XL/1, 64 epochs): the same sample.sh with `--cfg-scale 2.0`, as its comment says: "for
+  64 epochs, FID=2.03 with cfg scale=2.0". The comment names only `--cfg-scale`, so `--cls-cfg-scale` stays the
+  script's 4.0 (the class token's own guidance scale in REG's sampler).
 * `reg-sde-80ep` (REG-SiT-XL/1, 80 epochs): the same sample.sh without guidance (`--cfg-scale 1.0`, which REG's
   sampler reads as "no guidance", the class token included): the 80-epoch model is published without CFG only
   (tianciB/VFM-VAE@b3a752a README.md "Generation (w/o CFG)": gFID 2.22, sFID 5.03, IS 218.8; the paper's table has
@@ -103,6 +106,12 @@ PRESET_SOURCES: dict[str, dict[str, Any]] = {
         "code": _REG_SAMPLE_SH,
         "checkpoint": "VFM-VAE REG-SiT-XL/1, 640 epochs (gFID 1.31 with CFG; 480 epochs: 1.34)",
         "official": {**_REG_OFFICIAL, "cfg_scale": 4.0, "cls_cfg_scale": 4.0},
+    },
+    "reg-sde-64ep": {
+        "family": "reg",
+        "code": _REG_SAMPLE_SH + " with --cfg-scale 2.0, as its comment gives for 64 epochs",
+        "checkpoint": "VFM-VAE REG-SiT-XL/1, 64 epochs (gFID 2.03 with CFG 2)",
+        "official": {**_REG_OFFICIAL, "cfg_scale": 2.0, "cls_cfg_scale": 4.0},
     },
     "reg-sde-80ep": {
         "family": "reg",

@@ -58,6 +58,47 @@ def _records(run: Path) -> list[dict[str, Any]]:
     return out
 
 
+def _commands(root: Path, summary: dict[str, Any] | None) -> list[dict[str, str]]:
+    """The commands that made the folder: a pipeline's steps (OUT/pipeline.json), else the older demo's
+    `commands.json` (a list of {title, command, full_scale?}). A damaged file or entry is skipped with a warning: the
+    rest of the page does not depend on it."""
+    if summary is not None:
+        path = root / "pipeline.json"
+        steps: Any = [
+            {
+                "title": s.get("title"),
+                "command": s.get("command"),
+                "full_scale": s.get("full_scale") or s.get("torchrun"),
+            }
+            if isinstance(s, dict)
+            else s
+            for s in summary["steps"]
+        ]
+    else:
+        path = root / "commands.json"
+        if not path.is_file():
+            return []
+        try:
+            steps = json.loads(path.read_text())
+        except (ValueError, RecursionError) as err:  # JSON errors, bytes that are not UTF-8, thousands of brackets
+            log.warning("%s: not valid JSON (%s); the commands table is left out", path, type(err).__name__)
+            return []
+    if not isinstance(steps, list):
+        log.warning("%s: not a list of commands; the commands table is left out", path)
+        return []
+    good = [
+        s
+        for s in steps
+        if isinstance(s, dict)
+        and isinstance(s.get("title"), str)
+        and isinstance(s.get("command"), str)
+        and isinstance(s.get("full_scale") or "", str)
+    ]
+    if len(good) < len(steps):
+        log.warning("%s: skipped %d entr(ies) without a title and command text", path, len(steps) - len(good))
+    return good
+
+
 def _x_axis(records: list[dict[str, Any]], config: dict[str, Any]) -> tuple[str, Any]:
     """Images seen for both trainers: the records' "images", else step x the run's batch size (diffusion logs
     written before records carried images), else the step."""
@@ -273,18 +314,6 @@ def _run_section(run: Path, page: Path) -> str:
         what = "inputs beside EMA reconstructions" if kind == "tokenizer" else "EMA samples decoded by the tokenizer"
         parts.append(_img(grids[-1], page, f"{grids[-1].name}: {what}"))
     return "\n".join(parts)
-
-
-def _commands(root: Path, summary: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The commands that made the folder: a pipeline's steps (OUT/pipeline.json), else the older demo's
-    commands.json."""
-    if summary is not None:
-        return [
-            {"title": s["title"], "command": s["command"], "full_scale": s.get("full_scale") or s.get("torchrun")}
-            for s in summary["steps"]
-        ]
-    commands = root / "commands.json"
-    return json.loads(commands.read_text()) if commands.is_file() else []
 
 
 def build_report(root: str | Path, out: str | Path | None = None) -> Path:

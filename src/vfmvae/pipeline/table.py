@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,24 @@ from vfmvae.pipeline.paper import GEN_METRICS, METRIC_NAMES, PAPER, RECON_METRIC
 
 __all__ = ["read_summary", "result_rows", "results_html", "results_text"]
 
+log = logging.getLogger(__name__)
+
 
 def read_summary(root: Path) -> dict[str, Any] | None:
+    """OUT/pipeline.json, or None where there is none; a damaged one is None with a warning (the report and the
+    status do not depend on it: the step records in OUT/.pipeline/ are the truth)."""
     path = Path(root) / "pipeline.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except (ValueError, RecursionError) as err:  # JSON errors, bytes that are not UTF-8, thousands of brackets
+        log.warning("%s: not valid JSON (%s); the result table is left out", path, type(err).__name__)
+        return None
+    if not isinstance(summary, dict) or not isinstance(summary.get("steps"), list):
+        log.warning("%s: not a pipeline summary (no list of steps); the result table is left out", path)
+        return None
+    return summary
 
 
 def _read_json(path: str | None) -> dict[str, Any] | None:
@@ -40,8 +55,8 @@ def result_rows(root: Path) -> list[dict[str, Any]]:
     summary = read_summary(root) or {"steps": []}
     rows = []
     for step in summary["steps"]:
-        spec = step.get("result")
-        if not spec:
+        spec = step.get("result") if isinstance(step, dict) else None
+        if not isinstance(spec, dict):
             continue
         data = _read_json(spec["json"])
         settings = _read_json(str(Path(spec["samples"]) / "settings.json")) if spec.get("samples") else None

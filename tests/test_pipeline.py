@@ -1,10 +1,11 @@
 """`vfmvae pipeline`: recipes, command lines, done / stale / pending, --redo / --from, and what it never touches.
 
 A small recipe of cheap commands (tiny synthetic sets, their inspection, the equivariance transforms) exercises the
-runner; tests/test_pipeline_demo.py runs the demo recipe end to end.
+runner; tests/test_demo.py runs the demo recipe end to end.
 """
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -208,3 +209,23 @@ def test_a_recipe_says_how_any_command_runs_its_outputs_inputs_and_whether_it_re
         run_pipeline(load_pipeline(recipe))
         assert (step.dir / "partial.txt").exists() is kept and (step.dir / "dataset.json").is_file()
         assert pipeline_status(load_pipeline(recipe))["other"].state == "done"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["{not json", "[1, 2]", '{"steps": 3}', '{"steps": [1, {"title": "x"}, {"name": "s", "result": {"json": 2}}]}'],
+)
+def test_a_damaged_pipeline_json_does_not_stop_the_report(text, tmp_path, caplog):
+    """pipeline.json is only a summary (the step records are the truth): a damaged one leaves out the result table
+    and the commands, with a warning naming it, and the rest of the page is built."""
+    from vfmvae.report import build_report
+
+    (tmp_path / "recon-a.json").write_text(json.dumps({"psnr": 20.0}))
+    (tmp_path / "pipeline.json").write_text(text)
+    with caplog.at_level(logging.WARNING):
+        page = build_report(tmp_path).read_text()
+    assert "psnr" in page and "pipeline.json" in caplog.text
+    step = {"name": "info", "title": "ok", "command": "vfmvae info", "torchrun": None, "status": "done"}
+    (tmp_path / "pipeline.json").write_text(json.dumps({"recipe": "r.yaml", "steps": [step, "damaged"]}))
+    page = build_report(tmp_path).read_text()
+    assert "<h2>Results</h2>" in page and "vfmvae info" in page

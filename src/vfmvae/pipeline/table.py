@@ -34,7 +34,10 @@ def read_summary(root: Path) -> dict[str, Any] | None:
     if not isinstance(summary, dict) or not isinstance(summary.get("steps"), list):
         log.warning("%s: not a pipeline summary (no list of steps); the result table is left out", path)
         return None
-    return summary
+    steps = [s for s in summary["steps"] if isinstance(s, dict) and isinstance(s.get("name"), str)]
+    if len(steps) < len(summary["steps"]):
+        log.warning("%s: skipped %d step entr(ies) without a name", path, len(summary["steps"]) - len(steps))
+    return {**summary, "steps": steps}
 
 
 def _read_json(path: str | None) -> dict[str, Any] | None:
@@ -55,12 +58,13 @@ def result_rows(root: Path) -> list[dict[str, Any]]:
     summary = read_summary(root) or {"steps": []}
     rows = []
     for step in summary["steps"]:
-        spec = step.get("result") if isinstance(step, dict) else None
-        if not isinstance(spec, dict):
+        spec = step.get("result")
+        if not (isinstance(spec, dict) and isinstance(spec.get("json"), str) and isinstance(spec.get("label"), str)):
             continue
         data = _read_json(spec["json"])
-        settings = _read_json(str(Path(spec["samples"]) / "settings.json")) if spec.get("samples") else None
-        kind = "gen" if spec.get("samples") or (data and "fid" in data) else "recon"
+        samples = spec.get("samples") if isinstance(spec.get("samples"), str) else None
+        settings = _read_json(str(Path(samples) / "settings.json")) if samples else None
+        kind = "gen" if samples or (data and "fid" in data) else "recon"
         metrics = GEN_METRICS if kind == "gen" else RECON_METRICS
         measured = {m: data.get(m) for m in metrics} if data else {}
         protocol = (data or {}).get("protocol", {})

@@ -177,6 +177,22 @@ def test_a_folder_the_pipeline_did_not_write_is_refused(small, tmp_path):
     assert code == 2
 
 
+def test_a_step_moved_onto_a_folder_it_did_not_write_is_refused_even_with_redo(small, tmp_path):
+    """--redo starts a step over by removing what it wrote: never a folder its record does not list (here: the
+    step's `dir` changed to a user's folder, which the old code emptied)."""
+    run_pipeline(load_pipeline(small), only="other")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("a user's notes")
+    with pytest.raises(PipelineError, match="foreign exists but this pipeline did not write it"):
+        run_pipeline(load_pipeline(small, [f"steps.other.dir={foreign}"]), redo=["other"], only="other")
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+    # a new folder is fine; moving back to the first folder starts over there and leaves the other one alone
+    run_pipeline(load_pipeline(small, [f"steps.other.dir={tmp_path / 'new'}"]), redo=["other"], only="other")
+    run_pipeline(load_pipeline(small), redo=["other"], only="other")
+    assert (tmp_path / "new" / "dataset.json").is_file() and (tmp_path / "out" / "other" / "dataset.json").is_file()
+
+
 def test_a_recipe_says_how_any_command_runs_its_outputs_inputs_and_whether_it_resumes(small, tmp_path):
     """A step of a command the runner has no defaults for: its declared outputs are what is checked and handed on,
     a declared input's change makes it stale, and `resumes` decides whether a re-run after a kill keeps its work."""

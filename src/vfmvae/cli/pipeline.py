@@ -88,7 +88,7 @@ def _recipe_args(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vfmvae.pipeline import load_pipeline
-    from vfmvae.pipeline.runner import StepFailed, check_runnable, requested_steps, run_pipeline
+    from vfmvae.pipeline.runner import StepFailed, check_new_folders, check_runnable, requested_steps, run_pipeline
     from vfmvae.pipeline.status import pipeline_status
     from vfmvae.pipeline.table import results_text
 
@@ -104,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         names = [s.name for s in pipeline.steps if statuses[s.name].state != "done" or s.name in requested]
         if args.only is not None:
             names = [args.only]
+        check_new_folders(pipeline, {name: statuses[name] for name in names})  # before any job is submitted
         if not names:
             print("every step is done; nothing to submit")
             return 0

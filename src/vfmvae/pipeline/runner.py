@@ -91,17 +91,19 @@ def check_runnable(pipeline: Pipeline, statuses: dict[str, StepStatus], requeste
 
 
 def check_new_folders(pipeline: Pipeline, statuses: dict[str, StepStatus]) -> None:
-    """Refuse (before anything runs) a step that never ran but whose folder or outputs hold files already."""
+    """Refuse (before anything runs) a step whose folder or outputs hold files that this pipeline did not write: a
+    step that never ran, or one whose folder or outputs moved (a changed `dir` or `out`) since its record."""
     for name, status in statuses.items():
-        if status.record is not None:
-            continue
         step = pipeline.step(name)
+        written = _written_paths(status.record)
         for path in _owned_paths(step):
+            if path in written:
+                continue
             if path.is_file() or (path.is_dir() and any(path.iterdir())):
                 raise PipelineError(
-                    f"step {name}: {path} exists but this pipeline did not write it (no record in "
-                    f"{pipeline.out / RECORDS}); move it away or give the step another folder (--set out=... or "
-                    f"--set steps.{name}.dir=...)"
+                    f"step {name}: {path} exists but this pipeline did not write it (the step's record in "
+                    f"{pipeline.out / RECORDS} does not list it); move it away or give the step another folder "
+                    f"(--set out=... or --set steps.{name}.dir=...)"
                 )
 
 
@@ -153,10 +155,18 @@ def _owned_paths(step: Step) -> list[Path]:
     return [step.dir, *(p for p in step.outputs if p != step.dir and not p.is_relative_to(step.dir))]
 
 
+def _written_paths(record: dict[str, Any] | None) -> set[Path]:
+    """The folder and outputs that the step's recorded run wrote (a record without them owns nothing)."""
+    paths = (record or {}).get("paths")
+    return {Path(p) for p in paths if isinstance(p, str)} if isinstance(paths, list) else set()
+
+
 def _start_over(pipeline: Pipeline, step: Step, status: StepStatus, requested: bool) -> bool:
     """Whether the step's outputs are removed before it runs (else its command continues from them)."""
-    if status.record is None:  # never started: its folder must be new or empty (nothing of anyone else is touched)
-        check_new_folders(pipeline, {step.name: status})
+    # a folder or output that this pipeline did not write (never started, or moved since) must be new or empty:
+    # nothing of anyone else is touched, even when the step starts over
+    check_new_folders(pipeline, {step.name: status})
+    if status.record is None:
         return False
     if not step.kind.resumes:
         return True
@@ -185,7 +195,8 @@ def run_step(
         clear = _start_over(pipeline, step, status, requested)
         previous = status.record or {}
         if clear:
-            for path in _owned_paths(step):
+            written = _written_paths(status.record)
+            for path in (p for p in _owned_paths(step) if p in written):
                 if path.is_dir():
                     shutil.rmtree(path)
                 elif path.exists():
@@ -195,6 +206,9 @@ def run_step(
             "name": step.name,
             "state": "running",
             "settings": step.settings,
+            # every folder and output that runs of this step wrote (a moved `dir` keeps the old one): only these
+            # are ever removed
+            "paths": sorted({str(p) for p in _owned_paths(step)} | {str(p) for p in _written_paths(previous)}),
             "command": step.command_line(),
             "inputs": {"steps": upstream, "paths": input_digests(step, digests)},
             "started": _now(),

@@ -37,7 +37,7 @@ gpu-check: $(STAMP)
 	$(BIN)/python benchmarks/gpu_check.py --json runs/gpu-check/rows.jsonl --out runs/gpu-check
 
 demo: $(STAMP)
-	$(BIN)/python -m vfmvae.demo --out runs/demo
+	$(BIN)/python -m vfmvae pipeline run configs/pipeline/demo.yaml
 
 lock:
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock

@@ -57,6 +57,26 @@ def test_reg_sde_preset_is_the_official_sample_sh():
     assert from_reg(num_steps=250, cfg_scale=4.0, cls_cfg_scale=4.0, guidance_high=0.8) == p
 
 
+def test_each_preset_names_its_checkpoint_and_the_80_epoch_reg_setting_is_reachable():
+    """reg-sde-80ep: sample.sh without guidance (the 80-epoch model is published w/o CFG only; REG's sampler guides
+    only when cfg_scale > 1, the class token included); lightningdit-64ep: the yaml's cfg_scale 6.0 for 64 epochs."""
+    from vfmvae.sampling.presets import PRESET_SOURCES, preset_checkpoint
+
+    names = {"reg-sde", "reg-sde-64ep", "reg-sde-80ep", "lightningdit", "lightningdit-64ep"}
+    assert set(PRESET_SOURCES) == set(PRESETS) == names
+    assert "640 epochs" in preset_checkpoint("reg-sde") and "80 epochs" in preset_checkpoint("reg-sde-80ep")
+    assert "560 epochs" in preset_checkpoint("lightningdit") and "64 epochs" in preset_checkpoint("lightningdit-64ep")
+    eighty = PRESETS["reg-sde-80ep"]
+    assert eighty == from_reg(num_steps=250, cfg_scale=1.0, guidance_high=0.8)
+    assert (eighty.sampler, eighty.steps) == ("sde", 250)
+    assert not any(eighty.guidance.active(t) for t in sde_grid(eighty.steps)[:-1].tolist())  # one pass per step
+    # sample.sh's comment: "for 64 epochs, FID=2.03 with cfg scale=2.0" (only --cfg-scale changes)
+    assert "64 epochs" in preset_checkpoint("reg-sde-64ep")
+    assert PRESETS["reg-sde-64ep"] == from_reg(num_steps=250, cfg_scale=2.0, cls_cfg_scale=4.0, guidance_high=0.8)
+    sixty_four = PRESETS["lightningdit-64ep"]
+    assert sixty_four == resolve_sampler_config("lightningdit", cfg_scale=6.0)
+
+
 def test_explicit_settings_override_the_preset_and_names_are_checked():
     from vfmvae.diffusion_training.config import DiffusionTrainConfig
 

@@ -34,6 +34,7 @@ from vfmvae.diffusion.transport import TransportConfig
 from vfmvae.diffusion_training.config import DiffusionOptimConfig, DiffusionTrainConfig
 from vfmvae.diffusion_training.draws import StepDraws, global_rows
 from vfmvae.diffusion_training.objective import DiffusionObjective
+from vfmvae.diffusion_training.start import load_start
 from vfmvae.latents import LatentDataset
 from vfmvae.latents.cache import MAX_CLASSES
 from vfmvae.latents.stats import LatentStats
@@ -117,8 +118,13 @@ def training_loop(cfg: DiffusionTrainConfig, run: TrainingRun) -> dict[str, Any]
     ema = EMA(model, cfg.run.ema_halflife_images, cfg.run.ema_rampup)
     state = CheckpointState(model=model, ema=ema, shared={"opt": optimizer})
 
-    # ---- resume
-    restore(state, run.resume())
+    # ---- resume (or, on a later stage's first run, start from the earlier stage: diffusion_training/start.py)
+    checkpoint = run.resume()
+    if checkpoint is None and cfg.start_from is not None:
+        checkpoint = load_start(cfg.start_from)
+        run.step, run.images = checkpoint.step, checkpoint.images_seen
+        dist_utils.print0(f"starting from {checkpoint.path} (step {run.step}, {run.images:,} images)")
+    restore(state, checkpoint)
 
     # ---- what the loop runs: the network (unused heads frozen, DDP, compiled), data, the loss, grids, evaluation
     net = _distributed(_freeze_unused_heads(model, cfg.transport), device)

@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-PYTEST_ARGS ?=
+# two pytest-xdist workers, one per core (tests/conftest.py gives each one torch thread)
+PYTEST_ARGS ?= -n 2 --durations=25
 
 .PHONY: demo test lint gpu-check install lock clean help
 

@@ -95,7 +95,7 @@ def test_reg_class_token_is_the_cached_training_target(tmp_path, synthetic_dir):
     from helpers import tiny_official_tokenizer
 
     from vfmvae.alignment.extract import _reg_class_token_source
-    from vfmvae.data import ImageFolderDataset, to_float01
+    from vfmvae.data import ImageFolderDataset, ImageOptions, to_float01
     from vfmvae.latents import LatentDataset, cache_latents
     from vfmvae.latents.stats import LatentStats
 
@@ -109,7 +109,7 @@ def test_reg_class_token_is_the_cached_training_target(tmp_path, synthetic_dir):
                   device="cpu", progress=False)  # fmt: skip
     token = _reg_class_token_source(LatentStats.from_cache(cache), "REG export", "cpu")
     cached = LatentDataset(cache)
-    images = ImageFolderDataset(data, 64)
+    images = ImageFolderDataset(data, ImageOptions(resolution=64))
     for i in range(4):
         with torch.no_grad():
             got = token(to_float01(images[i]["image"])[None])[0]

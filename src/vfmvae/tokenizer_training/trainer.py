@@ -111,7 +111,7 @@ def training_loop(cfg: TokenizerTrainConfig, run: TrainingRun) -> dict[str, Any]
 
     # ---- resume: weights, optimizers, safe-loss references; the data stream continues from its position
     checkpoint = run.resume()
-    if checkpoint is not None:  # discriminators saved with torch's spectral-norm parametrization: today's keys
+    if checkpoint is not None and "disc" in checkpoint.state:  # torch's spectral-norm parametrization: new keys
         checkpoint.state["disc"] = upgrade_spectral_norm_keys(checkpoint.state["disc"])
     restore(state, checkpoint)
     skips = SkipCounter()

@@ -36,6 +36,7 @@ from vfmvae.latents import LatentDataset, draw_posterior
 from vfmvae.latents.stats import LatentStats
 from vfmvae.sampling.pipeline import SAMPLER_FILE, VFMVAEPipeline
 from vfmvae.training import EMA, fused_optimizer_supported, optimizer_step
+from vfmvae.training.compile import compile_diffusion
 from vfmvae.training.online_eval import build_evaluator
 from vfmvae.training.run import Evaluator, TrainingRun
 from vfmvae.training.run_log import autocast_factory, scalars_to_floats
@@ -171,7 +172,7 @@ def _train_diffusion(cfg: DiffusionTrainConfig, run: TrainingRun) -> dict[str, A
     if dist_utils.is_distributed():
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if rc.compile:
-        net = torch.compile(net)
+        compile_diffusion(model)  # regional: the blocks compile once, fullgraph (training/compile.py)
     scaler = torch.amp.GradScaler(device.type) if rc.precision == "fp16" else None
     autocast = autocast_factory(rc.precision, device)
     sampler = ResumableSampler(

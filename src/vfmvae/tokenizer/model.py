@@ -12,6 +12,7 @@ Everything is resolution-agnostic: a model built for 256 px encodes and decodes 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
@@ -183,16 +184,24 @@ class _Synthesis(nn.Module):
             prev = channels[idx - 1] if idx > 0 else None
             in_ch = (prev or 0) + injected.get(idx, 0)
             self.blocks.append(_SynthesisBlock(idx, in_ch, channels[idx], prev, cfg, resolutions[idx]))
+        # A runtime switch, not part of the config: the last `fp16_blocks` blocks (and their latent injection) run
+        # under float16 autocast with float16 inputs, as the official `num_fp16_res` (run.precision: official).
+        self.fp16_blocks = 0
 
     def forward(self, z: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         x = x_sum = None
         images = []
+        first_fp16 = len(self.blocks) - self.fp16_blocks
         for idx, block in enumerate(self.blocks):
-            if idx in self.inject_blocks:
-                injected = self.latent_convs[str(idx)](z)
-                x = injected if x is None else torch.cat([x, injected], dim=1)
-            x, x_sum, image = block(x, x_sum, w)
-            images.append(image)
+            half = idx >= first_fp16
+            # (no autocast context at all in the other blocks: enabled=False would switch off a caller's bf16 autocast)
+            with torch.autocast(z.device.type, dtype=torch.float16) if half else contextlib.nullcontext():
+                if idx in self.inject_blocks:
+                    injected = self.latent_convs[str(idx)](z)
+                    x = injected if x is None else torch.cat([x, injected], dim=1)
+                # official SynthesisBlock: the block's input in its own dtype (float16 in the float16 blocks)
+                x, x_sum, image = block(x.half() if half else x, x_sum, w)
+            images.append(image)  # float32 (the ToRGB output is cast back, as the official)
         return images[-1], images[-2::-1]  # main image, then the others largest first
 
 

@@ -27,8 +27,10 @@ from vfmvae.tokenizer_training.config import TokenizerTrainConfig
 from vfmvae.tokenizer_training.discriminators import MultiscalePatchGAN, ProjectedDiscriminator
 from vfmvae.tokenizer_training.handoff import export_stage, load_stage
 from vfmvae.tokenizer_training.objective import TokenizerObjective
+from vfmvae.tokenizer_training.precision import use_official_precision
 from vfmvae.tokenizer_training.stages import select_trainable
 from vfmvae.training import EMA, fused_optimizer_supported, optimizer_step
+from vfmvae.training.compile import compile_tokenizer
 from vfmvae.training.online_eval import build_evaluator
 from vfmvae.training.run import Evaluator, TrainingRun
 from vfmvae.training.run_log import autocast_factory
@@ -85,6 +87,8 @@ def _train_tokenizer(cfg: TokenizerTrainConfig, run: TrainingRun) -> dict[str, A
     # ---- build: generator, discriminators, LPIPS, optimizers, EMA
     torch.manual_seed(rc.seed)
     g = build_generator(cfg).to(device)
+    if rc.precision == "official":
+        use_official_precision(g)  # float32, float16 in the last synthesis blocks (tokenizer_training/precision.py)
     trainable = select_trainable(g, cfg.stage)
     d = p = None
     if cfg.loss.gan:
@@ -113,7 +117,7 @@ def _train_tokenizer(cfg: TokenizerTrainConfig, run: TrainingRun) -> dict[str, A
 
         lpips = load_lpips(cfg.loss.lpips_weights, device)[0].net  # differentiable lpips.LPIPS on [-1, 1]
     if rc.compile:
-        _compile_forwards(g, d, p, lpips)
+        compile_tokenizer(g, d, p, lpips)  # regional: the repeated blocks, fullgraph (training/compile.py)
     opt = cfg.optim
     fused = fused_optimizer_supported(device)  # one kernel over all parameters; skips non-finite steps on the device
     opt_g = torch.optim.Adam(trainable, lr=opt.lr, betas=opt.betas, eps=opt.eps, fused=fused)
@@ -243,22 +247,6 @@ def _dataset_size(stream: DataStream) -> int | None:
         return len(stream.dataset)
     except TypeError:  # an iterable of shards has no length
         return None
-
-
-def _compile_forwards(
-    g: VFMVAE, d: ProjectedDiscriminator | None, p: MultiscalePatchGAN | None, lpips: nn.Module | None
-) -> None:
-    """torch.compile the heavy forward passes in place (`nn.Module.compile`: parameter names, checkpoints and
-    exports are unchanged). The encoder/decoder wrappers and the discriminator's DiffAugment draw host random
-    numbers per call, so they stay eager; the networks they call are compiled. The frozen VFM stays eager too:
-    its wrappers return feature objects and take a per-draw input scale, which would recompile per draw."""
-    modules: list[nn.Module] = [g.mapping, g.synthesis]
-    modules += [m for m in (g.final_proj, g.post_proj) if isinstance(m, nn.Module)]
-    if d is not None:
-        modules += [*d.dino.blocks, *d.heads]
-    modules += [m for m in (p, lpips) if m is not None]
-    for module in modules:
-        module.compile()
 
 
 @torch.no_grad()

@@ -1,0 +1,154 @@
+"""`run.compile: true`: regional `torch.compile` of the repeated blocks of each model family.
+
+Compiling a whole training step makes one large graph per model: minutes of compile time for the full-size
+tokenizer (a frozen SigLIP2-L, a decoder of six different blocks, two discriminators, LPIPS) and graph breaks
+wherever eager-only code sits (DiffAugment's host draws, the equivariance draw, output objects). Here every
+*repeated* block is compiled on its own, with `fullgraph=True` (a graph break is an error, never a silent fall
+back to eager). Blocks of one class with the same shapes share one compiled graph, so the 28 blocks of an XL
+diffusion transformer compile once, and a full-size compile costs seconds per distinct block, not minutes.
+Everything between the blocks (embedders, losses, the optimizer step) stays eager.
+
+`nn.Module.compile` compiles in place: parameter names, checkpoints and exports are unchanged, and a deep copy
+(the EMA model) is an eager module again.
+
+Recompilation is bounded by design: a region compiles once per distinct (block configuration, input shape,
+grad mode, autocast state). The tokenizer has more such variants per block class than torch's default limit
+of 8 per code object (six decoder resolutions, the equivariance draws' latent and input sizes, the D step's
+no-grad generator pass), so its compiler raises that limit; tests/test_compile.py proves that steps 2-5 of
+every training step compile nothing and that a second pass over the same equivariance draws compiles nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = [
+    "CompileSettings",
+    "compile_regions",
+    "diffusion_regions",
+    "tokenizer_regions",
+    "compile_diffusion",
+    "compile_tokenizer",
+    "repeated_layers",
+]
+
+# Per code object: enough for every (block configuration x shape x grad mode x autocast state) of the full-size
+# tokenizer (measured: benchmarks/compile_time.py reports the graphs each family compiles); still a bound.
+TOKENIZER_RECOMPILE_LIMIT = 64
+
+
+@dataclass(frozen=True)
+class CompileSettings:
+    """How regions are compiled: `backend` ("inductor" for training, "aot_eager" in the CPU tests) and the
+    inductor `mode` (None = default; "max-autotune-no-cudagraphs" tunes the matmul kernels)."""
+
+    backend: str = "inductor"
+    mode: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode is not None and self.backend != "inductor":
+            raise ValueError(f"compile mode {self.mode!r} needs the inductor backend, not {self.backend!r}")
+
+    def options(self) -> dict:
+        return {"backend": self.backend, "mode": self.mode, "fullgraph": True}
+
+
+def compile_regions(regions: Iterable[nn.Module], settings: CompileSettings | None = None) -> int:
+    """Compile each module in place (`nn.Module.compile`, fullgraph); returns how many were compiled."""
+    options = (settings or CompileSettings()).options()
+    count = 0
+    for module in regions:
+        module.compile(**options)
+        count += 1
+    return count
+
+
+def repeated_layers(model: nn.Module) -> list[nn.Module]:
+    """The longest ModuleList/Sequential of one module class inside `model`: a transformer's layer stack
+    (transformers' `encoder.layers` / `encoder.layer`, timm's `blocks`)."""
+    best: list[nn.Module] = []
+    for module in model.modules():
+        if isinstance(module, (nn.ModuleList, nn.Sequential)) and len(module) > len(best):
+            children = list(module)
+            if len({type(child) for child in children}) == 1:
+                best = children
+    return best
+
+
+def _vfm_layer_regions(model: nn.Module) -> list[nn.Module]:
+    """The frozen VFM's layers. A transformers model records `hidden_states` with a forward hook on each layer that
+    appends to a list: compiled with the layer, the hook guards on the list's length and recompiles once per layer
+    index. So for transformers models the layer's children (norms, attention, MLP) are the regions and the hook
+    runs eagerly around them; timm blocks carry no hooks and are compiled whole."""
+    layers = repeated_layers(model)
+    if _is_transformers_model(model):
+        return [child for layer in layers for child in layer.children()]
+    return layers
+
+
+def _is_transformers_model(model: nn.Module) -> bool:
+    try:
+        from transformers import PreTrainedModel
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return False
+    return isinstance(model, PreTrainedModel)
+
+
+def diffusion_regions(model: nn.Module) -> list[nn.Module]:
+    """A DiffusionTransformer's blocks (one graph for all of them), its final layer and REPA/REG projectors."""
+    return [*model.blocks, model.final_layer, *model.projectors]
+
+
+def tokenizer_regions(
+    generator: nn.Module,
+    projected: nn.Module | None = None,
+    patchgan: nn.Module | None = None,
+    lpips: nn.Module | None = None,
+) -> list[nn.Module]:
+    """The repeated blocks of tokenizer training: the frozen VFM's layers, the encoder's and decompressor's
+    attention-projection blocks, the decoder's modulated ConvNeXt layers and self-attention blocks, the projected
+    discriminator's DINO blocks and heads, the PatchGAN and LPIPS. The wrappers around them (the VFM's resizing,
+    DiffAugment's host draws, the equivariance transforms, the synthesis loop) stay eager."""
+    from vfmvae.tokenizer.layers import AttnProjection
+
+    regions = _vfm_layer_regions(generator.vfm.model)
+    for projection in [*generator.patch_projs, generator.final_proj, generator.post_proj]:
+        if isinstance(projection, AttnProjection):
+            regions += list(projection.blocks)
+    for block in generator.synthesis.blocks:
+        regions += [*block.layers, *block.attns]
+    if projected is not None:
+        regions += [*projected.dino.blocks, *projected.heads]
+    regions += [module for module in (patchgan, lpips) if module is not None]
+    return regions
+
+
+def compile_diffusion(model: nn.Module, settings: CompileSettings | None = None) -> int:
+    """Regional compilation of a diffusion transformer (before or after wrapping it in DDP)."""
+    return compile_regions(diffusion_regions(model), settings)
+
+
+def compile_tokenizer(
+    generator: nn.Module,
+    projected: nn.Module | None = None,
+    patchgan: nn.Module | None = None,
+    lpips: nn.Module | None = None,
+    settings: CompileSettings | None = None,
+) -> int:
+    """Regional compilation of tokenizer training's networks. Two process-wide settings change with it:
+    the recompile limit per code object (see TOKENIZER_RECOMPILE_LIMIT), and AOTAutograd's donated buffers are
+    turned off, because the adaptive VF weight takes two gradients through the same graph (`retain_graph`),
+    which a backward with donated buffers refuses."""
+    _raise_recompile_limit(TOKENIZER_RECOMPILE_LIMIT)
+    torch._functorch.config.donated_buffer = False
+    return compile_regions(tokenizer_regions(generator, projected, patchgan, lpips), settings)
+
+
+def _raise_recompile_limit(limit: int) -> None:
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, limit)
+    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 4 * limit)

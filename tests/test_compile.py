@@ -1,0 +1,216 @@
+"""`run.compile: true` (training/compile.py): every training step compiles its repeated blocks with
+`fullgraph=True` (a graph break raises) and compiles nothing after the first step. The backend is aot_eager, which
+traces exactly what inductor would receive (dynamo graphs + AOTAutograd forward/backward) and runs on CPU."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from vfmvae.config import load_config
+from vfmvae.diffusion import TransportConfig, create_diffusion_model, training_loss
+from vfmvae.training import optimizer_step
+from vfmvae.training.compile import CompileSettings, compile_diffusion, compile_regions, compile_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+AOT_EAGER = CompileSettings(backend="aot_eager")
+
+
+def no_recompilation():
+    """Any recompilation inside raises (torch._dynamo.exc.RecompileError)."""
+    return torch._dynamo.config.patch(error_on_recompile=True)
+
+
+# ---- diffusion: the trainer's step (training_loss through optimizer_step), compiled vs eager ----------------------
+
+
+@pytest.mark.parametrize(
+    "arch,checkpointing", [("lightningdit-tiny", False), ("lightningdit-tiny", True), ("reg-sit-tiny", False)]
+)
+def test_diffusion_step_compiles_without_breaks_or_recompiles_and_matches_eager(arch, checkpointing):
+    torch.manual_seed(0)
+    eager = create_diffusion_model(arch)
+    with torch.no_grad():  # zero-initialised adaLN and output layers would hide most of the graph
+        for param in eager.parameters():
+            param.add_(0.02 * torch.randn_like(param))
+    compiled = copy.deepcopy(eager)
+    assert compile_diffusion(compiled, AOT_EAGER) == len(compiled.blocks) + 1 + len(compiled.projectors)
+    c = eager.config
+    transport = TransportConfig(
+        cosine_weight=1.0, align_weight=0.5 if c.align_dims else 0.0, cls_weight=0.03 if c.class_token_dim else 0.0
+    )
+    tokens = c.grid**2 + (1 if c.class_token_dim else 0)
+    models = {"eager": eager, "compiled": compiled}
+    optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-3, fused=True) for name, m in models.items()}
+    for model in models.values():
+        model.gradient_checkpointing = checkpointing
+        model.train()
+    generator = torch.Generator().manual_seed(1)
+    for step in range(5):
+        b = 4
+        batch = {
+            "x": torch.randn(b, c.in_channels, c.input_size, c.input_size, generator=generator),
+            "y": torch.randint(0, c.num_classes, (b,), generator=generator),
+            "t": torch.rand(b, generator=generator),
+            "drop": torch.rand(b, generator=generator) < 0.25,
+            "targets": [torch.randn(b, tokens, d, generator=generator) for d in c.align_dims] or None,
+            "cls": torch.randn(b, c.class_token_dim, generator=generator) if c.class_token_dim else None,
+        }
+        batch["noise"] = torch.randn(batch["x"].shape, generator=generator)
+        batch["cls_noise"] = torch.randn(b, c.class_token_dim, generator=generator) if c.class_token_dim else None
+
+        def loss_fn(module, batch):
+            return training_loss(
+                module,
+                batch["x"],
+                batch["y"],
+                transport,
+                t=batch["t"],
+                noise=batch["noise"],
+                cls_noise=batch["cls_noise"],
+                drop_labels=batch["drop"],
+                align_targets=batch["targets"],
+                cls_target=batch["cls"],
+            ).loss.mean()
+
+        losses = {}
+        for name, model in models.items():
+            guard = no_recompilation() if step >= 1 and name == "compiled" else torch._dynamo.config.patch({})
+            with guard:
+                result = optimizer_step(model, optimizers[name], [batch], loss_fn, batch_size_of=lambda b: len(b["y"]))
+            losses[name] = result.loss
+        assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-5, abs=1e-6), (step, losses)
+    for (name, weight), other in zip(eager.named_parameters(), compiled.parameters()):
+        torch.testing.assert_close(other, weight, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_a_graph_break_in_a_region_is_an_error():
+    class Branches(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * 2 if x.sum() > 0 else x  # a branch on a tensor value: dynamo cannot keep it in one graph
+
+    module = Branches()
+    compile_regions([module], AOT_EAGER)
+    with pytest.raises(torch._dynamo.exc.Unsupported):
+        module(torch.ones(2))
+
+
+# ---- tokenizer: the D and G steps of every stage's objective ------------------------------------------------------
+
+STAGES = {
+    # stages 0 and 1 (one objective, other weights): L1, LPIPS, multi-scale L1, KL, adaptive VF weight, GAN,
+    # equivariance (latent and input branches)
+    "stage0-1": ["loss.lpips=1.0", "loss.vf_adaptive=true", "loss.eq_p_latent=0.5", "loss.eq_p_prior_scale=1.0"],
+    # stage 2: the decoder alone, L1 + LPIPS + SSIM + GAN
+    "stage2": ["stage=decoder", "loss.lpips=1.0", "loss.ssim=1.0", "loss.vf=0", "loss.kl=0"],
+    # stage 3: the late decoder, GAN + PatchGAN + feature matching, no equivariance
+    "stage3": [
+        "stage=late_decoder",
+        "loss.l1=0",
+        "loss.vf=0",
+        "loss.kl=0",
+        "loss.patchgan=1.0",
+        "loss.feature_matching=10.0",
+        "loss.equivariance=false",
+        "disc.patchgan_ndf=8",
+    ],
+}
+
+
+class _TokenizerStep:
+    """The trainer's step body (tokenizer_training/trainer.py): a D step, then a G step, on a fixed batch."""
+
+    def __init__(self, stage: str, compile_settings: CompileSettings | None) -> None:
+        from vfmvae.evaluation.image_metrics import LPIPSMetric
+        from vfmvae.tokenizer_training.config import TokenizerTrainConfig
+        from vfmvae.tokenizer_training.discriminators import MultiscalePatchGAN, ProjectedDiscriminator
+        from vfmvae.tokenizer_training.objective import TokenizerObjective
+        from vfmvae.tokenizer_training.stages import select_trainable
+        from vfmvae.tokenizer_training.trainer import build_generator
+        from vfmvae.training.run_log import autocast_factory
+
+        recipe = ROOT / "configs" / "tokenizer" / "tiny.yaml"
+        # the safe-loss guard active from the start, so that its device-side rule is inside the compiled steps
+        overrides = ["data.source=.", "loss.safe_loss_after_images=0", *STAGES[stage]]
+        cfg = load_config(TokenizerTrainConfig, recipe, overrides)
+        torch.manual_seed(0)
+        self.g = build_generator(cfg)
+        self.trainable = select_trainable(self.g, cfg.stage)
+        dc = cfg.disc
+        mode = self.g.vfm.adapter.resize_mode
+        self.d = ProjectedDiscriminator(
+            dc.backbone, None, dc.input_size, dc.taps, dc.backbone_kwargs, dc.diffaug, resize_mode=mode
+        )
+        self.p = MultiscalePatchGAN(dc.patchgan_ndf) if cfg.loss.patchgan else None
+        lpips = LPIPSMetric(None).net if cfg.loss.lpips else None  # lpips' own random VGG16 (pnet_rand)
+        if compile_settings is not None:
+            compile_tokenizer(self.g, self.d, self.p, lpips, compile_settings)
+        self.d_modules = nn.ModuleList([m for m in (self.d.heads, self.p) if m is not None])
+        self.d_params = list(self.d_modules.parameters())
+        self.opt_g = torch.optim.Adam(self.trainable, lr=1e-4, betas=(0.0, 0.99), fused=True)
+        self.opt_d = torch.optim.Adam(self.d_params, lr=1e-4, betas=(0.0, 0.99), fused=True)
+        self.objective = TokenizerObjective(cfg, self.g, self.d, self.p, lpips, autocast_factory("fp32", "cpu"))
+        self.batches = [{"x": torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)), "n": 2}]
+
+    def __call__(self, step: int, seed: int) -> tuple[float, float]:
+        self.objective.generator.manual_seed(seed)  # the trainer seeds the step's draws the same way
+        self.objective.images_seen = 2 * step
+        size = lambda b: b["n"]  # noqa: E731
+        self.g.train()
+        self.d_modules.requires_grad_(True)
+        res_d = optimizer_step(
+            self.d_modules, self.opt_d, self.batches, self.objective.discriminator, batch_size_of=size
+        )
+        self.d_modules.requires_grad_(False)
+        res_g = optimizer_step(
+            self.g, self.opt_g, self.batches, self.objective.generator_loss, batch_size_of=size, params=self.trainable
+        )
+        if self.objective.guard is not None:
+            self.objective.guard.commit(res_g.applied_t)
+        return res_d.loss, res_g.loss
+
+
+def _seeds_with_distinct_draws(count: int) -> list[int]:
+    """Step seeds whose first equivariance draw (the D step's generator pass) differs in geometry."""
+    from vfmvae.tokenizer_training.equivariance import draw_equivariance
+
+    geometries: dict[tuple[float, bool], int] = {}
+    for seed in range(1000):
+        draw = draw_equivariance(torch.Generator().manual_seed(seed), 0.5, 1.0)  # the stage0-1 probabilities
+        geometries.setdefault((draw.scale, draw.on_latent), seed)
+        if len(geometries) == count:
+            return list(geometries.values())
+    raise AssertionError(f"fewer than {count} geometries in 1000 seeds")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_tokenizer_steps_of_every_stage_compile_without_breaks_and_steps_2_to_5_compile_nothing():
+    """One test for all stages, so that they share the compiled graphs of the regions they have in common (each
+    stage builds its own networks: graphs are reused across instances of the same shapes)."""
+    for stage in STAGES:
+        step = _TokenizerStep(stage, AOT_EAGER)
+        eager = _TokenizerStep(stage, None) if stage == "stage3" else None
+        losses = [step(0, seed=7)]  # step 1: every region compiles (a graph break would raise here)
+        with no_recompilation():
+            losses += [step(i, seed=7) for i in range(1, 5)]  # the same draws: nothing may compile again
+        assert all(torch.isfinite(torch.tensor(pair)).all() for pair in losses), (stage, losses)
+        assert losses[-1][1] != losses[0][1], stage  # the generator trained
+        if eager is not None:
+            # projected D with spectral norm, PatchGAN, feature matching: the compiled steps give the eager losses
+            # step after step, so the in-place state updates (spectral-norm vectors, w_avg) are kept
+            expected = [value for i in range(5) for value in eager(i, seed=7)]
+            assert [value for pair in losses for value in pair] == pytest.approx(expected, rel=1e-5, abs=1e-6)
+        if stage == "stage0-1":
+            # new equivariance draws (latent scaled/rotated, VFM input downscaled) may compile once each; a second
+            # pass over the same draws compiles nothing: compilation is bounded by the finite set of geometries
+            seeds = _seeds_with_distinct_draws(3)
+            for i, seed in enumerate(seeds):
+                step(5 + i, seed)
+            with no_recompilation():
+                for i, seed in enumerate(seeds):
+                    step(8 + i, seed)

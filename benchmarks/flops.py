@@ -104,21 +104,25 @@ def counted_training_flops(config, batch: int = 2) -> float:
     x = torch.randn(batch, config.in_channels, config.input_size, config.input_size)
     tokens = config.grid**2 + (1 if config.class_token_dim else 0)
     cls = torch.randn(batch, config.class_token_dim) if config.class_token_dim else None
-    transport = TransportConfig(align_weight=0.5 if config.align_dims else 0.0, cls_weight=0.03 if cls is not None else 0)
+    transport = TransportConfig(
+        align_weight=0.5 if config.align_dims else 0.0, cls_weight=0.03 if cls is not None else 0
+    )
     flops = count_flops(
-        lambda: training_loss(
-            model,
-            x,
-            torch.zeros(batch, dtype=torch.long),
-            transport,
-            t=torch.rand(batch),
-            noise=torch.randn_like(x),
-            cls_noise=torch.randn_like(cls) if cls is not None else None,
-            align_targets=[torch.randn(batch, tokens, width) for width in config.align_dims] or None,
-            cls_target=cls,
+        lambda: (
+            training_loss(
+                model,
+                x,
+                torch.zeros(batch, dtype=torch.long),
+                transport,
+                t=torch.rand(batch),
+                noise=torch.randn_like(x),
+                cls_noise=torch.randn_like(cls) if cls is not None else None,
+                align_targets=[torch.randn(batch, tokens, width) for width in config.align_dims] or None,
+                cls_target=cls,
+            )
+            .loss.mean()
+            .backward()
         )
-        .loss.mean()
-        .backward()
     )
     return flops / batch
 

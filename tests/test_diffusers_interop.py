@@ -169,7 +169,7 @@ def test_pipeline_rejects_bad_arguments(pipeline_dir):
         pipe(class_labels=[1, 9], num_inference_steps=2)
     with pytest.raises(ValueError, match="output_type"):
         pipe(class_labels=[1], num_inference_steps=2, output_type="jpeg")
-    with pytest.raises(ValueError, match="one torch.Generator"):
+    with pytest.raises(ValueError, match="2 generators for 1 images"):
         pipe(class_labels=[1], num_inference_steps=2, generator=[torch.Generator(), torch.Generator()])
     (latents,) = pipe(class_labels=3, num_inference_steps=1, output_type="latent", return_dict=False)
     assert latents.shape == (1, 8, 4, 4)

@@ -1,6 +1,7 @@
 """Evaluation: closed forms, constructed cases, and parity with torch-fidelity and torchmetrics."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -59,6 +60,71 @@ def test_statistics_are_float64_and_rank_deficient_fid_is_finite():
     assert np.isfinite(frechet_distance(mu, sigma, *gaussian_stats(y)))
     with pytest.raises(ValueError, match="at least 2 samples"):
         gaussian_stats(x[:1])
+
+
+def _exact_fid(x1, x2):
+    """FID of two feature sets without a matrix square root: the non-zero eigenvalues of S1 S2 are the squared
+    singular values of C1 C2^T / sqrt((n1 - 1)(n2 - 1)) (C: centred features), so tr sqrtm(S1 S2) is that small
+    matrix's nuclear norm (scipy's SVD, exact also where the covariances are singular)."""
+    from scipy import linalg
+
+    c1, c2 = x1 - x1.mean(0), x2 - x2.mean(0)
+    nuclear = linalg.svdvals(c1 @ c2.T).sum() / np.sqrt((len(x1) - 1) * (len(x2) - 1))
+    (m1, s1), (m2, s2) = gaussian_stats(x1), gaussian_stats(x2)
+    return float(np.sum((m1 - m2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * nuclear)
+
+
+def test_fid_is_exact_finite_and_warned_on_singular_covariances():
+    """Fewer samples than dimensions (rank N - 1), dead features, constant features: ADM's sqrtm of the product
+    returned -1.4e-5 for identical statistics and stopped with "imaginary component 0.139" for features of scale
+    1e3; the value must be the exact one, a float >= 0, with a warning that it is not comparable."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(10, 128))
+    dead = np.zeros((10, 128))
+    dead[:, :5] = rng.normal(size=(10, 5))
+    basis = rng.normal(size=(8, 128))
+    low_a, low_b = (np.maximum(rng.normal(size=(12, 8)) @ basis, 0) for _ in range(2))
+    cases = {
+        "identical": (x, x),
+        "scale 1e3": (1e3 * x, 1e3 * x + 1),
+        "dead features": (dead, dead + 1e-3 * rng.normal(size=dead.shape)),
+        "constant against random": (np.ones((10, 128)), x),
+        "low-rank ReLU": (low_a, low_b),
+        "low-rank ReLU, identical": (low_a, low_a),
+    }
+    for name, (a, b) in cases.items():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            value = frechet_distance(*gaussian_stats(a), *gaussian_stats(b))
+        assert type(value) is float and np.isfinite(value) and value >= 0, name
+        assert value == pytest.approx(max(_exact_fid(a, b), 0.0), rel=1e-8, abs=1e-8), name
+        assert any("singular covariance" in str(w.message) for w in caught), name
+
+
+def test_fid_equals_the_adm_sqrtm_and_torch_fidelity_on_well_conditioned_statistics(recwarn):
+    import scipy.linalg
+    from torch_fidelity.metric_fid import fid_statistics_to_metric
+
+    rng = np.random.default_rng(1)
+    x1 = rng.normal(size=(600, 32)) @ rng.normal(size=(32, 32))
+    x2 = 1.3 * rng.normal(size=(500, 32)) @ rng.normal(size=(32, 32)) + 0.2
+    (mu1, s1), (mu2, s2) = gaussian_stats(x1), gaussian_stats(x2)
+    ours = frechet_distance(mu1, s1, mu2, s2)
+    adm = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(scipy.linalg.sqrtm(s1 @ s2).real)
+    fidelity = fid_statistics_to_metric({"mu": mu1, "sigma": s1}, {"mu": mu2, "sigma": s2}, False)
+    assert ours == pytest.approx(adm, rel=1e-10)
+    assert ours == pytest.approx(fidelity["frechet_inception_distance"], rel=1e-10)
+    assert ours == pytest.approx(_exact_fid(x1, x2), rel=1e-10)
+    assert not [w for w in recwarn if "FID" in str(w.message)]  # full rank: nothing to warn about
+
+
+def test_fid_refuses_non_finite_statistics_and_warns_on_a_matrix_that_is_no_covariance():
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        frechet_distance(np.zeros(3), np.eye(3), np.array([0.0, np.nan, 0.0]), np.eye(3))
+    with pytest.warns(UserWarning, match="not positive semi-definite"):
+        value = frechet_distance(np.zeros(2), np.diag([1.0, -0.5]), np.zeros(2), np.eye(2))
+    # traces as given (0.5 + 2), the root term without the negative direction: 2 * (sqrt(1 * 1) + 0)
+    assert value == pytest.approx(0.5, abs=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------- IS, P/R
@@ -208,6 +274,8 @@ def test_lpips_with_local_vgg_weights_matches_lpips_package():
         expected = reference(a.float() / 127.5 - 1, b.float() / 127.5 - 1).flatten()
     torch.testing.assert_close(d, expected)
     assert torch.all(ours(a, a).abs() < 1e-6) and torch.allclose(ours(b, a), d) and torch.all(d > 0)
+    # per image: the same values one image at a time (eval mode: the heads' dropout is off)
+    torch.testing.assert_close(torch.cat([ours(a[:1], b[:1]), ours(a[1:], b[1:])]), d, rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------- commands

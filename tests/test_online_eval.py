@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).parent / "dist"))
 from helpers import perturbed_reg_export, tiny_official_tokenizer  # noqa: E402
 from online_eval import install_stubs, small_tokenizer  # noqa: E402
 
-from vfmvae.training.eval_config import EvalConfig, build_evaluator, read_eval_records  # noqa: E402
+from vfmvae.training.eval_config import EvalConfig  # noqa: E402
+from vfmvae.training.online_eval import build_evaluator, read_eval_records  # noqa: E402
 
 SCRIPT = Path(__file__).parent / "dist" / "online_eval.py"
 STATS = {"mean": [0.1] * 8, "std": [2.0] * 8}
@@ -46,11 +46,7 @@ def official(tmp_path, models):
 
 @pytest.fixture
 def stubs(monkeypatch):
-    from vfmvae.training import online_eval as online
-
-    monkeypatch.setattr(online, "_load_inception", online._load_inception)
-    monkeypatch.setattr(online, "_load_lpips", online._load_lpips)
-    install_stubs()
+    install_stubs(monkeypatch.setattr)
 
 
 def _tokenizer():
@@ -202,31 +198,27 @@ def test_evaluation_leaves_weights_rng_and_modes_untouched(tmp_path, models, stu
         assert torch.equal(value, before[key]), key
 
 
-def test_missing_weights_give_one_warning_and_skip(tmp_path, models, stubs):
+def test_missing_weights_give_one_warning_and_skip(tmp_path, models, stubs, capfd):
     tok = _tokenizer()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        evaluator = build_evaluator(_recon_cfg(models, inception=None, lpips=None), tmp_path / "tok", kind="tokenizer")
-        first = evaluator.maybe_run(model=tok, step=2, images=16)
-        evaluator.maybe_run(model=tok, step=3, images=24)
-    ours = [w for w in caught if "online evaluation" in str(w.message)]
-    assert len(ours) == 1 and "rfid and ris" in str(ours[0].message) and "lpips" in str(ours[0].message)
+    evaluator = build_evaluator(_recon_cfg(models, inception=None, lpips=None), tmp_path / "tok", kind="tokenizer")
+    first = evaluator.maybe_run(model=tok, step=2, images=16)
+    evaluator.maybe_run(model=tok, step=3, images=24)
+    ours = [line for line in capfd.readouterr().err.splitlines() if "online evaluation" in line]  # one line
+    assert len(ours) == 1 and "rfid and ris" in ours[0] and "lpips" in ours[0]
     assert first["eval/rfid"] is first["eval/ris"] is first["eval/lpips"] is None
     assert first["eval/psnr"] > 5 and first["eval/protocol"]["skipped"]
     # diffusion metrics all need the Inception: the evaluation is off, with one warning
     from vfmvae.sampling.pipeline import LatentStats
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        gen = build_evaluator(
-            EvalConfig(enabled=True, every=1, ref=str(models["ref"])),
-            tmp_path / "dit",
-            kind="diffusion",
-            tokenizer=tok,
-            latent_stats=LatentStats(torch.zeros(8), torch.ones(8)),
-        )
-        assert gen.maybe_run(model=None, step=1, images=8) is None
-    assert len([w for w in caught if "eval.inception" in str(w.message)]) == 1
+    gen = build_evaluator(
+        EvalConfig(enabled=True, every=1, ref=str(models["ref"])),
+        tmp_path / "dit",
+        kind="diffusion",
+        tokenizer=tok,
+        latent_stats=LatentStats(torch.zeros(8), torch.ones(8)),
+    )
+    assert gen.maybe_run(model=None, step=1, images=8) is None
+    assert len([line for line in capfd.readouterr().err.splitlines() if "eval.inception" in line]) == 1
     # a weights file that is named but not there is a mistake, not a reason to skip
     with pytest.raises(FileNotFoundError, match="eval.inception: weights file not found"):
         build_evaluator(_recon_cfg(models, inception=str(tmp_path / "nope.pth")), tmp_path / "x", kind="tokenizer")
@@ -446,7 +438,7 @@ def test_killed_diffusion_run_resumes_without_re_evaluating(tmp_path, models, la
 
 
 @pytest.mark.slow
-def test_tokenizer_run_with_evaluation_trains_the_same_weights(tmp_path, synthetic_dir, stubs):
+def test_tokenizer_run_with_evaluation_trains_the_same_weights(tmp_path, synthetic_dir, stubs, capfd):
     from vfmvae.config import load_config
     from vfmvae.tokenizer_training.config import TokenizerTrainConfig
     from vfmvae.tokenizer_training.trainer import train_tokenizer
@@ -474,8 +466,9 @@ def test_tokenizer_run_with_evaluation_trains_the_same_weights(tmp_path, synthet
         )
 
     train_tokenizer(cfg(tmp_path / "off"), progress=False)
-    with pytest.warns(UserWarning, match=r"lpips \(no eval.lpips\) skipped"):
-        train_tokenizer(cfg(tmp_path / "on", "eval.enabled=true", "eval.keep_best=psnr"), progress=False)
+    train_tokenizer(cfg(tmp_path / "on", "eval.enabled=true", "eval.keep_best=psnr"), progress=False)
+    notices = [line for line in capfd.readouterr().err.splitlines() if "no eval.lpips" in line]
+    assert len(notices) == 1 and notices[0].startswith("vfmvae: online evaluation:"), notices
     _assert_same_weights(_weights(tmp_path / "off"), _weights(tmp_path / "on"))
     (record,) = read_eval_records(tmp_path / "on")
     assert record["step"] == 2 and record["eval/psnr"] > 0 and record["eval/rfid"] is not None

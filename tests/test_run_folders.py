@@ -158,3 +158,69 @@ def test_a_same_size_corruption_of_checkpoint_weights_is_detected(cache, tmp_pat
     weights.write_bytes(bytes(data))
     with pytest.raises(CheckpointFormatError, match="model.safetensors: sha256 differs.*corrupted"):
         train_diffusion(_cfg(cache, run, "run.total_images=32"), progress=False)
+
+
+def test_resume_fresh_deletes_exactly_what_its_help_names(tmp_path, capsys):
+    """Issue 33 item 7: fresh removed RUN/samples, snapshots and tensorboard though its help did not name them; it
+    kept RUN/eval and RUN/best, so a new run took the old run's evaluation points as done."""
+    from vfmvae.cli import build_parser
+    from vfmvae.training.run_folder import RUN_OUTPUTS, claim_run_folder
+
+    run = tmp_path / "run"
+    for name in ("checkpoints/step-00000002", "grids", "exports/images-000000000016", "eval", "best", "tensorboard"):
+        (run / name).mkdir(parents=True)
+        (run / name / "file").write_text("x")
+    (run / "export").symlink_to(Path("exports") / "images-000000000016")
+    for name in ("metrics.jsonl", "config.yaml", "my-notes.txt"):
+        (run / name).write_text("x")
+    for name in ("samples", "snapshots"):  # a user's `vfmvae sample --out RUN/samples`; old runs' grid folders
+        (run / name).mkdir()
+        (run / name / "settings.json").write_text("{}")
+    for sub in ("tokenizer", "diffusion"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["train", sub, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        fresh = text[text.index("fresh (") :]
+        for name in RUN_OUTPUTS:  # every name it deletes is in the help
+            assert name in fresh, (sub, name)
+    claim_run_folder(run, config={}, resume="fresh").release()
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "my-notes.txt", "samples", "snapshots"]
+    assert (run / "samples" / "settings.json").is_file() and (run / "snapshots" / "settings.json").is_file()
+    out = capsys.readouterr().out
+    assert "removed checkpoints, metrics.jsonl, grids, export, exports, eval, best, tensorboard, config.yaml" in out
+    assert "kept samples, snapshots" in out
+
+
+def test_training_longer_keeps_the_export_others_built_on(cache, tmp_path):
+    """Issue 33 item 6: raising run.total_images rewrote RUN/export in place; now each export has its own folder,
+    RUN/export points at the newest, and what a cache or sample folder recorded (the resolved path and the content
+    digest) stays as it was."""
+    from vfmvae.checkpoint.digest import model_folder_digest
+
+    run = tmp_path / "run"
+    train_diffusion(_cfg(cache, run, "run.total_images=8"), progress=False)
+    first = (run / "export").resolve()  # what `cache-latents` / `sample` record for --tokenizer/--diffusion RUN/export
+    digest = model_folder_digest(run / "export")
+    assert first == run / "exports" / "images-000000000008" and (run / "export").is_symlink()
+    train_diffusion(_cfg(cache, run, "run.total_images=16"), progress=False)  # continued: an allowed change
+    assert (run / "export").resolve() == run / "exports" / "images-000000000016"
+    assert model_folder_digest(run / "export") != digest
+    assert model_folder_digest(first) == digest  # the first export is still there, unchanged
+    assert sorted(p.name for p in (run / "exports").iterdir()) == ["images-000000000008", "images-000000000016"]
+
+
+def test_an_export_written_before_versioning_is_moved_aside_not_replaced(tmp_path):
+    from vfmvae.training.exports import publish_export
+
+    run = tmp_path / "run"
+    (run / "export").mkdir(parents=True)
+    (run / "export" / "config.json").write_text("old")
+    (run / "export" / "training.json").write_text('{"images_total": 2400}')
+    publish_export(run, 4800, lambda folder: (folder.mkdir(), (folder / "config.json").write_text("new")))
+    assert (run / "export" / "config.json").read_text() == "new"
+    assert (run / "exports" / "unversioned-images-total-000000002400" / "config.json").read_text() == "old"
+    publish_export(run, 4800, lambda folder: (folder / "config.json").write_text("new again"))  # the same length
+    assert sorted(p.name for p in (run / "exports").iterdir()) == [
+        "images-000000004800",
+        "unversioned-images-total-000000002400",
+    ]

@@ -108,6 +108,20 @@ def _image(size=256, seed=0):
     return np.clip(base + rng.integers(-20, 21, base.shape), 0, 255).astype(np.uint8)
 
 
+def _timm_positions_forward(model, pixels: torch.Tensor) -> torch.Tensor:
+    """The official extractor's timm ViT (dynamic_img_size=True): the table resampled to the input's (square) grid by
+    timm's `resample_abs_pos_embed`, then the model as it is; patch tokens after the final norm."""
+    import copy
+
+    from timm.layers import resample_abs_pos_embed
+
+    twin = copy.deepcopy(model)
+    grid = pixels.shape[-1] // twin.config.patch_size
+    table = twin.embeddings.position_embeddings
+    table.data = resample_abs_pos_embed(table.data, [grid, grid], num_prefix_tokens=1)
+    return twin(pixel_values=pixels).last_hidden_state[:, 1:]
+
+
 def test_dinov2_reference_takes_the_official_224px_input_at_256px(dinov2_patch14):
     from torchvision import transforms
 
@@ -128,14 +142,14 @@ def test_dinov2_reference_takes_the_official_224px_input_at_256px(dinov2_patch14
         ]
     )
     pixels = official(Image.fromarray(arr))[None]
-    expected = vfm.model(pixel_values=pixels).last_hidden_state[:, 1:].mean(1)
+    expected = _timm_positions_forward(vfm.model, pixels).mean(1)
     torch.testing.assert_close(features(x, 1.0, False, 0), expected, rtol=1e-4, atol=1e-5)
     # equivariance: rot90, bilinear (no antialias) to int(224 s), reflect pad to a multiple of 14, Normalize
     rotated = torch.rot90(x, k=3, dims=(-2, -1))
     for scale in (1.0, 0.75, 0.5, 0.25):
         y = F.interpolate(rotated, size=int(224 * scale), mode="bilinear", align_corners=False)
         norm = transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
-        expected = vfm.model(pixel_values=norm(y[0])[None]).last_hidden_state[:, 1:].mean(1)
+        expected = _timm_positions_forward(vfm.model, norm(y[0])[None]).mean(1)
         torch.testing.assert_close(features(rotated, scale, True, 0), expected, rtol=1e-4, atol=1e-5)
 
 
@@ -186,6 +200,7 @@ def test_reg_diffusion_features_use_the_noised_real_class_token_and_proj_keeps_i
     """As get_block_features_from_reg.py: the image's DINOv2 class token (the VFM of the model's latent cache),
     noised to t = 0.5 like the latent; block features drop the class token, projector features keep it."""
     from vfmvae.diffusion import create_diffusion_model
+    from vfmvae.latents.targets import reg_dinov2_targets
     from vfmvae.tokenizer import VFMVAE
     from vfmvae.tokenizer.posterior import DiagonalGaussian
     from vfmvae.vfm import VFMSpec, build_vfm
@@ -212,7 +227,9 @@ def test_reg_diffusion_features_use_the_noised_real_class_token_and_proj_keeps_i
         with torch.no_grad():
             z = (DiagonalGaussian(tok.encode_moments(x)).sample(g) - 0.1) / 2.0
             noise = torch.randn(z.shape, generator=g)
-            cls = 0.5 * build_vfm(VFMSpec("dinov2-test", layers=(-1,)))(x).cls + 0.5 * torch.randn(1, 64, generator=g)
+            # the cache's target VFM: REG's table resampling (timm, antialiased cubic) at the cache's resolution
+            target_vfm = reg_dinov2_targets(build_vfm(VFMSpec("dinov2-test", layers=(-1,))), size)
+            cls = 0.5 * target_vfm(x).cls + 0.5 * torch.randn(1, 64, generator=g)
             out = model(0.5 * z + 0.5 * noise, torch.full((1,), 0.5), torch.tensor([4]), cls, hidden_at=(1,))
         return out.projected[0].mean(1) if block == "proj" else out.hidden[1][:, 1:].mean(1)
 

@@ -14,10 +14,13 @@ from vfmvae.tokenizer_training.trainer import train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = str(Path(vfmvae.__file__).resolve().parent)
-# the step's code; the equivariance draws and DiffAugment read a host generator (no device sync), data loading
-# reads host tensors
+# the step's code; the draws (equivariance, DiffAugment, crop: draws.py, equivariance.py) read a host generator (no
+# device sync), data loading reads host tensors
 TRAINING_CODE = (
     "tokenizer_training/trainer.py",
+    "tokenizer_training/objective.py",
+    "tokenizer_training/discriminators.py",
+    "tokenizer_training/spectral_norm.py",
     "training/run.py",
     "tokenizer_training/losses.py",
     "training/step.py",

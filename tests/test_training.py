@@ -123,6 +123,26 @@ def test_ema_halflife_rampup_and_buffers():
     assert not any(p.requires_grad for p in ema.model.parameters())
 
 
+def test_ema_averages_frozen_parameters_as_the_official_update_and_skips_only_named_prefixes():
+    """Official G_ema (tianciB/VFM-VAE training_loop.py) and LightningDiT/REG `update_ema` lerp every parameter,
+    frozen ones included: a part frozen after the EMA fell behind (stage 2's encoder) converges to the raw
+    weights. Only what the trainer names (the tokenizer's VFM) is left alone."""
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    ema = EMA(model, halflife_images=4, rampup_ratio=None, exclude_prefixes=("1.",))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    model[0].requires_grad_(False)  # frozen, but behind the raw weights in the average
+    before = [p.clone() for p in ema.model.parameters()]
+    beta = ema.update(model, images_seen=100, batch_images=4, applied=torch.ones(()))
+    assert beta == pytest.approx(0.5)
+    for (name, p_ema), old, p in zip(ema.model.named_parameters(), before, model.parameters()):
+        if name.startswith("1."):
+            assert torch.equal(p_ema, old), name  # excluded
+        else:
+            torch.testing.assert_close(p_ema, p.detach().lerp(old, beta), rtol=0, atol=1e-7, msg=name)  # official
+
+
 def _train(run_dir, synthetic_dir, steps, resume=False, save_every=None):
     """A deterministic run with noise in the loss (so the RNG state matters) and a shuffled, flipped stream."""
     model, opt = _model_and_opt()

@@ -29,6 +29,7 @@ def test_ssim_loss_is_torchmetrics_ssim_on_minus_one_to_one_with_data_range_two(
 
 
 def test_safe_loss_guard_skips_a_spike_on_the_device_and_keeps_the_weights():
+    """One micro-batch per step: a rejected micro-batch is the whole step, which is skipped."""
     from vfmvae.tokenizer_training.losses import SafeLossGuard
     from vfmvae.training import optimizer_step
 
@@ -45,9 +46,7 @@ def test_safe_loss_guard_skips_a_spike_on_the_device_and_keeps_the_weights():
         return guard(l1)
 
     def step():
-        res = optimizer_step(model, opt, [x], loss_fn, batch_size_of=len)
-        guard.commit(res.applied_t)
-        return res
+        return optimizer_step(model, opt, [x], loss_fn, batch_size_of=len, accepted=guard.step_accepted)
 
     assert not step().skipped  # first step: no reference yet
     reference = guard.prev["l1"].clone()
@@ -56,7 +55,7 @@ def test_safe_loss_guard_skips_a_spike_on_the_device_and_keeps_the_weights():
     res = step()
     assert res.skipped and float(guard.rejected) == 1.0
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # weights untouched
-    assert torch.equal(guard.prev["l1"], reference)  # a rejected step is not the next reference
+    assert torch.equal(guard.prev["l1"], reference)  # a rejected micro-batch is not the next reference
     scale["value"] = 5.0  # below 10x: accepted
     assert not step().skipped
     guard.active = False  # before the start window nothing is rejected
@@ -64,9 +63,67 @@ def test_safe_loss_guard_skips_a_spike_on_the_device_and_keeps_the_weights():
     assert not step().skipped
 
 
+def test_safe_loss_guard_drops_only_the_spiking_micro_batch_under_accumulation():
+    """Official rule (training/loss.py): each micro-batch is compared with the previous accepted micro-batch and
+    only its own gradient is zeroed; the step goes on with the others. Decided on the device."""
+    from helpers import on_tensor_readback
+
+    from vfmvae.tokenizer_training.losses import DiscriminatorGuard, SafeLossGuard
+    from vfmvae.training import optimizer_step
+
+    def setup():
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 1)
+        return model, torch.optim.Adam(model.parameters(), lr=0.1, fused=True)  # fused: skips on the device
+
+    torch.manual_seed(1)
+    batches = [torch.randn(4, 4) for _ in range(3)]
+    spikes = [1.0, 1000.0, 2.0]  # the second micro-batch's L1 jumps 1000x over the first's
+    guard = SafeLossGuard(ratio=10.0)
+    guard.active = True
+    model, opt = setup()
+    calls = {"n": 0}
+
+    def loss_fn(m, batch):
+        factor = spikes[calls["n"] % 3]
+        calls["n"] += 1
+        return guard(guard.watch("l1", (m(batch) * factor).abs().mean()))
+
+    def forbid(method):
+        raise AssertionError(f"host read inside the step ({method})")
+
+    with on_tensor_readback(forbid):
+        res = optimizer_step(model, opt, batches, loss_fn, batch_size_of=len, accepted=guard.step_accepted)
+    assert not res.skipped and float(guard.rejected) == 1.0
+    expected_model, expected_opt = setup()
+    kept = [(batches[0], 1.0), (batches[2], 2.0)]  # the spiking micro-batch contributes nothing, weights 4/12 each
+    loss = sum((expected_model(b) * f).abs().mean() * (4 / 12) for b, f in kept)
+    loss.backward()
+    expected_opt.step()
+    for got, want in zip(model.parameters(), expected_model.parameters()):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-7)
+    # the third micro-batch was compared with the first (the last accepted one), and is the next reference
+    with torch.no_grad():
+        third = (setup()[0](batches[2]) * 2.0).abs().mean()  # its L1 under the weights before the step
+    torch.testing.assert_close(guard.prev["l1"], third)
+
+    # the discriminator's rule (|term| <= 1e4, finite) drops per micro-batch too; all dropped: no step
+    d_guard = DiscriminatorGuard()
+    d_guard.active = True
+    model, opt = setup()
+    before = [p.detach().clone() for p in model.parameters()]
+
+    def d_loss(m, batch):
+        return d_guard(d_guard.watch(m(batch).abs().mean() * 1e6))
+
+    res = optimizer_step(model, opt, batches[:2], d_loss, batch_size_of=len, accepted=d_guard.step_accepted)
+    assert res.skipped and float(d_guard.rejected) == 2.0
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
 @pytest.mark.slow
 def test_safe_loss_guard_in_the_tokenizer_trainer_counts_and_skips_a_spike(tmp_path, synthetic_dir, monkeypatch):
-    import vfmvae.tokenizer_training.trainer as trainer_module
+    import vfmvae.tokenizer_training.objective as objective_module
     from vfmvae.checkpoint import CheckpointManager
     from vfmvae.cli import main
     from vfmvae.tokenizer_training.losses import ssim_loss
@@ -77,7 +134,7 @@ def test_safe_loss_guard_in_the_tokenizer_trainer_counts_and_skips_a_spike(tmp_p
         calls["n"] += 1
         return ssim_loss(fake, real) * (1000.0 if calls["n"] == 3 else 1.0)
 
-    monkeypatch.setattr(trainer_module, "ssim_loss", spiking_ssim)
+    monkeypatch.setattr(objective_module, "ssim_loss", spiking_ssim)
     run_dir = tmp_path / "spike"
     args = [
         "train",
@@ -193,7 +250,7 @@ def _from_export(export):
 
 
 @pytest.mark.slow
-def test_next_stage_starts_raw_g_from_raw_ema_from_ema_d_from_d_and_continues_the_image_count(
+def test_next_stage_starts_raw_g_from_raw_ema_from_ema_d_from_d_and_its_ema_averages_the_frozen_encoder(
     tmp_path, synthetic_dir, monkeypatch
 ):
     from safetensors.torch import load_file
@@ -231,12 +288,24 @@ def test_next_stage_starts_raw_g_from_raw_ema_from_ema_d_from_d_and_continues_th
         assert torch.equal(start.state["disc"][f"0.{key}"], value), key  # D from D
     assert start.state["counters"]["images_before_stage"] == 8
 
-    third = tmp_path / "stage-c"  # one step: the EMA ramp-up counts the previous stages' images too
-    assert main(_tiny_args(third, data, "--set", "run.total_images=4", *_from_export(export))) == 0
-    assert seen == [12]
+    # one step of a stage that freezes the encoder (as stage 2): the EMA ramp-up counts the previous stages' images
+    # before this batch (official cur_nimg), and the frozen encoder's EMA moves towards the raw encoder by the
+    # official rule ema <- raw.lerp(ema, beta) (training_loop.py G_ema), instead of keeping stage a's average
+    third = tmp_path / "stage-c"
+    stage_c = ("--set", "run.total_images=4", "--set", "stage=decoder", "--set", "run.ema_rampup=0.5")
+    assert main(_tiny_args(third, data, *stage_c, *_from_export(export))) == 0
+    assert seen == [8]
     import json
 
     assert json.loads((third / "export" / "training.json").read_text())["images_total"] == 12
+    beta = 0.5 ** (4 / min(250, 0.5 * 8))  # tiny recipe: half-life 250 images, capped at 0.5 x 8 images seen
+    ema_c = load_file(third / "export" / "model.safetensors")
+    encoder = [k for k in raw_a if k.startswith(("patch_projs.", "final_proj.", "vf_proj."))]
+    assert encoder and any(not torch.equal(raw_a[k], ema_a[k]) for k in encoder)
+    for key in encoder:
+        torch.testing.assert_close(ema_c[key], raw_a[key].lerp(ema_a[key], beta), rtol=0, atol=1e-6, msg=key)
+    vfm = [k for k in ema_c if k.startswith("vfm.")]
+    assert vfm and all(torch.equal(ema_c[k], ema_a[k]) for k in vfm)  # the frozen VFM is not averaged
 
 
 def test_projected_discriminator_resizes_with_the_vfm_mode(tmp_path, synthetic_dir, monkeypatch):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerate all four parity data sets into OUT and compare each with the committed copy in tests/data.
+# Regenerate all five parity data sets into OUT and compare each with the committed copy in tests/data.
 #
 # Usage: scripts/parity/regenerate_all.sh [ROOT] [OUT]
 #   ROOT  what setup_env.sh built (default /tmp/vfmvae-parity)
@@ -25,6 +25,8 @@ run() {  # name, then the script's arguments
 }
 
 run official_tokenizer_tiny "$PY" "$HERE/make_official_tokenizer_tiny.py" --official "$SRC/VFM-VAE"
+# reads the tiny generator of tests/data/official_tokenizer_tiny (the committed copy)
+run official_tokenizer_steps "$PY" "$HERE/make_official_tokenizer_steps.py" --official "$SRC/VFM-VAE"
 # LightningDiT pins timm 1.0.12: put it in front of the venv's timm for this script only.
 run lightningdit_reference env PYTHONPATH="$ROOT/pylib_timm1012" \
   "$PY" "$HERE/make_lightningdit_reference.py" --official "$SRC/LightningDiT"

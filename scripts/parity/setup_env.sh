@@ -4,7 +4,8 @@
 #
 # Usage: scripts/parity/setup_env.sh [ROOT]            (ROOT defaults to /tmp/vfmvae-parity)
 # Result:
-#   ROOT/venv             Python venv: torch 2.14.1 (run on CPU), transformers 4.50.1, setuptools<81, timm 1.0.31, ...
+#   ROOT/venv             Python venv: torch 2.14.1 (run on CPU), transformers 4.50.1, setuptools<81, timm 1.0.31,
+#                         torchmetrics 1.9.0 (official SSIM loss), ...
 #   ROOT/pylib_timm1012   timm 1.0.12 alone (pip --target), put first on PYTHONPATH for LightningDiT
 #   ROOT/src/<name>       official sources: VFM-VAE, LightningDiT, REG, REPA, platonic-rep (git clone + checkout)
 # Environment:
@@ -71,7 +72,7 @@ $PIP install --quiet $PIP_ARGS torch==2.14.1 torchvision==0.29.1
 # VFM-VAE pins transformers 4.50.1 and imports pkg_resources (gone from setuptools 81).
 # shellcheck disable=SC2086
 $PIP install --quiet $PIP_ARGS "transformers==4.50.1" "setuptools<81" timm==1.0.31 numpy==2.4.6 scipy==1.17.1 \
-  einops==0.8.2 safetensors==0.8.0 pyyaml
+  einops==0.8.2 safetensors==0.8.0 pyyaml torchmetrics==1.9.0 lightning-utilities==0.15.3
 # LightningDiT's transport/integrators.py imports torchdiffeq; --no-deps keeps torch as installed above.
 # shellcheck disable=SC2086
 $PIP install --quiet $PIP_ARGS --no-deps torchdiffeq==0.2.5
@@ -81,7 +82,8 @@ $PIP install --quiet $PIP_ARGS --no-deps --target "$ROOT/pylib_timm1012" timm==1
 
 "$ROOT/venv/bin/python" - <<'PY'
 import importlib
-for name in ("torch", "torchvision", "transformers", "timm", "numpy", "scipy", "safetensors", "torchdiffeq"):
+for name in ("torch", "torchvision", "transformers", "timm", "numpy", "scipy", "safetensors", "torchdiffeq",
+             "torchmetrics"):
     print(f"{name} {importlib.import_module(name).__version__}")
 PY
 echo "environment ready: $ROOT"

@@ -18,6 +18,7 @@ tuple[X, Y], list[X], dict[str, X] and nested dataclasses.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import types
 import typing
@@ -49,7 +50,16 @@ class ConfigError(ValueError):
 
 
 class MustExist:
-    """Marker: the annotated path must exist when the config is loaded."""
+    """Marker: the annotated path must exist when the config is loaded. `problem(value)` may say more precisely what
+    is missing (a data source's brace pattern or glob, `vfmvae.data.source`); None means it is fine."""
+
+    def __init__(self, problem: typing.Callable[[Any], str | None] | None = None) -> None:
+        self.problem = problem
+
+    def missing(self, value: Any) -> str | None:
+        if self.problem is not None:
+            return self.problem(value)
+        return None if Path(value).exists() else f"path does not exist: {value}"
 
     def __repr__(self) -> str:
         return "MustExist()"
@@ -224,9 +234,12 @@ def _build_dataclass(cls: type[T], data: Any, *, prefix: str, source: str) -> T:
     unknown = [k for k in data if k not in fields]
     if unknown:
         known = ", ".join(sorted(fields))
+        close = [difflib.get_close_matches(str(k), list(fields), n=1, cutoff=0.6) for k in unknown]
+        guesses = [f"{prefix}{match[0]}" for match in close if match]
+        hint = f"did you mean {' / '.join(guesses)}? " if guesses else ""
         raise ConfigError(
             f"{source}: unknown key{'s' if len(unknown) > 1 else ''} "
-            f"{', '.join(prefix + str(k) for k in unknown)} (valid keys in {where}: {known})"
+            f"{', '.join(prefix + str(k) for k in unknown)} ({hint}valid keys in {where}: {known})"
         )
     kwargs = {}
     for name, field in fields.items():
@@ -250,8 +263,10 @@ def _check_exists(value: Any, tp: Any, *, key: str, source: str) -> None:
     """Defaults skip coercion but an ExistingPath default must still exist."""
     if value is None or get_origin(tp) is not Annotated:
         return
-    if any(isinstance(m, MustExist) for m in get_args(tp)[1:]) and not Path(value).exists():
-        raise ConfigError(f"{source}: {key}: path does not exist: {value}")
+    for marker in (m for m in get_args(tp)[1:] if isinstance(m, MustExist)):
+        problem = marker.missing(value)
+        if problem:
+            raise ConfigError(f"{source}: {key}: {problem}")
 
 
 def _type_name(tp: Any) -> str:
@@ -268,8 +283,10 @@ def _coerce(value: Any, tp: Any, *, key: str, source: str) -> Any:
     if origin is Annotated:
         base, *meta = get_args(tp)
         out = _coerce(value, base, key=key, source=source)
-        if out is not None and any(isinstance(m, MustExist) for m in meta) and not Path(out).exists():
-            raise ConfigError(f"{source}: {key}: path does not exist: {out}")
+        for marker in (m for m in meta if isinstance(m, MustExist)) if out is not None else ():
+            problem = marker.missing(out)
+            if problem:
+                raise ConfigError(f"{source}: {key}: {problem}")
         return out
     if tp is Any:
         return value

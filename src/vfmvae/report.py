@@ -100,6 +100,7 @@ def _plot_panels(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
     cols = min(3, len(series))
     rows = -(-len(series) // cols)
@@ -108,6 +109,13 @@ def _plot_panels(
         xs, ys = [p[0] for p in points], [p[1] for p in points]
         ax.plot(xs, ys, marker="o" if len(points) < 12 else None, markersize=3, linewidth=1.2)
         ax.set_yscale(panel_scale(ys))
+        # plain tick values: no "+2.955e2" or "1e-7+1.00056" offset above the axis, and image counts in full
+        for axis in (ax.xaxis, ax.yaxis):
+            if isinstance(axis.get_major_formatter(), ScalarFormatter):
+                axis.get_major_formatter().set_useOffset(False)
+        if isinstance(ax.xaxis.get_major_formatter(), ScalarFormatter):
+            ax.xaxis.get_major_formatter().set_scientific(False)
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=4))  # room for seven-digit image counts
         ax.set_title(f"{key}{' (log)' if ax.get_yscale() == 'log' else ''}: {ys[-1]:.4g}", fontsize=8)
         ax.tick_params(which="both", labelsize=7)
         ax.grid(alpha=0.3)
@@ -199,6 +207,30 @@ def _eval_section(run: Path, page: Path, records: list[dict[str, Any]], config: 
     return parts
 
 
+GRID_COLUMNS = 8  # `vfmvae sample` draws its grid.png of the first 64 samples 8 to a row
+
+
+def sample_grid_caption(folder: Path, columns: int = GRID_COLUMNS) -> str:
+    """What the grid of a sample folder shows, from the labels actually drawn (samples.npz `arr_1`): one class per
+    column when every column holds one class (`--classes balanced` with 8 classes), else the class of each cell."""
+    import numpy as np
+
+    try:
+        with np.load(folder / "samples.npz") as npz:
+            labels = [int(v) for v in npz["arr_1"][: columns * columns]]
+    except (OSError, KeyError, ValueError):
+        return "class-conditional samples (their labels are not recorded in samples.npz)"
+    if not labels:
+        return "class-conditional samples"
+    column_classes = [sorted(set(labels[c::columns])) for c in range(min(columns, len(labels)))]
+    if len(labels) > columns and all(len(classes) == 1 for classes in column_classes):
+        names = ", ".join(str(classes[0]) for classes in column_classes)
+        return f"class-conditional samples, one class per column (classes {names}, left to right)"
+    rows = [labels[r : r + columns] for r in range(0, len(labels), columns)]
+    cells = "; ".join(" ".join(map(str, row)) for row in rows)
+    return f"class-conditional samples; the class of each image, row by row ({columns} per row): {cells}"
+
+
 def _rel(path: Path, page: Path) -> str:
     return html.escape(os.path.relpath(path, page.parent))
 
@@ -282,7 +314,7 @@ def build_report(root: str | Path, out: str | Path | None = None) -> Path:
                 "<h2>Samples: "
                 + html.escape(settings.parent.name)
                 + "</h2>"
-                + _img(settings.parent / "grid.png", page, "class-conditional samples, one class per column")
+                + _img(settings.parent / "grid.png", page, sample_grid_caption(settings.parent))
                 + "<pre>"
                 + html.escape(json.dumps(cfg, indent=1))
                 + "</pre>"

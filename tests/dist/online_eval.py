@@ -59,11 +59,26 @@ def small_tokenizer():
         return VFMVAE(cfg).eval()
 
 
-def install_stubs() -> None:
+def install_stubs(assign=setattr) -> None:
+    """The stand-ins wherever a metric network is loaded: the online evaluator and the offline `eval recon` and
+    `eval gen` (pass `monkeypatch.setattr` as `assign` to undo it after a test)."""
+    from vfmvae.evaluation import generation, reconstruction
     from vfmvae.training import online_eval as online
 
-    online._load_inception = lambda spec, device: (StubInception().to(device), {"inception_sha256": f"stub-{spec}"})
-    online._load_lpips = lambda spec, device: (StubLPIPS().to(device), {"lpips_sha256": f"stub-{spec}"})
+    def inception(spec, device):
+        return StubInception().to(device), {"inception_sha256": f"stub-{spec}"}
+
+    def lpips(spec, device):
+        return StubLPIPS().to(device), {"lpips_sha256": f"stub-{spec}"}
+
+    for module, name, stub in (
+        (online, "_load_inception", inception),
+        (online, "_load_lpips", lpips),
+        (reconstruction, "load_inception", inception),
+        (reconstruction, "load_lpips", lpips),
+        (generation, "load_inception", inception),
+    ):
+        assign(module, name, stub)
 
 
 def main() -> None:
@@ -74,7 +89,8 @@ def main() -> None:
     torch.set_num_threads(1)
     install_stubs()
     from vfmvae.diffusion import DiffusionTransformer
-    from vfmvae.training.eval_config import EvalConfig, build_evaluator
+    from vfmvae.training.eval_config import EvalConfig
+    from vfmvae.training.online_eval import build_evaluator
     from vfmvae.sampling.pipeline import LatentStats
     from vfmvae.tokenizer import VFMVAE
 

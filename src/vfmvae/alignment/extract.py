@@ -9,7 +9,8 @@ its `latent_stats.json` (a posterior sample), normalised, noised to t = 0.5 with
 run with the null label; the features are the output of block BLOCK (1-based; 0 = the patch embedding), averaged
 over the image
 tokens, class token excluded, or `proj`, the first REPA projector's output averaged over all tokens. REG models
-get the image's real class token (the VFM of their latent cache), noised to t like the latent, as
+get the image's real class token (the VFM of their latent cache, built and prepared as `cache-latents` built it:
+the token equals the cached training target), noised to t like the latent, as
 tools/evaluate_alignment/diffusions/get_block_features_from_reg.py).
 
 `transform`: `clean`, `noise_0.050` ... (reads that folder of an `align transforms` output) or
@@ -21,7 +22,9 @@ DINOv2 references (`vfm:dinov2-*`) take the official DINOv2 extractor's input
 short side, bicubic on the uint8 image (torchvision `Resize(224)` on PIL); under `equivariance` the rotated
 float image is resized bilinearly (no antialias) to int(224 s) and reflect-padded at the right and bottom to a
 multiple of the patch size (14). (224 = 16 patches of 14 px; the tiny `dinov2-test` with 8-px patches gets the
-same 16-patch grid, 128 px.) Other VFMs are fed at the image size, as the official SigLIP2 extractor.
+same 16-patch grid, 128 px.) Their position table is resampled to each input's grid as the official extractor's timm
+ViT (`dynamic_img_size=True`, `resample_abs_pos_embed`: bicubic with antialias) does, not by transformers' own
+interpolation (no antialias). Other VFMs are fed at the image size, as the official SigLIP2 extractor.
 """
 
 from __future__ import annotations
@@ -72,10 +75,14 @@ def load_source(source: str, device: str = "cpu", *, posterior: str = "sample", 
     kind, _, spec = source.partition(":")
     if kind == "vfm":
         from vfmvae.vfm import VFMSpec, build_vfm
+        from vfmvae.vfm.positions import resample_positions_per_forward
 
         # fed at image size, as the official SigLIP2 extractor
         model = build_vfm(VFMSpec.from_name(spec, layers=(-1,), scale_factor=1.0))
         if model.family.startswith("dinov2"):
+            # the official extractor's timm ViT (dynamic_img_size=True) resamples its table to every input's grid
+            # bicubic with antialias; transformers' own interpolation has no antialias
+            model = resample_positions_per_forward(model)
 
             def features(x: torch.Tensor, scale: float, equivariance: bool, index: int) -> torch.Tensor:
                 return model(dinov2_input(x, scale, equivariance, model.patch_size)).tokens[0].mean(1)
@@ -108,9 +115,10 @@ def load_source(source: str, device: str = "cpu", *, posterior: str = "sample", 
 
 def _reg_class_token_source(stats: LatentStats, folder: str, device: str):
     """The DINOv2 class token of an image as the REG model saw it in training: the VFM of the model's latent cache
-    (`cache.json`: vfm_features, vfm_resolution), fed the same way `cache-latents` fed it."""
+    (`cache.json`: vfm_features, vfm_resolution), built and prepared by the function `cache-latents` used
+    (`build_target_vfm`: REG's table resampling and resize), so the token equals the cached target."""
     from vfmvae.latents.cache import MANIFEST
-    from vfmvae.vfm import VFMSpec, build_vfm
+    from vfmvae.latents.targets import build_target_vfm
 
     manifest_path = Path(stats.cache or "") / MANIFEST
     if not manifest_path.is_file():
@@ -123,12 +131,9 @@ def _reg_class_token_source(stats: LatentStats, folder: str, device: str):
     if not manifest.get("vfm_features"):
         raise ValueError(f"{manifest_path}: the cache has no vfm_features, so the REG class token is unknown")
     resolution = manifest.get("resolution") or manifest.get("image_size")
-    extra = (
-        {"scale_factor": manifest["vfm_resolution"] / resolution}
-        if manifest.get("vfm_resolution") and resolution
-        else {}
-    )
-    vfm = build_vfm(VFMSpec.from_name(manifest["vfm_features"], layers=(-1,), **extra)).to(device)
+    if not resolution:
+        raise ValueError(f"{manifest_path}: no resolution recorded, so the class token's input size is unknown")
+    vfm = build_target_vfm(manifest["vfm_features"], resolution, manifest.get("vfm_resolution")).to(device)
     return lambda x: vfm(x).cls
 
 

@@ -124,8 +124,12 @@ USER_OS_ERRORS = frozenset(
 )
 
 
+ONE_LINE_LIMIT = 1200  # a config's valid-key list fits; a loader's dump of thousands of keys does not
+
+
 def one_line(err: BaseException) -> str:
-    """The error's message on one line, at most 300 characters (a loader's key dump is not a message)."""
+    """The error's message on one line. Past ONE_LINE_LIMIT characters (a loader's key dump is not a message) the
+    middle is cut, so that both what went wrong (the start) and the end of a list of choices stay readable."""
     if isinstance(err, pickle.UnpicklingError):
         return (
             "refused to unpickle: the file holds pickled Python objects beyond plain tensors, which vfmvae never "
@@ -134,4 +138,7 @@ def one_line(err: BaseException) -> str:
     text = " ".join(str(err).split()) or type(err).__name__
     if isinstance(err, KeyError) and len(err.args) == 1:
         text = str(err.args[0])
-    return text if len(text) <= 300 else text[:297] + "..."
+    if len(text) <= ONE_LINE_LIMIT:
+        return text
+    head, tail = ONE_LINE_LIMIT * 2 // 3, ONE_LINE_LIMIT // 3 - 5
+    return f"{text[:head]} ... {text[-tail:]}"

@@ -9,7 +9,8 @@ from vfmvae.cli.common import positive_int, write_json
 from vfmvae.cli.parser import add_option
 
 _INCEPTION_HELP = (
-    "FID Inception weights: local weights-inception-2015-12-05-6726825d.pth (torch-fidelity's), or its URL when online"
+    "FID Inception weights: local weights-inception-2015-12-05-6726825d.pth (torch-fidelity's), its URL when online, "
+    "or random-init:SEED (seeded random weights, as recipes accept: the pipeline runs, the values compare with nothing)"
 )
 
 
@@ -36,13 +37,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     r = esub.add_parser(
         "ref-stats",
-        help="build an ADM-layout reference batch from any image set",
+        help="build an ADM-layout reference batch from any image set (e.g. a recipe's eval.ref)",
         description="Write mu/sigma (pool3), mu_s/sigma_s (sFID features) and arr_0 (up to "
-        "--max-images images, used for precision/recall) in the layout of the ADM reference batches.",
+        "--max-images images, used for precision/recall) in the layout of the ADM reference batches. Without "
+        "--inception, only arr_0: a reference batch of images for a recipe's eval.ref, whose statistics the "
+        "evaluator computes with its own Inception (eval.inception), e.g. "
+        "`vfmvae eval ref-stats --data heldout/images --out ref.npz --max-images 1000`.",
     )
     add_option(r, "--data", deprecated=("--images",), type=Path, required=True, help="image folder or .npz (arr_0)")
     r.add_argument("--out", type=Path, required=True, help="output .npz")
-    r.add_argument("--inception", required=True, help=_INCEPTION_HELP)
+    r.add_argument(
+        "--inception",
+        default=None,
+        help=_INCEPTION_HELP + " (default: none, the batch holds the images only, for a recipe's eval.ref)",
+    )
     r.add_argument("--max-images", type=int, default=10000, help="images kept in arr_0 (10000 as ADM)")
     _common(r)
     r.set_defaults(func=run_ref_stats)
@@ -132,7 +140,16 @@ def run_gen(args: argparse.Namespace) -> int:
 
 def run_ref_stats(args: argparse.Namespace) -> int:
     from vfmvae.evaluation import build_reference
+    from vfmvae.evaluation.generation import write_reference_images
 
+    if args.inception is None:
+        info = write_reference_images(args.data, args.out, max_images=args.max_images)
+        print(
+            f"wrote {args.out}: {info['num_kept_images']} of {info['num_images']} images in arr_0, no statistics "
+            "(the evaluator computes them with its Inception); use it as eval.ref"
+        )
+        write_json(args.json, info)
+        return 0
     info = build_reference(
         args.data,
         args.out,

@@ -112,7 +112,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="ODE time-grid shift (>1 spends more steps near noise; default: the preset's, else 1)",
     )
-    s.add_argument("--classes", default="random", help="random (seeded, uniform), balanced, or a list like 1,5,9")
+    s.add_argument(
+        "--classes",
+        default="random",
+        help="random (seeded, uniform), balanced, or a list cycled over the samples: class ids like 1,5,9, or the "
+        "class names the model records (DIFFUSION/class_names.json, from an image-folder cache) like cats,dogs",
+    )
     s.add_argument(
         "--batch-size",
         type=positive_int,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vfmvae.training.run_folder import FRESH_HELP
+
 TRAINING_BATCH_SIZES = (
     "Batch sizes are recipe keys: run.batch_size is the GLOBAL batch of one optimizer step (all processes "
     "together, in images); run.micro_batch is the PER-PROCESS batch of one forward/backward (default: "
@@ -43,8 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--resume",
         default="auto",
         help="auto (default: continue from the newest complete checkpoint of RUN if any), none (start at step 0; "
-        "refused if RUN holds this run's outputs), fresh (delete RUN's own outputs - checkpoints, metrics, grids, "
-        "export - and start over), or a checkpoint folder",
+        f"refused if RUN holds this run's outputs), {FRESH_HELP}, or a checkpoint folder",
     )
     k.epilog = TRAINING_BATCH_SIZES
     k.set_defaults(func=run_tokenizer)
@@ -73,8 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--resume",
         default="auto",
         help="auto (default: continue from the newest complete checkpoint of RUN if any), none (start at step 0; "
-        "refused if RUN holds this run's outputs), fresh (delete RUN's own outputs - checkpoints, metrics, grids, "
-        "export - and start over), or a checkpoint folder",
+        f"refused if RUN holds this run's outputs), {FRESH_HELP}, or a checkpoint folder",
     )
     d.epilog = TRAINING_BATCH_SIZES
     d.set_defaults(func=run_diffusion)

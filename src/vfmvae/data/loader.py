@@ -16,11 +16,11 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import DataLoader
 
-from vfmvae.config import ExistingPath
 from vfmvae.data.folder import ImageFolderDataset
 from vfmvae.data.images import DEFAULT_MAX_PIXELS, SkipCounter
 from vfmvae.data.sampler import ResumableSampler
 from vfmvae.data.shards import TarShardDataset, list_shards
+from vfmvae.data.source import DataSourcePath, is_pattern
 from vfmvae.seeding import derive_seed
 
 __all__ = ["DataConfig", "collate_skip_bad", "DataStream", "detect_format", "build_dataset", "NoUsableImages"]
@@ -30,7 +30,7 @@ __all__ = ["DataConfig", "collate_skip_bad", "DataStream", "detect_format", "bui
 class DataConfig:
     """Where images come from and how they are prepared."""
 
-    source: ExistingPath  # image folder (class subfolders = labels) or tar shard(s)
+    source: DataSourcePath  # image folder (class subfolders = labels), tar shard(s), a brace pattern or a glob
     format: Literal["auto", "folder", "shards"] = "auto"
     resolution: int = 256  # crop to this size
     # adm_center: ADM centre crop (evaluation, caching); random_square: the official training augmentation, a
@@ -57,7 +57,7 @@ class DataConfig:
 def detect_format(source: str | Path) -> Literal["folder", "shards"]:
     text = str(source)
     path = Path(source)
-    if "{" in text or (path.is_file() and path.suffix == ".tar"):
+    if is_pattern(text) or (path.is_file() and path.suffix == ".tar"):
         return "shards"
     if path.is_dir() and any(path.glob("*.tar")):
         return "shards"

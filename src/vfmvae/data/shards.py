@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from vfmvae.data.images import DEFAULT_MAX_PIXELS, BadImage, decode_image
+from vfmvae.data.source import expand_pattern, is_pattern
 from vfmvae.data.transforms import crop_image, flip_decision, to_uint8_tensor
 from vfmvae.seeding import derive_seed
 
@@ -51,18 +52,10 @@ def compression_of(path: Path) -> str | None:
 
 
 def list_shards(source: str | Path) -> list[Path]:
-    """A `.tar` file, a folder of `.tar` files (searched recursively), or a brace pattern `a-{000..009}.tar`."""
-    text = str(source)
-    if "{" in text:
-        from braceexpand import braceexpand
-
-        paths = [Path(p) for p in braceexpand(text)]
-        missing = [p for p in paths if not p.is_file()]  # is_file() is False for FIFOs and devices too
-        if missing:
-            raise FileNotFoundError(
-                f"shard pattern {text}: {len(missing)} files missing or not regular files, e.g. {missing[0]}"
-            )
-        return paths
+    """A `.tar` file, a folder of `.tar` files (searched recursively), a brace pattern `a-{000..009}.tar` or a glob
+    `a-*.tar` (`vfmvae.data.source`: the one rule of every command that reads data)."""
+    if is_pattern(source):
+        return expand_pattern(source)
     path = Path(source)
     if path.is_file():
         return [path]

@@ -15,23 +15,31 @@ from typing import Any
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
+from diffusers.models.autoencoders.vae import AutoencoderMixin, DecoderOutput, DiagonalGaussianDistribution
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.models.modeling_utils import ModelMixin
 
 from vfmvae.config import config_from_dict, config_to_dict
 from vfmvae.tokenizer.model import VFMVAE, VFMVAEConfig, upgrade_flat_vfm_keys
 
-__all__ = ["VFMVAEAutoencoder", "ModelMixin"]  # ModelMixin: diffusers' loader looks it up in this module
+__all__ = [
+    "VFMVAEAutoencoder",
+    "ModelMixin",
+    "TILING_UNSUPPORTED",
+]  # ModelMixin: diffusers' loader looks it up in this module
 
 
-class VFMVAEAutoencoder(ModelMixin, ConfigMixin):
+class VFMVAEAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
     """A continuous VFM-VAE tokenizer (frozen VFM encoder included) behind diffusers' autoencoder interface.
 
     `tokenizer_config` is our `VFMVAEConfig` as a dict; the weights are our `VFMVAE`'s under the `tokenizer.` prefix.
+
+    `enable_slicing()` encodes and decodes one image at a time (the same images: every normalisation is per image).
+    `enable_tiling()` is refused (see `TILING_UNSUPPORTED`). `enable_gradient_checkpointing()` recomputes each
+    decoder block in the backward pass (the frozen VFM encoder keeps no activations for backward anyway).
     """
 
-    _supports_gradient_checkpointing = False
+    _supports_gradient_checkpointing = True
 
     @register_to_config
     def __init__(
@@ -51,6 +59,7 @@ class VFMVAEAutoencoder(ModelMixin, ConfigMixin):
             if values is not None and len(values) != cfg.z_dim:
                 raise ValueError(f"{name} has {len(values)} values; the tokenizer has {cfg.z_dim} latent channels")
         self.tokenizer = VFMVAE(cfg)
+        self.use_slicing = False  # diffusers' AutoencoderMixin switch: one image per encoder/decoder pass
 
     # ---- conversion ------------------------------------------------------------------------------------------
     @classmethod
@@ -94,17 +103,31 @@ class VFMVAEAutoencoder(ModelMixin, ConfigMixin):
         )
 
     # ---- the diffusers interface -----------------------------------------------------------------------------
+    def enable_tiling(self, *args, **kwargs) -> None:
+        raise NotImplementedError(TILING_UNSUPPORTED)
+
     def encode(self, x: torch.Tensor, return_dict: bool = True):
         """x: (B, 3, H, W) in [-1, 1], H and W multiples of the tokenizer's `downsample`."""
-        posterior = DiagonalGaussianDistribution(self.tokenizer.encode_moments((x + 1) / 2))
+        images01 = (x + 1) / 2
+        if self.use_slicing and len(x) > 1:
+            moments = torch.cat([self.tokenizer.encode_moments(one) for one in images01.split(1)])
+        else:
+            moments = self.tokenizer.encode_moments(images01)
+        posterior = DiagonalGaussianDistribution(moments)
         return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
 
     def decode(self, z: torch.Tensor, return_dict: bool = True, generator: torch.Generator | None = None):
         """z: (B, z_dim, h, w) raw (not normalised) latents -> images in about [-1, 1] (not clamped, as ours)."""
+        if self.use_slicing and len(z) > 1:
+            image = torch.cat([self._decode(one) for one in z.split(1)])
+        else:
+            image = self._decode(z)
+        return DecoderOutput(sample=image) if return_dict else (image,)
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
         # GroupNorm refuses a group of one value (a 1x1 map of a single sample in small decoders); its statistics are
         # per sample, so decoding the sample twice and keeping one copy changes nothing (as our VFMVAEPipeline does)
-        image = self.tokenizer.decode(z.repeat(2, 1, 1, 1) if len(z) == 1 else z)[: len(z)]
-        return DecoderOutput(sample=image) if return_dict else (image,)
+        return self.tokenizer.decode(z.repeat(2, 1, 1, 1) if len(z) == 1 else z)[: len(z)]
 
     def forward(
         self,
@@ -116,6 +139,14 @@ class VFMVAEAutoencoder(ModelMixin, ConfigMixin):
         posterior = self.encode(sample).latent_dist
         z = posterior.sample(generator=generator) if sample_posterior else posterior.mode()
         return self.decode(z, return_dict=return_dict)
+
+
+TILING_UNSUPPORTED = (
+    "VFMVAEAutoencoder cannot tile: its encoder is a vision transformer (the VFM) whose attention spans every patch "
+    "of the image, and its decoder derives one style vector from the whole latent and has global self-attention "
+    "blocks, so tiles would not give the untiled image. Use enable_slicing() to bound memory by encoding and "
+    "decoding one image at a time (same outputs)"
+)
 
 
 def _like(model, param: torch.Tensor):

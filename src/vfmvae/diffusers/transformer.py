@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.attention import AttentionMixin
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
@@ -29,10 +30,19 @@ class VFMVAETransformerOutput(BaseOutput):
     class_token_velocity: torch.Tensor | None = None  # REG only: (B, class_token_dim)
 
 
-class VFMVAETransformer2DModel(ModelMixin, ConfigMixin):
-    """`transformer_config` is our `DiTConfig` as a dict; the weights are ours under the `dit.` prefix."""
+class VFMVAETransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin):
+    """`transformer_config` is our `DiTConfig` as a dict; the weights are ours under the `dit.` prefix.
 
-    _supports_gradient_checkpointing = False
+    `attn_processors` / `set_attn_processor(processor or {name: processor})` swap how each block's attention is
+    computed (`vfmvae.diffusion.layers.SDPAProcessor`, the default, or `MathProcessor`, or your own callable
+    `processor(attn, hidden_states)` reading `attn.heads_qkv`); diffusers' AttnProcessor2_0 / AttnProcessor run as
+    those two; its other processors are refused, since they expect separate to_q/to_k/to_v projections and ours is
+    one fused qkv (as in the published checkpoints).
+    `enable_gradient_checkpointing()` recomputes each transformer block in the backward pass (training mode only).
+    """
+
+    _supports_gradient_checkpointing = True
+    _no_split_modules = ["Block"]
 
     @register_to_config
     def __init__(self, transformer_config: dict[str, Any] | None = None) -> None:
@@ -50,6 +60,12 @@ class VFMVAETransformer2DModel(ModelMixin, ConfigMixin):
         out.dit.load_state_dict(model.state_dict(), strict=True)
         param = next(model.parameters())
         return _like(out, param)
+
+    def set_default_attn_processor(self) -> None:
+        """Every attention layer back to PyTorch's fused scaled-dot-product attention."""
+        from vfmvae.diffusion.layers import SDPAProcessor
+
+        self.set_attn_processor(SDPAProcessor())
 
     def to_vfmvae(self) -> DiffusionTransformer:
         """Our `DiffusionTransformer` (the wrapped module itself, sharing its weights)."""

@@ -24,6 +24,8 @@ __all__ = [
     "PatchEmbed",
     "RotaryEmbedding2D",
     "Attention",
+    "SDPAProcessor",
+    "MathProcessor",
     "GeluMlp",
     "SwiGLU",
 ]
@@ -156,11 +158,42 @@ class RotaryEmbedding2D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, heads, N, head_dim) with N = grid^2."""
-        return x * self.cos + self._rotate_pairs(x) * self.sin
+        # the tables in x's precision: a float32 table would promote q and k (but not v) of a half model
+        return x * self.cos.to(x.dtype) + self._rotate_pairs(x) * self.sin.to(x.dtype)
+
+
+class SDPAProcessor:
+    """The default attention computation: PyTorch's fused `scaled_dot_product_attention` (flash kernels on CUDA).
+
+    Processors follow diffusers' convention, `processor(attn, hidden_states) -> hidden_states`, so that
+    `VFMVAETransformer2DModel.set_attn_processor` can swap them; they read q, k and v from `attn.heads_qkv`
+    (our fused `qkv` projection, q/k norm and RoPE applied) and write through `attn.proj`."""
+
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
+        b, n, c = hidden_states.shape
+        q, k, v = attn.heads_qkv(hidden_states)  # (B, heads, N, head_dim) each
+        x = F.scaled_dot_product_attention(q, k, v)
+        return attn.proj(x.transpose(1, 2).reshape(b, n, c))
+
+
+class MathProcessor:
+    """softmax(q k^T / sqrt(head_dim)) v written out, the scores in float32: a reference for the fused kernel."""
+
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
+        b, n, c = hidden_states.shape
+        q, k, v = attn.heads_qkv(hidden_states)
+        scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(attn.head_dim)  # (B, heads, N, N)
+        x = (scores.softmax(dim=-1) @ v.float()).to(v.dtype)
+        return attn.proj(x.transpose(1, 2).reshape(b, n, c))
+
+
+# diffusers' plain attention processors (by class name: the core package does not import diffusers) -> ours
+_DIFFUSERS_EQUIVALENTS = {"AttnProcessor": MathProcessor, "AttnProcessor2_0": SDPAProcessor}
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with optional per-head q/k normalisation and 2D RoPE (SDPA kernel)."""
+    """Multi-head self-attention with optional per-head q/k normalisation and 2D RoPE; the product itself is
+    computed by a swappable processor (`SDPAProcessor` by default, diffusers' `set_processor` interface)."""
 
     def __init__(self, dim: int, heads: int, *, qk_norm: str = "none", rope: RotaryEmbedding2D | None = None) -> None:
         super().__init__()
@@ -176,15 +209,44 @@ class Attention(nn.Module):
             self.k_norm = make_norm(qk_norm, self.head_dim, affine=True, eps=eps)
         self.proj = nn.Linear(dim, dim)
         self.rope = rope
+        self.processor = self._compute = SDPAProcessor()  # what get_processor returns / what runs
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
+    def heads_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, N, C) -> q, k, v as (B, heads, N, head_dim), q and k normalised and rotated."""
+        b, n, _ = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         if self.rope is not None:
             q, k = self.rope(q), self.rope(k)
-        x = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(b, n, c))
+        return q, k, v
+
+    def get_processor(self):
+        return self.processor
+
+    def set_processor(self, processor) -> None:
+        """`processor(attn, hidden_states) -> hidden_states`. diffusers' plain processors compute what ours do and
+        are run as ours (`AttnProcessor` as `MathProcessor`, `AttnProcessor2_0` as `SDPAProcessor`); its other
+        processors (xformers, added KV, IP-adapter, ...) read separate `to_q`/`to_k`/`to_v` projections, which this
+        layer does not have (its `qkv` is fused, as in the published checkpoints): they are refused here rather than
+        failing at the first forward."""
+        kind = type(processor)
+        if kind.__module__.startswith("diffusers."):
+            if kind.__name__ not in _DIFFUSERS_EQUIVALENTS:
+                raise ValueError(
+                    f"{kind.__name__} is a diffusers processor for layers with separate to_q/to_k/to_v projections; "
+                    "this model's attention has one fused qkv projection. Use AttnProcessor2_0 or AttnProcessor, "
+                    "vfmvae.diffusion.layers.SDPAProcessor (default) or MathProcessor, or a callable "
+                    "processor(attn, hidden_states) that reads attn.heads_qkv(hidden_states)"
+                )
+            self._compute = _DIFFUSERS_EQUIVALENTS[kind.__name__]()
+        elif callable(processor):
+            self._compute = processor
+        else:
+            raise TypeError(f"an attention processor must be callable, got {kind.__name__}")
+        self.processor = processor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._compute(self, x)
 
 
 class GeluMlp(nn.Module):

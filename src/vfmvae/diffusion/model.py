@@ -133,6 +133,10 @@ class FinalLayer(nn.Module):
         return self.linear(h[:, 1:]), self.linear_cls(h[:, 0])
 
 
+def _checkpoint(block: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+    return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
+
+
 def _projector(hidden: int, width: int, out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(hidden, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(), nn.Linear(width, out))
 
@@ -227,8 +231,10 @@ class DiffusionTransformer(PretrainedMixin, nn.Module):
             hidden[0] = h
         for i, block in enumerate(self.blocks, start=1):
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                # recompute the block in backward: activation memory of one block instead of all (single-GPU XL)
-                h = torch.utils.checkpoint.checkpoint(block, h, c, use_reentrant=False)
+                # recompute the block in backward: activation memory of one block instead of all (single-GPU XL);
+                # diffusers' enable_gradient_checkpointing(func) may set its own function
+                recompute = getattr(self, "_gradient_checkpointing_func", None) or _checkpoint
+                h = recompute(block, h, c)
             else:
                 h = block(h, c)
             if i in hidden_at:

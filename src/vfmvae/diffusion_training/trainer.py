@@ -34,6 +34,7 @@ from vfmvae.diffusion_training.config import DiffusionTrainConfig
 from vfmvae.diffusion_training.draws import StepDraws, global_rows
 from vfmvae.latents import LatentDataset, draw_posterior
 from vfmvae.latents.stats import LatentStats
+from vfmvae.sampling.classes import write_class_names
 from vfmvae.sampling.pipeline import SAMPLER_FILE, VFMVAEPipeline
 from vfmvae.training import EMA, fused_optimizer_supported, optimizer_step
 from vfmvae.training.compile import compile_diffusion
@@ -210,6 +211,7 @@ def _train_diffusion(cfg: DiffusionTrainConfig, run: TrainingRun) -> dict[str, A
             stats, tokenizer=_absolute(cfg.tokenizer or dataset.manifest["tokenizer"]), cache=_absolute(cfg.data.cache)
         ).save(path)
         atomic_write_text(path / SAMPLER_FILE, json.dumps({"preset": cfg.sample_preset}) + "\n")
+        write_class_names(path, dataset.manifest.get("class_names"))  # `vfmvae sample --classes NAME`
 
     if run.evaluator is None and cfg.eval.enabled:  # the recipe's `eval:` section (sample FID against eval.ref)
         run.evaluator = build_evaluator(

@@ -19,7 +19,7 @@ from vfmvae.evaluation.stats import (
     warn_if_too_few_for_fid,
 )
 
-__all__ = ["evaluate_generation", "build_reference"]
+__all__ = ["evaluate_generation", "build_reference", "generation_metrics"]
 
 RESIZE = "TF1-legacy bilinear to 299 inside the network (torch-fidelity port of the 2015-12-05 graph)"
 
@@ -65,6 +65,27 @@ def _load_reference(path: Path) -> dict[str, np.ndarray]:
     return stats | {"has_images": np.array("arr_0" in names)}
 
 
+def generation_metrics(
+    features: dict[str, np.ndarray], reference: dict[str, np.ndarray], reference_pool: np.ndarray | None = None
+) -> dict:
+    """FID, sFID, IS, precision and recall of samples from their Inception `features` (pool, spatial, logits; in
+    sample-index order, which IS's consecutive splits depend on), the reference's statistics (mu, sigma, mu_s,
+    sigma_s) and, for precision/recall, the pool features of the reference images. The one implementation of
+    `vfmvae eval gen`'s numbers, also used by the online evaluator."""
+    s_mu, s_sigma = gaussian_stats(features["pool"])
+    s_mu_s, s_sigma_s = gaussian_stats(features["spatial"])
+    result = {
+        "fid": frechet_distance(s_mu, s_sigma, reference["mu"], reference["sigma"]),
+        "sfid": frechet_distance(s_mu_s, s_sigma_s, reference["mu_s"], reference["sigma_s"]),
+        "inception_score": inception_score(features["logits"]),
+        "precision": None,
+        "recall": None,
+    }
+    if reference_pool is not None:
+        result["precision"], result["recall"] = precision_recall(reference_pool, features["pool"])
+    return result
+
+
 def evaluate_generation(
     samples: str | Path,
     ref: str | Path,
@@ -97,17 +118,8 @@ def evaluate_generation(
     else:
         raise ValueError(f"{ref}: neither statistics (mu, sigma, mu_s, sigma_s) nor images (arr_0)")
     comparable = warn_if_too_few_for_fid(len(sample_set))
-    s_mu, s_sigma = gaussian_stats(feats["pool"])
-    s_mu_s, s_sigma_s = gaussian_stats(feats["spatial"])
-    result = {
-        "fid": frechet_distance(s_mu, s_sigma, mu, sigma),
-        "sfid": frechet_distance(s_mu_s, s_sigma_s, mu_s, sigma_s),
-        "inception_score": inception_score(feats["logits"]),
-        "precision": None,
-        "recall": None,
-    }
-    if ref_feats is not None:
-        result["precision"], result["recall"] = precision_recall(ref_feats["pool"], feats["pool"])
+    reference_stats = {"mu": mu, "sigma": sigma, "mu_s": mu_s, "sigma_s": sigma_s}
+    result = generation_metrics(feats, reference_stats, ref_feats["pool"] if ref_feats is not None else None)
     result["protocol"] = {
         "evaluator": "ADM (openai/guided-diffusion evaluations/evaluator.py) conventions",
         **provenance,
@@ -148,3 +160,12 @@ def build_reference(
     )
     write_npz_atomic(out, arr_0=kept, mu=mu, sigma=sigma, mu_s=mu_s, sigma_s=sigma_s)
     return {"out": str(out), "num_images": len(image_set), "num_kept_images": len(kept), **provenance}
+
+
+def write_reference_images(images: str | Path, out: str | Path, *, max_images: int = 10000) -> dict:
+    """A reference batch of images only (`arr_0`, the first `max_images` in sorted order): what a recipe's `eval.ref`
+    needs when the evaluator computes the statistics with its own Inception (and what any Inception can use)."""
+    image_set = open_image_set(images)
+    kept = np.concatenate(list(image_set.batches(64, max_images)))
+    write_npz_atomic(out, arr_0=kept)
+    return {"out": str(out), "num_images": len(image_set), "num_kept_images": len(kept), "statistics": None}

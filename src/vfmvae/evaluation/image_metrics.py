@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from unittest import mock
 
@@ -21,7 +22,8 @@ import torch.nn.functional as F
 
 from vfmvae.checkpoint.digest import file_sha256
 from vfmvae.checkpoint.training import load_state_strict
-from vfmvae.evaluation.weights import VGG16_FILE, VGG16_URL, load_weights, resolve_weights
+from vfmvae.evaluation.weights import VGG16_FILE, VGG16_URL, load_weights, random_init_seed, resolve_weights
+from vfmvae.seeding import derive_seed
 
 __all__ = ["psnr", "ssim", "ssim_signed", "LPIPSMetric", "load_lpips"]
 
@@ -100,7 +102,9 @@ class LPIPSMetric(torch.nn.Module):
         import lpips
 
         # pnet_rand: lpips builds a random VGG16 instead of downloading torchvision's; the trunk is loaded below.
-        with mock.patch("builtins.print"):
+        # (torchvision's notes on lpips' `pretrained=` argument are noise here.)
+        with mock.patch("builtins.print"), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*(pretrained|weight enum).*", category=UserWarning)
             self.net = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
         if vgg_features is not None:
             mapped = {}
@@ -124,6 +128,17 @@ class LPIPSMetric(torch.nn.Module):
 
 
 def load_lpips(weights: str | Path, device: str | torch.device = "cpu") -> tuple[LPIPSMetric, dict]:
+    """LPIPS-VGG with the VGG16 trunk from a local torchvision file (or URL when online), or `random-init:SEED` (a
+    seeded random trunk). Returns the network and its provenance."""
+    seed = random_init_seed(weights)
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(seed, "lpips"))
+            net = LPIPSMetric(None)
+        return net.to(device), {
+            "lpips_weights": f"RANDOM-INIT VGG16 trunk (seed {seed}): values compare with nothing",
+            "lpips_sha256": f"random-init-{seed}",
+        }
     path = resolve_weights(weights, what="VGG16 (LPIPS trunk)", expected_file=VGG16_FILE, url=VGG16_URL)
     return LPIPSMetric(load_weights(path), source=str(path)).to(device), {
         "lpips_weights": str(path),

@@ -23,10 +23,12 @@ from vfmvae.evaluation.weights import (
     INCEPTION_SHA256_PREFIX,
     INCEPTION_URL,
     load_weights,
+    random_init_seed,
     resolve_weights,
 )
+from vfmvae.seeding import derive_seed
 
-__all__ = ["InceptionV3", "load_inception"]
+__all__ = ["InceptionV3", "load_inception", "random_init_inception"]
 
 
 class InceptionV3(nn.Module):
@@ -66,8 +68,29 @@ class InceptionV3(nn.Module):
         return {"pool": pool.float(), "spatial": spatial.float(), "logits": logits.float()}
 
 
+def random_init_inception(seed: int) -> InceptionV3:
+    """The architecture with seeded random weights (`random-init:SEED`), drawn without touching the global RNG.
+
+    He-normal weights keep the activations' scale through the ~20 layers (PyTorch's default init shrinks them to
+    ~1e-8 there, so every image would get the same features)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, "inception"))
+        net = InceptionV3(None)
+        for module in net.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    return net
+
+
 def load_inception(weights: str | Path, device: str | torch.device = "cpu") -> tuple[InceptionV3, dict]:
-    """The FID Inception from a local file (or URL when online). Returns the network and its provenance."""
+    """The FID Inception from a local file (or URL when online), or `random-init:SEED`. Returns the network and its
+    provenance (the file and its sha256)."""
+    seed = random_init_seed(weights)
+    if seed is not None:
+        return random_init_inception(seed).to(device), {
+            "inception_weights": f"RANDOM-INIT (seed {seed}): not the FID Inception, values compare with nothing",
+            "inception_sha256": f"random-init-{seed}",
+        }
     path = resolve_weights(weights, what="Inception (FID)", expected_file=INCEPTION_FILE, url=INCEPTION_URL)
     digest = file_sha256(path)
     expected = digest.startswith(INCEPTION_SHA256_PREFIX)

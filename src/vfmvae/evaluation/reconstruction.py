@@ -7,10 +7,16 @@ The conventions are those of the official VFM-VAE evaluation (tianciB/VFM-VAE@b3
 tools/reconstruct/evaluate.py): rFID and rIS as `fidelity --fid --isc --input1 RECON --input2 ORIGINALS`
 (torch-fidelity 0.4.0 defaults), SSIM by torchmetrics with data range 2 on [-1, 1], PSNR per image, LPIPS on
 [-1, 1].
+
+`pixel_metrics` and `reconstruction_summary` are the one implementation of these metrics: `eval recon` scores
+folders with them and the online evaluator scores its in-memory reconstructions with them, so both report the same
+numbers for the same weights, images and seeds. Every per-image value and Inception feature depends on its image
+only, and the summary on the set of images, so no metric depends on the batch size.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +35,69 @@ from vfmvae.evaluation.stats import (
     warn_if_too_few_for_fid,
 )
 
-__all__ = ["evaluate_reconstruction", "paired_image_sets"]
+__all__ = [
+    "PER_IMAGE_METRICS",
+    "evaluate_reconstruction",
+    "fidelity_order",
+    "paired_image_sets",
+    "pixel_metrics",
+    "reconstruction_summary",
+]
+
+PER_IMAGE_METRICS = ("psnr", "ssim", "ssim_uint8", "lpips")  # the columns of `pixel_metrics`
+
+
+def pixel_metrics(
+    reference: torch.Tensor,
+    reconstruction: torch.Tensor,
+    lpips: torch.nn.Module | None = None,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """Per-image metrics of uint8 (B, 3, H, W) pairs: a float64 (B, 4) tensor on the CPU with the columns
+    `PER_IMAGE_METRICS` (PSNR, SSIM on [-1, 1] with data range 2, SSIM on uint8, LPIPS; NaN without `lpips`)."""
+    values = [psnr(reference, reconstruction), ssim_signed(reference, reconstruction), ssim(reference, reconstruction)]
+    values.append(
+        lpips(reference.to(device), reconstruction.to(device)).double().cpu()
+        if lpips is not None
+        else torch.full((len(reference),), float("nan"), dtype=torch.float64)
+    )
+    return torch.stack([v.double().cpu() for v in values], 1)
+
+
+def fidelity_order(paths: Sequence[str | Path]) -> list[int]:
+    """The order in which torch-fidelity lists a folder (sorted file paths), before its seeded shuffle for rIS."""
+    return sorted(range(len(paths)), key=lambda i: str(paths[i]))
+
+
+def reconstruction_summary(
+    per_image: torch.Tensor,
+    *,
+    lpips: bool,
+    pool: np.ndarray | None = None,
+    logits: np.ndarray | None = None,
+    reference: tuple[np.ndarray, np.ndarray] | None = None,
+    order: Sequence[int] | None = None,
+) -> dict:
+    """The reported numbers from every image's `pixel_metrics` row and, for rFID and rIS, the reconstructions'
+    Inception pool/logits features, the originals' (mu, sigma) and the images' `fidelity_order`.
+
+    PSNR is the mean over images with a finite value (identical images give inf; only inf if all are identical)."""
+    p = per_image[:, 0]
+    result = {
+        "rfid": None,
+        "ris": None,
+        "ris_std": None,
+        "psnr": float(p[torch.isfinite(p)].mean()) if torch.isfinite(p).any() else float("inf"),
+        "ssim": float(per_image[:, 1].mean()),
+        "ssim_uint8": float(per_image[:, 2].mean()),
+        "lpips": float(per_image[:, 3].mean()) if lpips else None,
+    }
+    if pool is not None and reference is not None:
+        result["rfid"] = frechet_distance(*gaussian_stats(pool), *reference)
+    if logits is not None:
+        ordered = np.asarray(logits)[list(order) if order is not None else slice(None)]
+        result["ris"], result["ris_std"] = inception_score_torch_fidelity(ordered)
+    return result
 
 
 def _index(folder: Path) -> dict[str, Path]:
@@ -86,25 +154,12 @@ def evaluate_reconstruction(
     if inception is not None:  # loaded (and checked) before any image is scored, like LPIPS
         net, info = load_inception(inception, device)
         provenance.update(info)
-    psnrs, ssims, ssims_uint8, lpipss = [], [], [], []
+    per_image = []
     pairs = zip(ref_set.batches(batch_size), rec_set.batches(batch_size))
     for a, b in tqdm(pairs, total=-(-len(ref_set) // batch_size), desc="pixel metrics", disable=not progress):
         ta, tb = (torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2) for x in (a, b))
-        psnrs.append(psnr(ta, tb))
-        ssims.append(ssim_signed(ta, tb))
-        ssims_uint8.append(ssim(ta, tb))
-        if lpips_net is not None:
-            lpipss.append(lpips_net(ta.to(device), tb.to(device)).cpu())
-    p = torch.cat(psnrs)
-    result = {
-        "rfid": None,
-        "ris": None,
-        "ris_std": None,
-        "psnr": float(p[torch.isfinite(p)].mean()) if torch.isfinite(p).any() else float("inf"),
-        "ssim": float(torch.cat(ssims).mean()),
-        "ssim_uint8": float(torch.cat(ssims_uint8).mean()),
-        "lpips": float(torch.cat(lpipss).mean()) if lpipss else None,
-    }
+        per_image.append(pixel_metrics(ta, tb, lpips_net, device))
+    features = {}
     if net is not None:
         fr = extract_features(
             net, ref_set, batch_size=batch_size, device=device, desc="reference features", progress=progress
@@ -113,12 +168,15 @@ def evaluate_reconstruction(
             net, rec_set, batch_size=batch_size, device=device, desc="reconstruction features", progress=progress
         )
         warn_if_too_few_for_fid(len(fr["pool"]), "rFID")
-        result["rfid"] = frechet_distance(*gaussian_stats(fc["pool"]), *gaussian_stats(fr["pool"]))
-        # torch-fidelity lists a folder as sorted(file paths) before its seeded shuffle: use the same order
-        order = sorted(range(len(rec_set.files)), key=lambda i: str(rec_set.files[i]))
-        result["ris"], result["ris_std"] = inception_score_torch_fidelity(fc["logits"][order])
+        features = {
+            "pool": fc["pool"],
+            "logits": fc["logits"],
+            "reference": gaussian_stats(fr["pool"]),
+            "order": fidelity_order(rec_set.files),  # torch-fidelity's listing of the reconstructions
+        }
     else:
         skipped.append("rfid and ris (no --inception weights)")
+    result = reconstruction_summary(torch.cat(per_image), lpips=lpips_net is not None, **features)
     result["protocol"] = {
         **provenance,
         "num_images": len(ref_set),

@@ -1,7 +1,8 @@
 """Locating and safely loading metric-network weights (Inception, VGG16 for LPIPS). Never downloads in tests.
 
 A weights argument is a local file, or an http(s) URL when the machine is online (downloaded once into the
-torch hub cache). `.pth` files are read with `weights_only=True`; `.safetensors` as such.
+torch hub cache). `.pth` files are read with `weights_only=True`; `.safetensors` as such. `random-init:SEED` asks
+for seeded random weights of the architecture (demos and tests: the pipeline runs, the values compare with nothing).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from vfmvae.checkpoint.serialize import CheckpointFormatError, load_tensors
 from vfmvae.checkpoint.torch_files import load_weights_only
 
 __all__ = [
+    "RANDOM_INIT",
+    "random_init_seed",
     "resolve_weights",
     "load_weights",
     "INCEPTION_FILE",
@@ -29,6 +32,18 @@ INCEPTION_SHA256_PREFIX = "6726825d"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
 VGG16_FILE = "vgg16-397923af.pth"
 VGG16_URL = f"https://download.pytorch.org/models/{VGG16_FILE}"
+RANDOM_INIT = "random-init:"  # `random-init:0`: seeded random weights (demo and tests only)
+
+
+def random_init_seed(spec: str | Path | None) -> int | None:
+    """The seed of a `random-init:SEED` weights argument; None for anything else (a file, a URL)."""
+    text = str(spec) if spec is not None else ""
+    if not text.startswith(RANDOM_INIT):
+        return None
+    try:
+        return int(text[len(RANDOM_INIT) :])
+    except ValueError:
+        raise ValueError(f"{text!r}: write {RANDOM_INIT}SEED with an integer seed") from None
 
 
 def resolve_weights(spec: str | Path, *, what: str, expected_file: str, url: str) -> Path:

@@ -97,12 +97,10 @@ def cache_latents(
     resolution = resolution or model.config.image_size
     vfm = None
     if vfm_features:
-        from vfmvae.latents.targets import reg_dinov2_targets
-        from vfmvae.vfm import VFMSpec, build_vfm
+        from vfmvae.latents.targets import build_target_vfm
 
         # REPA/REG feed DINOv2 224 px (16x16 tokens); default: the registry's scale for this resolution
-        scale = {"scale_factor": vfm_resolution / resolution} if vfm_resolution else {}
-        vfm = reg_dinov2_targets(build_vfm(VFMSpec.from_name(vfm_features, layers=(-1,), **scale)), resolution).to(dev)
+        vfm = build_target_vfm(vfm_features, resolution, vfm_resolution).to(dev)
     dataset = build_dataset(
         DataConfig(source=Path(data), resolution=resolution, hflip=False, num_workers=num_workers),
         rank=rank,
@@ -217,7 +215,18 @@ def cache_latents(
     dist_utils.barrier()
     if rank == 0:
         _write_manifest(
-            out, model, tokenizer, resolution, world, flip, vfm_features, sample, vfm_resolution, moments, seed
+            out,
+            model,
+            tokenizer,
+            resolution,
+            world,
+            flip,
+            vfm_features,
+            sample,
+            vfm_resolution,
+            moments,
+            seed,
+            class_names=getattr(dataset, "classes", None) or None,  # image folders: root/<class>/ names, label order
         )
     dist_utils.barrier()
     if rank == 0:
@@ -253,6 +262,7 @@ def _write_manifest(
     vfm_resolution: int | None = None,
     moments: bool = False,
     seed: int = 0,
+    class_names: list[str] | None = None,
 ) -> None:
     shards = []
     for r in range(world):
@@ -289,6 +299,7 @@ def _write_manifest(
         "vfm_features": vfm_features,
         "vfm_resolution": vfm_resolution,
         "num_items": sum(s["count"] for s in shards),
+        "class_names": class_names,  # label i's folder name (None for tar shards: numeric labels only)
         "shards": shards,
         "mean": mean.tolist(),
         "std": std.tolist(),

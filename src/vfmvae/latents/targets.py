@@ -5,34 +5,20 @@ REG's `utils.load_encoders` resamples the DINOv2 position table once to the targ
 images to 224 bicubic *without* antialias. A transformers DINOv2 instead interpolates its 37x37 table to the
 grid on every forward (bicubic, no antialias), and `FrozenVFM.preprocess` antialiases when it shrinks.
 `reg_dinov2_targets` switches a DINOv2 `FrozenVFM` to REG's convention; the table then has the grid's size,
-so transformers uses it as it is.
+so transformers uses it as it is. `build_target_vfm` is the one builder of a cache's target VFM: `cache-latents`
+computes the cached targets with it, and the SE-CKNNA features of a REG model take an image's class token from it.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from vfmvae.vfm import FrozenVFM
+from vfmvae.vfm.positions import resample_position_table
 
-__all__ = ["REG_TARGET_FAMILIES", "resample_position_table", "reg_dinov2_targets"]
+__all__ = ["REG_TARGET_FAMILIES", "build_target_vfm", "resample_position_table", "reg_dinov2_targets"]
 
 REG_TARGET_FAMILIES = ("dinov2", "dinov2-reg")
-
-
-def resample_position_table(table: torch.Tensor, grid: tuple[int, int], num_prefix: int = 1) -> torch.Tensor:
-    """(1, prefix + h*w, C) -> (1, prefix + grid, C): the square patch part resized bicubic with antialias in
-    float32, the prefix (class) tokens kept (timm `resample_abs_pos_embed` defaults)."""
-    prefix, patches = table[:, :num_prefix], table[:, num_prefix:]
-    side = int(round(patches.shape[1] ** 0.5))
-    if side * side != patches.shape[1]:
-        raise ValueError(f"position table of {patches.shape[1]} patch positions is not square")
-    if (side, side) == tuple(grid):
-        return table
-    c = patches.shape[-1]
-    maps = patches.float().reshape(1, side, side, c).permute(0, 3, 1, 2)
-    maps = F.interpolate(maps, size=tuple(grid), mode="bicubic", align_corners=False, antialias=True)
-    return torch.cat([prefix, maps.permute(0, 2, 3, 1).reshape(1, -1, c).to(table.dtype)], dim=1)
 
 
 @torch.no_grad()
@@ -53,3 +39,12 @@ def reg_dinov2_targets(vfm: FrozenVFM, image_size: int) -> FrozenVFM:
     embeddings.position_embeddings.data = resample_position_table(embeddings.position_embeddings.data, grid)
     vfm.resize_antialias = False
     return vfm
+
+
+def build_target_vfm(name: str, resolution: int, vfm_resolution: int | None = None) -> FrozenVFM:
+    """The VFM of `cache-latents --vfm-features NAME [--vfm-resolution R]` for `resolution`-px images, prepared as
+    the cache prepares it: fed R px (default: the registry's scale for the name), DINOv2 with REG's conventions."""
+    from vfmvae.vfm import VFMSpec, build_vfm
+
+    scale = {"scale_factor": vfm_resolution / resolution} if vfm_resolution else {}
+    return reg_dinov2_targets(build_vfm(VFMSpec.from_name(name, layers=(-1,), **scale)), resolution)

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -36,9 +37,11 @@ log = logging.getLogger(__name__)
 LABEL_SEEDS = 'derive_seed(seed, "labels", i)'  # how `class_labels("random", ...)` seeds label i (in settings.json)
 
 
-def class_labels(spec: str, num: int, num_classes: int, seed: int = 0) -> list[int]:
+def class_labels(
+    spec: str, num: int, num_classes: int, seed: int = 0, class_names: Sequence[str] | None = None
+) -> list[int]:
     """`random` (uniform, seeded per index: the official sample.py files draw `torch.randint` labels),
-    `balanced` (0, 1, ..., K-1, 0, 1, ...) or a comma list cycled (`1,5,9`).
+    `balanced` (0, 1, ..., K-1, 0, 1, ...) or a comma list cycled (`1,5,9`, or recorded class names `cats,dogs`).
 
     Random label i is drawn from its own stream, `derive_seed(seed, "labels", i)`. (It used to be drawn from the seed
     `seed * 1_000_003 + i + 7919`, which is also the noise seed of sample i + 7919; sample folders written then record
@@ -48,10 +51,15 @@ def class_labels(spec: str, num: int, num_classes: int, seed: int = 0) -> list[i
     if spec == "random":
         seeds = (derive_seed(seed, "labels", i) for i in range(num))
         return [int(torch.randint(num_classes, (1,), generator=torch.Generator().manual_seed(s))) for s in seeds]
-    try:
-        values = [int(v) for v in spec.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"--classes {spec!r}: use balanced, random or a comma-separated list of class ids") from None
+    from vfmvae.sampling.classes import label_of
+
+    words = [v for v in spec.split(",") if v.strip()]
+    if not class_names and any(not w.strip().lstrip("-").isdigit() for w in words):
+        raise ValueError(
+            f"--classes {spec!r}: use balanced, random or a comma-separated list of class ids (class names only "
+            "for models that record them in class_names.json)"
+        )
+    values = [label_of(w, class_names) for w in words]
     bad = [v for v in values if not 0 <= v < num_classes]
     if not values or bad:
         raise ValueError(f"--classes {spec!r}: class ids must be in 0..{num_classes - 1} (bad: {bad or 'empty list'})")
@@ -128,7 +136,7 @@ def generate_samples(
     rank, world = dist_utils.rank(), dist_utils.world_size()
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    labels = class_labels(classes, num, pipe.diffusion.config.num_classes, seed)
+    labels = class_labels(classes, num, pipe.diffusion.config.num_classes, seed, pipe.class_names)
     settings = {
         "num": num,
         "seed": seed,

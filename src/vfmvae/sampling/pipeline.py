@@ -24,10 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 
 from vfmvae.checkpoint.pretrained import resolve_model_dir
 from vfmvae.diffusion import DiffusionTransformer
 from vfmvae.latents.stats import STATS_FILE, LatentStats  # LatentStats re-exported: its home before latents.stats
+from vfmvae.sampling.classes import read_class_names
 from vfmvae.sampling.ode import Guidance, check_shift, sample_ode, sample_sde
 from vfmvae.seeding import derive_seed
 
@@ -73,6 +75,40 @@ def read_preset(diffusion_dir: str | Path) -> str | None:
     return json.loads(path.read_text()).get("preset") if path.is_file() else None
 
 
+def check_diffusion_folder(folder: Path) -> None:
+    """Refuse, in one line that says what `folder` is and which folder to pass, a folder given as the diffusion
+    model that is not one: a tokenizer folder, or a training run folder instead of its export."""
+    folder = Path(folder)
+    config = folder / "config.json"
+    if config.is_file():
+        try:
+            architecture = json.loads(config.read_text()).get("architecture")
+        except (ValueError, AttributeError):
+            return  # the loader reports an unreadable config with its own message
+        if architecture == "VFMVAE":
+            raise ValueError(
+                f"--diffusion {folder} is a tokenizer (VFMVAE) folder, not a diffusion model: pass a diffusion "
+                "model folder (a `vfmvae train diffusion` run's RUN/export, or a `vfmvae convert official-reg|"
+                "official-lightningdit` output) as --diffusion, and this folder as --tokenizer"
+            )
+        return
+    if (folder / "config.yaml").is_file() and any((folder / n).exists() for n in ("export", "checkpoints")):
+        try:
+            recipe = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+        except yaml.YAMLError:
+            recipe = {}
+        if isinstance(recipe, dict) and "transport" in recipe:
+            raise ValueError(
+                f"--diffusion {folder} is a diffusion training run folder; pass its export: "
+                f"--diffusion {folder / 'export'}"
+            )
+        raise ValueError(
+            f"--diffusion {folder} is a tokenizer training run folder: its export ({folder / 'export'}) is a "
+            "tokenizer (--tokenizer); --diffusion takes a diffusion model folder (a `vfmvae train diffusion` "
+            "run's RUN/export)"
+        )
+
+
 class VFMVAEPipeline:
     def __init__(
         self, diffusion: DiffusionTransformer, tokenizer, stats: LatentStats, preset: str | None = None
@@ -85,6 +121,7 @@ class VFMVAEPipeline:
         self.tokenizer_dir: Path | None = None  # the folders they were loaded from, if any (for resume verification)
         self.diffusion_dir: Path | None = None
         self.preset = preset  # default sampler settings of __call__ (vfmvae.sampling.presets)
+        self.class_names: list[str] | None = None  # label i's name, when the export records them (class_names.json)
 
     @classmethod
     def from_pretrained(
@@ -100,6 +137,7 @@ class VFMVAEPipeline:
         from vfmvae.tokenizer import VFMVAE
 
         diffusion_dir = resolve_model_dir(diffusion, what="diffusion model")  # a Hub id: its snapshot folder
+        check_diffusion_folder(diffusion_dir)
         stats = LatentStats.load(latent_stats or diffusion_dir / STATS_FILE)
         if tokenizer is None:
             tokenizer_dir = stats.tokenizer_dir()
@@ -112,6 +150,7 @@ class VFMVAEPipeline:
         tok = VFMVAE.from_pretrained(tokenizer_dir, device=device)
         pipe = cls(model, tok, stats, preset=read_preset(diffusion_dir))
         pipe.diffusion_dir, pipe.tokenizer_dir = diffusion_dir, tokenizer_dir
+        pipe.class_names = read_class_names(diffusion_dir)
         return pipe
 
     @property
@@ -119,10 +158,12 @@ class VFMVAEPipeline:
         return next(self.diffusion.parameters()).device
 
     def initial_noise(
-        self, indices: Sequence[int], seed: int
+        self, indices: Sequence[int], seed: int, sample_seeds: Sequence[int] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Generator]]:
+        """Noise of each sample from its own generator, seeded `derive_seed(seed, index)` (or `sample_seeds[i]`)."""
         c = self.diffusion.config
-        gens = [torch.Generator().manual_seed(derive_seed(seed, i)) for i in indices]
+        seeds = list(sample_seeds) if sample_seeds is not None else [derive_seed(seed, i) for i in indices]
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
         noise = torch.stack([torch.randn(c.in_channels, c.input_size, c.input_size, generator=g) for g in gens])
         cls = torch.stack([torch.randn(c.class_token_dim, generator=g) for g in gens]) if c.class_token_dim else None
         return noise, cls, gens
@@ -135,20 +176,24 @@ class VFMVAEPipeline:
         seed: int = 0,
         indices: Sequence[int] | None = None,
         config: SamplerConfig = SamplerConfig(),
+        sample_seeds: Sequence[int] | None = None,
     ) -> torch.Tensor:
-        """Normalised latents for `labels`; sample i uses seed (seed, indices[i]) (default indices 0..B-1)."""
+        """Normalised latents for `labels`; sample i uses seed (seed, indices[i]) (default indices 0..B-1), or
+        `sample_seeds[i]` as its generator's seed when given (one seed per sample, e.g. from a list of generators)."""
         labels = torch.as_tensor(labels, dtype=torch.long)
         classes = self.diffusion.config.num_classes
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= classes):
             bad = labels[(labels < 0) | (labels >= classes)][0].item()
             raise ValueError(f"class label {bad} is outside this model's classes 0..{classes - 1}")
         indices = list(range(len(labels))) if indices is None else list(indices)
+        if sample_seeds is not None and len(sample_seeds) != len(labels):
+            raise ValueError(f"{len(sample_seeds)} sample seeds for {len(labels)} labels; pass one per label")
         if config.guide_channels is not None and config.guide_channels > self.diffusion.config.in_channels:
             raise ValueError(
                 f"--guide-channels {config.guide_channels} exceeds the model's "
                 f"{self.diffusion.config.in_channels} latent channels"
             )
-        noise, cls, gens = self.initial_noise(indices, seed)
+        noise, cls, gens = self.initial_noise(indices, seed, sample_seeds)
         dev, dtype = self.device, next(self.diffusion.parameters()).dtype  # ODE states in the model's precision
         noise, cls = noise.to(dev, dtype), None if cls is None else cls.to(dev, dtype)
         y = labels.to(dev)
@@ -177,6 +222,7 @@ class VFMVAEPipeline:
         seed: int = 0,
         indices: Sequence[int] | None = None,
         config: SamplerConfig | None = None,
+        sample_seeds: Sequence[int] | None = None,
         **options,
     ) -> torch.Tensor:
         """Images in [0, 1], (B, 3, H, W). Without `config`, the pipeline's preset with `options` (SamplerConfig
@@ -184,7 +230,8 @@ class VFMVAEPipeline:
         from vfmvae.sampling.presets import resolve_sampler_config
 
         config = config or resolve_sampler_config(self.preset, **options)
-        z = self.stats.denormalize(self.latents(labels, seed=seed, indices=indices, config=config))
+        latents = self.latents(labels, seed=seed, indices=indices, config=config, sample_seeds=sample_seeds)
+        z = self.stats.denormalize(latents)
         # GroupNorm refuses a group of one value (a 1x1 map of a single sample in small decoders); its statistics
         # are per sample, so decoding the sample twice and keeping one copy changes nothing
         z = z.to(next(self.tokenizer.parameters()).dtype)

@@ -188,13 +188,29 @@ class StyleSplit(nn.Module):
         return m1 * m2 + m3
 
 
-class _GroupNorm32(nn.GroupNorm):
+class _GroupNorm(nn.GroupNorm):
+    """`nn.GroupNorm` without `F.group_norm`'s batch-size check.
+
+    The check refuses a batch of one image when a group holds a single value (the tiny official-format
+    tokenizer's coarsest latent injection: a 1 x 1 map in 32 groups of one channel), although the statistics are
+    per image: that value normalises to 0 and the output is the bias, which is what every image of a larger batch
+    gets too (the official `nn.GroupNorm` crashes there at batch 1 and gives the bias from batch 2 on).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.group_norm(x, self.num_groups, self.weight, self.bias, self.eps, torch.backends.cudnn.enabled)
+
+
+class _GroupNorm32(_GroupNorm):
     """GroupNorm computed in at least float32 (the official `GroupNorm32`), whatever the activation dtype."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float64:
             return super().forward(x)
-        return super().forward(x.float()).to(x.dtype)
+        # weights too in float32: a model cast to fp16/bf16 as a whole (diffusers' torch_dtype) holds half weights
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
 
 
 class ModulatedConvNeXtLayer(nn.Module):
@@ -268,7 +284,7 @@ class SeparableUpsample(nn.Module):
         super().__init__()
         self.pre_normalize = pre_normalize
         norm_channels = in_channels if pre_normalize else out_channels
-        self.norm = nn.GroupNorm(min(32, norm_channels // 4), norm_channels)
+        self.norm = _GroupNorm(min(32, norm_channels // 4), norm_channels)
         self.depthwise = nn.Conv2d(in_channels, in_channels, 3, padding=1, groups=in_channels, bias=False)
         self.pointwise = nn.Conv2d(in_channels, 4 * out_channels, 1, bias=False)
         taps = torch.tensor(_BINOMIAL[blur_size])

@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from vfmvae.checkpoint.pretrained import PretrainedMixin
@@ -184,8 +185,10 @@ class _Synthesis(nn.Module):
             prev = channels[idx - 1] if idx > 0 else None
             in_ch = (prev or 0) + injected.get(idx, 0)
             self.blocks.append(_SynthesisBlock(idx, in_ch, channels[idx], prev, cfg, resolutions[idx]))
-        # A runtime switch, not part of the config: the last `fp16_blocks` blocks (and their latent injection) run
-        # under float16 autocast with float16 inputs, as the official `num_fp16_res` (run.precision: official).
+        # Runtime switches, not part of the config: gradient checkpointing (diffusers' enable_gradient_checkpointing),
+        # and `fp16_blocks`: the last blocks (and their latent injection) run under float16 autocast with float16
+        # inputs, as the official `num_fp16_res` (run.precision: official).
+        self.gradient_checkpointing = False
         self.fp16_blocks = 0
 
     def forward(self, z: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -200,7 +203,12 @@ class _Synthesis(nn.Module):
                     injected = self.latent_convs[str(idx)](z)
                     x = injected if x is None else torch.cat([x, injected], dim=1)
                 # official SynthesisBlock: the block's input in its own dtype (float16 in the float16 blocks)
-                x, x_sum, image = block(x.half() if half else x, x_sum, w)
+                x = x.half() if half else x
+                if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                    # recompute the block in backward: activation memory of one block instead of all
+                    x, x_sum, image = torch.utils.checkpoint.checkpoint(block, x, x_sum, w, use_reentrant=False)
+                else:
+                    x, x_sum, image = block(x, x_sum, w)
             images.append(image)  # float32 (the ToRGB output is cast back, as the official)
         return images[-1], images[-2::-1]  # main image, then the others largest first
 
@@ -277,7 +285,8 @@ class VFMVAE(PretrainedMixin, nn.Module):
                 f"use an image size that is a multiple of {self.config.downsample}"
             )
         parts = []
-        for tokens, proj in zip(feats.tokens, self.patch_projs):
+        dtype = next(self.final_proj.parameters()).dtype  # the VFM returns float32; a half tokenizer takes its own
+        for tokens, proj in zip((t.to(dtype) for t in feats.tokens), self.patch_projs):
             if isinstance(proj, nn.Conv2d):
                 maps = proj(tokens.transpose(1, 2).reshape(tokens.shape[0], -1, gh, gw))
                 tokens = maps.flatten(2).transpose(1, 2)

@@ -1,9 +1,16 @@
-"""Reconstruct a folder of images with a tokenizer: PNGs, a side-by-side grid and per-image PSNR."""
+"""Reconstruct a folder of images with a tokenizer: PNGs, a side-by-side grid and per-image PSNR.
+
+`reconstruct_images` is the one reconstruction step of `vfmvae reconstruct`, `vfmvae eval recon --tokenizer` and the
+online evaluator: image i decodes its posterior mean plus std times noise drawn from its own generator, seeded by
+(seed, i) (`POSTERIOR_SEEDS`), so a reconstruction depends on the image and its index only, never on the batch it
+was encoded in, the batch size, the device or the number of processes.
+"""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +19,43 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from vfmvae.data import ImageFolderDataset, SkipCounter, collate_skip_bad, to_float01
+from vfmvae.seeding import derive_seed
 from vfmvae.tokenizer.model import VFMVAE
+from vfmvae.tokenizer.posterior import DiagonalGaussian
 from vfmvae.vis import save_grid
 
-__all__ = ["output_names", "reconstruct_folder", "to_uint8_from_signed"]
+__all__ = ["POSTERIOR_SEEDS", "output_names", "posterior_noise", "reconstruct_folder", "reconstruct_images"]
+
+POSTERIOR_SEEDS = 'derive_seed(seed, "eval-recon", i)'  # the generator of image i's posterior noise
+
+
+def posterior_noise(shape: Sequence[int], indices: Sequence[int], seed: int) -> torch.Tensor:
+    """Standard normal noise (len(indices), *shape) in float32 on the CPU: row k from its own generator, seeded by
+    `derive_seed(seed, "eval-recon", indices[k])` (the tag is the online evaluator's, which drew it first)."""
+    rows = [
+        torch.randn(tuple(shape), generator=torch.Generator().manual_seed(derive_seed(seed, "eval-recon", i)))
+        for i in indices
+    ]
+    return torch.stack(rows) if rows else torch.zeros((0, *shape))
+
+
+@torch.no_grad()
+def reconstruct_images(
+    model: VFMVAE, images: torch.Tensor, indices: Sequence[int], *, sample: bool = True, seed: int = 0
+) -> torch.Tensor:
+    """uint8 (B, 3, H, W) images -> their uint8 reconstructions (on the CPU), as the official
+    tools/reconstruct/reconstruct.py makes them: z = a posterior sample (`sample=False`: the mean; a discrete
+    tokenizer's latent is deterministic), decode, `to_uint8_from_signed`. `indices` are the images' positions in
+    the whole set: image i's noise is `posterior_noise(..., [i], seed)`, whatever batch it comes in."""
+    if len(indices) != len(images):
+        raise ValueError(f"{len(images)} images but {len(indices)} indices")
+    device = next(model.parameters()).device
+    posterior = model.encode(to_float01(images).to(device))
+    z = posterior.mode()
+    if sample and isinstance(posterior, DiagonalGaussian):
+        eps = posterior_noise(z.shape[1:], indices, seed).to(device=z.device, dtype=z.dtype)
+        z = posterior.mean + posterior.std * eps  # DiagonalGaussian.sample with per-image noise
+    return to_uint8_from_signed(model.decode(z)).cpu()
 
 
 def to_uint8_from_signed(images: torch.Tensor) -> torch.Tensor:
@@ -69,10 +109,11 @@ def reconstruct_folder(
             f"{output_dir} already holds {' and '.join(f'{d}/' for d in stale)} of an earlier run; "
             "use a new or empty output folder (or delete them first)"
         )
-    names = output_names([str(f.relative_to(dataset.root)) for f in dataset.files])
+    relative = [str(f.relative_to(dataset.root)) for f in dataset.files]
+    names = output_names(relative)
+    position = {name: i for i, name in enumerate(relative)}  # an image's index seeds its posterior noise
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skip_bad)
     model = model.to(device).eval()
-    generator = torch.Generator(device=device).manual_seed(seed)
     skips = SkipCounter()
     psnrs: list[float] = []
     grid_in, grid_out = [], []
@@ -84,9 +125,7 @@ def reconstruct_folder(
             if "image" not in batch:
                 continue
             inputs = batch["image"]
-            posterior = model.encode(to_float01(inputs).to(device))
-            z = posterior.sample(generator) if sample else posterior.mode()
-            recon = to_uint8_from_signed(model.decode(z)).cpu()
+            recon = reconstruct_images(model, inputs, [position[n] for n in batch["name"]], sample=sample, seed=seed)
             for name, original, out in zip(batch["name"], inputs, recon):
                 target = output_dir / "images" / names[name]
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -112,6 +151,9 @@ def reconstruct_folder(
         "skipped": skips.as_dict(),
         "resolution": resolution,
         "latent": "posterior sample" if sample else "posterior mean",
+        "posterior_seeds": POSTERIOR_SEEDS.replace("seed", str(seed), 1) + ", i = index in sorted file order"
+        if sample
+        else None,
         "crop": crop,
         "uint8": "trunc(255 * (x + 1) / 2), as to_pil_image in the official reconstruct.py",
         "psnr_mean": float(np.mean(finite)) if finite else None,

@@ -1,8 +1,9 @@
-"""Tokenizer training building blocks (tianciB/VFM-VAE@b3a752a training/loss.py, training/training_loop.py, configs/).
+"""Tokenizer training (tianciB/VFM-VAE@b3a752a training/loss.py, training/training_loop.py, configs/).
 
-In place: trainable-parameter selection per stage, the equivariance regularisation, and the generator-side
-losses (L1/L2, LPIPS, SSIM, multi-scale L1, KL, VF alignment with its adaptive weight). The discriminators,
-the training loop, the stage recipes and `vfmvae train tokenizer` are not written yet.
+Trainable-parameter selection per stage (stages.py), the equivariance regularisation (equivariance.py), the losses
+and safe-loss guards (losses.py), the discriminators (discriminators.py, spectral_norm.py), the D and G passes of
+one micro-batch with their draws (objective.py, draws.py), the stage hand-off (handoff.py) and the loop behind
+`vfmvae train tokenizer` (trainer.py).
 """
 
 from vfmvae.tokenizer_training.equivariance import EquivarianceDraw, draw_equivariance, transform_target

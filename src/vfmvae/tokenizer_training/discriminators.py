@@ -4,8 +4,10 @@
 * `ProjectedDiscriminator`: StyleGAN-T's projected discriminator on a frozen DINO ViT-S/16 (timm; local
   weights or random init for tests). Five token maps (after the position embedding and after blocks
   2, 5, 8, 11; with the class token added to every patch token) feed five heads of spectrally normalised
-  1-D convolutions with local batch norm; the logits of all tokens are concatenated. Inputs in [-1, 1] get
-  DiffAugment (colour, translation, cutout) first, seeded per call.
+  1-D convolutions with local batch norm (spectral norm with the official power-iteration order,
+  spectral_norm.py); the logits of all tokens are concatenated. Inputs in [-1, 1] get DiffAugment (colour,
+  translation, cutout) and, when larger than the backbone's input, a random crop first, with the numbers of the
+  call's `AugmentDraw` (draws.py).
 * `MultiscalePatchGAN`: pix2pixHD's three-scale PatchGAN with local batch norm; returns every layer's
   output per scale (the last one is the logit map) for LSGAN and feature matching (stage 3).
 """
@@ -18,44 +20,45 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.parametrizations import spectral_norm
+
+from vfmvae.tokenizer_training.draws import Augmentation, AugmentDraw
+from vfmvae.tokenizer_training.spectral_norm import SpectralNormConv1d
 
 __all__ = ["diff_augment", "ProjectedDiscriminator", "MultiscalePatchGAN", "BatchNormLocal"]
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def diff_augment(
-    x: torch.Tensor, generator: torch.Generator | None = None, translation: float = 0.125, cutout: float = 0.2
-) -> torch.Tensor:
-    """DiffAugment colour + translation + cutout on [-1, 1] images (differentiable)."""
+def diff_augment(x: torch.Tensor, augmentation: Augmentation) -> torch.Tensor:
+    """DiffAugment colour + translation + cutout on [-1, 1] images (differentiable), with the numbers of
+    `augmentation` (official `training/diffaug.py`, policy 'color,translation,cutout')."""
     b, _, h, w = x.shape
-
-    def rand(*shape):
-        return torch.rand(*shape, generator=generator).to(x.device, x.dtype)
-
-    x = x + (rand(b, 1, 1, 1) - 0.5)  # brightness
+    per_sample = lambda t: t.to(x.device, x.dtype).view(b, 1, 1, 1)  # noqa: E731
+    x = x + per_sample(augmentation.brightness)
     mean = x.mean(dim=1, keepdim=True)
-    x = (x - mean) * (rand(b, 1, 1, 1) * 2) + mean  # saturation
+    x = (x - mean) * per_sample(augmentation.saturation) + mean
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = (x - mean) * (rand(b, 1, 1, 1) + 0.5) + mean  # contrast
-    sh, sw = int(h * translation + 0.5), int(w * translation + 0.5)  # translation, zero fill
-    dy = (rand(b) * (2 * sh + 1)).long() - sh
-    dx = (rand(b) * (2 * sw + 1)).long() - sw
-    padded = F.pad(x, (sw, sw, sh, sh))
-    x = torch.stack([padded[i, :, sh - dy[i] : sh - dy[i] + h, sw - dx[i] : sw - dx[i] + w] for i in range(b)])
-    ch, cw = int(h * cutout + 0.5), int(w * cutout + 0.5)  # one cutout square
-    oy = (rand(b) * (h + 1 - ch % 2)).long() - ch // 2
-    ox = (rand(b) * (w + 1 - cw % 2)).long() - cw // 2
-    ys = torch.arange(h, device=x.device)[None, :, None]
-    xs = torch.arange(w, device=x.device)[None, None, :]
-    inside = (
-        (ys >= oy.to(x.device)[:, None, None])
-        & (ys < (oy + ch).to(x.device)[:, None, None])
-        & (xs >= ox.to(x.device)[:, None, None])
-        & (xs < (ox + cw).to(x.device)[:, None, None])
-    )
+    x = (x - mean) * per_sample(augmentation.contrast) + mean
+    x = _translate(x, augmentation.shift.to(x.device))
+    # one square per sample is zeroed: rows and columns [start, start + size), clipped to the image
+    start = augmentation.cutout_start.to(x.device)
+    rows = torch.arange(h, device=x.device)[None, :] - start[:, :1]  # (B, h): row index relative to the square
+    cols = torch.arange(w, device=x.device)[None, :] - start[:, 1:]
+    size_rows, size_cols = augmentation.cutout_size
+    inside = ((rows >= 0) & (rows < size_rows))[:, :, None] & ((cols >= 0) & (cols < size_cols))[:, None, :]
     return x * (~inside)[:, None].to(x.dtype)
+
+
+def _translate(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Output pixel (i, j) of sample b is input pixel (i + shift[b, 0], j + shift[b, 1]); zero outside.
+    Gathered with index tensors on the device (no per-sample slicing, which would read the shifts back)."""
+    b, _, h, w = x.shape
+    rows = torch.arange(h, device=x.device)[None, :] + shift[:, :1]  # (B, h)
+    cols = torch.arange(w, device=x.device)[None, :] + shift[:, 1:]  # (B, w)
+    inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]  # (B, h, w)
+    batch = torch.arange(b, device=x.device)[:, None, None]
+    moved = x.permute(0, 2, 3, 1)[batch, rows.clamp(0, h - 1)[:, :, None], cols.clamp(0, w - 1)[:, None, :]]
+    return torch.where(inside[..., None], moved, torch.zeros((), dtype=x.dtype, device=x.device)).permute(0, 3, 1, 2)
 
 
 class BatchNormLocal(nn.Module):
@@ -81,7 +84,7 @@ class BatchNormLocal(nn.Module):
 
 
 def _sn_conv1d(cin: int, cout: int, k: int) -> nn.Module:
-    return spectral_norm(nn.Conv1d(cin, cout, k, padding=k // 2, padding_mode="circular"), eps=1e-12)
+    return SpectralNormConv1d(cin, cout, k, padding=k // 2, padding_mode="circular", eps=1e-12)
 
 
 class _DiscHead(nn.Module):
@@ -151,14 +154,19 @@ class ProjectedDiscriminator(nn.Module):
         # AddReadout: the class token is added to every patch token; (B, C, tokens) for the 1-D heads
         return [(t[:, p:] + t[:, :1]).transpose(1, 2) for t in maps]
 
-    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """images in [-1, 1] -> logits (B, 5 x tokens)."""
-        x = diff_augment(images, generator) if self.diffaug else images
-        x = (x + 1) / 2
+    def forward(self, images: torch.Tensor, augment: AugmentDraw | None = None) -> torch.Tensor:
+        """images in [-1, 1] -> logits (B, 5 x tokens). `augment`: this call's DiffAugment and crop draws
+        (None: neither)."""
         size = self.input_size
-        if x.shape[-1] > size and float(torch.rand((), generator=generator)) < self.crop_probability:
-            top = int(torch.randint(x.shape[-2] - size + 1, (), generator=generator))
-            left = int(torch.randint(x.shape[-1] - size + 1, (), generator=generator))
+        crop = None
+        x = images
+        if augment is not None:
+            mapped = augment.mapped(tuple(images.shape[-2:]), size, self.crop_probability)
+            x = diff_augment(x, mapped) if self.diffaug else x
+            crop = mapped.crop
+        x = (x + 1) / 2
+        if crop is not None:  # one square for the whole batch, as torchvision's RandomCrop in the official
+            top, left = crop
             x = x[..., top : top + size, left : left + size]
         if x.shape[-1] != size or x.shape[-2] != size:
             x = F.interpolate(
@@ -166,6 +174,15 @@ class ProjectedDiscriminator(nn.Module):
             )
         x = (x - self.mean) / self.std
         return torch.cat([head(f) for head, f in zip(self.heads, self._features(x))], dim=1)
+
+    def advance_spectral_norm(self) -> None:
+        """Advance every head's power iteration by one step, as a training-mode call does, without a forward pass
+        (the official generator pass scores real images once more for PatchGAN feature matching; that call's
+        logits are unused, but it moves the spectral-norm state)."""
+        if self.training:
+            for module in self.heads.modules():
+                if isinstance(module, SpectralNormConv1d):
+                    module.power_iteration()
 
 
 class _PatchLayer(nn.Sequential):

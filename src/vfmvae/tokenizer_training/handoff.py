@@ -25,6 +25,7 @@ from torch import nn
 from vfmvae.checkpoint.atomic import atomic_directory, atomic_write_text
 from vfmvae.checkpoint.serialize import load_tensors, save_tensors
 from vfmvae.tokenizer import VFMVAE
+from vfmvae.tokenizer_training.spectral_norm import upgrade_spectral_norm_keys
 
 __all__ = ["RAW_GENERATOR", "DISCRIMINATORS", "TRAINING_STATE", "export_stage", "load_stage"]
 
@@ -69,6 +70,7 @@ def load_stage(directory: str | Path, raw: VFMVAE, discriminators: dict[str, nn.
     else:
         notes.append(f"{directory} has no {RAW_GENERATOR}: the raw generator starts from the EMA weights")
     stored = load_tensors(directory / DISCRIMINATORS) if (directory / DISCRIMINATORS).is_file() else {}
+    stored = upgrade_spectral_norm_keys(stored)  # exports written with torch's spectral-norm parametrization
     for name, module in discriminators.items():
         part = {k[len(name) + 1 :]: v for k, v in stored.items() if k.startswith(name + ".")}
         if part:

@@ -13,16 +13,18 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
+from vfmvae import distributed as dist_utils
 from vfmvae.evaluation.image_metrics import ssim
 
 __all__ = [
     "ssim_loss",
     "multiscale_l1",
+    "multiscale_l1_terms",
     "kl_loss",
     "vf_alignment_loss",
     "adaptive_vf_weight",
     "SafeLossGuard",
-    "discriminator_term_guard",
+    "DiscriminatorGuard",
 ]
 
 
@@ -40,16 +42,30 @@ def ssim_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     return 1.0 - ssim(fake.clamp(-1, 1), real.clamp(-1, 1), data_range=2.0).float().mean()
 
 
+def multiscale_l1_terms(
+    outputs: list[torch.Tensor], target01: torch.Tensor, mode: str = "bilinear"
+) -> list[torch.Tensor]:
+    """L1(resize(target, output_i size) * 2 - 1, output_i) per lower-resolution output (largest first),
+    unweighted: the official `multiscale_pixel_loss_block{i}` terms. The target is resized in [0, 1] with the
+    VFM's interpolation, antialiased when it shrinks."""
+    terms = []
+    with _float32(target01):
+        for out in outputs:
+            resized = F.interpolate(
+                target01.float(), size=out.shape[-2:], mode=mode, align_corners=False, antialias=True
+            )
+            terms.append((resized * 2 - 1 - out.float()).abs().mean())
+    return terms
+
+
 def multiscale_l1(
     outputs: list[torch.Tensor], target01: torch.Tensor, weights: list[float], mode: str = "bilinear"
 ) -> torch.Tensor:
     """sum_i w_i L1(resize(target, output_i size) * 2 - 1, output_i); outputs largest first."""
     total = target01.new_zeros((), dtype=torch.float32)
-    with _float32(target01):
-        for out, w in zip(outputs, weights):
-            if w:
-                t = F.interpolate(target01.float(), size=out.shape[-2:], mode=mode, align_corners=False, antialias=True)
-                total = total + w * (t * 2 - 1 - out.float()).abs().mean()
+    used = [(out, weight) for out, weight in zip(outputs, weights) if weight]
+    for (_, weight), term in zip(used, multiscale_l1_terms([out for out, _ in used], target01, mode)):
+        total = total + weight * term
     return total
 
 
@@ -96,69 +112,114 @@ def adaptive_vf_weight(
         return (base * (g_rec.float().norm() / (g_vf.float().norm() + 1e-4)).clamp(0, 1e8)).detach()
 
 
-def discriminator_term_guard(loss: torch.Tensor, limit: float = 1e4) -> torch.Tensor:
-    """The official discriminator-side safe-loss rule: a term that is non-finite or above `limit` in magnitude
-    turns the D loss into NaN, which skips the D step (on the device, gradients zero)."""
-    ok = torch.isfinite(loss) & (loss.abs() <= limit)
-    return torch.where(ok, loss, torch.full_like(loss, float("nan")))
+class _MicroBatchGate:
+    """What both safe-loss rules share: a rejected micro-batch contributes nothing, the others train.
+
+    The official check (`training/loss.py`, `accumulate_gradients`) runs once per micro-batch, all-reduces the
+    decision over ranks, and multiplies a rejected micro-batch's loss by zero, so that only its gradient is
+    zero. Here the decision stays on the device: `torch.where` returns 0 instead of the loss (its gradient is
+    zero), the decision is all-reduced with MIN, and the step's flag `step_accepted()` tells the optimizer step
+    to skip when every micro-batch was rejected (the official one then steps with zero gradients; see
+    docs/architecture.md)."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self.rejected: torch.Tensor | None = None  # device counter of rejected micro-batches
+        self._accepted: torch.Tensor | None = None  # any micro-batch of the current step accepted
+
+    def _gate(self, total: torch.Tensor, safe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if dist_utils.is_distributed():  # every rank drops the same micro-batch, as the official all-reduce
+            flag = safe.float().reshape(1)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+            safe = flag.reshape(()) > 0
+        rejected = (~safe).float()
+        self.rejected = rejected if self.rejected is None else self.rejected + rejected
+        self._accepted = safe if self._accepted is None else self._accepted | safe
+        return torch.where(safe, total, torch.zeros_like(total)), safe
+
+    def step_accepted(self) -> torch.Tensor | None:
+        """After the micro-batches of a step: False (device) when the guard rejected all of them; resets."""
+        accepted, self._accepted = self._accepted, None
+        return accepted
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"rejected": self.rejected.detach().cpu()} if self.rejected is not None else {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], device: torch.device | str = "cpu") -> None:
+        self.rejected = state["rejected"].to(device) if "rejected" in state else None
 
 
-class SafeLossGuard:
-    """The official "safe loss" rule (`training/loss.py`, `TotalLoss`): reject a generator step whose L1, L2,
-    LPIPS, SSIM or multi-scale loss is non-finite or above `ratio` x its value at the previous accepted step
-    (only where that value exceeds `floor`), once `active`.
+class DiscriminatorGuard(_MicroBatchGate):
+    """The official discriminator-side rule: a micro-batch whose D term (fake, real or their sum, per
+    discriminator) is non-finite or above `limit` in magnitude is dropped, once `active`."""
 
-    Everything stays on the device: `guard(total)` returns the loss unchanged when safe and NaN otherwise
-    (`torch.where`, so the gradients are zero rather than NaN), and the optimizer step skips a NaN loss like any
-    non-finite one, on every rank. `commit(applied)` then records this step's values as the reference, for
-    accepted steps only. With several micro-batches, each is checked against the previous step and the step's
-    reference is their mean.
+    def __init__(self, limit: float = 1e4) -> None:
+        super().__init__()
+        self.limit = limit
+        self._current: list[torch.Tensor] = []
+
+    def watch(self, value: torch.Tensor) -> torch.Tensor:
+        """Record one term of this micro-batch (a 0-d loss); returns it unchanged."""
+        self._current.append(value.detach().float())
+        return value
+
+    def __call__(self, total: torch.Tensor) -> torch.Tensor:
+        current, self._current = self._current, []
+        if not self.active or not current:
+            return total
+        safe = torch.ones((), dtype=torch.bool, device=total.device)
+        for value in current:
+            safe = safe & torch.isfinite(value) & (value.abs() <= self.limit)
+        return self._gate(total, safe)[0]
+
+
+class SafeLossGuard(_MicroBatchGate):
+    """The official generator-side "safe loss" rule (`training/loss.py`, `TotalLoss`): once `active`, drop a
+    micro-batch whose L1, L2, LPIPS, SSIM or multi-scale loss is non-finite or above `ratio` x its value in the
+    previous accepted micro-batch (only where that value exceeds `floor`), or whose GAN, PatchGAN or feature-
+    matching term is non-finite.
+
+    `watch(name, value, relative=True)` records a term: `relative` terms get the ratio rule and become the
+    reference of the next micro-batch when accepted (also before the guard is active, as the official
+    reference follows every accepted micro-batch); the others are checked for finiteness only. `guard(total)`
+    returns the loss, or 0 for a dropped micro-batch (see `_MicroBatchGate`).
     """
 
     def __init__(self, ratio: float = 10.0, floor: float = 1e-6) -> None:
+        super().__init__()
         self.ratio, self.floor = ratio, floor
-        self.active = False
         self.prev: dict[str, torch.Tensor] = {}
-        self.rejected: torch.Tensor | None = None  # device counter of rejected micro-batches
-        self._current: dict[str, torch.Tensor] = {}
-        self._step: dict[str, list[torch.Tensor]] = {}
+        self._current: dict[str, tuple[torch.Tensor, bool]] = {}
 
-    def watch(self, name: str, value: torch.Tensor) -> torch.Tensor:
+    def watch(self, name: str, value: torch.Tensor, relative: bool = True) -> torch.Tensor:
         """Record one term of this micro-batch (an unweighted 0-d loss); returns it unchanged."""
-        self._current[name] = value.detach().float()
+        self._current[name] = (value.detach().float(), relative)
         return value
 
     def __call__(self, total: torch.Tensor) -> torch.Tensor:
         current, self._current = self._current, {}
-        for name, value in current.items():
-            self._step.setdefault(name, []).append(value)
-        if not self.active or not current:
+        if not current:
             return total
         safe = torch.ones((), dtype=torch.bool, device=total.device)
-        for name, value in current.items():
-            ok = torch.isfinite(value)
-            if name in self.prev:
-                prev = self.prev[name].to(value.device)
-                ok = ok & ((prev <= self.floor) | (value <= self.ratio * prev))
-            safe = safe & ok
-        unsafe = (~safe).float()
-        self.rejected = unsafe if self.rejected is None else self.rejected + unsafe
-        return torch.where(safe, total, torch.full_like(total, float("nan")))
-
-    def commit(self, applied: torch.Tensor) -> None:
-        """After the optimizer step: an applied step's mean term values become the reference."""
-        step, self._step = self._step, {}
-        for name, values in step.items():
-            mean = torch.stack(values).mean()
-            prev = self.prev.get(name, torch.zeros_like(mean)).to(mean.device)  # 0: no reference, nothing rejected
-            self.prev[name] = torch.where(applied.to(mean.device) > 0, mean, prev)
+        if self.active:
+            for name, (value, relative) in current.items():
+                ok = torch.isfinite(value)
+                if relative and name in self.prev:
+                    prev = self.prev[name].to(value.device)
+                    ok = ok & ((prev <= self.floor) | (value <= self.ratio * prev))
+                safe = safe & ok
+            total, safe = self._gate(total, safe)
+        else:
+            self._accepted = safe if self._accepted is None else self._accepted | safe
+        for name, (value, relative) in current.items():
+            if relative:  # an accepted micro-batch's finite values are the next reference
+                prev = self.prev.get(name, torch.zeros_like(value)).to(value.device)  # 0: no reference yet
+                self.prev[name] = torch.where(safe & torch.isfinite(value), value, prev)
+        return total
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        state = {f"prev.{k}": v.detach().cpu() for k, v in self.prev.items()}
-        if self.rejected is not None:
-            state["rejected"] = self.rejected.detach().cpu()
-        return state
+        return {**super().state_dict(), **{f"prev.{k}": v.detach().cpu() for k, v in self.prev.items()}}
 
     def load_state_dict(self, state: dict[str, torch.Tensor], device: torch.device | str = "cpu") -> None:
+        super().load_state_dict(state, device)
         self.prev = {k[len("prev.") :]: v.to(device) for k, v in state.items() if k.startswith("prev.")}
-        self.rejected = state["rejected"].to(device) if "rejected" in state else None

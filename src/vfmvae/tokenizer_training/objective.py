@@ -1,11 +1,17 @@
 """The tokenizer's two objectives: the discriminator loss and the generator loss of one micro-batch
-(tianciB/VFM-VAE@b3a752a training/loss.py), with the safe-loss guard and the logged scalars.
+(tianciB/VFM-VAE@b3a752a training/loss.py `TotalLoss.accumulate_gradients`, phases D and G), with the safe-loss
+guard and the logged scalars.
 
-The trainer (trainer.py) owns the loop; this module owns what one D or G pass computes.
+The trainer (trainer.py) owns the loop; this module owns what one D or G pass computes. `discriminator_pass` and
+`generator_pass` return every named term under the official `training_stats` names and take the pass's random
+draws (`PassDraws`; whatever is not given is drawn from `generator`, which the trainer seeds per step), so that a
+recorded official step can be replayed exactly. `discriminator` and `generator_loss` are the same passes in the
+form `training.optimizer_step` calls (a loss tensor per micro-batch).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -15,6 +21,7 @@ from torch import nn
 from vfmvae.tokenizer import VFMVAE, DiagonalGaussian
 from vfmvae.tokenizer_training.config import TokenizerTrainConfig
 from vfmvae.tokenizer_training.discriminators import MultiscalePatchGAN, ProjectedDiscriminator
+from vfmvae.tokenizer_training.draws import AugmentDraw, PassDraws
 from vfmvae.tokenizer_training.equivariance import (
     EquivarianceDraw,
     draw_equivariance,
@@ -22,16 +29,50 @@ from vfmvae.tokenizer_training.equivariance import (
     transform_target,
 )
 from vfmvae.tokenizer_training.losses import (
+    DiscriminatorGuard,
     SafeLossGuard,
     adaptive_vf_weight,
-    discriminator_term_guard,
     kl_loss,
-    multiscale_l1,
+    multiscale_l1_terms,
     ssim_loss,
     vf_alignment_loss,
 )
 
-__all__ = ["TokenizerObjective"]
+__all__ = ["PassResult", "TokenizerObjective"]
+
+
+@dataclass(frozen=True)
+class PassResult:
+    """One D or G pass over a micro-batch."""
+
+    total: torch.Tensor  # the loss to back-propagate (0 when the safe-loss guard dropped this micro-batch)
+    terms: dict[str, torch.Tensor]  # detached 0-d tensors under the official `training_stats` names
+    draws: PassDraws  # every draw the pass used (complete: replaying them repeats the pass)
+
+
+@dataclass(frozen=True)
+class _Generated:
+    """The generator's forward pass of one micro-batch, and the target its output is compared with."""
+
+    fake: torch.Tensor  # decoded image in [-1, 1] (float32)
+    multiscale: list[torch.Tensor]  # lower-resolution outputs, largest first (float32)
+    target: torch.Tensor  # the input under the same equivariance transform, in [-1, 1]
+    posterior: DiagonalGaussian
+    latent: torch.Tensor  # the decoded z, before the equivariance transform
+    vfm_features: Any  # the VFM's features (the VF loss's target), or None
+    posterior_noise: torch.Tensor | None
+
+
+def _scores(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean logit and mean sign, as `training_stats.report(..._scores/_signs, logits)` logs them."""
+    return logits.detach().mean(), logits.detach().sign().mean()
+
+
+def _patch_scores(logit_maps: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per PatchGAN scale: the mean over the batch of each sample's mean logit, and the mean sign of those
+    per-sample means (official `TotalLoss._agg_patchgan_per_scale`)."""
+    per_sample = [logits.detach().flatten(1).mean(1) for logits in logit_maps]
+    return [(scores.mean(), scores.sign().mean()) for scores in per_sample]
 
 
 class TokenizerObjective:
@@ -40,126 +81,267 @@ class TokenizerObjective:
     def __init__(
         self,
         cfg: TokenizerTrainConfig,
-        g: VFMVAE,
-        d: ProjectedDiscriminator | None,
-        p: MultiscalePatchGAN | None,
+        tokenizer: VFMVAE,
+        projected: ProjectedDiscriminator | None,
+        patchgan: MultiscalePatchGAN | None,
         lpips: nn.Module | None,
         autocast,
     ) -> None:
-        self.cfg, self.g, self.d, self.p, self.lpips, self.autocast = cfg, g, d, p, lpips, autocast
-        self.mode = g.vfm.adapter.resize_mode
-        self.generator = torch.Generator()
+        self.cfg, self.tokenizer, self.projected, self.patchgan = cfg, tokenizer, projected, patchgan
+        self.lpips, self.autocast = lpips, autocast
+        self.resize_mode = tokenizer.vfm.adapter.resize_mode
+        self.generator = torch.Generator()  # the draws not given to a pass; the trainer seeds it per step
         self.images_seen = 0
-        self.guard = SafeLossGuard(cfg.loss.safe_loss_ratio) if cfg.loss.safe_loss else None
+        safe_loss = cfg.loss.safe_loss
+        self.guard = SafeLossGuard(cfg.loss.safe_loss_ratio) if safe_loss else None
+        self.discriminator_guard = DiscriminatorGuard() if safe_loss else None
         self.scalars: dict[str, torch.Tensor] = {}  # detached device tensors, read back when logged
 
-    def _draw(self) -> EquivarianceDraw:
-        c = self.cfg.loss
-        return (
-            draw_equivariance(self.generator, c.eq_p_latent, c.eq_p_prior_scale)
-            if c.equivariance
-            else EquivarianceDraw()
+    # ---- draws ------------------------------------------------------------------------------------------
+    def _equivariance(self, draws: PassDraws) -> EquivarianceDraw:
+        if draws.equivariance is not None:
+            return draws.equivariance
+        loss = self.cfg.loss
+        if not loss.equivariance:
+            return EquivarianceDraw()
+        return draw_equivariance(self.generator, loss.eq_p_latent, loss.eq_p_prior_scale)
+
+    def _augment(self, given: AugmentDraw | None, batch_size: int) -> AugmentDraw | None:
+        if self.projected is None:
+            return None
+        return given if given is not None else AugmentDraw.draw(self.generator, batch_size)
+
+    def _generate(
+        self, images01: torch.Tensor, equivariance: EquivarianceDraw, noise: torch.Tensor | None, with_vfm: bool
+    ) -> _Generated:
+        moments, vfm_features = self.tokenizer.encode_moments(
+            images01, extra_scale=equivariance.input_scale, return_vfm=True
         )
-
-    def _fake(self, x: torch.Tensor, draw: EquivarianceDraw, with_vfm: bool):
-        moments, feats = self.g.encode_moments(x, extra_scale=draw.input_scale, return_vfm=True)
-        post = DiagonalGaussian(moments.float())
+        posterior = DiagonalGaussian(moments.float())
         if self.cfg.loss.sample_posterior:
-            eps = torch.randn(post.mean.shape, generator=self.generator).to(post.mean.device)
-            z = post.mean + post.std * eps
+            if noise is None:
+                noise = torch.randn(posterior.mean.shape, generator=self.generator)
+            latent = posterior.mean + posterior.std * noise.to(posterior.mean.device)
         else:
-            z = post.mean
-        fake, multiscale = self.g.decode(transform_latent(z, draw), return_multiscale=True)
-        target = transform_target(x, draw, self.mode) * 2 - 1
-        return fake.float(), [m.float() for m in multiscale], target, post, z, (feats if with_vfm else None)
-
-    def discriminator(self, _module: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        c = self.cfg.loss
-        x = batch["x"]
-        with torch.no_grad(), self.autocast():
-            fake, _, real, *_ = self._fake(x, self._draw(), with_vfm=False)
-        loss = x.new_zeros(())
-        with self.autocast():
-            if c.gan and self.d is not None:
-                loss = loss + c.gan * self._d_guard(
-                    F.relu(1 - self.d(real, self.generator)).float().mean()
-                    + F.relu(1 + self.d(fake, self.generator)).float().mean()
-                )
-            if c.patchgan and self.p is not None:
-                pr, pf = self.p(real), self.p(fake)
-                loss = loss + c.patchgan * self._d_guard(
-                    sum(
-                        F.mse_loss(r[-1].float(), torch.ones_like(r[-1], dtype=torch.float32))
-                        + F.mse_loss(f[-1].float(), torch.zeros_like(f[-1], dtype=torch.float32))
-                        for r, f in zip(pr, pf)
-                    )
-                    / len(pr)
-                )
-        self.scalars["loss/d"] = loss.detach()
-        return loss.float()
+            latent, noise = posterior.mean, None
+        fake, multiscale = self.tokenizer.decode(transform_latent(latent, equivariance), return_multiscale=True)
+        target = transform_target(images01, equivariance, self.resize_mode) * 2 - 1
+        return _Generated(
+            fake.float(),
+            [image.float() for image in multiscale],
+            target,
+            posterior,
+            latent,
+            vfm_features if with_vfm else None,
+            noise,
+        )
 
     def _guard_active(self) -> bool:
         return self.images_seen > self.cfg.loss.safe_loss_after_images  # official: 50k images after the stage start
 
-    def _d_guard(self, term: torch.Tensor) -> torch.Tensor:
-        return discriminator_term_guard(term) if self.guard is not None and self._guard_active() else term
+    # ---- the discriminator's pass -------------------------------------------------------------------------
+    def discriminator_pass(self, images01: torch.Tensor, draws: PassDraws | None = None) -> PassResult:
+        """The D loss of one micro-batch (images in [0, 1]): hinge loss of the projected discriminator, LSGAN
+        loss of the PatchGAN, on the generator's output and on the equally transformed input."""
+        loss = self.cfg.loss
+        draws = draws or PassDraws()
+        equivariance = self._equivariance(draws)
+        with torch.no_grad(), self.autocast():
+            generated = self._generate(images01, equivariance, draws.posterior_noise, with_vfm=False)
+        fake, real = generated.fake, generated.target
+        fake_augment = self._augment(draws.fake_augment, len(fake))
+        real_augment = self._augment(draws.real_augment, len(real))
+        use_projected = bool(loss.gan) and self.projected is not None
+        use_patchgan = bool(loss.patchgan) and self.patchgan is not None
+        guard = self.discriminator_guard
+        if guard is not None:
+            guard.active = self._guard_active()
+        watch = guard.watch if guard is not None else (lambda value: value)
+        terms: dict[str, torch.Tensor] = {}
+        total = real.new_zeros((), dtype=torch.float32)
+        with self.autocast():
+            # The official order: fake images first, then real ones (one discriminator call each). Every call of
+            # the projected discriminator in training mode advances its spectral-norm power iteration, so the
+            # order changes the result.
+            fake_logits = self.projected(fake, fake_augment).float() if use_projected else None
+            fake_maps = self.patchgan(fake) if use_patchgan else None
+            real_logits = self.projected(real, real_augment).float() if use_projected else None
+            real_maps = self.patchgan(real) if use_patchgan else None
+            if use_projected:
+                fake_loss = watch(F.relu(1 + fake_logits).mean())
+                real_loss = watch(F.relu(1 - real_logits).mean())
+                projected_loss = watch(fake_loss + real_loss)
+                total = total + loss.gan * projected_loss
+                name = "Loss/D/stylegan_t/"
+                terms[name + "fake_scores"], terms[name + "fake_signs"] = _scores(fake_logits)
+                terms[name + "real_scores"], terms[name + "real_signs"] = _scores(real_logits)
+                terms[name + "gen_loss"], terms[name + "real_loss"] = fake_loss.detach(), real_loss.detach()
+                terms[name + "loss"] = projected_loss.detach()
+            if use_patchgan:
+                fake_logit_maps = [layers[-1].float() for layers in fake_maps]  # the last layer is the logit map
+                real_logit_maps = [layers[-1].float() for layers in real_maps]
+                scales = len(fake_logit_maps)
+                fake_loss = watch(sum(F.mse_loss(m, torch.zeros_like(m)) for m in fake_logit_maps) / scales)
+                real_loss = watch(sum(F.mse_loss(m, torch.ones_like(m)) for m in real_logit_maps) / scales)
+                patchgan_loss = watch(fake_loss + real_loss)
+                total = total + loss.patchgan * patchgan_loss
+                name = "Loss/D/patchgan/"
+                terms[name + "gen_loss"], terms[name + "real_loss"] = fake_loss.detach(), real_loss.detach()
+                terms[name + "loss"] = patchgan_loss.detach()
+                for kind, maps in (("fake", fake_logit_maps), ("real", real_logit_maps)):
+                    for scale, (score, sign) in enumerate(_patch_scores(maps)):
+                        terms[f"{name}{kind}/scale{scale}/{kind}_scores"] = score
+                        terms[f"{name}{kind}/scale{scale}/{kind}_signs"] = sign
+        terms["Loss/D/total"] = total.detach()
+        if guard is not None:
+            total = guard(total)
+        used = PassDraws(equivariance, generated.posterior_noise, fake_augment, real_augment)
+        return PassResult(total.float(), terms, used)
 
-    def _watch(self, name: str, value: torch.Tensor) -> torch.Tensor:
-        return self.guard.watch(name, value) if self.guard is not None else value
+    def discriminator(self, _module: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        """`discriminator_pass` as `optimizer_step`'s loss function (batch: {"x", "n"[, "draws"]})."""
+        result = self.discriminator_pass(batch["x"], batch.get("draws"))
+        self.scalars["loss/d"] = result.terms["Loss/D/total"]
+        if self.discriminator_guard is not None and self.discriminator_guard.rejected is not None:
+            self.scalars["safe_loss_rejected_d"] = self.discriminator_guard.rejected
+        return result.total
+
+    # ---- the generator's pass -----------------------------------------------------------------------------
+    def generator_pass(self, images01: torch.Tensor, draws: PassDraws | None = None) -> PassResult:
+        """The G loss of one micro-batch (images in [0, 1]): reconstruction, KL, VF alignment and the adversarial
+        terms, weighted as the official `TotalLoss` (phase G) assembles them."""
+        loss = self.cfg.loss
+        draws = draws or PassDraws()
+        equivariance = self._equivariance(draws)
+        guard = self.guard
+        if guard is not None:
+            guard.active = self._guard_active()
+        watch = guard.watch if guard is not None else (lambda name, value, relative=True: value)
+        terms: dict[str, torch.Tensor] = {}
+
+        def record(name: str, value: torch.Tensor) -> torch.Tensor:
+            terms[name] = value.detach()
+            return value
+
+        with self.autocast():
+            generated = self._generate(images01, equivariance, draws.posterior_noise, with_vfm=loss.vf > 0)
+            fake, target = generated.fake, generated.target
+            fake_augment = self._augment(draws.fake_augment, len(fake))
+
+            # Reconstruction ("main_rec_loss"): the pixel, perceptual, SSIM and multi-scale terms. Each is also
+            # handed to the safe-loss guard unweighted, because its rule compares a term with the same term of
+            # the previous micro-batch, whatever its weight.
+            reconstruction = target.new_zeros((), dtype=torch.float32)
+            if loss.l1:
+                l1 = record("Loss/G/l1_pixel_loss", watch("l1", (target - fake).abs().mean()))
+                reconstruction = reconstruction + loss.l1 * l1
+            if loss.l2:
+                l2 = record("Loss/G/l2_pixel_loss", watch("l2", (target - fake).square().mean()))
+                reconstruction = reconstruction + loss.l2 * l2
+            if loss.lpips:
+                perceptual = self.lpips(fake, target).float().mean()
+                reconstruction = reconstruction + loss.lpips * record(
+                    "Loss/G/perceptual_loss", watch("lpips", perceptual)
+                )
+            if loss.ssim:
+                reconstruction = reconstruction + loss.ssim * record(
+                    "Loss/G/ssim_loss", watch("ssim", ssim_loss(fake, target))
+                )
+            # the multi-scale L1 trains the low-resolution outputs only early in stage 0 (`multiscale_until_images`,
+            # official multiscale_pixel_loss_end_kimg); its weights sit inside the term, as in the official sum
+            if any(loss.multiscale) and self.images_seen < loss.multiscale_until_images:
+                per_output = multiscale_l1_terms(generated.multiscale, (target + 1) / 2, self.resize_mode)
+                multiscale = target.new_zeros((), dtype=torch.float32)
+                for block, (weight, term) in enumerate(zip(loss.multiscale, per_output)):
+                    record(f"Loss/G/multiscale_pixel_loss_block{block}", term)
+                    multiscale = multiscale + weight * term
+                reconstruction = reconstruction + record(
+                    "Loss/G/multiscale_pixel_loss", watch("multiscale", multiscale)
+                )
+            total = record("Loss/G/rec_loss", reconstruction)
+
+            if loss.kl:  # keeps the posterior near N(0, I), so that the latent scale stays usable for diffusion
+                total = total + loss.kl * record(
+                    "Loss/G/kl_loss", kl_loss(generated.posterior.mean, generated.posterior.logvar)
+                )
+
+            if loss.vf:
+                # The VF loss aligns the latent (through a 1x1 projection, in float32 as the official) with the
+                # frozen VFM's last-layer features pooled to the latent grid.
+                with torch.autocast(images01.device.type, enabled=False):
+                    projection = self.tokenizer.vf_proj(generated.latent.float())
+                features = generated.vfm_features
+                target_features = features.maps()[features.layers.index(-1)].float()
+                vf = record(
+                    "Loss/G/vf_loss",
+                    vf_alignment_loss(projection, target_features, loss.vf_distmat_margin, loss.vf_cos_margin),
+                )
+                # The adaptive weight scales VF to the reconstruction's gradient at the encoder's last layer
+                # (|grad rec| / |grad vf|, official `calculate_cur_vf_loss_weight`), so that alignment never
+                # overwhelms reconstruction. It needs the reconstruction sum complete, hence this order, and the
+                # layer trainable: with a frozen encoder the base weight applies.
+                last_layer = self.tokenizer.final_proj.blocks[-1].mlp.w2.weight
+                if loss.vf_adaptive and last_layer.requires_grad:
+                    vf_weight = adaptive_vf_weight(reconstruction, vf, last_layer, loss.vf)
+                else:
+                    vf_weight = torch.full((), float(loss.vf), device=vf.device)
+                total = total + record("Loss/G/vf_weight", vf_weight) * vf
+
+            # The adversarial terms: the generator maximises the projected discriminator's logits (hinge) and
+            # pulls the PatchGAN's logit maps towards "real" (LSGAN).
+            if loss.gan and self.projected is not None:
+                fake_logits = self.projected(fake, fake_augment).float()
+                name = "Loss/G/stylegan_t/"
+                adversarial = record(name + "loss", watch("gan", -fake_logits.mean(), relative=False))
+                terms[name + "fake_scores"], terms[name + "fake_signs"] = _scores(fake_logits)
+                total = total + loss.gan * adversarial
+            if (loss.patchgan or loss.feature_matching) and self.patchgan is not None:
+                fake_maps = self.patchgan(fake)
+                if loss.patchgan:
+                    logit_maps = [layers[-1].float() for layers in fake_maps]
+                    patch_loss = sum(F.mse_loss(m, torch.ones_like(m)) for m in logit_maps) / len(logit_maps)
+                    name = "Loss/G/patchgan/"
+                    record(name + "loss", watch("patchgan", patch_loss, relative=False))
+                    for scale, (score, sign) in enumerate(_patch_scores(logit_maps)):
+                        terms[f"{name}fake/scale{scale}/fake_scores"] = score
+                        terms[f"{name}fake/scale{scale}/fake_signs"] = sign
+                    total = total + loss.patchgan * patch_loss
+                if loss.feature_matching:
+                    # The official pass scores the real images with the whole discriminator for this; only the
+                    # PatchGAN features are used, but that call also advances the projected discriminator's
+                    # spectral-norm state, which is all it changes: done here without the forward pass.
+                    if self.projected is not None:
+                        self.projected.advance_spectral_norm()
+                    with torch.no_grad():
+                        real_maps = self.patchgan(target)
+                    matching = fake.new_zeros((), dtype=torch.float32)
+                    for fake_layers, real_layers in zip(fake_maps, real_maps):
+                        # pix2pixHD's weights: 1 / scales, and 4 / (layers - 1) over the layers before the logits
+                        layer_weight = 4.0 / max(len(real_layers) - 1, 1) / len(real_maps)
+                        for fake_layer, real_layer in zip(fake_layers[:-1], real_layers[:-1]):
+                            matching = matching + layer_weight * F.l1_loss(fake_layer.float(), real_layer.float())
+                    record("Loss/G/patchgan/feature_matching_loss", watch("feature_matching", matching, relative=False))
+                    total = total + loss.feature_matching * matching
+        record("Loss/G/total", total)
+        if guard is not None:
+            total = guard(total.float())
+        used = PassDraws(equivariance, generated.posterior_noise, fake_augment, None)
+        return PassResult(total.float(), terms, used)
 
     def generator_loss(self, _module: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        c, s, w = self.cfg.loss, self.scalars, self._watch
-        x = batch["x"]
-        with self.autocast():
-            fake, multiscale, real, post, z, feats = self._fake(x, self._draw(), with_vfm=c.vf > 0)
-            rec = real.new_zeros(())
-            if c.l1:
-                rec = rec + c.l1 * w("l1", (real - fake).abs().mean())
-            if c.l2:
-                rec = rec + c.l2 * w("l2", (real - fake).square().mean())
-            if c.lpips:
-                rec = rec + c.lpips * w("lpips", self.lpips(fake, real).float().mean())
-            if c.ssim:
-                rec = rec + c.ssim * w("ssim", ssim_loss(fake, real))
-            if any(c.multiscale) and self.images_seen < c.multiscale_until_images:
-                rec = rec + w("multiscale", multiscale_l1(multiscale, (real + 1) / 2, list(c.multiscale), self.mode))
-            total = rec
-            s["loss/rec"] = rec.detach()
-            if c.kl:
-                kl = kl_loss(post.mean, post.logvar)
-                total = total + c.kl * kl
-                s["loss/kl"] = kl.detach()
-            if c.vf:
-                with torch.autocast(x.device.type, enabled=False):  # the 1x1 projection in float32, as the official
-                    projected = self.g.vf_proj(z.float())
-                vf = vf_alignment_loss(
-                    projected, feats.maps()[feats.layers.index(-1)].float(), c.vf_distmat_margin, c.vf_cos_margin
-                )
-                last = self.g.final_proj.blocks[-1].mlp.w2.weight
-                weight = (
-                    adaptive_vf_weight(rec, vf, last, c.vf)
-                    if c.vf_adaptive and last.requires_grad
-                    else torch.tensor(c.vf)
-                )
-                total = total + weight * vf
-                s["loss/vf"], s["vf_weight"] = vf.detach(), weight.detach()
-            if c.gan and self.d is not None:
-                gan = -self.d(fake, self.generator).mean()
-                total = total + c.gan * gan
-                s["loss/gan"] = gan.detach()
-            if (c.patchgan or c.feature_matching) and self.p is not None:
-                pf = self.p(fake)
-                if c.patchgan:
-                    total = total + c.patchgan * sum(F.mse_loss(f[-1], torch.ones_like(f[-1])) for f in pf) / len(pf)
-                if c.feature_matching:
-                    with torch.no_grad():
-                        pr = self.p(real)
-                    fm = sum(F.l1_loss(ff, rf.detach()) for fs, rs in zip(pf, pr) for ff, rf in zip(fs[:-1], rs[:-1]))
-                    total = total + c.feature_matching * fm / len(pf)
-        s["loss/g"] = total.detach()
-        if self.guard is not None:
-            self.guard.active = self._guard_active()
-            total = self.guard(total.float())
-            if self.guard.rejected is not None:
-                s["safe_loss_rejected"] = self.guard.rejected
-        return total.float()
+        """`generator_pass` as `optimizer_step`'s loss function (batch: {"x", "n"[, "draws"]})."""
+        result = self.generator_pass(batch["x"], batch.get("draws"))
+        logged = {
+            "loss/g": "Loss/G/total",
+            "loss/rec": "Loss/G/rec_loss",
+            "loss/kl": "Loss/G/kl_loss",
+            "loss/vf": "Loss/G/vf_loss",
+            "vf_weight": "Loss/G/vf_weight",
+            "loss/gan": "Loss/G/stylegan_t/loss",
+        }
+        for key, name in logged.items():
+            if name in result.terms:
+                self.scalars[key] = result.terms[name]
+        if self.guard is not None and self.guard.rejected is not None:
+            self.scalars["safe_loss_rejected"] = self.guard.rejected
+        return result.total

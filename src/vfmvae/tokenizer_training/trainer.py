@@ -28,6 +28,7 @@ from vfmvae.tokenizer_training.discriminators import MultiscalePatchGAN, Project
 from vfmvae.tokenizer_training.handoff import export_stage, load_stage
 from vfmvae.tokenizer_training.objective import TokenizerObjective
 from vfmvae.tokenizer_training.precision import use_official_precision
+from vfmvae.tokenizer_training.spectral_norm import upgrade_spectral_norm_keys
 from vfmvae.tokenizer_training.stages import select_trainable
 from vfmvae.training import EMA, fused_optimizer_supported, optimizer_step
 from vfmvae.training.compile import compile_tokenizer
@@ -122,7 +123,9 @@ def _train_tokenizer(cfg: TokenizerTrainConfig, run: TrainingRun) -> dict[str, A
     fused = fused_optimizer_supported(device)  # one kernel over all parameters; skips non-finite steps on the device
     opt_g = torch.optim.Adam(trainable, lr=opt.lr, betas=opt.betas, eps=opt.eps, fused=fused)
     opt_d = torch.optim.Adam(d_params, lr=opt.d_lr, betas=opt.betas, eps=opt.eps, fused=fused) if d_params else None
-    ema = EMA(g, rc.ema_halflife_images, rc.ema_rampup)  # the EMA starts from the previous stage's EMA
+    # every parameter but the frozen VFM is averaged, frozen ones included (official G_ema update): a part that a
+    # stage freezes (stage 2's encoder) converges to the raw weights the decoder trains against
+    ema = EMA(g, rc.ema_halflife_images, rc.ema_rampup, exclude_prefixes=("vfm.",))  # starts from the previous EMA
     images_before = 0  # images of the previous stages: the EMA ramp-up continues from there (official cur_nimg)
     if cfg.init is not None:  # official resume_*: raw G from raw G, D from D
         images_before, notes = load_stage(cfg.init, g, discriminators)
@@ -130,17 +133,19 @@ def _train_tokenizer(cfg: TokenizerTrainConfig, run: TrainingRun) -> dict[str, A
             dist_utils.print0(f"note: {note}")
 
     # ---- resume
-    data_state, guard_state = None, {}
+    data_state, guard_state, discriminator_guard_state = None, {}, {}
     ckpt = run.resume()
     if ckpt is not None:
         load_state_strict(g, ckpt.model, ckpt.path / "model.safetensors", optional_prefixes=("vfm.",))
         load_state_strict(ema.model, ckpt.ema, ckpt.path / "ema.safetensors", optional_prefixes=("vfm.",))
-        load_state_strict(d_modules, ckpt.state["disc"], ckpt.path / "state.safetensors")
+        disc_state = upgrade_spectral_norm_keys(ckpt.state["disc"])  # checkpoints of the parametrization era
+        load_state_strict(d_modules, disc_state, ckpt.path / "state.safetensors")
         opt_g.load_state_dict(ckpt.state["opt_g"])
         if opt_d is not None:
             opt_d.load_state_dict(ckpt.state["opt_d"])
         images_before = int(run.counters.pop("images_before_stage", images_before))
         guard_state = ckpt.state.get("safe_loss", {})
+        discriminator_guard_state = ckpt.state.get("safe_loss_d", {})  # absent in older checkpoints
         data_state = ckpt.rank_state["data"]
 
     # fp16 needs loss scaling (bf16 and fp32 do not); the scalers' state is small and rebuilt on resume
@@ -152,6 +157,7 @@ def _train_tokenizer(cfg: TokenizerTrainConfig, run: TrainingRun) -> dict[str, A
     losses.scalars = run.scalars  # the run reads them back when it logs
     if losses.guard is not None:
         losses.guard.load_state_dict(guard_state, device)
+        losses.discriminator_guard.load_state_dict(discriminator_guard_state, device)
     fixed: list[torch.Tensor] = []  # rank 0's first inputs: the grid's reconstructions
 
     def save() -> None:
@@ -166,6 +172,7 @@ def _train_tokenizer(cfg: TokenizerTrainConfig, run: TrainingRun) -> dict[str, A
                 "opt_d": opt_d.state_dict() if opt_d is not None else {},
                 "counters": {**run.counters, "images_before_stage": images_before},
                 "safe_loss": losses.guard.state_dict() if losses.guard is not None else {},
+                "safe_loss_d": losses.discriminator_guard.state_dict() if losses.guard is not None else {},
             },
             rank_state={"data": stream.state_dict(), "rng": capture_rng_state()},
             meta={"config": config_to_dict(cfg)},
@@ -215,6 +222,7 @@ def _train_tokenizer(cfg: TokenizerTrainConfig, run: TrainingRun) -> dict[str, A
                 params=d_params,
                 all_reduce_grads=True,
                 scaler=scaler_d,
+                accepted=losses.discriminator_guard.step_accepted if losses.discriminator_guard else None,
             )
             d_modules.requires_grad_(False)
         res_g = optimizer_step(
@@ -226,9 +234,8 @@ def _train_tokenizer(cfg: TokenizerTrainConfig, run: TrainingRun) -> dict[str, A
             params=trainable,
             all_reduce_grads=True,
             scaler=scaler_g,
+            accepted=losses.guard.step_accepted if losses.guard is not None else None,  # all dropped: no step
         )
-        if losses.guard is not None:
-            losses.guard.commit(res_g.applied_t)  # an accepted step's terms become the next reference
         # a fill kernel, not a copy from the host: the count joins the device queue without a synchronisation
         counted = torch.full((), sum(b["n"] for b in batches), dtype=torch.int64, device=device)
         run.end_step(

@@ -3,6 +3,12 @@
 beta = 0.5 ** (batch_images / halflife). During ramp-up the half-life is capped at
 `rampup_ratio x images_seen`, so the average does not remember the random initialisation for long.
 Buffers are copied, not averaged.
+
+Every parameter is averaged, frozen ones included, as the official updates do (tianciB/VFM-VAE@b3a752a
+training/training_loop.py, the G_ema update; hustvl/LightningDiT@2725fed and Martinser/REG@021ea2e train.py
+`update_ema`): a part frozen in a later stage then converges to the raw weights instead of keeping an old
+average. Only parameters the trainer names in `exclude_prefixes` are skipped (the tokenizer's frozen VFM, identical
+in both copies and never trained).
 """
 
 from __future__ import annotations
@@ -19,12 +25,20 @@ _CHUNK = 64  # parameters per multi-tensor update when the weight is a device te
 
 
 class EMA:
-    def __init__(self, model: nn.Module, halflife_images: float, rampup_ratio: float | None = 0.05) -> None:
-        """Frozen parameters (requires_grad False in `model` at update time) are not averaged."""
+    def __init__(
+        self,
+        model: nn.Module,
+        halflife_images: float,
+        rampup_ratio: float | None = 0.05,
+        exclude_prefixes: tuple[str, ...] = (),
+    ) -> None:
+        """Parameters whose names start with one of `exclude_prefixes` are not averaged (whether they train or
+        not); every other parameter is."""
         if halflife_images <= 0:
             raise ValueError("EMA half-life must be positive")
         self.halflife_images = halflife_images
         self.rampup_ratio = rampup_ratio
+        self.exclude_prefixes = tuple(exclude_prefixes)
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
 
     def beta(self, images_seen: int, batch_images: int) -> float:
@@ -37,7 +51,8 @@ class EMA:
     def update(
         self, model: nn.Module, images_seen: int, batch_images: int, applied: torch.Tensor | None = None
     ) -> float:
-        """Blend `model` into the average; `images_seen` counts images including this batch.
+        """Blend `model` into the average; `images_seen` counts the images before this batch (the official
+        `cur_nimg` at the update), which caps the half-life during ramp-up.
 
         `applied` (a 0-d 0/1 device tensor, `StepResult.applied_t`) makes a skipped step a no-op without
         reading the flag back to the host.
@@ -46,10 +61,10 @@ class EMA:
         source = dict(model.named_parameters())
         averaged, current = [], []
         for name, p_ema in self.model.named_parameters():
-            p = source[name]
-            if p.requires_grad:  # frozen parameters (e.g. the VFM) are identical in both copies: skip them
-                averaged.append(p_ema)
-                current.append(p.detach().to(p_ema.dtype))
+            if name.startswith(self.exclude_prefixes):
+                continue
+            averaged.append(p_ema)
+            current.append(source[name].detach().to(p_ema.dtype))
         if averaged and applied is None:
             # one multi-tensor kernel instead of a launch per parameter (hundreds for an XL model)
             torch._foreach_lerp_(averaged, current, 1.0 - beta)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from vfmvae.evaluation.weights import RANDOM_INIT  # `inception: random-init:0`: seeded random weights (demo, tests)
+
 __all__ = [
     "EvalConfig",
     "RANDOM_INIT",
@@ -20,7 +22,6 @@ EVAL_DIR = "eval"
 RECORDS = "records.jsonl"
 BEST_DIR = "best"
 BEST_MARKER = "best.json"  # written into RUN/best by us; a RUN/best without it is never replaced
-RANDOM_INIT = "random-init:"  # `inception: random-init:0`: seeded random weights (demo and tests only)
 
 TOKENIZER_METRICS = ("rfid", "ris", "psnr", "ssim", "lpips")
 DIFFUSION_METRICS = ("fid", "sfid", "is", "precision", "recall")

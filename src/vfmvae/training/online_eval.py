@@ -11,6 +11,11 @@
   random`, the recipe's sampler preset), decode them with the run's tokenizer and log FID, sFID, IS, precision and
   recall against an ADM reference batch (`eval.ref`), as `vfmvae eval gen` computes them.
 
+Both tasks call the library functions of the offline commands (`reconstruct_images`, `pixel_metrics`,
+`reconstruction_summary`; `VFMVAEPipeline`, `generation_metrics`; `inception_features`; the same weight loaders), so
+a logged number equals what `vfmvae eval recon --tokenizer` (or `vfmvae sample` + `vfmvae eval gen`) reports for the
+same weights, images and seeds (tests/test_online_offline.py); none of them depends on the batch size.
+
 Work is split across ranks by image index (rank r of W takes r, r + W, ...); per-image values and Inception
 features are gathered in index order, so every rank computes the same metrics and the result does not depend on
 the number of processes (up to float summation order inside batched kernels). Statistics of the reference
@@ -31,6 +36,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -45,14 +51,13 @@ from torch import nn
 from vfmvae import distributed as dist_utils
 from vfmvae.checkpoint.atomic import atomic_write_text
 from vfmvae.checkpoint.training import capture_rng_state, restore_rng_state
-from vfmvae.seeding import derive_seed
+from vfmvae.evaluation.weights import random_init_seed
 from vfmvae.training.eval_config import (
     BEST_DIR,
     BEST_MARKER,
     DIFFUSION_METRICS,
     EVAL_DIR,
     LOWER_IS_BETTER,
-    RANDOM_INIT,
     RECORDS,
     TOKENIZER_METRICS,
     EvalConfig,
@@ -142,71 +147,24 @@ def _cache_key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _random_init_seed(spec: str) -> int | None:
-    if not spec.startswith(RANDOM_INIT):
-        return None
-    try:
-        return int(spec[len(RANDOM_INIT) :])
-    except ValueError:
-        raise ValueError(f"{spec!r}: write {RANDOM_INIT}SEED with an integer seed") from None
-
-
 def _load_inception(spec: str, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    from vfmvae.evaluation.inception import InceptionV3, load_inception
+    from vfmvae.evaluation.inception import load_inception
 
-    seed = _random_init_seed(spec)
-    if seed is None:
-        return load_inception(spec, device)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, "inception"))
-        net = InceptionV3(None)
-        # He-normal weights keep the activations' scale through the ~20 layers (PyTorch's default init shrinks
-        # them to ~1e-8 there, so every image would get the same features)
-        for module in net.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-    net = net.to(device)
-    return net, {
-        "inception_weights": f"RANDOM-INIT (seed {seed}): not the FID Inception, values compare with nothing",
-        "inception_sha256": f"random-init-{seed}",
-    }
+    return load_inception(spec, device)  # the network `vfmvae eval` loads (also `random-init:SEED`)
 
 
 def _load_lpips(spec: str, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    from vfmvae.evaluation.image_metrics import LPIPSMetric, load_lpips
+    from vfmvae.evaluation.image_metrics import load_lpips
 
-    seed = _random_init_seed(spec)
-    with warnings.catch_warnings():  # torchvision's notes on lpips' `pretrained=` argument, once per run: noise here
-        warnings.filterwarnings("ignore", message=".*(pretrained|weight enum).*", category=UserWarning)
-        if seed is None:
-            return load_lpips(spec, device)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(seed, "lpips"))
-            net = LPIPSMetric(None).to(device)
-    return net, {
-        "lpips_weights": f"RANDOM-INIT VGG16 trunk (seed {seed}): values compare with nothing",
-        "lpips_sha256": f"random-init-{seed}",
-    }
+    return load_lpips(spec, device)
 
 
 def _check_weights(spec: str | None, key: str) -> None:
     """A named weights file that is not there stops the run at once (a typo must not silently switch metrics off)."""
-    if spec is None or _random_init_seed(spec) is not None or spec.startswith(("http://", "https://")):
+    if spec is None or random_init_seed(spec) is not None or spec.startswith(("http://", "https://")):
         return
     if not Path(spec).is_file():
         raise FileNotFoundError(f"eval.{key}: weights file not found: {spec}")
-
-
-def _inception_features(
-    net: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device, keys: tuple[str, ...]
-) -> dict[str, torch.Tensor]:
-    """Inception features of uint8 (N, 3, H, W) images, float32 on the CPU."""
-    out: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
-    for start in range(0, len(images), batch_size):
-        feats = net(images[start : start + batch_size].to(device))
-        for k in keys:
-            out[k].append(feats[k].float().cpu())
-    return {k: torch.cat(v) if v else torch.zeros(0) for k, v in out.items()}
 
 
 def _cat_rows(parts: list[torch.Tensor], width: int) -> torch.Tensor:
@@ -241,6 +199,7 @@ class ReconstructionTask:
             if spec is None
         ]
         self._share: tuple[torch.Tensor, int] | None = None  # (this rank's uint8 images, total)
+        self._names: list[str] | None = None  # relative file names of a held-out folder, in index order
         self._reference: dict[str, np.ndarray] | None = None
         self._nets: dict[str, Any] | None = None
 
@@ -267,38 +226,21 @@ class ReconstructionTask:
     def _held_out(self, resolution: int) -> tuple[torch.Tensor, int]:
         """This rank's share of the held-out set (uint8, loaded once and kept) and the set's size."""
         if self._share is None:
-            self._share = load_held_out(self.cfg.data, self.cfg.num_images, resolution, self.cfg.crop)
+            images, total, self._names = load_held_out(
+                self.cfg.data, self.cfg.num_images, resolution, self.cfg.crop, with_names=True
+            )
+            self._share = (images, total)
             if self._share[1] < 10:
                 raise ValueError(
                     f"eval.data {self.cfg.data}: {self._share[1]} images; online evaluation needs at least 10"
                 )
         return self._share
 
-    def _latents(self, model: nn.Module, x01: torch.Tensor, indices: list[int]) -> torch.Tensor:
-        posterior = model.encode(x01)
-        if self.cfg.latent == "mode" or not hasattr(posterior, "std"):
-            return posterior.mode()
-        # one generator per image, seeded by its index: the draw does not depend on batches or ranks
-        eps = torch.stack(
-            [
-                torch.randn(
-                    posterior.mean.shape[1:],
-                    generator=torch.Generator().manual_seed(derive_seed(self.cfg.seed, "eval-recon", i)),
-                )
-                for i in indices
-            ]
-        )
-        return posterior.mean + posterior.std * eps.to(posterior.mean.device, posterior.mean.dtype)
-
-    def _reconstruct(self, model: nn.Module, images: torch.Tensor, indices: list[int]) -> torch.Tensor:
-        from vfmvae.tokenizer.reconstruct import to_uint8_from_signed
-
-        x01 = images.to(self.device).float() / 255.0
-        return to_uint8_from_signed(model.decode(self._latents(model, x01, indices))).cpu()
-
     def evaluate(self, model: nn.Module, step: int) -> tuple[dict[str, Any], int]:
-        from vfmvae.evaluation.image_metrics import psnr, ssim_signed
-        from vfmvae.evaluation.stats import frechet_distance, gaussian_stats, inception_score_torch_fidelity
+        # the functions `vfmvae eval recon --tokenizer` runs, on the images in memory: the same numbers
+        from vfmvae.evaluation.features import inception_features
+        from vfmvae.evaluation.reconstruction import PER_IMAGE_METRICS, pixel_metrics, reconstruction_summary
+        from vfmvae.tokenizer.reconstruct import reconstruct_images
 
         rank, world = dist_utils.rank(), dist_utils.world_size()
         images, total = self._held_out(model.config.image_size)
@@ -310,47 +252,51 @@ class ReconstructionTask:
         for start in range(0, len(mine), bs):
             idx = mine[start : start + bs]
             real = images[start : start + bs]
-            fake = self._reconstruct(model, real, idx)
+            fake = reconstruct_images(model, real, idx, sample=self.cfg.latent == "sample", seed=self.cfg.seed)
             grid.append(fake[[j for j, i in enumerate(idx) if i < self.cfg.grid]])
-            values = [psnr(real, fake), ssim_signed(real, fake)]
-            values.append(
-                lpips(real.to(self.device), fake.to(self.device)).double().cpu()
-                if lpips is not None
-                else torch.full((len(idx),), math.nan, dtype=torch.float64)
-            )
-            per_image.append(torch.stack(values, 1))
+            per_image.append(pixel_metrics(real, fake, lpips, self.device))
             if inception is not None:
-                feats = _inception_features(inception, fake, bs, self.device, ("pool", "logits"))
+                feats = inception_features(inception, fake, batch_size=bs, device=self.device, keys=("pool", "logits"))
                 pool.append(feats["pool"])
                 logits.append(feats["logits"])
+        columns = len(PER_IMAGE_METRICS)
         per_image_all = gather_rows(
-            torch.cat(per_image) if per_image else torch.zeros(0, 3, dtype=torch.float64), total
+            torch.cat(per_image) if per_image else torch.zeros(0, columns, dtype=torch.float64), total
         )
-        p = per_image_all[:, 0]
-        result: dict[str, Any] = {
-            "psnr": float(p[torch.isfinite(p)].mean()) if torch.isfinite(p).any() else float("inf"),
-            "ssim": float(per_image_all[:, 1].mean()),
-            "lpips": float(per_image_all[:, 2].mean()) if lpips is not None else None,
-            "rfid": None,
-            "ris": None,
-        }
+        features: dict[str, Any] = {}
         if inception is not None:
-            pool_all = gather_rows(_cat_rows(pool, 2048), total).numpy()
-            logits_all = gather_rows(_cat_rows(logits, 1008), total).numpy()
             ref = self._reference_stats(inception, images, total)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # small sets: singular covariances (noted in the protocol)
-                result["rfid"] = frechet_distance(*gaussian_stats(pool_all), ref["mu"], ref["sigma"])
-            result["ris"] = inception_score_torch_fidelity(logits_all)[0]
+            features = {
+                "pool": gather_rows(_cat_rows(pool, 2048), total).numpy(),
+                "logits": gather_rows(_cat_rows(logits, 1008), total).numpy(),
+                "reference": (ref["mu"], ref["sigma"]),
+                "order": self._fidelity_order(total),
+            }
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # small sets: singular covariances (noted in the protocol)
+            summary = reconstruction_summary(per_image_all, lpips=lpips is not None, **features)
+        result: dict[str, Any] = {name: summary[name] for name in ("psnr", "ssim", "lpips", "rfid", "ris")}
         if self.cfg.grid:
             self._grid(images, torch.cat(grid) if grid else images[:0], min(self.cfg.grid, total), step)
         return result, total
+
+    def _fidelity_order(self, total: int) -> list[int] | None:
+        """rIS reads the reconstructions in the order `eval recon` does: torch-fidelity's listing of the folder that
+        `reconstruct` writes (its sorted output names); a tar-shard set keeps its index order."""
+        from vfmvae.evaluation.reconstruction import fidelity_order
+        from vfmvae.tokenizer.reconstruct import output_names
+
+        if self._names is None:
+            return None
+        outputs = output_names(self._names)
+        return fidelity_order([outputs[name] for name in self._names[:total]])
 
     def _reference_stats(self, inception: nn.Module, images: torch.Tensor, total: int) -> dict[str, np.ndarray]:
         """Inception statistics of the held-out originals, computed once and cached in RUN/eval/ under a key of
         the pixels, the crop and the Inception weights."""
         if self._reference is not None:
             return self._reference
+        from vfmvae.evaluation.features import inception_features
         from vfmvae.evaluation.stats import gaussian_stats
 
         digests = gather_rows(_pixel_digests(images), total)
@@ -366,7 +312,8 @@ class ReconstructionTask:
             with np.load(path) as data:
                 self._reference = {k: data[k] for k in ("mu", "sigma")}
             return self._reference
-        feats = _inception_features(inception, images, self.cfg.batch_size, self.device, ("pool",))
+        kw = {"batch_size": self.cfg.batch_size, "device": self.device, "keys": ("pool",)}
+        feats = inception_features(inception, images, **kw)
         mu, sigma = gaussian_stats(gather_rows(feats["pool"], total).numpy())
         self._reference = {"mu": mu, "sigma": sigma}
         if dist_utils.is_main_process():
@@ -402,7 +349,7 @@ class ReconstructionTask:
             "convention": "vfmvae eval recon: tianciB/VFM-VAE@b3a752a tools/reconstruct (trunc to uint8, "
             "torch-fidelity rFID/rIS, SSIM data range 2 on [-1, 1], LPIPS-VGG)",
             "rfid_comparable": self.cfg.inception is not None
-            and _random_init_seed(self.cfg.inception) is None
+            and random_init_seed(self.cfg.inception) is None
             and (self._share[1] if self._share else self.cfg.num_images) >= 2048,
             "skipped": self.skipped,
             **nets,
@@ -410,10 +357,18 @@ class ReconstructionTask:
 
 
 def load_held_out(
-    source: str, num: int, resolution: int, crop: str, *, rank: int | None = None, world: int | None = None
-) -> tuple[torch.Tensor, int]:
+    source: str,
+    num: int,
+    resolution: int,
+    crop: str,
+    *,
+    rank: int | None = None,
+    world: int | None = None,
+    with_names: bool = False,
+) -> tuple[torch.Tensor, int] | tuple[torch.Tensor, int, list[str] | None]:
     """The first `num` images of a folder (sorted) or of tar shards (in shard order), cropped to `resolution`:
-    this rank's share (indices rank, rank + world, ...) as uint8 (n, 3, H, W), and the set's size."""
+    this rank's share (indices rank, rank + world, ...) as uint8 (n, 3, H, W), and the set's size; `with_names`
+    adds the relative file names of the whole set in index order (None for tar shards)."""
     from vfmvae.data import ImageFolderDataset, TarShardDataset, detect_format
 
     rank = dist_utils.rank() if rank is None else rank
@@ -429,6 +384,7 @@ def load_held_out(
     if detect_format(source) == "folder":
         dataset = ImageFolderDataset(source, resolution, hflip=False, crop=crop)
         total = min(num, len(dataset))
+        names = [str(f.relative_to(dataset.root)) for f in dataset.files[:total]]
         for i in range(rank, total, world):
             item = dataset[i]
             if item.get("bad"):
@@ -436,7 +392,7 @@ def load_held_out(
             images.append(item["image"])
     else:
         dataset = TarShardDataset(source, resolution, hflip=False, loop=False, shuffle_shards=False, crop=crop)
-        total = 0
+        total, names = 0, None
         for item in dataset:
             if total >= num:
                 break
@@ -446,7 +402,8 @@ def load_held_out(
                 images.append(item["image"])
             total += 1
     empty = torch.zeros((0, 3, resolution, resolution), dtype=torch.uint8)  # more ranks than images
-    return (torch.stack(images) if images else empty), total
+    share = torch.stack(images) if images else empty
+    return (share, total, names) if with_names else (share, total)
 
 
 class GenerationTask:
@@ -468,9 +425,12 @@ class GenerationTask:
         from vfmvae.sampling.presets import resolve_sampler_config
 
         if cfg.ref is None:
-            raise ValueError("eval.ref: an ADM reference batch (.npz) is required for diffusion evaluation")
-        if not Path(cfg.ref).is_file():
-            raise FileNotFoundError(f"eval.ref: reference batch not found: {cfg.ref}")
+            raise ValueError(
+                "eval.ref: an ADM reference batch (.npz) or a folder of reference images is required for diffusion "
+                "evaluation (`vfmvae eval ref-stats --data IMAGES --out REF.npz` writes one)"
+            )
+        if not Path(cfg.ref).exists():
+            raise FileNotFoundError(f"eval.ref: reference batch or image folder not found: {cfg.ref}")
         _check_weights(cfg.inception, "inception")
         try:
             self.sampler = resolve_sampler_config(preset, **cfg.sampler)
@@ -507,7 +467,8 @@ class GenerationTask:
         return self.tokenizer
 
     def evaluate(self, model: nn.Module, step: int) -> tuple[dict[str, Any], int]:
-        from vfmvae.evaluation.stats import frechet_distance, gaussian_stats, inception_score, precision_recall
+        from vfmvae.evaluation.features import inception_features
+        from vfmvae.evaluation.generation import generation_metrics
         from vfmvae.sampling.generate import class_labels, images_to_uint8
         from vfmvae.sampling.pipeline import VFMVAEPipeline
 
@@ -523,7 +484,7 @@ class GenerationTask:
             chunk = mine[start : start + self.cfg.batch_size]
             images = pipe([labels[i] for i in chunk], seed=self.cfg.seed, indices=chunk, config=self.sampler)
             u8 = torch.from_numpy(images_to_uint8(images)).permute(0, 3, 1, 2)
-            for k, v in _inception_features(net, u8, self.cfg.batch_size, self.device, tuple(feats)).items():
+            for k, v in inception_features(net, u8, batch_size=self.cfg.batch_size, device=self.device).items():
                 feats[k].append(v)
         for m, mode in tokenizer_modes:
             m.training = mode
@@ -532,15 +493,8 @@ class GenerationTask:
         ref = self._reference_stats(net)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # small sample counts: singular covariances (noted in the protocol)
-            result: dict[str, Any] = {
-                "fid": frechet_distance(*gaussian_stats(every["pool"]), ref["mu"], ref["sigma"]),
-                "sfid": frechet_distance(*gaussian_stats(every["spatial"]), ref["mu_s"], ref["sigma_s"]),
-                "is": inception_score(every["logits"]),
-                "precision": None,
-                "recall": None,
-            }
-        if ref.get("pool") is not None:
-            result["precision"], result["recall"] = precision_recall(ref["pool"], every["pool"])
+            metrics = generation_metrics(every, ref, ref.get("pool"))  # what `vfmvae eval gen` computes
+        result = {"is" if k == "inception_score" else k: v for k, v in metrics.items()}
         return result, n
 
     def _reference_stats(self, net: nn.Module) -> dict[str, Any]:
@@ -550,19 +504,25 @@ class GenerationTask:
             return self._reference
         from vfmvae.checkpoint.atomic import write_npz_atomic
         from vfmvae.checkpoint.digest import file_sha256
+        from vfmvae.evaluation.features import inception_features
         from vfmvae.evaluation.generation import _load_reference
         from vfmvae.evaluation.images import open_image_set
         from vfmvae.evaluation.stats import gaussian_stats
 
         ref_path = Path(self.cfg.ref)
-        key = _cache_key("adm-reference", file_sha256(ref_path), self._net()[1].get("inception_sha256"))
+        if ref_path.is_dir():  # a folder of reference images: statistics and features from its images
+            files = open_image_set(ref_path).files
+            content = _cache_key("folder", [[str(f.relative_to(ref_path)), file_sha256(f)] for f in files])
+        else:
+            content = file_sha256(ref_path)
+        key = _cache_key("adm-reference", content, self._net()[1].get("inception_sha256"))
         path = self.eval_dir / f"reference-{key}.npz"
         if path.is_file():
             with np.load(path) as data:
                 self._reference = {k: data[k] for k in data.files}
             self._reference.setdefault("pool", None)
             return self._reference
-        stored = _load_reference(ref_path)
+        stored = {"has_images": np.array(True)} if ref_path.is_dir() else _load_reference(ref_path)
         ref: dict[str, Any] = {k: stored[k] for k in ("mu", "sigma", "mu_s", "sigma_s") if k in stored}
         ref["pool"] = None
         if bool(stored["has_images"]):
@@ -575,7 +535,8 @@ class GenerationTask:
                 offset += len(batch)
                 if rows:
                     x = torch.from_numpy(np.ascontiguousarray(batch[rows])).permute(0, 3, 1, 2)
-                    for k, v in _inception_features(net, x, self.cfg.batch_size, self.device, tuple(mine)).items():
+                    kw = {"batch_size": self.cfg.batch_size, "device": self.device, "keys": tuple(mine)}
+                    for k, v in inception_features(net, x, **kw).items():
                         mine[k].append(v)
             pool = gather_rows(_cat_rows(mine["pool"], 2048), total).numpy()
             ref["pool"] = pool
@@ -600,7 +561,7 @@ class GenerationTask:
             "convention": "vfmvae eval gen: ADM evaluator (FID/sFID stored reference statistics, IS in splits of "
             "5000, precision/recall k=3 against arr_0)",
             "fid_comparable": self.cfg.inception is not None
-            and _random_init_seed(self.cfg.inception) is None
+            and random_init_seed(self.cfg.inception) is None
             and self.cfg.num_samples >= 2048,
             "skipped": self.skipped,
             **(self._inception[1] if self._inception else {}),
@@ -638,8 +599,8 @@ class OnlineEvaluator:
         if self.keep_best is not None:
             self._check_best_folder()
         message = task.warning() if task is not None else None
-        if message and dist_utils.is_main_process():
-            warnings.warn(message, stacklevel=3)  # at the trainer that builds the evaluator
+        if message and dist_utils.is_main_process():  # one line on stderr, not a Python warning with its source line
+            print(f"vfmvae: {message}", file=sys.stderr, flush=True)
 
     @property
     def active(self) -> bool:

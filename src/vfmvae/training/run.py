@@ -40,6 +40,7 @@ from vfmvae.checkpoint.training import TrainingCheckpoint
 from vfmvae.config import ConfigError, config_to_dict
 from vfmvae.training.config import RunConfig
 from vfmvae.training.ema import EMA
+from vfmvae.training.exports import publish_export
 from vfmvae.training.run_folder import claimed_run_folder, write_run_config
 from vfmvae.training.run_log import RunLog, peak_memory, scalars_to_floats
 
@@ -210,8 +211,10 @@ class TrainingRun:
             self._images_t += dist_utils.all_reduce_sum(images_t.to(torch.int64))
         self.images += cfg.batch_size
         self.step += 1
-        # a skipped step leaves the EMA as it is, without a host read
-        self.ema.update(self.model, self.images_before + self.images, cfg.batch_size, applied=applied[0])
+        # a skipped step leaves the EMA as it is, without a host read; the ramp-up counts the images before this
+        # batch (official cur_nimg at the G_ema update)
+        seen_before = self.images_before + self.images - cfg.batch_size
+        self.ema.update(self.model, seen_before, cfg.batch_size, applied=applied[0])
         self.bar.update(cfg.batch_size)
         log_now = self.step % cfg.log_every == 0 or self.finished
         checkpoint_now = self.step % cfg.checkpoint_every == 0
@@ -292,8 +295,8 @@ class TrainingRun:
             self.log = None
         self.save()
         path = self.dir / "export"
-        if self.rank == 0 and export is not None:
-            export(path)
+        if self.rank == 0 and export is not None:  # RUN/exports/images-N, RUN/export -> the newest (never replaced)
+            publish_export(self.dir, self.images, export)
         dist_utils.barrier()
         wall = time.perf_counter() - self._started_wall
         dist_utils.print0(

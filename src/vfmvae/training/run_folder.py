@@ -5,10 +5,10 @@
 * a second process on the same folder (an exclusive `flock` on `RUN/.lock`, held until the process exits;
   the kernel releases it when the process dies, so a killed run never leaves a stale lock);
 * a recipe that differs from the folder's `config.yaml` in anything but the keys that may change on resume
-  (lengths, logging and checkpoint intervals, device, workers), unless `--resume CHECKPOINT` names the checkpoint
-  to continue on purpose (then a warning lists the changes), and a run of another kind;
+  (lengths, logging and checkpoint intervals, device, workers, the `eval:` section), unless `--resume CHECKPOINT`
+  names the checkpoint to continue on purpose (then a warning lists the changes), and a run of another kind;
 * `--resume none` on a folder that already holds this run's outputs, unless `--resume fresh` asks to start
-  over, which removes only this run's own outputs (checkpoints, metrics, grids, export);
+  over, which removes only this run's own outputs (RUN_OUTPUTS, each named in the `--resume` help);
 * checkpoint folders that exist but none of which is complete (no `meta.json`): restarting from step 0
   would silently replace them.
 """
@@ -31,6 +31,8 @@ from vfmvae.checkpoint.training import CheckpointManager
 from vfmvae.config import ConfigError, config_to_dict, dump_yaml
 
 __all__ = [
+    "FRESH_HELP",
+    "RUN_OUTPUTS",
     "RunFolderError",
     "RunFolderLock",
     "claim_run_folder",
@@ -67,9 +69,35 @@ RESUMABLE_CHANGES = frozenset(
         "run.sample_count",
     }
 )
-# What a run writes into its folder, and `--resume fresh` removes; nothing else is ever deleted.
-RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "export", "grids", "samples", "snapshots", "tensorboard", "config.yaml")
-# ("samples" and "snapshots": the grid folders of runs written before RUN/grids)
+# Whole sections a resumed run may change: evaluation while training uses its own seeds and restores the training
+# RNG, so the weights do not depend on it (tested); each evaluation point records its own protocol.
+RESUMABLE_SECTIONS = ("eval.",)
+
+
+def _resumable(key: str) -> bool:
+    return key in RESUMABLE_CHANGES or key.startswith(RESUMABLE_SECTIONS)
+
+
+# What a run writes into its folder, and `--resume fresh` removes (its help names each); nothing else is deleted.
+# eval/ and best/ (evaluation while training) go too: a new run must not take the old run's evaluation points as done.
+RUN_OUTPUTS = (
+    "checkpoints",
+    "metrics.jsonl",
+    "grids",
+    "export",
+    "exports",
+    "eval",
+    "best",
+    "tensorboard",
+    "config.yaml",
+)
+# The grid folders of runs written before RUN/grids: they show that a folder holds a run, but `--resume fresh` keeps
+# them, since a user's `vfmvae sample --out RUN/samples` would have the same name.
+OLD_RUN_OUTPUTS = ("samples", "snapshots")
+FRESH_HELP = (
+    "fresh (delete this run's outputs in RUN - checkpoints/, metrics.jsonl, grids/, export, exports/, eval/, best/, "
+    "tensorboard/, config.yaml - and start over; nothing else in RUN is touched)"
+)
 
 
 class RunFolderError(ConfigError):
@@ -118,8 +146,20 @@ def _recipe_changes(stored: dict[str, Any], new: dict[str, Any], config_path: Pa
     changed = sorted(
         k
         for k in set(old_flat) | set(new_flat)
-        if old_flat.get(k, "<unset>") != new_flat.get(k, "<unset>") and k not in RESUMABLE_CHANGES
+        if old_flat.get(k, "<unset>") != new_flat.get(k, "<unset>") and not _resumable(k)
     )
+    evaluation = sorted(
+        k
+        for k in set(old_flat) | set(new_flat)
+        if k.startswith(RESUMABLE_SECTIONS) and old_flat.get(k, "<unset>") != new_flat.get(k, "<unset>")
+    )
+    if evaluation and not changed:
+        shown = "; ".join(f"{k}: {old_flat.get(k, '<unset>')!r} -> {new_flat.get(k, '<unset>')!r}" for k in evaluation)
+        print(
+            f"evaluation settings changed for this run ({shown}); points evaluated from now on use them (each "
+            "point records its protocol in RUN/eval/records.jsonl); the trained weights do not depend on them",
+            flush=True,
+        )
     if changed:
         shown = "; ".join(f"{k}: {old_flat.get(k, '<unset>')!r} -> {new_flat.get(k, '<unset>')!r}" for k in changed[:6])
         more = f" (and {len(changed) - 6} more)" if len(changed) > 6 else ""
@@ -138,7 +178,23 @@ def _recipe_changes(stored: dict[str, Any], new: dict[str, Any], config_path: Pa
 
 
 def _holds_run_outputs(run_dir: Path) -> list[str]:
-    return [name for name in RUN_OUTPUTS if name != "config.yaml" and (run_dir / name).exists()]
+    names = (*RUN_OUTPUTS, *OLD_RUN_OUTPUTS)
+    return [name for name in names if name != "config.yaml" and (run_dir / name).exists()]
+
+
+def remove_run_outputs(run_dir: Path) -> list[str]:
+    """`--resume fresh`: delete exactly the RUN_OUTPUTS entries of `run_dir`; returns the names removed."""
+    removed = []
+    for name in RUN_OUTPUTS:
+        path = run_dir / name
+        if path.is_symlink() or path.is_file():  # RUN/export is a link to exports/images-N: remove the link
+            path.unlink()
+        elif path.is_dir():
+            shutil.rmtree(path)
+        else:
+            continue
+        removed.append(name)
+    return removed
 
 
 def claim_run_folder(run_dir: Path, config: Any, resume: str) -> RunFolderLock:
@@ -158,12 +214,13 @@ def claim_run_folder(run_dir: Path, config: Any, resume: str) -> RunFolderLock:
         lock.release()
         raise
     if resume == "fresh":
-        for name in RUN_OUTPUTS:
-            path = run_dir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+        removed = remove_run_outputs(run_dir)
+        kept = [name for name in OLD_RUN_OUTPUTS if (run_dir / name).exists()]
+        print(
+            f"--resume fresh: removed {', '.join(removed) or 'nothing'} from {run_dir}"
+            + (f"; kept {', '.join(kept)} (not written by this version of vfmvae)" if kept else ""),
+            flush=True,
+        )
     else:  # under the lock, so no save is running: what killed saves and prunes left is ours to remove
         CheckpointManager(run_dir).remove_debris()
     return lock

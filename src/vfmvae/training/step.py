@@ -6,7 +6,8 @@
 * Under DDP, gradients are synchronised only on the last micro-batch (`no_sync`), and DDP averages
   them across ranks: W ranks x B samples equal one process with W x B samples.
 * A non-finite loss or gradient on any rank skips the step on every rank (the flag is all-reduced so
-  the ranks never diverge); nothing non-finite reaches the weights.
+  the ranks never diverge); nothing non-finite reaches the weights. A caller's `accepted` flag (the safe-loss
+  guard's) can skip the step the same way.
 * No host synchronisation: the loss, the finiteness flag and the gradient norm stay on the device. With
   a fused optimizer (AdamW/Adam/SGD with `fused=True`) the skip itself happens on the device too, through
   the optimizer's `found_inf` input (the mechanism GradScaler uses), so the CPU can queue the next step
@@ -77,11 +78,15 @@ def optimizer_step(
     scaler: torch.amp.GradScaler | None = None,
     params: Sequence[torch.nn.Parameter] | None = None,
     all_reduce_grads: bool = False,
+    accepted: Callable[[], torch.Tensor | None] | None = None,
 ) -> StepResult:
     """Accumulate gradients over `micro_batches`, then step `optimizer` unless something was non-finite.
 
     `params` restricts clipping and the finiteness check (default: all of `model`'s). `all_reduce_grads`
     all-reduces (averages) their gradients over ranks by hand, for models that are not wrapped in DDP.
+    `accepted()`, called after the micro-batches, may veto the step with a 0-d device bool (the safe-loss guard,
+    which zeroes the loss of each micro-batch it drops, says False when it dropped all of them); the step is then
+    skipped like a non-finite one, without a read-back.
     """
     sizes = [batch_size_of(b) for b in micro_batches]
     total = sum(sizes)
@@ -116,7 +121,11 @@ def optimizer_step(
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
     else:
         grad_norm = torch.zeros((), device=loss_sum.device)
-    applied = (finite.to(grad_norm.device) & torch.isfinite(grad_norm)).float().reshape(1)
+    ok = finite.to(grad_norm.device) & torch.isfinite(grad_norm)
+    veto = accepted() if accepted is not None else None
+    if veto is not None:
+        ok = ok & veto.to(grad_norm.device)
+    applied = ok.float().reshape(1)
     if dist_utils.is_distributed():
         torch.distributed.all_reduce(applied, op=torch.distributed.ReduceOp.MIN)
     applied = applied.reshape(())

@@ -130,6 +130,8 @@ class FrozenVFM(nn.Module):
         pixels = self.preprocess(images, extra_scale)
         grid = (pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size)
         use_bf16 = self.autocast and pixels.device.type == "cuda"
+        # pixels in the weights' precision (a VFM cast to fp16/bf16 as a whole); outputs stay float32 below
+        pixels = pixels.to(next(self.model.parameters()).dtype)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
             out = self.adapter.taps(self.model, pixels)
         prefix = out.num_prefix

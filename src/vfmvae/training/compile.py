@@ -12,10 +12,15 @@ Everything between the blocks (embedders, losses, the optimizer step) stays eage
 (the EMA model) is an eager module again.
 
 Recompilation is bounded by design: a region compiles once per distinct (block configuration, input shape,
-grad mode, autocast state). The tokenizer has more such variants per block class than torch's default limit
-of 8 per code object (six decoder resolutions, the equivariance draws' latent and input sizes, the D step's
-no-grad generator pass), so its compiler raises that limit; tests/test_compile.py proves that steps 2-5 of
-every training step compile nothing and that a second pass over the same equivariance draws compiles nothing.
+grad mode, autocast state), always with static shapes (`dynamic=False`). torch's default would recompile a
+region's second shape with symbolic sizes, which costs more to trace, still specialises on most sizes here and
+gives slower kernels; the set of shapes is finite, so static graphs are both cheaper and bounded. The tokenizer
+has more variants per block class than torch's default limit of 8 per code object: the largest is the decoder's
+ConvNeXt layer at full size, 6 block resolutions x 4 latent scales of the equivariance draws x 2 grad modes (the
+D step's generator pass runs without gradients) = 48 graphs; the encoder's attention projections have about 40
+(their token counts follow the 4 VFM input scales). So its compiler raises the limit to TOKENIZER_RECOMPILE_LIMIT.
+tests/test_compile.py proves that steps 2-5 of every training step compile nothing and that a second pass over
+the same equivariance geometries compiles nothing.
 """
 
 from __future__ import annotations
@@ -36,25 +41,28 @@ __all__ = [
     "repeated_layers",
 ]
 
-# Per code object: enough for every (block configuration x shape x grad mode x autocast state) of the full-size
-# tokenizer (measured: benchmarks/compile_time.py reports the graphs each family compiles); still a bound.
-TOKENIZER_RECOMPILE_LIMIT = 64
+# Per code object: above the 48 variants of the full-size tokenizer's most varied region (module docstring), with
+# room for the eval-mode passes of grids and online evaluation; still a bound (past it torch runs the region eagerly
+# and warns).
+TOKENIZER_RECOMPILE_LIMIT = 96
 
 
 @dataclass(frozen=True)
 class CompileSettings:
-    """How regions are compiled: `backend` ("inductor" for training, "aot_eager" in the CPU tests) and the
-    inductor `mode` (None = default; "max-autotune-no-cudagraphs" tunes the matmul kernels)."""
+    """How regions are compiled: `backend` ("inductor" for training, "aot_eager" in the CPU tests), the inductor
+    `mode` (None = default; "max-autotune-no-cudagraphs" tunes the matmul kernels) and `dynamic` (False: one static
+    graph per shape, see the module docstring; None is torch's automatic dynamic shapes, for comparison)."""
 
     backend: str = "inductor"
     mode: str | None = None
+    dynamic: bool | None = False
 
     def __post_init__(self) -> None:
         if self.mode is not None and self.backend != "inductor":
             raise ValueError(f"compile mode {self.mode!r} needs the inductor backend, not {self.backend!r}")
 
     def options(self) -> dict:
-        return {"backend": self.backend, "mode": self.mode, "fullgraph": True}
+        return {"backend": self.backend, "mode": self.mode, "fullgraph": True, "dynamic": self.dynamic}
 
 
 def compile_regions(regions: Iterable[nn.Module], settings: CompileSettings | None = None) -> int:

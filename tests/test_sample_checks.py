@@ -97,11 +97,13 @@ def test_stored_tokenizer_path_resolves_from_the_model_folder_not_the_cwd(models
 
 
 def test_non_finite_samples_are_never_written(models, tmp_path):
+    from safetensors.torch import load_file, save_file
+
     dit = tmp_path / "nan-dit"
     shutil.copytree(models / "dit", dit)
-    (dit / "latent_stats.json").write_text(
-        json.dumps({"mean": [0.0] * 8, "std": [float("nan")] * 8, "tokenizer": str(models / "tok")})
-    )
+    # NaN weights (NaN latent statistics are refused when they are read: tests/reliability/test_hostile_round3.py)
+    weights = load_file(dit / "model.safetensors")
+    save_file({k: torch.full_like(v, float("nan")) for k, v in weights.items()}, str(dit / "model.safetensors"))
     rc = main(
         [
             "sample",

@@ -39,6 +39,7 @@ __all__ = [
     "dump_yaml",
     "yaml_flow",
     "read_yaml",
+    "YAMLBoundError",
     "require_positive",
 ]
 
@@ -71,24 +72,64 @@ ExistingPath = Annotated[Path, MustExist()]
 _MISSING = object()
 
 # Bounds for YAML that we read (recipes, official configs, run folders): far above any real recipe, far below
-# what exhausts memory. Aliases make a tiny file expand to billions of values ("billion laughs").
+# what exhausts memory. Aliases make a tiny file expand to billions of values ("billion laughs"); nesting makes
+# PyYAML's composer (and every recursive walk after it) exceed Python's recursion limit.
 MAX_YAML_BYTES = 1 << 20
 MAX_YAML_VALUES = 100_000
+MAX_YAML_DEPTH = 32  # our recipes nest 4 levels, the official VFM-VAE configs 5
 
 
-def _expanded_size(node: yaml.Node, memo: dict[int, int], limit: int) -> int:
-    """How many values `node` stands for once every alias is expanded (stops counting past `limit`)."""
-    key = id(node)
-    if key not in memo:
-        memo[key] = limit + 1  # a node that contains itself (recursive alias) counts as too large
-        if isinstance(node, yaml.SequenceNode):
-            size = 1 + sum(min(_expanded_size(child, memo, limit), limit + 1) for child in node.value)
-        elif isinstance(node, yaml.MappingNode):
-            size = 1 + sum(_expanded_size(k, memo, limit) + _expanded_size(v, memo, limit) for k, v in node.value)
-        else:
-            size = 1
-        memo[key] = min(size, limit + 1)
-    return memo[key]
+class YAMLBoundError(ConfigError):
+    """YAML over one of the bounds above: refused as a whole (never re-read as a plain string)."""
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [item for pair in node.value for item in pair]
+    return []
+
+
+def _expanded_measures(root: yaml.Node, max_values: int, max_depth: int) -> tuple[int, int]:
+    """(values, depth) that `root` stands for once every alias is expanded, each capped just past its bound.
+
+    Iterative, so that neither a deep tree nor a long chain of aliases can exhaust the recursion limit; a node that
+    contains itself (a recursive alias) counts as over both bounds.
+    """
+    memo: dict[int, tuple[int, int]] = {}
+    in_progress: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            children = [memo[id(child)] for child in _children(node)]
+            size = min(1 + sum(c[0] for c in children), max_values + 1)
+            depth = min(1 + max((c[1] for c in children), default=0), max_depth + 1)
+            memo[key] = (size, depth)
+            in_progress.discard(key)
+        elif key in in_progress:
+            return max_values + 1, max_depth + 1
+        elif key not in memo:
+            in_progress.add(key)
+            stack.append((node, True))
+            stack.extend((child, False) for child in _children(node) if id(child) not in memo)
+    return memo[id(root)]
+
+
+def _event_depth(text: str, limit: int) -> int:
+    """Nesting depth of the YAML text from its event stream (PyYAML's parser is not recursive; stops past `limit`)."""
+    depth = deepest = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                break
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+    return deepest
 
 
 def require_positive(config: Any, *names: str, allow_zero: tuple[str, ...] = ()) -> None:
@@ -102,16 +143,23 @@ def require_positive(config: Any, *names: str, allow_zero: tuple[str, ...] = ())
 
 
 def read_yaml(text: str, source: str) -> Any:
-    """`yaml.safe_load` with bounds: a size cap, an alias-expansion cap, and every YAML error as one ConfigError."""
+    """`yaml.safe_load` with bounds: size, nesting depth, alias expansion; every YAML error as one ConfigError."""
     if len(text) > MAX_YAML_BYTES:
-        raise ConfigError(f"{source}: {len(text):,} bytes is larger than a recipe can be ({MAX_YAML_BYTES:,})")
+        raise YAMLBoundError(f"{source}: {len(text):,} bytes is larger than a recipe can be ({MAX_YAML_BYTES:,})")
     try:
+        too_deep = f"{source}: nested more than {MAX_YAML_DEPTH} levels deep%s; no recipe or config nests that far"
+        if _event_depth(text, MAX_YAML_DEPTH) > MAX_YAML_DEPTH:  # before composing: PyYAML's composer recurses
+            raise YAMLBoundError(too_deep % "")
         node = yaml.compose(text, Loader=yaml.SafeLoader)  # cheap: aliases share one node, nothing is copied
-        if node is not None and _expanded_size(node, {}, MAX_YAML_VALUES) > MAX_YAML_VALUES:
-            raise ConfigError(
-                f"{source}: its YAML aliases (&anchor / *alias) expand to more than "
-                f"{MAX_YAML_VALUES:,} values; write the values out instead"
-            )
+        if node is not None:
+            values, depth = _expanded_measures(node, MAX_YAML_VALUES, MAX_YAML_DEPTH)
+            if values > MAX_YAML_VALUES:
+                raise YAMLBoundError(
+                    f"{source}: its YAML aliases (&anchor / *alias) expand to more than "
+                    f"{MAX_YAML_VALUES:,} values; write the values out instead"
+                )
+            if depth > MAX_YAML_DEPTH:  # nesting reached through aliases
+                raise YAMLBoundError(too_deep % " (with its aliases expanded)")
         return yaml.safe_load(text)
     except yaml.YAMLError as err:
         first = " ".join(str(err).split())
@@ -187,9 +235,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override {text!r} has an empty key")
     try:
         value = read_yaml(raw, f"override {key}") if raw.strip() else ""
-    except ConfigError as err:
-        if "alias" in str(err) or "larger than" in str(err):
-            raise
+    except YAMLBoundError:
+        raise
+    except ConfigError:
         value = raw  # not YAML: keep as a string; the type check decides if that is acceptable
     return key.split("."), value
 

@@ -57,6 +57,32 @@ def _records(run: Path) -> list[dict[str, Any]]:
     return out
 
 
+def _commands(path: Path) -> list[dict[str, str]]:
+    """The steps of `commands.json` (a list of {title, command, full_scale?}); a damaged file or entry is skipped with
+    a warning: the rest of the page does not depend on it."""
+    if not path.is_file():
+        return []
+    try:
+        steps = json.loads(path.read_text())
+    except (ValueError, RecursionError) as err:  # JSON errors, bytes that are not UTF-8, thousands of brackets
+        log.warning("%s: not valid JSON (%s); the commands table is left out", path, type(err).__name__)
+        return []
+    if not isinstance(steps, list):
+        log.warning("%s: not a list of commands; the commands table is left out", path)
+        return []
+    good = [
+        s
+        for s in steps
+        if isinstance(s, dict)
+        and isinstance(s.get("title"), str)
+        and isinstance(s.get("command"), str)
+        and isinstance(s.get("full_scale") or "", str)
+    ]
+    if len(good) < len(steps):
+        log.warning("%s: skipped %d entr(ies) without a title and command text", path, len(steps) - len(good))
+    return good
+
+
 def _x_axis(records: list[dict[str, Any]], config: dict[str, Any]) -> tuple[str, Any]:
     """Images seen for both trainers: the records' "images", else step x the run's batch size (diffusion logs
     written before records carried images), else the step."""
@@ -281,8 +307,7 @@ def build_report(root: str | Path, out: str | Path | None = None) -> Path:
     page = Path(out) if out else root / "report" / "index.html"
     page.parent.mkdir(parents=True, exist_ok=True)
     sections: list[str] = []
-    commands = root / "commands.json"
-    steps = json.loads(commands.read_text()) if commands.is_file() else []
+    steps = _commands(root / "commands.json")
     if (root / "data" / "preview.png").is_file():
         sections.append(
             "<h2>Data</h2>" + _img(root / "data" / "preview.png", page, "the synthetic set, one row per class")

@@ -8,7 +8,10 @@ which POSIX local file systems and the common network file systems guarantee for
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -24,7 +27,54 @@ __all__ = [
     "fsync_dir",
     "current_umask",
     "write_npz_atomic",
+    "DiskFullError",
+    "disk_full",
+    "human_bytes",
+    "locked_temporary_directory",
+    "remove_abandoned_directories",
 ]
+
+
+class DiskFullError(OSError):
+    """No space left on the device (or quota) while writing: one line naming the folder and the space needed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.ENOSPC, message)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+_OS_ERROR_IN_TEXT = re.compile(r"\(os error (\d+)\)")  # how safetensors' Rust I/O errors end
+
+
+def _is_disk_full(err: BaseException) -> bool:
+    """ENOSPC or EDQUOT, raised by Python (OSError) or by a library that reports it in its message (safetensors)."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    found = _OS_ERROR_IN_TEXT.search(str(err)) if isinstance(err, Exception) else None
+    return found is not None and int(found.group(1)) in (errno.ENOSPC, errno.EDQUOT)
+
+
+def human_bytes(count: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if count < 1000 or unit == "TB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    raise AssertionError("unreachable")
+
+
+def disk_full(folder: Path, what: str, needed: int | None) -> DiskFullError:
+    """The one-line error for a full disk at `folder` while writing `what` (`needed` bytes, when known)."""
+    try:
+        free = f"{human_bytes(shutil.disk_usage(folder).free)} free"
+    except OSError:
+        free = "free space unknown"
+    need = f"needs about {human_bytes(needed)}" if needed is not None else "needs more space"
+    return DiskFullError(
+        f"No space left on device in {folder}: {what} {need} ({free}); free some space (or write elsewhere) and "
+        "re-run the same command"
+    )
 
 
 def current_umask() -> int:
@@ -65,31 +115,116 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp_path)`, then atomically move the result to `path`. On any error `path` is untouched."""
+def atomic_write(path: str | Path, write: Callable[[Path], None], *, size: int | None = None) -> Path:
+    """Call `write(tmp_path)`, then atomically move the result to `path`. On any error `path` is untouched.
+
+    A full disk raises `DiskFullError` naming the folder and `size` (the bytes the file needs, when known), whatever
+    the writer raised (safetensors reports it in its own exception type).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
         write(tmp)
         _apply_umask(tmp, 0o666)  # after the write: some writers (safetensors) recreate the file
         _fsync_file(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        if _is_disk_full(err) and not isinstance(err, DiskFullError):
+            raise disk_full(path.parent, f"writing {path.name}", size) from None
         raise
     fsync_dir(path.parent)
     return path
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data), size=len(data))
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(text))
+    return atomic_write(path, lambda tmp: tmp.write_text(text), size=len(text.encode()))
+
+
+# ---- temporary folders that a later run can tell from a living one ----------------------------------------------
+# A folder being built holds an exclusive flock on itself; the kernel drops it when its process dies, however it
+# dies (SIGKILL included). So a temporary folder of ours without that lock was left by a killed run and may be
+# removed. A new folder is created and locked under a name no sweep looks at (`.new-...`) and only then renamed to
+# its temporary name (a rename keeps the inode and so the lock): a sweep never sees it unlocked.
+
+
+def _flock(fd: int, how: int) -> bool:
+    try:
+        fcntl.flock(fd, how)
+        return True
+    except BlockingIOError:
+        return False
+
+
+@contextlib.contextmanager
+def _locked_mkdtemp(parent: Path, prefix: str, suffix: str) -> Iterator[Path]:
+    """A new folder `parent/PREFIX*SUFFIX` that carries an exclusive flock until the context ends."""
+    staging = Path(tempfile.mkdtemp(prefix=f".new-{prefix}", dir=parent))
+    fd = os.open(staging, os.O_RDONLY)
+    try:
+        _flock(fd, fcntl.LOCK_EX)  # uncontended: no sweep looks at `.new-*`
+        tmp = parent / f"{prefix}{staging.name[len(f'.new-{prefix}') :]}{suffix}"
+        if tmp.exists():  # mkdtemp's random part made it unique among `.new-*` names only
+            raise FileExistsError(f"{tmp} exists")
+        os.rename(staging, tmp)
+    except BaseException:
+        os.close(fd)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    try:
+        yield tmp
+    finally:
+        os.close(fd)
+
+
+def remove_abandoned_directories(parent: Path, pattern: re.Pattern[str]) -> list[Path]:
+    """Remove the folders in `parent` whose names match `pattern` and that no living process holds (see above):
+    what killed runs left. Folders of other users, and everything when the locks cannot be taken, are left alone."""
+    removed = []
+    try:
+        entries = sorted(parent.iterdir())
+    except OSError:
+        return removed
+    for path in entries:
+        if not pattern.match(path.name) or path.is_symlink() or not path.is_dir():
+            continue
+        try:
+            if path.stat().st_uid != os.getuid():
+                continue
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            if _flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+        except OSError:  # a file system without flock: never delete when unsure
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
+@contextlib.contextmanager
+def locked_temporary_directory(prefix: str, parent: str | Path | None = None) -> Iterator[Path]:
+    """`tempfile.TemporaryDirectory` whose leftovers are removed by the next use: a run killed with SIGKILL leaves
+    its folder behind, and the next call with the same prefix removes every such folder of ours first."""
+    parent = Path(parent or tempfile.gettempdir())
+    remove_abandoned_directories(parent, re.compile(rf"^{re.escape(prefix)}"))
+    with _locked_mkdtemp(parent, prefix, "") as tmp:
+        try:
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -108,7 +243,13 @@ def atomic_directory(final: str | Path, *, replace_whole: bool = False, last: tu
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    # what a killed build of the same folder left (`.NAME.*.tmp`, no longer locked by a living process)
+    remove_abandoned_directories(final.parent, re.compile(rf"^\.{re.escape(final.name)}\.[A-Za-z0-9_]+\.tmp$"))
+    with _locked_mkdtemp(final.parent, f".{final.name}.", ".tmp") as tmp:
+        yield from _fill_directory(final, tmp, replace_whole=replace_whole, last=last)
+
+
+def _fill_directory(final: Path, tmp: Path, *, replace_whole: bool, last: tuple[str, ...]) -> Iterator[Path]:
     try:
         _apply_umask(tmp, 0o777)
         yield tmp
@@ -134,8 +275,10 @@ def atomic_directory(final: str | Path, *, replace_whole: bool = False, last: tu
             tmp.rmdir()
         fsync_dir(final.parent)
         fsync_dir(final)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if _is_disk_full(err) and not isinstance(err, DiskFullError):
+            raise disk_full(final.parent, f"writing {final.name}", None) from None
         raise
 
 
@@ -146,4 +289,4 @@ def write_npz_atomic(path: str | Path, **arrays: np.ndarray) -> Path:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
 
-    return atomic_write(Path(path), write)
+    return atomic_write(Path(path), write, size=sum(int(a.nbytes) for a in arrays.values()))

@@ -9,13 +9,21 @@ config changes, it bumps `format_version` and `upgrade_config` reads the older f
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
 import re
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
+from torch.nn.modules.module import (
+    register_module_module_registration_hook,
+    register_module_parameter_registration_hook,
+)
 
 from vfmvae.checkpoint.atomic import atomic_directory, atomic_write_text
 from vfmvae.checkpoint.serialize import CheckpointFormatError, load_tensors, save_tensors, tensor_shapes
@@ -31,6 +39,9 @@ __all__ = [
     "read_model_config",
     "load_pretrained",
     "check_model_output_dir",
+    "check_config_against_header",
+    "check_diffusers_model_folder",
+    "build_budget",
 ]
 
 CONFIG_NAME = "config.json"
@@ -125,6 +136,8 @@ def read_model_config(directory: str | Path) -> dict[str, Any]:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise CheckpointFormatError(f"{path}: corrupt JSON ({err})") from None
+    except RecursionError:  # thousands of nested brackets
+        raise CheckpointFormatError(f"{path}: corrupt JSON (nested too deeply)") from None
     if not isinstance(meta, dict):
         raise CheckpointFormatError(f"{path}: expected a JSON object")
     for key in ("architecture", "config"):
@@ -177,24 +190,132 @@ def load_state_dict_strict(module: nn.Module, state: dict[str, torch.Tensor], *,
     module.load_state_dict(state, strict=True)
 
 
-def _check_config_against_weights(cls: type, config: Any, directory: Path) -> None:
-    """Build the model on the meta device (no memory) and compare its shapes with the weight file's header.
+class _OverBudget(BaseException):
+    """Raised from inside a model's constructor when it registers more than the weight file can hold (a
+    BaseException, so that no `except Exception` inside a library's constructor swallows it)."""
 
-    A `config.json` that declares huge or impossible sizes is refused here, before a byte is allocated.
+    def __init__(self, kind: str, limit: int) -> None:
+        super().__init__(kind, limit)
+        self.kind, self.limit = kind, limit
+
+
+@contextlib.contextmanager
+def build_budget(*, max_parameters: int, max_modules: int) -> Iterator[None]:
+    """Abort any module built in this thread that registers more than `max_parameters` parameters or
+    `max_modules` submodules in all: a count in a config (a depth of 1e6) then costs milliseconds, not a hang.
+
+    It counts through torch's global registration hooks, so it bounds any architecture (ours, transformers' or
+    timm's VFMs) without knowing its structure.
     """
-    found = tensor_shapes(directory / WEIGHTS_NAME)
+    owner, counts = threading.get_ident(), {"parameters": 0, "modules": 0}
+
+    def count(kind: str, limit: int) -> None:
+        if threading.get_ident() == owner:
+            counts[kind] += 1
+            if counts[kind] > limit:
+                raise _OverBudget(kind, limit)
+
+    handles = [
+        register_module_parameter_registration_hook(lambda *_: count("parameters", max_parameters)),
+        register_module_module_registration_hook(lambda *_: count("modules", max_modules)),
+    ]
     try:
-        with torch.device("meta"):
-            probe = cls(config)
-    except Exception as err:  # negative sizes, impossible head counts, ...
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def header_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the tensors of one or more safetensors files, from their headers alone."""
+    found: dict[str, tuple[int, ...]] = {}
+    for file in files:
+        found.update(tensor_shapes(file))
+    return found
+
+
+def check_config_against_header(
+    build: Callable[[], nn.Module],
+    weights: Path | list[Path],
+    *,
+    config_path: Path,
+    what: str,
+    state_dict: Callable[[nn.Module], dict[str, torch.Tensor]] = lambda module: module.state_dict(),
+) -> None:
+    """Check every size and count a config declares against the weight file's header, before anything is built.
+
+    `build()` constructs the model from the config; it runs on the meta device (no memory) under a budget of
+    parameters and submodules derived from the number of tensors the header lists, so a depth or layer count far
+    beyond the weights is refused as soon as the construction passes the budget. The built model's tensor names
+    and shapes must then equal the header's (block counts, table sizes, widths, positional tables). Sizes that no
+    weight records (a latent grid, an image size, head counts) are bounded by the config classes themselves.
+    Every refusal is one `CheckpointFormatError` naming `config_path`.
+    """
+    files = weights if isinstance(weights, list) else [weights]
+    found = header_shapes(files)
+    shown = files[0] if len(files) == 1 else files[0].parent
+    try:
+        # a parameter may be registered twice (re-assigned, tied): the budget leaves room for that
+        with torch.device("meta"), build_budget(max_parameters=2 * len(found) + 64, max_modules=8 * len(found) + 256):
+            probe = build()
+    except _OverBudget as over:
+        raise CheckpointFormatError(
+            f"{config_path}: declares a larger {what} than {shown} holds (building it passed {over.limit:,} "
+            f"{over.kind} for the file's {len(found):,} tensors): a depth, layer or block count in "
+            f"{config_path.name} does not match the weights"
+        ) from None
+    except Exception as err:  # negative or zero sizes, impossible head counts, out-of-range bounds, ...
         reason = " ".join(str(err).split())[:200]
         raise CheckpointFormatError(
-            f"{directory / CONFIG_NAME}: does not describe a buildable {cls.__name__} ({type(err).__name__}: {reason})"
+            f"{config_path}: does not describe a buildable {what} ({type(err).__name__}: {reason})"
         ) from None
-    expected = {k: tuple(v.shape) for k, v in probe.pretrained_state_dict().items()}
-    check_shapes(
-        expected, found, source=f"{directory / WEIGHTS_NAME} (sizes declared in {CONFIG_NAME})", target=cls.__name__
-    )
+    expected = {k: tuple(v.shape) for k, v in state_dict(probe).items()}
+    check_shapes(expected, found, source=f"{shown} (sizes declared in {config_path.name})", target=what)
+
+
+def check_diffusers_model_folder(cls: type, path_or_id: str | Path, **kwargs: Any) -> None:
+    """`check_config_against_header` for one of our diffusers model classes (`cls(**config)`), on the folder that
+    diffusers' `from_pretrained(path_or_id, subfolder=..., revision=..., variant=...)` is about to load.
+
+    A Hub id is fetched into the Hub cache first (config and safetensors only; diffusers then reads the same
+    cached files). A folder without safetensors weights is refused: our exports always write them.
+    """
+    subfolder = kwargs.get("subfolder") or ""
+    folder = Path(path_or_id) / subfolder
+    if not Path(path_or_id).is_dir():
+        try:
+            from huggingface_hub import snapshot_download
+
+            patterns = [f"{subfolder}/*" if subfolder else "*"]
+            folder = Path(snapshot_download(str(path_or_id), revision=kwargs.get("revision"), allow_patterns=patterns))
+            folder = folder / subfolder
+        except Exception:  # offline, unknown repo: diffusers reports that in its own words
+            return
+    config_path = folder / CONFIG_NAME
+    if not config_path.is_file():
+        raise CheckpointFormatError(f"{config_path} not found: {folder} is not a {cls.__name__} folder")
+    try:
+        raw = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise CheckpointFormatError(f"{config_path}: corrupt JSON ({type(err).__name__})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointFormatError(f"{config_path}: expected a JSON object")
+    variant = kwargs.get("variant")
+    stem = "diffusion_pytorch_model" + (f".{variant}" if variant else "")
+    index = folder / f"{stem}.safetensors.index.json"
+    if index.is_file():  # a sharded save: every shard's header
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise CheckpointFormatError(f"{index}: not a safetensors index (no weight_map)") from None
+        if any(Path(name).name != name for name in names):
+            raise CheckpointFormatError(f"{index}: shard names must be plain file names in {folder}")
+        files = [folder / name for name in names]
+    else:
+        files = [folder / f"{stem}.safetensors"]
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    init = {k: v for k, v in raw.items() if k in accepted}
+    check_config_against_header(lambda: cls(**init), files, config_path=config_path, what=cls.__name__)
 
 
 class PretrainedMixin:
@@ -269,7 +390,13 @@ class PretrainedMixin:
             config = config_from_dict(cls.config_class, raw, source=str(directory / CONFIG_NAME))
         except ConfigError as err:
             raise CheckpointFormatError(str(err)) from None
-        _check_config_against_weights(cls, config, directory)
+        check_config_against_header(
+            lambda: cls(config),  # type: ignore[call-arg]
+            directory / WEIGHTS_NAME,
+            config_path=directory / CONFIG_NAME,
+            what=cls.__name__,
+            state_dict=lambda probe: probe.pretrained_state_dict(),  # type: ignore[attr-defined]
+        )
         model = cls(config)  # type: ignore[call-arg]
         state = load_tensors(directory / WEIGHTS_NAME)
         model.load_pretrained_state_dict(state, source=str(directory / WEIGHTS_NAME))
@@ -284,6 +411,9 @@ def load_pretrained(path_or_id: str | Path, **kwargs: Any) -> PretrainedMixin:
     """Load any vfmvae model folder, dispatching on the architecture recorded in its `config.json`."""
     directory = resolve_model_dir(path_or_id)
     arch = read_model_config(directory)["architecture"]
+    if arch not in _ARCHITECTURES:  # `import vfmvae` no longer imports every model: register ours now
+        import vfmvae.diffusion.model  # noqa: F401
+        import vfmvae.tokenizer.model  # noqa: F401
     if arch not in _ARCHITECTURES:
         known = ", ".join(sorted(_ARCHITECTURES)) or "none imported"
         raise CheckpointFormatError(f"{directory}: unknown architecture {arch!r} (known: {known})")

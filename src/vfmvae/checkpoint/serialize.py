@@ -107,7 +107,8 @@ def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
     """Atomically write a safetensors file."""
     tensors = _unshare(tensors)
-    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    size = sum(t.numel() * t.element_size() for t in tensors.values())
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), size=size)
 
 
 def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:

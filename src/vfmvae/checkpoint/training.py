@@ -15,12 +15,14 @@ only considers folders whose `meta.json` exists and whose listed files all have 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import random
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ import numpy as np
 import torch
 
 from vfmvae import distributed as dist_utils
-from vfmvae.checkpoint.atomic import atomic_directory, atomic_write_text
+from vfmvae.checkpoint.atomic import DiskFullError, atomic_directory, atomic_write_text, disk_full
 from vfmvae.checkpoint.digest import file_sha256
 from vfmvae.checkpoint.serialize import CheckpointFormatError, load_state, load_tensors, save_state, save_tensors
 
@@ -117,6 +119,59 @@ class TrainingCheckpoint:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+# Bounds on what meta.json may claim: 1e10 steps or 1e13 images (10,000 ImageNet epochs) are beyond any run.
+MAX_STEP = 10**10
+MAX_IMAGES_SEEN = 10**13
+
+
+def _check_meta(path: Path, meta: Any) -> None:
+    """Refuse a meta.json whose counts are not what a save writes: a step or image count that is not a whole number
+    in range, a step that is not the folder's (`step-00000300` holds step 300), a world size below 1."""
+    where = path / "meta.json"
+    if not isinstance(meta, dict):
+        raise CheckpointFormatError(f"{where}: expected a JSON object")
+    for key, high in (("step", MAX_STEP), ("images_seen", MAX_IMAGES_SEEN), ("world_size", 1 << 20)):
+        value = meta.get(key)
+        low = 1 if key == "world_size" else 0
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise CheckpointFormatError(
+                f"{where}: {key} {value!r} is not a count in {low}..{high:,}; the checkpoint's metadata is damaged "
+                "or was edited: resume an earlier checkpoint with --resume PATH (or --resume fresh to start over)"
+            )
+    named = _STEP_DIR.match(path.name)
+    if named and int(named.group(1)) != meta["step"]:
+        raise CheckpointFormatError(
+            f"{where}: step {meta['step']:,} is not the step of its folder {path.name}; the checkpoint's metadata is "
+            "damaged or was edited: resume an earlier checkpoint with --resume PATH (or --resume fresh to start over)"
+        )
+
+
+def _tensor_bytes(tree: Any) -> int:
+    """Bytes of the tensors and arrays in a nested state (what its safetensors files hold, headers aside)."""
+    if isinstance(tree, torch.Tensor):
+        return tree.numel() * tree.element_size()
+    if isinstance(tree, np.ndarray):
+        return int(tree.nbytes)
+    if isinstance(tree, dict):
+        return sum(_tensor_bytes(v) for v in tree.values())
+    if isinstance(tree, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in tree)
+    return 0
+
+
+@contextlib.contextmanager
+def _checkpoint_space(manager: CheckpointManager, final: Path, *parts: Any) -> Iterator[None]:
+    """A full disk during a save: one line naming the checkpoints folder and the size of a whole checkpoint."""
+    try:
+        yield
+    except DiskFullError:
+        latest = manager.latest()
+        kept = f"the last good checkpoint {latest.name} is intact" if latest else "no earlier checkpoint exists"
+        raise disk_full(
+            manager.root, f"checkpoint {final.name} ({kept})", sum(_tensor_bytes(p) for p in parts)
+        ) from None
+
+
 def _file_sizes(folder: Path) -> dict[str, int]:
     return {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file() and p.name != "meta.json"}
 
@@ -157,7 +212,10 @@ class CheckpointManager:
         dist_utils.barrier()
         if rank == 0:
             try:
-                with atomic_directory(final, replace_whole=True) as tmp:
+                with (
+                    _checkpoint_space(self, final, model, ema, state, rank_state),
+                    atomic_directory(final, replace_whole=True) as tmp,
+                ):
                     for p in staging.iterdir():
                         shutil.move(str(p), tmp / p.name)
                     save_tensors(tmp / "model.safetensors", model)
@@ -268,6 +326,7 @@ class CheckpointManager:
         if not self.is_complete(path):
             raise CheckpointFormatError(f"{path} is not a complete checkpoint (meta.json missing or file sizes differ)")
         meta = json.loads((path / "meta.json").read_text())
+        _check_meta(path, meta)
         rank, world = dist_utils.rank(), dist_utils.world_size()
         if meta["world_size"] != world:
             raise CheckpointFormatError(

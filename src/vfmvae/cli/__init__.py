@@ -5,49 +5,39 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import pickle
+import signal
 import sys
 from collections.abc import Sequence
 
-from vfmvae.cli import align as align_cmd
-from vfmvae.cli import cache_latents as cache_latents_cmd
-from vfmvae.cli import convert as convert_cmd
-from vfmvae.cli import data as data_cmd
-from vfmvae.cli import diffusion as diffusion_cmd
-from vfmvae.cli import eval as eval_cmd
-from vfmvae.cli import export as export_cmd
-from vfmvae.cli import info as info_cmd
-from vfmvae.cli import reconstruct as reconstruct_cmd
-from vfmvae.cli import report as report_cmd
-from vfmvae.cli import sample as sample_cmd
-from vfmvae.cli import train as train_cmd
-from vfmvae.cli import vfm as vfm_cmd
-from vfmvae.cli.parser import CLIParser
-from vfmvae.config import ConfigError
-from vfmvae.distributed import parse_device
-
 __all__ = ["main", "build_parser"]
 
-# Order of appearance in `vfmvae --help`. Only commands that work are listed.
-COMMAND_GROUPS = (
-    data_cmd,
-    vfm_cmd,
-    convert_cmd,
-    reconstruct_cmd,
-    train_cmd,
-    cache_latents_cmd,
-    diffusion_cmd,
-    sample_cmd,
-    eval_cmd,
-    align_cmd,
-    report_cmd,
-    export_cmd,
-    info_cmd,
+# Command modules in order of appearance in `vfmvae --help` (only commands that work are listed). They are
+# imported when the parser is built, inside `main`, so that importing this module costs nothing: a Ctrl-C while
+# torch loads is then caught like any other.
+COMMAND_MODULES = (
+    "data",
+    "vfm",
+    "convert",
+    "reconstruct",
+    "train",
+    "cache_latents",
+    "diffusion",
+    "sample",
+    "eval",
+    "align",
+    "report",
+    "export",
+    "info",
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
     from vfmvae import __version__
+    from vfmvae.cli.parser import CLIParser
 
     parser = CLIParser(
         prog="vfmvae",
@@ -57,16 +47,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"vfmvae {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for group in COMMAND_GROUPS:
-        group.register(sub)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"vfmvae.cli.{name}").register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.verbose = getattr(args, "verbose", False)  # `-v` may come before or after the command, or not at all
-    configure_logging(args.verbose)
+    """The `vfmvae` command. Every expected failure is one line on stderr and exit code 2, including a Ctrl-C at any
+    moment: while torch is still loading, during the command, or pressed again while the first one is handled."""
+    command = None
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        command = args.command
+        args.verbose = getattr(args, "verbose", False)  # `-v` may come before or after the command, or not at all
+        configure_logging(args.verbose)
+        return _run(args)
+    except KeyboardInterrupt:
+        # Blocked while the message is printed; the console command (argv None) then exits at once on the next
+        # Ctrl-C (interpreter shutdown, data-loader workers) instead of printing a traceback from wherever it lands.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            if argv is None:
+                signal.signal(signal.SIGINT, _exit_now)
+            what = f"vfmvae {command}" if command else "vfmvae"
+            print(f"{what}: interrupted; re-run the same command to resume", file=sys.stderr)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        return 2
+
+
+def _exit_now(signum: int, frame: object) -> None:
+    os._exit(2)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from vfmvae.config import ConfigError
+    from vfmvae.distributed import parse_device
+    from vfmvae.training.run import TrainingStopped
+
     try:
         if getattr(args, "device", None):
             parse_device(args.device)  # before any expensive work: `--device cuda` on a CPU machine is one line
@@ -74,9 +93,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like: not an error
         sys.stderr.close()
         return 0
-    except KeyboardInterrupt:
-        print(f"vfmvae {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
-        return 2
     except (
         ConfigError,
         FileNotFoundError,
@@ -87,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         IsADirectoryError,
         NotADirectoryError,
         pickle.UnpicklingError,
+        TrainingStopped,
     ) as err:
         # Expected user errors: one clear line, no traceback (use -v for one).
         if args.verbose:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vfmvae.cli.common import resolve_config, write_json
+from vfmvae.cli.common import image_side, resolve_config, write_json
 from vfmvae.cli.parser import add_option
 
 
@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="image folder (flat or with class subfolders)",
     )
     t.add_argument("--out", type=Path, required=True, help="output folder (clean/, noise_*/, manifest.json)")
-    t.add_argument("--size", type=int, default=256, help="image side in pixels (ADM centre crop)")
+    t.add_argument("--size", type=image_side, default=256, help="image side in pixels (ADM centre crop)")
     t.set_defaults(func=run_transforms)
 
     e = asub.add_parser(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vfmvae.cli.common import positive_int
+from vfmvae.cli.common import image_side, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     c.add_argument(
         "--vfm-resolution",
-        type=int,
+        type=image_side,
         default=None,
         help="feed the VFM at this size in pixels (REPA/REG: 224 for DINOv2-B/14 -> 16x16 tokens); "
         "default: its registry scale",
@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     c.add_argument(
         "--resolution",
-        type=int,
+        type=image_side,
         default=None,
         help="image size in pixels (default: the tokenizer's training resolution)",
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,6 +22,31 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def bounded_int(low: int, high: int, what: str = "") -> Callable[[str], int]:
+    """argparse type: an integer in [low, high] (a count or size far beyond any real use is a typo, and would
+    exhaust memory or never finish instead of failing)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low:,}, got {value:,}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high:,}{what}, got {value:,}")
+        return value
+
+    return parse
+
+
+def image_side(text: str) -> int:
+    """argparse type: an image side in pixels, 1..MAX_IMAGE_SIDE."""
+    from vfmvae.limits import MAX_IMAGE_SIDE
+
+    return bounded_int(1, MAX_IMAGE_SIDE, " pixels")(text)
 
 
 def add_recipe_args(parser: argparse.ArgumentParser, what: str) -> None:

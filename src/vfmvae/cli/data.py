@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from vfmvae.cli.common import add_recipe_args, positive_int, resolve_config, write_json
+from vfmvae.cli.common import add_recipe_args, image_side, positive_int, resolve_config, write_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", type=Path, help="output folder (required unless the recipe sets it; default: none)")
     s.add_argument("--num", type=positive_int, help="number of images (default: 512, or the recipe's)")
     s.add_argument("--classes", type=int, help="number of classes, at most 128 (default: 8, or the recipe's)")
-    s.add_argument("--size", type=int, help="image side in pixels (default: 64, or the recipe's)")
+    s.add_argument("--size", type=image_side, help="image side in pixels (default: 64, or the recipe's)")
     s.add_argument("--seed", type=int, help="seed (default: 0, or the recipe's)")
     s.add_argument(
         "--shards",
@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="image folder, folder of .tar shards, or one .tar (required unless the "
         "recipe sets `source`; default: none)",
     )
-    i.add_argument("--resolution", type=int, help="centre-crop size in pixels (default: 256, or the recipe's)")
+    i.add_argument("--resolution", type=image_side, help="centre-crop size in pixels (default: 256, or the recipe's)")
     i.add_argument("--grid", type=Path, help="write a preview grid PNG here, one row per class (default: no grid)")
     i.add_argument("--per-class", type=int, default=8, help="images per grid row")
     i.add_argument("--json", type=Path, help="write the report as JSON here (default: not written)")

@@ -176,13 +176,13 @@ def _run_recon(args: argparse.Namespace, stack) -> int:
     if args.tokenizer is not None:
         if args.data is None:
             raise ValueError("--tokenizer needs --data (the images to reconstruct)")
-        import tempfile
-
+        from vfmvae.checkpoint.atomic import locked_temporary_directory
         from vfmvae.tokenizer import VFMVAE
         from vfmvae.tokenizer.reconstruct import reconstruct_folder
 
-        # without --out, a fresh temporary folder: a fixed default (./recon) would score an earlier run's files too
-        out = args.out or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vfmvae-recon-")))
+        # without --out, a fresh temporary folder: a fixed default (./recon) would score an earlier run's files too;
+        # one left by a killed run (SIGKILL skips the clean-up) is removed by the next run
+        out = args.out or stack.enter_context(locked_temporary_directory("vfmvae-recon-"))
         model = VFMVAE.from_pretrained(args.tokenizer)
         info = reconstruct_folder(
             model,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vfmvae.cli.common import positive_int
+from vfmvae.cli.common import image_side, positive_int
 from vfmvae.cli.parser import DeprecatedFlag, add_option
 
 
@@ -40,7 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_option(r, "--out", deprecated=("--output",), type=Path, required=True, metavar="DIR", help="output folder")
     r.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass (one process)")
     r.add_argument(
-        "--resolution", type=int, default=None, help="input size in pixels (default: the model's training resolution)"
+        "--resolution",
+        type=image_side,
+        default=None,
+        help="input size in pixels (default: the model's training resolution)",
     )
     r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     r.add_argument(

@@ -6,8 +6,9 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from vfmvae.cli.common import positive_int
+from vfmvae.cli.common import bounded_int, positive_int
 from vfmvae.cli.parser import add_option
+from vfmvae.limits import MAX_SAMPLER_STEPS, MAX_SAMPLES
 from vfmvae.sampling.presets import PRESETS
 
 PRESET_NAMES = tuple(PRESETS)
@@ -68,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--num-samples",
         deprecated=("--num",),
         dest="num",
-        type=positive_int,
+        type=bounded_int(1, MAX_SAMPLES),
         required=True,
         metavar="N",
         help="number of samples, over all processes",
@@ -86,7 +87,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="ODE (euler, heun) or SDE (Euler-Maruyama) solver (default: the preset's, euler for none)",
     )
-    s.add_argument("--steps", type=int, default=None, help="sampler steps (default: the preset's, 50 for none)")
+    s.add_argument(
+        "--steps",
+        type=bounded_int(1, MAX_SAMPLER_STEPS),
+        default=None,
+        help="sampler steps (default: the preset's, 50 for none)",
+    )
     s.add_argument(
         "--cfg", type=float, default=None, help="classifier-free guidance scale (1 = none; default: the preset's)"
     )

@@ -21,6 +21,7 @@ from vfmvae.data.images import DEFAULT_MAX_PIXELS, SkipCounter
 from vfmvae.data.sampler import ResumableSampler
 from vfmvae.data.shards import TarShardDataset, list_shards
 from vfmvae.data.source import DataSourcePath, is_pattern
+from vfmvae.limits import MAX_IMAGE_SIDE
 from vfmvae.seeding import derive_seed
 
 __all__ = ["DataConfig", "collate_skip_bad", "DataStream", "detect_format", "build_dataset", "NoUsableImages"]
@@ -46,8 +47,10 @@ class DataConfig:
     compressed_shards: bool = False  # read gzip/bz2/xz tar shards (refused by default: decompress them)
 
     def __post_init__(self) -> None:
-        if self.resolution <= 0 or self.resolution % 8:
-            raise ValueError(f"data.resolution must be a positive multiple of 8, got {self.resolution}")
+        if self.resolution <= 0 or self.resolution % 8 or self.resolution > MAX_IMAGE_SIDE:
+            raise ValueError(
+                f"data.resolution must be a positive multiple of 8 up to {MAX_IMAGE_SIDE}, got {self.resolution}"
+            )
         if self.num_workers < 0:
             raise ValueError("data.num_workers must be >= 0")
         if not 0 < self.crop_min_fraction <= 1:

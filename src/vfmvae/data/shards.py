@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from vfmvae.data.images import DEFAULT_MAX_PIXELS, BadImage, decode_image
+from vfmvae.data.labels import parse_label
 from vfmvae.data.source import expand_pattern, is_pattern
 from vfmvae.data.transforms import crop_image, flip_decision, to_uint8_tensor
 from vfmvae.seeding import derive_seed
@@ -207,7 +208,7 @@ class TarShardDataset(IterableDataset):
             if ext is None:
                 raise BadImage("no-image-in-sample", f"members: {sorted(files)}")
             img = decode_image(files[ext], min_size=self.min_size, max_pixels=self.max_pixels)
-            label = int(files["cls"].decode().strip()) if "cls" in files else -1
+            label = parse_label(files["cls"].decode()) if "cls" in files else -1
         except BadImage as err:
             return {**base, "bad": True, "reason": err.reason, "detail": str(err)}
         except (ValueError, UnicodeDecodeError) as err:

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from vfmvae.limits import MAX_IMAGE_SIDE
+
 __all__ = ["SyntheticConfig", "class_names", "render_image", "write_synthetic_dataset", "SHAPES", "TEXTURES"]
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring", "star", "hexagon")
@@ -44,8 +46,8 @@ class SyntheticConfig:
             raise ValueError("num must be positive")
         if not 1 <= self.classes <= len(SHAPES) * len(TEXTURES) * 4:
             raise ValueError(f"classes must be between 1 and {len(SHAPES) * len(TEXTURES) * 4}")
-        if self.size < 16:
-            raise ValueError("size must be at least 16 pixels")
+        if not 16 <= self.size <= MAX_IMAGE_SIDE:
+            raise ValueError(f"size must be 16 to {MAX_IMAGE_SIDE} pixels, got {self.size}")
         if self.shard_size <= 0:
             raise ValueError("shard_size must be positive")
 

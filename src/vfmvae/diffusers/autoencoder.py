@@ -19,6 +19,7 @@ from diffusers.models.autoencoders.vae import AutoencoderMixin, DecoderOutput, D
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.models.modeling_utils import ModelMixin
 
+from vfmvae.checkpoint.pretrained import check_diffusers_model_folder
 from vfmvae.config import config_from_dict, config_to_dict
 from vfmvae.tokenizer.model import VFMVAE, VFMVAEConfig, upgrade_flat_vfm_keys
 
@@ -60,6 +61,13 @@ class VFMVAEAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
                 raise ValueError(f"{name} has {len(values)} values; the tokenizer has {cfg.z_dim} latent channels")
         self.tokenizer = VFMVAE(cfg)
         self.use_slicing = False  # diffusers' AutoencoderMixin switch: one image per encoder/decoder pass
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """diffusers' loader, after every size in config.json was checked against the weights' header (nothing
+        is built or allocated for a config that declares more than the weights hold)."""
+        check_diffusers_model_folder(cls, pretrained_model_name_or_path, **kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     # ---- conversion ------------------------------------------------------------------------------------------
     @classmethod

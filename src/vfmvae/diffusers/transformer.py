@@ -18,6 +18,7 @@ from diffusers.models.attention import AttentionMixin
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
+from vfmvae.checkpoint.pretrained import check_diffusers_model_folder
 from vfmvae.config import config_from_dict, config_to_dict
 from vfmvae.diffusion.model import DiffusionTransformer, DiTConfig
 
@@ -50,6 +51,13 @@ class VFMVAETransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin):
         self.dit = DiffusionTransformer(
             config_from_dict(DiTConfig, transformer_config or {}, source="VFMVAETransformer2DModel config.json")
         )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """diffusers' loader, after every size in config.json was checked against the weights' header (nothing
+        is built or allocated for a config that declares more than the weights hold)."""
+        check_diffusers_model_folder(cls, pretrained_model_name_or_path, **kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @classmethod
     def from_vfmvae(cls, model: DiffusionTransformer | str | Path) -> VFMVAETransformer2DModel:

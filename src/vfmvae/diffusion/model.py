@@ -20,6 +20,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from vfmvae.checkpoint import PretrainedMixin
+from vfmvae.config import require_positive
 from vfmvae.diffusion.layers import (
     Attention,
     GeluMlp,
@@ -32,8 +33,12 @@ from vfmvae.diffusion.layers import (
     modulate,
     sincos_pos_embed_2d,
 )
+from vfmvae.limits import MAX_BLOCKS, MAX_LATENT_SIDE, require_at_most
 
 __all__ = ["DiTConfig", "DiTOutput", "DiffusionTransformer"]
+
+
+_MAY_BE_ZERO = ("num_classes", "projector_dim", "class_token_dim", "align_depth")  # 0 = none / off
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,18 @@ class DiTConfig:
     time_convention: Literal["noise_at_1", "data_at_1"] = "noise_at_1"
 
     def __post_init__(self) -> None:
+        # zero sizes would divide by zero below; the latent grid is in no weight (pos_embed is rebuilt), so bounded
+        require_positive(
+            self, "input_size", "in_channels", "patch_size", "hidden_size", "depth", "num_heads", "mlp_ratio"
+        )
+        require_positive(
+            self, "num_classes", "projector_dim", "class_token_dim", "align_depth", allow_zero=_MAY_BE_ZERO
+        )
+        require_at_most(self, {"input_size": MAX_LATENT_SIDE, "depth": MAX_BLOCKS})
+        if any(dim < 1 for dim in self.align_dims):
+            raise ValueError(f"align_dims must be positive widths, got {self.align_dims}")
+        if not 0 <= self.class_dropout < 1:
+            raise ValueError(f"class_dropout must be in [0, 1), got {self.class_dropout}")
         if self.input_size % self.patch_size:
             raise ValueError(f"input_size {self.input_size} is not a multiple of patch_size {self.patch_size}")
         if self.hidden_size % self.num_heads:

@@ -98,7 +98,10 @@ def evaluate_generation(
     """FID, sFID, IS, precision and recall of `samples` (.npz or folder) against an ADM reference batch."""
     ref = Path(ref)
     reference = _load_reference(ref)
-    sample_set = open_image_set(samples)
+    from vfmvae.sampling.digests import recorded_sample_files
+
+    # a `vfmvae sample` folder: exactly its recorded samples (checked by digest), extra files left out with a warning
+    sample_set = open_image_set(samples, files=recorded_sample_files(samples) if Path(samples).is_dir() else None)
     net, provenance = load_inception(inception, device)
     feats = extract_features(
         net, sample_set, batch_size=batch_size, device=device, desc="sample features", progress=progress

@@ -75,7 +75,8 @@ def _stream_npz(path: Path, name: str, batch_size: int, limit: int) -> Iterator[
                 yield np.frombuffer(data, dtype=dtype).reshape(count, *shape[1:])
 
 
-def open_image_set(source: str | Path) -> ImageSet:
+def open_image_set(source: str | Path, files: list[Path] | None = None) -> ImageSet:
+    """An .npz (arr_0) or a folder of images (every image under it, or only `files` when given)."""
     source = Path(source)
     if source.is_file() and source.suffix == ".npz":
         try:
@@ -89,7 +90,8 @@ def open_image_set(source: str | Path) -> ImageSet:
             raise ValueError(f"{source}: arr_0 must be uint8 (N, H, W, 3), got {dtype} {shape}")
         return ImageSet(source, shape[0], tuple(shape[1:]), "npz")
     if source.is_dir():
-        files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if files is None:
+            files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
         if not files:
             raise FileNotFoundError(f"no images in {source}")
         with Image.open(files[0]) as img:

@@ -26,7 +26,9 @@ DINOv2-B features is about 400 KB per image) costs no memory up front.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +62,14 @@ def _shard_name(rank: int, index: int) -> str:
     return f"shard-r{rank:02d}-{index:05d}.safetensors"
 
 
-def cache_latents(
+def cache_latents(tokenizer: str | Path, data: str | Path, out: str | Path, **options: Any) -> dict[str, Any]:
+    """Encode `data` with `tokenizer` into `out` (see the module docstring and `_cache_latents` for the options).
+    Collective under torchrun; rank 0 holds the lock of `out` while caching."""
+    with contextlib.ExitStack() as held:
+        return _cache_latents(tokenizer, data, out, held=held, **options)
+
+
+def _cache_latents(
     tokenizer: str | Path,
     data: str | Path,
     out: str | Path,
@@ -78,6 +87,7 @@ def cache_latents(
     seed: int = 0,
     progress: bool = True,
     num_classes: int | None = None,
+    held: contextlib.ExitStack,
 ) -> dict[str, Any]:
     """Encode `data` with `tokenizer` into `out` (see module docstring). Collective under torchrun.
 
@@ -126,11 +136,13 @@ def cache_latents(
         seed=seed,
         world_size=world,
     )
-    if rank == 0:
-        claim_cache_folder(out, settings, CacheError)
+    if rank == 0:  # locked like a run folder (released when caching ends): two cache-latents into one --out refused
+        held.callback(claim_cache_folder(out, settings, CacheError, lock=True).release)
     dist_utils.barrier()
     if rank != 0:
         claim_cache_folder(out, settings, CacheError)
+    # image folders: label i is the i-th class folder's name (tar shards carry numeric labels only)
+    class_names = list(dataset.classes) if isinstance(dataset, ImageFolderDataset) and dataset.classes else None
     if isinstance(dataset, ImageFolderDataset):
         dataset = Subset(dataset, list(rank_shard(len(dataset), rank, world)))
     progress_file = out / f"progress-r{rank:02d}.json"
@@ -226,13 +238,38 @@ def cache_latents(
             vfm_resolution,
             moments,
             seed,
-            class_names=getattr(dataset, "classes", None) or None,  # image folders: root/<class>/ names, label order
+            class_names=class_names,
         )
     dist_utils.barrier()
     if rank == 0:
         return {**json.loads((out / MANIFEST).read_text()), "skipped": skips.as_dict()}
     own = done["shards"]  # other ranks report their own part
     return {"num_items": sum(s["count"] for s in own), "shards": own, "latent_shape": None, "skipped": skips.as_dict()}
+
+
+_SHARD_FILE = re.compile(r"^shard-r\d{2,}-\d{5,}\.safetensors$")  # the names `_shard_name` gives
+
+
+def shard_entries(record: Any, root: Path, source: Path) -> list[dict[str, Any]]:
+    """The `shards` list of a manifest or progress file, each a file inside `root` named as we name shards, with a
+    count; anything else (an absolute path, `../`, another cache's shard through a link) is refused naming
+    `source`, before any shard is opened."""
+    entries = record.get("shards") if isinstance(record, dict) else None
+    if not isinstance(entries, list):
+        raise CacheError(f"{source}: no list of shards ('shards'); not a latent cache file of vfmvae")
+    for entry in entries:
+        name = entry.get("file") if isinstance(entry, dict) else None
+        count = entry.get("count") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not _SHARD_FILE.match(name):
+            raise CacheError(
+                f"{source}: shard {name!r} is not a shard file name of this cache (shard-rNN-NNNNN.safetensors "
+                f"inside {root}); refusing to read anything outside the cache folder"
+            )
+        if (root / name).is_symlink():
+            raise CacheError(f"{source}: shard {name} is a symbolic link; a cache's shards are its own files")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise CacheError(f"{source}: shard {name} has count {count!r}; expected a number of items")
+    return entries
 
 
 def _check_labels(labels: list[int], names: list, bound: int, num_classes: int | None, data) -> None:
@@ -266,7 +303,8 @@ def _write_manifest(
 ) -> None:
     shards = []
     for r in range(world):
-        shards += json.loads((out / f"progress-r{r:02d}.json").read_text())["shards"]
+        progress = out / f"progress-r{r:02d}.json"
+        shards += shard_entries(json.loads(progress.read_text()), out, progress)
     # per-channel statistics over (N, h, w) of the unflipped latents, float64 sums (streamed over shards);
     # with moments, of one posterior sample per image (seeded per shard), as the official prefetch
     total, s1, s2 = 0, None, None
@@ -287,6 +325,7 @@ def _write_manifest(
         raise CacheError(f"no usable images in the data on any of the {world} ranks: nothing was cached into {out}")
     mean = s1 / total
     std = (s2 / total - mean**2).clamp_min(0).sqrt()
+    LatentStats(mean.float(), std.float(), source=out / MANIFEST)  # a constant (dead) channel: refused, not written
     manifest = {
         "kind": "vfmvae-latent-cache",
         "format_version": 1,
@@ -322,10 +361,13 @@ class LatentDataset(Dataset):
             raise CacheError(
                 f"{path} not found: not a finished latent cache (run `vfmvae cache-latents` to completion)"
             )
-        self.manifest = json.loads(path.read_text())
+        try:
+            self.manifest = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+            raise CacheError(f"{path}: not valid JSON ({type(err).__name__})") from None
         self.keys: set[str] | None = None
         starts, total = [], 0
-        for shard in self.manifest["shards"]:
+        for shard in shard_entries(self.manifest, self.root, path):
             file = self.root / shard["file"]
             try:
                 with safe_open(str(file), framework="pt") as f:

@@ -14,6 +14,7 @@ from typing import Any
 
 from vfmvae.checkpoint.atomic import atomic_write_text
 from vfmvae.checkpoint.digest import listing_digest, model_folder_digest
+from vfmvae.training.run_folder import LOCK_NAME, RunFolderLock, lock_output_folder
 
 __all__ = ["SETTINGS", "cache_settings", "claim_cache_folder"]
 
@@ -35,8 +36,32 @@ def cache_settings(tokenizer: str | Path, data: str | Path, dataset: Any, **flag
     }
 
 
-def claim_cache_folder(out: Path, settings: dict[str, Any], error: type[Exception]) -> None:
-    """Record `settings` in a new cache folder, or check them against an existing one (raising `error`)."""
+def claim_cache_folder(
+    out: Path, settings: dict[str, Any], error: type[Exception], *, lock: bool = False
+) -> RunFolderLock | None:
+    """Record `settings` in a new cache folder, or check them against an existing one (raising `error`).
+
+    With `lock` (rank 0), the folder is then locked like a run folder, checked again under the lock and the lock
+    returned (release it when caching ends): a second `cache-latents` into the same folder is refused. Nothing, not
+    even the lock file, is written into a folder that is refused.
+    """
+    _check_cache_folder(out, settings, error)
+    held = lock_output_folder(out, "--out") if lock else None
+    try:
+        if held is not None:
+            _check_cache_folder(out, settings, error)  # another process may have claimed it meanwhile
+        if not (out / SETTINGS).is_file():
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / SETTINGS, json.dumps(settings, indent=2) + "\n")
+    except BaseException:
+        if held is not None:
+            held.release()
+        raise
+    return held
+
+
+def _check_cache_folder(out: Path, settings: dict[str, Any], error: type[Exception]) -> None:
+    """Refuse a folder that holds a cache of other settings, or anything that is not a cache of ours."""
     path = out / SETTINGS
     if path.is_file():
         stored = json.loads(path.read_text())
@@ -50,10 +75,8 @@ def claim_cache_folder(out: Path, settings: dict[str, Any], error: type[Exceptio
                 "data listing and set of flags: use another --out, or delete this one to re-cache"
             )
         return
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()):  # the lock file of a claim that failed
         raise error(
             f"{out} is not empty and holds no {SETTINGS} (not a cache of this vfmvae version); refusing to "
             "cache into it, since its files could not be checked: use a new or empty --out"
         )
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(settings, indent=2) + "\n")

@@ -29,10 +29,11 @@ from vfmvae.checkpoint.atomic import atomic_write_text
 from vfmvae.checkpoint.digest import model_folder_digest
 from vfmvae.checkpoint.torch_files import load_weights_only
 
-__all__ = ["LatentStats", "STATS_FILE", "CACHE_MANIFEST"]
+__all__ = ["LatentStats", "STATS_FILE", "CACHE_MANIFEST", "MIN_STD"]
 
 STATS_FILE = "latent_stats.json"  # ours, next to a diffusion export
 CACHE_MANIFEST = "cache.json"  # a latent cache's manifest (vfmvae.latents.cache.MANIFEST)
+MIN_STD = 1e-6  # smallest per-channel std accepted: dividing by less turns rounding noise into huge latents
 _CACHE_SETTINGS = "settings.json"  # a latent cache's settings, with the tokenizer's digest (vfmvae.latents.settings)
 
 
@@ -54,10 +55,23 @@ class LatentStats:
     source: Path | None = None
 
     def __post_init__(self) -> None:
-        if self.mean.shape != self.std.shape:
+        if self.mean.shape != self.std.shape or self.mean.ndim != 1 or not self.mean.numel():
             raise ValueError(
                 f"latent statistics{self._where()}: mean has shape {tuple(self.mean.shape)}, std "
                 f"{tuple(self.std.shape)}; expected one value per latent channel in each"
+            )
+        # normalising divides by std: a zero, tiny, negative (sign-flipped latents) or non-finite value gives NaN or
+        # garbage steps long after loading, so it is refused here, wherever the statistics come from
+        bad_mean = (~torch.isfinite(self.mean)).nonzero()
+        bad_std = (~torch.isfinite(self.std) | (self.std < MIN_STD)).nonzero()
+        if len(bad_mean) or len(bad_std):
+            name, values, channel = ("mean", self.mean, bad_mean) if len(bad_mean) else ("std", self.std, bad_std)
+            index = int(channel[0])
+            more = f" (and {len(channel) - 1} more channel(s))" if len(channel) > 1 else ""
+            raise ValueError(
+                f"latent statistics{self._where()}: {name} of channel {index} is {float(values[index]):.3g}{more}; "
+                f"a mean must be finite and a std finite and >= {MIN_STD:g}. Re-measure them (re-run "
+                "`vfmvae cache-latents`) or pass other statistics (--latent-stats)"
             )
 
     # ---- the normalisation -----------------------------------------------------------------------------------
@@ -133,12 +147,11 @@ class LatentStats:
             )
         keys = ("tokenizer", "tokenizer_sha256", "cache")
         record = {k: (str(data[k]) if data.get(k) is not None else None) for k in keys}
-        return cls(
-            torch.as_tensor(data["mean"]).float().flatten(),
-            torch.as_tensor(data["std"]).float().flatten(),
-            **record,
-            source=path,
-        )
+        try:
+            mean, std = (torch.as_tensor(data[k]).float().flatten() for k in ("mean", "std"))
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(f"latent statistics {path}: mean and std must be lists of numbers ({err})") from None
+        return cls(mean, std, **record, source=path)
 
     @staticmethod
     def _read_json(path: Path) -> Any:

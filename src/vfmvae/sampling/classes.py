@@ -39,9 +39,11 @@ def read_class_names(folder: str | Path) -> list[str] | None:
 
 def label_of(word: str, names: Sequence[str] | None, option: str = "--classes") -> int:
     """The label of one entry of a class list: an integer id, or a recorded class name."""
+    from vfmvae.data.labels import parse_label
+
     word = word.strip()
     try:
-        return int(word)
+        return parse_label(word)  # ASCII digits only: '٣' is not class 3
     except ValueError:
         pass
     if not names:

@@ -4,6 +4,8 @@ Layout of OUT:
 
     settings.json       everything that determines the samples (checked on resume: no mixing of settings)
     images/000000.png   one PNG per sample index, written atomically; existing ones are kept on resume
+    digests-rNN.txt     the sha256 of every PNG rank NN wrote (checked before packing and scoring; digests.py)
+    .lock               held while a `sample` run writes here (a second one is refused)
     samples.npz         arr_0: uint8 (N, H, W, 3), arr_1: int64 labels (N,): the ADM evaluator's layout
     grid.png            the first 64 samples
 
@@ -13,6 +15,8 @@ of processes (rank r of W draws the indices r, r + W, ...).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -28,8 +32,13 @@ from PIL import Image
 
 from vfmvae import distributed as dist_utils
 from vfmvae.checkpoint.atomic import atomic_write_text, write_npz_atomic
+from vfmvae.checkpoint.digest import file_sha256
+from vfmvae.data.labels import is_label
+from vfmvae.limits import MAX_SAMPLES
+from vfmvae.sampling.digests import DIGESTS_NOTE, DigestLog, check_sample_bytes, read_digests, sample_name
 from vfmvae.sampling.pipeline import SamplerConfig, VFMVAEPipeline
 from vfmvae.seeding import derive_seed
+from vfmvae.training.run_folder import LOCK_NAME, lock_output_folder
 
 __all__ = ["class_labels", "generate_samples", "write_npz"]
 
@@ -54,7 +63,7 @@ def class_labels(
     from vfmvae.sampling.classes import label_of
 
     words = [v for v in spec.split(",") if v.strip()]
-    if not class_names and any(not w.strip().lstrip("-").isdigit() for w in words):
+    if not class_names and any(not is_label(w) for w in words):
         raise ValueError(
             f"--classes {spec!r}: use balanced, random or a comma-separated list of class ids (class names only "
             "for models that record them in class_names.json)"
@@ -75,10 +84,16 @@ def images_to_uint8(images01: torch.Tensor) -> np.ndarray:
     return (images01.float().clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def _write_png(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
+def _write_pngs(images: Path, indices: list[int], arrays: np.ndarray, digests: DigestLog) -> None:
+    """One batch of PNGs: written under temporary names, their digests recorded, then renamed into place."""
+    tmps = []
+    for i, array in zip(indices, arrays):
+        tmp = images / f".{sample_name(i)}.tmp-{os.getpid()}"
+        Image.fromarray(array).save(tmp, format="PNG")
+        tmps.append(tmp)
+    digests.record([(i, file_sha256(tmp)) for i, tmp in zip(indices, tmps)])
+    for i, tmp in zip(indices, tmps):
+        os.replace(tmp, images / sample_name(i))
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -98,12 +113,16 @@ def _is_whole_png(path: Path) -> bool:
 
 
 def write_npz(out: Path, num: int, labels: list[int]) -> Path:
-    """Collect images/000000.png ... into the ADM layout (uint8 NHWC `arr_0`, labels `arr_1`)."""
+    """Collect images/000000.png ... into the ADM layout (uint8 NHWC `arr_0`, labels `arr_1`); every PNG must be
+    the one `sample` recorded (digests-rNN.txt), so no foreign or damaged image is packed."""
+    recorded = read_digests(out)
 
     def read(i: int) -> np.ndarray:
-        path = out / "images" / f"{i:06d}.png"
+        path = out / "images" / sample_name(i)
+        data = path.read_bytes()
+        check_sample_bytes(path, data, recorded.get(i))
         try:
-            return np.asarray(Image.open(path).convert("RGB"))
+            return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
         except OSError as err:  # damaged inside, past what the resume check reads: name it, say how to fix it
             raise ValueError(
                 f"{path} is damaged ({err}); delete it and re-run the same command to regenerate it"
@@ -128,14 +147,32 @@ def generate_samples(
     progress: bool = True,
     sources: dict[str, str] | None = None,
 ) -> dict[str, Any]:
+    """Sample `num` images into `out` (see the module docstring). Collective under torchrun; rank 0 holds the lock of
+    `out` while sampling, so a second `sample` into the same folder is refused."""
+    if not 1 <= num <= MAX_SAMPLES:
+        raise ValueError(f"--num-samples must be in 1..{MAX_SAMPLES:,}, got {num:,}")
+    with contextlib.ExitStack() as held:
+        return _generate_samples(pipe, Path(out), num, config, classes, seed, batch_size, progress, sources, held)
+
+
+def _generate_samples(
+    pipe: VFMVAEPipeline,
+    out: Path,
+    num: int,
+    config: SamplerConfig | None,
+    classes: str,
+    seed: int,
+    batch_size: int,
+    progress: bool,
+    sources: dict[str, str] | None,
+    held: contextlib.ExitStack,
+) -> dict[str, Any]:
     config = config if config is not None else SamplerConfig()
     from tqdm.auto import tqdm
 
     from vfmvae.vis import save_grid
 
     rank, world = dist_utils.rank(), dist_utils.world_size()
-    out = Path(out)
-    (out / "images").mkdir(parents=True, exist_ok=True)
     labels = class_labels(classes, num, pipe.diffusion.config.num_classes, seed, pipe.class_names)
     settings = {
         "num": num,
@@ -143,11 +180,16 @@ def generate_samples(
         "classes": classes,
         "sampler": asdict(config),
         "uint8": UINT8_CONVERSION,
+        "png_digests": DIGESTS_NOTE,  # folders written before digests were recorded cannot be resumed
         **({"label_seeds": LABEL_SEEDS} if classes == "random" else {}),
         **(sources or {}),
     }
     settings_path = out / "settings.json"
-    if not settings_path.is_file() and any(p.name != "images" or any(p.iterdir()) for p in out.iterdir()):
+    if (
+        not settings_path.is_file()
+        and out.is_dir()
+        and any(p.name not in ("images", LOCK_NAME) or (p.is_dir() and any(p.iterdir())) for p in out.iterdir())
+    ):
         raise ValueError(
             f"{out} is not empty and holds no settings.json (not a sample folder of ours); its files "
             "would be mixed with the new samples: use a new or empty --out"
@@ -160,6 +202,9 @@ def generate_samples(
                 f"{settings_path} was written with other settings; use a new --out or the same options "
                 f"(differences: {sorted(k for k in now if old.get(k) != now[k])})"
             )
+    if rank == 0:  # checked, so nothing is written into a folder that is refused; then locked as run folders are
+        held.callback(lock_output_folder(out, "--out").release)
+        (out / "images").mkdir(exist_ok=True)
     dist_utils.barrier()  # every rank has checked the old settings
     if rank == 0:
         atomic_write_text(settings_path, json.dumps(settings, indent=2) + "\n")
@@ -174,7 +219,11 @@ def generate_samples(
         )
     mine = [i for i, p in zip(range(rank, num, world), ours) if not p.is_file() or p in torn]
     started, done = time.perf_counter(), 0
-    with tqdm(total=len(mine), desc="sampling", unit="img", disable=not (progress and rank == 0)) as bar:
+    digests = DigestLog(out, rank)
+    with (
+        contextlib.closing(digests),
+        tqdm(total=len(mine), desc="sampling", unit="img", disable=not (progress and rank == 0)) as bar,
+    ):
         for start in range(0, len(mine), batch_size):
             chunk = mine[start : start + batch_size]
             images = pipe([labels[i] for i in chunk], seed=seed, indices=chunk, config=config)
@@ -183,8 +232,7 @@ def generate_samples(
                     f"non-finite values in samples {chunk[0]}..{chunk[-1]}; nothing was written for them: "
                     "check the diffusion weights and the latent statistics (mean/std)"
                 )
-            for i, array in zip(chunk, images_to_uint8(images)):
-                _write_png(out / "images" / f"{i:06d}.png", array)
+            _write_pngs(out / "images", chunk, images_to_uint8(images), digests)
             done += len(chunk)
             bar.update(len(chunk))
     dist_utils.barrier()

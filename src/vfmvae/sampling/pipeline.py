@@ -29,6 +29,7 @@ import yaml
 from vfmvae.checkpoint.pretrained import resolve_model_dir
 from vfmvae.diffusion import DiffusionTransformer
 from vfmvae.latents.stats import STATS_FILE, LatentStats  # LatentStats re-exported: its home before latents.stats
+from vfmvae.limits import MAX_SAMPLER_STEPS
 from vfmvae.sampling.classes import read_class_names
 from vfmvae.sampling.ode import Guidance, check_shift, sample_ode, sample_sde
 from vfmvae.seeding import derive_seed
@@ -51,8 +52,8 @@ class SamplerConfig:
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        if self.steps < 1:
-            raise ValueError("steps must be at least 1")
+        if not 1 <= self.steps <= MAX_SAMPLER_STEPS:  # the time grid and its loop are sized by it
+            raise ValueError(f"steps must be in 1..{MAX_SAMPLER_STEPS:,}, got {self.steps:,}")
         check_shift(self.shift)
         self.guidance  # noqa: B018 - builds (and so validates) the guidance settings now, not mid-run
 

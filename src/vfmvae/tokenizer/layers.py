@@ -210,7 +210,8 @@ class _GroupNorm32(_GroupNorm):
         # weights too in float32: a model cast to fp16/bf16 as a whole (diffusers' torch_dtype) holds half weights
         weight = None if self.weight is None else self.weight.float()
         bias = None if self.bias is None else self.bias.float()
-        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
+        normed = torch.group_norm(x.float(), self.num_groups, weight, bias, self.eps, torch.backends.cudnn.enabled)
+        return normed.to(x.dtype)
 
 
 class ModulatedConvNeXtLayer(nn.Module):

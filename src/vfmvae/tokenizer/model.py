@@ -22,7 +22,8 @@ import torch.utils.checkpoint
 from torch import nn
 
 from vfmvae.checkpoint.pretrained import PretrainedMixin
-from vfmvae.config import yaml_flow
+from vfmvae.config import require_positive, yaml_flow
+from vfmvae.limits import MAX_BLOCKS, MAX_IMAGE_SIDE, require_at_most
 from vfmvae.tokenizer.layers import (
     AttnProjection,
     EqualizedLinear,
@@ -39,6 +40,25 @@ from vfmvae.tokenizer.quantizer import MultiCodebookQuantizer, QuantizedLatent
 from vfmvae.vfm import FrozenVFM, VFMSpec, build_vfm
 
 __all__ = ["VFMVAEConfig", "VFMVAE", "upgrade_flat_vfm_keys"]
+
+
+_POSITIVE_SIZES = (
+    "image_size",
+    "downsample",
+    "z_dim",
+    "vocab_size",
+    "vocab_width",
+    "num_codebooks",
+    "quant_layers",
+    "post_quant_layers",
+    "decompress_factor",
+    "pooled_resolution",
+    "w_dim",
+    "attn_heads",
+    "num_blocks",
+    "channel_base",
+    "channel_max",
+)
 
 
 @dataclass(frozen=True)
@@ -91,6 +111,33 @@ class VFMVAEConfig:
         return advice
 
     def __post_init__(self) -> None:
+        # zero sizes would divide by zero below; the image size and block count are in no weight, so bounded
+        require_positive(self, *_POSITIVE_SIZES)
+        require_at_most(
+            self,
+            {
+                "image_size": MAX_IMAGE_SIDE,
+                "num_blocks": MAX_IMAGE_SIDE.bit_length(),  # 2^(num_blocks-1) must divide image_size
+                "attn_depths": MAX_BLOCKS,
+                "num_res_blocks": MAX_BLOCKS,
+                "quant_layers": MAX_BLOCKS,
+                "post_quant_layers": MAX_BLOCKS,
+            },
+        )
+        for name in ("proj_dims", "inject_dims"):
+            if any(dim < 1 for dim in getattr(self, name)):
+                raise ValueError(f"{name} must be positive widths, got {getattr(self, name)}")
+        if any(depth < 0 for depth in self.attn_depths) or self.num_res_blocks < 0:
+            raise ValueError(
+                f"attn_depths and num_res_blocks must be >= 0, got {self.attn_depths} and {self.num_res_blocks}"
+            )
+        for name in ("inject_blocks", "attn_blocks"):
+            blocks = getattr(self, name)
+            if any(not 0 <= block < self.num_blocks for block in blocks) or len(set(blocks)) != len(blocks):
+                raise ValueError(
+                    f"{name} {blocks} must name distinct blocks in 0..{self.num_blocks - 1} (num_blocks "
+                    f"{self.num_blocks})"
+                )
         if len(self.proj_dims) != len(self.vfm.layers):
             raise ValueError(
                 f"proj_dims {self.proj_dims} must give one width per VFM tap (vfm.layers {self.vfm.layers})"

@@ -44,7 +44,11 @@ from vfmvae.training.exports import publish_export
 from vfmvae.training.run_folder import claimed_run_folder, write_run_config
 from vfmvae.training.run_log import RunLog, peak_memory, scalars_to_floats
 
-__all__ = ["Evaluator", "TrainingRun", "micro_batch_plan"]
+__all__ = ["Evaluator", "TrainingRun", "TrainingStopped", "micro_batch_plan"]
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped because its steps were skipped (non-finite); the message names the last good checkpoint."""
 
 
 class Evaluator(Protocol):
@@ -148,6 +152,7 @@ class TrainingRun:
         self.images_before = images_before
         for key in skip_keys:
             self.counters.setdefault(key, 0)
+        self._skipped_before = self.counters[skip_keys[0]] if skip_keys else 0  # of the checkpoint resumed from
         self.skip_keys, self.stop_label = skip_keys, stop_label
         if trainable_parameters is None:
             trainable_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -249,7 +254,7 @@ class TrainingRun:
         if not self._counted:
             self._images_t.fill_(self.images)
         if self.skip_keys and longest >= self.cfg.max_consecutive_nonfinite:
-            raise RuntimeError(
+            raise TrainingStopped(
                 f"{longest} consecutive {self.stop_label} by step {self.step}; stopping. "
                 f"The last good checkpoint is {self.manager.latest()}"
             )
@@ -293,6 +298,14 @@ class TrainingRun:
         if self.log is not None:
             self.log.close()
             self.log = None
+        steps = self.step - self._first_step
+        if self.skip_keys and steps > 0 and self.counters[self.skip_keys[0]] - self._skipped_before >= steps:
+            # nothing was learned (NaN weights resumed, a poisoned checkpoint): an export would pass for a result
+            raise TrainingStopped(
+                f"every one of the {steps:,} steps of this run was skipped ({self.stop_label}), so no checkpoint or "
+                "export is written; the last good checkpoint is "
+                f"{self.manager.latest()}: check the weights it resumed or started from, the data and the learning rate"
+            )
         self.save()
         path = self.dir / "export"
         if self.rank == 0 and export is not None:  # RUN/exports/images-N, RUN/export -> the newest (never replaced)

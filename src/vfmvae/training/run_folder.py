@@ -24,17 +24,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from vfmvae.checkpoint.atomic import atomic_write_text
 from vfmvae.checkpoint.training import CheckpointManager
-from vfmvae.config import ConfigError, config_to_dict, dump_yaml
+from vfmvae.config import ConfigError, config_to_dict, dump_yaml, read_yaml
 
 __all__ = [
     "FRESH_HELP",
     "RUN_OUTPUTS",
     "RunFolderError",
     "RunFolderLock",
+    "LOCK_NAME",
+    "lock_output_folder",
     "claim_run_folder",
     "claimed_run_folder",
     "write_run_config",
@@ -104,20 +104,24 @@ class RunFolderError(ConfigError):
     """The run folder holds another run, is in use, or cannot be resumed as asked."""
 
 
-class RunFolderLock:
-    """An exclusive, non-blocking `flock` on RUN/.lock, held while the object lives."""
+LOCK_NAME = ".lock"  # in a run, cache or sample folder: never counted as content of the folder
 
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / ".lock"
+
+class RunFolderLock:
+    """An exclusive, non-blocking `flock` on FOLDER/.lock, held until `release()` (or the process ends).
+
+    Run folders, latent caches (`cache-latents --out`) and sample folders (`sample --out`) are locked alike: a second
+    process writing into the same folder is refused with `advice`."""
+
+    def __init__(self, run_dir: Path, advice: str = "wait for it to finish or use another run.dir") -> None:
+        self.path = run_dir / LOCK_NAME
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.read(self.fd, 64).decode(errors="replace").strip() or "another process"
             os.close(self.fd)
-            raise RunFolderError(
-                f"{run_dir} is in use by {holder} (lock {self.path}); wait for it to finish or use another run.dir"
-            ) from None
+            raise RunFolderError(f"{run_dir} is in use by {holder} (lock {self.path}); {advice}") from None
         os.ftruncate(self.fd, 0)
         os.write(self.fd, f"process {os.getpid()}\n".encode())
 
@@ -125,6 +129,16 @@ class RunFolderLock:
         if self.fd >= 0:
             os.close(self.fd)  # closing the descriptor releases the flock
             self.fd = -1
+
+
+def lock_output_folder(folder: Path, option: str) -> RunFolderLock:
+    """Create `folder` if needed and lock it for this process, as a run folder is locked; `option` names it in the
+    message (`--out`)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise RunFolderError(f"{option} {folder} is a file; pass a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    return RunFolderLock(folder, f"wait for it to finish or use another {option}")
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -239,9 +253,11 @@ def _check(run_dir: Path, config: Any, resume: str) -> None:
     if resume == "fresh":
         return
     try:
-        stored = yaml.safe_load(config_path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise RunFolderError(f"{config_path}: unreadable ({err}); use another run.dir or --resume fresh") from None
+        stored = read_yaml(config_path.read_text(), str(config_path)) or {}  # bounded: size, depth, aliases
+    except ConfigError as err:
+        raise RunFolderError(f"{err}; use another run.dir or --resume fresh") from None
+    if not isinstance(stored, dict):
+        raise RunFolderError(f"{config_path}: not a recipe (a mapping); use another run.dir or --resume fresh")
     _recipe_changes(stored, config_to_dict(config), config_path, explicit=resume not in ("auto", "none"))
     if resume == "none" and outputs:
         raise RunFolderError(

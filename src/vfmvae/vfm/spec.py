@@ -11,10 +11,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vfmvae.limits import MAX_BLOCKS, MAX_IMAGE_SIDE
 from vfmvae.vfm.families import VFM_ADAPTERS
 from vfmvae.vfm.registry import VFM_REGISTRY, VFMEntry
 
 __all__ = ["VFMSpec"]
+
+MAX_SCALE_FACTOR = 8.0  # the VFM input is the image rescaled by this (the published models use 1 to 2)
+# architecture keys (transformers' and timm's names) that are counts or sizes: positive, and bounded where no weight
+# records them in full (a layer count is checked against the weights' header when a tokenizer folder loads)
+_ARCH_COUNTS = {"num_hidden_layers": MAX_BLOCKS, "depth": MAX_BLOCKS, "num_register_tokens": MAX_BLOCKS}
+_ARCH_SIZES = {"image_size": 2 * MAX_IMAGE_SIDE, "img_size": 2 * MAX_IMAGE_SIDE}
+_ARCH_POSITIVE = ("hidden_size", "num_attention_heads", "intermediate_size", "patch_size", "embed_dim", "num_heads")
+
+
+def _check_arch_sizes(arch: dict[str, Any]) -> None:
+    for key, value in arch.items():
+        if not isinstance(value, int) or isinstance(value, bool):
+            continue
+        limit = _ARCH_COUNTS.get(key, _ARCH_SIZES.get(key))
+        if limit is not None and not 0 <= value <= limit:
+            raise ValueError(f"arch.{key} must be in 0..{limit:,}, got {value:,}")
+        if key in _ARCH_POSITIVE and value < 1:
+            raise ValueError(f"arch.{key} must be > 0, got {value}")
 
 
 @dataclass(frozen=True)
@@ -39,8 +58,9 @@ class VFMSpec:
             raise ValueError(f"family {self.family!r} is not a VFM family (known: {', '.join(VFM_ADAPTERS)})")
         if not self.layers:
             raise ValueError("layers must name at least one tap")
-        if self.scale_factor is not None and self.scale_factor <= 0:
-            raise ValueError(f"scale_factor must be > 0, got {self.scale_factor}")
+        if self.scale_factor is not None and not 0 < self.scale_factor <= MAX_SCALE_FACTOR:
+            raise ValueError(f"scale_factor must be in (0, {MAX_SCALE_FACTOR}], got {self.scale_factor}")
+        _check_arch_sizes(self.arch)
         if self.entry is None and self.path is None and not (self.family and self.arch):
             raise ValueError(
                 f"{self.name!r} is not a registered VFM (`vfmvae vfm list` shows the names); for another "

@@ -1,6 +1,11 @@
 """`run.compile: true` (training/compile.py): every training step compiles its repeated blocks with
-`fullgraph=True` (a graph break raises) and compiles nothing after the first step. The backend is aot_eager, which
-traces exactly what inductor would receive (dynamo graphs + AOTAutograd forward/backward) and runs on CPU."""
+`fullgraph=True` (a graph break raises) and compiles nothing after the first step.
+
+Two CPU backends. Graph breaks and recompilations are decided by dynamo, before any backend sees a graph, so the
+per-stage tokenizer tests use dynamo's `eager` backend (half the compile time of the tests). The diffusion tests and
+one tokenizer test with every loss term use `aot_eager`, which also traces what inductor receives (AOTAutograd's
+forward/backward graphs, in-place buffer updates such as spectral norm's, the double backward of the adaptive VF
+weight) and must give the eager losses."""
 
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from vfmvae.training.compile import CompileSettings, compile_diffusion, compile_
 
 ROOT = Path(__file__).resolve().parents[1]
 AOT_EAGER = CompileSettings(backend="aot_eager")
+DYNAMO_ONLY = CompileSettings(backend="eager")
 IDENTITY = EquivarianceDraw()
 
 
@@ -138,7 +144,7 @@ STAGES = {
 class _TokenizerStep:
     """The trainer's step body (tokenizer_training/trainer.py): a D step, then a G step, on a fixed batch."""
 
-    def __init__(self, stage: str, compile_settings: CompileSettings | None) -> None:
+    def __init__(self, stage_overrides: list[str], compile_settings: CompileSettings | None) -> None:
         from vfmvae.evaluation.image_metrics import LPIPSMetric
         from vfmvae.tokenizer_training.config import TokenizerTrainConfig
         from vfmvae.tokenizer_training.discriminators import MultiscalePatchGAN, ProjectedDiscriminator
@@ -149,7 +155,7 @@ class _TokenizerStep:
 
         recipe = ROOT / "configs" / "tokenizer" / "tiny.yaml"
         # the safe-loss guard active from the start, so that its device-side rule is inside the compiled steps
-        overrides = ["data.source=.", "loss.safe_loss_after_images=0", *SLIM, *STAGES[stage]]
+        overrides = ["data.source=.", "loss.safe_loss_after_images=0", *SLIM, *stage_overrides]
         cfg = load_config(TokenizerTrainConfig, recipe, overrides)
         torch.manual_seed(0)
         self.g = build_generator(cfg)
@@ -202,32 +208,52 @@ class _TokenizerStep:
         return res_d.loss, res_g.loss
 
 
+def _trains_without_recompiling(step: _TokenizerStep, steps: int = 5) -> list[tuple[float, float]]:
+    """Steps 1..`steps`: step 1 compiles every region (a graph break raises there); the later steps (other draws,
+    the same shapes) may compile nothing."""
+    losses = [step(0)]
+    with no_recompilation():
+        losses += [step(i) for i in range(1, steps)]
+    assert all(torch.isfinite(torch.tensor(pair)).all() for pair in losses), losses
+    assert losses[-1][1] != losses[0][1]  # the generator trained
+    return losses
+
+
+@pytest.mark.parametrize("stage", ["stage2", "stage3"])
+def test_tokenizer_steps_compile_without_breaks_and_steps_2_to_5_compile_nothing(stage):
+    """Stages 2 and 3 train part of the decoder: other gradient requirements, so other graphs than stages 0-1,
+    whose steps the AOTAutograd test below compiles."""
+    _trains_without_recompiling(_TokenizerStep(STAGES[stage], DYNAMO_ONLY))
+
+
+# Every term of every stage at once (L1, LPIPS, SSIM, multi-scale L1, KL, adaptive VF weight, GAN through the
+# spectral-norm projected D, PatchGAN, feature matching, equivariance), so that one AOTAutograd test covers them.
+EVERY_TERM = [*STAGES["stage0-1"], "loss.ssim=1.0", "loss.patchgan=1.0", "loss.feature_matching=10.0"]
+EVERY_TERM += ["disc.patchgan_ndf=8"]
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(1500)
-def test_tokenizer_steps_of_every_stage_compile_without_breaks_and_steps_2_to_5_compile_nothing():
-    """One test for all stages, so that they share the compiled graphs of the regions they have in common (each
-    stage builds its own networks: graphs are reused across instances of the same shapes)."""
-    for stage in STAGES:
-        step = _TokenizerStep(stage, AOT_EAGER)
-        losses = [step(0)]  # step 1: every region compiles (a graph break would raise here)
-        with no_recompilation():
-            losses += [step(i) for i in range(1, 5)]  # other draws, the same shapes: nothing may compile again
-        assert all(torch.isfinite(torch.tensor(pair)).all() for pair in losses), (stage, losses)
-        assert losses[-1][1] != losses[0][1], stage  # the generator trained
-        if stage == "stage3":
-            # projected D with spectral norm, PatchGAN, feature matching: the compiled steps give the eager losses
-            # step after step, so the in-place state updates (spectral-norm vectors, w_avg) are kept
-            eager = _TokenizerStep(stage, None)
-            expected = [value for i in range(5) for value in eager(i)]
-            assert [value for pair in losses for value in pair] == pytest.approx(expected, rel=1e-5, abs=1e-6)
-        if stage == "stage0-1":
-            # An equivariance transform changes the shapes: a scaled latent those of every decoder region, a
-            # downscaled input those of the VFM and encoder regions. Each geometry compiles once; a second pass
-            # compiles nothing, so compilation is bounded by the finite set of geometries (equivariance.py: 4
-            # latent scales x 4 rotations and 3 input scales).
-            geometries = [EquivarianceDraw(0.5, 1, on_latent=True), EquivarianceDraw(0.5, 0, on_latent=False)]
-            for i, geometry in enumerate(geometries):
-                step(5 + i, geometry)
-            with no_recompilation():
-                for i, geometry in enumerate(geometries):
-                    step(7 + i, geometry)
+def test_tokenizer_steps_of_every_term_through_aot_autograd_give_the_eager_losses_and_steps_2_to_5_compile_nothing():
+    """Stages 0-1's objective with stage 3's terms added, compiled as inductor receives it (AOTAutograd's joint
+    graphs): the adaptive VF weight's second backward through the same graphs works (no donated buffers), the
+    in-place state updates inside compiled regions (spectral-norm vectors) are kept, and the losses equal eager
+    step after step."""
+    losses = _trains_without_recompiling(_TokenizerStep(EVERY_TERM, AOT_EAGER))
+    eager = _TokenizerStep(EVERY_TERM, None)
+    expected = [value for i in range(5) for value in eager(i)]
+    assert [value for pair in losses for value in pair] == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_each_equivariance_geometry_compiles_once():
+    """An equivariance transform changes the shapes: a scaled latent those of every decoder region, a downscaled
+    input those of the VFM and encoder regions. Each geometry compiles once; a second pass compiles nothing, so
+    compilation is bounded by the finite set of geometries (equivariance.py: 4 latent scales x 4 rotations and 3
+    input scales)."""
+    step = _TokenizerStep([*STAGES["stage0-1"], "loss.lpips=0"], DYNAMO_ONLY)  # LPIPS is not what changes shape
+    geometries = [IDENTITY, EquivarianceDraw(0.5, 1, on_latent=True), EquivarianceDraw(0.5, 0, on_latent=False)]
+    for i, geometry in enumerate(geometries):
+        step(i, geometry)
+    with no_recompilation():
+        for i, geometry in enumerate(geometries):
+            step(3 + i, geometry)

@@ -21,10 +21,17 @@ D step's generator pass runs without gradients) = 48 graphs; the encoder's atten
 (their token counts follow the 4 VFM input scales). So its compiler raises the limit to TOKENIZER_RECOMPILE_LIMIT.
 tests/test_compile.py proves that steps 2-5 of every training step compile nothing and that a second pass over
 the same equivariance geometries compiles nothing.
+
+Every compilation is logged as it starts and ends (`CompileWatch`, logger `vfmvae.training.compile`, rank 0): a
+first step that takes minutes says that it is compiling, which graph and for how long, instead of looking like a
+hang; the total compile seconds of a run can be read from its log (benchmarks/gpu_check.py does).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -33,6 +40,8 @@ from torch import nn
 
 __all__ = [
     "CompileSettings",
+    "CompileWatch",
+    "compile_watch",
     "compile_regions",
     "diffusion_regions",
     "tokenizer_regions",
@@ -65,9 +74,73 @@ class CompileSettings:
         return {"backend": self.backend, "mode": self.mode, "fullgraph": True, "dynamic": self.dynamic}
 
 
+log = logging.getLogger(__name__)
+
+
+class CompileWatch:
+    """Counts, times and logs this process's compilations through dynamo's compile callbacks, which fire around
+    each graph dynamo traces (a region's forward, once per new shape) and around the backward graph compiled at its
+    first backward. One line as each starts ("compiling graph N (forward)") and one as it ends, with its seconds
+    and the running total, so the last line of a stalled log says whether it was compiling."""
+
+    def __init__(self) -> None:
+        self.graphs = 0  # compilations finished
+        self.seconds = 0.0  # their total wall time
+        self._started: float | None = None
+        self._lock = threading.Lock()
+
+    def _on_start(self, args) -> None:
+        with self._lock:
+            self._started = time.perf_counter()
+            number = self.graphs + 1
+        _log_main(f"compiling graph {number} ({_what(args)}, compile id {args.compile_id})")
+
+    def _on_end(self, args) -> None:
+        with self._lock:
+            if self._started is None:
+                return
+            seconds = time.perf_counter() - self._started
+            self._started = None
+            self.graphs += 1
+            self.seconds += seconds
+            graphs, total = self.graphs, self.seconds
+        _log_main(
+            f"compiled graph {graphs} ({_what(args)}) in {seconds:.1f} s; {total:.1f} s in {graphs} graphs so far"
+        )
+
+
+def _what(args) -> str:
+    trigger = getattr(args.callback_trigger, "name", str(args.callback_trigger))
+    return {"DYNAMO": "forward", "LAZY_BACKWARD": "backward"}.get(trigger, trigger.lower())
+
+
+def _log_main(message: str) -> None:
+    from vfmvae import distributed as dist_utils
+
+    if dist_utils.is_main_process():
+        log.info(message)
+
+
+_WATCH: CompileWatch | None = None
+
+
+def compile_watch() -> CompileWatch:
+    """The process's CompileWatch, registered with dynamo's callbacks on first use."""
+    global _WATCH
+    if _WATCH is None:
+        from torch._dynamo.callback import callback_handler
+
+        _WATCH = CompileWatch()
+        callback_handler.register_start_callback(_WATCH._on_start)
+        callback_handler.register_end_callback(_WATCH._on_end)
+    return _WATCH
+
+
 def compile_regions(regions: Iterable[nn.Module], settings: CompileSettings | None = None) -> int:
-    """Compile each module in place (`nn.Module.compile`, fullgraph); returns how many were compiled."""
+    """Compile each module in place (`nn.Module.compile`, fullgraph); returns how many were compiled. Their
+    compilations (at the first calls) are logged by `compile_watch()`."""
     options = (settings or CompileSettings()).options()
+    compile_watch()
     count = 0
     for module in regions:
         module.compile(**options)

@@ -257,3 +257,18 @@ def test_each_equivariance_geometry_compiles_once():
     with no_recompilation():
         for i, geometry in enumerate(geometries):
             step(3 + i, geometry)
+
+
+def test_no_compiled_region_holds_a_spectral_norm_convolution():
+    """Inductor (not aot_eager) saves a spectral-norm convolution's in-place-updated power-iteration buffer itself
+    for the backward, so the D step's second call breaks the first call's backward: measured at full size
+    (benchmarks/compile_time.py, stage 0) and with one compiled SpectralNormConv1d called twice. The projected
+    discriminator's heads therefore stay eager; its DINO blocks are compiled."""
+    from vfmvae.tokenizer_training.spectral_norm import SpectralNormConv1d
+    from vfmvae.training.compile import tokenizer_regions
+
+    step = _TokenizerStep(STAGES["stage3"], None)
+    regions = tokenizer_regions(step.g, step.d, step.p)
+    assert any(region in regions for region in step.d.dino.blocks)
+    spectral = [m for region in regions for m in region.modules() if isinstance(m, SpectralNormConv1d)]
+    assert not spectral and any(isinstance(m, SpectralNormConv1d) for m in step.d.heads.modules())

@@ -192,7 +192,7 @@ def tokenizer_regions(
 ) -> list[nn.Module]:
     """The repeated blocks of tokenizer training: the frozen VFM's layers, the encoder's and decompressor's
     attention-projection blocks, the decoder's modulated ConvNeXt layers and self-attention blocks, the projected
-    discriminator's DINO blocks and heads, the PatchGAN and LPIPS. The wrappers around them (the VFM's resizing,
+    discriminator's DINO blocks (not its spectral-norm heads), the PatchGAN and LPIPS. The wrappers around them (the VFM's resizing,
     DiffAugment's host draws, the equivariance transforms, the synthesis loop) stay eager."""
     from vfmvae.tokenizer.layers import AttnProjection
 
@@ -203,7 +203,11 @@ def tokenizer_regions(
     for block in generator.synthesis.blocks:
         regions += [*block.layers, *block.attns]
     if projected is not None:
-        regions += [*projected.dino.blocks, *projected.heads]
+        # the DINO blocks only: the heads' spectral-norm convolutions update their power-iteration buffers in place
+        # at every training call, and inductor saves the updated buffer itself for the backward (not the clone
+        # that eager and aot_eager keep), so D's second call (fake after real) breaks the first call's backward
+        # ("modified by an inplace operation"). The heads are small 1-D convolutions; they stay eager.
+        regions += list(projected.dino.blocks)
     regions += [module for module in (patchgan, lpips) if module is not None]
     return regions
 

@@ -527,7 +527,7 @@ def run_rows(out: Path, dry: bool, rows: list[str] | None = None, limit_scale: f
         rate = float(found.group(1)) if found else None
         return {
             "images_per_s": rate,
-            "detail": f"50,000 samples: {50_000 / rate / 3600:.2f} h at this rate on one GPU" if rate else "",
+            "detail": f"50,000 samples: {50_000 / rate / 3600:.2f} h at this rate on this device" if rate else "",
         }
 
     def eval_gen():

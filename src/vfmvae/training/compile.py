@@ -192,8 +192,8 @@ def tokenizer_regions(
 ) -> list[nn.Module]:
     """The repeated blocks of tokenizer training: the frozen VFM's layers, the encoder's and decompressor's
     attention-projection blocks, the decoder's modulated ConvNeXt layers and self-attention blocks, the projected
-    discriminator's DINO blocks (not its spectral-norm heads), the PatchGAN and LPIPS. The wrappers around them (the VFM's resizing,
-    DiffAugment's host draws, the equivariance transforms, the synthesis loop) stay eager."""
+    discriminator's DINO blocks (not its spectral-norm heads), the PatchGAN and LPIPS. The wrappers around them
+    (the VFM's resizing, DiffAugment's host draws, the equivariance transforms, the synthesis loop) stay eager."""
     from vfmvae.tokenizer.layers import AttnProjection
 
     regions = _vfm_layer_regions(generator.vfm.model)

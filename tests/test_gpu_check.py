@@ -146,3 +146,25 @@ def test_rows_run_with_the_rows_they_need_in_order():
     assert gpu_check.with_dependencies(["reg-sit-xl1", "cuda-tests"]) == ["cuda-tests", "reg-sit-xl1"]
     assert gpu_check.with_dependencies(ROWS) == ROWS
     assert sum(gpu_check.ROW_LIMITS[name] for name in ROWS) <= 8 * 60 - 20  # the set-up and every row inside 8 min
+
+
+def test_the_compile_log_lines_are_the_ones_gpu_check_reads(caplog):
+    """training/compile.py's CompileWatch lines, as a real compilation logs them, give gpu_check its compile seconds
+    and its 'compiling graph N' for a row stopped mid-compilation."""
+    import logging
+
+    import torch
+
+    from vfmvae.training.compile import CompileSettings, compile_regions
+
+    module = torch.nn.Linear(3, 2)
+    compile_regions([module], CompileSettings(backend="aot_eager"))
+    with caplog.at_level(logging.INFO, logger="vfmvae.training.compile"):
+        module(torch.randn(4, 3, requires_grad=True)).sum().backward()  # a forward, then a backward graph
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    assert text.count("compiling graph") == 2 and text.count("compiled graph") == 2, text
+    assert gpu_check.compile_seconds(text) is not None and gpu_check.compile_seconds(text) >= 0
+    last_start = text.rindex("compiling graph")
+    stalled = text[: text.index("\n", last_start)]  # as if the process stopped while compiling the backward
+    assert gpu_check.what_it_was_doing(stalled).startswith("compiling graph ")
+    assert "(backward, compile id" in gpu_check.what_it_was_doing(stalled)

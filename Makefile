@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-PYTEST_ARGS ?=
+# two pytest-xdist workers, one per core (tests/conftest.py gives each one torch thread)
+PYTEST_ARGS ?= -n 2 --durations=25
 
 .PHONY: demo test lint gpu-check install lock clean help
 
@@ -37,7 +38,7 @@ gpu-check: $(STAMP)
 	$(BIN)/python benchmarks/gpu_check.py --json runs/gpu-check/rows.jsonl --out runs/gpu-check
 
 demo: $(STAMP)
-	$(BIN)/python -m vfmvae.demo --out runs/demo
+	$(BIN)/python -m vfmvae pipeline run configs/pipeline/demo.yaml
 
 lock:
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock

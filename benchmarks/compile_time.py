@@ -129,9 +129,9 @@ def tokenizer_compile_time(stage: str, batch: int, steps: int, work: Path, setti
         f"run.total_images={batch * steps}",
         "run.precision=" + ("bf16" if torch.cuda.is_available() else "fp32"),
         "run.compile=true",
-        "run.log_every=1",
-        "run.grid_every=0",
-        "run.checkpoint_every=100000",
+        f"run.log_every_images={batch}",  # every step
+        "run.grid_every_images=0",
+        f"run.checkpoint_every_images={batch * 100_000}",
     ]
     cfg = load_config(TokenizerTrainConfig, recipe, overrides)
     watch = compile_watch()
@@ -161,7 +161,7 @@ def tokenizer_compile_time(stage: str, batch: int, steps: int, work: Path, setti
 
 
 def _records_file_writer(run_dir: Path, on_first_record) -> Callable[[], None]:
-    """Calls `on_first_record` when the run writes its first metrics record (step 1 finished, run.log_every 1);
+    """Calls `on_first_record` when the run writes its first metrics record (step 1 finished, a record every step);
     returns the undo. Without TrainingRun.write_record (a renamed API) nothing is patched and the caller reports
     the compile seconds of all steps."""
     from vfmvae.training.run import TrainingRun

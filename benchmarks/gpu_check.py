@@ -379,11 +379,11 @@ def run_rows(out: Path, dry: bool, rows: list[str] | None = None, limit_scale: f
             "--set",
             f"run.total_images={batch * s['stage0_steps']}",
             "--set",
-            "run.log_every=1",
+            f"run.log_every_images={batch}",  # every step
             "--set",
-            "run.grid_every=100000",
+            f"run.grid_every_images={batch * 100_000}",
             "--set",
-            "run.checkpoint_every=100000",
+            f"run.checkpoint_every_images={batch * 100_000}",
             *_common_sets(run_dir, s),
             *extra,
         )
@@ -441,11 +441,11 @@ def run_rows(out: Path, dry: bool, rows: list[str] | None = None, limit_scale: f
             "--set",
             f"run.total_images={s['dit_steps'] * s['dit_batch']}",
             "--set",
-            f"run.log_every={s['dit_log']}",
+            f"run.log_every_images={s['dit_log'] * s['dit_batch']}",
             "--set",
-            "run.grid_every=0",
+            "run.grid_every_images=0",
             "--set",
-            "run.checkpoint_every=100000",
+            f"run.checkpoint_every_images={100_000 * s['dit_batch']}",
             *_common_sets(run_dir, s),
         )
         text = _run(cmd, out / "diffusion.log", limit("diffusion-xl1"), "diffusion-xl1", run_dir)

@@ -12,6 +12,7 @@ import torch
 from common import cuda_memory, emit
 
 from vfmvae.tokenizer import VFMVAE, VFMVAEConfig
+from vfmvae.vfm import VFMSpec
 
 
 def main() -> None:
@@ -25,7 +26,7 @@ def main() -> None:
     p.add_argument("--json", default=None)
     args = p.parse_args()
     torch.manual_seed(0)
-    model = VFMVAE(VFMVAEConfig()).to(args.device).eval()
+    model = VFMVAE(VFMVAEConfig(vfm=VFMSpec(random_init=True))).to(args.device).eval()  # no weights needed
     if args.channels_last:
         model.synthesis.to(memory_format=torch.channels_last)
     images = torch.rand(args.batch, 3, args.size, args.size, device=args.device)

@@ -49,9 +49,9 @@ def main() -> None:
             f"run.batch_size={args.batch}",
             f"run.total_images={args.batch * args.steps}",
             f"run.precision={args.precision}",
-            "run.log_every=1",
-            "run.grid_every=100000",
-            "run.checkpoint_every=100000",
+            f"run.log_every_images={args.batch}",
+            f"run.grid_every_images={args.batch * 100_000}",
+            f"run.checkpoint_every_images={args.batch * 100_000}",
         ]
         cfg = load_config(TokenizerTrainConfig, ROOT / "configs" / "tokenizer" / "stage0.yaml", overrides)
         train_tokenizer(cfg, resume="none", progress=False)

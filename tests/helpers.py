@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,25 @@ def on_tensor_readback(hook: Callable[[str], None]) -> Iterator[None]:
     finally:
         for name, original in saved.items():
             setattr(torch.Tensor, name, original)
+
+
+def sets(*overrides: str) -> list[str]:
+    """`--set` before each recipe override: the command-line form of `load_config`'s override list."""
+    return [arg for override in overrides for arg in ("--set", override)]
+
+
+def train_argv(kind: str, recipe: str | Path, *overrides: str) -> list[str]:
+    """The arguments of `vfmvae train KIND --recipe RECIPE --set OVERRIDE ...` (for `vfmvae.cli.main` or
+    `python_m_vfmvae`)."""
+    return ["train", kind, "--recipe", str(recipe), *sets(*overrides)]
+
+
+def python_m_vfmvae(args: list[str], processes: int = 0) -> list[str]:
+    """`python -m vfmvae ARGS` as a subprocess command; under torchrun with `processes` processes when > 0."""
+    launcher = [sys.executable]
+    if processes:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+    return [*launcher, "-m", "vfmvae", *args]
 
 
 TINY_TOKENIZER = Path(__file__).parent / "data" / "official_tokenizer_tiny"

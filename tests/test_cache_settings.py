@@ -1,4 +1,4 @@
-"""Issue 23: a latent cache records the settings that define it and refuses a re-run or resume that differs
+"""A latent cache records the settings that define it and refuses a re-run or resume that differs
 (tokenizer content, data listing, flags, batch size); non-finite latents are never written."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Conventions every `vfmvae` command follows (issue 21, CLI; issue 20 part 5, names): defaults in every help, no
+"""Conventions every `vfmvae` command follows: defaults in every help, no
 abbreviations, typo suggestions with the subcommand's usage, `-v` after the command without third-party debug lines,
 one option naming scheme with deprecated spellings, modules named after commands, and the README's commands parse."""
 
@@ -286,7 +286,7 @@ def test_readme_docs_and_recipe_commands_parse_with_the_current_names(capsys):
         assert "deprecated" not in err, f"{source}: `vfmvae {shlex.join(argv)}` uses an old spelling: {err}"
 
 
-# --- names (issue 20, part 5) ------------------------------------------------------------------------------
+# --- names ------------------------------------------------------------------------------------------------------
 
 
 def test_diffusion_registry_names_say_what_they_are():

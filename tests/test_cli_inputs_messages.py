@@ -1,4 +1,4 @@
-"""Inputs and messages a new user meets (issue 33 items 9 and 10): one data-source rule, errors that keep the
+"""Inputs and messages a new user meets: one data-source rule, errors that keep the
 useful part, folders passed to the wrong option, class names, offline evaluation from the CLI, evaluation settings
 of an existing run."""
 
@@ -156,7 +156,7 @@ def test_evaluation_settings_can_be_turned_on_for_an_existing_run(tmp_path, caps
     run = tmp_path / "run"
     run.mkdir()
     write_run_config(run, recipe())
-    on = recipe("eval.enabled=true", "eval.every=50", "eval.inception=random-init:0")
+    on = recipe("eval.enabled=true", "eval.every_images=1600", "eval.inception=random-init:0")
     claim_run_folder(run, on, "auto").release()
     out = capsys.readouterr().out
     assert "evaluation settings changed for this run (eval.enabled: False -> True; eval.every" in out

@@ -12,6 +12,7 @@ from vfmvae.data import (
     DataConfig,
     DataStream,
     ImageFolderDataset,
+    ImageOptions,
     ResumableSampler,
     SkipCounter,
     TarShardDataset,
@@ -36,7 +37,7 @@ def test_synthetic_set_is_deterministic_balanced_and_labelled(tmp_path, syntheti
     )
     assert _digest(tmp_path / "images") == _digest(synthetic_dir / "images")
     assert _digest(tmp_path / "shards") == _digest(synthetic_dir / "shards")
-    ds = ImageFolderDataset(synthetic_dir / "images", 32)
+    ds = ImageFolderDataset(synthetic_dir / "images", ImageOptions(32))
     assert ds.classes == class_names(4) and len(ds) == 64
     assert np.bincount(ds.labels).tolist() == [16, 16, 16, 16]
     # classes are visibly different: mean colours of class means are far apart
@@ -50,9 +51,9 @@ def test_synthetic_set_is_deterministic_balanced_and_labelled(tmp_path, syntheti
 
 
 def test_folder_and_shards_hold_the_same_samples(synthetic_dir):
-    folder = ImageFolderDataset(synthetic_dir / "images", 32)
+    folder = ImageFolderDataset(synthetic_dir / "images", ImageOptions(32))
     by_name = {Path(folder.files[i]).stem: (folder[i]["image"], folder.labels[i]) for i in range(len(folder))}
-    shards = TarShardDataset(synthetic_dir / "shards", 32, loop=False)
+    shards = TarShardDataset(synthetic_dir / "shards", ImageOptions(32), loop=False)
     items = list(shards)
     assert len(items) == 64
     for it in items:
@@ -63,7 +64,7 @@ def test_folder_and_shards_hold_the_same_samples(synthetic_dir):
 def test_flat_folder_is_unlabeled(tmp_path):
     for i in range(3):
         Image.new("RGB", (40, 30), (i * 50, 0, 0)).save(tmp_path / f"{i}.png")
-    ds = ImageFolderDataset(tmp_path, 16)
+    ds = ImageFolderDataset(tmp_path, ImageOptions(16))
     assert ds.classes == [] and [ds[i]["label"] for i in range(3)] == [-1, -1, -1]
     assert ds[0]["image"].shape == (3, 16, 16) and ds[0]["image"].dtype == torch.uint8
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import train_argv
 
 from vfmvae import distributed as dist_utils
 
@@ -105,24 +106,17 @@ def test_two_process_training_keeps_every_collective_on_the_device(tmp_path, syn
     data = synthetic_dir / "images"
     _torchrun(
         2,
-        "train",
-        "tokenizer",
-        "--recipe",
-        str(ROOT / "configs" / "tokenizer" / "tiny.yaml"),
-        "--set",
-        f"run.dir={tmp_path / 'tok'}",
-        "--set",
-        f"data.source={data}",
-        "--set",
-        "data.num_workers=0",
-        "--set",
-        "run.batch_size=4",
-        "--set",
-        "run.total_images=8",
-        "--set",
-        "run.log_every=1",
-        "--set",
-        "run.checkpoint_every=1",
+        *train_argv(
+            "tokenizer",
+            ROOT / "configs" / "tokenizer" / "tiny.yaml",
+            f"run.dir={tmp_path / 'tok'}",
+            f"data.source={data}",
+            "data.num_workers=0",
+            "run.batch_size=4",
+            "run.total_images=8",
+            "run.log_every_images=4",
+            "run.checkpoint_every_images=4",
+        ),
     )
     assert (tmp_path / "tok" / "export" / "model.safetensors").is_file()
     official = ROOT / "tests" / "data" / "official_tokenizer_tiny"
@@ -153,23 +147,16 @@ def test_two_process_training_keeps_every_collective_on_the_device(tmp_path, syn
     )
     _torchrun(
         2,
-        "train",
-        "diffusion",
-        "--recipe",
-        str(ROOT / "configs" / "diffusion" / "tiny.yaml"),
-        "--set",
-        f"data.cache={tmp_path / 'cache'}",
-        "--set",
-        f"run.dir={tmp_path / 'dit'}",
-        "--set",
-        "run.grid_every=0",
-        "--set",
-        "run.total_images=64",
-        "--set",
-        "run.log_every=1",
-        "--set",
-        "run.checkpoint_every=1",
-        "--set",
-        "data.num_workers=0",
+        *train_argv(
+            "diffusion",
+            ROOT / "configs" / "diffusion" / "tiny.yaml",
+            f"data.cache={tmp_path / 'cache'}",
+            f"run.dir={tmp_path / 'dit'}",
+            "run.grid_every_images=0",
+            "run.total_images=64",
+            "run.log_every_images=32",  # every step of the recipe's batch 32
+            "run.checkpoint_every_images=32",
+            "data.num_workers=0",
+        ),
     )
     assert (tmp_path / "dit" / "export").is_dir()

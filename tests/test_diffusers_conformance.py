@@ -1,4 +1,4 @@
-"""Our diffusers classes behave as diffusers' own model and pipeline tests expect (issue 33, items 1-5).
+"""Our diffusers classes behave as diffusers' own model and pipeline tests expect.
 
 diffusers' test mixins (`ModelTesterMixin`, `AutoencoderTesterMixin`, `PipelineTesterMixin`) are not shipped in
 its wheel or its PyPI source distribution, so they cannot run here; these tests check, in our own code, the

@@ -72,7 +72,7 @@ def test_tokenizer_round_trip_ours_diffusers_ours(models, tmp_path):
         g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
         torch.testing.assert_close(theirs.sample(generator=g1), mine.sample(g2), rtol=0, atol=1e-5)
         z = mine.mode()
-        reference = ours.decode(z)  # decoding is the slow part on CPU: once per path
+        reference = ours.decode(z).sample  # decoding is the slow part on CPU: once per path
         (image,) = loaded.decode(z, return_dict=False)
         torch.testing.assert_close(image, reference, rtol=0, atol=1e-5)
         (posterior,) = loaded.encode(x01 * 2 - 1, return_dict=False)

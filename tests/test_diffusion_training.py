@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import on_tensor_readback
+from helpers import on_tensor_readback, python_m_vfmvae, train_argv
 from safetensors.torch import load_file
 
 from vfmvae.config import ConfigError, load_config
@@ -23,7 +23,7 @@ def _cfg(cache, run_dir, *overrides):
     return load_config(
         DiffusionTrainConfig,
         ROOT / "configs" / "diffusion" / "tiny.yaml",
-        [f"data.cache={cache}", f"run.dir={run_dir}", "run.grid_every=0", *overrides],
+        [f"data.cache={cache}", f"run.dir={run_dir}", "run.grid_every_images=0", *overrides],
     )
 
 
@@ -33,7 +33,10 @@ def _losses(run_dir):
 
 def test_tiny_recipe_loss_falls_and_exports(cache, tmp_path):
     summary = train_diffusion(
-        _cfg(cache, tmp_path / "run", "run.total_images=4800", "run.log_every=10", "run.grid_every=150"), progress=False
+        _cfg(
+            cache, tmp_path / "run", "run.total_images=4800", "run.log_every_images=320", "run.grid_every_images=4800"
+        ),
+        progress=False,
     )
     mse = _losses(tmp_path / "run")
     first, last = sum(mse[:2]) / 2, sum(mse[-2:]) / 2
@@ -59,7 +62,7 @@ def test_tiny_recipe_loss_falls_and_exports(cache, tmp_path):
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(cache, tmp_path):
-    common = ("run.checkpoint_every=3", "run.batch_size=8", "run.log_every=1")
+    common = ("run.checkpoint_every_images=24", "run.batch_size=8", "run.log_every_images=8")  # 3 steps, 1 step
     train_diffusion(_cfg(cache, tmp_path / "full", "run.total_images=56", *common), progress=False)
     train_diffusion(_cfg(cache, tmp_path / "split", "run.total_images=24", *common), progress=False)  # "killed" at 3
     train_diffusion(_cfg(cache, tmp_path / "split", "run.total_images=56", *common), progress=False)  # resumed
@@ -82,7 +85,7 @@ def test_reg_recipe_with_class_token_runs(cache, tmp_path):
         "transport.cosine_weight=0",
         "transport.cls_weight=0.03",
         "run.total_images=128",
-        "run.log_every=1",
+        "run.log_every_images=32",
         "run.gradient_checkpointing=true",
     )
     summary = train_diffusion(cfg, progress=False)
@@ -102,25 +105,15 @@ def test_configuration_errors_name_the_problem(cache, tmp_path, synthetic_dir):
 def test_train_diffusion_command(cache, tmp_path, capsys):
     from vfmvae.cli import main
 
-    assert (
-        main(
-            [
-                "train",
-                "diffusion",
-                "--recipe",
-                str(ROOT / "configs/diffusion/tiny.yaml"),
-                "--set",
-                f"data.cache={cache}",
-                "--set",
-                f"run.dir={tmp_path / 'cli'}",
-                "--set",
-                "run.total_images=64",
-                "--set",
-                "run.grid_every=0",
-            ]
-        )
-        == 0
+    args = train_argv(
+        "diffusion",
+        ROOT / "configs/diffusion/tiny.yaml",
+        f"data.cache={cache}",
+        f"run.dir={tmp_path / 'cli'}",
+        "run.total_images=64",
+        "run.grid_every_images=0",
     )
+    assert main(args) == 0
     assert "trained 2 steps" in capsys.readouterr().out
     assert main(["diffusion", "list"]) == 0
     assert "lightningdit-xl/1" in capsys.readouterr().out
@@ -191,44 +184,28 @@ def test_two_processes_and_accumulation_equal_one_process(cache, tmp_path):
     """Draws are made per global batch and sliced per sample, so 2 ranks x 4 = 1 process x 8 = 4 micro-batches of 2."""
     import os
     import subprocess
-    import sys
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    common = [
-        "train",
-        "diffusion",
-        "--recipe",
-        str(ROOT / "configs/diffusion/tiny.yaml"),
-        "--set",
+    common = (
         f"data.cache={cache}",
-        "--set",
-        "run.grid_every=0",
-        "--set",
+        "run.grid_every_images=0",
         "run.batch_size=8",
-        "--set",
         "run.total_images=32",
-        "--set",
-        "run.checkpoint_every=100",
-        "--set",
-        "run.log_every=1",
-    ]
+        "run.checkpoint_every_images=800",
+        "run.log_every_images=8",
+    )
     runs = {}
     for name, micro, nproc in (("one", 8, 0), ("accum", 2, 0), ("two", 4, 2)):
-        launcher = (
-            [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-            if nproc
-            else [sys.executable]
-        )
-        cmd = launcher + [
-            "-m",
-            "vfmvae",
+        args = train_argv(
+            "diffusion",
+            ROOT / "configs/diffusion/tiny.yaml",
             *common,
-            "--set",
             f"run.dir={tmp_path / name}",
-            "--set",
             f"run.micro_batch={micro}",
-        ]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        )
+        proc = subprocess.run(
+            python_m_vfmvae(args, processes=nproc), env=env, capture_output=True, text=True, timeout=600
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[name] = load_file(tmp_path / name / "checkpoints" / "step-00000004" / "model.safetensors")
     init = train_diffusion(_cfg(cache, tmp_path / "init", "run.total_images=0"), progress=False)
@@ -251,8 +228,10 @@ def test_training_loop_reads_nothing_back_between_logging_points(cache, tmp_path
     package = str(Path(vfmvae.__file__).resolve().parent)
     training_code = (
         "diffusion_training/trainer.py",
+        "diffusion_training/objective.py",
         "diffusion_training/draws.py",
         "training/run.py",
+        "training/state.py",
         "training/step.py",
         "training/ema.py",
         "diffusion/transport.py",
@@ -274,8 +253,8 @@ def test_training_loop_reads_nothing_back_between_logging_points(cache, tmp_path
                     cache,
                     tmp_path / f"run{steps}",
                     f"run.total_images={32 * steps}",
-                    f"run.log_every={steps}",
-                    f"run.checkpoint_every={steps}",
+                    f"run.log_every_images={32 * steps}",
+                    f"run.checkpoint_every_images={32 * steps}",
                     "data.num_workers=0",
                 ),
                 progress=False,

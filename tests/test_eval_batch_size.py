@@ -74,8 +74,8 @@ def test_reconstruction_metrics_do_not_depend_on_the_batch_size(tmp_path, setup,
         images[bs] = _pngs(out / "images")
         psnr[bs] = json.loads((out / "reconstruct.json").read_text())["psnr_mean"]  # `vfmvae reconstruct`'s
         cfg = EvalConfig(
-            enabled=True, every=1, data=str(setup["data"]), num_images=10, batch_size=bs, inception="random-init:7",
-            lpips="random-init:7", grid=0,
+            enabled=True, every_images=8, data=str(setup["data"]), num_images=10, batch_size=bs,
+            inception="random-init:7", lpips="random-init:7", grid=0,
         )  # fmt: skip
         record = build_evaluator(cfg, tmp_path / f"run-{bs}", kind="tokenizer").maybe_run(model=model, step=1, images=8)
         online[bs] = {k: record[f"eval/{k}"] for k in METRICS}

@@ -1,4 +1,4 @@
-"""Issue 20 part 3: one `LatentStats` (vfmvae.latents.stats) for every place that normalises latents or reads their
+"""One `LatentStats` (vfmvae.latents.stats) for every place that normalises latents or reads their
 statistics, with a check that the statistics belong to the tokenizer they are used with, and `vfmvae sample` from a
 Hub id finding the statistics inside the downloaded snapshot."""
 
@@ -113,6 +113,17 @@ def test_the_three_files_give_the_same_statistics_and_save_round_trips(tmp_path)
         from_cache.tokenizer_sha256,
         from_cache.cache,
     )
+
+
+def test_a_cache_manifest_holds_its_statistics_with_the_tokenizer_digest(tiny_latent_cache, tmp_path):
+    manifest = json.loads((tiny_latent_cache / "cache.json").read_text())
+    settings = json.loads((tiny_latent_cache / "settings.json").read_text())
+    assert manifest["tokenizer_sha256"] == settings["tokenizer_sha256"] == model_folder_digest(manifest["tokenizer"])
+    # the manifest alone is enough: a copy without settings.json still knows its tokenizer's content
+    shutil.copy(tiny_latent_cache / "cache.json", tmp_path / "cache.json")
+    stats = LatentStats.load(tmp_path / "cache.json")
+    assert stats.tokenizer_sha256 == settings["tokenizer_sha256"]
+    assert stats.to_dict()["mean"] == [float(torch.tensor(m, dtype=torch.float32)) for m in manifest["mean"]]
 
 
 def test_bad_statistics_files_are_one_clear_line(tmp_path):

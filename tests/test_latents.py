@@ -28,7 +28,7 @@ def _cache(tokenizer, data, out, **kw):
 
 
 def test_cache_contents_statistics_and_flip(tmp_path, tokenizer, synthetic_dir):
-    from vfmvae.data import ImageFolderDataset, to_float01
+    from vfmvae.data import ImageFolderDataset, ImageOptions, to_float01
     from vfmvae.tokenizer import VFMVAE
 
     info = _cache(tokenizer, synthetic_dir / "images", tmp_path / "c", flip=True, vfm_features="dinov2-test")
@@ -41,7 +41,7 @@ def test_cache_contents_statistics_and_flip(tmp_path, tokenizer, synthetic_dir):
     assert normed.mean((0, 2, 3)).abs().max() < 1e-4 and (normed.std((0, 2, 3)) - 1).abs().max() < 0.02
     # item 0 is the tokenizer's posterior mean of the first image
     model = VFMVAE.from_pretrained(tokenizer)
-    image = ImageFolderDataset(synthetic_dir / "images", 64)[0]["image"]
+    image = ImageFolderDataset(synthetic_dir / "images", ImageOptions(64))[0]["image"]
     with torch.no_grad():
         torch.testing.assert_close(raw[0], model.encode(to_float01(image)[None]).mean[0], rtol=1e-4, atol=1e-4)
     assert ds[0]["label"] == 0 and ds[0]["vfm_features"].shape == (64, 64) and ds[0]["vfm_cls"].shape == (64,)
@@ -54,7 +54,7 @@ def test_cache_contents_statistics_and_flip(tmp_path, tokenizer, synthetic_dir):
 
     # DINOv2 targets are cached as REG prepares them
     vfm = reg_dinov2_targets(build_vfm(VFMSpec("dinov2-test", layers=(-1,))), 64)
-    image = to_float01(ImageFolderDataset(synthetic_dir / "images", 64)[changed[0]]["image"])[None]
+    image = to_float01(ImageFolderDataset(synthetic_dir / "images", ImageOptions(64))[changed[0]]["image"])[None]
     expected = vfm(image.flip(-1)).tokens[0][0].half().float()
     torch.testing.assert_close(flipped[changed[0]]["vfm_features"], expected)
     assert not torch.allclose(ds[changed[0]]["vfm_features"], expected)

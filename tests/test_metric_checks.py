@@ -1,4 +1,4 @@
-"""Issue 23: metrics that would be silently wrong warn or refuse: PSNR/SSIM on [0, 1] floats, CKNNA outside
+"""Metrics that would be silently wrong warn or refuse: PSNR/SSIM on [0, 1] floats, CKNNA outside
 [-1, 1], FID from too few samples, an Inception file that is not the FID one."""
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ def _recon_cfg(models, **kw):
     return EvalConfig(
         **{
             "enabled": True,
-            "every": 2,
+            "every_images": 16,  # every 2 steps of 8
             "data": str(models["data"]),
             "num_images": 10,
             "batch_size": 10,
@@ -211,7 +211,7 @@ def test_missing_weights_give_one_warning_and_skip(tmp_path, models, stubs, capf
     from vfmvae.sampling.pipeline import LatentStats
 
     gen = build_evaluator(
-        EvalConfig(enabled=True, every=1, ref=str(models["ref"])),
+        EvalConfig(enabled=True, every_images=8, ref=str(models["ref"])),
         tmp_path / "dit",
         kind="diffusion",
         tokenizer=tok,
@@ -254,8 +254,8 @@ def test_eval_section_is_validated_before_any_work(tmp_path):
 
     with pytest.raises(ConfigError, match="bogus"):
         config_from_dict(EvalConfig, {"enabled": True, "bogus": 1}, source="recipe.yaml")
-    with pytest.raises(ValueError, match="eval.every"):
-        EvalConfig(every=0)
+    with pytest.raises(ValueError, match="eval.every_images"):
+        EvalConfig(every_images=0)
     with pytest.raises(ValueError, match="eval.keep_best"):
         EvalConfig(keep_best="accuracy")
     with pytest.raises(ValueError, match="eval.data"):
@@ -356,10 +356,10 @@ def _diffusion_cfg(cache, run_dir, ref, *overrides):
         [
             f"data.cache={cache}",
             f"run.dir={run_dir}",
-            "run.grid_every=0",
+            "run.grid_every_images=0",
             "run.batch_size=8",
-            "run.log_every=1",
-            "run.checkpoint_every=2",
+            "run.log_every_images=8",  # every step
+            "run.checkpoint_every_images=16",
             f"eval.ref={ref}",
             "eval.num_samples=10",
             "eval.batch_size=10",
@@ -386,7 +386,7 @@ def _assert_same_weights(a, b):
 def test_diffusion_run_with_evaluation_trains_the_same_weights(tmp_path, models, latent_cache, stubs):
     from vfmvae.diffusion_training import train_diffusion
 
-    common = ("run.total_images=32", "eval.every=2")
+    common = ("run.total_images=32", "eval.every_images=16")
     train_diffusion(_diffusion_cfg(latent_cache, tmp_path / "off", models["ref"], *common), progress=False)
     train_diffusion(
         _diffusion_cfg(latent_cache, tmp_path / "on", models["ref"], *common, "eval.enabled=true"), progress=False
@@ -421,7 +421,12 @@ def test_killed_diffusion_run_resumes_without_re_evaluating(tmp_path, models, la
         return record
 
     cfg = _diffusion_cfg(
-        latent_cache, tmp_path / "run", models["ref"], "run.total_images=48", "eval.every=3", "eval.enabled=true"
+        latent_cache,
+        tmp_path / "run",
+        models["ref"],
+        "run.total_images=48",
+        "eval.every_images=24",
+        "eval.enabled=true",
     )
     monkeypatch.setattr(online.OnlineEvaluator, "maybe_run", killed_after_step_3)
     with pytest.raises(KeyboardInterrupt):
@@ -453,12 +458,12 @@ def test_tokenizer_run_with_evaluation_trains_the_same_weights(tmp_path, synthet
                 "data.num_workers=0",
                 "run.batch_size=4",
                 "run.total_images=8",
-                "run.log_every=1",
-                "run.grid_every=0",
+                "run.log_every_images=4",
+                "run.grid_every_images=0",
                 f"eval.data={synthetic_dir / 'images'}",
                 "eval.num_images=10",
                 "eval.batch_size=10",
-                "eval.every=2",
+                "eval.every_images=8",
                 "eval.inception=random-init:7",
                 "eval.grid=2",
                 *extra,

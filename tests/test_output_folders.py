@@ -1,4 +1,4 @@
-"""Issue 23: output folders never lose what we did not write, and are created with the user's umask."""
+"""Output folders never lose what we did not write, and are created with the user's umask."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The report says what its figures show (issue 33 items 8 and 9): sample-grid captions from the labels drawn, and
+"""The report says what its figures show: sample-grid captions from the labels drawn, and
 curves with plain tick values (no offset notation)."""
 
 from __future__ import annotations

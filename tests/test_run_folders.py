@@ -1,4 +1,4 @@
-"""Issue 23: a training run folder belongs to one run (recipe, kind, fresh start, lock, incomplete or corrupted
+"""A training run folder belongs to one run (recipe, kind, fresh start, lock, incomplete or corrupted
 checkpoints), and nothing is written into it before the checks pass."""
 
 from __future__ import annotations
@@ -12,32 +12,14 @@ import pytest
 from vfmvae.checkpoint import CheckpointFormatError
 from vfmvae.config import load_config
 from vfmvae.diffusion_training import DiffusionTrainConfig, train_diffusion
-from vfmvae.latents import cache_latents
 from vfmvae.training.run_folder import RunFolderError
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "tests" / "data" / "official_tokenizer_tiny"
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory, synthetic_dir):
-    from vfmvae.tokenizer.convert import convert_official_tokenizer
-
-    root = tmp_path_factory.mktemp("runfolders")
-    convert_official_tokenizer(
-        DATA / "config.yaml", DATA / "official_G.safetensors", DATA / "siglip2-tiny-patch16", root / "tok"
-    )
-    cache_latents(
-        root / "tok",
-        synthetic_dir / "images",
-        root / "cache",
-        vfm_features="dinov2-test",
-        batch_size=32,
-        num_workers=0,
-        device="cpu",
-        progress=False,
-    )
-    return root / "cache"
+def cache(tiny_latent_cache):
+    return tiny_latent_cache
 
 
 def _cfg(cache, run_dir, *overrides):
@@ -47,12 +29,12 @@ def _cfg(cache, run_dir, *overrides):
         [
             f"data.cache={cache}",
             f"run.dir={run_dir}",
-            "run.grid_every=0",
+            "run.grid_every_images=0",
             "data.flip=false",
             "run.batch_size=8",
             "run.total_images=16",
-            "run.checkpoint_every=1",
-            "run.log_every=1",
+            "run.checkpoint_every_images=8",  # every step
+            "run.log_every_images=8",
             *overrides,
         ],
     )
@@ -161,8 +143,9 @@ def test_a_same_size_corruption_of_checkpoint_weights_is_detected(cache, tmp_pat
 
 
 def test_resume_fresh_deletes_exactly_what_its_help_names(tmp_path, capsys):
-    """Issue 33 item 7: fresh removed RUN/samples, snapshots and tensorboard though its help did not name them; it
-    kept RUN/eval and RUN/best, so a new run took the old run's evaluation points as done."""
+    """`--resume fresh` removes exactly the outputs its help names (checkpoints, metrics, grids, exports, tensorboard,
+    RUN/eval and RUN/best: a new run must not take the old run's evaluation points as done) and keeps the rest (a
+    user's RUN/samples, old snapshots, their own files)."""
     from vfmvae.cli import build_parser
     from vfmvae.training.run_folder import RUN_OUTPUTS, claim_run_folder
 
@@ -192,9 +175,8 @@ def test_resume_fresh_deletes_exactly_what_its_help_names(tmp_path, capsys):
 
 
 def test_training_longer_keeps_the_export_others_built_on(cache, tmp_path):
-    """Issue 33 item 6: raising run.total_images rewrote RUN/export in place; now each export has its own folder,
-    RUN/export points at the newest, and what a cache or sample folder recorded (the resolved path and the content
-    digest) stays as it was."""
+    """Raising run.total_images adds an export: each export has its own folder, RUN/export points at the newest, and
+    what a cache or sample folder recorded (the resolved path and the content digest) stays as it was."""
     from vfmvae.checkpoint.digest import model_folder_digest
 
     run = tmp_path / "run"

@@ -1,4 +1,4 @@
-"""Issue 23: sampler arguments are validated in the config objects, non-finite samples are never written, a resumed
+"""Sampler arguments are validated in the config objects, non-finite samples are never written, a resumed
 `sample` verifies the models' contents, a stored tokenizer path resolves from the model folder, and a foreign
 non-empty --out is refused."""
 

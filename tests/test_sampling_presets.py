@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import train_argv
 from safetensors.torch import load_file
 
 from vfmvae.sampling import class_labels, sde_grid, time_grid
@@ -54,6 +55,26 @@ def test_reg_sde_preset_is_the_official_sample_sh():
     for t in grid[:-1].tolist():
         assert p.guidance.active(t) == (0.0 <= t <= 0.8)
     assert from_reg(num_steps=250, cfg_scale=4.0, cls_cfg_scale=4.0, guidance_high=0.8) == p
+
+
+def test_each_preset_names_its_checkpoint_and_the_80_epoch_reg_setting_is_reachable():
+    """reg-sde-80ep: sample.sh without guidance (the 80-epoch model is published w/o CFG only; REG's sampler guides
+    only when cfg_scale > 1, the class token included); lightningdit-64ep: the yaml's cfg_scale 6.0 for 64 epochs."""
+    from vfmvae.sampling.presets import PRESET_SOURCES, preset_checkpoint
+
+    names = {"reg-sde", "reg-sde-64ep", "reg-sde-80ep", "lightningdit", "lightningdit-64ep"}
+    assert set(PRESET_SOURCES) == set(PRESETS) == names
+    assert "640 epochs" in preset_checkpoint("reg-sde") and "80 epochs" in preset_checkpoint("reg-sde-80ep")
+    assert "560 epochs" in preset_checkpoint("lightningdit") and "64 epochs" in preset_checkpoint("lightningdit-64ep")
+    eighty = PRESETS["reg-sde-80ep"]
+    assert eighty == from_reg(num_steps=250, cfg_scale=1.0, guidance_high=0.8)
+    assert (eighty.sampler, eighty.steps) == ("sde", 250)
+    assert not any(eighty.guidance.active(t) for t in sde_grid(eighty.steps)[:-1].tolist())  # one pass per step
+    # sample.sh's comment: "for 64 epochs, FID=2.03 with cfg scale=2.0" (only --cfg-scale changes)
+    assert "64 epochs" in preset_checkpoint("reg-sde-64ep")
+    assert PRESETS["reg-sde-64ep"] == from_reg(num_steps=250, cfg_scale=2.0, cls_cfg_scale=4.0, guidance_high=0.8)
+    sixty_four = PRESETS["lightningdit-64ep"]
+    assert sixty_four == resolve_sampler_config("lightningdit", cfg_scale=6.0)
 
 
 def test_explicit_settings_override_the_preset_and_names_are_checked():
@@ -232,19 +253,9 @@ def test_train_diffusion_export_records_the_recipe_preset(tmp_path, synthetic_di
         device="cpu",
         progress=False,
     )
-    base = [
-        "train",
-        "diffusion",
-        "--recipe",
-        str(ROOT / "configs/diffusion/tiny.yaml"),
-        "--set",
-        f"data.cache={tmp_path / 'cache'}",
-        "--set",
-        "run.total_images=32",
-        "--set",
-        "run.grid_every=0",
-    ]
-    assert main(base + ["--set", f"run.dir={tmp_path / 'a'}", "--set", "sample_preset=reg-sde"]) == 0
+    base = (f"data.cache={tmp_path / 'cache'}", "run.total_images=32", "run.grid_every_images=0")
+    recipe = ROOT / "configs/diffusion/tiny.yaml"
+    assert main(train_argv("diffusion", recipe, *base, f"run.dir={tmp_path / 'a'}", "sample_preset=reg-sde")) == 0
     assert json.loads((tmp_path / "a" / "export" / "sampler.json").read_text()) == {"preset": "reg-sde"}
-    assert main(base + ["--set", f"run.dir={tmp_path / 'b'}"]) == 0
+    assert main(train_argv("diffusion", recipe, *base, f"run.dir={tmp_path / 'b'}")) == 0
     assert json.loads((tmp_path / "b" / "export" / "sampler.json").read_text()) == {"preset": None}

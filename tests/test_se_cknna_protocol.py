@@ -186,7 +186,7 @@ def test_tokenizer_features_are_a_seeded_posterior_sample(tiny_tokenizer):
     _, sample = load_source(f"tokenizer:{tiny_tokenizer}")
     _, mean = load_source(f"tokenizer:{tiny_tokenizer}", posterior="mean")
     with torch.no_grad():
-        dist = DiagonalGaussian(tok.encode_moments(x))
+        dist = DiagonalGaussian(tok.encode_moments(x).moments)
         expected = dist.sample(torch.Generator().manual_seed(7)).mean((2, 3))
         torch.testing.assert_close(sample(x, 1.0, False, 7), expected)
         torch.testing.assert_close(mean(x, 1.0, False, 7), dist.mode().mean((2, 3)))
@@ -225,7 +225,7 @@ def test_reg_diffusion_features_use_the_noised_real_class_token_and_proj_keeps_i
     def expected(block: str, index: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(index)
         with torch.no_grad():
-            z = (DiagonalGaussian(tok.encode_moments(x)).sample(g) - 0.1) / 2.0
+            z = (DiagonalGaussian(tok.encode_moments(x).moments).sample(g) - 0.1) / 2.0
             noise = torch.randn(z.shape, generator=g)
             # the cache's target VFM: REG's table resampling (timm, antialiased cubic) at the cache's resolution
             target_vfm = reg_dinov2_targets(build_vfm(VFMSpec("dinov2-test", layers=(-1,))), size)

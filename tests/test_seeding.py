@@ -1,4 +1,4 @@
-"""Issue 20 part 4: one seed helper, `vfmvae.seeding.derive_seed`, and the streams that use it."""
+"""One seed helper, `vfmvae.seeding.derive_seed`, and the streams that use it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 23: no command scores or lists an earlier run's files with its own, and input names never collide."""
+"""No command scores or lists an earlier run's files with its own, and input names never collide."""
 
 from __future__ import annotations
 

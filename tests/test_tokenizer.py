@@ -26,7 +26,7 @@ def official():
 def test_encode_matches_the_official_implementation(official):
     model, ref = official
     with torch.no_grad():
-        moments = model.encode_moments(ref["images"])
+        moments = model.encode_moments(ref["images"]).moments
         post = model.encode(ref["images"])
     torch.testing.assert_close(moments, ref["moments"], rtol=0, atol=1e-4)
     torch.testing.assert_close(post.mean, ref["posterior_mean"], rtol=0, atol=1e-4)
@@ -38,8 +38,9 @@ def test_encode_matches_the_official_implementation(official):
 def test_decode_and_multiscale_match_the_official_implementation(official):
     model, ref = official
     with torch.no_grad():
-        image, multiscale = model.decode(ref["z"], return_multiscale=True)
-        large = model.decode(ref["z_large"])  # dynamic resolution: 8x8 latent -> 128 px
+        decoded = model.decode(ref["z"])
+        image, multiscale = decoded.sample, decoded.multiscale
+        large = model.decode(ref["z_large"]).sample  # dynamic resolution: 8x8 latent -> 128 px
     torch.testing.assert_close(image, ref["decoded"], rtol=0, atol=1e-4)
     assert [m.shape[-1] for m in multiscale] == [32, 16, 8, 4, 2]  # largest first
     for i, m in enumerate(multiscale):
@@ -60,7 +61,7 @@ def test_posterior_api(official):
     expected = 0.5 * (post.mean**2 + post.logvar.exp() - 1 - post.logvar).sum((1, 2, 3))
     assert kl.shape == (2,) and torch.allclose(kl, expected)
     recon = model(ref["images"])
-    torch.testing.assert_close(recon, model.decode(post.mean))
+    torch.testing.assert_close(recon, model.decode(post.mean).sample)
 
 
 def test_save_and_load_round_trip(official, tmp_path):
@@ -70,9 +71,9 @@ def test_save_and_load_round_trip(official, tmp_path):
     assert again.config == model.config
     with torch.no_grad():
         torch.testing.assert_close(
-            again.encode_moments(ref["images"]), model.encode_moments(ref["images"]), rtol=0, atol=0
+            again.encode_moments(ref["images"]).moments, model.encode_moments(ref["images"]).moments, rtol=0, atol=0
         )
-        torch.testing.assert_close(again.decode(ref["z"]), model.decode(ref["z"]), rtol=0, atol=0)
+        torch.testing.assert_close(again.decode(ref["z"]).sample, model.decode(ref["z"]).sample, rtol=0, atol=0)
 
 
 def test_official_pth_snapshots_load_with_weights_only(official, tmp_path):
@@ -82,7 +83,7 @@ def test_official_pth_snapshots_load_with_weights_only(official, tmp_path):
     torch.save(state, tmp_path / "bare.pth")
     for name in ("snap.pth", "bare.pth"):
         converted = convert_official_tokenizer(DATA / "config.yaml", tmp_path / name, DATA / "siglip2-tiny-patch16")
-        torch.testing.assert_close(converted.decode(ref["z"]), model.decode(ref["z"]), rtol=0, atol=0)
+        torch.testing.assert_close(converted.decode(ref["z"]).sample, model.decode(ref["z"]).sample, rtol=0, atol=0)
 
 
 class _Exploit:
@@ -140,7 +141,7 @@ def test_older_block_naming_is_accepted(official, tmp_path):
         renamed[k] = v
     save_file(renamed, tmp_path / "old.safetensors")
     old = convert_official_tokenizer(DATA / "config.yaml", tmp_path / "old.safetensors", DATA / "siglip2-tiny-patch16")
-    torch.testing.assert_close(old.decode(ref["z"]), model.decode(ref["z"]), rtol=0, atol=0)
+    torch.testing.assert_close(old.decode(ref["z"]).sample, model.decode(ref["z"]).sample, rtol=0, atol=0)
 
 
 def test_default_architecture_shapes():
@@ -159,7 +160,8 @@ def test_default_architecture_shapes():
     with torch.no_grad():
         post = model.encode(torch.rand(1, 3, 256, 256))
         assert post.mean.shape == (1, 32, 16, 16)
-        image, multiscale = model.decode(post.mean, return_multiscale=True)
+        decoded = model.decode(post.mean)
+        image, multiscale = decoded.sample, decoded.multiscale
     assert image.shape == (1, 3, 256, 256) and [m.shape[-1] for m in multiscale] == [128, 64, 32, 16, 8]
     assert torch.isfinite(image).all()
 
@@ -177,9 +179,9 @@ def test_bf16_autocast_decode_stays_close_to_float32():
     model = VFMVAE(narrow).eval()
     with torch.no_grad():
         latent = model.encode(torch.rand(1, 3, 64, 64)).mean
-        image = model.decode(latent)
+        image = model.decode(latent).sample
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = model.decode(latent)
+            out = model.decode(latent).sample
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     assert 0 < (out - image).abs().mean() < 0.05  # bf16 ran (not bit-equal) and stays close to fp32
 
@@ -267,7 +269,8 @@ def test_full_forward_with_sampling_matches_the_official(official):
     with torch.no_grad():
         torch.manual_seed(6)
         z = model.encode(ref["images"]).sample()
-        image, multiscale = model.decode(z, return_multiscale=True)
+        decoded = model.decode(z)
+        image, multiscale = decoded.sample, decoded.multiscale
     torch.testing.assert_close(image, ref["forward_seed6_gen_img"], rtol=0, atol=1e-4)
     for i, m in enumerate(multiscale):
         torch.testing.assert_close(m, ref[f"forward_seed6_multiscale_{i}"], rtol=0, atol=1e-4)
@@ -303,11 +306,11 @@ def test_discrete_mode(tmp_path):
     chunks = tokens.reshape(2, 16, 4, 4).norm(dim=-1)
     torch.testing.assert_close(chunks, torch.ones_like(chunks))  # every 4-d chunk is a unit codebook vector
     # nearest code by cosine similarity
-    raw = model.encode_moments(x).flatten(2).transpose(1, 2)[0, 0, :4]
+    raw = model.encode_moments(x).moments.flatten(2).transpose(1, 2)[0, 0, :4]
     book = torch.nn.functional.normalize(model.quantizer.codebooks[0].codebook.weight, dim=1)
     assert int((torch.nn.functional.normalize(raw, dim=0) @ book.T).argmax()) == int(latent.indices[0, 0, 0, 0])
     # straight-through: reconstruction gradients reach the encoder projections
-    model.decode(z).mean().backward()
+    model.decode(z).sample.mean().backward()
     assert model.final_proj.blocks[0].proj.weight.grad.abs().sum() > 0
     assert float(latent.vq_loss) > 0 and torch.equal(latent.kl(), torch.zeros(2))
     model.save_pretrained(tmp_path / "vq")

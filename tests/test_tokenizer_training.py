@@ -48,7 +48,8 @@ def test_exactly_the_intended_parameters_receive_gradients(stage):
     trainable = {id(p) for p in select_trainable(model, stage)}
     x = torch.rand(2, 3, 64, 64)
     post = model.encode(x)
-    image, multiscale = model.decode(post.sample(), return_multiscale=True)
+    decoded = model.decode(post.sample())
+    image, multiscale = decoded.sample, decoded.multiscale
     feats = model.vfm(x).tokens[-1]
     loss = image.abs().mean() + sum(m.abs().mean() for m in multiscale) + kl_loss(post.mean, post.logvar)
     if model.vf_proj.weight.requires_grad:

@@ -22,6 +22,7 @@ TRAINING_CODE = (
     "tokenizer_training/discriminators.py",
     "tokenizer_training/spectral_norm.py",
     "training/run.py",
+    "training/state.py",
     "tokenizer_training/losses.py",
     "training/step.py",
     "training/ema.py",
@@ -40,7 +41,7 @@ def _cfg(run_dir, data, *overrides):
             f"data.source={data}",
             "data.num_workers=0",
             "run.batch_size=4",
-            "run.grid_every=1000",
+            "run.grid_every_images=4000",
             *overrides,
         ],
     )
@@ -63,8 +64,8 @@ def test_training_loop_reads_nothing_back_between_logging_points(tmp_path, synth
             tmp_path / f"run{steps}",
             synthetic_dir / "images",
             f"run.total_images={4 * steps}",
-            f"run.log_every={steps}",
-            f"run.checkpoint_every={steps}",
+            f"run.log_every_images={4 * steps}",
+            f"run.checkpoint_every_images={4 * steps}",
         )
         with on_tensor_readback(record):
             train_tokenizer(cfg, resume="none", progress=False)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import train_argv
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tokenizer" / "tiny.yaml"
@@ -136,34 +137,16 @@ def test_safe_loss_guard_in_the_tokenizer_trainer_counts_and_skips_a_spike(tmp_p
 
     monkeypatch.setattr(objective_module, "ssim_loss", spiking_ssim)
     run_dir = tmp_path / "spike"
-    args = [
-        "train",
-        "tokenizer",
-        "--recipe",
-        str(TINY),
-        "--set",
-        f"run.dir={run_dir}",
-        "--set",
-        f"data.source={synthetic_dir / 'images'}",
-        "--set",
-        "data.num_workers=0",
-        "--set",
-        "run.batch_size=4",
-        "--set",
+    args = _tiny_args(
+        run_dir,
+        synthetic_dir / "images",
         "run.total_images=16",
-        "--set",
-        "run.checkpoint_every=1",
-        "--set",
+        "run.checkpoint_every_images=4",  # every step
         "run.keep_checkpoints=4",
-        "--set",
-        "run.log_every=1",
-        "--set",
         "loss.gan=0",
-        "--set",
         "loss.ssim=1.0",
-        "--set",
         "loss.safe_loss_after_images=0",
-    ]
+    )
     assert main(args) == 0
     manager = CheckpointManager(run_dir)
     second, third = (
@@ -222,31 +205,24 @@ def test_training_crop_is_the_official_random_square_lanczos_then_flip_and_evalu
     assert np.array_equal(evaluation[0]["image"].permute(1, 2, 0).numpy(), np.asarray(center_crop_adm(img, 32)))
 
 
-def _tiny_args(run_dir, data, *extra):
-    return [
-        "train",
+def _tiny_args(run_dir, data, *overrides):
+    """`train tokenizer` on the tiny recipe at batch 4, reporting every step."""
+    return train_argv(
         "tokenizer",
-        "--recipe",
-        str(TINY),
-        "--set",
+        TINY,
         f"run.dir={run_dir}",
-        "--set",
         f"data.source={data}",
-        "--set",
         "data.num_workers=0",
-        "--set",
         "run.batch_size=4",
-        "--set",
-        "run.log_every=1",
-        "--set",
-        "run.checkpoint_every=100",
-        *extra,
-    ]
+        "run.log_every_images=1",  # every step, whatever the batch
+        "run.checkpoint_every_images=400",
+        *overrides,
+    )
 
 
 def _from_export(export):
     """Start from a previous stage's export: `init`, and no `model` (the tiny recipe's new-model section)."""
-    return ("--set", "model=null", "--set", f"init={export}")
+    return ("model=null", f"init={export}")
 
 
 @pytest.mark.slow
@@ -261,7 +237,7 @@ def test_next_stage_starts_raw_g_from_raw_ema_from_ema_d_from_d_and_its_ema_aver
 
     data = synthetic_dir / "images"
     first = tmp_path / "stage-a"
-    assert main(_tiny_args(first, data, "--set", "run.total_images=8")) == 0
+    assert main(_tiny_args(first, data, "run.total_images=8")) == 0
     export = first / "export"
     raw_a, ema_a = load_file(export / "generator_raw.safetensors"), load_file(export / "model.safetensors")
     disc_a = load_file(export / "discriminators.safetensors")
@@ -277,7 +253,7 @@ def test_next_stage_starts_raw_g_from_raw_ema_from_ema_d_from_d_and_its_ema_aver
     )
     second = tmp_path / "stage-b"
     # no training step: the checkpoint written at the end holds what the stage started from
-    assert main(_tiny_args(second, data, "--set", "run.total_images=0", *_from_export(export))) == 0
+    assert main(_tiny_args(second, data, "run.total_images=0", *_from_export(export))) == 0
     start = CheckpointManager(second).load()
     for key, value in raw_a.items():
         assert torch.equal(start.model[key], value), key  # raw G from raw G
@@ -292,7 +268,7 @@ def test_next_stage_starts_raw_g_from_raw_ema_from_ema_d_from_d_and_its_ema_aver
     # before this batch (official cur_nimg), and the frozen encoder's EMA moves towards the raw encoder by the
     # official rule ema <- raw.lerp(ema, beta) (training_loop.py G_ema), instead of keeping stage a's average
     third = tmp_path / "stage-c"
-    stage_c = ("--set", "run.total_images=4", "--set", "stage=decoder", "--set", "run.ema_rampup=0.5")
+    stage_c = ("run.total_images=4", "stage=decoder", "run.ema_rampup=0.5")
     assert main(_tiny_args(third, data, *stage_c, *_from_export(export))) == 0
     assert seen == [8]
     import json
@@ -345,7 +321,7 @@ def test_projected_discriminator_resizes_with_the_vfm_mode(tmp_path, synthetic_d
 
     monkeypatch.setattr(trainer_module, "ProjectedDiscriminator", recording)
     with pytest.raises(Stop):
-        main(_tiny_args(tmp_path / "d", synthetic_dir / "images", "--set", "run.total_images=4"))
+        main(_tiny_args(tmp_path / "d", synthetic_dir / "images", "run.total_images=4"))
     assert seen["resize_mode"] == "bilinear"  # SigLIP2's (the VFM's adapter.resize_mode)
 
 
@@ -406,7 +382,7 @@ def _cache(tokenizer, data, out, **kw):
 def test_cache_keeps_posterior_moments_stats_from_posterior_samples_and_old_caches_still_load(
     tmp_path, official_tokenizer, synthetic_dir
 ):
-    from vfmvae.data import ImageFolderDataset, to_float01
+    from vfmvae.data import ImageFolderDataset, ImageOptions, to_float01
     from vfmvae.latents import LatentDataset
     from vfmvae.tokenizer import VFMVAE
 
@@ -415,7 +391,7 @@ def test_cache_keeps_posterior_moments_stats_from_posterior_samples_and_old_cach
     ds = LatentDataset(tmp_path / "m")
     assert ds.has_moments
     model = VFMVAE.from_pretrained(official_tokenizer)
-    image = to_float01(ImageFolderDataset(synthetic_dir / "images", 64)[0]["image"])[None]
+    image = to_float01(ImageFolderDataset(synthetic_dir / "images", ImageOptions(64))[0]["image"])[None]
     with torch.no_grad():
         post = model.encode(image)
     torch.testing.assert_close(ds.denormalize(ds[0]["latents"]), post.mean[0], rtol=1e-4, atol=1e-4)
@@ -485,7 +461,7 @@ def test_diffusion_draws_a_fresh_posterior_sample_each_step_that_averages_to_the
         "data.posterior_draws=true",
         "transport.align_weight=0",
         "model.overrides={}",
-        "run.grid_every=0",
+        "run.grid_every_images=0",
         "run.batch_size=8",
     ]
     cfg = load_config(DiffusionTrainConfig, recipe, [*overrides, f"run.dir={tmp_path / 'run'}"])
@@ -621,15 +597,9 @@ def test_four_stages_chain_each_from_the_previous_export_with_held_out_psnr(tmp_
     previous, psnr = None, {}
     for name, overrides in STAGE_OVERRIDES.items():
         run_dir = tmp_path / name
-        sets = [x for o in overrides + (["model=null", f"init={previous}"] if previous else []) for x in ("--set", o)]
-        assert (
-            main(
-                _tiny_args(
-                    run_dir, synthetic_dir / "images", "--set", "run.batch_size=2", "--set", "run.total_images=2", *sets
-                )
-            )
-            == 0
-        )  # one step per stage
+        stage = [*overrides, *(_from_export(previous) if previous else ())]
+        args = _tiny_args(run_dir, synthetic_dir / "images", "run.batch_size=2", "run.total_images=2", *stage)
+        assert main(args) == 0  # one step per stage
         export = run_dir / "export"
         if previous is not None:  # the export records the cumulative images, the raw generator and the discriminators
             assert json.loads((export / "training.json").read_text())["images_total"] == 2 * (len(psnr) + 1)
@@ -656,21 +626,17 @@ def test_resume_with_a_hand_off_and_an_active_safe_loss_guard_gives_the_same_wei
     from vfmvae.cli import main
 
     data = synthetic_dir / "images"
-    assert main(_tiny_args(tmp_path / "a", data, "--set", "run.batch_size=2", "--set", "run.total_images=2")) == 0
+    assert main(_tiny_args(tmp_path / "a", data, "run.batch_size=2", "run.total_images=2")) == 0
     common = (
-        "--set",
         "run.batch_size=2",
         *_from_export(tmp_path / "a" / "export"),
-        "--set",
         "loss.ssim=1.0",
-        "--set",
         "loss.safe_loss_after_images=0",
-        "--set",
-        "run.checkpoint_every=1",
+        "run.checkpoint_every_images=2",  # every step
     )
-    assert main(_tiny_args(tmp_path / "straight", data, "--set", "run.total_images=6", *common)) == 0
-    assert main(_tiny_args(tmp_path / "split", data, "--set", "run.total_images=2", *common)) == 0  # stops after 1 step
-    assert main(_tiny_args(tmp_path / "split", data, "--set", "run.total_images=6", *common)) == 0  # resumes at step 1
+    assert main(_tiny_args(tmp_path / "straight", data, "run.total_images=6", *common)) == 0
+    assert main(_tiny_args(tmp_path / "split", data, "run.total_images=2", *common)) == 0  # stops after 1 step
+    assert main(_tiny_args(tmp_path / "split", data, "run.total_images=6", *common)) == 0  # resumes at step 1
     straight, split = (load_file(tmp_path / n / "export" / "generator_raw.safetensors") for n in ("straight", "split"))
     assert straight.keys() == split.keys()
     for key in straight:

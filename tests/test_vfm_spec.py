@@ -1,4 +1,4 @@
-"""The frozen VFM described once (issue 20, part 2): one `VFMSpec` inside `VFMVAEConfig` (`model.vfm` in a recipe),
+"""The frozen VFM described once: one `VFMSpec` inside `VFMVAEConfig` (`model.vfm` in a recipe),
 one builder, the VF projection created with the model, `init` or `model` in a recipe, and format-1 tokenizer folders
 upgraded on read."""
 
@@ -156,7 +156,7 @@ def test_a_vfm_that_does_not_match_the_config_is_refused():
     cfg = _tiny_config()
     other = build_vfm(replace(cfg.vfm, layers=(0, 1), random_init=True))
     with pytest.raises(ValueError, match=r"does not match config.vfm: layers \(0, 1\)"):
-        VFMVAE(cfg, vfm=other)
+        VFMVAE(cfg, prebuilt_vfm=other)
 
 
 def test_a_saved_tokenizer_records_its_vfm_once(tmp_path):
@@ -187,8 +187,8 @@ def test_a_format_1_folder_is_upgraded_on_read_and_gives_the_same_outputs(tmp_pa
     assert model.config == _tiny_config(vf_projection=True)
     ref = load_file(FORMAT1 / "reference.safetensors")
     with torch.no_grad():
-        moments = model.encode_moments(ref["images"])
-        recon = model.decode(moments[:, :4])
+        moments = model.encode_moments(ref["images"]).moments
+        recon = model.decode(moments[:, :4]).sample
     torch.testing.assert_close(moments, ref["moments"], rtol=0, atol=1e-5)
     torch.testing.assert_close(recon, ref["reconstruction"], rtol=0, atol=1e-5)
     assert (folder / "config.json").read_bytes() == before  # read, never rewritten

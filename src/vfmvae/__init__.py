@@ -4,7 +4,7 @@ The pipeline, one subpackage per stage (see docs/architecture.md):
 data -> frozen VFM -> tokenizer -> latent cache -> diffusion -> sampling -> evaluation and analysis.
 """
 
-__version__ = "0.1.0.dev0"
+from vfmvae.version import __version__
 
 # Names of the public API and the module that defines each. They are imported on first use (PEP 562), so that
 # `import vfmvae.cli` (the `vfmvae` command) starts without loading torch: a Ctrl-C during start-up is then caught

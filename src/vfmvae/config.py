@@ -377,6 +377,13 @@ def _coerce(value: Any, tp: Any, *, key: str, source: str) -> Any:
         if not isinstance(value, typing.Mapping):
             fail("a mapping")
         return {str(k): _coerce(v, value_type, key=f"{key}.{k}", source=source) for k, v in value.items()}
+    if tp in (bool, int, float, str, Path):
+        return _coerce_scalar(value, tp, fail)
+    raise ConfigError(f"{source}: {key}: unsupported field type {tp!r} in the config class")
+
+
+def _coerce_scalar(value: Any, tp: type, fail: typing.Callable[[str], typing.NoReturn]) -> Any:
+    """`value` as a bool, int, float, str or Path (`tp`); `fail(expected)` raises the config error naming the key."""
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -409,4 +416,3 @@ def _coerce(value: Any, tp: Any, *, key: str, source: str) -> Any:
         if isinstance(value, (str, Path)) and str(value):
             return Path(value)
         fail("a path")
-    raise ConfigError(f"{source}: {key}: unsupported field type {tp!r} in the config class")

@@ -31,6 +31,7 @@ __all__ = [
     "barrier",
     "all_reduce_mean",
     "all_reduce_sum",
+    "gather_rows",
     "print0",
     "default_device",
     "parse_device",
@@ -136,6 +137,24 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         tensor /= world_size()
     return tensor
+
+
+def gather_rows(local: torch.Tensor, total: int) -> torch.Tensor:
+    """Rows of all ranks in global index order, on the CPU. Rank r of W holds the rows of indices r, r + W, ...
+    (in that order); every rank receives the whole (total, ...) tensor."""
+    world = world_size()
+    if world == 1:
+        return local.cpu()
+    per = -(-total // world)
+    device = collective_device()
+    padded = torch.zeros((per, *local.shape[1:]), dtype=local.dtype, device=device)
+    padded[: len(local)] = local.to(device)
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    out = torch.empty((total, *local.shape[1:]), dtype=local.dtype)
+    for r, part in enumerate(parts):
+        out[r::world] = part[: len(range(r, total, world))].cpu()
+    return out
 
 
 def print0(*args: Any, **kwargs: Any) -> None:

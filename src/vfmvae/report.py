@@ -3,8 +3,9 @@
 The page is built from what runs leave behind, never from memory: `metrics.jsonl` (loss curves, drawn as PNG
 plots: one small panel per term, x in images), `eval/records.jsonl` (evaluation while training, as curves beside
 them), `config.yaml`, snapshot and sample grids, `recon-*.json` (reconstruction metrics), `samples/settings.json`,
-`align_report/se_cknna.json`, and `commands.json` (the commands that produced the folder, with their full-scale
-counterparts, written by the demo). Images are linked by relative paths, so the folder can be copied as a whole.
+`*/se_cknna.json`, and the commands that produced the folder with their full-scale counterparts (`pipeline.json`,
+written by `vfmvae pipeline run`, whose result table beside the paper's figures opens the page; or the
+`commands.json` of older demo folders). Images are linked by relative paths, so the folder can be copied as a whole.
 """
 
 from __future__ import annotations
@@ -57,16 +58,31 @@ def _records(run: Path) -> list[dict[str, Any]]:
     return out
 
 
-def _commands(path: Path) -> list[dict[str, str]]:
-    """The steps of `commands.json` (a list of {title, command, full_scale?}); a damaged file or entry is skipped with
-    a warning: the rest of the page does not depend on it."""
-    if not path.is_file():
-        return []
-    try:
-        steps = json.loads(path.read_text())
-    except (ValueError, RecursionError) as err:  # JSON errors, bytes that are not UTF-8, thousands of brackets
-        log.warning("%s: not valid JSON (%s); the commands table is left out", path, type(err).__name__)
-        return []
+def _commands(root: Path, summary: dict[str, Any] | None) -> list[dict[str, str]]:
+    """The commands that made the folder: a pipeline's steps (OUT/pipeline.json), else the older demo's
+    `commands.json` (a list of {title, command, full_scale?}). A damaged file or entry is skipped with a warning: the
+    rest of the page does not depend on it."""
+    if summary is not None:
+        path = root / "pipeline.json"
+        steps: Any = [
+            {
+                "title": s.get("title"),
+                "command": s.get("command"),
+                "full_scale": s.get("full_scale") or s.get("torchrun"),
+            }
+            if isinstance(s, dict)
+            else s
+            for s in summary["steps"]
+        ]
+    else:
+        path = root / "commands.json"
+        if not path.is_file():
+            return []
+        try:
+            steps = json.loads(path.read_text())
+        except (ValueError, RecursionError) as err:  # JSON errors, bytes that are not UTF-8, thousands of brackets
+            log.warning("%s: not valid JSON (%s); the commands table is left out", path, type(err).__name__)
+            return []
     if not isinstance(steps, list):
         log.warning("%s: not a list of commands; the commands table is left out", path)
         return []
@@ -307,7 +323,12 @@ def build_report(root: str | Path, out: str | Path | None = None) -> Path:
     page = Path(out) if out else root / "report" / "index.html"
     page.parent.mkdir(parents=True, exist_ok=True)
     sections: list[str] = []
-    steps = _commands(root / "commands.json")
+    from vfmvae.pipeline.table import read_summary, results_html
+
+    results = results_html(root)  # a pipeline folder: the result table beside the paper's figures comes first
+    if results:
+        sections.append(results)
+    steps = _commands(root, read_summary(root))
     if (root / "data" / "preview.png").is_file():
         sections.append(
             "<h2>Data</h2>" + _img(root / "data" / "preview.png", page, "the synthetic set, one row per class")
@@ -363,7 +384,8 @@ def build_report(root: str | Path, out: str | Path | None = None) -> Path:
             for s in steps
         )
         sections.append(
-            "<h2>Commands</h2><p>What produced this folder, and the same step at full scale.</p>"
+            "<h2>Commands</h2><p>What produced this folder, and the same step at full scale (for the steps "
+            "that train, cache or sample: under torchrun).</p>"
             f"<table><tr><th>step</th><th>command (this run)</th><th>at full scale</th></tr>{rows}</table>"
         )
     if not sections:

@@ -60,10 +60,10 @@ def small_tokenizer():
 
 
 def install_stubs(assign=setattr) -> None:
-    """The stand-ins wherever a metric network is loaded: the online evaluator and the offline `eval recon` and
-    `eval gen` (pass `monkeypatch.setattr` as `assign` to undo it after a test)."""
+    """The stand-ins wherever a metric network is loaded: the online evaluator's two tasks and the offline `eval
+    recon` and `eval gen` (pass `monkeypatch.setattr` as `assign` to undo it after a test)."""
     from vfmvae.evaluation import generation, reconstruction
-    from vfmvae.training import online_eval as online
+    from vfmvae.training import eval_generation, eval_reconstruction
 
     def inception(spec, device):
         return StubInception().to(device), {"inception_sha256": f"stub-{spec}"}
@@ -72,8 +72,9 @@ def install_stubs(assign=setattr) -> None:
         return StubLPIPS().to(device), {"lpips_sha256": f"stub-{spec}"}
 
     for module, name, stub in (
-        (online, "_load_inception", inception),
-        (online, "_load_lpips", lpips),
+        (eval_reconstruction, "load_inception", inception),
+        (eval_reconstruction, "load_lpips", lpips),
+        (eval_generation, "load_inception", inception),
         (reconstruction, "load_inception", inception),
         (reconstruction, "load_lpips", lpips),
         (generation, "load_inception", inception),
@@ -96,7 +97,7 @@ def main() -> None:
 
     dist_utils.init_distributed(device="cpu")
     tok = VFMVAE.from_pretrained(args.tokenizer)  # decodes the REG model's 8x4x4 latents
-    common = dict(enabled=True, every=1, batch_size=4, inception="random-init:7", seed=3)
+    common = dict(enabled=True, every_images=8, batch_size=4, inception="random-init:7", seed=3)
     recon = build_evaluator(EvalConfig(**common, data=str(args.data), num_images=11, lpips="random-init:7", grid=3),
                             args.root / "tok", kind="tokenizer")
     stats = LatentStats(torch.full((8,), 0.1), torch.full((8,), 2.0))

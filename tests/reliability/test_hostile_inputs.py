@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import train_argv
 from PIL import Image
 
 from vfmvae.cli import main
@@ -29,6 +30,7 @@ from vfmvae.data import shards as shards_mod
 from vfmvae.data.images import decode_image
 from vfmvae.data.loader import DataConfig, DataStream, NoUsableImages
 from vfmvae.data.shards import iter_tar_samples, list_shards
+from vfmvae.tokenizer import DecoderOutput
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -118,16 +120,9 @@ def _name_too_long(tmp: Path) -> list[str]:
 
 
 def _zero_checkpoint_every(tmp: Path) -> list[str]:
-    return [
-        "train",
-        "diffusion",
-        "--recipe",
-        str(ROOT / "configs/diffusion/tiny.yaml"),
-        "--set",
-        f"data.cache={tmp}",
-        "--set",
-        "run.checkpoint_every=0",
-    ]
+    return train_argv(
+        "diffusion", ROOT / "configs/diffusion/tiny.yaml", f"data.cache={tmp}", "run.checkpoint_every_images=0"
+    )
 
 
 def _pickle_latent_stats(tmp: Path) -> list[str]:
@@ -183,7 +178,7 @@ CLI_CASES = {
     "--device cuda without CUDA": (_cuda_device, "CUDA is not available"),
     "unknown device": (_unknown_device, "unknown device"),
     "file name too long": (_name_too_long, "File name too long"),
-    "run.checkpoint_every=0": (_zero_checkpoint_every, "checkpoint_every must be > 0"),
+    "run.checkpoint_every_images=0": (_zero_checkpoint_every, "checkpoint_every_images must be > 0"),
     "pickle as --latent-stats": (_pickle_latent_stats, "not a plain tensor file"),
     "wrong-keys Inception file": (
         _wrong_keys_weights("--inception"),
@@ -240,8 +235,8 @@ def test_zero_counts_are_refused_by_the_parser(argv, capsys):
 @pytest.mark.parametrize(
     "override, key",
     [
-        ("run.checkpoint_every=0", "checkpoint_every"),
-        ("run.log_every=0", "log_every"),
+        ("run.checkpoint_every_images=0", "checkpoint_every_images"),
+        ("run.log_every_images=0", "log_every_images"),
         ("run.batch_size=0", "batch_size"),
         ("run.ema_halflife_images=0", "ema_halflife_images"),
         ("run.device=cuda:7", "device"),
@@ -257,7 +252,8 @@ def test_run_settings_are_validated_at_config_load(override, key, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "override", ["run.log_every=0", "run.checkpoint_every=0", "run.batch_size=0", "run.ema_halflife_images=0"]
+    "override",
+    ["run.log_every_images=0", "run.checkpoint_every_images=0", "run.batch_size=0", "run.ema_halflife_images=0"],
 )
 def test_tokenizer_run_settings_are_validated_at_config_load(override, tmp_path):
     from vfmvae.tokenizer_training.config import TokenizerTrainConfig
@@ -313,9 +309,9 @@ def test_reference_npz_with_a_huge_declared_array_is_refused_before_loading(tmp_
     ref = _npz_with_declared_shape(tmp_path / "ref.npz", (2**28,))  # 2 GiB of float64 declared
     result = _run_capped(f"""
         from pathlib import Path
-        from vfmvae.evaluation.generation import _load_reference
+        from vfmvae.evaluation.generation import load_reference
         try:
-            _load_reference(Path({str(ref)!r}))
+            load_reference(Path({str(ref)!r}))
         except ValueError as err:
             print("REFUSED", err)
     """)
@@ -508,7 +504,7 @@ def test_eval_recon_names_an_empty_folder_or_a_file(which, tmp_path, capsys):
     assert (f"no images in {rec}" if which == "empty" else f"{rec} is a file") in err, err
 
 
-# --- issue 24 leftovers: labels when cached, all-bad caching, another architecture, torn files -----------
+# --- labels when cached, all-bad caching, another architecture, torn files ----------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -713,8 +709,8 @@ class _ConvDecoder(torch.nn.Module):
         torch.manual_seed(0)
         self.to_rgb = torch.nn.Conv2d(8, 3, 1)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.interpolate(torch.tanh(self.to_rgb(z)), scale_factor=4)
+    def decode(self, z: torch.Tensor) -> DecoderOutput:
+        return DecoderOutput(torch.nn.functional.interpolate(torch.tanh(self.to_rgb(z)), scale_factor=4), [])
 
 
 def test_torn_pngs_in_a_sample_folder_are_regenerated_on_resume(tmp_path, caplog):
@@ -790,9 +786,10 @@ def test_tar_special_members_are_counted_as_skipped(tmp_path):
         "004.png": "special-member",
         "005.png": "special-member",
     }
+    from vfmvae.data import ImageOptions
     from vfmvae.data.shards import TarShardDataset
 
-    skips = [it["reason"] for it in TarShardDataset(tmp_path, 32, loop=False) if it.get("bad")]
+    skips = [it["reason"] for it in TarShardDataset(tmp_path, ImageOptions(32), loop=False) if it.get("bad")]
     assert sorted(skips) == ["link-member"] * 2 + ["special-member"] * 3
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import train_argv
 from PIL import Image
 from torch.nn.modules.module import (
     register_module_module_registration_hook,
@@ -36,6 +37,7 @@ from torch.nn.modules.module import (
 from vfmvae.checkpoint import CheckpointFormatError, CheckpointManager
 from vfmvae.cli import main
 from vfmvae.config import ConfigError, read_yaml
+from vfmvae.tokenizer import DecoderOutput
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -288,38 +290,36 @@ def test_a_full_disk_while_caching_is_one_line(tok, synthetic_dir, tmp_path, mon
     assert not list(out.glob("shard-*")) and not list(out.glob(".shard-*")) and not (out / "progress-r00.json").exists()
 
 
-def _diffusion_argv(cache: Path, run: Path, *sets: str) -> list[str]:
-    argv = ["train", "diffusion", "--recipe", str(ROOT / "configs/diffusion/tiny.yaml")]
-    for item in (
+def _diffusion_argv(cache: Path, run: Path, *overrides: str) -> list[str]:
+    return train_argv(
+        "diffusion",
+        ROOT / "configs/diffusion/tiny.yaml",
         f"data.cache={cache}",
         f"run.dir={run}",
         "run.device=cpu",
         "run.batch_size=8",
-        "run.grid_every=0",
-        "run.log_every=1",
+        "run.grid_every_images=0",
+        "run.log_every_images=8",
         "model.overrides.align_dims=[]",
         "transport.align_weight=0",
-        *sets,
-    ):
-        argv += ["--set", item]
-    return argv
+        *overrides,
+    )
 
 
 def _tokenizer_argv(data: Path, run: Path) -> list[str]:
-    argv = ["train", "tokenizer", "--recipe", str(ROOT / "configs/tokenizer/tiny.yaml")]
-    for item in (
+    return train_argv(
+        "tokenizer",
+        ROOT / "configs/tokenizer/tiny.yaml",
         f"data.source={data}",
         f"run.dir={run}",
         "run.device=cpu",
         "data.num_workers=0",
         "run.batch_size=4",
         "run.total_images=8",
-        "run.checkpoint_every=1",
-        "run.grid_every=0",
+        "run.checkpoint_every_images=4",
+        "run.grid_every_images=0",
         "loss.gan=0",
-    ):
-        argv += ["--set", item]
-    return argv
+    )
 
 
 @pytest.mark.parametrize("trainer", ["diffusion", "tokenizer"])
@@ -329,7 +329,7 @@ def test_a_full_disk_during_a_training_checkpoint_is_one_line(
     run = tmp_path / "run"
     _enospc_for(monkeypatch, ("model",))
     if trainer == "diffusion":
-        argv = _diffusion_argv(tiny_latent_cache, run, "run.total_images=16", "run.checkpoint_every=1")
+        argv = _diffusion_argv(tiny_latent_cache, run, "run.total_images=16", "run.checkpoint_every_images=8")
     else:
         argv = _tokenizer_argv(synthetic_dir / "images", run)
     assert main(argv) == 2
@@ -423,7 +423,7 @@ def test_a_run_whose_every_step_is_skipped_fails_without_an_export(tiny_latent_c
     from vfmvae.checkpoint.digest import file_sha256
 
     run = tmp_path / "run"
-    assert main(_diffusion_argv(tiny_latent_cache, run, "run.total_images=16", "run.checkpoint_every=2")) == 0
+    assert main(_diffusion_argv(tiny_latent_cache, run, "run.total_images=16", "run.checkpoint_every_images=16")) == 0
     (run / "export").unlink()  # the link to the newest versioned export
     shutil.rmtree(run / "exports")
     ckpt = CheckpointManager(run).latest()
@@ -438,7 +438,7 @@ def test_a_run_whose_every_step_is_skipped_fails_without_an_export(tiny_latent_c
 
     _edit_json(ckpt / "meta.json", swap)
     capsys.readouterr()
-    assert main(_diffusion_argv(tiny_latent_cache, run, "run.total_images=48", "run.checkpoint_every=2")) == 2
+    assert main(_diffusion_argv(tiny_latent_cache, run, "run.total_images=48", "run.checkpoint_every_images=16")) == 2
     line = _one_line(capsys)
     assert "every one of the 4 steps of this run was skipped" in line and "no checkpoint or export" in line, line
     assert not (run / "export").exists() and not list((run / "exports").glob("*"))
@@ -519,8 +519,8 @@ class _ConvDecoder(torch.nn.Module):
         torch.manual_seed(0)
         self.to_rgb = torch.nn.Conv2d(8, 3, 1)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.interpolate(torch.tanh(self.to_rgb(z)), scale_factor=2)
+    def decode(self, z: torch.Tensor) -> DecoderOutput:
+        return DecoderOutput(torch.nn.functional.interpolate(torch.tanh(self.to_rgb(z)), scale_factor=2), [])
 
 
 @pytest.fixture
@@ -753,6 +753,7 @@ def test_huge_sampler_settings_are_refused_by_the_library():
 
 
 def test_a_unicode_digit_label_is_not_class_3(tmp_path):
+    from vfmvae.data import ImageOptions
     from vfmvae.data.shards import TarShardDataset
     from vfmvae.sampling.generate import class_labels
 
@@ -766,7 +767,7 @@ def test_a_unicode_digit_label_is_not_class_3(tmp_path):
         info = tarfile.TarInfo("001.cls")
         info.size = 2
         tar.addfile(info, io.BytesIO(b"3\n"))
-    items = {it["name"]: it for it in TarShardDataset(tmp_path, 32, loop=False)}
+    items = {it["name"]: it for it in TarShardDataset(tmp_path, ImageOptions(32), loop=False)}
     assert items["000"]["bad"] and items["000"]["reason"] == "bad-label"
     assert items["001"]["label"] == 3
     with pytest.raises(ValueError, match="--classes"):

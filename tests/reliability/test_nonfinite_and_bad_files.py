@@ -38,9 +38,9 @@ def _cfg(cache, run_dir, *overrides):
         [
             f"data.cache={cache}",
             f"run.dir={run_dir}",
-            "run.grid_every=0",
+            "run.grid_every_images=0",
             "run.batch_size=8",
-            "run.log_every=1",
+            "run.log_every_images=8",  # every step
             "model.overrides.align_dims=[]",
             "transport.align_weight=0",
             "data.flip=false",
@@ -51,9 +51,9 @@ def _cfg(cache, run_dir, *overrides):
 
 def _poison(monkeypatch, bad_calls, where="loss"):
     """Make the loss (or, through a hook, the gradient) non-finite on the given loss calls (0-based)."""
-    import vfmvae.diffusion_training.trainer as trainer
+    import vfmvae.diffusion_training.objective as objective
 
-    real = trainer.training_loss
+    real = objective.training_loss
     calls = {"n": 0}
 
     def poisoned(model, *args, **kwargs):
@@ -67,14 +67,14 @@ def _poison(monkeypatch, bad_calls, where="loss"):
                 terms.loss.register_hook(lambda g: g * float("inf"))
         return terms
 
-    monkeypatch.setattr(trainer, "training_loss", poisoned)
+    monkeypatch.setattr(objective, "training_loss", poisoned)
 
 
 @pytest.mark.parametrize("where", ["loss", "grad"])
 def test_non_finite_steps_are_skipped_and_counted(cache, tmp_path, monkeypatch, where):
     _poison(monkeypatch, {2, 5}, where)
     summary = train_diffusion(
-        _cfg(cache, tmp_path / "run", "run.total_images=64", "run.checkpoint_every=100"), progress=False
+        _cfg(cache, tmp_path / "run", "run.total_images=64", "run.checkpoint_every_images=800"), progress=False
     )
     assert summary["steps"] == 8 and summary["skipped_steps"] == 2
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -86,12 +86,14 @@ def test_non_finite_steps_are_skipped_and_counted(cache, tmp_path, monkeypatch, 
 
 def test_consecutive_non_finite_steps_stop_the_run_with_its_checkpoint_intact(cache, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    train_diffusion(_cfg(cache, run, "run.total_images=32", "run.checkpoint_every=2"), progress=False)
+    train_diffusion(_cfg(cache, run, "run.total_images=32", "run.checkpoint_every_images=16"), progress=False)
     good = load_file(run / "checkpoints" / "step-00000004" / "model.safetensors")
     _poison(monkeypatch, set(range(100)))  # every step of the continued run
     with pytest.raises(RuntimeError, match=r"3 consecutive non-finite steps by step 7.*step-00000006"):
         train_diffusion(
-            _cfg(cache, run, "run.total_images=160", "run.checkpoint_every=2", "run.max_consecutive_nonfinite=3"),
+            _cfg(
+                cache, run, "run.total_images=160", "run.checkpoint_every_images=16", "run.max_consecutive_nonfinite=3"
+            ),
             progress=False,
         )
     from vfmvae.checkpoint import CheckpointManager

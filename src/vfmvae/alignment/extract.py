@@ -101,7 +101,7 @@ def load_source(source: str, device: str = "cpu", *, posterior: str = "sample", 
         model = VFMVAE.from_pretrained(spec).to(device)
 
         def features(x: torch.Tensor, scale: float, equivariance: bool, index: int) -> torch.Tensor:
-            dist = DiagonalGaussian(model.encode_moments(x, extra_scale=scale))
+            dist = DiagonalGaussian(model.encode_moments(x, extra_scale=scale).moments)
             if posterior == "mean":
                 return dist.mode().mean((2, 3))
             g = torch.Generator().manual_seed(derive_seed(seed, index))  # per image: independent of batching
@@ -182,7 +182,7 @@ def _diffusion_source(spec: str, device: str, t: float = 0.5, seed: int = 0, pos
             small = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False, antialias=True)
             x = F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False).clamp(0, 1)
         g = torch.Generator().manual_seed(derive_seed(seed, index))  # per image: independent of batching
-        dist = DiagonalGaussian(tokenizer.encode_moments(x))
+        dist = DiagonalGaussian(tokenizer.encode_moments(x).moments)
         # the official prefetch stores a sampled z (G.encode()); `posterior="mean"` takes the mean
         z = stats.normalize(dist.sample(g) if posterior == "sample" else dist.mode())
         if z.shape[1:] != (cfg.in_channels, cfg.input_size, cfg.input_size):

@@ -10,6 +10,7 @@ config changes, it bumps `format_version` and `upgrade_config` reads the older f
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
 import json
 import re
@@ -28,6 +29,7 @@ from torch.nn.modules.module import (
 from vfmvae.checkpoint.atomic import atomic_directory, atomic_write_text
 from vfmvae.checkpoint.serialize import CheckpointFormatError, load_tensors, save_tensors, tensor_shapes
 from vfmvae.config import ConfigError, config_from_dict, config_to_dict
+from vfmvae.version import __version__
 
 __all__ = [
     "PretrainedMixin",
@@ -53,6 +55,10 @@ M = TypeVar("M", bound="PretrainedMixin")
 
 # architecture name -> class, filled by PretrainedMixin.__init_subclass__ so `load_pretrained` can dispatch.
 _ARCHITECTURES: dict[str, type[PretrainedMixin]] = {}
+# Our own architectures by name, with the module that defines (and so registers) each: `load_pretrained` imports it
+# on first use, as transformers' auto classes map a model type to its module, so that this layer names the model
+# modules above it without importing them.
+_OWN_ARCHITECTURES = {"VFMVAE": "vfmvae.tokenizer.model", "DiffusionTransformer": "vfmvae.diffusion.model"}
 
 
 def resolve_model_dir(path_or_id: str | Path, *, what: str = "model", revision: str | None = None) -> Path:
@@ -341,7 +347,13 @@ class PretrainedMixin:
         """The `config` of a folder written at format `version` (< `format_version`), in today's shape."""
         return config
 
-    # Hooks a model can override, e.g. to leave frozen, separately loaded weights out of its file.
+    # Hooks a model can override: how it is built to receive a folder's weights, and which weights its file holds.
+    @classmethod
+    def build_for_loading(cls: type[M], config: Any) -> M:
+        """The model that `from_pretrained` loads a folder's weights into (also built on the meta device to check
+        the folder's sizes before any memory is allocated): `cls(config)`."""
+        return cls(config)  # type: ignore[call-arg]
+
     def pretrained_state_dict(self) -> dict[str, torch.Tensor]:
         return self.state_dict()  # type: ignore[attr-defined]
 
@@ -355,8 +367,6 @@ class PretrainedMixin:
         (the weights first, `config.json` last) and any other file is kept. A non-empty folder that is not a
         model folder is refused (`check_model_output_dir`).
         """
-        from vfmvae import __version__
-
         directory = check_model_output_dir(directory)
         meta = {
             "architecture": self.architecture,
@@ -391,13 +401,13 @@ class PretrainedMixin:
         except ConfigError as err:
             raise CheckpointFormatError(str(err)) from None
         check_config_against_header(
-            lambda: cls(config),  # type: ignore[call-arg]
+            lambda: cls.build_for_loading(config),
             directory / WEIGHTS_NAME,
             config_path=directory / CONFIG_NAME,
             what=cls.__name__,
             state_dict=lambda probe: probe.pretrained_state_dict(),  # type: ignore[attr-defined]
         )
-        model = cls(config)  # type: ignore[call-arg]
+        model = cls.build_for_loading(config)
         state = load_tensors(directory / WEIGHTS_NAME)
         model.load_pretrained_state_dict(state, source=str(directory / WEIGHTS_NAME))
         model.to(device=device)  # type: ignore[attr-defined]
@@ -411,9 +421,8 @@ def load_pretrained(path_or_id: str | Path, **kwargs: Any) -> PretrainedMixin:
     """Load any vfmvae model folder, dispatching on the architecture recorded in its `config.json`."""
     directory = resolve_model_dir(path_or_id)
     arch = read_model_config(directory)["architecture"]
-    if arch not in _ARCHITECTURES:  # `import vfmvae` no longer imports every model: register ours now
-        import vfmvae.diffusion.model  # noqa: F401
-        import vfmvae.tokenizer.model  # noqa: F401
+    if arch not in _ARCHITECTURES and arch in _OWN_ARCHITECTURES:  # `import vfmvae` imports no model: register it
+        importlib.import_module(_OWN_ARCHITECTURES[arch])
     if arch not in _ARCHITECTURES:
         known = ", ".join(sorted(_ARCHITECTURES)) or "none imported"
         raise CheckpointFormatError(f"{directory}: unknown architecture {arch!r} (known: {known})")

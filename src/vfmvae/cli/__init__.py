@@ -17,6 +17,7 @@ __all__ = ["main", "build_parser"]
 # imported when the parser is built, inside `main`, so that importing this module costs nothing: a Ctrl-C while
 # torch loads is then caught like any other.
 COMMAND_MODULES = (
+    "pipeline",
     "data",
     "vfm",
     "convert",

@@ -49,20 +49,25 @@ def image_side(text: str) -> int:
     return bounded_int(1, MAX_IMAGE_SIDE, " pixels")(text)
 
 
-def add_recipe_args(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument(
-        "--recipe",
-        type=Path,
-        help=f"YAML recipe for the {what} (keys as in the config dataclass; default: none, the dataclass defaults)",
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one recipe key, dotted for nested keys (repeatable), e.g. --set num=1024",
-    )
+def add_recipe_args(
+    parser: argparse.ArgumentParser,
+    what: str,
+    *,
+    recipe: bool = True,
+    required: bool = False,
+    recipe_help: str | None = None,
+    set_help: str = "override one recipe key, dotted for nested keys (repeatable), e.g. --set num=1024",
+) -> None:
+    """`--recipe FILE` (unless `recipe` is False) and the repeatable `--set KEY=VALUE` (dest `overrides`)."""
+    if recipe:
+        parser.add_argument(
+            "--recipe",
+            type=Path,
+            required=required,
+            help=recipe_help
+            or f"YAML recipe for the {what} (keys as in the config dataclass; default: none, the dataclass defaults)",
+        )
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=set_help)
 
 
 def resolve_config(cls: type[T], args: argparse.Namespace, flag_keys: dict[str, str]) -> T:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vfmvae.cli.common import add_recipe_args
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser(
@@ -48,13 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             required=True,
             help=f"registry name, e.g. {'lightningdit-xl/1' if family == 'lightningdit' else 'reg-sit-xl/1'}",
         )
-        d.add_argument(
-            "--set",
-            dest="overrides",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="DiTConfig override, e.g. --set num_classes=1000 (repeatable)",
+        add_recipe_args(
+            d, "architecture", recipe=False, set_help="DiTConfig override, e.g. --set num_classes=1000 (repeatable)"
         )
         d.add_argument(
             "--which",

@@ -44,11 +44,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "keeps finished samples. Time runs from t=1 (noise) to t=0 (data). "
         "Sampler settings come from --preset (default: the preset recorded in the model's export by its recipe, "
         "DIFFUSION/sampler.json); any sampler option given explicitly overrides the preset's value. Presets (the "
-        "official settings): reg-sde = --sampler sde --steps 250 --cfg 4 --cls-cfg 4 --interval 0,0.8; "
-        "lightningdit = --sampler euler --steps 249 --shift 3.333 (1/0.3) --cfg 4 --interval 0,0.875 "
-        "--guide-channels 3; none = euler, 50 steps, no guidance. Labels are uniformly random (seeded) by default, "
-        "as the official sample.py files draw them. PNGs are written as the official decode tool does "
-        "(torchvision to_pil_image: uint8 = trunc(255 x)). "
+        "official settings, one per released checkpoint): reg-sde (REG-SiT-XL/1, 640 epochs) = --sampler sde "
+        "--steps 250 --cfg 4 --cls-cfg 4 --interval 0,0.8; reg-sde-64ep (64 epochs) = the same with --cfg 2; "
+        "reg-sde-80ep (80 epochs, published without guidance) "
+        "= the same with --cfg 1; lightningdit (LightningDiT-XL/1, 560 epochs) = --sampler euler --steps 249 "
+        "--shift 3.333 (1/0.3) --cfg 4 --interval 0,0.875 --guide-channels 3; lightningdit-64ep = the same with "
+        "--cfg 6; none = euler, 50 steps, no guidance. Without guidance (the paper's w/o-CFG figures): add --cfg 1. "
+        "Labels are uniformly random (seeded) by default, as the official sample.py files draw them. PNGs are "
+        "written as the official decode tool does (torchvision to_pil_image: uint8 = trunc(255 x)). "
         "Multi-GPU: torchrun --nproc-per-node=8 -m vfmvae sample --num-samples 50000 ...",
     )
     s.add_argument(

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from vfmvae.cli.common import add_recipe_args
 from vfmvae.training.run_folder import FRESH_HELP
 
 TRAINING_BATCH_SIZES = (
@@ -30,23 +30,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "RUN/checkpoints/ and, at the end, the EMA model as RUN/export (a VFMVAE folder). "
         "Multi-GPU: torchrun --nproc-per-node=8 -m vfmvae train tokenizer --recipe ...",
     )
-    k.add_argument(
-        "--recipe", type=Path, required=True, help="YAML recipe (vfmvae.tokenizer_training.TokenizerTrainConfig)"
+    add_recipe_args(
+        k,
+        "tokenizer stage",
+        required=True,
+        recipe_help="YAML recipe (vfmvae.tokenizer_training.TokenizerTrainConfig)",
+        set_help="override a recipe key, e.g. --set run.total_images=1000 (repeatable)",
     )
-    k.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a recipe key, e.g. --set run.total_images=1000 (repeatable)",
-    )
-    k.add_argument(
-        "--resume",
-        default="auto",
-        help="auto (default: continue from the newest complete checkpoint of RUN if any), none (start at step 0; "
-        f"refused if RUN holds this run's outputs), {FRESH_HELP}, or a checkpoint folder",
-    )
+    _add_resume(k)
     k.epilog = TRAINING_BATCH_SIZES
     k.set_defaults(func=run_tokenizer)
 
@@ -59,25 +50,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         "as RUN/export (a DiffusionTransformer folder with latent_stats.json). "
         "Multi-GPU: torchrun --nproc-per-node=8 -m vfmvae train diffusion --recipe ...",
     )
-    d.add_argument(
-        "--recipe", type=Path, required=True, help="YAML recipe (vfmvae.diffusion_training.DiffusionTrainConfig)"
+    add_recipe_args(
+        d,
+        "diffusion run",
+        required=True,
+        recipe_help="YAML recipe (vfmvae.diffusion_training.DiffusionTrainConfig)",
+        set_help="override a recipe key, e.g. --set data.cache=runs/latents --set run.total_images=1024000 "
+        "(repeatable)",
     )
-    d.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a recipe key, e.g. --set data.cache=runs/latents --set run.total_images=1024000 (repeatable)",
-    )
-    d.add_argument(
+    _add_resume(d)
+    d.epilog = TRAINING_BATCH_SIZES
+    d.set_defaults(func=run_diffusion)
+
+
+def _add_resume(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--resume",
         default="auto",
         help="auto (default: continue from the newest complete checkpoint of RUN if any), none (start at step 0; "
         f"refused if RUN holds this run's outputs), {FRESH_HELP}, or a checkpoint folder",
     )
-    d.epilog = TRAINING_BATCH_SIZES
-    d.set_defaults(func=run_diffusion)
 
 
 def run_tokenizer(args: argparse.Namespace) -> int:

@@ -6,13 +6,14 @@ from vfmvae.data.loader import DataConfig, DataStream, build_dataset, collate_sk
 from vfmvae.data.sampler import ResumableSampler, rank_shard
 from vfmvae.data.shards import TarShardDataset, list_shards
 from vfmvae.data.synthetic import SyntheticConfig, write_synthetic_dataset
-from vfmvae.data.transforms import center_crop_adm, to_float01
+from vfmvae.data.transforms import ImageOptions, center_crop_adm, to_float01
 
 __all__ = [
     "BadImage",
     "DataConfig",
     "DataStream",
     "ImageFolderDataset",
+    "ImageOptions",
     "ResumableSampler",
     "SkipCounter",
     "SyntheticConfig",

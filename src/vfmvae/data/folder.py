@@ -8,8 +8,8 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from vfmvae.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, BadImage, decode_image
-from vfmvae.data.transforms import crop_image, flip_decision, to_uint8_tensor
+from vfmvae.data.images import IMAGE_EXTENSIONS, BadImage
+from vfmvae.data.transforms import ImageOptions
 
 __all__ = ["ImageFolderDataset", "list_image_folder"]
 
@@ -59,26 +59,10 @@ class ImageFolderDataset(Dataset):
     only seeds the flip. A bad file returns `None`, which `collate_skip_bad` drops and counts.
     """
 
-    def __init__(
-        self,
-        root: str | Path,
-        resolution: int,
-        *,
-        hflip: bool = False,
-        seed: int = 0,
-        min_size: int = 16,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        crop: str = "adm_center",
-        crop_min_fraction: float = 0.5,
-    ) -> None:
+    def __init__(self, root: str | Path, options: ImageOptions) -> None:
         self.root = Path(root)
-        self.crop, self.crop_min_fraction = crop, crop_min_fraction
+        self.options = options
         self.files, self.labels, self.classes = list_image_folder(self.root)
-        self.resolution = resolution
-        self.hflip = hflip
-        self.seed = seed
-        self.min_size = min_size
-        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.files)
@@ -91,20 +75,7 @@ class ImageFolderDataset(Dataset):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         path = self.files[index]
         try:
-            img = decode_image(path, min_size=self.min_size, max_pixels=self.max_pixels)
+            image = self.options.prepare(path, epoch=epoch, index=index)
         except BadImage as err:
             return {"bad": True, "name": str(path), "reason": err.reason, "detail": str(err)}
-        img = crop_image(
-            img,
-            self.resolution,
-            self.crop,
-            seed=self.seed,
-            epoch=epoch,
-            index=index,
-            min_fraction=self.crop_min_fraction,
-        )
-        flip = self.hflip and flip_decision(self.seed, epoch, index)
-        image = to_uint8_tensor(img)
-        if flip:
-            image = image.flip(-1)
         return {"image": image, "label": self.labels[index], "index": index, "name": str(path.relative_to(self.root))}

@@ -21,6 +21,7 @@ from vfmvae.data.images import DEFAULT_MAX_PIXELS, SkipCounter
 from vfmvae.data.sampler import ResumableSampler
 from vfmvae.data.shards import TarShardDataset, list_shards
 from vfmvae.data.source import DataSourcePath, is_pattern
+from vfmvae.data.transforms import ImageOptions
 from vfmvae.limits import MAX_IMAGE_SIDE
 from vfmvae.seeding import derive_seed
 
@@ -56,6 +57,18 @@ class DataConfig:
         if not 0 < self.crop_min_fraction <= 1:
             raise ValueError(f"data.crop_min_fraction must be in (0, 1], got {self.crop_min_fraction}")
 
+    def image_options(self) -> ImageOptions:
+        """How each image is prepared (the part of this config that folders and shards share)."""
+        return ImageOptions(
+            resolution=self.resolution,
+            crop=self.crop,
+            crop_min_fraction=self.crop_min_fraction,
+            hflip=self.hflip,
+            seed=self.seed,
+            min_size=self.min_size,
+            max_pixels=self.max_pixels,
+        )
+
 
 def detect_format(source: str | Path) -> Literal["folder", "shards"]:
     text = str(source)
@@ -71,26 +84,17 @@ def build_dataset(
     cfg: DataConfig, *, rank: int = 0, world: int = 1, loop: bool = True, start_ordinals: dict[int, int] | None = None
 ) -> ImageFolderDataset | TarShardDataset:
     fmt = detect_format(cfg.source) if cfg.format == "auto" else cfg.format
-    common = dict(
-        hflip=cfg.hflip,
-        seed=cfg.seed,
-        min_size=cfg.min_size,
-        max_pixels=cfg.max_pixels,
-        crop=cfg.crop,
-        crop_min_fraction=cfg.crop_min_fraction,
-    )
     if fmt == "folder":
-        return ImageFolderDataset(cfg.source, cfg.resolution, **common)
+        return ImageFolderDataset(cfg.source, cfg.image_options())
     list_shards(cfg.source)  # fail early with a clear message
     return TarShardDataset(
         cfg.source,
-        cfg.resolution,
+        cfg.image_options(),
         rank=rank,
         world=world,
         loop=loop,
         start_ordinals=start_ordinals,
         allow_compressed=cfg.compressed_shards,
-        **common,
     )
 
 

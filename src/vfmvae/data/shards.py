@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from vfmvae.data.images import DEFAULT_MAX_PIXELS, BadImage, decode_image
+from vfmvae.data.images import BadImage
 from vfmvae.data.labels import parse_label
 from vfmvae.data.source import expand_pattern, is_pattern
-from vfmvae.data.transforms import crop_image, flip_decision, to_uint8_tensor
+from vfmvae.data.transforms import ImageOptions
 from vfmvae.seeding import derive_seed
 
 __all__ = [
@@ -143,29 +143,21 @@ class TarShardDataset(IterableDataset):
     def __init__(
         self,
         source: str | Path,
-        resolution: int,
+        options: ImageOptions,
         *,
-        hflip: bool = False,
-        seed: int = 0,
-        min_size: int = 16,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
         rank: int = 0,
         world: int = 1,
         loop: bool = True,
         shuffle_shards: bool = True,
         start_ordinals: dict[int, int] | None = None,
         allow_compressed: bool = False,
-        crop: str = "adm_center",
-        crop_min_fraction: float = 0.5,
     ) -> None:
         self.shards = list_shards(source)
+        self.options = options
         self.allow_compressed = allow_compressed
-        self.crop, self.crop_min_fraction = crop, crop_min_fraction
-        self.resolution = resolution
-        self.hflip, self.seed = hflip, seed
-        self.min_size, self.max_pixels = min_size, max_pixels
         self.rank, self.world = rank, world
         self.loop, self.shuffle_shards = loop, shuffle_shards
+        self.seed = options.seed  # the shard order's seed is the samples' seed
         self.start_ordinals = dict(start_ordinals or {})
 
     def _streams(self) -> tuple[int, int, int]:
@@ -207,23 +199,10 @@ class TarShardDataset(IterableDataset):
             ext = next((e for e in IMAGE_KEYS if e in files), None)
             if ext is None:
                 raise BadImage("no-image-in-sample", f"members: {sorted(files)}")
-            img = decode_image(files[ext], min_size=self.min_size, max_pixels=self.max_pixels)
+            image = self.options.prepare(files[ext], epoch=epoch, index=ordinal)
             label = parse_label(files["cls"].decode()) if "cls" in files else -1
         except BadImage as err:
             return {**base, "bad": True, "reason": err.reason, "detail": str(err)}
         except (ValueError, UnicodeDecodeError) as err:
             return {**base, "bad": True, "reason": "bad-label", "detail": str(err)}
-        image = to_uint8_tensor(
-            crop_image(
-                img,
-                self.resolution,
-                self.crop,
-                seed=self.seed,
-                epoch=epoch,
-                index=ordinal,
-                min_fraction=self.crop_min_fraction,
-            )
-        )
-        if self.hflip and flip_decision(self.seed, epoch, ordinal):
-            image = image.flip(-1)
         return {**base, "image": image, "label": label}

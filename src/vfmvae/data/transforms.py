@@ -8,18 +8,26 @@ Using the same crop as the ADM reference batches keeps FID comparable.
 `random_square_crop` is the official VFM-VAE training augmentation (`training/data_wds.py`): a square of side
 U(0.5, 1) x the short side at a uniformly random position, LANCZOS-resized to the target. Its draws, like the
 flip's, depend only on (seed, epoch, index), so a resumed or re-sharded run sees the same crops.
+
+`ImageOptions` is the whole preparation of one sample (decode limits, crop, seeded flip), the one object that the
+folder and the shard datasets share.
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from vfmvae.data.images import DEFAULT_MAX_PIXELS, decode_image
+
 __all__ = [
     "CROPS",
+    "ImageOptions",
     "center_crop_adm",
     "resize_center_crop",
     "draw_square_crop",
@@ -113,3 +121,31 @@ def flip_decision(seed: int, epoch: int, index: int) -> bool:
     """
     digest = hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=1).digest()
     return bool(digest[0] & 1)
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """How an encoded image becomes a training or evaluation sample, for folders and tar shards alike."""
+
+    resolution: int  # output side in pixels
+    crop: str = "adm_center"  # one of CROPS (see `crop_image`)
+    crop_min_fraction: float = 0.5  # random_square: the smallest square side, as a fraction of the short side
+    hflip: bool = False  # a horizontal flip seeded by (seed, epoch, index) (`flip_decision`)
+    seed: int = 0
+    min_size: int = 16  # a shorter side below this is a bad image (skipped and counted)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are skipped as decompression bombs
+
+    def prepare(self, source: str | Path | bytes, *, epoch: int, index: int) -> torch.Tensor:
+        """Decode (raises `BadImage`), crop and maybe flip: uint8 (3, resolution, resolution)."""
+        img = decode_image(source, min_size=self.min_size, max_pixels=self.max_pixels)
+        cropped = crop_image(
+            img,
+            self.resolution,
+            self.crop,
+            seed=self.seed,
+            epoch=epoch,
+            index=index,
+            min_fraction=self.crop_min_fraction,
+        )
+        image = to_uint8_tensor(cropped)
+        return image.flip(-1) if self.hflip and flip_decision(self.seed, epoch, index) else image

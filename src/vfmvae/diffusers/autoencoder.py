@@ -19,8 +19,9 @@ from diffusers.models.autoencoders.vae import AutoencoderMixin, DecoderOutput, D
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.models.modeling_utils import ModelMixin
 
-from vfmvae.checkpoint.pretrained import check_diffusers_model_folder
 from vfmvae.config import config_from_dict, config_to_dict
+from vfmvae.diffusers.loading import HeaderCheckedLoading
+from vfmvae.diffusers.placement import placed_like
 from vfmvae.tokenizer.model import VFMVAE, VFMVAEConfig, upgrade_flat_vfm_keys
 
 __all__ = [
@@ -30,7 +31,7 @@ __all__ = [
 ]  # ModelMixin: diffusers' loader looks it up in this module
 
 
-class VFMVAEAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
+class VFMVAEAutoencoder(HeaderCheckedLoading, ModelMixin, AutoencoderMixin, ConfigMixin):
     """A continuous VFM-VAE tokenizer (frozen VFM encoder included) behind diffusers' autoencoder interface.
 
     `tokenizer_config` is our `VFMVAEConfig` as a dict; the weights are our `VFMVAE`'s under the `tokenizer.` prefix.
@@ -59,15 +60,8 @@ class VFMVAEAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
         for name, values in (("latents_mean", latents_mean), ("latents_std", latents_std)):
             if values is not None and len(values) != cfg.z_dim:
                 raise ValueError(f"{name} has {len(values)} values; the tokenizer has {cfg.z_dim} latent channels")
-        self.tokenizer = VFMVAE(cfg)
+        self.tokenizer = VFMVAE.build_for_loading(cfg)  # the weights come from a folder or from our VFMVAE
         self.use_slicing = False  # diffusers' AutoencoderMixin switch: one image per encoder/decoder pass
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """diffusers' loader, after every size in config.json was checked against the weights' header (nothing
-        is built or allocated for a config that declares more than the weights hold)."""
-        check_diffusers_model_folder(cls, pretrained_model_name_or_path, **kwargs)
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     # ---- conversion ------------------------------------------------------------------------------------------
     @classmethod
@@ -92,7 +86,7 @@ class VFMVAEAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
         model = cls(tokenizer_config=config_to_dict(tokenizer.config), **stats)
         model.tokenizer.load_state_dict(tokenizer.state_dict(), strict=True)
         param = next(tokenizer.parameters())
-        return _like(model, param)
+        return placed_like(model, param)
 
     def to_vfmvae(self) -> VFMVAE:
         """Our `VFMVAE` (the wrapped module itself, sharing its weights); `.save_pretrained` writes our folder."""
@@ -118,9 +112,9 @@ class VFMVAEAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
         """x: (B, 3, H, W) in [-1, 1], H and W multiples of the tokenizer's `downsample`."""
         images01 = (x + 1) / 2
         if self.use_slicing and len(x) > 1:
-            moments = torch.cat([self.tokenizer.encode_moments(one) for one in images01.split(1)])
+            moments = torch.cat([self.tokenizer.encode_moments(one).moments for one in images01.split(1)])
         else:
-            moments = self.tokenizer.encode_moments(images01)
+            moments = self.tokenizer.encode_moments(images01).moments
         posterior = DiagonalGaussianDistribution(moments)
         return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
 
@@ -135,7 +129,7 @@ class VFMVAEAutoencoder(ModelMixin, AutoencoderMixin, ConfigMixin):
     def _decode(self, z: torch.Tensor) -> torch.Tensor:
         # GroupNorm refuses a group of one value (a 1x1 map of a single sample in small decoders); its statistics are
         # per sample, so decoding the sample twice and keeping one copy changes nothing (as our VFMVAEPipeline does)
-        return self.tokenizer.decode(z.repeat(2, 1, 1, 1) if len(z) == 1 else z)[: len(z)]
+        return self.tokenizer.decode(z.repeat(2, 1, 1, 1) if len(z) == 1 else z).sample[: len(z)]
 
     def forward(
         self,
@@ -155,11 +149,3 @@ TILING_UNSUPPORTED = (
     "blocks, so tiles would not give the untiled image. Use enable_slicing() to bound memory by encoding and "
     "decoding one image at a time (same outputs)"
 )
-
-
-def _like(model, param: torch.Tensor):
-    """On the device and in the precision of the source (a float32 model is not cast: diffusers warns on casts)."""
-    model.to(device=param.device)
-    if param.dtype != torch.float32:
-        model.to(dtype=param.dtype)
-    return model.eval()

@@ -18,8 +18,9 @@ from diffusers.models.attention import AttentionMixin
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
-from vfmvae.checkpoint.pretrained import check_diffusers_model_folder
 from vfmvae.config import config_from_dict, config_to_dict
+from vfmvae.diffusers.loading import HeaderCheckedLoading
+from vfmvae.diffusers.placement import placed_like
 from vfmvae.diffusion.model import DiffusionTransformer, DiTConfig
 
 __all__ = ["VFMVAETransformer2DModel", "VFMVAETransformerOutput", "ModelMixin"]
@@ -31,7 +32,7 @@ class VFMVAETransformerOutput(BaseOutput):
     class_token_velocity: torch.Tensor | None = None  # REG only: (B, class_token_dim)
 
 
-class VFMVAETransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin):
+class VFMVAETransformer2DModel(HeaderCheckedLoading, ModelMixin, AttentionMixin, ConfigMixin):
     """`transformer_config` is our `DiTConfig` as a dict; the weights are ours under the `dit.` prefix.
 
     `attn_processors` / `set_attn_processor(processor or {name: processor})` swap how each block's attention is
@@ -53,13 +54,6 @@ class VFMVAETransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin):
         )
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """diffusers' loader, after every size in config.json was checked against the weights' header (nothing
-        is built or allocated for a config that declares more than the weights hold)."""
-        check_diffusers_model_folder(cls, pretrained_model_name_or_path, **kwargs)
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-
-    @classmethod
     def from_vfmvae(cls, model: DiffusionTransformer | str | Path) -> VFMVAETransformer2DModel:
         """From our `DiffusionTransformer` (or its folder)."""
         if not isinstance(model, DiffusionTransformer):
@@ -67,7 +61,7 @@ class VFMVAETransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin):
         out = cls(transformer_config=config_to_dict(model.config))
         out.dit.load_state_dict(model.state_dict(), strict=True)
         param = next(model.parameters())
-        return _like(out, param)
+        return placed_like(out, param)
 
     def set_default_attn_processor(self) -> None:
         """Every attention layer back to PyTorch's fused scaled-dot-product attention."""
@@ -96,11 +90,3 @@ class VFMVAETransformer2DModel(ModelMixin, AttentionMixin, ConfigMixin):
         if not return_dict:
             return (out.sample, out.cls)
         return VFMVAETransformerOutput(sample=out.sample, class_token_velocity=out.cls)
-
-
-def _like(model, param: torch.Tensor):
-    """On the device and in the precision of the source (a float32 model is not cast: diffusers warns on casts)."""
-    model.to(device=param.device)
-    if param.dtype != torch.float32:
-        model.to(dtype=param.dtype)
-    return model.eval()

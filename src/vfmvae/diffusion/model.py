@@ -121,13 +121,14 @@ class Block(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(d, (4 if cfg.wo_shift else 6) * d))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        # x (N, T, D) tokens, c (N, D) conditioning; each modulation below is (N, D)
         if self.wo_shift:
             scale_msa, gate_msa, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(4, dim=-1)
             shift_msa = shift_mlp = None
         else:
             shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=-1)
-        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
-        return x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))  # (N, T, D)
+        return x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))  # (N, T, D)
 
 
 class FinalLayer(nn.Module):
@@ -143,11 +144,11 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
-        h = modulate(self.norm_final(x), shift, scale)
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)  # (N, D) each
+        h = modulate(self.norm_final(x), shift, scale)  # (N, T, D)
         if self.linear_cls is None:
-            return self.linear(h), None
-        return self.linear(h[:, 1:]), self.linear_cls(h[:, 0])
+            return self.linear(h), None  # (N, T, p * p * C)
+        return self.linear(h[:, 1:]), self.linear_cls(h[:, 0])  # (N, T - 1, p * p * C), (N, class_token_dim)
 
 
 def _checkpoint(block: nn.Module, *args: torch.Tensor) -> torch.Tensor:
@@ -214,6 +215,7 @@ class DiffusionTransformer(PretrainedMixin, nn.Module):
         return self.config.grid**2
 
     def unpatchify(self, x: torch.Tensor, channels: int) -> torch.Tensor:
+        """(N, T, p * p * C) patch tokens -> (N, C, H, W) with H = W = grid x p."""
         p, g = self.config.patch_size, self.config.grid
         x = x.reshape(x.shape[0], g, g, p, p, channels)
         return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], channels, g * p, g * p)
@@ -236,13 +238,14 @@ class DiffusionTransformer(PretrainedMixin, nn.Module):
             raise ValueError(
                 f"expected latents (B, {cfg.in_channels}, {cfg.input_size}, {cfg.input_size}), got {tuple(x.shape)}"
             )
-        tokens = self.x_embedder(x)
+        tokens = self.x_embedder(x)  # (N, T, D), T = grid^2
         if cfg.class_token_dim:
             if cls is None:
                 raise ValueError("this model (REG) needs the noisy class token `cls` (B, class_token_dim)")
+            # REG: the class token first, (N, 1 + T, D)
             tokens = torch.cat([self.wg_norm(self.cls_projectors2(cls)).unsqueeze(1), tokens], dim=1)
-        h = tokens + self.pos_embed.to(tokens.dtype)
-        c = self.t_embedder(t.expand(x.shape[0]) if t.ndim == 0 else t) + self.y_embedder(y, drop_labels)
+        h = tokens + self.pos_embed.to(tokens.dtype)  # (N, T, D)
+        c = self.t_embedder(t.expand(x.shape[0]) if t.ndim == 0 else t) + self.y_embedder(y, drop_labels)  # (N, D)
         projected, hidden = None, {}
         if 0 in hidden_at:
             hidden[0] = h
@@ -257,9 +260,9 @@ class DiffusionTransformer(PretrainedMixin, nn.Module):
             if i in hidden_at:
                 hidden[i] = h
             if i == cfg.align_depth and len(self.projectors):
-                projected = [proj(h) for proj in self.projectors]
-        patches, cls_out = self.final_layer(h, c)
-        out = self.unpatchify(patches, self.out_channels)[:, : cfg.in_channels]
+                projected = [proj(h) for proj in self.projectors]  # [(N, T, align_dim)]: REPA/REG targets' shape
+        patches, cls_out = self.final_layer(h, c)  # (N, T, p * p * out_channels)
+        out = self.unpatchify(patches, self.out_channels)[:, : cfg.in_channels]  # (N, C, H, W), learn_sigma dropped
         return DiTOutput(out, cls_out, projected, hidden or None)
 
     def forward(

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from vfmvae.config import ExistingPath
 from vfmvae.diffusion.transport import TransportConfig
-from vfmvae.training.config import DiffusionRunConfig  # the shared `run:` section plus grid settings
+from vfmvae.training.config import DiffusionRunConfig, retired_step_cadences  # `run:` shared, plus grid settings
 from vfmvae.training.eval_config import EvalConfig
 
 __all__ = ["LatentDataConfig", "ModelChoice", "DiffusionOptimConfig", "DiffusionRunConfig", "DiffusionTrainConfig"]
@@ -38,7 +38,7 @@ class DiffusionOptimConfig:
     weight_decay: float = 0.0
     eps: float = 1e-8
     grad_clip: float | None = 1.0
-    warmup_steps: int = 0  # linear warm-up of the learning rate
+    warmup_images: int = 0  # linear warm-up of the learning rate over this many images (0 = none)
 
 
 @dataclass(frozen=True)
@@ -50,5 +50,22 @@ class DiffusionTrainConfig:
     run: DiffusionRunConfig = field(default_factory=DiffusionRunConfig)
     tokenizer: str | None = None  # for decoding sample grids; default: the cache's tokenizer
     # official sampler settings recorded in the export; `vfmvae sample` uses them (vfmvae.sampling.presets)
-    sample_preset: Literal["reg-sde", "lightningdit"] | None = None
+    sample_preset: Literal["reg-sde", "reg-sde-64ep", "reg-sde-80ep", "lightningdit", "lightningdit-64ep"] | None = None
     eval: EvalConfig = field(default_factory=EvalConfig)  # evaluation while training (off by default)
+    # a later stage of a longer run (LightningDiT stage 1, as the official train_lightningdit_xl_1_stage_1.yaml
+    # `train.resume`): a run folder (its newest complete checkpoint) or a checkpoint folder whose model, EMA,
+    # optimizer state and step count this run starts from; used only while this run has no checkpoint of its own
+    start_from: str | None = None
+
+    @staticmethod
+    def retired_keys(data: dict[str, Any], prefix: str) -> dict[str, str]:
+        """The step-counted keys (`run.*_every`, `eval.every`, `optim.warmup_steps`, ...), refused with their values
+        in images."""
+        return retired_step_cadences(data, prefix, DiffusionRunConfig)
+
+    def __post_init__(self) -> None:
+        if self.start_from is not None and self.model.init is not None:
+            raise ValueError(
+                "set at most one of start_from (a checkpoint: model, EMA and optimizer continue) and model.init "
+                "(weights only, a new optimizer)"
+            )

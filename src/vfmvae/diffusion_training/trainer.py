@@ -12,47 +12,59 @@ row stop the run with its last good checkpoint intact.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
 from vfmvae import distributed as dist_utils
-from vfmvae.checkpoint import capture_rng_state, load_state_strict
 from vfmvae.checkpoint.atomic import atomic_write_text
 from vfmvae.config import ConfigError, config_from_dict, config_to_dict
 from vfmvae.data.sampler import ResumableSampler
-from vfmvae.diffusion import DiffusionTransformer, DiTConfig, diffusion_config, training_loss
-from vfmvae.diffusion_training.config import DiffusionTrainConfig
+from vfmvae.diffusion import DiffusionTransformer, DiTConfig, diffusion_config
+from vfmvae.diffusion.transport import TransportConfig
+from vfmvae.diffusion_training.config import DiffusionOptimConfig, DiffusionTrainConfig
 from vfmvae.diffusion_training.draws import StepDraws, global_rows
-from vfmvae.latents import LatentDataset, draw_posterior
+from vfmvae.diffusion_training.objective import DiffusionObjective
+from vfmvae.diffusion_training.start import load_start
+from vfmvae.latents import LatentDataset
+from vfmvae.latents.cache import MAX_CLASSES
 from vfmvae.latents.stats import LatentStats
 from vfmvae.sampling.classes import write_class_names
 from vfmvae.sampling.pipeline import SAMPLER_FILE, VFMVAEPipeline
+from vfmvae.tokenizer import VFMVAE
 from vfmvae.training import EMA, fused_optimizer_supported, optimizer_step
 from vfmvae.training.compile import compile_diffusion
 from vfmvae.training.online_eval import build_evaluator
 from vfmvae.training.run import Evaluator, TrainingRun
 from vfmvae.training.run_log import autocast_factory, scalars_to_floats
+from vfmvae.training.state import CheckpointState, restore
+from vfmvae.vis import save_grid
 
-__all__ = ["build_model", "train_diffusion", "align_targets"]
-
-# Labels above this are taken for a damaged label file, not a class count (ImageNet-21k has 21,841 classes).
-MAX_CLASSES = 100_000
+__all__ = [
+    "build_model",
+    "check_cache_serves_model",
+    "export_pipeline_folder",
+    "learning_rate_schedule",
+    "make_optimizer",
+    "train_diffusion",
+    "training_loop",
+]
 
 
 def build_model(cfg: DiffusionTrainConfig, dataset: LatentDataset) -> DiffusionTransformer:
     """The recipe's architecture, sized to the cache unless the recipe says otherwise."""
     if cfg.model.init is not None:
         return DiffusionTransformer.from_pretrained(cfg.model.init)
-    c, h, w = dataset.manifest["latent_shape"]
+    channels, height, width = dataset.manifest["latent_shape"]
     labels = dataset.column("labels")
     lowest, highest = int(labels.min()), int(labels.max())
     if lowest < 0:
@@ -65,7 +77,7 @@ def build_model(cfg: DiffusionTrainConfig, dataset: LatentDataset) -> DiffusionT
             f"data.cache {cfg.data.cache}: label {highest:,} would make a {highest + 1:,}-class embedding; "
             f"labels are expected below {MAX_CLASSES:,} (set model.overrides.num_classes if this is meant)"
         )
-    defaults = {"in_channels": c, "input_size": h, "num_classes": highest + 1}
+    defaults = {"in_channels": channels, "input_size": height, "num_classes": highest + 1}
     base = config_to_dict(diffusion_config(cfg.model.arch))
     try:
         model_cfg = config_from_dict(DiTConfig, {**base, **defaults, **cfg.model.overrides}, source="model.overrides")
@@ -76,36 +88,12 @@ def build_model(cfg: DiffusionTrainConfig, dataset: LatentDataset) -> DiffusionT
             f"data.cache {cfg.data.cache}: label {highest} is outside the model's "
             f"{model_cfg.num_classes} classes (model.overrides.num_classes)"
         )
-    if (model_cfg.in_channels, model_cfg.input_size) != (c, h):
+    if (model_cfg.in_channels, model_cfg.input_size) != (channels, height):
         raise ConfigError(
             f"model.overrides: the model takes {model_cfg.in_channels}x{model_cfg.input_size}x"
-            f"{model_cfg.input_size} latents but the cache {cfg.data.cache} holds {c}x{h}x{w}"
+            f"{model_cfg.input_size} latents but the cache {cfg.data.cache} holds {channels}x{height}x{width}"
         )
     return DiffusionTransformer(model_cfg)
-
-
-def align_targets(
-    model_cfg: DiTConfig, batch: dict[str, torch.Tensor]
-) -> tuple[list[torch.Tensor] | None, torch.Tensor | None]:
-    """REPA/REG targets from cached VFM features: patch tokens on the model's token grid, preceded by the VFM
-    class token for REG models (whose projector reads the class token too). A VFM grid that differs from the
-    model's (e.g. 18x18 DINOv2 tokens for a 16x16 latent) is area-resampled to it."""
-    feats, cls = batch.get("vfm_features"), batch.get("vfm_cls")
-    if feats is None:
-        return None, cls
-    grid = model_cfg.grid
-    b, n, d = feats.shape
-    side = math.isqrt(n)
-    if side * side != n:
-        raise ValueError(f"cached VFM features have {n} tokens, not a square grid")
-    if side != grid:
-        maps = feats.transpose(1, 2).reshape(b, d, side, side)
-        feats = F.adaptive_avg_pool2d(maps, grid).flatten(2).transpose(1, 2)
-    if model_cfg.class_token_dim:
-        if cls is None:
-            raise ValueError("REG models need the VFM class token; cache with a VFM that has one (e.g. dinov2-base)")
-        feats = torch.cat([cls[:, None], feats], dim=1)
-    return [feats] * len(model_cfg.align_dims), cls
 
 
 def train_diffusion(
@@ -114,18 +102,117 @@ def train_diffusion(
     """Run (or continue) a diffusion training run. Returns a summary; the EMA model is exported to RUN/export as a
     pipeline folder (DiffusionTransformer + latent_stats.json + sampler.json)."""
     with TrainingRun.open(cfg.run, cfg, kind="diffusion", resume=resume, progress=progress, evaluator=evaluator) as run:
-        return _train_diffusion(cfg, run)
+        return training_loop(cfg, run)
 
 
-def _train_diffusion(cfg: DiffusionTrainConfig, run: TrainingRun) -> dict[str, Any]:
-    device, rc, tc = run.device, cfg.run, cfg.transport
+def training_loop(cfg: DiffusionTrainConfig, run: TrainingRun) -> dict[str, Any]:
+    """The run in the phases of NVlabs/edm2's training_loop; `run` owns the folder, cadences and records."""
+    device, seed, batch_size = run.device, cfg.run.seed, cfg.run.batch_size
 
-    # ---- build: data, model, optimizer, EMA
-    dataset = LatentDataset(cfg.data.cache, flip=cfg.data.flip, seed=rc.seed)
-    torch.manual_seed(rc.seed)
+    # ---- setup: data, model, optimizer, EMA, and what a checkpoint holds
+    dataset = LatentDataset(cfg.data.cache, flip=cfg.data.flip, seed=seed)
+    torch.manual_seed(seed)
     model = build_model(cfg, dataset).to(device)
-    mcfg = model.config
-    if (tc.align_weight or mcfg.class_token_dim) and not dataset.has_vfm_features:
+    check_cache_serves_model(cfg, dataset, model.config)
+    model.gradient_checkpointing = cfg.run.gradient_checkpointing
+    optimizer = make_optimizer(cfg.optim, model, device)
+    ema = EMA(model, cfg.run.ema_halflife_images, cfg.run.ema_rampup)
+    state = CheckpointState(model=model, ema=ema, shared={"opt": optimizer})
+
+    # ---- resume (or, on a later stage's first run, start from the earlier stage: diffusion_training/start.py)
+    checkpoint = run.resume()
+    if checkpoint is None and cfg.start_from is not None:
+        checkpoint = load_start(cfg.start_from)
+        run.step, run.images = checkpoint.step, checkpoint.images_seen
+        dist_utils.print0(f"starting from {checkpoint.path} (step {run.step}, {run.images:,} images)")
+    restore(state, checkpoint)
+
+    # ---- what the loop runs: the network (unused heads frozen, DDP, compiled), data, the loss, grids, evaluation
+    net = _distributed(_freeze_unused_heads(model, cfg.transport), device)
+    if cfg.run.compile:
+        compile_diffusion(model)  # regional, in place: the blocks compile once, fullgraph (training/compile.py)
+    scaler = torch.amp.GradScaler(device.type) if cfg.run.precision == "fp16" else None
+    loader = _latent_loader(dataset, cfg, run)
+    objective = DiffusionObjective(model.config, cfg.transport, autocast_factory(cfg.run.precision, device))
+    objective.scalars = run.scalars  # the run reads them back when it reports
+    generator = torch.Generator(device=device)
+    stats = dataset.stats  # the cache's, with its tokenizer's digest: `sample` checks the tokenizer against it
+    grids = _PipelineGrid(cfg, dataset, ema.model, stats)
+    export = functools.partial(export_pipeline_folder, cfg=cfg, dataset=dataset, model=ema.model, stats=stats)
+    if run.evaluator is None and cfg.eval.enabled:  # the recipe's `eval:` section (sample FID against eval.ref)
+        run.evaluator = _evaluator(cfg, run, dataset, export)
+    run.start(
+        trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        dataset_size=len(dataset),
+        skip_counters=("skipped_steps",),
+        stop_label="non-finite steps",
+    )
+
+    # ---- loop: one optimizer step over this rank's micro-batches, with the step's draws
+    while run.running:
+        lr = learning_rate_schedule(cfg.optim, run.images + batch_size)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        draws = StepDraws.draw(
+            run.step,
+            seed=seed,
+            batch_size=batch_size,
+            transport=cfg.transport,
+            model=model.config,
+            posterior=cfg.data.posterior_draws,
+            generator=generator,
+        )
+        batches = [_micro_batch(next(loader), draws, run, m, device) for m in range(run.accum)]
+        # evaluate the loss and accumulate its gradients over the micro-batches, then step
+        model.train()
+        result = optimizer_step(
+            net, optimizer, batches, objective, batch_size_of=_labels, grad_clip=cfg.optim.grad_clip, scaler=scaler
+        )
+        # maintain EMA: a skipped step leaves it as it is, without a host read; the ramp-up counts the images before
+        # this batch (the official cur_nimg at the EMA update)
+        ema.update(model, run.images_total, batch_size, applied=result.applied_t)
+        run.count_step({"skipped_steps": result.applied_t})
+        # report / evaluate / checkpoint, when due
+        if run.report_due:
+            run.report({"grad_norm": result.grad_norm_t, "lr": lr})
+        if run.grid_due:
+            grids.save(run.grid_path())
+        run.evaluate(ema.model)
+        if run.checkpoint_due:
+            run.save(state)
+
+    # ---- finish: the last checkpoint and the export
+    summary = run.finish(state, export=export)
+    return {**summary, "final": scalars_to_floats(run.scalars)}
+
+
+def learning_rate_schedule(optim: DiffusionOptimConfig, images: int) -> float:
+    """The learning rate of the step that brings the run to `images` images: a linear warm-up over
+    `optim.warmup_images`, then constant (NVlabs/edm2's learning_rate_schedule without its decay)."""
+    if not optim.warmup_images:
+        return optim.lr
+    return optim.lr * min(1.0, images / optim.warmup_images)
+
+
+def make_optimizer(optim: DiffusionOptimConfig, model: nn.Module, device: torch.device) -> torch.optim.AdamW:
+    """AdamW. The fused kernel where torch has it: one pass over all parameters instead of a loop of small kernels
+    (5x faster on CPU too), and it can skip a non-finite step on the device (found_inf), so the step needs no host
+    synchronisation."""
+    return torch.optim.AdamW(
+        model.parameters(),
+        lr=optim.lr,
+        betas=optim.betas,
+        weight_decay=optim.weight_decay,
+        eps=optim.eps,
+        fused=fused_optimizer_supported(device),
+    )
+
+
+def check_cache_serves_model(cfg: DiffusionTrainConfig, dataset: LatentDataset, model_cfg: DiTConfig) -> None:
+    """The recipe's losses need what the cache and the model have: VFM features, posterior moments, a projector, a
+    class token."""
+    transport = cfg.transport
+    if (transport.align_weight or model_cfg.class_token_dim) and not dataset.has_vfm_features:
         raise ConfigError(
             f"transport.align_weight / a REG model need VFM features, but {cfg.data.cache} has none; "
             "re-cache with `vfmvae cache-latents ... --vfm-features dinov2-base`"
@@ -135,168 +222,86 @@ def _train_diffusion(cfg: DiffusionTrainConfig, run: TrainingRun) -> dict[str, A
             f"data.posterior_draws needs a cache of posterior moments, but {cfg.data.cache} has none; "
             "re-cache with `vfmvae cache-latents ... --moments` or set data.posterior_draws=false"
         )
-    if tc.align_weight and not mcfg.align_dims:
+    if transport.align_weight and not model_cfg.align_dims:
         raise ConfigError(
             f"transport.align_weight > 0 but {cfg.model.arch} has no projector (model.overrides.align_dims)"
         )
-    if tc.cls_weight and not mcfg.class_token_dim:
+    if transport.cls_weight and not model_cfg.class_token_dim:
         raise ConfigError(f"transport.cls_weight > 0 but {cfg.model.arch} has no class token (a reg-sit model)")
-    model.gradient_checkpointing = rc.gradient_checkpointing
-    # the fused kernel: one pass over all parameters instead of a loop of small kernels (5x faster on CPU too),
-    # and it can skip a non-finite step on the device (found_inf), so the step needs no host synchronisation
-    opt = torch.optim.AdamW(
-        model.parameters(),
-        lr=cfg.optim.lr,
-        betas=cfg.optim.betas,
-        weight_decay=cfg.optim.weight_decay,
-        eps=cfg.optim.eps,
-        fused=fused_optimizer_supported(device),
-    )
-    ema = EMA(model, rc.ema_halflife_images, rc.ema_rampup)
 
-    # ---- resume
-    ckpt = run.resume()
-    if ckpt is not None:
-        load_state_strict(model, ckpt.model, ckpt.path / "model.safetensors")  # another architecture: one line
-        ema.load_state_dict(ckpt.ema)
-        opt.load_state_dict(ckpt.state["opt"])
 
-    # A head whose loss weight is 0 (projectors without alignment loss, REG's class-token output without its loss)
-    # never gets a gradient. Freeze it before DDP wraps the model: DDP waits for a gradient of every parameter that
-    # requires one, and an output that is returned but unused never delivers it (find_unused_parameters cannot see
-    # that). Optimizers skip such parameters anyway (their .grad stays None), so training is unchanged.
-    if mcfg.align_dims and not tc.align_weight:
+def _freeze_unused_heads(model: DiffusionTransformer, transport: TransportConfig) -> DiffusionTransformer:
+    """A head whose loss weight is 0 (projectors without alignment loss, REG's class-token output without its loss)
+    never gets a gradient. Frozen before DDP wraps the model: DDP waits for a gradient of every parameter that
+    requires one, and an output that is returned but unused never delivers it (find_unused_parameters cannot see
+    that). Optimizers skip such parameters anyway (their .grad stays None), so training is unchanged."""
+    if model.config.align_dims and not transport.align_weight:
         model.projectors.requires_grad_(False)
-    if mcfg.class_token_dim and not tc.cls_weight:
+    if model.config.class_token_dim and not transport.cls_weight:
         model.final_layer.linear_cls.requires_grad_(False)
-    net: nn.Module = model
-    if dist_utils.is_distributed():
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if rc.compile:
-        compile_diffusion(model)  # regional: the blocks compile once, fullgraph (training/compile.py)
-    scaler = torch.amp.GradScaler(device.type) if rc.precision == "fp16" else None
-    autocast = autocast_factory(rc.precision, device)
+    return model
+
+
+def _distributed(model: nn.Module, device: torch.device) -> nn.Module:
+    if not dist_utils.is_distributed():
+        return model
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _latent_loader(dataset: LatentDataset, cfg: DiffusionTrainConfig, run: TrainingRun) -> Iterator[dict[str, Any]]:
+    """This rank's micro-batches, in the order a run of any length and any number of processes reads them; a
+    resumed run starts at its global position."""
     sampler = ResumableSampler(
-        len(dataset), rank=run.rank, world=run.world, seed=rc.seed, start=run.step * rc.batch_size
+        len(dataset), rank=run.rank, world=run.world, seed=cfg.run.seed, start=run.step * cfg.run.batch_size
     )
-    loader = iter(
+    return iter(
         DataLoader(
             dataset,
             batch_size=run.micro,
             sampler=sampler,
             num_workers=cfg.data.num_workers,
-            pin_memory=device.type == "cuda",
+            pin_memory=run.device.type == "cuda",
             persistent_workers=cfg.data.num_workers > 0,
         )
     )
-    generator = torch.Generator(device=device)
-    stats = dataset.stats  # the cache's, with its tokenizer's digest: `sample` checks the tokenizer against it
-    grids = _PipelineGrid(cfg, dataset, ema.model, stats)
 
-    def save() -> None:
-        run.manager.save(
-            run.step,
-            images_seen=run.images,
-            model=model.state_dict(),
-            ema=ema.state_dict(),
-            state={"opt": opt.state_dict(), "counters": run.counters},
-            rank_state={"rng": capture_rng_state()},
-            meta={"config": config_to_dict(cfg)},
-        )
 
-    def export(path: Path) -> None:
-        ema.model.save_pretrained(path)
-        # absolute paths: `sample` reads them from any working directory
-        replace(
-            stats, tokenizer=_absolute(cfg.tokenizer or dataset.manifest["tokenizer"]), cache=_absolute(cfg.data.cache)
-        ).save(path)
-        atomic_write_text(path / SAMPLER_FILE, json.dumps({"preset": cfg.sample_preset}) + "\n")
-        write_class_names(path, dataset.manifest.get("class_names"))  # `vfmvae sample --classes NAME`
+def _micro_batch(
+    batch: dict[str, Any], draws: StepDraws, run: TrainingRun, index: int, device: torch.device
+) -> dict[str, Any]:
+    """A micro-batch on the device with its rows of the step's draws."""
+    batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+    batch["draws"] = draws.rows_of(global_rows(run.rank, run.world, index, run.micro, len(batch["label"]), device))
+    return batch
 
-    if run.evaluator is None and cfg.eval.enabled:  # the recipe's `eval:` section (sample FID against eval.ref)
-        run.evaluator = build_evaluator(
-            cfg.eval,
-            run.dir,
-            kind="diffusion",
-            device=device,
-            tokenizer=cfg.tokenizer or dataset.manifest["tokenizer"],
-            latent_stats=stats,
-            preset=cfg.sample_preset,
-            save_best=lambda _model, path: export(path),
-        )
-    run.begin(
-        model=model,
-        ema=ema,
-        dataset_size=len(dataset),
-        save=save,
-        grid=grids.save,
-        loss_key="loss",
-        skip_keys=("skipped_steps",),
-        stop_label="non-finite steps",
+
+def _labels(batch: dict[str, Any]) -> int:
+    return len(batch["label"])
+
+
+def _evaluator(cfg: DiffusionTrainConfig, run: TrainingRun, dataset: LatentDataset, export) -> Evaluator:
+    return build_evaluator(
+        cfg.eval,
+        run.dir,
+        kind="diffusion",
+        device=run.device,
+        tokenizer=cfg.tokenizer or dataset.manifest["tokenizer"],
+        latent_stats=dataset.stats,
+        preset=cfg.sample_preset,
+        save_best=lambda model, path: export(path, model=model),
     )
 
-    # ---- the step body: one optimizer step over the micro-batches of this rank, with the step's draws
-    def loss_fn(module: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        targets, cls = align_targets(mcfg, batch)
-        d = batch["draws"]
-        latents = batch["latents"]
-        if d.posterior_eps is not None:  # a fresh posterior sample per step (REG's sample_posterior)
-            latents = draw_posterior(latents, batch["latents_std"], d.posterior_eps)
-        with autocast():
-            terms = training_loss(
-                module,
-                latents,
-                batch["label"],
-                tc,
-                t=d.t,
-                noise=d.noise,
-                cls_noise=d.cls_noise,
-                drop_labels=d.drop,
-                align_targets=targets if tc.align_weight else None,
-                cls_target=cls if mcfg.class_token_dim else None,
-            )
-        for name in ("loss", "mse", "cosine", "align", "cls"):
-            value = getattr(terms, name)
-            if value is not None:
-                run.scalars[f"loss/{name}" if name != "loss" else "loss"] = value.detach().mean()
-        return terms.loss.mean()
 
-    while run.running:
-        draws = StepDraws.draw(
-            run.step,
-            seed=rc.seed,
-            batch_size=rc.batch_size,
-            transport=tc,
-            model=mcfg,
-            posterior=cfg.data.posterior_draws,
-            generator=generator,
-        )
-        warmup = cfg.optim.warmup_steps
-        lr = cfg.optim.lr * min(1.0, (run.step + 1) / warmup) if warmup else cfg.optim.lr
-        for group in opt.param_groups:
-            group["lr"] = lr
-        batches = []
-        for m in range(run.accum):
-            batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in next(loader).items()}
-            batch["draws"] = draws.rows_of(global_rows(run.rank, run.world, m, run.micro, len(batch["label"]), device))
-            batches.append(batch)
-        model.train()
-        result = optimizer_step(
-            net,
-            opt,
-            batches,
-            loss_fn,
-            batch_size_of=lambda b: len(b["label"]),
-            grad_clip=cfg.optim.grad_clip,
-            scaler=scaler,
-        )
-        # `record` is called inside end_step, before the next step rebinds `result` and `lr`
-        run.end_step(
-            skips={"skipped_steps": result.applied_t},
-            record=lambda result=result, lr=lr: {"grad_norm": result.grad_norm, "lr": lr},
-        )
-    summary = run.finish(export=export)
-    return {**summary, "final": scalars_to_floats(run.scalars)}
+def export_pipeline_folder(
+    path: Path, *, cfg: DiffusionTrainConfig, dataset: LatentDataset, model: DiffusionTransformer, stats: LatentStats
+) -> None:
+    """`model` as a pipeline folder: the model, latent_stats.json (with absolute paths of the tokenizer and the cache:
+    `sample` reads them from any working directory) and sampler.json (the recipe's preset)."""
+    model.save_pretrained(path)
+    tokenizer = cfg.tokenizer or dataset.manifest["tokenizer"]
+    replace(stats, tokenizer=_absolute(tokenizer), cache=_absolute(cfg.data.cache)).save(path)
+    atomic_write_text(path / SAMPLER_FILE, json.dumps({"preset": cfg.sample_preset}) + "\n")
+    write_class_names(path, dataset.manifest.get("class_names"))  # `vfmvae sample --classes NAME`
 
 
 def _absolute(path: str | Path) -> str:
@@ -316,8 +321,6 @@ class _PipelineGrid:
         self.disabled = False
 
     def _load(self) -> VFMVAEPipeline | None:
-        from vfmvae.tokenizer import VFMVAE
-
         if self.pipeline is None and not self.disabled:
             try:
                 tokenizer = VFMVAE.from_pretrained(
@@ -336,8 +339,6 @@ class _PipelineGrid:
 
     @torch.no_grad()
     def save(self, path: Path) -> None:
-        from vfmvae.vis import save_grid
-
         pipe, run = self._load(), self.cfg.run
         if pipe is None:
             return

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from vfmvae.checkpoint.atomic import write_npz_atomic
+from vfmvae.checkpoint.sample_digests import recorded_sample_files
 from vfmvae.evaluation.features import extract_features
 from vfmvae.evaluation.images import npz_header, open_image_set
 from vfmvae.evaluation.inception import load_inception
@@ -19,7 +20,7 @@ from vfmvae.evaluation.stats import (
     warn_if_too_few_for_fid,
 )
 
-__all__ = ["evaluate_generation", "build_reference", "generation_metrics"]
+__all__ = ["evaluate_generation", "build_reference", "generation_metrics", "load_reference"]
 
 RESIZE = "TF1-legacy bilinear to 299 inside the network (torch-fidelity port of the 2015-12-05 graph)"
 
@@ -56,7 +57,9 @@ def _check_reference_headers(path: Path) -> list[str]:
     return names
 
 
-def _load_reference(path: Path) -> dict[str, np.ndarray]:
+def load_reference(path: Path) -> dict[str, np.ndarray]:
+    """The statistics an ADM reference batch stores (mu, sigma, mu_s, sigma_s, those present) and whether it holds
+    images (`has_images`, for precision/recall); its headers are checked before anything is read."""
     if not path.is_file():
         raise FileNotFoundError(f"reference batch not found: {path}")
     names = _check_reference_headers(path)
@@ -97,8 +100,7 @@ def evaluate_generation(
 ) -> dict:
     """FID, sFID, IS, precision and recall of `samples` (.npz or folder) against an ADM reference batch."""
     ref = Path(ref)
-    reference = _load_reference(ref)
-    from vfmvae.sampling.digests import recorded_sample_files
+    reference = load_reference(ref)
 
     # a `vfmvae sample` folder: exactly its recorded samples (checked by digest), extra files left out with a warning
     sample_set = open_image_set(samples, files=recorded_sample_files(samples) if Path(samples).is_dir() else None)

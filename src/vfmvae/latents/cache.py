@@ -2,9 +2,9 @@
 
 Layout of a cache folder:
 
-    cache.json                    manifest: tokenizer, image size, latent shape, shards with their counts,
-                                  and the per-channel mean/std of the latents (`LatentStats`, applied by
-                                  `LatentDataset`)
+    cache.json                    manifest: image size, latent shape, shards with their counts, and the
+                                  per-channel mean/std of the latents with the tokenizer's path and content
+                                  digest (written and read by `LatentStats`, applied by `LatentDataset`)
     shard-r00-00000.safetensors   latents (N, C, h, w) float32, labels (N,) int64, and optionally
                                   latents_flip (the horizontally flipped image's latents), vfm_features
                                   (N, T, D) float16 (frozen-VFM final patch tokens, for REPA/REG alignment)
@@ -44,6 +44,7 @@ from vfmvae.data.folder import ImageFolderDataset
 from vfmvae.data.transforms import flip_decision
 from vfmvae.latents.settings import cache_settings, claim_cache_folder
 from vfmvae.latents.stats import CACHE_MANIFEST, LatentStats
+from vfmvae.latents.targets import build_target_vfm
 from vfmvae.seeding import derive_seed
 
 __all__ = ["cache_latents", "LatentDataset", "CacheError", "draw_posterior"]
@@ -94,34 +95,26 @@ def _cache_latents(
     Labels must lie in [0, num_classes) (default bound: `MAX_CLASSES`); a missing, negative or larger one is
     refused naming the sample, before anything is encoded for a folder, before its batch for tar shards.
     """
-    from tqdm.auto import tqdm
-
     from vfmvae.tokenizer import VFMVAE
 
     if sample and moments:
         raise ValueError("cache_latents: choose sample (one posterior sample) or moments (mean and std), not both")
+    # ---- set up: the tokenizer, the optional VFM targets, this rank's share of the data
     dev = dist_utils.init_distributed(device=device)  # joins the group under torchrun, with or without --device
     rank, world = dist_utils.rank(), dist_utils.world_size()
     out = Path(out)
     model = VFMVAE.from_pretrained(tokenizer).to(dev).eval()
     resolution = resolution or model.config.image_size
-    vfm = None
-    if vfm_features:
-        from vfmvae.latents.targets import build_target_vfm
-
-        # REPA/REG feed DINOv2 224 px (16x16 tokens); default: the registry's scale for this resolution
-        vfm = build_target_vfm(vfm_features, resolution, vfm_resolution).to(dev)
-    dataset = build_dataset(
-        DataConfig(source=Path(data), resolution=resolution, hflip=False, num_workers=num_workers),
-        rank=rank,
-        world=world,
-        loop=False,
-    )
-    label_bound = num_classes or MAX_CLASSES
+    # REPA/REG alignment targets: DINOv2 fed 224 px (16x16 tokens); default: the registry's scale for this resolution
+    vfm = build_target_vfm(vfm_features, resolution, vfm_resolution).to(dev) if vfm_features else None
+    source = DataConfig(source=Path(data), resolution=resolution, hflip=False, num_workers=num_workers)
+    dataset = build_dataset(source, rank=rank, world=world, loop=False)
+    labels = _LabelCheck(data, num_classes)
     if isinstance(dataset, ImageFolderDataset):  # a folder's labels are known from its listing: check them now
-        _check_labels(dataset.labels, dataset.files, label_bound, num_classes, data)
-    # verify what a re-run resumes (tokenizer content, data listing, flags), not item counts: rank 0 records or
-    # checks the settings first, then every other rank checks its own against them
+        labels.check(dataset.labels, dataset.files)
+
+    # ---- claim the folder: rank 0 records or checks the settings first, then every other rank checks its own
+    # (what a re-run resumes is verified: tokenizer content, data listing, flags; not item counts)
     settings = cache_settings(
         tokenizer,
         data,
@@ -136,115 +129,175 @@ def _cache_latents(
         seed=seed,
         world_size=world,
     )
-    if rank == 0:  # locked like a run folder (released when caching ends): two cache-latents into one --out refused
-        held.callback(claim_cache_folder(out, settings, CacheError, lock=True).release)
-    dist_utils.barrier()
-    if rank != 0:
-        claim_cache_folder(out, settings, CacheError)
+    _claim_on_every_rank(out, settings, rank, held)
     # image folders: label i is the i-th class folder's name (tar shards carry numeric labels only)
     class_names = list(dataset.classes) if isinstance(dataset, ImageFolderDataset) and dataset.classes else None
     if isinstance(dataset, ImageFolderDataset):
         dataset = Subset(dataset, list(rank_shard(len(dataset), rank, world)))
-    progress_file = out / f"progress-r{rank:02d}.json"
-    done = json.loads(progress_file.read_text()) if progress_file.is_file() else {"shards": [], "items": 0}
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skip_bad)
-    generator = torch.Generator().manual_seed(derive_seed(seed, rank))  # posterior samples (--sample) of this rank
-    skips = SkipCounter()
-    buffer: dict[str, list[torch.Tensor]] = {}
-    consumed = 0  # items read in this pass, good or bad: the resume position
-    shard_index = len(done["shards"])
 
-    def flush() -> None:
-        nonlocal shard_index, buffer
-        if not buffer:
+    # ---- encode this rank's items into shards, continuing after the last finished shard
+    writer = _ShardWriter(out, rank, tokenizer)
+    encode = _Encoder(model, vfm, flip=flip, sample=sample, moments=moments, tokenizer=tokenizer, seed=seed, rank=rank)
+    _encode_all(dataset, writer, encode, labels, settings, workers=num_workers, progress=progress and rank == 0)
+    if not writer.done["shards"]:
+        if world == 1:  # every image was bad: say so, not that a progress file is missing
+            raise CacheError(f"no usable images in {data} ({writer.skips.summary()})")
+        writer.save_progress()  # an empty part; rank 0 decides whether any rank cached
+
+    # ---- the manifest with the statistics, once every rank has finished
+    dist_utils.barrier()
+    if rank == 0:
+        _write_manifest(out, model, settings, moments=moments, class_names=class_names)
+    dist_utils.barrier()
+    return writer.summary()
+
+
+def _claim_on_every_rank(out: Path, settings: dict[str, Any], rank: int, held: contextlib.ExitStack) -> None:
+    """Rank 0 records the settings in `out` (or checks them against a cache there) first, then every other rank
+    checks its own against them. Rank 0 locks `out` like a run folder until `held` closes (when caching ends), so
+    that a second cache-latents into the same folder is refused."""
+    if rank == 0:
+        held.callback(claim_cache_folder(out, settings, CacheError, lock=True).release)
+    dist_utils.barrier()
+    if rank != 0:
+        claim_cache_folder(out, settings, CacheError)
+
+
+class _LabelCheck:
+    """Refuses the first label outside [0, bound): -1 is how a flat folder or a sample without `.cls` reads."""
+
+    def __init__(self, data: str | Path, num_classes: int | None) -> None:
+        self.data, self.num_classes = data, num_classes
+        self.bound = num_classes or MAX_CLASSES
+
+    def check(self, labels: list[int], names: list) -> None:
+        for label, name in zip(labels, names):
+            if label == -1:
+                raise CacheError(
+                    f"{name} in {self.data} has no class label (a flat folder, or a tar sample without a .cls "
+                    "member): cached latents need labels 0..K-1 (one class subfolder per class)"
+                )
+            if label < 0:
+                raise CacheError(f"{name} in {self.data} has label {label}: labels must be >= 0")
+            if label >= self.bound:
+                limit = (
+                    f"--num-classes {self.num_classes}"
+                    if self.num_classes
+                    else f"the bound {MAX_CLASSES:,} (pass --num-classes)"
+                )
+                raise CacheError(f"{name} in {self.data} has label {label:,}, outside 0..{self.bound - 1:,} ({limit})")
+
+
+class _ShardWriter:
+    """Collects encoded batches and writes them as atomic shards; `progress-rNN.json` lists the finished shards of
+    this rank and the items they consumed (good or bad), the resume position of a re-run."""
+
+    def __init__(self, out: Path, rank: int, tokenizer: str | Path) -> None:
+        self.out, self.rank, self.tokenizer = out, rank, tokenizer
+        self.progress_file = out / f"progress-r{rank:02d}.json"
+        self.done = (
+            json.loads(self.progress_file.read_text()) if self.progress_file.is_file() else {"shards": [], "items": 0}
+        )
+        self.buffer: dict[str, list[torch.Tensor]] = {}
+        self.consumed = 0  # items read in this pass, good or bad: the resume position
+        self.skips = SkipCounter()
+
+    def add(self, tensors: dict[str, torch.Tensor]) -> None:
+        for key, value in tensors.items():
+            self.buffer.setdefault(key, []).append(value)
+
+    @property
+    def buffered(self) -> int:
+        return sum(len(t) for t in self.buffer.get("labels", []))
+
+    def flush(self) -> None:
+        if not self.buffer:
             return
-        tensors = {k: torch.cat(v) for k, v in buffer.items()}
-        name = _shard_name(rank, shard_index)
+        tensors = {k: torch.cat(v) for k, v in self.buffer.items()}
+        name = _shard_name(self.rank, len(self.done["shards"]))
         bad = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
         if bad:  # NaN tokenizer weights would give an all-NaN cache reported as done
             raise CacheError(
-                f"non-finite values in {', '.join(bad)} of {out / name} (encoded by {tokenizer}); "
+                f"non-finite values in {', '.join(bad)} of {self.out / name} (encoded by {self.tokenizer}); "
                 "nothing was written for this shard: check the tokenizer's weights"
             )
-        save_tensors(out / name, tensors, metadata={"count": str(len(tensors["labels"]))})
-        done["shards"].append({"file": name, "count": len(tensors["labels"])})
-        done["items"] = consumed
-        atomic_write_text(progress_file, json.dumps(done))
-        shard_index += 1
-        buffer = {}
+        save_tensors(self.out / name, tensors, metadata={"count": str(len(tensors["labels"]))})
+        self.done["shards"].append({"file": name, "count": len(tensors["labels"])})
+        self.done["items"] = self.consumed
+        self.save_progress()
+        self.buffer = {}
 
-    with (
-        torch.no_grad(),
-        tqdm(
-            total=len(dataset) if hasattr(dataset, "__len__") else None,
-            desc="caching latents",
-            unit="img",
-            disable=not (progress and rank == 0),
-            initial=done["items"],
-        ) as bar,
-    ):
+    def summary(self) -> dict[str, Any]:
+        """What `cache_latents` returns: the manifest on rank 0; other ranks report their own part."""
+        if self.rank == 0:
+            return {**json.loads((self.out / MANIFEST).read_text()), "skipped": self.skips.as_dict()}
+        own = self.done["shards"]
+        return {"num_items": sum(s["count"] for s in own), "shards": own, "latent_shape": None, **self.skipped()}
+
+    def skipped(self) -> dict[str, Any]:
+        return {"skipped": self.skips.as_dict()}
+
+    def save_progress(self) -> None:
+        atomic_write_text(self.progress_file, json.dumps(self.done))
+
+
+class _Encoder:
+    """What one batch of images becomes: latents (mean, one posterior sample, or mean and std), of the flipped
+    images too, and the VFM targets."""
+
+    def __init__(self, model, vfm, *, flip: bool, sample: bool, moments: bool, tokenizer, seed: int, rank: int):
+        self.model, self.vfm, self.flip, self.sample, self.moments = model, vfm, flip, sample, moments
+        self.tokenizer = tokenizer
+        self.generator = torch.Generator().manual_seed(derive_seed(seed, rank))  # --sample's draws, per rank
+
+    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        variants = {"latents": images, **({"latents_flip": images.flip(-1)} if self.flip else {})}
+        for key, x in variants.items():
+            post = self.model.encode(x)
+            z = post.sample(self.generator) if self.sample and hasattr(post, "sample") else post.mode()
+            out[key] = z.float().cpu()
+            if self.moments:
+                if not hasattr(post, "std"):
+                    raise ValueError(
+                        f"{self.tokenizer} is a discrete tokenizer: it has no posterior std to cache (moments)"
+                    )
+                out[key + "_std"] = post.std.float().cpu()
+        if self.vfm is not None:
+            for suffix, x in (("", images), ("_flip", images.flip(-1) if self.flip else None)):
+                if x is None:
+                    continue
+                feats = self.vfm(x)
+                out["vfm_features" + suffix] = feats.tokens[0].half().cpu()
+                if feats.cls is not None:
+                    out["vfm_cls" + suffix] = feats.cls.half().cpu()
+        return out
+
+
+@torch.no_grad()
+def _encode_all(dataset, writer: _ShardWriter, encode: _Encoder, labels: _LabelCheck, settings, *, workers, progress):
+    """Every batch of `dataset` through `encode` into `writer`'s shards; batches of finished shards are skipped."""
+    from tqdm.auto import tqdm
+
+    loader = DataLoader(dataset, batch_size=settings["batch_size"], num_workers=workers, collate_fn=collate_skip_bad)
+    device = next(encode.model.parameters()).device
+    total = len(dataset) if hasattr(dataset, "__len__") else None
+    done = writer.done["items"]
+    with tqdm(total=total, desc="caching latents", unit="img", disable=not progress, initial=done) as bar:
         for batch in loader:
             n_items = batch["num_items"]
-            if consumed + n_items <= done["items"]:  # already in a finished shard
-                consumed += n_items
+            writer.consumed += n_items
+            if writer.consumed <= done:  # already in a finished shard
                 continue
-            skips.add_skipped(batch["skipped"])
-            consumed += n_items
+            writer.skips.add_skipped(batch["skipped"])
             bar.update(n_items)
             if "image" not in batch:
                 continue
-            _check_labels(batch["label"].tolist(), batch["name"], label_bound, num_classes, data)
-            images = to_float01(batch["image"]).to(dev)
-            variants = {"latents": images}
-            if flip:
-                variants["latents_flip"] = images.flip(-1)
-            for key, x in variants.items():
-                post = model.encode(x)
-                z = post.sample(generator) if sample and hasattr(post, "sample") else post.mode()
-                buffer.setdefault(key, []).append(z.float().cpu())
-                if moments:
-                    if not hasattr(post, "std"):
-                        raise ValueError(
-                            f"{tokenizer} is a discrete tokenizer: it has no posterior std to cache (moments)"
-                        )
-                    buffer.setdefault(key + "_std", []).append(post.std.float().cpu())
-            buffer.setdefault("labels", []).append(batch["label"])
-            if vfm is not None:
-                for suffix, x in (("", images), ("_flip", images.flip(-1) if flip else None)):
-                    if x is None:
-                        continue
-                    feats = vfm(x)
-                    buffer.setdefault("vfm_features" + suffix, []).append(feats.tokens[0].half().cpu())
-                    if feats.cls is not None:
-                        buffer.setdefault("vfm_cls" + suffix, []).append(feats.cls.half().cpu())
-            if sum(len(t) for t in buffer["labels"]) >= shard_size:
-                flush()
-        flush()
-    if not done["shards"]:
-        if world == 1:  # every image was bad: say so, not that a progress file is missing
-            raise CacheError(f"no usable images in {data} ({skips.summary()})")
-        atomic_write_text(progress_file, json.dumps(done))  # an empty part; rank 0 decides whether any rank cached
-    dist_utils.barrier()
-    if rank == 0:
-        _write_manifest(
-            out,
-            model,
-            tokenizer,
-            resolution,
-            world,
-            flip,
-            vfm_features,
-            sample,
-            vfm_resolution,
-            moments,
-            seed,
-            class_names=class_names,
-        )
-    dist_utils.barrier()
-    if rank == 0:
-        return {**json.loads((out / MANIFEST).read_text()), "skipped": skips.as_dict()}
-    own = done["shards"]  # other ranks report their own part
-    return {"num_items": sum(s["count"] for s in own), "shards": own, "latent_shape": None, "skipped": skips.as_dict()}
+            labels.check(batch["label"].tolist(), batch["name"])
+            writer.add({**encode(to_float01(batch["image"]).to(device)), "labels": batch["label"]})
+            if writer.buffered >= settings["shard_size"]:
+                writer.flush()
+        writer.flush()
 
 
 _SHARD_FILE = re.compile(r"^shard-r\d{2,}-\d{5,}\.safetensors$")  # the names `_shard_name` gives
@@ -272,78 +325,67 @@ def shard_entries(record: Any, root: Path, source: Path) -> list[dict[str, Any]]
     return entries
 
 
-def _check_labels(labels: list[int], names: list, bound: int, num_classes: int | None, data) -> None:
-    """Refuse the first label outside [0, bound): -1 is how a flat folder or a sample without `.cls` reads."""
-    for label, name in zip(labels, names):
-        if label == -1:
-            raise CacheError(
-                f"{name} in {data} has no class label (a flat folder, or a tar sample without a .cls "
-                "member): cached latents need labels 0..K-1 (one class subfolder per class)"
-            )
-        if label < 0:
-            raise CacheError(f"{name} in {data} has label {label}: labels must be >= 0")
-        if label >= bound:
-            limit = f"--num-classes {num_classes}" if num_classes else f"the bound {MAX_CLASSES:,} (pass --num-classes)"
-            raise CacheError(f"{name} in {data} has label {label:,}, outside 0..{bound - 1:,} ({limit})")
-
-
 def _write_manifest(
-    out: Path,
-    model,
-    tokenizer,
-    resolution: int,
-    world: int,
-    flip: bool,
-    vfm_features,
-    sample: bool,
-    vfm_resolution: int | None = None,
-    moments: bool = False,
-    seed: int = 0,
-    class_names: list[str] | None = None,
+    out: Path, model, settings: dict[str, Any], *, moments: bool, class_names: list[str] | None
 ) -> None:
+    """cache.json from every rank's finished shards and `settings` (those `cache_settings` recorded)."""
+    world = settings["world_size"]
     shards = []
     for r in range(world):
         progress = out / f"progress-r{r:02d}.json"
         shards += shard_entries(json.loads(progress.read_text()), out, progress)
-    # per-channel statistics over (N, h, w) of the unflipped latents, float64 sums (streamed over shards);
-    # with moments, of one posterior sample per image (seeded per shard), as the official prefetch
+    if not shards:
+        raise CacheError(f"no usable images in the data on any of the {world} ranks: nothing was cached into {out}")
+    mean, std, latent_shape = _channel_statistics(out, shards, moments, settings["seed"])
+    # the statistics with the tokenizer they belong to, as LatentStats writes them: its absolute path (training and
+    # sampling read it from any directory) and its content digest
+    # (a constant, dead channel is refused by LatentStats here, before anything is written)
+    stats = LatentStats(
+        mean,
+        std,
+        tokenizer=settings["tokenizer"],
+        tokenizer_sha256=settings["tokenizer_sha256"],
+        source=out / MANIFEST,
+    )
+    manifest = {
+        "kind": "vfmvae-latent-cache",
+        "format_version": 1,
+        "tokenizer_config": {"z_dim": model.config.latent_channels, "image_size": model.config.image_size},
+        "resolution": settings["resolution"],
+        "latent_shape": latent_shape,
+        "latent": "posterior moments" if moments else "posterior sample" if settings["sample"] else "posterior mean",
+        "flip": settings["flip"],
+        "vfm_features": settings["vfm_features"],
+        "vfm_resolution": settings["vfm_resolution"],
+        "num_items": sum(s["count"] for s in shards),
+        "class_names": class_names,  # label i's folder name (None for tar shards: numeric labels only)
+        "shards": shards,
+        **stats.to_dict(),
+    }
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+
+
+def _channel_statistics(
+    out: Path, shards: list[dict[str, Any]], moments: bool, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Per-channel mean and std (float64) over (N, h, w) of the unflipped latents, streamed over the shards; with
+    moments, of one posterior sample per image (seeded per shard), as the official prefetch."""
     total, s1, s2 = 0, None, None
     for index, shard in enumerate(shards):
         with safe_open(str(out / shard["file"]), framework="pt") as f:
             z = f.get_tensor("latents").double()
             if moments:
-                # (per shard; only with moments, where the per-rank `generator` above draws nothing)
-                g = torch.Generator().manual_seed(derive_seed(seed, index))
-                z = z + f.get_tensor("latents_std").double() * torch.randn(z.shape, generator=g, dtype=torch.float64)
-        c = z.shape[1]
-        flat = z.transpose(0, 1).reshape(c, -1)
+                # (per shard; only with moments, where the per-rank generator of --sample draws nothing)
+                draws = torch.Generator().manual_seed(derive_seed(seed, index))
+                noise = torch.randn(z.shape, generator=draws, dtype=torch.float64)
+                z = z + f.get_tensor("latents_std").double() * noise
+        flat = z.transpose(0, 1).reshape(z.shape[1], -1)  # (C, N*h*w)
         s1 = flat.sum(1) if s1 is None else s1 + flat.sum(1)
         s2 = (flat**2).sum(1) if s2 is None else s2 + (flat**2).sum(1)
         total += flat.shape[1]
         latent_shape = list(z.shape[1:])
-    if not shards:
-        raise CacheError(f"no usable images in the data on any of the {world} ranks: nothing was cached into {out}")
     mean = s1 / total
-    std = (s2 / total - mean**2).clamp_min(0).sqrt()
-    LatentStats(mean.float(), std.float(), source=out / MANIFEST)  # a constant (dead) channel: refused, not written
-    manifest = {
-        "kind": "vfmvae-latent-cache",
-        "format_version": 1,
-        "tokenizer": str(Path(tokenizer).resolve()),  # absolute: training and sampling read it from any directory
-        "tokenizer_config": {"z_dim": model.config.latent_channels, "image_size": model.config.image_size},
-        "resolution": resolution,
-        "latent_shape": latent_shape,
-        "latent": "posterior moments" if moments else "posterior sample" if sample else "posterior mean",
-        "flip": flip,
-        "vfm_features": vfm_features,
-        "vfm_resolution": vfm_resolution,
-        "num_items": sum(s["count"] for s in shards),
-        "class_names": class_names,  # label i's folder name (None for tar shards: numeric labels only)
-        "shards": shards,
-        "mean": mean.tolist(),
-        "std": std.tolist(),
-    }
-    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return mean, (s2 / total - mean**2).clamp_min(0).sqrt(), latent_shape
 
 
 class LatentDataset(Dataset):

@@ -14,7 +14,7 @@ from typing import Any
 
 from vfmvae.checkpoint.atomic import atomic_write_text
 from vfmvae.checkpoint.digest import listing_digest, model_folder_digest
-from vfmvae.training.run_folder import LOCK_NAME, RunFolderLock, lock_output_folder
+from vfmvae.checkpoint.folder_lock import LOCK_NAME, RunFolderLock, lock_output_folder
 
 __all__ = ["SETTINGS", "cache_settings", "claim_cache_folder"]
 

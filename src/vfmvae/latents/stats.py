@@ -5,7 +5,8 @@ One object holds the statistics wherever they are needed (the latent cache, trai
 pipeline, the diffusers export, alignment features) and reads every file that carries them:
 
     cache.json          a latent cache's manifest (`vfmvae cache-latents`): the statistics measured while caching,
-                        the tokenizer's path, and (in the cache's settings.json) the tokenizer's content digest
+                        written by `LatentStats.to_dict` with the tokenizer's path and content digest (caches written
+                        before the digest moved into the manifest have it in their settings.json only)
     latent_stats.json   next to a diffusion export: {"mean", "std", "tokenizer", "tokenizer_sha256"?, "cache"?}
     latents_stats.pt    the official file ({'mean', 'std'} tensors, as tianciB/VFM-VAE@b3a752a's LightningDiT
                         training writes it), read with torch.load(weights_only=True); it names no tokenizer
@@ -131,10 +132,13 @@ class LatentStats:
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any], folder: str | Path) -> LatentStats:
-        """From a cache manifest already read; the tokenizer digest comes from the cache's settings.json."""
+        """From a cache manifest already read. The tokenizer digest is the manifest's; an older cache has it only in
+        its settings.json."""
         folder = Path(folder)
+        digest = manifest.get("tokenizer_sha256")
         settings = folder / _CACHE_SETTINGS
-        digest = cls._read_json(settings).get("tokenizer_sha256") if settings.is_file() else None
+        if digest is None and settings.is_file():
+            digest = cls._read_json(settings).get("tokenizer_sha256")
         return cls._from_dict({**manifest, "tokenizer_sha256": digest, "cache": str(folder)}, folder / CACHE_MANIFEST)
 
     @classmethod

@@ -33,12 +33,12 @@ from PIL import Image
 from vfmvae import distributed as dist_utils
 from vfmvae.checkpoint.atomic import atomic_write_text, write_npz_atomic
 from vfmvae.checkpoint.digest import file_sha256
+from vfmvae.checkpoint.folder_lock import LOCK_NAME, lock_output_folder
+from vfmvae.checkpoint.sample_digests import DIGESTS_NOTE, DigestLog, check_sample_bytes, read_digests, sample_name
 from vfmvae.data.labels import is_label
 from vfmvae.limits import MAX_SAMPLES
-from vfmvae.sampling.digests import DIGESTS_NOTE, DigestLog, check_sample_bytes, read_digests, sample_name
 from vfmvae.sampling.pipeline import SamplerConfig, VFMVAEPipeline
 from vfmvae.seeding import derive_seed
-from vfmvae.training.run_folder import LOCK_NAME, lock_output_folder
 
 __all__ = ["class_labels", "generate_samples", "write_npz"]
 
@@ -155,6 +155,52 @@ def generate_samples(
         return _generate_samples(pipe, Path(out), num, config, classes, seed, batch_size, progress, sources, held)
 
 
+def _claim_sample_folder(out: Path, settings: dict[str, Any], rank: int, held: contextlib.ExitStack) -> None:
+    """Check `out` on every rank (empty, or ours with the same settings but `num`), then rank 0 locks it until `held`
+    closes, records the settings and removes the temporary files of a killed run."""
+    settings_path = out / "settings.json"
+    if (
+        not settings_path.is_file()
+        and out.is_dir()
+        and any(
+            entry.name not in ("images", LOCK_NAME) or (entry.is_dir() and any(entry.iterdir()))
+            for entry in out.iterdir()
+        )
+    ):
+        raise ValueError(
+            f"{out} is not empty and holds no settings.json (not a sample folder of ours); its files "
+            "would be mixed with the new samples: use a new or empty --out"
+        )
+    if settings_path.is_file():  # a resumed run must use the same settings; only `num` may grow
+        old = json.loads(settings_path.read_text())
+        now = json.loads(json.dumps(settings))  # tuples as lists, as they were stored
+        if {k: v for k, v in old.items() if k != "num"} != {k: v for k, v in now.items() if k != "num"}:
+            raise ValueError(
+                f"{settings_path} was written with other settings; use a new --out or the same options "
+                f"(differences: {sorted(k for k in now if old.get(k) != now[k])})"
+            )
+    if rank == 0:  # checked, so nothing is written into a folder that is refused; then locked as run folders are
+        held.callback(lock_output_folder(out, "--out").release)
+        (out / "images").mkdir(exist_ok=True)
+    dist_utils.barrier()  # every rank has checked the old settings
+    if rank == 0:
+        atomic_write_text(settings_path, json.dumps(settings, indent=2) + "\n")
+        for stale in (out / "images").glob(".*.tmp-*"):  # left by a killed run; never counted as samples
+            stale.unlink(missing_ok=True)
+    dist_utils.barrier()  # before any rank writes new temporary files
+
+
+def _samples_to_make(out: Path, num: int, rank: int, world: int) -> list[int]:
+    """This rank's sample indices without a whole PNG in `out/images` (missing, or torn by a kill)."""
+    ours = [out / "images" / f"{i:06d}.png" for i in range(rank, num, world)]
+    torn = {png for png in ours if png.is_file() and not _is_whole_png(png)}
+    if torn:  # ours (named by index, in a folder with our settings.json): regenerated, replaced atomically
+        log.warning(
+            "%d incomplete PNG(s) in %s (e.g. %s) will be regenerated", len(torn), out / "images", min(torn).name
+        )
+    return [index for index, png in zip(range(rank, num, world), ours) if not png.is_file() or png in torn]
+
+
 def _generate_samples(
     pipe: VFMVAEPipeline,
     out: Path,
@@ -184,40 +230,8 @@ def _generate_samples(
         **({"label_seeds": LABEL_SEEDS} if classes == "random" else {}),
         **(sources or {}),
     }
-    settings_path = out / "settings.json"
-    if (
-        not settings_path.is_file()
-        and out.is_dir()
-        and any(p.name not in ("images", LOCK_NAME) or (p.is_dir() and any(p.iterdir())) for p in out.iterdir())
-    ):
-        raise ValueError(
-            f"{out} is not empty and holds no settings.json (not a sample folder of ours); its files "
-            "would be mixed with the new samples: use a new or empty --out"
-        )
-    if settings_path.is_file():  # a resumed run must use the same settings; only `num` may grow
-        old = json.loads(settings_path.read_text())
-        now = json.loads(json.dumps(settings))  # tuples as lists, as they were stored
-        if {k: v for k, v in old.items() if k != "num"} != {k: v for k, v in now.items() if k != "num"}:
-            raise ValueError(
-                f"{settings_path} was written with other settings; use a new --out or the same options "
-                f"(differences: {sorted(k for k in now if old.get(k) != now[k])})"
-            )
-    if rank == 0:  # checked, so nothing is written into a folder that is refused; then locked as run folders are
-        held.callback(lock_output_folder(out, "--out").release)
-        (out / "images").mkdir(exist_ok=True)
-    dist_utils.barrier()  # every rank has checked the old settings
-    if rank == 0:
-        atomic_write_text(settings_path, json.dumps(settings, indent=2) + "\n")
-        for stale in (out / "images").glob(".*.tmp-*"):  # left by a killed run; never counted as samples
-            stale.unlink(missing_ok=True)
-    dist_utils.barrier()  # before any rank writes new temporary files
-    ours = [out / "images" / f"{i:06d}.png" for i in range(rank, num, world)]
-    torn = {p for p in ours if p.is_file() and not _is_whole_png(p)}
-    if torn:  # ours (named by index, in a folder with our settings.json): regenerated, replaced atomically
-        log.warning(
-            "%d incomplete PNG(s) in %s (e.g. %s) will be regenerated", len(torn), out / "images", min(torn).name
-        )
-    mine = [i for i, p in zip(range(rank, num, world), ours) if not p.is_file() or p in torn]
+    _claim_sample_folder(out, settings, rank, held)
+    mine = _samples_to_make(out, num, rank, world)
     started, done = time.perf_counter(), 0
     digests = DigestLog(out, rank)
     with (

@@ -10,6 +10,8 @@ interval [low, high] (package time; LightningDiT's `cfg_interval_start=a` is (0,
 guidance_low/high are used as they are). `channels=3` reproduces LightningDiT's published behaviour, which
 guides only the first three channels (a DiT leftover) and keeps the conditional prediction for the rest. REG
 models also integrate their class token, guided with `cls_scale`.
+
+`SamplerConfig` names one sampler with its settings (what a preset of presets.py, or `vfmvae sample`, chooses).
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from dataclasses import dataclass
 import torch
 
 from vfmvae.diffusion.transport import shift_time
+from vfmvae.limits import MAX_SAMPLER_STEPS
 
-__all__ = ["Guidance", "time_grid", "guided_velocity", "sample_ode", "sample_sde"]
+__all__ = ["Guidance", "SamplerConfig", "SAMPLERS", "time_grid", "guided_velocity", "sample_ode", "sample_sde"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,39 @@ def check_shift(shift: float) -> None:
     """A shift <= 0 maps every time to 0 or NaN: all-black images reported as success."""
     if not (math.isfinite(shift) and shift > 0):
         raise ValueError(f"time-grid shift (--shift) must be a finite number > 0 (1 = no shift), got {shift}")
+
+
+SAMPLERS = ("euler", "heun", "sde")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Which sampler, with which settings: what a preset (sampling/presets.py) or `vfmvae sample` chooses."""
+
+    sampler: str = "euler"  # euler | heun (ODE) | sde (Euler-Maruyama, REG/SiT)
+    steps: int = 50
+    cfg_scale: float = 1.0
+    interval: tuple[float, float] = (0.0, 1.0)  # guidance while low <= t <= high (t = 1 noise)
+    guide_channels: int | None = None  # 3 = LightningDiT's published behaviour
+    cls_cfg_scale: float | None = None  # REG class token; None = cfg_scale
+    shift: float = 1.0  # ODE grid shift (LightningDiT's timestep_shift s is 1/s here)
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if not 1 <= self.steps <= MAX_SAMPLER_STEPS:  # the time grid and its loop are sized by it
+            raise ValueError(f"steps must be in 1..{MAX_SAMPLER_STEPS:,}, got {self.steps:,}")
+        check_shift(self.shift)
+        self.guidance  # noqa: B018 - builds (and so validates) the guidance settings now, not mid-run
+
+    @property
+    def guidance(self) -> Guidance:
+        return Guidance(
+            scale=self.cfg_scale,
+            interval=tuple(self.interval),
+            channels=self.guide_channels,
+            cls_scale=self.cls_cfg_scale,
+        )
 
 
 def guided_velocity(

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,43 +28,12 @@ import yaml
 from vfmvae.checkpoint.pretrained import resolve_model_dir
 from vfmvae.diffusion import DiffusionTransformer
 from vfmvae.latents.stats import STATS_FILE, LatentStats  # LatentStats re-exported: its home before latents.stats
-from vfmvae.limits import MAX_SAMPLER_STEPS
 from vfmvae.sampling.classes import read_class_names
-from vfmvae.sampling.ode import Guidance, check_shift, sample_ode, sample_sde
+from vfmvae.sampling.ode import SamplerConfig, sample_ode, sample_sde  # SamplerConfig re-exported (its home before)
+from vfmvae.sampling.presets import resolve_sampler_config
 from vfmvae.seeding import derive_seed
 
 __all__ = ["LatentStats", "SamplerConfig", "VFMVAEPipeline", "read_preset"]
-
-SAMPLERS = ("euler", "heun", "sde")
-
-
-@dataclass(frozen=True)
-class SamplerConfig:
-    sampler: str = "euler"  # euler | heun (ODE) | sde (Euler-Maruyama, REG/SiT)
-    steps: int = 50
-    cfg_scale: float = 1.0
-    interval: tuple[float, float] = (0.0, 1.0)  # guidance while low <= t <= high (t = 1 noise)
-    guide_channels: int | None = None  # 3 = LightningDiT's published behaviour
-    cls_cfg_scale: float | None = None  # REG class token; None = cfg_scale
-    shift: float = 1.0  # ODE grid shift (LightningDiT's timestep_shift s is 1/s here)
-
-    def __post_init__(self) -> None:
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        if not 1 <= self.steps <= MAX_SAMPLER_STEPS:  # the time grid and its loop are sized by it
-            raise ValueError(f"steps must be in 1..{MAX_SAMPLER_STEPS:,}, got {self.steps:,}")
-        check_shift(self.shift)
-        self.guidance  # noqa: B018 - builds (and so validates) the guidance settings now, not mid-run
-
-    @property
-    def guidance(self) -> Guidance:
-        return Guidance(
-            scale=self.cfg_scale,
-            interval=tuple(self.interval),
-            channels=self.guide_channels,
-            cls_scale=self.cls_cfg_scale,
-        )
-
 
 SAMPLER_FILE = "sampler.json"  # in a diffusion export: {"preset": name or null}, written by `train diffusion`
 
@@ -176,11 +144,13 @@ class VFMVAEPipeline:
         *,
         seed: int = 0,
         indices: Sequence[int] | None = None,
-        config: SamplerConfig = SamplerConfig(),
+        config: SamplerConfig | None = None,
         sample_seeds: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """Normalised latents for `labels`; sample i uses seed (seed, indices[i]) (default indices 0..B-1), or
-        `sample_seeds[i]` as its generator's seed when given (one seed per sample, e.g. from a list of generators)."""
+        `sample_seeds[i]` as its generator's seed when given (one seed per sample, e.g. from a list of generators);
+        `config` defaults to SamplerConfig's defaults."""
+        config = config or SamplerConfig()
         labels = torch.as_tensor(labels, dtype=torch.long)
         classes = self.diffusion.config.num_classes
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= classes):
@@ -228,13 +198,11 @@ class VFMVAEPipeline:
     ) -> torch.Tensor:
         """Images in [0, 1], (B, 3, H, W). Without `config`, the pipeline's preset with `options` (SamplerConfig
         fields: sampler, steps, cfg_scale, ...) applied on top."""
-        from vfmvae.sampling.presets import resolve_sampler_config
-
         config = config or resolve_sampler_config(self.preset, **options)
         latents = self.latents(labels, seed=seed, indices=indices, config=config, sample_seeds=sample_seeds)
         z = self.stats.denormalize(latents)
         # GroupNorm refuses a group of one value (a 1x1 map of a single sample in small decoders); its statistics
         # are per sample, so decoding the sample twice and keeping one copy changes nothing
         z = z.to(next(self.tokenizer.parameters()).dtype)
-        images = self.tokenizer.decode(z.repeat(2, 1, 1, 1) if len(z) == 1 else z)[: len(z)]
+        images = self.tokenizer.decode(z.repeat(2, 1, 1, 1) if len(z) == 1 else z).sample[: len(z)]
         return (images.clamp(-1, 1) + 1) / 2

@@ -291,7 +291,7 @@ def convert_official_tokenizer(
         from dataclasses import replace
 
         config = replace(config, vf_projection=True)
-    model = VFMVAE(config, vfm=frozen)
+    model = VFMVAE(config, prebuilt_vfm=frozen)
     convert_official_state_dict(state, model, source=str(weights_path))
     model.eval()
     if out is not None:

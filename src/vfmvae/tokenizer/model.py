@@ -8,6 +8,9 @@
     three coarsest blocks, x2 separable upsampling and a ToRGB of the accumulated skip features   (decode)
 
 Everything is resolution-agnostic: a model built for 256 px encodes and decodes 512 px images.
+
+`encode_moments` and `decode` return output dataclasses (`EncoderOutput`, `DecoderOutput`, as diffusers' autoencoders
+do): the training extras (the VFM features, the lower-resolution outputs) are fields, not tuples behind a flag.
 """
 
 from __future__ import annotations
@@ -37,9 +40,9 @@ from vfmvae.tokenizer.layers import (
 )
 from vfmvae.tokenizer.posterior import DiagonalGaussian
 from vfmvae.tokenizer.quantizer import MultiCodebookQuantizer, QuantizedLatent
-from vfmvae.vfm import FrozenVFM, VFMSpec, build_vfm
+from vfmvae.vfm import FrozenVFM, VFMFeatures, VFMSpec, build_vfm
 
-__all__ = ["VFMVAEConfig", "VFMVAE", "upgrade_flat_vfm_keys"]
+__all__ = ["VFMVAEConfig", "VFMVAE", "EncoderOutput", "DecoderOutput", "upgrade_flat_vfm_keys"]
 
 
 _POSITIVE_SIZES = (
@@ -163,6 +166,22 @@ class VFMVAEConfig:
         return [min(self.channel_base // int(r / scale), self.channel_max) for r in self.block_resolutions()]
 
 
+@dataclass
+class EncoderOutput:
+    """What `VFMVAE.encode_moments` returns."""
+
+    moments: torch.Tensor  # [mean | logvar] (B, 2 z_dim, h, w) before clamping; discrete: (B, vocab_width, h, w)
+    vfm_features: VFMFeatures  # the frozen VFM's taps: the alignment target of the VF loss
+
+
+@dataclass
+class DecoderOutput:
+    """What `VFMVAE.decode` returns."""
+
+    sample: torch.Tensor  # (B, 3, H, W) in about [-1, 1] (not clamped, as the official)
+    multiscale: list[torch.Tensor]  # the lower-resolution RGB outputs (B, 3, H / 2^k, W / 2^k), largest first
+
+
 class _Mapping(nn.Module):
     """Global style: normalize_2nd_moment(avgpool(Z)) -> FC + lrelu -> FC, at 1/100 learning rate."""
 
@@ -202,14 +221,15 @@ class _SynthesisBlock(nn.Module):
         self.resolution = resolution
 
     def forward(self, x: torch.Tensor, x_sum: torch.Tensor | None, w: torch.Tensor):
-        x = self.upsample(x)
+        # x (B, C_in, R/2, R/2): the previous block's features (and the injected latent); w (B, w_dim)
+        x = self.upsample(x)  # (B, C, R, R)
         for layer in self.layers:
-            x = layer(x, w)
+            x = layer(x, w)  # (B, C, R, R), modulated by the global style w
         for attn in self.attns:
-            x = attn(x)
+            x = attn(x)  # (B, C, R, R)
         # Progressive reconstruction: features (not RGB) are accumulated across blocks.
-        x_sum = x if self.skip_upsample is None else self.skip_upsample(x_sum) + x
-        return x, x_sum, self.torgb(x_sum, w).float()
+        x_sum = x if self.skip_upsample is None else self.skip_upsample(x_sum) + x  # (B, C, R, R)
+        return x, x_sum, self.torgb(x_sum, w).float()  # ..., this block's image (B, 3, R, R)
 
 
 class _Synthesis(nn.Module):
@@ -239,6 +259,7 @@ class _Synthesis(nn.Module):
         self.fp16_blocks = 0
 
     def forward(self, z: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        # z (B, Z, h, w) the decompressed latent; w (B, w_dim); block k works at R_k = R_0 x 2^k
         x = x_sum = None
         images = []
         first_fp16 = len(self.blocks) - self.fp16_blocks
@@ -247,15 +268,15 @@ class _Synthesis(nn.Module):
             # (no autocast context at all in the other blocks: enabled=False would switch off a caller's bf16 autocast)
             with torch.autocast(z.device.type, dtype=torch.float16) if half else contextlib.nullcontext():
                 if idx in self.inject_blocks:
-                    injected = self.latent_convs[str(idx)](z)
-                    x = injected if x is None else torch.cat([x, injected], dim=1)
+                    injected = self.latent_convs[str(idx)](z)  # (B, inject_dim, R_k/2, R_k/2): the latent at this scale
+                    x = injected if x is None else torch.cat([x, injected], dim=1)  # (B, C_{k-1} + inject_dim, ...)
                 # official SynthesisBlock: the block's input in its own dtype (float16 in the float16 blocks)
                 x = x.half() if half else x
                 if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                     # recompute the block in backward: activation memory of one block instead of all
                     x, x_sum, image = torch.utils.checkpoint.checkpoint(block, x, x_sum, w, use_reentrant=False)
                 else:
-                    x, x_sum, image = block(x, x_sum, w)
+                    x, x_sum, image = block(x, x_sum, w)  # image (B, 3, R_k, R_k)
             images.append(image)  # float32 (the ToRGB output is cast back, as the official)
         return images[-1], images[-2::-1]  # main image, then the others largest first
 
@@ -265,14 +286,19 @@ class VFMVAE(PretrainedMixin, nn.Module):
 
     config_class = VFMVAEConfig
     format_version: ClassVar[int] = 2  # 2: the VFM as one `vfm` spec (1: flat vfm_name/vfm_family/vfm_arch/layers/...)
+    frozen_prefix: ClassVar[str] = "vfm."  # the frozen VFM's weights: never trained, rebuilt from `config.vfm`
 
-    def __init__(self, config: VFMVAEConfig, vfm: FrozenVFM | None = None) -> None:
-        """`vfm`: the VFM built from `config.vfm` with its pretrained weights (training, conversion); without it the
-        VFM's architecture is built with random weights, which a checkpoint's weights then replace."""
+    def __init__(self, config: VFMVAEConfig, *, prebuilt_vfm: FrozenVFM | None = None) -> None:
+        """The model `config` describes. Its frozen VFM is built from `config.vfm` (`build_vfm`: pretrained weights
+        where the spec has them, random ones for `random_init` and test VFMs). `prebuilt_vfm` is a cache: a VFM
+        already built from that spec (it is checked against it), handed in so that its weights are not loaded twice.
+
+        `model.config` is `config`, with `config.vfm` completed from the VFM as built (family, architecture and
+        input scale filled in) when the spec leaves them out: a saved folder rebuilds its VFM offline."""
         super().__init__()
-        self.config = cfg = config
-        self.vfm = vfm if vfm is not None else build_vfm(replace(cfg.vfm, random_init=True))
-        _check_vfm_matches(self.vfm, cfg.vfm)
+        self.vfm = prebuilt_vfm if prebuilt_vfm is not None else build_vfm(config.vfm)
+        _check_vfm_matches(self.vfm, config.vfm)
+        self.config = cfg = replace(config, vfm=_completed_spec(config.vfm, self.vfm))
         grid = cfg.image_size * self.vfm.scale_factor / self.vfm.patch_size
         z_res = cfg.image_size // cfg.downsample
         if grid != int(grid) or int(grid) % z_res:
@@ -313,16 +339,17 @@ class VFMVAE(PretrainedMixin, nn.Module):
         self.mapping = _Mapping(big_z * cfg.pooled_resolution**2, cfg.w_dim)
         self.synthesis = _Synthesis(cfg)
 
-    # ---- encoder ----------------------------------------------------------------------------------------
-    def encode_moments(self, images: torch.Tensor, extra_scale: float = 1.0, return_vfm: bool = False):
-        """[mean | logvar] (B, 2 z_dim, h, w) before clamping; images float in [0, 1].
+    @classmethod
+    def build_for_loading(cls, config: VFMVAEConfig) -> VFMVAE:
+        """The model a folder's weights are loaded into (`from_pretrained`): the folder holds the VFM's weights too,
+        so the VFM's architecture is built with random weights, without reading its own weights source."""
+        return cls(config, prebuilt_vfm=build_vfm(replace(config.vfm, random_init=True)))
 
-        With `return_vfm`, also returns the VFM features (the alignment target of training).
-        """
+    # ---- encoder ----------------------------------------------------------------------------------------
+    def encode_moments(self, images: torch.Tensor, extra_scale: float = 1.0) -> EncoderOutput:
+        """images float (B, 3, H, W) in [0, 1] -> [mean | logvar] before clamping, with the VFM features."""
         feats = self.vfm(images, extra_scale=extra_scale)
-        if return_vfm:
-            return self._encode_tokens(feats), feats
-        return self._encode_tokens(feats)
+        return EncoderOutput(moments=self._encode_tokens(feats), vfm_features=feats)
 
     def _encode_tokens(self, feats) -> torch.Tensor:
         gh, gw = feats.grid
@@ -333,12 +360,13 @@ class VFMVAE(PretrainedMixin, nn.Module):
             )
         parts = []
         dtype = next(self.final_proj.parameters()).dtype  # the VFM returns float32; a half tokenizer takes its own
-        for tokens, proj in zip((t.to(dtype) for t in feats.tokens), self.patch_projs):
+        for tokens, proj in zip((t.to(dtype) for t in feats.tokens), self.patch_projs):  # tokens (B, gh*gw, D_vfm)
             if isinstance(proj, nn.Conv2d):
-                maps = proj(tokens.transpose(1, 2).reshape(tokens.shape[0], -1, gh, gw))
+                maps = proj(tokens.transpose(1, 2).reshape(tokens.shape[0], -1, gh, gw))  # (B, proj_dim, gh, gw)
                 tokens = maps.flatten(2).transpose(1, 2)
             else:
-                tokens = proj(tokens)
+                tokens = proj(tokens)  # (B, gh*gw, proj_dim)
+            # (B, h*w, proj_dim * unshuffle^2): neighbouring tokens folded into channels, h = gh / unshuffle
             parts.append(tokens_unshuffle(tokens, (gh, gw), self.unshuffle))
         h, w = gh // self.unshuffle, gw // self.unshuffle
         x = torch.cat(parts, dim=-1)  # (B, h*w, fused)
@@ -352,7 +380,7 @@ class VFMVAE(PretrainedMixin, nn.Module):
 
         Continuous mode: the diagonal Gaussian posterior. Discrete mode: the quantised latent (same API).
         """
-        moments = self.encode_moments(images)
+        moments = self.encode_moments(images).moments
         if self.quantizer is None:
             return DiagonalGaussian(moments)
         b, c, h, w = moments.shape
@@ -368,22 +396,20 @@ class VFMVAE(PretrainedMixin, nn.Module):
         tokens = self.post_proj(z.flatten(2).transpose(1, 2))
         return tokens.transpose(1, 2).reshape(b, -1, h, w)
 
-    def decode(self, z: torch.Tensor, return_multiscale: bool = False):
-        """z (B, z_dim, h, w) -> image (B, 3, 16h, 16w) in about [-1, 1] (no clamp, as the official).
-
-        With `return_multiscale`, returns `(image, [lower-resolution RGB outputs, largest first])`.
-        """
+    def decode(self, z: torch.Tensor) -> DecoderOutput:
+        """z (B, z_dim, h, w) -> the image (B, 3, 16h, 16w) in about [-1, 1] (no clamp, as the official) and the
+        lower-resolution outputs of the synthesis blocks."""
         step = self.synthesis.latent_multiple
         if z.shape[-2] % step or z.shape[-1] % step:
             raise ValueError(
                 f"latent size {tuple(z.shape[-2:])} must be a multiple of {step} for this decoder "
                 f"(its coarsest block unshuffles the latent by {step})"
             )
-        big = self.decompress(z)
-        pooled = F.adaptive_avg_pool2d(big, self.config.pooled_resolution).flatten(1)
-        w = self.mapping(pooled)
-        image, multiscale = self.synthesis(big, w)
-        return (image, multiscale) if return_multiscale else image
+        big = self.decompress(z)  # (B, z_dim x decompress_factor, h, w)
+        pooled = F.adaptive_avg_pool2d(big, self.config.pooled_resolution).flatten(1)  # (B, Z x pooled^2)
+        w = self.mapping(pooled)  # (B, w_dim): the global style
+        image, multiscale = self.synthesis(big, w)  # (B, 3, 16h, 16w), [(B, 3, 8h, 8w), (B, 3, 4h, 4w), ...]
+        return DecoderOutput(sample=image, multiscale=multiscale)
 
     def forward(
         self, images: torch.Tensor, sample_posterior: bool = False, generator: torch.Generator | None = None
@@ -391,7 +417,7 @@ class VFMVAE(PretrainedMixin, nn.Module):
         """Reconstruct: encode, take the posterior mode (or a sample), decode. Output in [-1, 1]."""
         posterior = self.encode(images)
         z = posterior.sample(generator) if sample_posterior else posterior.mode()
-        return self.decode(z)
+        return self.decode(z).sample
 
     # ---- helpers -----------------------------------------------------------------------------------------
     @property
@@ -400,12 +426,25 @@ class VFMVAE(PretrainedMixin, nn.Module):
 
     def trainable_parameters(self):
         """Everything but the frozen VFM."""
-        return (p for n, p in self.named_parameters() if not n.startswith("vfm."))
+        return (p for n, p in self.named_parameters() if not n.startswith(self.frozen_prefix))
+
+    def state_dict_without_vfm(self) -> dict[str, torch.Tensor]:
+        """The weights but the frozen VFM's: what training checkpoints and stage hand-offs store (the VFM is rebuilt
+        from `config.vfm`; checkpoints need not repeat ~300M frozen parameters)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(self.frozen_prefix)}
 
     @classmethod
     def upgrade_config(cls, config: dict[str, Any], version: int) -> dict[str, Any]:
         """A `config.json` of an older format version, in today's shape (the folder itself is not rewritten)."""
         return upgrade_flat_vfm_keys(config) if version < 2 else config
+
+
+def _completed_spec(spec: VFMSpec, vfm: FrozenVFM) -> VFMSpec:
+    """`spec` as recorded in a tokenizer's config: as it is when it names family, architecture and scale (a saved
+    folder's), else filled in from the VFM built from it (a recipe's registry name or weights folder)."""
+    if spec.family is not None and spec.arch and spec.scale_factor is not None:
+        return spec
+    return replace(vfm.spec, random_init=spec.random_init)
 
 
 def _check_vfm_matches(vfm: FrozenVFM, spec: VFMSpec) -> None:

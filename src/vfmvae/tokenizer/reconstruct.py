@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from vfmvae.data import ImageFolderDataset, SkipCounter, collate_skip_bad, to_float01
+from vfmvae.data import ImageFolderDataset, ImageOptions, SkipCounter, collate_skip_bad, to_float01
 from vfmvae.seeding import derive_seed
 from vfmvae.tokenizer.model import VFMVAE
 from vfmvae.tokenizer.posterior import DiagonalGaussian
@@ -55,7 +55,7 @@ def reconstruct_images(
     if sample and isinstance(posterior, DiagonalGaussian):
         eps = posterior_noise(z.shape[1:], indices, seed).to(device=z.device, dtype=z.dtype)
         z = posterior.mean + posterior.std * eps  # DiagonalGaussian.sample with per-image noise
-    return to_uint8_from_signed(model.decode(z)).cpu()
+    return to_uint8_from_signed(model.decode(z).sample).cpu()
 
 
 def to_uint8_from_signed(images: torch.Tensor) -> torch.Tensor:
@@ -80,6 +80,22 @@ def output_names(names: list[str]) -> dict[str, str]:
     return result
 
 
+def _save_and_score(
+    inputs: torch.Tensor, recon: torch.Tensor, files: list[str], output_dir: Path, save_inputs: bool
+) -> list[float]:
+    """Write the uint8 reconstructions (and the cropped inputs) as PNGs under OUTPUT/images (OUTPUT/inputs); the PSNR
+    of each pair, 20 log10(255 / RMSE) (inf for an exact copy)."""
+    psnrs = []
+    for file, original, out in zip(files, inputs, recon):
+        for folder, image in (("images", out), *((("inputs", original),) if save_inputs else ())):
+            target = output_dir / folder / file
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(target)
+        mse = float(((original.double() - out.double()) ** 2).mean())
+        psnrs.append(float("inf") if mse == 0 else 20 * np.log10(255.0 / np.sqrt(mse)))
+    return psnrs
+
+
 def reconstruct_folder(
     model: VFMVAE,
     input_dir: str | Path,
@@ -102,7 +118,7 @@ def reconstruct_folder(
 
     output_dir = Path(output_dir)
     resolution = resolution or model.config.image_size
-    dataset = ImageFolderDataset(input_dir, resolution, hflip=False, crop=crop)
+    dataset = ImageFolderDataset(input_dir, ImageOptions(resolution, crop=crop))
     stale = [d for d in ("images", "inputs") if (output_dir / d).is_dir() and any((output_dir / d).iterdir())]
     if stale:  # old reconstructions would be scored with the new ones
         raise FileExistsError(
@@ -126,16 +142,8 @@ def reconstruct_folder(
                 continue
             inputs = batch["image"]
             recon = reconstruct_images(model, inputs, [position[n] for n in batch["name"]], sample=sample, seed=seed)
-            for name, original, out in zip(batch["name"], inputs, recon):
-                target = output_dir / "images" / names[name]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(out.permute(1, 2, 0).numpy()).save(target)
-                if save_inputs:
-                    source = output_dir / "inputs" / names[name]
-                    source.parent.mkdir(parents=True, exist_ok=True)
-                    Image.fromarray(original.permute(1, 2, 0).numpy()).save(source)
-                mse = float(((original.double() - out.double()) ** 2).mean())
-                psnrs.append(float("inf") if mse == 0 else 20 * np.log10(255.0 / np.sqrt(mse)))
+            files = [names[name] for name in batch["name"]]
+            psnrs += _save_and_score(inputs, recon, files, output_dir, save_inputs)
             take = max(0, grid_size - len(grid_in))
             grid_in.extend(inputs[:take])
             grid_out.extend(recon[:take])

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from vfmvae.config import yaml_flow
 from vfmvae.data.loader import DataConfig
 from vfmvae.tokenizer.model import VFMVAEConfig
-from vfmvae.training.config import RunConfig  # the shared `run:` section
+from vfmvae.training.config import RunConfig, retired_step_cadences  # the shared `run:` section
 from vfmvae.training.eval_config import EvalConfig
 
 __all__ = ["LossConfig", "DiscConfig", "OptimConfig", "RunConfig", "TokenizerTrainConfig"]
@@ -90,10 +90,12 @@ class TokenizerTrainConfig:
 
     @staticmethod
     def retired_keys(data: dict[str, Any], prefix: str) -> dict[str, str]:
-        """The top-level `vfm:` section of format 1, refused with what to write instead."""
-        if "vfm" not in data:
-            return {}
-        return {
-            "vfm": f"the VFM is described once, inside the model; write {prefix}model.vfm: "
-            f"{yaml_flow(data['vfm'])} instead (with init, the export's VFM is used: delete it)"
-        }
+        """The top-level `vfm:` section of format 1 and the step-counted keys (`run.*_every`, `eval.every`, ...),
+        refused with what to write instead."""
+        advice = retired_step_cadences(data, prefix, RunConfig)
+        if "vfm" in data:
+            advice["vfm"] = (
+                f"the VFM is described once, inside the model; write {prefix}model.vfm: "
+                f"{yaml_flow(data['vfm'])} instead (with init, the export's VFM is used: delete it)"
+            )
+        return advice

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from vfmvae.checkpoint.atomic import atomic_directory, atomic_write_text
@@ -34,17 +33,13 @@ DISCRIMINATORS = "discriminators.safetensors"
 TRAINING_STATE = "training.json"
 
 
-def _without_vfm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in state.items() if not k.startswith("vfm.")}
-
-
 def export_stage(
     directory: str | Path, raw: VFMVAE, ema: VFMVAE, discriminators: dict[str, nn.Module], images_total: int
 ) -> Path:
     """Write the stage export (see module docstring), replacing `directory` atomically."""
     with atomic_directory(directory) as tmp:
         ema.save_pretrained(tmp)
-        save_tensors(tmp / RAW_GENERATOR, _without_vfm(raw.state_dict()))
+        save_tensors(tmp / RAW_GENERATOR, raw.state_dict_without_vfm())
         disc = {f"{name}.{k}": v for name, module in discriminators.items() for k, v in module.state_dict().items()}
         if disc:
             save_tensors(tmp / DISCRIMINATORS, disc)

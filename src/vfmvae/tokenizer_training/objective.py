@@ -63,6 +63,23 @@ class _Generated:
     posterior_noise: torch.Tensor | None
 
 
+class _Terms:
+    """The named terms of one pass, detached for the record, and the safe-loss guard's view of them."""
+
+    def __init__(self, guard: SafeLossGuard | None) -> None:
+        self.values: dict[str, torch.Tensor] = {}
+        self.guard = guard
+
+    def record(self, name: str, value: torch.Tensor) -> torch.Tensor:
+        """Keep `value` under its official `training_stats` name; returns it unchanged."""
+        self.values[name] = value.detach()
+        return value
+
+    def watch(self, name: str, value: torch.Tensor, relative: bool = True) -> torch.Tensor:
+        """Hand an unweighted term to the safe-loss guard (if any); returns it unchanged."""
+        return self.guard.watch(name, value, relative) if self.guard is not None else value
+
+
 def _scores(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean logit and mean sign, as `training_stats.report(..._scores/_signs, logits)` logs them."""
     return logits.detach().mean(), logits.detach().sign().mean()
@@ -114,25 +131,23 @@ class TokenizerObjective:
     def _generate(
         self, images01: torch.Tensor, equivariance: EquivarianceDraw, noise: torch.Tensor | None, with_vfm: bool
     ) -> _Generated:
-        moments, vfm_features = self.tokenizer.encode_moments(
-            images01, extra_scale=equivariance.input_scale, return_vfm=True
-        )
-        posterior = DiagonalGaussian(moments.float())
+        encoded = self.tokenizer.encode_moments(images01, extra_scale=equivariance.input_scale)
+        posterior = DiagonalGaussian(encoded.moments.float())
         if self.cfg.loss.sample_posterior:
             if noise is None:
                 noise = torch.randn(posterior.mean.shape, generator=self.generator)
             latent = posterior.mean + posterior.std * noise.to(posterior.mean.device)
         else:
             latent, noise = posterior.mean, None
-        fake, multiscale = self.tokenizer.decode(transform_latent(latent, equivariance), return_multiscale=True)
+        decoded = self.tokenizer.decode(transform_latent(latent, equivariance))
         target = transform_target(images01, equivariance, self.resize_mode) * 2 - 1
         return _Generated(
-            fake.float(),
-            [image.float() for image in multiscale],
+            decoded.sample.float(),
+            [image.float() for image in decoded.multiscale],
             target,
             posterior,
             latent,
-            vfm_features if with_vfm else None,
+            encoded.vfm_features if with_vfm else None,
             noise,
         )
 
@@ -209,124 +224,132 @@ class TokenizerObjective:
     # ---- the generator's pass -----------------------------------------------------------------------------
     def generator_pass(self, images01: torch.Tensor, draws: PassDraws | None = None) -> PassResult:
         """The G loss of one micro-batch (images in [0, 1]): reconstruction, KL, VF alignment and the adversarial
-        terms, weighted as the official `TotalLoss` (phase G) assembles them."""
+        terms, weighted and summed in the order of the official `TotalLoss` (phase G)."""
         loss = self.cfg.loss
         draws = draws or PassDraws()
         equivariance = self._equivariance(draws)
-        guard = self.guard
-        if guard is not None:
-            guard.active = self._guard_active()
-        watch = guard.watch if guard is not None else (lambda name, value, relative=True: value)
-        terms: dict[str, torch.Tensor] = {}
-
-        def record(name: str, value: torch.Tensor) -> torch.Tensor:
-            terms[name] = value.detach()
-            return value
-
+        if self.guard is not None:
+            self.guard.active = self._guard_active()
+        terms = _Terms(self.guard)
         with self.autocast():
             generated = self._generate(images01, equivariance, draws.posterior_noise, with_vfm=loss.vf > 0)
-            fake, target = generated.fake, generated.target
-            fake_augment = self._augment(draws.fake_augment, len(fake))
-
-            # Reconstruction ("main_rec_loss"): the pixel, perceptual, SSIM and multi-scale terms. Each is also
-            # handed to the safe-loss guard unweighted, because its rule compares a term with the same term of
-            # the previous micro-batch, whatever its weight.
-            reconstruction = target.new_zeros((), dtype=torch.float32)
-            if loss.l1:
-                l1 = record("Loss/G/l1_pixel_loss", watch("l1", (target - fake).abs().mean()))
-                reconstruction = reconstruction + loss.l1 * l1
-            if loss.l2:
-                l2 = record("Loss/G/l2_pixel_loss", watch("l2", (target - fake).square().mean()))
-                reconstruction = reconstruction + loss.l2 * l2
-            if loss.lpips:
-                perceptual = self.lpips(fake, target).float().mean()
-                reconstruction = reconstruction + loss.lpips * record(
-                    "Loss/G/perceptual_loss", watch("lpips", perceptual)
-                )
-            if loss.ssim:
-                reconstruction = reconstruction + loss.ssim * record(
-                    "Loss/G/ssim_loss", watch("ssim", ssim_loss(fake, target))
-                )
-            # the multi-scale L1 trains the low-resolution outputs only early in stage 0 (`multiscale_until_images`,
-            # official multiscale_pixel_loss_end_kimg); its weights sit inside the term, as in the official sum
-            if any(loss.multiscale) and self.images_seen < loss.multiscale_until_images:
-                per_output = multiscale_l1_terms(generated.multiscale, (target + 1) / 2, self.resize_mode)
-                multiscale = target.new_zeros((), dtype=torch.float32)
-                for block, (weight, term) in enumerate(zip(loss.multiscale, per_output)):
-                    record(f"Loss/G/multiscale_pixel_loss_block{block}", term)
-                    multiscale = multiscale + weight * term
-                reconstruction = reconstruction + record(
-                    "Loss/G/multiscale_pixel_loss", watch("multiscale", multiscale)
-                )
-            total = record("Loss/G/rec_loss", reconstruction)
-
+            fake_augment = self._augment(draws.fake_augment, len(generated.fake))
+            reconstruction = self._reconstruction(generated, terms)
+            total = terms.record("Loss/G/rec_loss", reconstruction)
             if loss.kl:  # keeps the posterior near N(0, I), so that the latent scale stays usable for diffusion
-                total = total + loss.kl * record(
-                    "Loss/G/kl_loss", kl_loss(generated.posterior.mean, generated.posterior.logvar)
-                )
-
+                posterior = generated.posterior
+                total = total + loss.kl * terms.record("Loss/G/kl_loss", kl_loss(posterior.mean, posterior.logvar))
             if loss.vf:
-                # The VF loss aligns the latent (through a 1x1 projection, in float32 as the official) with the
-                # frozen VFM's last-layer features pooled to the latent grid.
-                with torch.autocast(images01.device.type, enabled=False):
-                    projection = self.tokenizer.vf_proj(generated.latent.float())
-                features = generated.vfm_features
-                target_features = features.maps()[features.layers.index(-1)].float()
-                vf = record(
-                    "Loss/G/vf_loss",
-                    vf_alignment_loss(projection, target_features, loss.vf_distmat_margin, loss.vf_cos_margin),
-                )
-                # The adaptive weight scales VF to the reconstruction's gradient at the encoder's last layer
-                # (|grad rec| / |grad vf|, official `calculate_cur_vf_loss_weight`), so that alignment never
-                # overwhelms reconstruction. It needs the reconstruction sum complete, hence this order, and the
-                # layer trainable: with a frozen encoder the base weight applies.
-                last_layer = self.tokenizer.final_proj.blocks[-1].mlp.w2.weight
-                if loss.vf_adaptive and last_layer.requires_grad:
-                    vf_weight = adaptive_vf_weight(reconstruction, vf, last_layer, loss.vf)
-                else:
-                    vf_weight = torch.full((), float(loss.vf), device=vf.device)
-                total = total + record("Loss/G/vf_weight", vf_weight) * vf
-
-            # The adversarial terms: the generator maximises the projected discriminator's logits (hinge) and
-            # pulls the PatchGAN's logit maps towards "real" (LSGAN).
-            if loss.gan and self.projected is not None:
-                fake_logits = self.projected(fake, fake_augment).float()
-                name = "Loss/G/stylegan_t/"
-                adversarial = record(name + "loss", watch("gan", -fake_logits.mean(), relative=False))
-                terms[name + "fake_scores"], terms[name + "fake_signs"] = _scores(fake_logits)
-                total = total + loss.gan * adversarial
-            if (loss.patchgan or loss.feature_matching) and self.patchgan is not None:
-                fake_maps = self.patchgan(fake)
-                if loss.patchgan:
-                    logit_maps = [layers[-1].float() for layers in fake_maps]
-                    patch_loss = sum(F.mse_loss(m, torch.ones_like(m)) for m in logit_maps) / len(logit_maps)
-                    name = "Loss/G/patchgan/"
-                    record(name + "loss", watch("patchgan", patch_loss, relative=False))
-                    for scale, (score, sign) in enumerate(_patch_scores(logit_maps)):
-                        terms[f"{name}fake/scale{scale}/fake_scores"] = score
-                        terms[f"{name}fake/scale{scale}/fake_signs"] = sign
-                    total = total + loss.patchgan * patch_loss
-                if loss.feature_matching:
-                    # The official pass scores the real images with the whole discriminator for this; only the
-                    # PatchGAN features are used, but that call also advances the projected discriminator's
-                    # spectral-norm state, which is all it changes: done here without the forward pass.
-                    if self.projected is not None:
-                        self.projected.advance_spectral_norm()
-                    with torch.no_grad():
-                        real_maps = self.patchgan(target)
-                    matching = fake.new_zeros((), dtype=torch.float32)
-                    for fake_layers, real_layers in zip(fake_maps, real_maps):
-                        # pix2pixHD's weights: 1 / scales, and 4 / (layers - 1) over the layers before the logits
-                        layer_weight = 4.0 / max(len(real_layers) - 1, 1) / len(real_maps)
-                        for fake_layer, real_layer in zip(fake_layers[:-1], real_layers[:-1]):
-                            matching = matching + layer_weight * F.l1_loss(fake_layer.float(), real_layer.float())
-                    record("Loss/G/patchgan/feature_matching_loss", watch("feature_matching", matching, relative=False))
-                    total = total + loss.feature_matching * matching
-        record("Loss/G/total", total)
-        if guard is not None:
-            total = guard(total.float())
+                total = total + self._vf_alignment(generated, reconstruction, images01.device.type, terms)
+            total = self._add_adversarial(total, generated, fake_augment, terms)
+        terms.record("Loss/G/total", total)
+        if self.guard is not None:
+            total = self.guard(total.float())
         used = PassDraws(equivariance, generated.posterior_noise, fake_augment, None)
-        return PassResult(total.float(), terms, used)
+        return PassResult(total.float(), terms.values, used)
+
+    def _reconstruction(self, generated: _Generated, terms: _Terms) -> torch.Tensor:
+        """The official "main_rec_loss": the weighted pixel, perceptual, SSIM and multi-scale terms. Each term goes
+        to the safe-loss guard unweighted, because its rule compares a term with the same term of the previous
+        micro-batch, whatever its weight."""
+        loss, fake, target = self.cfg.loss, generated.fake, generated.target
+        reconstruction = target.new_zeros((), dtype=torch.float32)
+        if loss.l1:
+            l1 = terms.record("Loss/G/l1_pixel_loss", terms.watch("l1", (target - fake).abs().mean()))
+            reconstruction = reconstruction + loss.l1 * l1
+        if loss.l2:
+            l2 = terms.record("Loss/G/l2_pixel_loss", terms.watch("l2", (target - fake).square().mean()))
+            reconstruction = reconstruction + loss.l2 * l2
+        if loss.lpips:
+            perceptual = self.lpips(fake, target).float().mean()
+            reconstruction = reconstruction + loss.lpips * terms.record(
+                "Loss/G/perceptual_loss", terms.watch("lpips", perceptual)
+            )
+        if loss.ssim:
+            reconstruction = reconstruction + loss.ssim * terms.record(
+                "Loss/G/ssim_loss", terms.watch("ssim", ssim_loss(fake, target))
+            )
+        # the multi-scale L1 trains the low-resolution outputs only early in stage 0 (`multiscale_until_images`,
+        # official multiscale_pixel_loss_end_kimg); its weights sit inside the term, as in the official sum
+        if any(loss.multiscale) and self.images_seen < loss.multiscale_until_images:
+            per_output = multiscale_l1_terms(generated.multiscale, (target + 1) / 2, self.resize_mode)
+            multiscale = target.new_zeros((), dtype=torch.float32)
+            for block, (weight, term) in enumerate(zip(loss.multiscale, per_output)):
+                terms.record(f"Loss/G/multiscale_pixel_loss_block{block}", term)
+                multiscale = multiscale + weight * term
+            reconstruction = reconstruction + terms.record(
+                "Loss/G/multiscale_pixel_loss", terms.watch("multiscale", multiscale)
+            )
+        return reconstruction
+
+    def _vf_alignment(
+        self, generated: _Generated, reconstruction: torch.Tensor, device_type: str, terms: _Terms
+    ) -> torch.Tensor:
+        """The weighted VF loss: the latent (through a 1x1 projection, in float32 as the official) aligned with the
+        frozen VFM's last-layer features pooled to the latent grid."""
+        loss = self.cfg.loss
+        with torch.autocast(device_type, enabled=False):
+            projection = self.tokenizer.vf_proj(generated.latent.float())
+        features = generated.vfm_features
+        target_features = features.maps()[features.layers.index(-1)].float()
+        vf = terms.record(
+            "Loss/G/vf_loss",
+            vf_alignment_loss(projection, target_features, loss.vf_distmat_margin, loss.vf_cos_margin),
+        )
+        # The adaptive weight scales VF to the reconstruction's gradient at the encoder's last layer
+        # (|grad rec| / |grad vf|, official `calculate_cur_vf_loss_weight`), so that alignment never
+        # overwhelms reconstruction. It needs the reconstruction sum complete, hence this order, and the
+        # layer trainable: with a frozen encoder the base weight applies.
+        last_layer = self.tokenizer.final_proj.blocks[-1].mlp.w2.weight
+        if loss.vf_adaptive and last_layer.requires_grad:
+            vf_weight = adaptive_vf_weight(reconstruction, vf, last_layer, loss.vf)
+        else:
+            vf_weight = torch.full((), float(loss.vf), device=vf.device)
+        return terms.record("Loss/G/vf_weight", vf_weight) * vf
+
+    def _add_adversarial(
+        self, total: torch.Tensor, generated: _Generated, fake_augment: AugmentDraw | None, terms: _Terms
+    ) -> torch.Tensor:
+        """`total` plus the weighted adversarial terms, added one by one in the official order: the generator
+        maximises the projected discriminator's logits (hinge), pulls the PatchGAN's logit maps towards "real"
+        (LSGAN) and matches the PatchGAN's features of the real images."""
+        loss, fake = self.cfg.loss, generated.fake
+        if loss.gan and self.projected is not None:
+            fake_logits = self.projected(fake, fake_augment).float()
+            name = "Loss/G/stylegan_t/"
+            adversarial = terms.record(name + "loss", terms.watch("gan", -fake_logits.mean(), relative=False))
+            terms.values[name + "fake_scores"], terms.values[name + "fake_signs"] = _scores(fake_logits)
+            total = total + loss.gan * adversarial
+        if not ((loss.patchgan or loss.feature_matching) and self.patchgan is not None):
+            return total
+        fake_maps = self.patchgan(fake)
+        if loss.patchgan:
+            logit_maps = [layers[-1].float() for layers in fake_maps]
+            patch_loss = sum(F.mse_loss(m, torch.ones_like(m)) for m in logit_maps) / len(logit_maps)
+            name = "Loss/G/patchgan/"
+            terms.record(name + "loss", terms.watch("patchgan", patch_loss, relative=False))
+            for scale, (score, sign) in enumerate(_patch_scores(logit_maps)):
+                terms.values[f"{name}fake/scale{scale}/fake_scores"] = score
+                terms.values[f"{name}fake/scale{scale}/fake_signs"] = sign
+            total = total + loss.patchgan * patch_loss
+        if loss.feature_matching:
+            # The official pass scores the real images with the whole discriminator for this; only the
+            # PatchGAN features are used, but that call also advances the projected discriminator's
+            # spectral-norm state, which is all it changes: done here without the forward pass.
+            if self.projected is not None:
+                self.projected.advance_spectral_norm()
+            with torch.no_grad():
+                real_maps = self.patchgan(generated.target)
+            matching = fake.new_zeros((), dtype=torch.float32)
+            for fake_layers, real_layers in zip(fake_maps, real_maps):
+                # pix2pixHD's weights: 1 / scales, and 4 / (layers - 1) over the layers before the logits
+                layer_weight = 4.0 / max(len(real_layers) - 1, 1) / len(real_maps)
+                for fake_layer, real_layer in zip(fake_layers[:-1], real_layers[:-1]):
+                    matching = matching + layer_weight * F.l1_loss(fake_layer.float(), real_layer.float())
+            watched = terms.watch("feature_matching", matching, relative=False)
+            terms.record("Loss/G/patchgan/feature_matching_loss", watched)
+            total = total + loss.feature_matching * matching
+        return total
 
     def generator_loss(self, _module: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         """`generator_pass` as `optimizer_step`'s loss function (batch: {"x", "n"[, "draws"]})."""

@@ -31,10 +31,10 @@ HIGHER_IS_BETTER = frozenset({"ris", "psnr", "ssim", "is", "precision", "recall"
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """A recipe's `eval:` section. Off by default; `every` counts optimizer steps."""
+    """A recipe's `eval:` section. Off by default; `every_images` counts images, as every cadence of a run."""
 
     enabled: bool = False
-    every: int = 10_000  # evaluate after every `every` optimizer steps
+    every_images: int = 5_120_000  # evaluate each time the run's image count reaches a multiple of this
     seed: int = 0  # posterior noise / sample noise and labels of the evaluation
     batch_size: int = 32  # per process
     # FID Inception (pt_inception-2015-12-05 .pth), or "random-init:SEED" (seeded random weights: the pipeline runs,
@@ -54,7 +54,7 @@ class EvalConfig:
     sampler: dict[str, Any] = field(default_factory=dict)  # SamplerConfig fields over the recipe's preset
 
     def __post_init__(self) -> None:
-        for name in ("every", "batch_size", "num_images", "num_samples"):
+        for name in ("every_images", "batch_size", "num_images", "num_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"eval.{name} must be at least 1, got {getattr(self, name)}")
         if self.grid < 0:

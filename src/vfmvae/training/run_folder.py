@@ -16,15 +16,15 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 import shutil
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from vfmvae import distributed as dist_utils
 from vfmvae.checkpoint.atomic import atomic_write_text
+from vfmvae.checkpoint.folder_lock import LOCK_NAME, RunFolderError, RunFolderLock, lock_output_folder
 from vfmvae.checkpoint.training import CheckpointManager
 from vfmvae.config import ConfigError, config_to_dict, dump_yaml, read_yaml
 
@@ -46,9 +46,9 @@ RESUMABLE_CHANGES = frozenset(
     {
         "run.dir",  # the folder itself, however it was spelled (relative to another working directory, ...)
         "run.total_images",
-        "run.log_every",
-        "run.grid_every",
-        "run.checkpoint_every",
+        "run.log_every_images",
+        "run.grid_every_images",
+        "run.checkpoint_every_images",
         "run.keep_checkpoints",
         "run.max_consecutive_nonfinite",
         "run.device",
@@ -60,8 +60,13 @@ RESUMABLE_CHANGES = frozenset(
         "run.grid_cfg",
         "run.grid_count",
         "data.num_workers",
+        # evaluation draws from its own generators and restores the training RNG: its cadence changes no weight
+        "eval.every_images",
         # the same settings under their names before RUN/grids and run length in images (config.yaml of older runs)
         "run.total_steps",
+        "run.log_every",
+        "run.grid_every",
+        "run.checkpoint_every",
         "run.sample_every",
         "run.snapshot_every",
         "run.sample_steps",
@@ -100,47 +105,6 @@ FRESH_HELP = (
 )
 
 
-class RunFolderError(ConfigError):
-    """The run folder holds another run, is in use, or cannot be resumed as asked."""
-
-
-LOCK_NAME = ".lock"  # in a run, cache or sample folder: never counted as content of the folder
-
-
-class RunFolderLock:
-    """An exclusive, non-blocking `flock` on FOLDER/.lock, held until `release()` (or the process ends).
-
-    Run folders, latent caches (`cache-latents --out`) and sample folders (`sample --out`) are locked alike: a second
-    process writing into the same folder is refused with `advice`."""
-
-    def __init__(self, run_dir: Path, advice: str = "wait for it to finish or use another run.dir") -> None:
-        self.path = run_dir / LOCK_NAME
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(self.fd, 64).decode(errors="replace").strip() or "another process"
-            os.close(self.fd)
-            raise RunFolderError(f"{run_dir} is in use by {holder} (lock {self.path}); {advice}") from None
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, f"process {os.getpid()}\n".encode())
-
-    def release(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)  # closing the descriptor releases the flock
-            self.fd = -1
-
-
-def lock_output_folder(folder: Path, option: str) -> RunFolderLock:
-    """Create `folder` if needed and lock it for this process, as a run folder is locked; `option` names it in the
-    message (`--out`)."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise RunFolderError(f"{option} {folder} is a file; pass a folder")
-    folder.mkdir(parents=True, exist_ok=True)
-    return RunFolderLock(folder, f"wait for it to finish or use another {option}")
-
-
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(tree, dict):
         out: dict[str, Any] = {}
@@ -150,7 +114,24 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: tree}
 
 
+def _in_images(stored: dict[str, Any]) -> dict[str, Any]:
+    """A config.yaml of a run written when `eval.every` and `optim.warmup_steps` counted optimizer steps, with those
+    two in images (x the run's batch size), so that resuming it compares like with like. (The run's own step
+    cadences may change on resume anyway.)"""
+    run = stored.get("run")
+    batch = run.get("batch_size") if isinstance(run, dict) else None
+    if not isinstance(batch, int):
+        return stored
+    upgraded = dict(stored)
+    for section, old, new in (("eval", "every", "every_images"), ("optim", "warmup_steps", "warmup_images")):
+        values = stored.get(section)
+        if isinstance(values, dict) and isinstance(values.get(old), int):
+            upgraded[section] = {(new if k == old else k): (v * batch if k == old else v) for k, v in values.items()}
+    return upgraded
+
+
 def _recipe_changes(stored: dict[str, Any], new: dict[str, Any], config_path: Path, *, explicit: bool) -> None:
+    stored = _in_images(stored)
     if set(stored) != set(new):
         raise RunFolderError(
             f"{config_path} belongs to another kind of run (its sections: {', '.join(sorted(stored))}; this run's: "
@@ -278,8 +259,6 @@ def _check(run_dir: Path, config: Any, resume: str) -> None:
 @contextlib.contextmanager
 def claimed_run_folder(run_dir: str | Path, config: Any, resume: str) -> Iterator[None]:
     """Rank 0 claims the folder (lock + checks) before any rank starts; the lock is released on exit."""
-    from vfmvae import distributed as dist_utils
-
     if resume not in ("auto", "none", "fresh") and not Path(resume).is_dir():
         raise RunFolderError(f"--resume {resume!r}: expected auto, none, fresh or a checkpoint folder")
     lock = claim_run_folder(Path(run_dir), config, resume) if dist_utils.rank() == 0 else None

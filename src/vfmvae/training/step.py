@@ -93,28 +93,10 @@ def optimizer_step(
     if total == 0:
         raise ValueError("optimizer_step got no samples")
     optimizer.zero_grad(set_to_none=True)
-    loss_sum: torch.Tensor | None = None
-    finite: torch.Tensor | None = None
-    for i, (batch, n) in enumerate(zip(micro_batches, sizes)):
-        last = i == len(micro_batches) - 1
-        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
-        with sync:
-            loss = loss_fn(model, batch)
-            weighted = loss * (n / total)
-            ok = torch.isfinite(loss.detach()).all()
-            (scaler.scale(weighted) if scaler is not None else weighted).backward()
-        part = weighted.detach().float()
-        loss_sum = part if loss_sum is None else loss_sum + part
-        finite = ok if finite is None else finite & ok
-
+    loss_sum, finite = _accumulate(model, micro_batches, sizes, loss_fn, scaler)
     params = [p for p in (params if params is not None else model.parameters()) if p.grad is not None]
     if all_reduce_grads and dist_utils.is_distributed() and params:
-        flat = torch.cat([p.grad.reshape(-1) for p in params])
-        dist_utils.all_reduce_mean(flat)
-        offset = 0
-        for p in params:
-            p.grad.copy_(flat[offset : offset + p.grad.numel()].view_as(p.grad))
-            offset += p.grad.numel()
+        _average_over_ranks(params)
     if scaler is not None:
         scaler.unscale_(optimizer)
     if params:
@@ -156,3 +138,39 @@ def optimizer_step(
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return StepResult(loss_sum, applied, reported_norm, total)
+
+
+def _accumulate(
+    model: nn.Module,
+    micro_batches: Sequence[Any],
+    sizes: list[int],
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor],
+    scaler: torch.amp.GradScaler | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward of every micro-batch's loss weighted by its share of the samples (DDP synchronises only on the
+    last); the weighted loss sum and whether every loss was finite, both device tensors."""
+    total = sum(sizes)
+    loss_sum: torch.Tensor | None = None
+    finite: torch.Tensor | None = None
+    for i, (batch, n) in enumerate(zip(micro_batches, sizes)):
+        last = i == len(micro_batches) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            loss = loss_fn(model, batch)
+            weighted = loss * (n / total)
+            ok = torch.isfinite(loss.detach()).all()
+            (scaler.scale(weighted) if scaler is not None else weighted).backward()
+        part = weighted.detach().float()
+        loss_sum = part if loss_sum is None else loss_sum + part
+        finite = ok if finite is None else finite & ok
+    return loss_sum, finite
+
+
+def _average_over_ranks(params: list[torch.nn.Parameter]) -> None:
+    """Average the gradients of `params` over ranks in one all-reduce (models not wrapped in DDP)."""
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist_utils.all_reduce_mean(flat)
+    offset = 0
+    for p in params:
+        p.grad.copy_(flat[offset : offset + p.grad.numel()].view_as(p.grad))
+        offset += p.grad.numel()

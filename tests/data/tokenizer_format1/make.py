@@ -53,8 +53,8 @@ def main() -> None:
     model.save_pretrained(HERE / "model")
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        moments = model.encode_moments(images)
-        recon = model.decode(moments[:, : cfg.z_dim])
+        moments = model.encode_moments(images).moments
+        recon = model.decode(moments[:, : cfg.z_dim]).sample
     save_file(
         {"images": images, "moments": moments.contiguous(), "reconstruction": recon.contiguous()},
         HERE / "reference.safetensors",

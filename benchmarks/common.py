@@ -53,10 +53,12 @@ def peak_tflops(device: torch.device, override: float | None = None) -> float | 
 
 def count_flops(fn) -> int:
     """Floating-point operations of one call of `fn` (matmuls, convolutions and attention, forward and backward),
-    counted by torch's FlopCounterMode: the numerator of MFU."""
+    counted by torch's FlopCounterMode: the numerator of MFU. Attention runs on the math SDPA backend while
+    counting: the counter does not know the CPU flash kernel and would leave attention out (benchmarks/flops.py)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops()
 

@@ -1,11 +1,15 @@
 """Diffusion training-step throughput: one full optimizer step (forward, loss, backward, clip, AdamW, EMA) of a
 registered architecture on random 16x16x32 latents, through the same code as `vfmvae train diffusion` (fused AdamW,
 random draws made on the device, no host synchronisation inside the step). Reports latents/s, the FLOPs of a step
-(counted by torch), achieved TFLOP/s, MFU against the accelerator's dense bf16 peak, and peak memory on CUDA.
+(counted by torch, and from the architecture: benchmarks/flops.py, the MFU numerator), achieved TFLOP/s, MFU against
+the accelerator's dense bf16 peak, peak memory on CUDA, and with --compile the compile seconds (the trainer's
+regional compilation, training/compile.py; --compile-mode picks inductor's mode).
 
     python diffusion_train_step.py --arch lightningdit-xl/1 --batch 2 --steps 3                  # CPU
     python diffusion_train_step.py --arch reg-sit-xl/1 --batch 2 --steps 3                       # REPA + class token
     python diffusion_train_step.py --arch lightningdit-xl/1 --batch 64 --steps 20 --compile      # H100, bf16
+    python diffusion_train_step.py --arch lightningdit-xl/1 --batch 64 --steps 20 --compile \
+        --compile-mode max-autotune-no-cudagraphs                                               # tuned matmuls
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ import time
 
 import torch
 from common import count_flops, cuda_memory, emit, peak_tflops
+from flops import dit_training_flops
 
 from vfmvae.diffusion import TransportConfig, create_diffusion_model, training_loss
 from vfmvae.diffusion.transport import sample_time
 from vfmvae.training import EMA, fused_optimizer_supported, optimizer_step
+from vfmvae.training.compile import CompileSettings, compile_diffusion, compile_watch
 
 
 def main() -> None:
@@ -31,7 +37,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 1, or 3 with --compile)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", default=None, help="fp32 or bf16 (default: bf16 on CUDA, fp32 on CPU)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (run.compile: true)")
+    p.add_argument("--compile", action="store_true", help="regional torch.compile of the blocks (run.compile: true)")
+    p.add_argument("--compile-mode", default=None, help="inductor mode with --compile (default: inductor's default)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute block activations in backward")
     p.add_argument("--no-fused", action="store_true", help="the for-each AdamW instead of the fused kernel")
     p.add_argument(
@@ -60,7 +67,10 @@ def main() -> None:
     fused = fused_optimizer_supported(device) and not args.no_fused
     opt = torch.optim.AdamW(model.parameters(), lr=2e-4, betas=(0.9, 0.95), weight_decay=0.0, fused=fused)
     ema = EMA(model, halflife_images=args.batch * math.log(0.5) / math.log(0.9999), rampup_ratio=None)
-    net = torch.compile(model) if args.compile else model
+    if args.compile:
+        compile_diffusion(model, CompileSettings(mode=args.compile_mode))  # as the trainer: blocks, fullgraph
+    net = model
+    watch = compile_watch()
     g = torch.Generator(device=device).manual_seed(0)
     b = args.batch
     batch = {
@@ -92,15 +102,21 @@ def main() -> None:
                 cls_target=cls,
             ).loss.mean()
 
+    losses = []
+
     def step(i: int) -> None:
         result = optimizer_step(net, opt, [batch], loss_fn, batch_size_of=lambda x: len(x["y"]), grad_clip=1.0)
         ema.update(model, (i + 1) * b, b, applied=result.applied_t)
+        losses.append(result.loss_t)  # a device tensor: no host read inside the timed steps
 
     warmup = args.warmup if args.warmup is not None else (3 if args.compile else 1)
     for i in range(warmup):
         step(i)
+    compile_s = watch.seconds
     # FLOPs of forward + backward, counted once on the eager model (the optimizer and EMA add no matmuls)
-    flops = count_flops(lambda: loss_fn(model, batch).backward())
+    with torch.compiler.set_stance("force_eager"):  # the compiled regions run eagerly under the counter
+        counted = count_flops(lambda: loss_fn(model, batch).backward())
+    flops = dit_training_flops(c).training * b  # from the architecture (benchmarks/flops.py): the MFU numerator
     opt.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -129,11 +145,16 @@ def main() -> None:
             "batch": b,
             "precision": precision,
             "compile": args.compile,
+            "compile_mode": args.compile_mode,
+            "compile_s": round(compile_s, 1) if args.compile else None,
             "gradient_checkpointing": args.gradient_checkpointing,
             "fused_adamw": fused,
             "sec_per_step": round(per_step, 4),
             "latents_per_s": round(b / per_step, 3),
             "tflops_per_step": round(flops / 1e12, 3),
+            "tflops_per_latent": float(f"{flops / b / 1e12:.4g}"),
+            "tflops_per_step_counted_by_torch": round(counted / 1e12, 3),
+            "loss": float(losses[-1]),
             "achieved_tflops": round(achieved, 3),
             "mfu": round(achieved / peak, 4) if peak else None,
             "sync_checked": bool(args.check_sync and device.type == "cuda"),

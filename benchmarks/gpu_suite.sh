@@ -15,7 +15,11 @@ $py diffusion_train_step.py --arch lightningdit-xl/1 --batch 64 --steps 20 --com
 $py diffusion_train_step.py --arch lightningdit-xl/1 --batch 64 --steps 5 --check-sync --json "$out/ldit_xl1_sync_check.json"
 $py diffusion_train_step.py --arch lightningdit-xl/1 --batch 64 --steps 10 --gradient-checkpointing --json "$out/ldit_xl1_ckpt.json"
 $py diffusion_train_step.py --arch lightningdit-xl/1 --batch 64 --steps 10 --precision fp32 --json "$out/ldit_xl1_tf32.json"
+$py diffusion_train_step.py --arch lightningdit-xl/1 --batch 64 --steps 20 --compile --compile-mode max-autotune-no-cudagraphs --json "$out/ldit_xl1_bf16_autotune.json"
 $py diffusion_train_step.py --arch reg-sit-xl/1 --batch 64 --steps 20 --compile --json "$out/reg_xl1_bf16_compile.json"
+
+# compile time of each full-size training step (regional, inductor; one JSON line per step)
+$py compile_time.py --batch 8 --json "$out/compile_time.jsonl"
 
 # sampling: one guided Euler step (CFG doubles the batch)
 $py sampling_step.py --arch lightningdit-xl/1 --batch 128 --steps 10 --bf16 --json "$out/ldit_xl1_sampling_bf16.json"

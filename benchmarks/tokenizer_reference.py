@@ -74,7 +74,10 @@ def main() -> None:
     images, z = ref["images"], ref["z"]
     ours, outputs = {}, {}
     with torch.no_grad():
-        for name, fn in (("encode", lambda: model.encode_moments(images)), ("decode", lambda: model.decode(z))):
+        for name, fn in (
+            ("encode", lambda: model.encode_moments(images).moments),
+            ("decode", lambda: model.decode(z).sample),
+        ):
             outputs[name] = fn()
             start = time.perf_counter()
             for _ in range(args.iters):

@@ -42,6 +42,7 @@ from vfmvae.sampling.classes import write_class_names
 from vfmvae.sampling.pipeline import SAMPLER_FILE, VFMVAEPipeline
 from vfmvae.tokenizer import VFMVAE
 from vfmvae.training import EMA, fused_optimizer_supported, optimizer_step
+from vfmvae.training.compile import compile_diffusion
 from vfmvae.training.online_eval import build_evaluator
 from vfmvae.training.run import Evaluator, TrainingRun
 from vfmvae.training.run_log import autocast_factory, scalars_to_floats
@@ -129,7 +130,7 @@ def training_loop(cfg: DiffusionTrainConfig, run: TrainingRun) -> dict[str, Any]
     # ---- what the loop runs: the network (unused heads frozen, DDP, compiled), data, the loss, grids, evaluation
     net = _distributed(_freeze_unused_heads(model, cfg.transport), device)
     if cfg.run.compile:
-        net = torch.compile(net)
+        compile_diffusion(model)  # regional, in place: the blocks compile once, fullgraph (training/compile.py)
     scaler = torch.amp.GradScaler(device.type) if cfg.run.precision == "fp16" else None
     loader = _latent_loader(dataset, cfg, run)
     objective = DiffusionObjective(model.config, cfg.transport, autocast_factory(cfg.run.precision, device))

@@ -15,6 +15,7 @@ do): the training extras (the VFM features, the lower-resolution outputs) are fi
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
@@ -251,22 +252,32 @@ class _Synthesis(nn.Module):
             prev = channels[idx - 1] if idx > 0 else None
             in_ch = (prev or 0) + injected.get(idx, 0)
             self.blocks.append(_SynthesisBlock(idx, in_ch, channels[idx], prev, cfg, resolutions[idx]))
-        self.gradient_checkpointing = False  # a runtime switch (diffusers' enable_gradient_checkpointing), not config
+        # Runtime switches, not part of the config: gradient checkpointing (diffusers' enable_gradient_checkpointing),
+        # and `fp16_blocks`: the last blocks (and their latent injection) run under float16 autocast with float16
+        # inputs, as the official `num_fp16_res` (run.precision: official).
+        self.gradient_checkpointing = False
+        self.fp16_blocks = 0
 
     def forward(self, z: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         # z (B, Z, h, w) the decompressed latent; w (B, w_dim); block k works at R_k = R_0 x 2^k
         x = x_sum = None
         images = []
+        first_fp16 = len(self.blocks) - self.fp16_blocks
         for idx, block in enumerate(self.blocks):
-            if idx in self.inject_blocks:
-                injected = self.latent_convs[str(idx)](z)  # (B, inject_dim, R_k/2, R_k/2): the latent at this scale
-                x = injected if x is None else torch.cat([x, injected], dim=1)  # (B, C_{k-1} + inject_dim, ...)
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                # recompute the block in backward: activation memory of one block instead of all
-                x, x_sum, image = torch.utils.checkpoint.checkpoint(block, x, x_sum, w, use_reentrant=False)
-            else:
-                x, x_sum, image = block(x, x_sum, w)  # image (B, 3, R_k, R_k)
-            images.append(image)
+            half = idx >= first_fp16
+            # (no autocast context at all in the other blocks: enabled=False would switch off a caller's bf16 autocast)
+            with torch.autocast(z.device.type, dtype=torch.float16) if half else contextlib.nullcontext():
+                if idx in self.inject_blocks:
+                    injected = self.latent_convs[str(idx)](z)  # (B, inject_dim, R_k/2, R_k/2): the latent at this scale
+                    x = injected if x is None else torch.cat([x, injected], dim=1)  # (B, C_{k-1} + inject_dim, ...)
+                # official SynthesisBlock: the block's input in its own dtype (float16 in the float16 blocks)
+                x = x.half() if half else x
+                if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                    # recompute the block in backward: activation memory of one block instead of all
+                    x, x_sum, image = torch.utils.checkpoint.checkpoint(block, x, x_sum, w, use_reentrant=False)
+                else:
+                    x, x_sum, image = block(x, x_sum, w)  # image (B, 3, R_k, R_k)
+            images.append(image)  # float32 (the ToRGB output is cast back, as the official)
         return images[-1], images[-2::-1]  # main image, then the others largest first
 
 

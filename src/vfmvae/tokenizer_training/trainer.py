@@ -26,9 +26,11 @@ from vfmvae.tokenizer_training.config import LossConfig, OptimConfig, RunConfig,
 from vfmvae.tokenizer_training.discriminators import MultiscalePatchGAN, ProjectedDiscriminator
 from vfmvae.tokenizer_training.handoff import export_stage, load_stage
 from vfmvae.tokenizer_training.objective import TokenizerObjective
+from vfmvae.tokenizer_training.precision import use_official_precision
 from vfmvae.tokenizer_training.spectral_norm import upgrade_spectral_norm_keys
 from vfmvae.tokenizer_training.stages import select_trainable
 from vfmvae.training import EMA, StepResult, fused_optimizer_supported, optimizer_step
+from vfmvae.training.compile import compile_tokenizer
 from vfmvae.training.online_eval import build_evaluator
 from vfmvae.training.run import Evaluator, TrainingRun
 from vfmvae.training.run_log import autocast_factory
@@ -88,13 +90,15 @@ def training_loop(cfg: TokenizerTrainConfig, run: TrainingRun) -> dict[str, Any]
     # ---- setup: generator, discriminators, LPIPS, optimizers, EMA, and what a checkpoint holds
     torch.manual_seed(seed)
     generator = build_generator(cfg).to(device)
+    if cfg.run.precision == "official":
+        use_official_precision(generator)  # float32, float16 in the last synthesis blocks (precision.py)
     trainable = select_trainable(generator, cfg.stage)
     projected, patchgan = build_discriminators(cfg, generator, device)
     discriminators = _trained_parts(projected, patchgan)  # the hand-off's names; the DINO backbone stays frozen
     heads = nn.ModuleList(discriminators.values())  # what the D step trains
     lpips = _lpips(cfg.loss, device)
     if cfg.run.compile:
-        _compile_forwards(generator, projected, patchgan, lpips)
+        compile_tokenizer(generator, projected, patchgan, lpips)  # regional: repeated blocks, fullgraph (compile.py)
     opt_g, opt_d = make_optimizers(cfg.optim, trainable, list(heads.parameters()), device)
     # every parameter but the frozen VFM is averaged, frozen ones included (official G_ema update): a part that a
     # stage freezes (stage 2's encoder) converges to the raw weights the decoder trains against
@@ -302,25 +306,6 @@ def _dataset_size(stream: DataStream) -> int | None:
         return len(stream.dataset)
     except TypeError:  # an iterable of shards has no length
         return None
-
-
-def _compile_forwards(
-    generator: VFMVAE,
-    projected: ProjectedDiscriminator | None,
-    patchgan: MultiscalePatchGAN | None,
-    lpips: nn.Module | None,
-) -> None:
-    """torch.compile the heavy forward passes in place (`nn.Module.compile`: parameter names, checkpoints and
-    exports are unchanged). The encoder/decoder wrappers and the discriminator's DiffAugment draw host random
-    numbers per call, so they stay eager; the networks they call are compiled. The frozen VFM stays eager too:
-    its wrappers return feature objects and take a per-draw input scale, which would recompile per draw."""
-    modules: list[nn.Module] = [generator.mapping, generator.synthesis]
-    modules += [m for m in (generator.final_proj, generator.post_proj) if isinstance(m, nn.Module)]
-    if projected is not None:
-        modules += [*projected.dino.blocks, *projected.heads]
-    modules += [m for m in (patchgan, lpips) if m is not None]
-    for module in modules:
-        module.compile()
 
 
 class _ReconstructionGrid:

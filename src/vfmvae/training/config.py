@@ -67,7 +67,9 @@ class RunConfig:
     total_images: int = 20_000_000  # run length in images (steps = ceil(total_images / batch_size))
     ema_halflife_images: float = 160_000  # EMA half-life in images
     ema_rampup: float | None = 0.05  # cap the half-life at ema_rampup x images seen; None = no ramp-up
-    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    # bf16 / fp16: autocast over the networks; fp32; official (tokenizer only): the official tokenizer's mixed
+    # precision, float32 with float16 in the last three synthesis blocks and TF32 off (tokenizer_training/precision.py)
+    precision: Literal["fp32", "bf16", "fp16", "official"] = "bf16"
     log_every_images: int = 25_600  # images between metrics.jsonl records (50 steps of 512)
     grid_every_images: int = 512_000  # images between RUN/grids/*.png of the EMA model (0 = never)
     checkpoint_every_images: int = 512_000  # images between checkpoints
@@ -153,3 +155,8 @@ class DiffusionRunConfig(RunConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         require_positive(self, "grid_steps", "grid_count")
+        if self.precision == "official":
+            raise ValueError(
+                "precision: official is the tokenizer's mixed precision (float16 synthesis blocks); "
+                "diffusion training takes bf16, fp16 or fp32"
+            )

@@ -15,8 +15,10 @@ __all__ = ["autocast_factory", "RunLog", "peak_memory", "scalars_to_floats"]
 
 
 def autocast_factory(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    """fp32: no autocast; bf16 / fp16: autocast on the device (fp16 also needs a GradScaler, made by the trainer)."""
-    if precision == "fp32":
+    """fp32: no autocast; bf16 / fp16: autocast on the device (fp16 also needs a GradScaler, made by the trainer);
+    official: no autocast around the networks (the tokenizer's float16 blocks set their own, see
+    tokenizer_training/precision.py)."""
+    if precision in ("fp32", "official"):
         return contextlib.nullcontext
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return lambda: torch.autocast(device.type, dtype=dtype)
